@@ -1,0 +1,60 @@
+//! The one place for names shared across oauth3: API group, field managers, finalizers,
+//! label and annotation keys, Secret types.
+
+/// API group of every oauth3 resource.
+pub const GROUP: &str = "oauth3.dev";
+/// API version of the resources in this crate.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` string of the resources in this crate.
+pub const API_VERSION: &str = "oauth3.dev/v1alpha1";
+/// Server-side apply field manager used by the operator for everything it writes.
+pub const FIELD_MANAGER: &str = "oauth3-operator";
+/// Finalizer the operator puts on Executions whose pod or process it still has to clean up.
+pub const EXECUTION_FINALIZER: &str = "oauth3.dev/execution-cleanup";
+/// Label on objects created for an Execution (pods, network policies), naming it.
+pub const LABEL_EXECUTION: &str = "oauth3.dev/execution";
+/// Label on objects created for an Execution, naming its Permit.
+pub const LABEL_PERMIT: &str = "oauth3.dev/permit";
+/// Label `app.kubernetes.io/managed-by` value of objects the operator creates.
+pub const MANAGED_BY: &str = "oauth3-operator";
+/// Kubernetes Secret `type` of a sealed secret (a sealed box only a TEE key can open).
+pub const SEALED_SECRET_TYPE: &str = "oauth3.dev/sealed";
+/// Key inside a sealed Secret's `data` that holds the sealed envelope.
+pub const SEALED_SECRET_KEY: &str = "sealed";
+/// Annotation on a sealed Secret naming the secret as Permits refer to it (e.g. `GITHUB_TOKEN`).
+pub const ANNOTATION_SECRET_NAME: &str = "oauth3.dev/secret-name";
+/// Pattern every Permit secret name must match.
+pub const SECRET_NAME_PATTERN: &str = "^[A-Z]([A-Z0-9_]{0,61}[A-Z0-9])?$";
+/// Default `validFor` of a Permit approval.
+pub const DEFAULT_VALID_FOR: &str = "24h";
+/// Default `timeoutSeconds` of an Execution.
+pub const DEFAULT_TIMEOUT_SECONDS: i32 = 30;
+/// Default `body.maxBytes` of a scoped-fetch capability.
+pub const DEFAULT_BODY_MAX_BYTES: i32 = 65_536;
+/// Upper bound on `Execution.spec.code`, in characters (256 KiB).
+pub const MAX_CODE_LEN: usize = 262_144;
+/// Upper bound on the number of capabilities in one Permit.
+pub const MAX_CAPABILITIES: usize = 128;
+/// Upper bound on the number of secrets in one Permit.
+pub const MAX_SECRETS: usize = 32;
+
+/// The Kubernetes Secret name a Permit secret name maps to: lower case, `_` becomes `-`.
+///
+/// `GITHUB_TOKEN` is stored in the Secret `github-token` (type [`SEALED_SECRET_TYPE`]), because
+/// Permit secret names are environment-variable style while Secret names are DNS labels. The
+/// schema's [`SECRET_NAME_PATTERN`] (a letter first, a letter or digit last, no `-`) makes this
+/// mapping one-to-one and always a valid DNS label.
+pub fn secret_object_name(secret: &str) -> String {
+    secret.to_ascii_lowercase().replace('_', "-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_object_name_is_a_dns_label_of_the_secret_name() {
+        assert_eq!(secret_object_name("GITHUB_TOKEN"), "github-token");
+        assert_eq!(secret_object_name("A__B9"), "a--b9");
+    }
+}

@@ -1,0 +1,238 @@
+//! The `Execution` resource: one run of agent JavaScript under an approved Permit.
+//!
+//! The spec is immutable after creation (a CEL transition rule), so the code digest that was
+//! checked against the Permit's trust list is the code that runs.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::constants::DEFAULT_TIMEOUT_SECONDS;
+
+/// A request to run JavaScript that may call only the capabilities of an approved Permit.
+/// The operator runs it in a short-lived sandbox and writes the outcome to status.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "oauth3.dev",
+    version = "v1alpha1",
+    kind = "Execution",
+    doc = "One run of agent JavaScript under an approved Permit, in a short-lived sandbox; status holds the output, result, call log and attestation.",
+    plural = "executions",
+    singular = "execution",
+    shortname = "exec",
+    category = "oauth3",
+    namespaced,
+    status = "ExecutionStatus",
+    printcolumn = r#"{"name":"Permit","type":"string","jsonPath":".spec.permitRef","description":"The Permit whose capabilities the code uses"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Duration(ms)","type":"integer","jsonPath":".status.durationMs","description":"Wall time of the run in milliseconds"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.reason","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("self == oldSelf").message("Execution spec is immutable; create a new Execution instead"))]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionSpec {
+    /// Name of the Permit (in this namespace) whose capabilities the code may call.
+    #[schemars(
+        length(min = 1, max = 253),
+        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub permit_ref: String,
+
+    /// JavaScript run as the body of an async function. It sees `args`, `console.log` /
+    /// `console.error` and one async function per capability, nothing else (no fetch, require,
+    /// process or timers). Its return value becomes `status.result`. At most 256 KiB.
+    #[schemars(length(min = 1, max = 262_144))]
+    pub code: String,
+
+    /// JSON value visible to the code as `args`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::execution::any_json")]
+    pub args: Option<serde_json::Value>,
+
+    /// Wall-time limit for the run, in seconds (1 to 3600). Defaults to 30. The run ends as
+    /// `TimedOut` when it is exceeded.
+    #[serde(default = "default_timeout")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: i32,
+}
+
+fn default_timeout() -> i32 {
+    DEFAULT_TIMEOUT_SECONDS
+}
+
+/// Schema for a field holding any JSON value.
+pub(crate) fn any_json(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "x-kubernetes-preserve-unknown-fields": true })
+}
+
+/// Observed state of an Execution, written only by the operator.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionStatus {
+    /// `Pending`, `AwaitingApproval`, `Running`, `Succeeded`, `Failed`, `Denied` or `TimedOut`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<ExecutionPhase>,
+    /// Machine-readable reason for the phase (e.g. `PermitNotApproved`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Human-readable explanation of the phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// `sha256:<hex>` of `spec.code`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_digest: Option<String>,
+    /// The Permit's spec digest this Execution was admitted under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permit_digest: Option<String>,
+    /// The sandbox pod (pod launcher) or process id (process launcher).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    /// When the sandbox was launched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the result was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Run time in milliseconds as measured by the runner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<i64>,
+    /// Runner exit code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// What the code printed with `console.log`, capped and redacted of every secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<String>,
+    /// What the code printed with `console.error` plus uncaught errors, capped and redacted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<String>,
+    /// The JSON value the code returned, redacted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::execution::any_json")]
+    pub result: Option<serde_json::Value>,
+    /// Every capability call the code attempted, allowed or denied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<CallRecord>,
+    /// Evidence of where the code ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<Attestation>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Standard conditions (`Admitted`, `Launched`, `Completed`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Lifecycle phase of an Execution.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExecutionPhase {
+    /// Accepted, not yet launched.
+    Pending,
+    /// Waiting for the owner to trust this code digest (codeReview perCode).
+    AwaitingApproval,
+    /// The sandbox is running.
+    Running,
+    /// The code finished and returned.
+    Succeeded,
+    /// The code threw, or the sandbox failed.
+    Failed,
+    /// Refused before running (Permit not approved, expired, over budget, code not trusted).
+    Denied,
+    /// The time limit passed.
+    TimedOut,
+}
+
+impl ExecutionPhase {
+    /// Whether the phase is final (no further transitions).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Denied | Self::TimedOut
+        )
+    }
+}
+
+/// One capability call attempted by the code.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CallRecord {
+    /// Capability (function) name.
+    pub capability: String,
+    /// Upper-case HTTP method.
+    pub method: String,
+    /// Canonical URL without credentials.
+    pub url: String,
+    /// Upstream HTTP status, when the request was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<i32>,
+    /// `allowed` or `denied`.
+    pub decision: CallDecision,
+    /// Why the call was denied (or failed), in words an agent can act on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Time spent on the call in milliseconds.
+    #[serde(default)]
+    pub duration_ms: i64,
+}
+
+/// Whether a call passed policy.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub enum CallDecision {
+    Allowed,
+    Denied,
+}
+
+/// Attestation evidence for the run.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Attestation {
+    /// `tdx` when a TDX quote backs the result, `none` otherwise (process launcher, no TEE).
+    pub kind: AttestationKind,
+    /// Base64 quote, when `kind` is `tdx`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quote: Option<String>,
+    /// Hex report data bound into the quote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_data: Option<String>,
+    /// `sha256:<hex>` of the result statement the report data commits to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement_digest: Option<String>,
+}
+
+/// Kinds of attestation evidence.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub enum AttestationKind {
+    Tdx,
+    None,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_phases_are_exactly_the_final_ones() {
+        use ExecutionPhase::*;
+        for p in [Succeeded, Failed, Denied, TimedOut] {
+            assert!(p.is_terminal(), "{p:?}");
+        }
+        for p in [Pending, AwaitingApproval, Running] {
+            assert!(!p.is_terminal(), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn execution_spec_defaults_timeout_to_thirty_seconds() {
+        let spec: ExecutionSpec =
+            serde_json::from_value(serde_json::json!({"permitRef": "p", "code": "1"}))
+                .expect("valid");
+        assert_eq!(spec.timeout_seconds, 30);
+        assert_eq!(spec.args, None);
+    }
+}

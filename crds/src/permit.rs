@@ -1,0 +1,583 @@
+//! The `Permit` resource: what an agent may call, how, and with which of the owner's secrets.
+//!
+//! Field doc comments become `kubectl explain` text. Validation that must hold for every stored
+//! object lives in the schema (OpenAPI + CEL rules with messages) so the API server rejects a
+//! bad Permit on `kubectl apply`; the sandbox runner re-checks everything it relies on.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::constants::{DEFAULT_BODY_MAX_BYTES, DEFAULT_VALID_FOR};
+use crate::schema::{
+    ENDPOINT_PARAMS_DECLARED, ENDPOINT_PATH_PARAMS_USED, FORM_EXCLUSIVE, JS_NAME_RULE,
+    SCOPED_FETCH_FIELDS, TYPED_ENDPOINT_FIELDS, URL_ABSOLUTE, URL_HTTPS, URL_NO_QUERY,
+    URL_NO_USERINFO,
+};
+
+/// A request by an agent to call HTTP APIs with an owner's secrets. The owner approves or
+/// denies it; approval binds the exact spec (`status.specDigest`), so any change to the spec
+/// after approval voids it.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "oauth3.dev",
+    version = "v1alpha1",
+    kind = "Permit",
+    doc = "A request by an agent to call HTTP APIs with an owner's secrets, approved or denied by the owner. See spec for what it allows and status for the decision.",
+    plural = "permits",
+    singular = "permit",
+    shortname = "pmt",
+    category = "oauth3",
+    namespaced,
+    status = "PermitStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase","description":"Pending, Approved, Denied, Expired or Revoked"}"#,
+    printcolumn = r#"{"name":"Capabilities","type":"integer","jsonPath":".status.capabilityCount","description":"Number of capabilities requested"}"#,
+    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.approval.expiresAt","description":"When the approval lapses"}"#,
+    printcolumn = r#"{"name":"Description","type":"string","jsonPath":".spec.description","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new(
+    "self.capabilities.all(c, !has(c.auth) || c.auth.value.findAll('\\\\{[^{}]*\\\\}').all(m, m.substring(1, m.size() - 1) in self.secrets))"
+).message("every {NAME} placeholder in capabilities[].auth.value must be listed in spec.secrets").field_path(".secrets"))]
+#[serde(rename_all = "camelCase")]
+pub struct PermitSpec {
+    /// What the agent wants to do and why, in the agent's words. Shown to the approver
+    /// verbatim next to the exact rules below.
+    #[schemars(length(min = 1, max = 2000))]
+    pub description: String,
+
+    /// The calls the agent may make. Each capability becomes one async JavaScript function
+    /// (named `name`) inside the sandbox. Two forms: scoped fetch (`baseUrl` + `paths` +
+    /// `methods`) and typed endpoint (`endpoint` + `method` + `params`). Names are unique.
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub capabilities: Vec<Capability>,
+
+    /// Names of the owner's secrets the capabilities may inject, in environment-variable
+    /// style (e.g. `GITHUB_TOKEN`: a capital letter first, then capitals, digits and `_`, ending
+    /// in a capital or digit). Each refers to a sealed Secret (type `oauth3.dev/sealed`) in this
+    /// namespace whose name is the lower-cased secret name with `_` replaced by `-`
+    /// (`github-token`). Only these are ever unsealed, and only inside the sandbox.
+    #[serde(default)]
+    #[schemars(length(max = 32), inner(pattern(r"^[A-Z]([A-Z0-9_]{0,61}[A-Z0-9])?$")))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub secrets: Vec<String>,
+
+    /// How long an approval lasts, as a number and a unit: `s`, `m`, `h` or `d` (e.g. `30m`,
+    /// `24h`, `7d`). At most 365 days. Defaults to 24h.
+    #[serde(default = "default_valid_for")]
+    #[schemars(length(max = 16), pattern(r"^[1-9][0-9]{0,5}(s|m|h|d)$"))]
+    pub valid_for: String,
+
+    /// The most Executions that may run under one approval. Unset means no cap beyond rate
+    /// limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_executions: Option<i64>,
+
+    /// Whether each new piece of code needs the owner's approval too. `none`: any code may use
+    /// the approved capabilities. `perCode`: every new code digest (sha256 of
+    /// `Execution.spec.code`) is shown to the owner, who trusts it once, for 24h, or always.
+    #[serde(default)]
+    pub code_review: CodeReview,
+}
+
+fn default_valid_for() -> String {
+    DEFAULT_VALID_FOR.to_owned()
+}
+
+/// One capability: an async JavaScript function the sandboxed code may call.
+///
+/// Scoped fetch (`baseUrl` set) is called as `name(method, path, {query, body, headers})`;
+/// typed endpoint (`endpoint` set) as `name(pathParam1, pathParam2, ..., {otherParams})`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new(FORM_EXCLUSIVE).message("set exactly one of baseUrl (scoped fetch) or endpoint (typed endpoint)"),
+    validation = Rule::new(SCOPED_FETCH_FIELDS).message("a scoped-fetch capability (baseUrl) needs paths and methods and must not set method or params"),
+    validation = Rule::new(TYPED_ENDPOINT_FIELDS).message("a typed-endpoint capability (endpoint) needs method and must not set paths, methods or query"),
+    validation = Rule::new(ENDPOINT_PARAMS_DECLARED).message("every {placeholder} in endpoint must be declared in params with in: path").field_path(".endpoint"),
+    validation = Rule::new(ENDPOINT_PATH_PARAMS_USED).message("every param with in: path must appear as {name} in endpoint").field_path(".params")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Capability {
+    /// The JavaScript function name: a letter, `_` or `$` first, then letters, digits, `_`,
+    /// `$`; not a JavaScript reserved word and not a sandbox global (`args`, `console`, ...).
+    #[schemars(length(min = 1, max = 64), pattern(r"^[A-Za-z_$][A-Za-z0-9_$]*$"))]
+    #[x_kube(validation = Rule::new(JS_NAME_RULE).message("must not be a JavaScript reserved word or a sandbox global"))]
+    pub name: String,
+
+    /// Scoped fetch: the origin (and optional path prefix) every call is resolved against,
+    /// e.g. `https://api.github.com`. https only; http only for loopback (127.0.0.0/8, ::1,
+    /// localhost) during development. No user:password@, query or fragment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    #[x_kube(
+        validation = Rule::new(URL_ABSOLUTE).message("must be an absolute URL with a host, e.g. https://api.example.com"),
+        validation = Rule::new(URL_HTTPS).message("must use https (http is allowed only for loopback: 127.0.0.0/8, ::1, localhost)"),
+        validation = Rule::new(URL_NO_USERINFO).message("must not contain userinfo (user:password@)"),
+        validation = Rule::new(URL_NO_QUERY).message("must not contain a query (?) or fragment (#)")
+    )]
+    pub base_url: Option<String>,
+
+    /// Scoped fetch: globs on the canonical request path (relative to the host). `*` matches
+    /// exactly one path segment, `**` any number of segments. Each starts with `/`; `.`/`..`
+    /// segments (raw or percent-encoded) and backslashes are not allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 32),
+        inner(length(min = 1, max = 256), pattern(r"^/[^?#\\\x00-\x20\x7f]*$"))
+    )]
+    #[x_kube(validation = Rule::new(
+        "self.all(p, !p.matches('(?i)(^|/)(\\\\.|%2e){1,2}(/|$)'))"
+    ).message("paths must not contain . or .. segments (raw or percent-encoded)"))]
+    pub paths: Vec<String>,
+
+    /// Scoped fetch: HTTP methods allowed, upper case.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub methods: Vec<HttpMethod>,
+
+    /// Scoped fetch: which query parameters the code may send. Parameters not listed are
+    /// rejected. Unset: no query parameters at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<QueryRules>,
+
+    /// Rules for request bodies (both forms). Unset: JSON bodies of any shape up to 64 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<BodyRules>,
+
+    /// How a secret is injected into every request of this capability. The agent's own
+    /// credential headers are always dropped, never merged with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+
+    /// At most `requests` calls per `perSeconds`, counted per Permit across Executions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+
+    /// Link to the API's documentation, shown to the approver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    #[x_kube(validation = Rule::new(URL_ABSOLUTE).message("must be an absolute URL with a host"))]
+    pub doc_url: Option<String>,
+
+    /// Typed endpoint: URL template with `{param}` placeholders in the path, e.g.
+    /// `https://api.github.com/repos/{owner}/{repo}/issues`. Same scheme and host rules as
+    /// baseUrl.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    #[x_kube(
+        validation = Rule::new(URL_ABSOLUTE).message("must be an absolute URL with a host, e.g. https://api.example.com/v1/{id}"),
+        validation = Rule::new(URL_HTTPS).message("must use https (http is allowed only for loopback: 127.0.0.0/8, ::1, localhost)"),
+        validation = Rule::new(URL_NO_USERINFO).message("must not contain userinfo (user:password@)"),
+        validation = Rule::new(URL_NO_QUERY).message("must not contain a query (?) or fragment (#); declare query parameters in params"),
+        validation = Rule::new("!self.matches('(?i)/(\\\\.|%2e){1,2}(/|$)')").message("must not contain . or .. path segments")
+    )]
+    pub endpoint: Option<String>,
+
+    /// Typed endpoint: the one HTTP method it calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<HttpMethod>,
+
+    /// Typed endpoint: the function's parameters and where each goes. Path parameters are
+    /// positional arguments in the order they appear in `endpoint`; the others are fields of
+    /// a trailing options object.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub params: BTreeMap<String, ParamSpec>,
+}
+
+/// The two forms a capability takes, as a typed view of [`Capability`]'s optional fields.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum CapabilityForm<'a> {
+    /// `name(method, path, {query, body, headers})` under `base_url`, limited by path globs.
+    ScopedFetch {
+        /// Origin and optional path prefix.
+        base_url: &'a str,
+        /// Path globs.
+        paths: &'a [String],
+        /// Allowed methods.
+        methods: &'a [HttpMethod],
+    },
+    /// `name(pathParams..., {others})` against a single URL template and method.
+    TypedEndpoint {
+        /// URL template with `{param}` placeholders.
+        endpoint: &'a str,
+        /// The method.
+        method: HttpMethod,
+        /// Parameter declarations.
+        params: &'a BTreeMap<String, ParamSpec>,
+    },
+}
+
+impl Capability {
+    /// The capability's form, or `None` if it has neither (or both) `baseUrl` and `endpoint`,
+    /// which the schema rejects.
+    pub fn form(&self) -> Option<CapabilityForm<'_>> {
+        match (&self.base_url, &self.endpoint, self.method) {
+            (Some(base_url), None, _) => Some(CapabilityForm::ScopedFetch {
+                base_url,
+                paths: &self.paths,
+                methods: &self.methods,
+            }),
+            (None, Some(endpoint), Some(method)) => Some(CapabilityForm::TypedEndpoint {
+                endpoint,
+                method,
+                params: &self.params,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// HTTP methods a capability may allow.
+#[derive(
+    Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
+#[allow(clippy::upper_case_acronyms, missing_docs)]
+pub enum HttpMethod {
+    GET,
+    HEAD,
+    POST,
+    PUT,
+    PATCH,
+    DELETE,
+    OPTIONS,
+}
+
+impl HttpMethod {
+    /// The method's canonical upper-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::GET => "GET",
+            Self::HEAD => "HEAD",
+            Self::POST => "POST",
+            Self::PUT => "PUT",
+            Self::PATCH => "PATCH",
+            Self::DELETE => "DELETE",
+            Self::OPTIONS => "OPTIONS",
+        }
+    }
+
+    /// Parses a method name case-insensitively (`get` and `GET` are the same method).
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::GET,
+            Self::HEAD,
+            Self::POST,
+            Self::PUT,
+            Self::PATCH,
+            Self::DELETE,
+            Self::OPTIONS,
+        ]
+        .into_iter()
+        .find(|m| m.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+impl std::fmt::Display for HttpMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which query parameters a scoped-fetch capability accepts.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryRules {
+    /// Parameter names the code may send; any other parameter rejects the call.
+    #[serde(default)]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 128)))]
+    pub allow: Vec<String>,
+}
+
+/// Rules for request bodies.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BodyRules {
+    /// If set, only these keys may appear in a JSON object body. Nested keys are written as
+    /// dotted paths (`labels`, `author.name`); a listed key allows everything beneath it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128), inner(length(min = 1, max = 256)))]
+    pub allow_keys: Option<Vec<String>>,
+
+    /// Keys (dotted paths) that must never appear, checked after `allowKeys`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128), inner(length(min = 1, max = 256)))]
+    pub deny_keys: Vec<String>,
+
+    /// Largest body in bytes. Defaults to 65536; at most 10 MiB.
+    #[serde(default = "default_body_max")]
+    #[schemars(range(min = 0, max = 10_485_760))]
+    pub max_bytes: i32,
+
+    /// Allow bodies that are not JSON (sent as-is, only size-checked). Off by default: a
+    /// body that does not parse as JSON is rejected.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_raw: bool,
+}
+
+fn default_body_max() -> i32 {
+    DEFAULT_BODY_MAX_BYTES
+}
+
+/// How a secret is injected into requests.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.header) != has(self.queryParam)").message("set exactly one of header or queryParam"))]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// The header that carries the credential, e.g. `Authorization`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), pattern(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"))]
+    pub header: Option<String>,
+
+    /// The query parameter that carries the credential, for APIs that want `?key=...`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), pattern(r"^[A-Za-z0-9._~-]+$"))]
+    pub query_param: Option<String>,
+
+    /// The value template; `{NAME}` is replaced inside the sandbox by the unsealed secret
+    /// `NAME`, which must be listed in `spec.secrets`. E.g. `Bearer {GITHUB_TOKEN}`.
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new("self.matches('\\\\{[A-Z][A-Z0-9_]*\\\\}')").message("must contain at least one {SECRET_NAME} placeholder"))]
+    pub value: String,
+}
+
+/// A token-bucket rate limit.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Calls allowed per window; at least 1.
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub requests: i32,
+    /// Window length in seconds; at least 1.
+    #[schemars(range(min = 1, max = 86_400))]
+    pub per_seconds: i32,
+}
+
+/// One parameter of a typed endpoint.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ParamSpec {
+    /// Where the value goes: `path` (a `{placeholder}` in endpoint), `query`, `body` (a key
+    /// of the JSON object body) or `header`.
+    #[serde(rename = "in")]
+    pub location: ParamLocation,
+
+    /// Whether the call fails when the parameter is missing. Path parameters are always
+    /// required.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub required: bool,
+
+    /// Optional regular expression the (string) value must match in full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub pattern: Option<String>,
+}
+
+/// Where a typed-endpoint parameter is placed in the request.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub enum ParamLocation {
+    Path,
+    Query,
+    Body,
+    Header,
+}
+
+/// Whether code needs approval as well as the Permit.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum CodeReview {
+    /// Any code may use the approved capabilities.
+    #[default]
+    None,
+    /// Each new code digest must be trusted by the owner (once, for 24h, or always).
+    PerCode,
+}
+
+/// Observed state of a Permit, written only by the operator.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PermitStatus {
+    /// Where the Permit stands: `Pending`, `Approved`, `Denied`, `Expired` or `Revoked`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<PermitPhase>,
+    /// `sha256:<hex>` of the canonical spec; an approval is valid only for this digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_digest: Option<String>,
+    /// Number of capabilities, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability_count: Option<i32>,
+    /// The owner's decision, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+    /// Usage under the current approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<PermitUsage>,
+    /// Code digests the owner trusts (codeReview perCode), newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_code: Vec<TrustedCode>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Standard conditions (`Ready`, `Approved`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Lifecycle phase of a Permit.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum PermitPhase {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+    Revoked,
+}
+
+/// An owner's recorded decision on a Permit.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Approval {
+    /// `Approved` or `Denied`.
+    pub decision: ApprovalDecision,
+    /// Who decided (Telegram user id, Kubernetes user name).
+    pub by: String,
+    /// Through which channel.
+    pub via: ApprovalVia,
+    /// When the decision was made.
+    pub at: Time,
+    /// When an approval lapses (`at` + `validFor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+    /// The spec digest the decision applies to.
+    pub spec_digest: String,
+}
+
+/// An approval decision.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum ApprovalDecision {
+    Approved,
+    Denied,
+}
+
+/// The channel an approval came through.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub enum ApprovalVia {
+    Telegram,
+    Kubectl,
+    Web,
+}
+
+/// How long a code digest is trusted.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum TrustLevel {
+    /// For one Execution only; no record is kept.
+    Once,
+    /// For 24 hours.
+    #[serde(rename = "24h")]
+    Day,
+    /// Until revoked.
+    Always,
+}
+
+/// A code digest the owner trusts.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustedCode {
+    /// `sha256:<hex>` of the code.
+    pub code_digest: String,
+    /// `24h` or `always`.
+    pub level: TrustLevel,
+    /// Who trusted it.
+    pub by: String,
+    /// When.
+    pub at: Time,
+    /// When the trust lapses (level `24h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+}
+
+/// Usage counters under the current approval.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PermitUsage {
+    /// Executions started under the current approval.
+    pub executions: i64,
+    /// Capability calls made under the current approval.
+    pub calls: i64,
+    /// Remaining rate-limit tokens per capability at `at`, carried across Executions.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rate_budget: BTreeMap<String, f64>,
+    /// When the counters were last updated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Time>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_method_parse_is_case_insensitive_and_canonical_upper_case() {
+        assert_eq!(HttpMethod::parse("get"), Some(HttpMethod::GET));
+        assert_eq!(
+            HttpMethod::parse("Patch").map(HttpMethod::as_str),
+            Some("PATCH")
+        );
+        assert_eq!(HttpMethod::parse("TRACE"), None);
+        assert_eq!(HttpMethod::parse(""), None);
+    }
+
+    #[test]
+    fn capability_form_distinguishes_scoped_fetch_and_typed_endpoint() {
+        let fetch: Capability = serde_json::from_value(serde_json::json!({
+            "name": "gh", "baseUrl": "https://api.github.com", "paths": ["/x"], "methods": ["GET"]
+        }))
+        .expect("valid capability");
+        assert!(matches!(
+            fetch.form(),
+            Some(CapabilityForm::ScopedFetch { .. })
+        ));
+
+        let typed: Capability = serde_json::from_value(serde_json::json!({
+            "name": "createIssue", "endpoint": "https://api.github.com/repos/{o}/issues",
+            "method": "POST", "params": {"o": {"in": "path"}}
+        }))
+        .expect("valid capability");
+        match typed.form() {
+            Some(CapabilityForm::TypedEndpoint { method, params, .. }) => {
+                assert_eq!(method, HttpMethod::POST);
+                assert_eq!(params["o"].location, ParamLocation::Path);
+            }
+            other => panic!("expected typed endpoint, got {other:?}"),
+        }
+
+        let neither: Capability =
+            serde_json::from_value(serde_json::json!({"name": "x"})).expect("parses");
+        assert_eq!(neither.form(), None);
+    }
+
+    #[test]
+    fn permit_spec_defaults_are_applied_on_deserialise() {
+        let spec: PermitSpec = serde_json::from_value(serde_json::json!({
+            "description": "d",
+            "capabilities": [{"name": "gh", "baseUrl": "https://a.example", "paths": ["/"], "methods": ["GET"]}]
+        }))
+        .expect("valid spec");
+        assert_eq!(spec.valid_for, "24h");
+        assert_eq!(spec.code_review, CodeReview::None);
+        assert!(spec.secrets.is_empty());
+    }
+}

@@ -1,0 +1,1 @@
+//! oauth3 operator: controllers for Permits and Executions (see the operator issue).

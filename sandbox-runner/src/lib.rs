@@ -1,0 +1,1 @@
+//! oauth3 sandbox runner: policy enforcement, JavaScript sandbox, sealed secrets.

@@ -1,0 +1,104 @@
+//! Test support for tiers that need a Kubernetes API server: a client for the local control
+//! plane started by `tests/cluster/control-plane.sh`, a fresh namespace per test, and CRD
+//! installation (server-side apply, then wait until Established).
+//!
+//! Tests find the cluster through `TEST_KUBECONFIG`. Without it they skip with a message, unless
+//! `REQUIRE_K8S=1` is set (as `make test` and CI do), in which case a missing cluster fails the
+//! test instead of passing silently.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, Config};
+use tokio::sync::OnceCell;
+
+/// Field manager the test harness uses for what it applies.
+pub const TEST_FIELD_MANAGER: &str = "oauth3-tests";
+
+/// A client for the local control plane, or `None` (test skipped) when none is configured.
+///
+/// # Panics
+/// When `REQUIRE_K8S=1` and `TEST_KUBECONFIG` is unset or unusable: a required tier must never
+/// be skipped silently.
+pub async fn client_or_skip() -> Option<Client> {
+    let required = std::env::var("REQUIRE_K8S").is_ok_and(|v| v == "1");
+    let Some(path) = std::env::var_os("TEST_KUBECONFIG") else {
+        assert!(
+            !required,
+            "REQUIRE_K8S=1 but TEST_KUBECONFIG is not set: start the control plane with \
+             `make cluster-up` or run tests through `make test`"
+        );
+        eprintln!("skipping: TEST_KUBECONFIG not set (run `make test` to start a control plane)");
+        return None;
+    };
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path)
+        .unwrap_or_else(|e| panic!("reading TEST_KUBECONFIG {}: {e}", path.to_string_lossy()));
+    let config = Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("building a client config from TEST_KUBECONFIG");
+    let client = Client::try_from(config).expect("building a client");
+    install_crds(&client).await;
+    Some(client)
+}
+
+static CRDS: OnceCell<()> = OnceCell::const_new();
+
+/// Installs (server-side apply, forced) every oauth3 CRD once per test process and waits until
+/// each is Established.
+pub async fn install_crds(client: &Client) {
+    CRDS.get_or_init(|| async {
+        let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+        let pp = PatchParams::apply(TEST_FIELD_MANAGER).force();
+        for crd in oauth3_crds::crds() {
+            let name = crd.metadata.name.clone().expect("CRD has a name");
+            api.patch(&name, &pp, &Patch::Apply(&crd))
+                .await
+                .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
+            let established = await_condition(api.clone(), &name, conditions::is_crd_established());
+            tokio::time::timeout(Duration::from_secs(60), established)
+                .await
+                .unwrap_or_else(|_| panic!("CRD {name} not Established within 60s"))
+                .unwrap_or_else(|e| panic!("watching CRD {name}: {e}"));
+        }
+        // Discovery of a new group can lag Established by a moment; wait until the API serves it.
+        let permits: Api<oauth3_crds::Permit> = Api::all(client.clone());
+        for _ in 0..100 {
+            if permits.list(&Default::default()).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("oauth3.dev resources not served within 10s of being Established");
+    })
+    .await;
+}
+
+/// Creates a namespace with a unique name starting with `prefix` and returns its name.
+pub async fn namespace(client: &Client, prefix: &str) -> String {
+    let suffix: u32 = rand::random();
+    let name = format!("{prefix}-{suffix:08x}");
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns = Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some([("oauth3.dev/test".to_owned(), "true".to_owned())].into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    api.create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+    name
+}
+
+/// Where the repository's top-level directory is.
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests crate lives in the repository")
+        .to_path_buf()
+}

@@ -1,0 +1,595 @@
+//! Schema tier: the CRDs installed in a real kube-apiserver accept every example and reject bad
+//! objects with a message that names the offending field and the rule.
+
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use oauth3_crds::{Execution, Permit};
+use oauth3_tests::{TEST_FIELD_MANAGER, client_or_skip, namespace, repo_root};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+fn valid_permit() -> Value {
+    json!({
+        "apiVersion": "oauth3.dev/v1alpha1",
+        "kind": "Permit",
+        "metadata": {"name": "p"},
+        "spec": {
+            "description": "List issues",
+            "capabilities": [{
+                "name": "github",
+                "baseUrl": "https://api.github.com",
+                "paths": ["/repos/o/r/issues"],
+                "methods": ["GET"],
+                "auth": {"header": "Authorization", "value": "Bearer {GITHUB_TOKEN}"},
+                "rateLimit": {"requests": 5, "perSeconds": 60}
+            }],
+            "secrets": ["GITHUB_TOKEN"]
+        }
+    })
+}
+
+fn valid_typed_permit() -> Value {
+    let mut v = valid_permit();
+    v["spec"]["capabilities"][0] = json!({
+        "name": "createIssue",
+        "endpoint": "https://api.github.com/repos/{owner}/{repo}/issues",
+        "method": "POST",
+        "params": {"owner": {"in": "path"}, "repo": {"in": "path"}, "title": {"in": "body"}}
+    });
+    v
+}
+
+fn valid_execution() -> Value {
+    json!({
+        "apiVersion": "oauth3.dev/v1alpha1",
+        "kind": "Execution",
+        "metadata": {"name": "e"},
+        "spec": {"permitRef": "p", "code": "return 1", "timeoutSeconds": 10}
+    })
+}
+
+/// Sets (or with `Value::Null`, removes) the value at a JSON pointer, creating objects on the way.
+fn set(mut v: Value, pointer: &str, new: Value) -> Value {
+    let (parent, last) = pointer.rsplit_once('/').expect("pointer has a /");
+    let target = v
+        .pointer_mut(parent)
+        .unwrap_or_else(|| panic!("no parent at {parent}"));
+    match target {
+        Value::Object(map) if new.is_null() => {
+            map.remove(last);
+        }
+        Value::Object(map) => {
+            map.insert(last.to_owned(), new);
+        }
+        Value::Array(items) => {
+            let i: usize = last.parse().expect("array index");
+            if i == items.len() {
+                items.push(new);
+            } else {
+                items[i] = new;
+            }
+        }
+        other => panic!("cannot set {last} in {other}"),
+    }
+    v
+}
+
+struct Bad {
+    what: &'static str,
+    object: Value,
+    field: &'static str,
+    rule: &'static str,
+}
+
+fn bad(what: &'static str, object: Value, field: &'static str, rule: &'static str) -> Bad {
+    Bad {
+        what,
+        object,
+        field,
+        rule,
+    }
+}
+
+fn bad_objects() -> Vec<Bad> {
+    let p = valid_permit;
+    let t = valid_typed_permit;
+    let e = valid_execution;
+    let cap = "/spec/capabilities/0";
+    vec![
+        bad(
+            "capability name not a JS identifier",
+            set(p(), &format!("{cap}/name"), json!("my-api")),
+            "spec.capabilities[0].name",
+            "should match",
+        ),
+        bad(
+            "capability name is a reserved word",
+            set(p(), &format!("{cap}/name"), json!("delete")),
+            "spec.capabilities[0].name",
+            "must not be a JavaScript reserved word",
+        ),
+        bad(
+            "capability name shadows a sandbox global",
+            set(p(), &format!("{cap}/name"), json!("console")),
+            "spec.capabilities[0].name",
+            "sandbox global",
+        ),
+        bad(
+            "duplicate capability names",
+            set(
+                p(),
+                "/spec/capabilities/1",
+                p()["spec"]["capabilities"][0].clone(),
+            ),
+            "spec.capabilities[1]",
+            "Duplicate value",
+        ),
+        bad(
+            "plain http to a public host",
+            set(
+                p(),
+                &format!("{cap}/baseUrl"),
+                json!("http://api.github.com"),
+            ),
+            "spec.capabilities[0].baseUrl",
+            "must use https",
+        ),
+        bad(
+            "http to a host that only starts like loopback",
+            set(
+                p(),
+                &format!("{cap}/baseUrl"),
+                json!("http://127.0.0.1.evil.example"),
+            ),
+            "spec.capabilities[0].baseUrl",
+            "must use https",
+        ),
+        bad(
+            "non-http scheme",
+            set(p(), &format!("{cap}/baseUrl"), json!("ftp://files.example")),
+            "spec.capabilities[0].baseUrl",
+            "must use https",
+        ),
+        bad(
+            "baseUrl without scheme",
+            set(p(), &format!("{cap}/baseUrl"), json!("api.github.com")),
+            "spec.capabilities[0].baseUrl",
+            "must be an absolute URL",
+        ),
+        bad(
+            "userinfo in baseUrl",
+            set(
+                p(),
+                &format!("{cap}/baseUrl"),
+                json!("https://user:pw@api.github.com"),
+            ),
+            "spec.capabilities[0].baseUrl",
+            "userinfo",
+        ),
+        bad(
+            "query in baseUrl",
+            set(
+                p(),
+                &format!("{cap}/baseUrl"),
+                json!("https://api.github.com/?x=1"),
+            ),
+            "spec.capabilities[0].baseUrl",
+            "query",
+        ),
+        bad(
+            "fragment in baseUrl",
+            set(
+                p(),
+                &format!("{cap}/baseUrl"),
+                json!("https://api.github.com/#frag"),
+            ),
+            "spec.capabilities[0].baseUrl",
+            "fragment",
+        ),
+        bad(
+            "lower-case method",
+            set(p(), &format!("{cap}/methods"), json!(["get"])),
+            "spec.capabilities[0].methods[0]",
+            "Unsupported value",
+        ),
+        bad(
+            "method outside the HTTP set",
+            set(p(), &format!("{cap}/methods"), json!(["TRACE"])),
+            "spec.capabilities[0].methods[0]",
+            "Unsupported value",
+        ),
+        bad(
+            "path without leading slash",
+            set(p(), &format!("{cap}/paths"), json!(["repos/o/r"])),
+            "spec.capabilities[0].paths[0]",
+            "should match",
+        ),
+        bad(
+            "dot-dot path segment",
+            set(p(), &format!("{cap}/paths"), json!(["/repos/../admin"])),
+            "spec.capabilities[0].paths",
+            "must not contain . or .. segments",
+        ),
+        bad(
+            "percent-encoded dot-dot segment",
+            set(p(), &format!("{cap}/paths"), json!(["/repos/%2E%2e/admin"])),
+            "spec.capabilities[0].paths",
+            "must not contain . or .. segments",
+        ),
+        bad(
+            "backslash in a path",
+            set(p(), &format!("{cap}/paths"), json!(["/repos\\..\\admin"])),
+            "spec.capabilities[0].paths[0]",
+            "should match",
+        ),
+        bad(
+            "auth placeholder not listed in secrets",
+            set(p(), "/spec/secrets", json!(["OTHER_TOKEN"])),
+            "spec.secrets",
+            "must be listed in spec.secrets",
+        ),
+        bad(
+            "secret name not in environment-variable style",
+            set(
+                p(),
+                "/spec/secrets",
+                json!(["GITHUB_TOKEN", "github_token"]),
+            ),
+            "spec.secrets[1]",
+            "should match",
+        ),
+        bad(
+            "secret name ending in underscore",
+            set(p(), "/spec/secrets", json!(["GITHUB_TOKEN", "TOKEN_"])),
+            "spec.secrets[1]",
+            "should match",
+        ),
+        bad(
+            "duplicate secret",
+            set(
+                p(),
+                "/spec/secrets",
+                json!(["GITHUB_TOKEN", "GITHUB_TOKEN"]),
+            ),
+            "spec.secrets[1]",
+            "Duplicate value",
+        ),
+        bad(
+            "rate limit of zero requests",
+            set(p(), &format!("{cap}/rateLimit/requests"), json!(0)),
+            "spec.capabilities[0].rateLimit.requests",
+            "greater than or equal to 1",
+        ),
+        bad(
+            "rate limit window of zero seconds",
+            set(p(), &format!("{cap}/rateLimit/perSeconds"), json!(0)),
+            "spec.capabilities[0].rateLimit.perSeconds",
+            "greater than or equal to 1",
+        ),
+        bad(
+            "both capability forms",
+            set(
+                p(),
+                &format!("{cap}/endpoint"),
+                json!("https://api.github.com/x"),
+            ),
+            "spec.capabilities[0]",
+            "set exactly one of baseUrl",
+        ),
+        bad(
+            "neither capability form",
+            set(p(), &format!("{cap}/baseUrl"), Value::Null),
+            "spec.capabilities[0]",
+            "set exactly one of baseUrl",
+        ),
+        bad(
+            "scoped fetch without methods",
+            set(p(), &format!("{cap}/methods"), Value::Null),
+            "spec.capabilities[0]",
+            "needs paths and methods",
+        ),
+        bad(
+            "endpoint placeholder not declared",
+            set(t(), &format!("{cap}/params/repo"), Value::Null),
+            "spec.capabilities[0].endpoint",
+            "must be declared in params",
+        ),
+        bad(
+            "path param missing from endpoint",
+            set(t(), &format!("{cap}/params/number"), json!({"in": "path"})),
+            "spec.capabilities[0].params",
+            "must appear as {name} in endpoint",
+        ),
+        bad(
+            "typed endpoint with http to a public host",
+            set(
+                t(),
+                &format!("{cap}/endpoint"),
+                json!("http://api.github.com/repos/{owner}/{repo}/issues"),
+            ),
+            "spec.capabilities[0].endpoint",
+            "must use https",
+        ),
+        bad(
+            "typed endpoint without method",
+            set(t(), &format!("{cap}/method"), Value::Null),
+            "spec.capabilities[0]",
+            "needs method",
+        ),
+        bad(
+            "auth with both header and query parameter",
+            set(p(), &format!("{cap}/auth/queryParam"), json!("key")),
+            "spec.capabilities[0].auth",
+            "set exactly one of header or queryParam",
+        ),
+        bad(
+            "auth value without a secret placeholder",
+            set(p(), &format!("{cap}/auth/value"), json!("Bearer hardcoded")),
+            "spec.capabilities[0].auth.value",
+            "must contain at least one {SECRET_NAME} placeholder",
+        ),
+        bad(
+            "validFor in words",
+            set(p(), "/spec/validFor", json!("1 day")),
+            "spec.validFor",
+            "should match",
+        ),
+        bad(
+            "unknown codeReview",
+            set(p(), "/spec/codeReview", json!("always")),
+            "spec.codeReview",
+            "Unsupported value",
+        ),
+        bad(
+            "empty description",
+            set(p(), "/spec/description", json!("")),
+            "spec.description",
+            "should be at least 1 chars long",
+        ),
+        bad(
+            "no capabilities",
+            set(p(), "/spec/capabilities", json!([])),
+            "spec.capabilities",
+            "should have at least 1 items",
+        ),
+        bad(
+            "maxExecutions of zero",
+            set(p(), "/spec/maxExecutions", json!(0)),
+            "spec.maxExecutions",
+            "greater than or equal to 1",
+        ),
+        bad(
+            "unknown field in a capability",
+            set(p(), &format!("{cap}/allowEverything"), json!(true)),
+            "spec.capabilities[0].allowEverything",
+            "unknown field",
+        ),
+        bad(
+            "timeout of zero",
+            set(e(), "/spec/timeoutSeconds", json!(0)),
+            "spec.timeoutSeconds",
+            "greater than or equal to 1",
+        ),
+        bad(
+            "timeout over an hour",
+            set(e(), "/spec/timeoutSeconds", json!(3601)),
+            "spec.timeoutSeconds",
+            "less than or equal to 3600",
+        ),
+        bad(
+            "empty code",
+            set(e(), "/spec/code", json!("")),
+            "spec.code",
+            "should be at least 1 chars long",
+        ),
+        bad(
+            "code over 256 KiB",
+            set(e(), "/spec/code", json!("x".repeat(262_145))),
+            "spec.code",
+            "Too long",
+        ),
+        bad(
+            "missing permitRef",
+            set(e(), "/spec/permitRef", Value::Null),
+            "spec.permitRef",
+            "Required value",
+        ),
+        bad(
+            "permitRef that is not an object name",
+            set(e(), "/spec/permitRef", json!("Github_Issues")),
+            "spec.permitRef",
+            "should match",
+        ),
+    ]
+}
+
+fn api_for(client: &kube::Client, ns: &str, kind: &str) -> Api<DynamicObject> {
+    let ar = match kind {
+        "Permit" => ApiResource::erase::<Permit>(&()),
+        "Execution" => ApiResource::erase::<Execution>(&()),
+        other => panic!("unexpected kind {other}"),
+    };
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+/// Creates the object as `kubectl apply` / `kubectl create` do: a POST with strict field
+/// validation, so unknown fields are errors rather than silently pruned.
+async fn create(
+    client: &kube::Client,
+    ns: &str,
+    obj: &DynamicObject,
+) -> Result<DynamicObject, kube::Error> {
+    let plural = match obj.types.as_ref().map(|t| t.kind.as_str()) {
+        Some("Permit") => "permits",
+        Some("Execution") => "executions",
+        other => panic!("unexpected kind {other:?}"),
+    };
+    let url = format!("/apis/oauth3.dev/v1alpha1/namespaces/{ns}/{plural}?fieldValidation=Strict");
+    let body = serde_json::to_vec(obj).expect("object serialises");
+    let req = http::Request::post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .expect("request");
+    client.request::<DynamicObject>(req).await
+}
+
+/// Creates the object as `kubectl apply --server-side` does.
+async fn apply(api: Api<DynamicObject>, obj: &DynamicObject) -> Result<DynamicObject, kube::Error> {
+    let name = obj.metadata.name.clone().expect("object has a name");
+    let pp = PatchParams::apply(TEST_FIELD_MANAGER).validation_strict();
+    api.patch(&name, &pp, &Patch::Apply(obj)).await
+}
+
+#[tokio::test]
+async fn every_example_is_accepted_by_the_api_server() {
+    let Some(client) = client_or_skip().await else {
+        return;
+    };
+    let ns = namespace(&client, "schema-examples").await;
+    let dir = repo_root().join("examples");
+    let mut seen = 0;
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("examples/")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    for path in files
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+    {
+        let text = std::fs::read_to_string(&path).expect("readable example");
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = Value::deserialize(doc).expect("example is YAML");
+            if value.is_null() {
+                continue;
+            }
+            let kind = value["kind"].as_str().expect("kind").to_owned();
+            if kind != "Permit" && kind != "Execution" {
+                continue;
+            }
+            let obj: DynamicObject = serde_json::from_value(value).expect("object");
+            apply(api_for(&client, &ns, &kind), &obj)
+                .await
+                .unwrap_or_else(|e| panic!("{} was rejected: {e}", path.display()));
+            seen += 1;
+        }
+    }
+    assert!(
+        seen >= 5,
+        "expected at least 5 example objects, found {seen}"
+    );
+}
+
+#[tokio::test]
+async fn bad_objects_are_rejected_naming_field_and_rule() {
+    let Some(client) = client_or_skip().await else {
+        return;
+    };
+    let ns = namespace(&client, "schema-bad").await;
+    // The valid bases themselves must be accepted, or every rejection below proves nothing.
+    for base in [valid_permit(), valid_typed_permit(), valid_execution()] {
+        let kind = base["kind"].as_str().expect("kind").to_owned();
+        let mut obj: DynamicObject = serde_json::from_value(base).expect("object");
+        obj.metadata.name = Some(format!("base-{}", kind.to_lowercase()));
+        if kind == "Permit" && obj.data["spec"]["capabilities"][0]["endpoint"].is_string() {
+            obj.metadata.name = Some("base-typed".into());
+        }
+        apply(api_for(&client, &ns, &kind), &obj)
+            .await
+            .unwrap_or_else(|e| panic!("valid base {kind} rejected: {e}"));
+    }
+    let cases = bad_objects();
+    assert!(cases.len() >= 25);
+    let mut failures = Vec::new();
+    for (i, case) in cases.into_iter().enumerate() {
+        let mut obj: DynamicObject = serde_json::from_value(case.object).expect("object");
+        obj.metadata.name = Some(format!("bad-{i}"));
+        match create(&client, &ns, &obj).await {
+            Ok(_) => failures.push(format!("{}: accepted", case.what)),
+            Err(kube::Error::Api(status)) => {
+                let msg = status.message.clone();
+                if !(status.code == 422 || status.code == 400)
+                    || !msg.contains(case.field)
+                    || !msg.contains(case.rule)
+                {
+                    failures.push(format!(
+                        "{}: expected {} naming {:?} and {:?}, got {}: {msg}",
+                        case.what, 422, case.field, case.rule, status.code
+                    ));
+                }
+            }
+            Err(other) => failures.push(format!("{}: unexpected error {other}", case.what)),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} bad objects misjudged:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn execution_spec_is_immutable_after_creation() {
+    let Some(client) = client_or_skip().await else {
+        return;
+    };
+    let ns = namespace(&client, "schema-immutable").await;
+    let api = api_for(&client, &ns, "Execution");
+    let obj: DynamicObject = serde_json::from_value(valid_execution()).expect("object");
+    let created = apply(api.clone(), &obj).await.expect("created");
+    let mut changed = created.clone();
+    changed.data["spec"]["code"] = json!("return 2");
+    let err = api
+        .replace("e", &PostParams::default(), &changed)
+        .await
+        .expect_err("must be refused");
+    match err {
+        kube::Error::Api(s) => assert!(
+            s.message.contains("Execution spec is immutable"),
+            "{}",
+            s.message
+        ),
+        other => panic!("unexpected error {other}"),
+    }
+    let now = api.get("e").await.expect("still there");
+    assert_eq!(
+        now.data["spec"]["code"],
+        json!("return 1"),
+        "the stored spec must be unchanged"
+    );
+}
+
+#[tokio::test]
+async fn defaults_are_applied_by_the_api_server() {
+    let Some(client) = client_or_skip().await else {
+        return;
+    };
+    let ns = namespace(&client, "schema-defaults").await;
+    let permits: Api<Permit> = Api::namespaced(client.clone(), &ns);
+    let mut v = valid_permit();
+    v["spec"]["capabilities"][0]["body"] = json!({});
+    let obj: DynamicObject = serde_json::from_value(v).expect("object");
+    apply(api_for(&client, &ns, "Permit"), &obj)
+        .await
+        .expect("created");
+    let stored = permits.get("p").await.expect("typed read");
+    assert_eq!(stored.spec.valid_for, "24h");
+    assert_eq!(stored.spec.code_review, oauth3_crds::CodeReview::None);
+    assert_eq!(
+        stored.spec.capabilities[0]
+            .body
+            .as_ref()
+            .map(|b| b.max_bytes),
+        Some(65_536)
+    );
+
+    let execs: Api<Execution> = Api::namespaced(client.clone(), &ns);
+    let mut e = valid_execution();
+    e["spec"] = json!({"permitRef": "p", "code": "return 1"});
+    let obj: DynamicObject = serde_json::from_value(e).expect("object");
+    apply(api_for(&client, &ns, "Execution"), &obj)
+        .await
+        .expect("created");
+    assert_eq!(execs.get("e").await.expect("read").spec.timeout_seconds, 30);
+}
