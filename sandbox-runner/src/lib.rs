@@ -1,1 +1,8 @@
-//! oauth3 sandbox runner: policy enforcement, JavaScript sandbox, sealed secrets.
+//! oauth3 sandbox runner: the only component that ever holds plaintext secrets.
+//!
+//! Modules: `policy` (pure: compile a Permit, canonicalise and decide requests), `fetch`
+//! (the [`host::CapabilityHost`] that enforces policy and sends requests), `sandbox` (QuickJS with
+//! no ambient authority), `secrets` (sealed-secret envelopes and key providers), `redact`
+//! (scrubbing secret values from every output).
+
+pub mod host;
