@@ -48,3 +48,57 @@ fn crds_carry_status_subresource_short_names_and_printer_columns() {
         assert_eq!(crd.spec.scope, "Namespaced");
     }
 }
+
+/// Collects the paths of schema properties that have no description.
+fn undocumented(schema: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+    if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
+        for (name, child) in props {
+            let here = format!("{path}.{name}");
+            let documented = child
+                .get("description")
+                .and_then(|d| d.as_str())
+                .is_some_and(|d| !d.trim().is_empty());
+            if !documented {
+                out.push(here.clone());
+            }
+            undocumented(child, &here, out);
+        }
+    }
+    if let Some(items) = schema.get("items") {
+        undocumented(items, &format!("{path}[]"), out);
+    }
+    if let Some(values) = schema.get("additionalProperties").filter(|v| v.is_object()) {
+        undocumented(values, &format!("{path}{{}}"), out);
+    }
+}
+
+#[test]
+fn every_spec_and_status_field_has_a_description_for_kubectl_explain() {
+    for crd in oauth3_crds::crds() {
+        let schema = serde_json::to_value(&crd.spec.versions[0].schema).expect("schema");
+        let root = &schema["openAPIV3Schema"];
+        let mut missing = Vec::new();
+        for top in ["spec", "status"] {
+            undocumented(&root["properties"][top], top, &mut missing);
+        }
+        // Condition is Kubernetes' own type and carries its own docs.
+        missing.retain(|p| !p.contains(".conditions[]"));
+        assert!(
+            missing.is_empty(),
+            "{}: fields without a description: {missing:?}",
+            crd.spec.names.kind
+        );
+    }
+}
+
+#[test]
+fn the_description_check_finds_undocumented_nested_fields() {
+    let schema = serde_json::json!({"properties": {
+        "a": {"description": "ok", "items": {"properties": {"b": {"type": "string"}}}},
+        "c": {"type": "object", "additionalProperties": {"properties": {"d": {"description": " "}}}}
+    }});
+    let mut missing = Vec::new();
+    undocumented(&schema, "spec", &mut missing);
+    missing.sort();
+    assert_eq!(missing, vec!["spec.a[].b", "spec.c", "spec.c{}.d"]);
+}
