@@ -402,7 +402,7 @@ mod tests {
                 0 => s0.clone(),
                 1 => STANDARD.encode(format!("{before}{s0}{after}")),
                 2 => URL_SAFE_NO_PAD.encode(s0),
-                3 => percent_encode(s0.as_bytes(), "-._~", which % 2 == 0, true).to_string(),
+                3 => percent_encode(s0.as_bytes(), "-._~", before.len() % 2 == 0, true).to_string(),
                 4 => hex::encode(s0),
                 _ => serde_json::to_string(s0).expect("json"),
             };

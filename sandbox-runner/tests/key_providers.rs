@@ -109,8 +109,18 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, reply: Reply, 
     stream.shutdown().await.ok();
 }
 
-/// Serves `reply` on a fresh unix socket; returns its path and the request log.
-fn unix_stand_in(reply: Reply) -> (PathBuf, Log) {
+/// A temporary directory removed when the test ends.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}
+
+/// Serves `reply` on a fresh unix socket; returns its path (inside a directory removed when the
+/// returned guard drops) and the request log.
+fn unix_stand_in(reply: Reply) -> (TempDir, String, Log) {
     let dir = std::env::temp_dir().join(format!(
         "oauth3-kp-{}-{}",
         std::process::id(),
@@ -126,7 +136,8 @@ fn unix_stand_in(reply: Reply) -> (PathBuf, Log) {
             tokio::spawn(handle(stream, reply.clone(), server_log.clone()));
         }
     });
-    (path, log)
+    let socket = path.display().to_string();
+    (TempDir(dir), socket, log)
 }
 
 /// Serves `reply` on 127.0.0.1 port 0; returns `http://127.0.0.1:<port>` and the request log.
@@ -170,11 +181,11 @@ const DSTACK_KEY: [u8; 32] = [0x5a; 32];
 
 #[tokio::test]
 async fn dstack_get_key_over_unix_socket_sends_path_purpose_algorithm_and_yields_the_key() {
-    let (socket, log) = unix_stand_in(Reply::json(
+    let (_dir, socket, log) = unix_stand_in(Reply::json(
         200,
         serde_json::json!({"key": hex::encode(DSTACK_KEY), "signature_chain": ["aa", "bb"]}),
     ));
-    let provider = DstackProvider::new(socket.display().to_string());
+    let provider = DstackProvider::new(socket.clone());
     assert_eq!(provider.name(), "dstack");
 
     let key = provider.secret_key().await.expect("GetKey succeeds");
@@ -204,10 +215,10 @@ async fn dstack_get_key_over_unix_socket_sends_path_purpose_algorithm_and_yields
 async fn dstack_longer_key_is_reduced_with_sha256_and_custom_path_is_sent() {
     use sha2::Digest;
     let long_key = [0x11u8; 64];
-    let (socket, log) = unix_stand_in(
+    let (_dir, socket, log) = unix_stand_in(
         Reply::json(200, serde_json::json!({"key": hex::encode(long_key)})).chunked(),
     );
-    let provider = DstackProvider::new(socket.display().to_string()).with_key_path("custom/path");
+    let provider = DstackProvider::new(socket.clone()).with_key_path("custom/path");
     let key = provider.secret_key().await.expect("GetKey succeeds");
     let expected: [u8; 32] = sha2::Sha256::digest(long_key).into();
     assert_eq!(key.to_bytes(), expected);
@@ -218,11 +229,11 @@ async fn dstack_longer_key_is_reduced_with_sha256_and_custom_path_is_sent() {
 
 #[tokio::test]
 async fn dstack_error_answer_is_reported_with_provider_step_status_and_message() {
-    let (socket, log) = unix_stand_in(Reply::json(
+    let (_dir, socket, log) = unix_stand_in(Reply::json(
         500,
         serde_json::json!({"error": "app is not allowed to derive keys"}),
     ));
-    let provider = DstackProvider::new(socket.display().to_string());
+    let provider = DstackProvider::new(socket.clone());
     let err = provider.secret_key().await.expect_err("500 fails");
     let text = err.to_string();
     assert!(matches!(
@@ -243,8 +254,8 @@ async fn dstack_error_answer_is_reported_with_provider_step_status_and_message()
 #[tokio::test]
 async fn dstack_answer_without_a_key_is_refused_without_echoing_it() {
     let leaked = hex::encode([0x77u8; 32]);
-    let (socket, _log) = unix_stand_in(Reply::json(200, serde_json::json!({"kee": leaked})));
-    let provider = DstackProvider::new(socket.display().to_string());
+    let (_dir, socket, _log) = unix_stand_in(Reply::json(200, serde_json::json!({"kee": leaked})));
+    let provider = DstackProvider::new(socket.clone());
     let err = provider.secret_key().await.expect_err("no key field");
     assert!(matches!(
         err,
@@ -345,8 +356,9 @@ async fn kbs_answer_of_the_wrong_size_is_refused_without_echoing_it() {
 
 #[tokio::test]
 async fn failing_provider_means_no_secret_is_unsealed() {
-    let (socket, _log) = unix_stand_in(Reply::json(500, serde_json::json!({"error": "down"})));
-    let provider = DstackProvider::new(socket.display().to_string());
+    let (_dir, socket, _log) =
+        unix_stand_in(Reply::json(500, serde_json::json!({"error": "down"})));
+    let provider = DstackProvider::new(socket.clone());
     let public = *SecretKey::from(DSTACK_KEY).public_key().as_bytes();
     let sealed = vec![SealedSecret {
         name: "TOKEN".to_owned(),
