@@ -6,3 +6,5 @@
 //! (scrubbing secret values from every output).
 
 pub mod host;
+pub mod redact;
+pub mod secrets;
