@@ -5,4 +5,7 @@
 //! no ambient authority), `secrets` (sealed-secret envelopes and key providers), `redact`
 //! (scrubbing secret values from every output).
 
+pub mod bundle;
 pub mod host;
+pub mod runner;
+pub mod sandbox;
