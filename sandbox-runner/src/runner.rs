@@ -482,6 +482,130 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const SECRET: &str = "ghp_s3cr3t_value";
+
+    /// A host that leaks the secret back into the script in every possible way.
+    struct LeakyHost;
+
+    impl CapabilityHost for LeakyHost {
+        fn capabilities(&self) -> Vec<String> {
+            vec!["github".to_owned()]
+        }
+        fn call(&self, _call: CapabilityCall) -> BoxFuture<'_, CallOutcome> {
+            Box::pin(async { CallOutcome::Value(json!({ "token": SECRET, SECRET: 1 })) })
+        }
+        fn calls(&self) -> Vec<CallRecord> {
+            vec![CallRecord {
+                reason: Some(format!("echoed {SECRET}")),
+                url: format!("https://x/?t={SECRET}"),
+                ..call("github", CallDecision::Allowed)
+            }]
+        }
+    }
+
+    struct OneSecret;
+
+    impl Unsealer for OneSecret {
+        fn unseal<'a>(&'a self, _: &'a Bundle) -> BoxFuture<'a, Result<Secrets, String>> {
+            Box::pin(async {
+                Ok(Secrets::from([(
+                    "GITHUB_TOKEN".to_owned(),
+                    Zeroizing::new(SECRET.to_owned()),
+                )]))
+            })
+        }
+    }
+
+    fn leaky_deps() -> RunnerDeps {
+        RunnerDeps {
+            unsealer: Box::new(OneSecret),
+            make_host: Box::new(|_, secrets| {
+                assert!(
+                    secrets.contains_key("GITHUB_TOKEN"),
+                    "the host gets the secrets"
+                );
+                Ok(Arc::new(LeakyHost) as Arc<dyn CapabilityHost>)
+            }),
+            redact: Box::new(|secrets, text| {
+                secrets
+                    .values()
+                    .fold(text.to_owned(), |t, s| t.replace(s.as_str(), "[REDACTED]"))
+            }),
+        }
+    }
+
+    fn test_bundle(code: &str) -> Bundle {
+        let spec: oauth3_crds::PermitSpec = serde_json::from_value(json!({
+            "description": "d",
+            "capabilities": [{"name": "github", "baseUrl": "https://api.github.com",
+                "paths": ["/x"], "methods": ["GET"]}],
+            "secrets": ["GITHUB_TOKEN"]
+        }))
+        .expect("spec");
+        serde_json::from_value(json!({
+            "execution": {"namespace": "n", "name": "e", "uid": "u"},
+            "permit": {"name": "p", "spec": spec,
+                "specDigest": oauth3_crds::spec_digest(&spec).expect("digest")},
+            "code": code,
+            "sealedSecrets": [{"name": "GITHUB_TOKEN", "envelope": "e"}],
+            "limits": {"timeoutSeconds": 5},
+            "rateBudget": {"github": 3}
+        }))
+        .expect("bundle")
+    }
+
+    #[tokio::test]
+    async fn no_secret_leaves_the_runner_in_any_output() {
+        let code = "const r = await github('GET', '/x');
+            console.log(r.token); console.error(JSON.stringify(r));
+            if (args === null) throw new Error('leak ' + r.token);";
+        let succeeded = run_bundle(&test_bundle(code), &leaky_deps()).await;
+        let returned = run_bundle(
+            &test_bundle("const r = await github('GET', '/x'); return r"),
+            &leaky_deps(),
+        )
+        .await;
+        for result in [succeeded, returned] {
+            let text = serde_json::to_string(&result).expect("serialises");
+            assert!(!text.contains(SECRET), "secret leaked: {text}");
+            assert!(text.contains("[REDACTED]"), "{text}");
+            assert_eq!(result.rate_budget["github"], 2.0);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bundle_that_does_not_validate_is_denied_and_nothing_is_unsealed_or_run() {
+        let mut bundle = test_bundle("console.log('ran')");
+        bundle.permit.spec_digest = "sha256:00".to_owned();
+        let deps = RunnerDeps {
+            make_host: Box::new(|_, _| panic!("no host may be built for a refused bundle")),
+            ..leaky_deps()
+        };
+        let result = run_bundle(&bundle, &deps).await;
+        assert_eq!(result.phase, ExecutionPhase::Denied);
+        assert!(
+            result
+                .error
+                .as_deref()
+                .expect("error")
+                .contains("permit.specDigest")
+        );
+        assert_eq!(result.stdout, "");
+        assert_eq!(result.exit_code(), 1);
+    }
+
+    #[tokio::test]
+    async fn sealed_secrets_without_a_key_provider_fail_closed() {
+        let result = run_bundle(
+            &test_bundle("return 1"),
+            &RunnerDeps::without_enforcement_backend(),
+        )
+        .await;
+        assert_eq!(result.phase, ExecutionPhase::Failed);
+        assert!(result.error.expect("error").contains("no key provider"));
+        assert_eq!(result.result, serde_json::Value::Null);
+    }
+
     fn call(capability: &str, decision: CallDecision) -> CallRecord {
         CallRecord {
             capability: capability.to_owned(),
