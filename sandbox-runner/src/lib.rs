@@ -5,6 +5,9 @@
 //! no ambient authority), `secrets` (sealed-secret envelopes and key providers), `redact`
 //! (scrubbing secret values from every output).
 
+pub mod bundle;
 pub mod host;
 pub mod redact;
+pub mod runner;
+pub mod sandbox;
 pub mod secrets;

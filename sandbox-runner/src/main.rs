@@ -1,0 +1,212 @@
+//! `oauth3-sandbox-runner`: the command line of the sandbox runner (thin; the work is in the
+//! library).
+//!
+//! Exit codes: 0 the code succeeded (and the result was delivered); 1 the code failed, timed
+//! out or was denied, or the callback could not be reached; 2 usage or bundle errors.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use oauth3_sandbox_runner::bundle::Bundle;
+use oauth3_sandbox_runner::runner::{RunnerDeps, post_result, run_bundle};
+
+/// Runs agent JavaScript from an oauth3 run bundle in a QuickJS sandbox that can reach the
+/// outside only through the capabilities of an approved Permit, and reports the result.
+#[derive(Debug, Parser)]
+#[command(name = "oauth3-sandbox-runner", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a bundle: validate it, unseal its secrets, run the code, write the result JSON and
+    /// POST it to the bundle's callback (with `Authorization: Bearer <callback.token>`).
+    /// Exit code 0 when the code succeeded, 1 when it failed, timed out or was denied (or the
+    /// callback failed), 2 for usage or bundle errors.
+    Run(RunArgs),
+    /// Check a bundle without running it and print its code and Permit digests as JSON.
+    /// Exit code 0 when valid, 2 otherwise.
+    Validate {
+        /// Path of the bundle JSON, or `-` for standard input.
+        #[arg(long, value_name = "PATH")]
+        bundle: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Path of the bundle JSON, or `-` for standard input.
+    #[arg(long, value_name = "PATH")]
+    bundle: PathBuf,
+
+    /// Write the result JSON to this file instead of standard output.
+    #[arg(long, value_name = "PATH")]
+    out: Option<PathBuf>,
+
+    #[command(flatten)]
+    keys: KeyProviderArgs,
+
+    /// Extra PEM file of CA certificates to trust for the callback (and upstream) TLS, on top
+    /// of the system roots. Repeatable.
+    #[arg(long = "ca-file", value_name = "PEM")]
+    ca_files: Vec<PathBuf>,
+}
+
+/// Where the key that opens sealed secrets comes from.
+#[derive(Debug, Args)]
+struct KeyProviderArgs {
+    /// Key provider for sealed secrets: `dstack` (the dstack guest agent), `kbs` (the
+    /// Confidential Containers key broker's local resource endpoint) or `dev` (a software
+    /// key from --dev-key-file; insecure, needs --insecure-dev-key).
+    #[arg(long, value_enum, default_value_t = KeyProvider::Dstack, value_name = "PROVIDER")]
+    key_provider: KeyProvider,
+
+    /// Socket path of the dstack guest agent (with --key-provider dstack).
+    #[arg(long, value_name = "PATH", default_value = "/var/run/dstack.sock")]
+    dstack_endpoint: PathBuf,
+
+    /// URL of the KBS local resource endpoint (with --key-provider kbs).
+    #[arg(long, value_name = "URL")]
+    kbs_url: Option<String>,
+
+    /// File holding the development private key (with --key-provider dev).
+    #[arg(long, value_name = "PATH")]
+    dev_key_file: Option<PathBuf>,
+
+    /// Allow --key-provider dev: secrets are then protected by a key on disk, not by a TEE.
+    /// Never use outside development.
+    #[arg(long)]
+    insecure_dev_key: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum KeyProvider {
+    Dstack,
+    Kbs,
+    Dev,
+}
+
+impl KeyProviderArgs {
+    /// Usage errors in the key-provider flags.
+    fn check(&self) -> Result<(), String> {
+        match self.key_provider {
+            KeyProvider::Dev if !self.insecure_dev_key => {
+                Err("--key-provider dev needs --insecure-dev-key".to_owned())
+            }
+            KeyProvider::Dev if self.dev_key_file.is_none() => {
+                Err("--key-provider dev needs --dev-key-file".to_owned())
+            }
+            KeyProvider::Kbs if self.kbs_url.is_none() => {
+                Err("--key-provider kbs needs --kbs-url".to_owned())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match cli.command {
+        Command::Validate { bundle } => validate(&bundle),
+        Command::Run(args) => runtime.block_on(run(args)),
+    }
+}
+
+fn usage_error(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
+}
+
+fn read_bundle(path: &Path) -> Result<Bundle, String> {
+    let text = if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| format!("reading the bundle from standard input: {e}"))?;
+        text
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("reading the bundle {}: {e}", path.display()))?
+    };
+    Bundle::from_json(&text).map_err(|e| format!("invalid bundle: {e}"))
+}
+
+fn validate(path: &Path) -> ExitCode {
+    let bundle = match read_bundle(path) {
+        Ok(b) => b,
+        Err(e) => return usage_error(e),
+    };
+    match bundle.validate() {
+        Ok(digests) => {
+            let text = serde_json::to_string_pretty(&digests).unwrap_or_default();
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => usage_error(format!("invalid bundle: {e}")),
+    }
+}
+
+async fn run(args: RunArgs) -> ExitCode {
+    if let Err(e) = args.keys.check() {
+        return usage_error(e);
+    }
+    let bundle = match read_bundle(&args.bundle) {
+        Ok(b) => b,
+        Err(e) => return usage_error(e),
+    };
+    if let Err(e) = bundle.validate() {
+        return usage_error(format!("invalid bundle: {e}"));
+    }
+    let mut ca_pems = Vec::new();
+    for path in &args.ca_files {
+        match std::fs::read(path) {
+            Ok(pem) => ca_pems.push(pem),
+            Err(e) => return usage_error(format!("reading --ca-file {}: {e}", path.display())),
+        }
+    }
+
+    // The key providers and the enforcing scoped fetch plug in here; until they are linked,
+    // sealed secrets cannot be opened and every capability call is denied.
+    let deps = RunnerDeps::without_enforcement_backend();
+    let result = run_bundle(&bundle, &deps).await;
+
+    let text = match serde_json::to_string_pretty(&result) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: serialising the result: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let written = match &args.out {
+        Some(path) => std::fs::write(path, format!("{text}\n"))
+            .map_err(|e| format!("writing {}: {e}", path.display())),
+        None => writeln!(std::io::stdout().lock(), "{text}")
+            .map_err(|e| format!("writing the result: {e}")),
+    };
+    let mut code = result.exit_code();
+    if let Err(e) = written {
+        eprintln!("error: {e}");
+        code = 1;
+    }
+    if let Some(callback) = &bundle.callback
+        && let Err(e) = post_result(callback, &result, &ca_pems).await
+    {
+        eprintln!("error: {e}");
+        code = 1;
+    }
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
