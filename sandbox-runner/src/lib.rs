@@ -6,3 +6,4 @@
 //! (scrubbing secret values from every output).
 
 pub mod host;
+pub mod policy;
