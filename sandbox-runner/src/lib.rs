@@ -5,5 +5,6 @@
 //! no ambient authority), `secrets` (sealed-secret envelopes and key providers), `redact`
 //! (scrubbing secret values from every output).
 
+pub mod fetch;
 pub mod host;
 pub mod policy;
