@@ -62,6 +62,17 @@ pub enum FetchError {
     /// The HTTP client could not be built.
     #[error("building the HTTP client failed: {0}")]
     Client(String),
+    /// Resolving a host gave an address the capability may not reach (raised inside the
+    /// resolver, surfaced to the agent as a denial).
+    #[error(
+        "DNS answer for {host} refused: {addr} is in a loopback, private, link-local or otherwise non-public range"
+    )]
+    AddressRefused {
+        /// The host name looked up.
+        host: String,
+        /// The refused address.
+        addr: IpAddr,
+    },
 }
 
 /// Limits and trust anchors of a [`ScopedFetch`].
@@ -137,16 +148,6 @@ fn restricted_v4(ip: Ipv4Addr) -> bool {
         || (a == 100 && (64..128).contains(&b))
 }
 
-/// The resolver error that marks a refused answer, so it is recorded as a denial.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "DNS answer for {host} refused: {addr} is in a loopback, private, link-local or otherwise non-public range"
-)]
-struct AddressRefused {
-    host: String,
-    addr: IpAddr,
-}
-
 /// Resolves with the system resolver (or a fixed override) and refuses restricted answers.
 struct GuardedResolver {
     allow_private: bool,
@@ -170,7 +171,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
                 fixed
             };
             if !allow_private && let Some(bad) = addrs.iter().find(|a| is_restricted(a.ip())) {
-                return Err(Box::new(AddressRefused {
+                return Err(Box::new(FetchError::AddressRefused {
                     host,
                     addr: bad.ip(),
                 })
@@ -747,7 +748,9 @@ impl ScopedFetch {
             Err(e) => {
                 let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
                 while let Some(s) = source {
-                    if let Some(refused) = s.downcast_ref::<AddressRefused>() {
+                    if let Some(refused @ FetchError::AddressRefused { .. }) =
+                        s.downcast_ref::<FetchError>()
+                    {
                         return Err(Err(Self::denial_for(
                             req,
                             format!("{cap}: {refused}; nothing was sent"),

@@ -805,37 +805,81 @@ fn glob_matches(glob: &str, path: &str) -> bool {
     go(&g, &p)
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
-    #[test]
-    fn no_accepted_path_resolves_outside_its_glob(
-        segs in proptest::collection::vec(segment(), 0..6),
-        lead in prop_oneof![Just("/"), Just("//"), Just("/repos/owner/"), Just("")],
-    ) {
-        let globs = ["/repos/owner/*", "/repos/owner/repo/**", "/a"];
-        let p = Policy::compile(&spec(json!([{
-            "name": "c", "baseUrl": "https://api.example.com/v3",
-            "paths": globs, "methods": ["GET"]
-        }]))).expect("compiles");
-        let raw = format!("{lead}{}", segs.join("/"));
-        if let Ok(req) = p.decide("c", &[json!("GET"), json!(raw)]) {
-            // What is sent parses back to the same URL ...
-            let sent = url::Url::parse(req.url.as_str()).expect("sent URL parses");
-            prop_assert_eq!(&sent, &req.url);
-            // ... at the base origin, under the base path ...
-            prop_assert_eq!(sent.origin().ascii_serialization(), "https://api.example.com");
-            prop_assert_eq!(sent.username(), "");
-            let rel = sent.path().strip_prefix("/v3").expect("under base path");
-            prop_assert!(rel.is_empty() || rel.starts_with('/'));
-            // ... with no dot, encoded-slash or backslash segment left to reinterpret ...
-            for s in rel.split('/') {
-                let l = s.to_ascii_lowercase();
-                let d = l.replace("%2e", ".");
-                prop_assert!(d != "." && d != "..");
-                prop_assert!(!l.contains("%2f") && !l.contains("%5c") && !l.contains('\\'));
-            }
-            // ... and matching one of the globs.
-            prop_assert!(globs.iter().any(|g| glob_matches(g, rel)), "{} matched no glob", rel);
-        }
+/// Checks the property for one raw path; `Ok(true)` when the path was accepted.
+fn accepted_path_stays_inside_its_glob(
+    p: &Policy,
+    globs: &[&str],
+    raw: &str,
+) -> Result<bool, TestCaseError> {
+    let Ok(req) = p.decide("c", &[json!("GET"), json!(raw)]) else {
+        return Ok(false);
+    };
+    // What is sent parses back to the same URL ...
+    let sent = url::Url::parse(req.url.as_str()).expect("sent URL parses");
+    prop_assert_eq!(&sent, &req.url);
+    // ... at the base origin, under the base path ...
+    prop_assert_eq!(
+        sent.origin().ascii_serialization(),
+        "https://api.example.com"
+    );
+    prop_assert_eq!(sent.username(), "");
+    let rel = sent.path().strip_prefix("/v3").expect("under base path");
+    prop_assert!(rel.is_empty() || rel.starts_with('/'));
+    // ... with no dot, encoded-slash or backslash segment left to reinterpret ...
+    for s in rel.split('/') {
+        let l = s.to_ascii_lowercase();
+        let d = l.replace("%2e", ".");
+        prop_assert!(d != "." && d != "..", "dot segment in {}", rel);
+        prop_assert!(!l.contains("%2f") && !l.contains("%5c") && !l.contains('\\'));
     }
+    // ... and matching one of the globs.
+    prop_assert!(
+        globs.iter().any(|g| glob_matches(g, rel)),
+        "{} matched no glob",
+        rel
+    );
+    Ok(true)
+}
+
+#[test]
+fn no_accepted_path_resolves_outside_its_glob() {
+    let globs = ["/repos/owner/*", "/repos/owner/repo/**", "/a"];
+    let p = Policy::compile(&spec(json!([{
+        "name": "c", "baseUrl": "https://api.example.com/v3",
+        "paths": globs, "methods": ["GET"]
+    }])))
+    .expect("compiles");
+    let strategy = (
+        proptest::collection::vec(segment(), 0..6),
+        prop_oneof![
+            Just("/"),
+            Just("//"),
+            Just("/repos/owner/"),
+            Just("/repos/owner/repo/"),
+            Just("")
+        ],
+    );
+    let accepted = std::cell::Cell::new(0u32);
+    let rejected = std::cell::Cell::new(0u32);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(3000));
+    runner
+        .run(&strategy, |(segs, lead)| {
+            let raw = format!("{lead}{}", segs.join("/"));
+            let ok = accepted_path_stays_inside_its_glob(&p, &globs, &raw)?;
+            let counter = if ok { &accepted } else { &rejected };
+            counter.set(counter.get() + 1);
+            Ok(())
+        })
+        .expect("property holds");
+    // The property is only meaningful if both branches are exercised.
+    assert!(
+        accepted.get() > 50,
+        "only {} accepted paths generated",
+        accepted.get()
+    );
+    assert!(
+        rejected.get() > 50,
+        "only {} rejected paths generated",
+        rejected.get()
+    );
 }
