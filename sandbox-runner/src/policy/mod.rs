@@ -21,8 +21,8 @@
 //! - `headers` is an object of string values. Headers that carry credentials or change the
 //!   request's meaning are **rejected** (not silently dropped, so an agent learns why its call
 //!   failed): `Authorization`, `Proxy-*`, `Cookie`, `Set-Cookie`, `Host`,
-//!   `X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`, `X-Forwarded-*`,
-//!   `Forwarded`, hop-by-hop headers (`Connection`, `Keep-Alive`, `TE`, `Trailer`,
+//!   `X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`, `X-Original-URL`,
+//!   `X-Rewrite-URL`, `X-Real-IP`, `X-Forwarded-*`, `Forwarded`, hop-by-hop headers (`Connection`, `Keep-Alive`, `TE`, `Trailer`,
 //!   `Transfer-Encoding`, `Upgrade`), `Content-Length`, `Expect`, the capability's own auth
 //!   header, and `Content-Type` unless `body.allowRaw`. Names or values containing CR, LF or
 //!   NUL are rejected.
