@@ -599,7 +599,8 @@ fn decide_scoped(
                 format!("path {raw_path:?} rejected for {name}: {r}"),
             )
         })?;
-    if !rules.globs.iter().any(|g| g.matches(&relative)) {
+    let segments = relative.segments();
+    if !rules.globs.iter().any(|g| g.matches_segments(&segments)) {
         return Err(deny(
             url.as_str(),
             format!(

@@ -7,17 +7,29 @@
 
 use url::Url;
 
-/// A path relative to the capability's base path, as canonical segments. `/` is no
-/// segments; a trailing slash is a final empty segment.
+/// A path relative to the capability's base path, canonical and checked. `/` (or empty) is
+/// no segments; a trailing slash is a final empty segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RelPath {
-    segments: Vec<String>,
+    text: String,
 }
 
 impl RelPath {
     /// The path as `/a/b`.
     pub(crate) fn joined(&self) -> String {
-        format!("/{}", self.segments.join("/"))
+        if self.text.is_empty() {
+            "/".to_owned()
+        } else {
+            self.text.clone()
+        }
+    }
+
+    /// The segments, borrowed.
+    pub(crate) fn segments(&self) -> Vec<&str> {
+        match self.text.strip_prefix('/') {
+            None | Some("") => Vec::new(),
+            Some(rest) => rest.split('/').collect(),
+        }
     }
 
     fn parse(rel: &str) -> Result<Self, String> {
@@ -27,20 +39,18 @@ impl RelPath {
             rel.strip_prefix('/')
                 .ok_or_else(|| "path must start with /".to_owned())?
         };
-        if rest.is_empty() {
-            return Ok(Self {
-                segments: Vec::new(),
-            });
-        }
-        let segments: Vec<String> = rest.split('/').map(str::to_owned).collect();
-        let last = segments.len() - 1;
-        for (i, s) in segments.iter().enumerate() {
-            if s.is_empty() && i != last {
-                return Err("empty path segments (//) are not allowed".to_owned());
+        if !rest.is_empty() {
+            let mut segments = rest.split('/').peekable();
+            while let Some(s) = segments.next() {
+                if s.is_empty() && segments.peek().is_some() {
+                    return Err("empty path segments (//) are not allowed".to_owned());
+                }
+                check_segment(s)?;
             }
-            check_segment(s)?;
         }
-        Ok(Self { segments })
+        Ok(Self {
+            text: rel.to_owned(),
+        })
     }
 }
 
@@ -128,11 +138,6 @@ pub(crate) fn resolve(base: &Url, base_path: &str, raw: &str) -> Result<PathChec
     validate_raw(raw)?;
     let mut url = base.clone();
     url.set_path(&format!("{base_path}{raw}"));
-    // What is sent is the serialisation; parsing it again must give the same URL.
-    let reparsed = Url::parse(url.as_str()).map_err(|e| format!("does not parse: {e}"))?;
-    if reparsed != url {
-        return Err("does not serialise canonically".to_owned());
-    }
     if url.origin() != base.origin()
         || !url.username().is_empty()
         || url.password().is_some()
@@ -171,9 +176,9 @@ impl Glob {
         let checked = resolve(base, base_path, glob)?;
         let segs = checked
             .relative
-            .segments
-            .iter()
-            .map(|s| match s.as_str() {
+            .segments()
+            .into_iter()
+            .map(|s| match s {
                 "**" => Seg::Many,
                 "*" => Seg::One,
                 s if s.contains('*') => {
@@ -199,7 +204,12 @@ impl Glob {
 
     /// Whether the canonical relative path matches.
     pub(crate) fn matches(&self, path: &RelPath) -> bool {
-        match_segs(&self.segs, &path.segments)
+        self.matches_segments(&path.segments())
+    }
+
+    /// Whether the segments of a canonical relative path match.
+    pub(crate) fn matches_segments(&self, segments: &[&str]) -> bool {
+        match_segs(&self.segs, segments)
     }
 }
 
@@ -223,7 +233,7 @@ fn match_partial(parts: &[String], seg: &str) -> bool {
     true
 }
 
-fn match_segs(glob: &[Seg], path: &[String]) -> bool {
+fn match_segs(glob: &[Seg], path: &[&str]) -> bool {
     match glob.split_first() {
         None => path.is_empty(),
         Some((Seg::Many, rest)) => (0..=path.len()).any(|skip| match_segs(rest, &path[skip..])),
