@@ -545,10 +545,11 @@ fn decide_scoped(
             ));
         }
     };
-    let shown_method = HttpMethod::parse(raw_method)
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_else(|| raw_method.to_owned());
-    let deny = |url: &str, reason: String| denial(name, &shown_method, url, reason);
+    let shown_method: &str = match HttpMethod::parse(raw_method) {
+        Some(m) => m.as_str(),
+        None => raw_method,
+    };
+    let deny = |url: &str, reason: String| denial(name, shown_method, url, reason);
     let method = HttpMethod::parse(raw_method)
         .filter(|m| rules.methods.contains(m))
         .ok_or_else(|| {

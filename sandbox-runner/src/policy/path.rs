@@ -33,6 +33,16 @@ impl RelPath {
     }
 
     fn parse(rel: &str) -> Result<Self, String> {
+        check_rel(rel)?;
+        Ok(Self {
+            text: rel.to_owned(),
+        })
+    }
+}
+
+/// Checks a relative path's segments without allocating.
+fn check_rel(rel: &str) -> Result<(), String> {
+    {
         let rest = if rel.is_empty() {
             ""
         } else {
@@ -48,9 +58,7 @@ impl RelPath {
                 check_segment(s)?;
             }
         }
-        Ok(Self {
-            text: rel.to_owned(),
-        })
+        Ok(())
     }
 }
 
@@ -86,11 +94,27 @@ fn check_segment(seg: &str) -> Result<(), String> {
             i += 1;
         }
     }
-    let decoded_dots = seg.to_ascii_lowercase().replace("%2e", ".");
-    if decoded_dots == "." || decoded_dots == ".." {
+    if is_dot_segment(seg) {
         return Err(". and .. segments (raw or %2e) are not allowed".to_owned());
     }
     Ok(())
+}
+
+/// Whether a segment is `.` or `..`, with any dot written as `%2e`/`%2E`.
+fn is_dot_segment(seg: &str) -> bool {
+    let mut rest = seg;
+    let mut dots = 0;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('.') {
+            rest = r;
+        } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case("%2e") {
+            rest = &rest[3..];
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    dots == 1 || dots == 2
 }
 
 /// Textual checks on a raw path before the URL parser sees it.
@@ -119,7 +143,7 @@ fn validate_raw(raw: &str) -> Result<(), String> {
             return Err(what.to_owned());
         }
     }
-    RelPath::parse(raw).map(|_| ())
+    check_rel(raw)
 }
 
 /// Extracts the canonical path of `url` relative to `base_path`, re-checking every segment.
