@@ -5,8 +5,11 @@
 //! no ambient authority), `secrets` (sealed-secret envelopes and key providers), `redact`
 //! (scrubbing secret values from every output).
 
+<<<<<<< HEAD
 pub mod bundle;
+pub mod fetch;
 pub mod host;
+pub mod policy;
 pub mod redact;
 pub mod runner;
 pub mod sandbox;

@@ -1,0 +1,88 @@
+//! Header rules: which agent headers are refused (credentials, method overrides, routing,
+//! framing) and what a valid header looks like.
+
+/// Exact header names (lower case) an agent may never send.
+const FORBIDDEN: &[&str] = &[
+    "authorization",
+    "cookie",
+    "set-cookie",
+    "host",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-real-ip",
+    "forwarded",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "expect",
+];
+
+/// Header name prefixes (lower case) an agent may never send.
+const FORBIDDEN_PREFIXES: &[&str] = &["proxy-", "x-forwarded-"];
+
+/// Whether `name` is an RFC 9110 token.
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Why a header name is refused, if it is (the name is not checked for syntax here).
+pub(crate) fn forbidden_reason(name: &str, auth_header: Option<&str>) -> Option<&'static str> {
+    let lower = name.to_ascii_lowercase();
+    if auth_header == Some(lower.as_str()) {
+        return Some("it carries this capability's credential, which the runner injects");
+    }
+    if FORBIDDEN.contains(&lower.as_str())
+        || FORBIDDEN_PREFIXES.iter().any(|p| lower.starts_with(p))
+    {
+        return Some(
+            "credential, method-override, forwarding, hop-by-hop and framing headers are set by the runner only",
+        );
+    }
+    None
+}
+
+/// Checks one agent header; `Err` is the denial reason. `content_type_ok` is whether the
+/// capability lets the agent choose a body's content type (`body.allowRaw`).
+pub(crate) fn check(
+    name: &str,
+    value: &str,
+    cap: &str,
+    auth_header: Option<&str>,
+    content_type_ok: bool,
+) -> Result<(), String> {
+    if name.contains(['\r', '\n', '\0']) || value.contains(['\r', '\n', '\0']) {
+        return Err(format!(
+            "header {:?} for {cap} rejected: CR, LF and NUL are not allowed in header names or values",
+            name.escape_debug().to_string()
+        ));
+    }
+    if !is_token(name) {
+        return Err(format!(
+            "header name {name:?} for {cap} is not a valid token"
+        ));
+    }
+    if value.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(format!(
+            "header {name} for {cap} rejected: control characters in the value"
+        ));
+    }
+    if let Some(why) = forbidden_reason(name, auth_header) {
+        return Err(format!("header {name} not allowed for {cap}: {why}"));
+    }
+    if name.eq_ignore_ascii_case("content-type") && !content_type_ok {
+        return Err(format!(
+            "header {name} not allowed for {cap}: the body's content type is set by the runner (only capabilities with body.allowRaw accept one)"
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! Shared test support: a real HTTPS upstream.
+
+pub mod upstream;

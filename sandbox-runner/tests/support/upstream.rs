@@ -1,0 +1,200 @@
+//! A real HTTPS upstream on 127.0.0.1:0 for fetch tests: a CA and a leaf certificate made at
+//! start, every request recorded, answers by route.
+//!
+//! Routes (any method): `/v1/text` (text), `/v1/binary` (octet-stream), `/v1/echo-auth` (JSON
+//! echoing the `Authorization` header and the `key` query param), `/v1/redirect?to=<url>`
+//! (302 to `to`), `/v1/large` (256 KiB), `/v1/missing` (404), anything else: JSON
+//! `{"path": ..., "method": ...}`.
+
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::net::TcpListener;
+
+/// One request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Method.
+    pub method: String,
+    /// Path and query as received.
+    pub path_and_query: String,
+    /// Headers, names lower case.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    /// All values of a header.
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// A running upstream.
+pub struct Upstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The CA certificate that signed its leaf, PEM.
+    pub ca_pem: Vec<u8>,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl Upstream {
+    /// Starts a server on 127.0.0.1:0 with a fresh CA and a leaf for 127.0.0.1 and localhost.
+    pub async fn start() -> Upstream {
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "oauth3 test CA");
+        let ca = ca_params.self_signed(&ca_key).expect("CA cert");
+        let leaf_key = KeyPair::generate().expect("leaf key");
+        let leaf_params = CertificateParams::new(vec![
+            "127.0.0.1".to_owned(),
+            "localhost".to_owned(),
+            "upstream.test".to_owned(),
+        ])
+        .expect("leaf params");
+        let leaf = leaf_params
+            .signed_by(&leaf_key, &ca, &ca_key)
+            .expect("leaf cert");
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)
+        .expect("server cert");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let recorded = requests.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                let recorded = recorded.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |req| {
+                        let recorded = recorded.clone();
+                        async move { Ok::<_, Infallible>(handle(req, recorded).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            ca_pem: ca.pem().into_bytes(),
+            requests,
+        }
+    }
+
+    /// `https://127.0.0.1:<port>`.
+    pub fn origin(&self) -> String {
+        format!("https://127.0.0.1:{}", self.addr.port())
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().expect("requests lock").clone()
+    }
+}
+
+fn response(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(body.into()))
+        .expect("response")
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    recorded: Arc<Mutex<Vec<Recorded>>>,
+) -> Response<Full<Bytes>> {
+    let method = req.method().to_string();
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default();
+    let rec = Recorded {
+        method: method.clone(),
+        path_and_query,
+        headers,
+        body,
+    };
+    recorded.lock().expect("requests lock").push(rec.clone());
+    let param = |name: &str| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    };
+    match path.as_str() {
+        "/v1/text" => response(200, "text/plain; charset=utf-8", "hello"),
+        "/v1/binary" => response(200, "application/octet-stream", vec![0u8, 1, 2, 255]),
+        "/v1/echo-auth" => {
+            let v = serde_json::json!({
+                "authorization": rec.header_values("authorization"),
+                "key": param("key"),
+            });
+            response(200, "application/json", v.to_string())
+        }
+        "/v1/redirect" => Response::builder()
+            .status(302)
+            .header("location", param("to").unwrap_or_default())
+            .body(Full::new(Bytes::new()))
+            .expect("redirect"),
+        "/v1/large" => response(200, "text/plain", vec![b'x'; 256 * 1024]),
+        "/v1/missing" => response(404, "text/plain", "no such thing here"),
+        _ => response(
+            200,
+            "application/json",
+            serde_json::json!({"path": path, "method": method}).to_string(),
+        ),
+    }
+}
