@@ -5,7 +5,6 @@
 //! no ambient authority), `secrets` (sealed-secret envelopes and key providers), `redact`
 //! (scrubbing secret values from every output).
 
-<<<<<<< HEAD
 pub mod bundle;
 pub mod fetch;
 pub mod host;
