@@ -5,6 +5,7 @@
 //! no ambient authority), `secrets` (sealed-secret envelopes and key providers), `redact`
 //! (scrubbing secret values from every output).
 
+pub mod backend;
 pub mod bundle;
 pub mod fetch;
 pub mod host;

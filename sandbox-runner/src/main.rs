@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use oauth3_sandbox_runner::backend::{self, BackendOptions};
 use oauth3_sandbox_runner::bundle::Bundle;
-use oauth3_sandbox_runner::runner::{RunnerDeps, post_result, run_bundle};
+use oauth3_sandbox_runner::runner::{post_result, run_bundle};
+use oauth3_sandbox_runner::secrets::{DevKey, DevProvider, DstackProvider, KbsProvider};
 
 /// Runs agent JavaScript from an oauth3 run bundle in a QuickJS sandbox that can reach the
 /// outside only through the capabilities of an approved Permit, and reports the result.
@@ -108,6 +110,28 @@ impl KeyProviderArgs {
     }
 }
 
+impl KeyProviderArgs {
+    /// The key provider the flags select.
+    fn provider(&self) -> Result<Box<dyn oauth3_sandbox_runner::secrets::KeyProvider>, String> {
+        self.check()?;
+        Ok(match self.key_provider {
+            KeyProvider::Dstack => Box::new(DstackProvider::new(
+                self.dstack_endpoint.to_string_lossy().into_owned(),
+            )),
+            KeyProvider::Kbs => {
+                Box::new(KbsProvider::new(self.kbs_url.clone().unwrap_or_default()))
+            }
+            KeyProvider::Dev => {
+                let file = self.dev_key_file.clone().unwrap_or_default();
+                Box::new(
+                    DevProvider::new(DevKey::File(file), self.insecure_dev_key)
+                        .map_err(|e| e.to_string())?,
+                )
+            }
+        })
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -179,9 +203,16 @@ async fn run(args: RunArgs) -> ExitCode {
         }
     }
 
-    // The key providers and the enforcing scoped fetch plug in here; until they are linked,
-    // sealed secrets cannot be opened and every capability call is denied.
-    let deps = RunnerDeps::without_enforcement_backend();
+    let provider = match args.keys.provider() {
+        Ok(p) => p,
+        Err(e) => return usage_error(e),
+    };
+    let deps = backend::enforcing(
+        provider,
+        BackendOptions {
+            extra_root_certs_pem: ca_pems.clone(),
+        },
+    );
     let result = run_bundle(&bundle, &deps).await;
 
     let text = match serde_json::to_string_pretty(&result) {

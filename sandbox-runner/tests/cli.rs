@@ -178,11 +178,15 @@ async fn a_script_past_its_time_limit_exits_1_as_timed_out() {
 }
 
 #[tokio::test]
-async fn without_an_enforcement_backend_every_capability_call_is_denied() {
-    let code = "try { await github('GET', '/repos/o/r/issues') } catch (e) { return e.message }";
+async fn a_call_outside_the_permit_is_denied_by_the_policy_and_logged() {
+    let code = "try { await github('DELETE', '/repos/o/r/issues') } catch (e) { return e.message }";
     let (out, result) = run_bundle("deny", &bundle(code)).await;
     assert_eq!(out.status.code(), Some(0));
-    assert_eq!(result["result"], "no enforcement backend linked");
+    let reason = result["result"].as_str().expect("message");
+    assert!(
+        reason.contains("method DELETE not allowed for github"),
+        "{reason}"
+    );
     assert_eq!(result["calls"][0]["capability"], "github");
     assert_eq!(result["calls"][0]["decision"], "denied");
 }

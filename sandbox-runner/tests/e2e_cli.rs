@@ -1,0 +1,230 @@
+//! End to end through the real binary: a bundle with a sealed secret is unsealed with the
+//! (insecure, development) key provider, the code calls a real local HTTPS upstream through the
+//! enforcing scoped fetch, the credential is injected, denied calls never leave the sandbox,
+//! and the secret appears in no output.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use base64::Engine as _;
+use oauth3_crds::PermitSpec;
+use oauth3_sandbox_runner::secrets::{DevKey, DevProvider, seal};
+use serde_json::{Value, json};
+use support::upstream::Upstream;
+use zeroize::Zeroizing;
+
+const SECRET: &str = "sk-live-e2e-4b1d9c";
+const NAMESPACE: &str = "team-a";
+const DEV_KEY: [u8; 32] = [7u8; 32];
+
+fn spec(up: &Upstream) -> Value {
+    json!({
+        "description": "e2e",
+        "secrets": ["API_TOKEN"],
+        "capabilities": [{
+            "name": "api",
+            "baseUrl": format!("{}/v1", up.origin()),
+            "paths": ["/items", "/items/*", "/echo-auth"],
+            "methods": ["GET", "POST"],
+            "auth": {"header": "Authorization", "value": "Bearer {API_TOKEN}"}
+        }]
+    })
+}
+
+fn sealed_for(namespace: &str, name: &str) -> String {
+    let provider = DevProvider::new(DevKey::Hex(Zeroizing::new(hex::encode(DEV_KEY))), true)
+        .expect("dev provider");
+    seal(&provider.public_key(), namespace, name, SECRET).expect("sealed")
+}
+
+fn bundle(up: &Upstream, code: &str, envelope: String) -> Value {
+    let spec_value = spec(up);
+    let parsed: PermitSpec = serde_json::from_value(spec_value.clone()).expect("spec");
+    json!({
+        "execution": {"namespace": NAMESPACE, "name": "e2e", "uid": "uid-e2e"},
+        "permit": {"name": "p", "spec": spec_value,
+                   "specDigest": oauth3_crds::spec_digest(&parsed).expect("digest")},
+        "code": code,
+        "args": {},
+        "sealedSecrets": [{"name": "API_TOKEN", "envelope": envelope}],
+        "limits": {"timeoutSeconds": 10}
+    })
+}
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("oauth3-e2e-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).expect("dir");
+        Self(d)
+    }
+    fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, bytes).expect("write");
+        p
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn run(up: &Upstream, tag: &str, bundle: &Value) -> (Output, Value) {
+    let dir = Dir::new(tag);
+    let bundle_path = dir.file("bundle.json", bundle.to_string().as_bytes());
+    let key_path = dir.file("dev.key", hex::encode(DEV_KEY).as_bytes());
+    let ca_path = dir.file("ca.pem", &up.ca_pem);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_oauth3-sandbox-runner"))
+        .arg("run")
+        .arg("--bundle")
+        .arg(&bundle_path)
+        .args(["--key-provider", "dev", "--insecure-dev-key"])
+        .arg("--dev-key-file")
+        .arg(&key_path)
+        .arg("--ca-file")
+        .arg(&ca_path)
+        .output()
+        .await
+        .expect("runner starts");
+    let result = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out, result)
+}
+
+/// Every form of the secret a careless or hostile output path might carry.
+fn assert_no_secret(what: &str, text: &str) {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(SECRET);
+    let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(SECRET);
+    for form in [SECRET, b64.as_str(), b64url.as_str(), &hex::encode(SECRET)] {
+        assert!(
+            !text.contains(form),
+            "{what} contains the secret ({form}): {text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn permitted_calls_get_the_unsealed_credential_and_denied_calls_never_leave() {
+    let up = Upstream::start().await;
+    let code = r#"
+        const items = await api('GET', '/items');
+        const echoed = await api('GET', '/echo-auth');
+        console.log('upstream saw', JSON.stringify(echoed));
+        console.error(btoaLike(JSON.stringify(echoed)));
+        const denied = [];
+        for (const p of ['/admin', '/items/%2e%2e/admin', '//evil.example/x']) {
+            try { await api('GET', p); denied.push('sent ' + p); } catch (e) { denied.push(e.message); }
+        }
+        try { await api('DELETE', '/items'); } catch (e) { denied.push(e.message); }
+        return {items, echoed, denied};
+        function btoaLike(s) { return s.split('').reverse().join(''); }
+    "#;
+    let (out, result) = run(
+        &up,
+        "allowed",
+        &bundle(&up, code, sealed_for(NAMESPACE, "API_TOKEN")),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {stderr}\nresult: {result}"
+    );
+    assert_eq!(result["phase"], "Succeeded");
+
+    // The upstream received exactly the two permitted requests, each with the credential once.
+    let reqs = up.requests();
+    let paths: Vec<_> = reqs.iter().map(|r| r.path_and_query.as_str()).collect();
+    assert_eq!(paths, ["/v1/items", "/v1/echo-auth"]);
+    for r in &reqs {
+        assert_eq!(
+            r.header_values("authorization"),
+            [format!("Bearer {SECRET}").as_str()]
+        );
+    }
+
+    // The call log shows both allowed calls and every denial with its reason.
+    let calls = result["calls"].as_array().expect("calls");
+    let allowed = calls.iter().filter(|c| c["decision"] == "allowed").count();
+    let denied: Vec<_> = calls.iter().filter(|c| c["decision"] == "denied").collect();
+    assert_eq!(allowed, 2, "{calls:?}");
+    assert_eq!(denied.len(), 4, "{calls:?}");
+    assert!(
+        denied
+            .iter()
+            .all(|c| c["reason"].as_str().is_some_and(|r| !r.is_empty()))
+    );
+    let messages = result["result"]["denied"]
+        .as_array()
+        .expect("denied messages");
+    assert!(
+        messages
+            .iter()
+            .all(|m| !m.as_str().unwrap_or("").starts_with("sent ")),
+        "{messages:?}"
+    );
+    assert!(
+        messages[3]
+            .as_str()
+            .unwrap_or("")
+            .contains("method DELETE not allowed"),
+        "{messages:?}"
+    );
+
+    // The echoed credential reached the code only in redacted form.
+    let stdout = result["stdout"].as_str().expect("stdout");
+    assert!(stdout.contains("[REDACTED]"), "{stdout}");
+    let everything = format!("{}\n{stderr}", String::from_utf8_lossy(&out.stdout));
+    assert_no_secret("runner output", &everything);
+}
+
+#[tokio::test]
+async fn an_envelope_sealed_for_another_namespace_is_refused_and_nothing_is_sent() {
+    let up = Upstream::start().await;
+    let code = "return await api('GET', '/items')";
+    let (out, result) = run(
+        &up,
+        "moved",
+        &bundle(&up, code, sealed_for("other-team", "API_TOKEN")),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "result: {result}");
+    assert_ne!(result["phase"], "Succeeded");
+    let error = result["error"].as_str().unwrap_or_default();
+    assert!(error.contains("unsealing"), "{error}");
+    assert!(
+        up.requests().is_empty(),
+        "the upstream must receive nothing"
+    );
+    let everything = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_no_secret("runner output", &everything);
+}
+
+#[tokio::test]
+async fn without_the_insecure_flag_the_dev_key_provider_is_refused() {
+    let up = Upstream::start().await;
+    let dir = Dir::new("noflag");
+    let b = bundle(&up, "return 1", sealed_for(NAMESPACE, "API_TOKEN"));
+    let bundle_path = dir.file("bundle.json", b.to_string().as_bytes());
+    let key_path = dir.file("dev.key", hex::encode(DEV_KEY).as_bytes());
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_oauth3-sandbox-runner"))
+        .args(["run", "--key-provider", "dev", "--bundle"])
+        .arg(&bundle_path)
+        .arg("--dev-key-file")
+        .arg(&key_path)
+        .output()
+        .await
+        .expect("runner starts");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure-dev-key"));
+    assert!(up.requests().is_empty());
+}
