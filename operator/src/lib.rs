@@ -1,1 +1,3 @@
-//! oauth3 operator: controllers for Permits and Executions (see the operator issue).
+//! oauth3 operator: controllers for Permits and Executions, launchers, approvals.
+
+pub mod launcher;

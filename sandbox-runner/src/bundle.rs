@@ -362,6 +362,35 @@ impl Bundle {
     }
 }
 
+/// Reads sealed secrets from a directory with one file per secret, named as the Permit names
+/// it and holding its envelope: the layout of the projected volume the pod launcher mounts.
+/// Entries starting with `.` (the volume's `..data` bookkeeping) are skipped; symlinks are
+/// followed; the result is sorted by name.
+///
+/// # Errors
+/// A message naming the directory or file that could not be read.
+pub fn sealed_secrets_from_dir(dir: &std::path::Path) -> Result<Vec<SealedSecretRef>, String> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| format!("reading --sealed-dir {}: {e}", dir.display()))?;
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("reading --sealed-dir {}: {e}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if name.starts_with('.') || !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+            continue;
+        }
+        let envelope = std::fs::read_to_string(&path)
+            .map_err(|e| format!("reading sealed secret {}: {e}", path.display()))?;
+        out.push(SealedSecretRef {
+            name,
+            envelope: envelope.trim().to_owned(),
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use oauth3_sandbox_runner::backend::{self, BackendOptions};
-use oauth3_sandbox_runner::bundle::Bundle;
+use oauth3_sandbox_runner::bundle::{Bundle, sealed_secrets_from_dir};
 use oauth3_sandbox_runner::runner::{post_result, run_bundle};
 use oauth3_sandbox_runner::secrets::{DevKey, DevProvider, DstackProvider, KbsProvider};
 
@@ -51,6 +51,11 @@ struct RunArgs {
 
     #[command(flatten)]
     keys: KeyProviderArgs,
+
+    /// Directory with one file per sealed secret (file name = secret name, content = envelope),
+    /// as projected into sandbox Pods; added to the bundle's `sealedSecrets`.
+    #[arg(long, value_name = "DIR")]
+    sealed_dir: Option<PathBuf>,
 
     /// Extra PEM file of CA certificates to trust for the callback (and upstream) TLS, on top
     /// of the system roots. Repeatable.
@@ -188,10 +193,16 @@ async fn run(args: RunArgs) -> ExitCode {
     if let Err(e) = args.keys.check() {
         return usage_error(e);
     }
-    let bundle = match read_bundle(&args.bundle) {
+    let mut bundle = match read_bundle(&args.bundle) {
         Ok(b) => b,
         Err(e) => return usage_error(e),
     };
+    if let Some(dir) = &args.sealed_dir {
+        match sealed_secrets_from_dir(dir) {
+            Ok(found) => bundle.sealed_secrets.extend(found),
+            Err(e) => return usage_error(e),
+        }
+    }
     if let Err(e) = bundle.validate() {
         return usage_error(format!("invalid bundle: {e}"));
     }

@@ -75,7 +75,15 @@ impl Drop for Dir {
 }
 
 async fn run(up: &Upstream, tag: &str, bundle: &Value) -> (Output, Value) {
-    let dir = Dir::new(tag);
+    run_with(up, &Dir::new(tag), bundle, &[]).await
+}
+
+async fn run_with(
+    up: &Upstream,
+    dir: &Dir,
+    bundle: &Value,
+    extra: &[&std::ffi::OsStr],
+) -> (Output, Value) {
     let bundle_path = dir.file("bundle.json", bundle.to_string().as_bytes());
     let key_path = dir.file("dev.key", hex::encode(DEV_KEY).as_bytes());
     let ca_path = dir.file("ca.pem", &up.ca_pem);
@@ -88,6 +96,7 @@ async fn run(up: &Upstream, tag: &str, bundle: &Value) -> (Output, Value) {
         .arg(&key_path)
         .arg("--ca-file")
         .arg(&ca_path)
+        .args(extra)
         .output()
         .await
         .expect("runner starts");
@@ -227,4 +236,41 @@ async fn without_the_insecure_flag_the_dev_key_provider_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure-dev-key"));
     assert!(up.requests().is_empty());
+}
+
+#[tokio::test]
+async fn sealed_secrets_are_read_from_a_projected_volume_directory() {
+    let up = Upstream::start().await;
+    let dir = Dir::new("sealeddir");
+    // The layout kubelet gives a projected volume: real files under ..data, symlinks beside it.
+    let sealed = dir.0.join("sealed");
+    std::fs::create_dir_all(sealed.join("..data")).expect("..data");
+    std::fs::write(
+        sealed.join("..data/API_TOKEN"),
+        sealed_for(NAMESPACE, "API_TOKEN"),
+    )
+    .expect("envelope");
+    std::os::unix::fs::symlink("..data/API_TOKEN", sealed.join("API_TOKEN")).expect("symlink");
+    let mut b = bundle(&up, "return await api('GET', '/echo-auth')", String::new());
+    b["sealedSecrets"] = json!([]);
+    let (out, result) = run_with(
+        &up,
+        &dir,
+        &b,
+        &["--sealed-dir".as_ref(), sealed.as_os_str()],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{result}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reqs = up.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(
+        reqs[0].header_values("authorization"),
+        [format!("Bearer {SECRET}").as_str()]
+    );
+    assert_no_secret("runner output", &String::from_utf8_lossy(&out.stdout));
 }

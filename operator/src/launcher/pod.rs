@@ -1,0 +1,657 @@
+//! Desired state of the `pod` launcher (pure): the sandbox Pod that runs one Execution in a
+//! confidential container, and the per-Execution NetworkPolicy that walls it in.
+//!
+//! Invariants enforced here (and pinned by the tests below):
+//! - the Pod runs under the configured `runtimeClassName` (default `kata-qemu-tdx`);
+//! - no service-account token, no service links, no host namespaces, non-root, read-only root
+//!   filesystem, all capabilities dropped, no privilege escalation, RuntimeDefault seccomp;
+//! - `activeDeadlineSeconds` = the Execution's timeout plus a grace period, so the kubelet ends
+//!   a runner that never calls back;
+//! - only the Permit's sealed Secrets are projected (by name, key `sealed`), under
+//!   `/var/run/oauth3/sealed` (never `/sealed`, which Confidential Containers' agent would try
+//!   to unseal itself); the run bundle (which carries the callback token) comes from a
+//!   per-Execution Secret;
+//! - both objects are owned by the Execution (so deleting it deletes them) and labelled with
+//!   the Execution's uid;
+//! - the NetworkPolicy denies all ingress and allows egress only to DNS, the operator's result
+//!   callback, and TCP 443 outside private, loopback, link-local and CGNAT ranges.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::{Resource, ResourceExt};
+use oauth3_crds::constants::{
+    LABEL_EXECUTION, LABEL_PERMIT, MANAGED_BY, SEALED_SECRET_KEY, secret_object_name,
+};
+use oauth3_crds::{Execution, Permit};
+use serde_json::json;
+
+/// Where the runner finds its bundle inside the Pod.
+pub const BUNDLE_DIR: &str = "/var/run/oauth3/bundle";
+/// File name of the bundle in the bundle Secret and directory.
+pub const BUNDLE_FILE: &str = "bundle.json";
+/// Where the projected sealed Secrets appear inside the Pod, one file per secret name.
+pub const SEALED_DIR: &str = "/var/run/oauth3/sealed";
+/// Name of the runner container.
+pub const CONTAINER_NAME: &str = "runner";
+/// UID/GID the runner runs as (the conventional "nonroot" user of distroless images).
+pub const RUNNER_UID: i64 = 65_532;
+
+/// Where the runner gets the key that opens sealed secrets inside the TEE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodKeyProvider {
+    /// Confidential Containers' guest resource endpoint (inside the Kata guest).
+    Kbs {
+        /// Base URL of the endpoint, e.g. `http://127.0.0.1:8006`.
+        url: String,
+    },
+    /// The dstack guest agent's socket, mounted from the host path.
+    Dstack {
+        /// Socket path on the node and in the Pod.
+        socket: String,
+    },
+}
+
+/// Cluster-level settings of the pod launcher (Helm values / operator flags).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodLaunchConfig {
+    /// RuntimeClass of sandbox Pods.
+    pub runtime_class_name: String,
+    /// Runner image.
+    pub image: String,
+    /// Image pull policy.
+    pub image_pull_policy: String,
+    /// Key provider of the runner.
+    pub key_provider: PodKeyProvider,
+    /// CPU limit (and request) of the runner container.
+    pub cpu: String,
+    /// Memory limit (and request) of the runner container.
+    pub memory: String,
+    /// Seconds added to the Execution's timeout for `activeDeadlineSeconds`.
+    pub deadline_grace_seconds: i64,
+    /// Namespace the operator (and its result callback) runs in.
+    pub operator_namespace: String,
+    /// Labels selecting the operator's Pods, for the callback egress rule.
+    pub operator_pod_labels: BTreeMap<String, String>,
+    /// TCP port of the result callback.
+    pub callback_port: i32,
+}
+
+impl Default for PodLaunchConfig {
+    fn default() -> Self {
+        Self {
+            runtime_class_name: "kata-qemu-tdx".into(),
+            image: "ghcr.io/oauth3/sandbox-runner:latest".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            key_provider: PodKeyProvider::Kbs {
+                url: "http://127.0.0.1:8006".into(),
+            },
+            cpu: "500m".into(),
+            memory: "256Mi".into(),
+            deadline_grace_seconds: 30,
+            operator_namespace: "oauth3-system".into(),
+            operator_pod_labels: [(
+                "app.kubernetes.io/name".to_owned(),
+                "oauth3-operator".to_owned(),
+            )]
+            .into(),
+            callback_port: 8443,
+        }
+    }
+}
+
+/// Why desired objects could not be built (only for objects the API server would never have
+/// stored, e.g. missing metadata).
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The Execution has no name, namespace or uid.
+    #[error("building sandbox objects: the Execution has no {0}")]
+    MissingMetadata(&'static str),
+    /// The object did not deserialise into its Kubernetes type (a bug in this module).
+    #[error("building the sandbox {what}: {source}")]
+    Build {
+        /// Which object.
+        what: &'static str,
+        /// Why.
+        source: serde_json::Error,
+    },
+}
+
+/// Name of the sandbox Pod, the bundle Secret and the NetworkPolicy of an Execution.
+pub fn run_object_name(execution_name: &str) -> String {
+    const PREFIX: &str = "oauth3-run-";
+    let mut name = format!("{PREFIX}{execution_name}");
+    if name.len() > 63 {
+        // Pod names feed the hostname (63 chars); keep it short and unique.
+        let digest = oauth3_crds::code_digest(execution_name);
+        let hash = &digest["sha256:".len().."sha256:".len() + 10];
+        name = format!("{}-{hash}", &name[..52].trim_end_matches('-'));
+    }
+    name
+}
+
+fn labels(execution: &Execution, uid: &str) -> serde_json::Value {
+    json!({
+        "app.kubernetes.io/name": "oauth3-sandbox",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_EXECUTION: uid,
+        LABEL_PERMIT: label_value(&execution.spec.permit_ref),
+    })
+}
+
+/// Label values are at most 63 characters; longer names are cut (the uid label is the
+/// selector; this one is for people).
+fn label_value(s: &str) -> String {
+    s.chars()
+        .take(63)
+        .collect::<String>()
+        .trim_end_matches(['-', '.'])
+        .to_owned()
+}
+
+fn meta(execution: &Execution) -> Result<(String, String, String), LaunchError> {
+    let name = execution
+        .metadata
+        .name
+        .clone()
+        .ok_or(LaunchError::MissingMetadata("name"))?;
+    let ns = execution
+        .namespace()
+        .ok_or(LaunchError::MissingMetadata("namespace"))?;
+    let uid = execution
+        .metadata
+        .uid
+        .clone()
+        .ok_or(LaunchError::MissingMetadata("uid"))?;
+    Ok((name, ns, uid))
+}
+
+fn owner(execution: &Execution) -> Result<serde_json::Value, LaunchError> {
+    let oref = execution
+        .controller_owner_ref(&())
+        .ok_or(LaunchError::MissingMetadata("name or uid"))?;
+    serde_json::to_value(oref).map_err(|source| LaunchError::Build {
+        what: "owner reference",
+        source,
+    })
+}
+
+/// The sandbox Pod of an Execution running under `permit`.
+///
+/// # Errors
+/// [`LaunchError::MissingMetadata`] for an Execution that was never stored.
+pub fn desired_pod(
+    execution: &Execution,
+    permit: &Permit,
+    config: &PodLaunchConfig,
+) -> Result<Pod, LaunchError> {
+    let (name, ns, uid) = meta(execution)?;
+    let object = run_object_name(&name);
+    let sealed_sources: Vec<_> = permit
+        .spec
+        .secrets
+        .iter()
+        .map(|s| {
+            json!({"secret": {
+                "name": secret_object_name(s),
+                "items": [{"key": SEALED_SECRET_KEY, "path": s}],
+                "optional": false
+            }})
+        })
+        .collect();
+    let mut args = vec![
+        "run".to_owned(),
+        "--bundle".to_owned(),
+        format!("{BUNDLE_DIR}/{BUNDLE_FILE}"),
+        "--sealed-dir".to_owned(),
+        SEALED_DIR.to_owned(),
+    ];
+    let mut volumes = vec![
+        json!({"name": "bundle", "secret": {"secretName": object, "defaultMode": 0o440,
+            "items": [{"key": BUNDLE_FILE, "path": BUNDLE_FILE}]}}),
+        json!({"name": "sealed", "projected": {"defaultMode": 0o440, "sources": sealed_sources}}),
+        json!({"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}),
+    ];
+    let mut mounts = vec![
+        json!({"name": "bundle", "mountPath": BUNDLE_DIR, "readOnly": true}),
+        json!({"name": "sealed", "mountPath": SEALED_DIR, "readOnly": true}),
+        json!({"name": "tmp", "mountPath": "/tmp"}),
+    ];
+    match &config.key_provider {
+        PodKeyProvider::Kbs { url } => {
+            args.extend([
+                "--key-provider".into(),
+                "kbs".into(),
+                "--kbs-url".into(),
+                url.clone(),
+            ]);
+        }
+        PodKeyProvider::Dstack { socket } => {
+            args.extend([
+                "--key-provider".into(),
+                "dstack".into(),
+                "--dstack-endpoint".into(),
+                socket.clone(),
+            ]);
+            volumes.push(json!({"name": "dstack", "hostPath": {"path": socket, "type": "Socket"}}));
+            mounts.push(json!({"name": "dstack", "mountPath": socket}));
+        }
+    }
+    let deadline = i64::from(execution.spec.timeout_seconds) + config.deadline_grace_seconds;
+    let resources = json!({"cpu": config.cpu, "memory": config.memory});
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": object,
+            "namespace": ns,
+            "labels": labels(execution, &uid),
+            "annotations": {"oauth3.dev/execution-name": name},
+            "ownerReferences": [owner(execution)?],
+        },
+        "spec": {
+            "runtimeClassName": config.runtime_class_name,
+            "restartPolicy": "Never",
+            "activeDeadlineSeconds": deadline,
+            "terminationGracePeriodSeconds": 5,
+            "automountServiceAccountToken": false,
+            "enableServiceLinks": false,
+            "hostNetwork": false,
+            "hostPID": false,
+            "hostIPC": false,
+            "securityContext": {
+                "runAsNonRoot": true,
+                "runAsUser": RUNNER_UID,
+                "runAsGroup": RUNNER_UID,
+                "fsGroup": RUNNER_UID,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [{
+                "name": CONTAINER_NAME,
+                "image": config.image,
+                "imagePullPolicy": config.image_pull_policy,
+                "args": args,
+                "env": [{"name": "RUST_LOG", "value": "warn"}],
+                "resources": {"limits": resources, "requests": resources},
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "privileged": false,
+                    "readOnlyRootFilesystem": true,
+                    "runAsNonRoot": true,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "volumeMounts": mounts,
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            }],
+            "volumes": volumes,
+        }
+    });
+    serde_json::from_value(pod).map_err(|source| LaunchError::Build {
+        what: "Pod",
+        source,
+    })
+}
+
+/// Private, loopback, link-local (cloud metadata) and CGNAT ranges the sandbox may never reach
+/// on port 443, even if a DNS answer points there.
+pub const DENIED_EGRESS_V4: [&str; 6] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+    "127.0.0.0/8",
+];
+/// IPv6 counterparts of [`DENIED_EGRESS_V4`].
+pub const DENIED_EGRESS_V6: [&str; 3] = ["fc00::/7", "fe80::/10", "::1/128"];
+
+/// The NetworkPolicy of an Execution's sandbox Pod: no ingress; egress to DNS, the operator's
+/// callback, and public addresses on TCP 443 only.
+///
+/// # Errors
+/// [`LaunchError::MissingMetadata`] for an Execution that was never stored.
+pub fn desired_network_policy(
+    execution: &Execution,
+    config: &PodLaunchConfig,
+) -> Result<NetworkPolicy, LaunchError> {
+    let (name, ns, uid) = meta(execution)?;
+    let policy = json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": run_object_name(&name),
+            "namespace": ns,
+            "labels": labels(execution, &uid),
+            "ownerReferences": [owner(execution)?],
+        },
+        "spec": {
+            "podSelector": {"matchLabels": {LABEL_EXECUTION: uid}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [],
+            "egress": [
+                {
+                    "to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+                    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+                },
+                {
+                    "to": [{
+                        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": config.operator_namespace}},
+                        "podSelector": {"matchLabels": config.operator_pod_labels},
+                    }],
+                    "ports": [{"protocol": "TCP", "port": config.callback_port}],
+                },
+                {
+                    "to": [
+                        {"ipBlock": {"cidr": "0.0.0.0/0", "except": DENIED_EGRESS_V4}},
+                        {"ipBlock": {"cidr": "::/0", "except": DENIED_EGRESS_V6}},
+                    ],
+                    "ports": [{"protocol": "TCP", "port": 443}],
+                },
+            ],
+        }
+    });
+    serde_json::from_value(policy).map_err(|source| LaunchError::Build {
+        what: "NetworkPolicy",
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Volume;
+    use oauth3_crds::{ExecutionSpec, PermitSpec};
+
+    fn permit(secrets: &[&str]) -> Permit {
+        let spec: PermitSpec = serde_json::from_value(json!({
+            "description": "d",
+            "capabilities": [{"name": "gh", "baseUrl": "https://api.github.com", "paths": ["/x"], "methods": ["GET"]}],
+            "secrets": secrets,
+        }))
+        .expect("spec");
+        Permit::new("github-issues", spec)
+    }
+
+    fn execution(name: &str) -> Execution {
+        let spec: ExecutionSpec = serde_json::from_value(json!({
+            "permitRef": "github-issues", "code": "return 1", "timeoutSeconds": 45
+        }))
+        .expect("spec");
+        let mut e = Execution::new(name, spec);
+        e.metadata.namespace = Some("team-a".into());
+        e.metadata.uid = Some("0b6c1f4e-uid".into());
+        e
+    }
+
+    fn pod() -> Pod {
+        desired_pod(
+            &execution("count"),
+            &permit(&["GITHUB_TOKEN", "OTHER_KEY"]),
+            &PodLaunchConfig::default(),
+        )
+        .expect("pod")
+    }
+
+    fn volume<'a>(pod: &'a Pod, name: &str) -> &'a Volume {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .and_then(|v| v.iter().find(|v| v.name == name))
+            .unwrap_or_else(|| panic!("volume {name}"))
+    }
+
+    #[test]
+    fn pod_runs_in_the_configured_confidential_runtime_with_a_deadline() {
+        let pod = pod();
+        let spec = pod.spec.as_ref().expect("spec");
+        assert_eq!(spec.runtime_class_name.as_deref(), Some("kata-qemu-tdx"));
+        assert_eq!(spec.active_deadline_seconds, Some(45 + 30));
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        let custom = PodLaunchConfig {
+            runtime_class_name: "kata-qemu".into(),
+            ..Default::default()
+        };
+        let pod = desired_pod(&execution("count"), &permit(&[]), &custom).expect("pod");
+        assert_eq!(
+            pod.spec.and_then(|s| s.runtime_class_name).as_deref(),
+            Some("kata-qemu")
+        );
+    }
+
+    #[test]
+    fn pod_is_hardened_and_gets_no_service_account_token() {
+        let pod = pod();
+        let spec = pod.spec.as_ref().expect("spec");
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        assert_eq!(spec.enable_service_links, Some(false));
+        assert_eq!(spec.host_network, Some(false));
+        let psc = spec
+            .security_context
+            .as_ref()
+            .expect("pod security context");
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(psc.run_as_user, Some(RUNNER_UID));
+        assert_eq!(
+            psc.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+            Some("RuntimeDefault")
+        );
+        assert_eq!(spec.containers.len(), 1);
+        let c = &spec.containers[0];
+        let sc = c
+            .security_context
+            .as_ref()
+            .expect("container security context");
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.privileged, Some(false));
+        assert_eq!(
+            sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+            Some(vec!["ALL".to_owned()])
+        );
+        let res = c.resources.as_ref().expect("resources");
+        assert!(
+            res.limits
+                .as_ref()
+                .is_some_and(|l| l.contains_key("cpu") && l.contains_key("memory"))
+        );
+    }
+
+    #[test]
+    fn only_the_permits_sealed_secrets_are_projected_outside_the_coco_sealed_path() {
+        let pod = pod();
+        let sources = volume(&pod, "sealed")
+            .projected
+            .as_ref()
+            .expect("projected")
+            .sources
+            .clone()
+            .expect("sources");
+        let projected: Vec<_> = sources
+            .iter()
+            .map(|s| {
+                let secret = s.secret.as_ref().expect("secret source");
+                let item = &secret.items.as_ref().expect("items")[0];
+                (
+                    secret.name.clone(),
+                    item.key.clone(),
+                    item.path.clone(),
+                    secret.optional,
+                )
+            })
+            .collect();
+        assert_eq!(
+            projected,
+            [
+                (
+                    "github-token".to_owned(),
+                    "sealed".to_owned(),
+                    "GITHUB_TOKEN".to_owned(),
+                    Some(false)
+                ),
+                (
+                    "other-key".to_owned(),
+                    "sealed".to_owned(),
+                    "OTHER_KEY".to_owned(),
+                    Some(false)
+                ),
+            ]
+        );
+        let mounts = pod.spec.as_ref().expect("spec").containers[0]
+            .volume_mounts
+            .clone()
+            .expect("mounts");
+        assert!(mounts.iter().all(|m| !m.mount_path.starts_with("/sealed")));
+        assert!(
+            mounts
+                .iter()
+                .filter(|m| m.name != "tmp")
+                .all(|m| m.read_only == Some(true))
+        );
+        let bundle = volume(&pod, "bundle")
+            .secret
+            .as_ref()
+            .expect("bundle secret");
+        assert_eq!(bundle.secret_name.as_deref(), Some("oauth3-run-count"));
+    }
+
+    #[test]
+    fn pod_and_policy_are_owned_by_the_execution_and_selected_by_its_uid() {
+        let e = execution("count");
+        let pod = pod();
+        let policy = desired_network_policy(&e, &PodLaunchConfig::default()).expect("policy");
+        for meta in [&pod.metadata, &policy.metadata] {
+            let owners = meta.owner_references.as_ref().expect("owners");
+            assert_eq!(owners.len(), 1);
+            assert_eq!(owners[0].kind, "Execution");
+            assert_eq!(owners[0].uid, "0b6c1f4e-uid");
+            assert_eq!(owners[0].controller, Some(true));
+            assert_eq!(meta.namespace.as_deref(), Some("team-a"));
+            assert_eq!(
+                meta.labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_EXECUTION))
+                    .map(String::as_str),
+                Some("0b6c1f4e-uid")
+            );
+        }
+        let selector = policy
+            .spec
+            .as_ref()
+            .expect("spec")
+            .pod_selector
+            .as_ref()
+            .and_then(|s| s.match_labels.clone())
+            .expect("labels");
+        assert_eq!(
+            selector.get(LABEL_EXECUTION).map(String::as_str),
+            Some("0b6c1f4e-uid")
+        );
+    }
+
+    #[test]
+    fn network_policy_denies_ingress_and_allows_only_dns_callback_and_public_443() {
+        let policy = desired_network_policy(&execution("count"), &PodLaunchConfig::default())
+            .expect("policy");
+        let spec = policy.spec.expect("spec");
+        assert_eq!(
+            spec.policy_types,
+            Some(vec!["Ingress".to_owned(), "Egress".to_owned()])
+        );
+        assert_eq!(spec.ingress, Some(vec![]));
+        let egress = spec.egress.expect("egress");
+        assert_eq!(egress.len(), 3);
+        let ports: Vec<Vec<String>> = egress
+            .iter()
+            .map(|r| {
+                r.ports
+                    .iter()
+                    .flatten()
+                    .map(|p| {
+                        let port = match &p.port {
+                            Some(
+                                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(i),
+                            ) => i.to_string(),
+                            other => format!("{other:?}"),
+                        };
+                        format!("{}/{port}", p.protocol.clone().unwrap_or_default())
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            ports,
+            [vec!["UDP/53", "TCP/53"], vec!["TCP/8443"], vec!["TCP/443"]]
+        );
+        let public = egress[2].to.as_ref().expect("peers");
+        let v4 = public[0].ip_block.as_ref().expect("ipBlock");
+        assert_eq!(v4.cidr, "0.0.0.0/0");
+        let except = v4.except.clone().expect("except");
+        for private in [
+            "10.0.0.0/8",
+            "169.254.0.0/16",
+            "127.0.0.0/8",
+            "192.168.0.0/16",
+        ] {
+            assert!(
+                except.iter().any(|e| e == private),
+                "{private} must be excluded"
+            );
+        }
+    }
+
+    #[test]
+    fn kbs_and_dstack_key_providers_are_passed_to_the_runner() {
+        let pod = pod();
+        let args = pod.spec.as_ref().expect("spec").containers[0]
+            .args
+            .clone()
+            .expect("args");
+        assert!(
+            args.windows(2).any(|w| w == ["--key-provider", "kbs"]),
+            "{args:?}"
+        );
+        let cfg = PodLaunchConfig {
+            key_provider: PodKeyProvider::Dstack {
+                socket: "/var/run/dstack.sock".into(),
+            },
+            ..Default::default()
+        };
+        let pod = desired_pod(&execution("count"), &permit(&[]), &cfg).expect("pod");
+        let args = pod.spec.as_ref().expect("spec").containers[0]
+            .args
+            .clone()
+            .expect("args");
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--dstack-endpoint", "/var/run/dstack.sock"]),
+            "{args:?}"
+        );
+        assert_eq!(
+            volume(&pod, "dstack")
+                .host_path
+                .as_ref()
+                .and_then(|h| h.type_.as_deref()),
+            Some("Socket")
+        );
+    }
+
+    #[test]
+    fn long_execution_names_give_short_unique_object_names() {
+        let a = run_object_name(&"a".repeat(200));
+        let b = run_object_name(&format!("{}b", "a".repeat(199)));
+        assert!(a.len() <= 63 && b.len() <= 63);
+        assert_ne!(a, b);
+        assert_eq!(run_object_name("count"), "oauth3-run-count");
+    }
+
+    #[test]
+    fn an_execution_that_was_never_stored_is_an_error_not_a_panic() {
+        let mut e = execution("x");
+        e.metadata.uid = None;
+        assert!(matches!(
+            desired_pod(&e, &permit(&[]), &PodLaunchConfig::default()),
+            Err(LaunchError::MissingMetadata(_))
+        ));
+    }
+}
