@@ -1,3 +1,4 @@
 //! oauth3 operator: controllers for Permits and Executions, launchers, approvals.
 
+pub mod execution;
 pub mod launcher;

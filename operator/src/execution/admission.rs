@@ -1,0 +1,324 @@
+//! Whether an Execution may run (pure): the Permit exists, is approved for its current spec,
+//! has not expired, has budget left, and (codeReview perCode) the code digest is trusted.
+//!
+//! Every refusal is terminal for the Execution (phase `Denied`) with a machine-readable reason
+//! and a message an agent can act on; nothing here retries. Only a missing code trust is not
+//! terminal: the Execution waits in `AwaitingApproval` for the owner.
+
+use k8s_openapi::jiff::Timestamp;
+use oauth3_crds::{
+    ApprovalDecision, CodeReview, Execution, Permit, PermitPhase, TrustLevel, code_digest,
+    spec_digest,
+};
+
+/// The admission decision for one Execution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Run it under the Permit's current approval.
+    Launch {
+        /// Spec digest the approval is bound to.
+        permit_digest: String,
+        /// Digest of the code.
+        code_digest: String,
+    },
+    /// codeReview perCode and the owner has not trusted this code digest (yet).
+    AwaitApproval {
+        /// Digest of the code the owner must trust.
+        code_digest: String,
+    },
+    /// Refused for good.
+    Refuse {
+        /// `Reason` of the Denied condition (CamelCase).
+        reason: &'static str,
+        /// Human-readable explanation naming the Permit and what to do.
+        message: String,
+    },
+}
+
+fn refuse(reason: &'static str, message: String) -> Admission {
+    Admission::Refuse { reason, message }
+}
+
+/// Decides whether `execution` may run under `permit` (looked up by `spec.permitRef`) at `now`.
+pub fn admit(execution: &Execution, permit: Option<&Permit>, now: Timestamp) -> Admission {
+    let name = &execution.spec.permit_ref;
+    let Some(permit) = permit else {
+        return refuse(
+            "PermitNotFound",
+            format!(
+                "Permit {name} does not exist in this namespace; create it and have the owner approve it"
+            ),
+        );
+    };
+    let status = permit.status.clone().unwrap_or_default();
+    let code = code_digest(&execution.spec.code);
+    match status.phase {
+        Some(PermitPhase::Approved) => {}
+        Some(PermitPhase::Denied) => {
+            return refuse(
+                "PermitDenied",
+                format!("Permit {name} was denied by its owner"),
+            );
+        }
+        Some(PermitPhase::Expired) => {
+            return refuse(
+                "PermitExpired",
+                format!(
+                    "the approval of Permit {name} has expired; ask the owner to approve it again"
+                ),
+            );
+        }
+        Some(PermitPhase::Revoked) => {
+            return refuse(
+                "PermitRevoked",
+                format!("Permit {name} was revoked by its owner"),
+            );
+        }
+        Some(PermitPhase::Pending) | None => {
+            return refuse(
+                "PermitNotApproved",
+                format!("Permit {name} is waiting for the owner's approval"),
+            );
+        }
+    }
+    let Some(approval) = status
+        .approval
+        .filter(|a| a.decision == ApprovalDecision::Approved)
+    else {
+        return refuse(
+            "PermitNotApproved",
+            format!("Permit {name} has no recorded approval"),
+        );
+    };
+    let current = match spec_digest(&permit.spec) {
+        Ok(d) => d,
+        Err(e) => return refuse("PermitInvalid", format!("Permit {name}: {e}")),
+    };
+    if approval.spec_digest != current {
+        return refuse(
+            "PermitChanged",
+            format!(
+                "Permit {name} changed after it was approved (approved {}, now {current}); the owner must approve the new spec",
+                approval.spec_digest
+            ),
+        );
+    }
+    if approval.expires_at.as_ref().is_none_or(|t| t.0 <= now) {
+        return refuse(
+            "PermitExpired",
+            format!("the approval of Permit {name} has expired; ask the owner to approve it again"),
+        );
+    }
+    if let Some(max) = permit.spec.max_executions {
+        let used = status.usage.as_ref().map_or(0, |u| u.executions);
+        if used >= max {
+            return refuse(
+                "ExecutionBudgetExhausted",
+                format!(
+                    "Permit {name} allows {max} Executions per approval and all have been used"
+                ),
+            );
+        }
+    }
+    if permit.spec.code_review == CodeReview::PerCode {
+        let trusted = status.trusted_code.iter().any(|t| {
+            t.code_digest == code
+                && match t.level {
+                    TrustLevel::Always => true,
+                    TrustLevel::Day => t.expires_at.as_ref().is_some_and(|e| e.0 > now),
+                    // "Once" is consumed by the Execution it was given for and never stored.
+                    TrustLevel::Once => false,
+                }
+        });
+        if !trusted {
+            return Admission::AwaitApproval { code_digest: code };
+        }
+    }
+    Admission::Launch {
+        permit_digest: current,
+        code_digest: code,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use oauth3_crds::permit::TrustedCode;
+    use oauth3_crds::{
+        Approval, ApprovalVia, ExecutionSpec, PermitSpec, PermitStatus, PermitUsage,
+    };
+    use serde_json::json;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn at(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).expect("timestamp"))
+    }
+
+    fn now() -> Timestamp {
+        at(NOW).0
+    }
+
+    fn spec(extra: serde_json::Value) -> PermitSpec {
+        let mut v = json!({
+            "description": "d",
+            "capabilities": [{"name": "gh", "baseUrl": "https://api.github.com", "paths": ["/x"], "methods": ["GET"]}]
+        });
+        if let (Some(base), Some(more)) = (v.as_object_mut(), extra.as_object()) {
+            base.extend(more.clone());
+        }
+        serde_json::from_value(v).expect("spec")
+    }
+
+    /// An approved Permit, valid for another hour.
+    fn approved(extra: serde_json::Value) -> Permit {
+        let mut p = Permit::new("gh", spec(extra));
+        let digest = spec_digest(&p.spec).expect("digest");
+        p.status = Some(PermitStatus {
+            phase: Some(PermitPhase::Approved),
+            spec_digest: Some(digest.clone()),
+            approval: Some(Approval {
+                decision: ApprovalDecision::Approved,
+                by: "owner".into(),
+                via: ApprovalVia::Kubectl,
+                at: at(NOW - 60),
+                expires_at: Some(at(NOW + 3600)),
+                spec_digest: digest,
+            }),
+            ..Default::default()
+        });
+        p
+    }
+
+    fn exec(code: &str) -> Execution {
+        let spec: ExecutionSpec =
+            serde_json::from_value(json!({"permitRef": "gh", "code": code})).expect("spec");
+        Execution::new("e", spec)
+    }
+
+    fn reason(a: &Admission) -> &'static str {
+        match a {
+            Admission::Refuse { reason, .. } => reason,
+            Admission::Launch { .. } => "Launch",
+            Admission::AwaitApproval { .. } => "AwaitApproval",
+        }
+    }
+
+    #[test]
+    fn an_approved_unexpired_permit_launches_with_both_digests() {
+        let p = approved(json!({}));
+        match admit(&exec("return 1"), Some(&p), now()) {
+            Admission::Launch {
+                permit_digest,
+                code_digest: c,
+            } => {
+                assert_eq!(permit_digest, spec_digest(&p.spec).expect("digest"));
+                assert_eq!(c, code_digest("return 1"));
+            }
+            other => panic!("expected launch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_refusal_has_its_reason_and_names_the_permit() {
+        let e = exec("return 1");
+        assert_eq!(reason(&admit(&e, None, now())), "PermitNotFound");
+        for (phase, why) in [
+            (Some(PermitPhase::Pending), "PermitNotApproved"),
+            (None, "PermitNotApproved"),
+            (Some(PermitPhase::Denied), "PermitDenied"),
+            (Some(PermitPhase::Expired), "PermitExpired"),
+            (Some(PermitPhase::Revoked), "PermitRevoked"),
+        ] {
+            let mut p = approved(json!({}));
+            if let Some(s) = p.status.as_mut() {
+                s.phase = phase;
+            }
+            let a = admit(&e, Some(&p), now());
+            assert_eq!(reason(&a), why, "{phase:?}");
+            let Admission::Refuse { message, .. } = a else {
+                panic!("refused")
+            };
+            assert!(
+                message.contains("Permit gh") || message.contains("Permit gh "),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_spec_edited_after_approval_is_refused_even_if_status_still_says_approved() {
+        let mut p = approved(json!({}));
+        p.spec.capabilities[0].paths.push("/admin".into());
+        assert_eq!(reason(&admit(&exec("1"), Some(&p), now())), "PermitChanged");
+    }
+
+    #[test]
+    fn expiry_is_exact_at_the_boundary() {
+        let mut p = approved(json!({}));
+        if let Some(a) = p.status.as_mut().and_then(|s| s.approval.as_mut()) {
+            a.expires_at = Some(at(NOW));
+        }
+        assert_eq!(reason(&admit(&exec("1"), Some(&p), now())), "PermitExpired");
+        if let Some(a) = p.status.as_mut().and_then(|s| s.approval.as_mut()) {
+            a.expires_at = Some(at(NOW + 1));
+        }
+        assert_eq!(reason(&admit(&exec("1"), Some(&p), now())), "Launch");
+    }
+
+    #[test]
+    fn max_executions_is_a_hard_budget() {
+        let mut p = approved(json!({"maxExecutions": 2}));
+        let usage = |n| PermitUsage {
+            executions: n,
+            ..Default::default()
+        };
+        if let Some(s) = p.status.as_mut() {
+            s.usage = Some(usage(1));
+        }
+        assert_eq!(reason(&admit(&exec("1"), Some(&p), now())), "Launch");
+        if let Some(s) = p.status.as_mut() {
+            s.usage = Some(usage(2));
+        }
+        assert_eq!(
+            reason(&admit(&exec("1"), Some(&p), now())),
+            "ExecutionBudgetExhausted"
+        );
+    }
+
+    #[test]
+    fn per_code_review_needs_a_trusted_digest_and_one_byte_changes_it() {
+        let mut p = approved(json!({"codeReview": "perCode"}));
+        assert_eq!(
+            reason(&admit(&exec("return 1"), Some(&p), now())),
+            "AwaitApproval"
+        );
+        let trust = |level, expires| TrustedCode {
+            code_digest: code_digest("return 1"),
+            level,
+            by: "owner".into(),
+            at: at(NOW - 10),
+            expires_at: expires,
+        };
+        if let Some(s) = p.status.as_mut() {
+            s.trusted_code = vec![trust(TrustLevel::Always, None)];
+        }
+        assert_eq!(reason(&admit(&exec("return 1"), Some(&p), now())), "Launch");
+        assert_eq!(
+            reason(&admit(&exec("return 1 "), Some(&p), now())),
+            "AwaitApproval"
+        );
+        if let Some(s) = p.status.as_mut() {
+            s.trusted_code = vec![trust(TrustLevel::Day, Some(at(NOW - 1)))];
+        }
+        assert_eq!(
+            reason(&admit(&exec("return 1"), Some(&p), now())),
+            "AwaitApproval"
+        );
+        if let Some(s) = p.status.as_mut() {
+            s.trusted_code = vec![trust(TrustLevel::Day, Some(at(NOW + 60)))];
+        }
+        assert_eq!(reason(&admit(&exec("return 1"), Some(&p), now())), "Launch");
+    }
+}

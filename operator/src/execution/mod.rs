@@ -1,0 +1,3 @@
+//! The Execution controller's decisions. `admission` decides whether an Execution may run.
+
+pub mod admission;
