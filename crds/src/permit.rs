@@ -446,7 +446,7 @@ pub enum PermitPhase {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Approval {
-    /// `Approved` or `Denied`.
+    /// `Approved`, `Denied` or `Revoked`.
     pub decision: ApprovalDecision,
     /// Who decided (Telegram user id, Kubernetes user name).
     pub by: String,
@@ -461,12 +461,15 @@ pub struct Approval {
     pub spec_digest: String,
 }
 
-/// An approval decision.
+/// An owner's decision on a Permit.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
-#[allow(missing_docs)]
 pub enum ApprovalDecision {
+    /// The spec with `specDigest` may be used until `expiresAt`.
     Approved,
+    /// The owner refused the spec with `specDigest`.
     Denied,
+    /// The owner withdrew an earlier approval; nothing may run until a new approval.
+    Revoked,
 }
 
 /// The channel an approval came through.

@@ -126,8 +126,9 @@ pub fn admit(execution: &Execution, permit: Option<&Permit>, now: Timestamp) -> 
                 && match t.level {
                     TrustLevel::Always => true,
                     TrustLevel::Day => t.expires_at.as_ref().is_some_and(|e| e.0 > now),
-                    // "Once" is consumed by the Execution it was given for and never stored.
-                    TrustLevel::Once => false,
+                    // "Once" admits one Execution; the controller removes the entry when it
+                    // launches that Execution, so no lasting record is kept.
+                    TrustLevel::Once => true,
                 }
         });
         if !trusted {
@@ -320,5 +321,25 @@ mod tests {
             s.trusted_code = vec![trust(TrustLevel::Day, Some(at(NOW + 60)))];
         }
         assert_eq!(reason(&admit(&exec("return 1"), Some(&p), now())), "Launch");
+        if let Some(s) = p.status.as_mut() {
+            s.trusted_code = vec![trust(TrustLevel::Once, None)];
+        }
+        assert_eq!(reason(&admit(&exec("return 1"), Some(&p), now())), "Launch");
+        assert_eq!(
+            reason(&admit(&exec("return 2"), Some(&p), now())),
+            "AwaitApproval"
+        );
+    }
+
+    #[test]
+    fn a_revoked_decision_refuses_even_if_the_phase_was_not_updated_yet() {
+        let mut p = approved(json!({}));
+        if let Some(a) = p.status.as_mut().and_then(|s| s.approval.as_mut()) {
+            a.decision = ApprovalDecision::Revoked;
+        }
+        assert_eq!(
+            reason(&admit(&exec("1"), Some(&p), now())),
+            "PermitNotApproved"
+        );
     }
 }
