@@ -1,4 +1,5 @@
 //! oauth3 operator: controllers for Permits and Executions, launchers, approvals.
 
+pub mod describe;
 pub mod execution;
 pub mod launcher;

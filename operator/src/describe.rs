@@ -1,0 +1,290 @@
+//! Plain-words description of exactly what a Permit allows, for the people who approve it
+//! (`kubectl oauth3 get`, and the Telegram approval message). Pure: derived from the spec the
+//! runner enforces, never from free text other than the agent's own `description`, which is
+//! shown quoted and labelled as the agent's words.
+
+use std::fmt::Write as _;
+
+use oauth3_crds::{
+    BodyRules, Capability, CapabilityForm, CodeReview, ParamLocation, Permit, PermitSpec,
+};
+
+/// The capability's call signature as the code sees it, e.g. `github(method, path, {query,
+/// body, headers})` or `createIssue(owner, repo, {title, body})`.
+pub fn signature(cap: &Capability) -> String {
+    match cap.form() {
+        Some(CapabilityForm::ScopedFetch { .. }) => {
+            format!("{}(method, path, {{query, body, headers}})", cap.name)
+        }
+        Some(CapabilityForm::TypedEndpoint {
+            endpoint, params, ..
+        }) => {
+            let mut args: Vec<String> = path_placeholders(endpoint);
+            let others: Vec<&str> = params
+                .iter()
+                .filter(|(_, p)| p.location != ParamLocation::Path)
+                .map(|(k, _)| k.as_str())
+                .collect();
+            if !others.is_empty() {
+                args.push(format!("{{{}}}", others.join(", ")));
+            }
+            format!("{}({})", cap.name, args.join(", "))
+        }
+        None => format!("{}(?)", cap.name),
+    }
+}
+
+/// `{name}` placeholders of an endpoint template, in order.
+pub fn path_placeholders(endpoint: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = endpoint;
+    while let Some(start) = rest.find('{') {
+        let Some(len) = rest[start..].find('}') else {
+            break;
+        };
+        out.push(rest[start + 1..start + len].to_owned());
+        rest = &rest[start + len + 1..];
+    }
+    out
+}
+
+fn body_rules(body: Option<&BodyRules>) -> String {
+    let Some(b) = body else {
+        return "JSON only, any keys, at most 65536 bytes".to_owned();
+    };
+    let mut parts = vec![
+        if b.allow_raw {
+            "JSON or raw bytes"
+        } else {
+            "JSON only"
+        }
+        .to_owned(),
+    ];
+    match &b.allow_keys {
+        Some(keys) if keys.is_empty() => parts.push("no keys at all".to_owned()),
+        Some(keys) => parts.push(format!("only keys {}", keys.join(", "))),
+        None => parts.push("any keys".to_owned()),
+    }
+    if !b.deny_keys.is_empty() {
+        parts.push(format!("never {}", b.deny_keys.join(", ")));
+    }
+    parts.push(format!("at most {} bytes", b.max_bytes));
+    parts.join(", ")
+}
+
+fn join_url(base: &str, path: &str) -> String {
+    format!("{}{}", base.trim_end_matches('/'), path)
+}
+
+/// Describes one capability: signature, methods and full URL globs, query/body rules, how the
+/// credential is injected, rate limit, documentation link.
+pub fn describe_capability(cap: &Capability, out: &mut String) {
+    let _ = writeln!(out, "  {}", signature(cap));
+    match cap.form() {
+        Some(CapabilityForm::ScopedFetch {
+            base_url,
+            paths,
+            methods,
+        }) => {
+            let methods: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
+            let _ = writeln!(out, "    methods: {}", methods.join(", "));
+            for p in paths {
+                let _ = writeln!(out, "    url:     {}", join_url(base_url, p));
+            }
+            let _ = writeln!(
+                out,
+                "             (* = one path segment, ** = any number of segments)"
+            );
+            match &cap.query {
+                Some(q) if !q.allow.is_empty() => {
+                    let _ = writeln!(out, "    query:   only {}", q.allow.join(", "));
+                }
+                _ => {
+                    let _ = writeln!(out, "    query:   none allowed");
+                }
+            }
+        }
+        Some(CapabilityForm::TypedEndpoint {
+            endpoint,
+            method,
+            params,
+        }) => {
+            let _ = writeln!(out, "    {method} {endpoint}");
+            for (name, p) in params {
+                let place = match p.location {
+                    ParamLocation::Path => "path",
+                    ParamLocation::Query => "query",
+                    ParamLocation::Body => "body",
+                    ParamLocation::Header => "header",
+                };
+                let req = if p.required || p.location == ParamLocation::Path {
+                    ", required"
+                } else {
+                    ""
+                };
+                let pat = p
+                    .pattern
+                    .as_ref()
+                    .map(|r| format!(", must match {r}"))
+                    .unwrap_or_default();
+                let _ = writeln!(out, "    param {name}: in {place}{req}{pat}");
+            }
+        }
+        None => {
+            let _ = writeln!(out, "    (invalid: neither baseUrl nor endpoint)");
+        }
+    }
+    let _ = writeln!(out, "    body:    {}", body_rules(cap.body.as_ref()));
+    match &cap.auth {
+        Some(a) => {
+            let target = match (&a.header, &a.query_param) {
+                (Some(h), _) => format!("header {h}"),
+                (None, Some(q)) => format!("query parameter {q}"),
+                (None, None) => "nowhere".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "    sends:   {target} = \"{}\" (secret filled in inside the sandbox)",
+                a.value
+            );
+        }
+        None => {
+            let _ = writeln!(out, "    sends:   no credential");
+        }
+    }
+    if let Some(r) = &cap.rate_limit {
+        let _ = writeln!(
+            out,
+            "    limit:   {} calls per {} s, across all Executions",
+            r.requests, r.per_seconds
+        );
+    }
+    if let Some(d) = &cap.doc_url {
+        let _ = writeln!(out, "    docs:    {d}");
+    }
+}
+
+/// Describes a Permit spec in full, for an approver.
+pub fn describe_spec(spec: &PermitSpec, digest: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "The agent says: \"{}\"", spec.description);
+    let _ = writeln!(out);
+    let _ = writeln!(out, "It may call ({}):", spec.capabilities.len());
+    for cap in &spec.capabilities {
+        describe_capability(cap, &mut out);
+    }
+    let _ = writeln!(out);
+    if spec.secrets.is_empty() {
+        let _ = writeln!(out, "Secrets: none");
+    } else {
+        let _ = writeln!(
+            out,
+            "Secrets: {} (never visible to the agent or its code)",
+            spec.secrets.join(", ")
+        );
+    }
+    let max = spec
+        .max_executions
+        .map(|m| format!("; at most {m} Executions"))
+        .unwrap_or_default();
+    let _ = writeln!(out, "Lifetime: {} after approval{max}", spec.valid_for);
+    let review = match spec.code_review {
+        CodeReview::None => "none: any code may use these calls",
+        CodeReview::PerCode => "per code: every new piece of code needs your approval",
+    };
+    let _ = writeln!(out, "Code review: {review}");
+    let _ = writeln!(out, "Spec digest: {digest}");
+    out
+}
+
+/// Describes a stored Permit: header with name, namespace and phase, then [`describe_spec`].
+pub fn describe_permit(permit: &Permit, digest: &str) -> String {
+    let status = permit.status.clone().unwrap_or_default();
+    let phase = status
+        .phase
+        .map(|p| format!("{p:?}"))
+        .unwrap_or_else(|| "New".into());
+    let until = status
+        .approval
+        .as_ref()
+        .and_then(|a| a.expires_at.as_ref())
+        .filter(|_| phase == "Approved")
+        .map(|t| format!(" until {}", t.0))
+        .unwrap_or_default();
+    format!(
+        "Permit {} (namespace {}): {phase}{until}\n\n{}",
+        permit.metadata.name.as_deref().unwrap_or("?"),
+        permit.metadata.namespace.as_deref().unwrap_or("?"),
+        describe_spec(&permit.spec, digest)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec() -> PermitSpec {
+        serde_json::from_value(json!({
+            "description": "Triage bot",
+            "capabilities": [
+                {"name": "github", "baseUrl": "https://api.github.com/",
+                 "paths": ["/repos/o/r/issues", "/repos/o/r/issues/*"], "methods": ["GET", "POST"],
+                 "query": {"allow": ["state"]},
+                 "body": {"allowKeys": ["title", "body"], "denyKeys": ["assignees"], "maxBytes": 1024},
+                 "auth": {"header": "Authorization", "value": "Bearer {GITHUB_TOKEN}"},
+                 "rateLimit": {"requests": 30, "perSeconds": 60}},
+                {"name": "createIssue", "endpoint": "https://api.github.com/repos/{owner}/{repo}/issues",
+                 "method": "POST", "params": {"owner": {"in": "path"}, "repo": {"in": "path"},
+                 "title": {"in": "body", "required": true}, "labels": {"in": "body"}}}
+            ],
+            "secrets": ["GITHUB_TOKEN"],
+            "validFor": "7d", "maxExecutions": 5, "codeReview": "perCode"
+        }))
+        .expect("spec")
+    }
+
+    #[test]
+    fn description_shows_every_rule_an_approver_needs() {
+        let text = describe_spec(&spec(), "sha256:abc");
+        for needle in [
+            "The agent says: \"Triage bot\"",
+            "github(method, path, {query, body, headers})",
+            "methods: GET, POST",
+            "url:     https://api.github.com/repos/o/r/issues\n",
+            "url:     https://api.github.com/repos/o/r/issues/*",
+            "query:   only state",
+            "only keys title, body, never assignees, at most 1024 bytes",
+            "header Authorization = \"Bearer {GITHUB_TOKEN}\"",
+            "30 calls per 60 s",
+            "createIssue(owner, repo, {labels, title})",
+            "POST https://api.github.com/repos/{owner}/{repo}/issues",
+            "param title: in body, required",
+            "Secrets: GITHUB_TOKEN",
+            "Lifetime: 7d after approval; at most 5 Executions",
+            "every new piece of code needs your approval",
+            "Spec digest: sha256:abc",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn no_query_and_default_body_are_spelled_out() {
+        let mut s = spec();
+        s.capabilities[0].query = None;
+        s.capabilities[0].body = None;
+        let text = describe_spec(&s, "d");
+        assert!(text.contains("query:   none allowed"), "{text}");
+        assert!(
+            text.contains("JSON only, any keys, at most 65536 bytes"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn placeholders_come_out_in_template_order() {
+        assert_eq!(path_placeholders("https://h/{b}/x/{a}"), ["b", "a"]);
+        assert!(path_placeholders("https://h/x").is_empty());
+    }
+}
