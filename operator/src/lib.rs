@@ -3,3 +3,4 @@
 pub mod describe;
 pub mod execution;
 pub mod launcher;
+pub mod plugin;

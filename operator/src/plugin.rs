@@ -1,0 +1,581 @@
+//! `kubectl oauth3`: the owner's and operator's command line. Approve, deny or revoke a Permit
+//! (and, with `codeReview: perCode`, trust code digests), show exactly what a Permit allows,
+//! seal a secret for the enclave, and show an Execution's output and call log.
+//!
+//! Decisions are recorded in the Permit's **status** (`status.approval`,
+//! `status.trustedCode`), which only identities with RBAC on `permits/status` can write:
+//! owners and the operator, never agents. The decision is bound to the spec digest computed
+//! here from the spec as read; a spec edited afterwards voids it. Every write carries the
+//! resourceVersion that was read, so a concurrent change fails the command instead of being
+//! overwritten.
+
+use std::fmt::Write as _;
+
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use oauth3_crds::constants::{
+    ANNOTATION_SECRET_NAME, SEALED_SECRET_KEY, SEALED_SECRET_TYPE, secret_object_name,
+};
+use oauth3_crds::permit::TrustedCode;
+use oauth3_crds::{
+    Approval, ApprovalDecision, ApprovalVia, CodeReview, Execution, Permit, TrustLevel,
+    code_digest, parse_duration, spec_digest,
+};
+use serde_json::json;
+
+use crate::describe::describe_permit;
+
+/// Field manager of status writes made by the plugin.
+pub const PLUGIN_FIELD_MANAGER: &str = "kubectl-oauth3";
+
+/// Why a plugin command failed. Messages name the object and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// Wrong combination of flags.
+    #[error("{0}")]
+    Usage(String),
+    /// The object does not exist.
+    #[error("{kind} {name} not found in namespace {namespace}")]
+    NotFound {
+        /// Kind.
+        kind: &'static str,
+        /// Name.
+        name: String,
+        /// Namespace.
+        namespace: String,
+    },
+    /// The object changed between read and write.
+    #[error("{0} changed while the decision was being recorded; run the command again")]
+    Conflict(String),
+    /// Any other API error, with the step that failed.
+    #[error("{step}: {source}")]
+    Api {
+        /// What was being done.
+        step: String,
+        /// The error.
+        source: kube::Error,
+    },
+    /// A local step failed (reading a file, sealing, serialising).
+    #[error("{0}")]
+    Local(String),
+}
+
+impl PluginError {
+    /// Exit code: 2 for usage errors and missing objects, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Usage(_) | Self::NotFound { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+fn api_err(step: impl Into<String>) -> impl FnOnce(kube::Error) -> PluginError {
+    let step = step.into();
+    move |source| PluginError::Api { step, source }
+}
+
+/// Which Permit decision to record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Approve the current spec.
+    Approve,
+    /// Deny the current spec.
+    Deny,
+    /// Withdraw the approval.
+    Revoke,
+}
+
+/// The `status.approval` to record for `decision` on `permit` by `by` at `now` (pure).
+///
+/// # Errors
+/// [`PluginError::Local`] when the spec's `validFor` cannot be parsed (the schema prevents it).
+pub fn approval_for(
+    permit: &Permit,
+    decision: Decision,
+    by: &str,
+    now: Timestamp,
+) -> Result<Approval, PluginError> {
+    let digest = spec_digest(&permit.spec).map_err(|e| PluginError::Local(e.to_string()))?;
+    let expires_at = match decision {
+        Decision::Approve => {
+            let valid = parse_duration(&permit.spec.valid_for)
+                .map_err(|e| PluginError::Local(format!("spec.validFor: {e}")))?;
+            let valid = SignedDuration::try_from(valid)
+                .map_err(|e| PluginError::Local(format!("spec.validFor: {e}")))?;
+            Some(Time(
+                now.checked_add(valid)
+                    .map_err(|e| PluginError::Local(e.to_string()))?,
+            ))
+        }
+        Decision::Deny | Decision::Revoke => None,
+    };
+    Ok(Approval {
+        decision: match decision {
+            Decision::Approve => ApprovalDecision::Approved,
+            Decision::Deny => ApprovalDecision::Denied,
+            Decision::Revoke => ApprovalDecision::Revoked,
+        },
+        by: by.to_owned(),
+        via: ApprovalVia::Kubectl,
+        at: Time(now),
+        expires_at,
+        spec_digest: digest,
+    })
+}
+
+/// The `status.trustedCode` list after trusting `digest` at `level` (pure). Replaces an earlier
+/// entry for the same digest; drops expired 24h entries.
+pub fn trust_code(
+    current: &[TrustedCode],
+    digest: &str,
+    level: TrustLevel,
+    by: &str,
+    now: Timestamp,
+) -> Vec<TrustedCode> {
+    let mut list: Vec<TrustedCode> = current
+        .iter()
+        .filter(|t| t.code_digest != digest)
+        .filter(|t| t.level != TrustLevel::Day || t.expires_at.as_ref().is_some_and(|e| e.0 > now))
+        .cloned()
+        .collect();
+    let expires_at = (level == TrustLevel::Day)
+        .then(|| {
+            now.checked_add(SignedDuration::from_hours(24))
+                .ok()
+                .map(Time)
+        })
+        .flatten();
+    list.insert(
+        0,
+        TrustedCode {
+            code_digest: digest.to_owned(),
+            level,
+            by: by.to_owned(),
+            at: Time(now),
+            expires_at,
+        },
+    );
+    list
+}
+
+/// A connected plugin: client, namespace, and who the caller is.
+pub struct Plugin {
+    client: Client,
+    namespace: String,
+}
+
+impl Plugin {
+    /// Uses `client` in `namespace`.
+    pub fn new(client: Client, namespace: String) -> Self {
+        Self { client, namespace }
+    }
+
+    fn permits(&self) -> Api<Permit> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    async fn permit(&self, name: &str) -> Result<Permit, PluginError> {
+        self.permits()
+            .get_opt(name)
+            .await
+            .map_err(api_err(format!("reading Permit {name}")))?
+            .ok_or_else(|| PluginError::NotFound {
+                kind: "Permit",
+                name: name.to_owned(),
+                namespace: self.namespace.clone(),
+            })
+    }
+
+    async fn execution(&self, name: &str) -> Result<Execution, PluginError> {
+        Api::<Execution>::namespaced(self.client.clone(), &self.namespace)
+            .get_opt(name)
+            .await
+            .map_err(api_err(format!("reading Execution {name}")))?
+            .ok_or_else(|| PluginError::NotFound {
+                kind: "Execution",
+                name: name.to_owned(),
+                namespace: self.namespace.clone(),
+            })
+    }
+
+    /// The caller's user name, as the API server authenticated it.
+    pub async fn whoami(&self) -> Result<String, PluginError> {
+        let review: SelfSubjectReview = serde_json::from_value(json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"
+        }))
+        .map_err(|e| PluginError::Local(e.to_string()))?;
+        let answer = Api::<SelfSubjectReview>::all(self.client.clone())
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(api_err(
+                "asking the API server who you are (SelfSubjectReview)",
+            ))?;
+        answer
+            .status
+            .and_then(|s| s.user_info)
+            .and_then(|u| u.username)
+            .ok_or_else(|| PluginError::Local("the API server did not say who you are".into()))
+    }
+
+    async fn patch_status(
+        &self,
+        permit: &Permit,
+        status: serde_json::Value,
+    ) -> Result<Permit, PluginError> {
+        let name = permit.name_any();
+        let patch = json!({
+            "metadata": {"resourceVersion": permit.resource_version()},
+            "status": status,
+        });
+        self.permits()
+            .patch_status(
+                &name,
+                &PatchParams::apply(PLUGIN_FIELD_MANAGER),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map_err(|e| match e {
+                kube::Error::Api(s) if s.code == 409 => {
+                    PluginError::Conflict(format!("Permit {name}"))
+                }
+                other => PluginError::Api {
+                    step: format!("recording the decision on Permit {name}"),
+                    source: other,
+                },
+            })
+    }
+
+    /// Records a decision on the Permit's current spec. Returns a one-line summary.
+    pub async fn decide(&self, name: &str, decision: Decision) -> Result<String, PluginError> {
+        let permit = self.permit(name).await?;
+        let by = self.whoami().await?;
+        let approval = approval_for(&permit, decision, &by, Timestamp::now())?;
+        self.patch_status(&permit, json!({"approval": approval}))
+            .await?;
+        Ok(match decision {
+            Decision::Approve => format!(
+                "Permit {name} approved by {by} for spec {} until {}",
+                approval.spec_digest,
+                approval
+                    .expires_at
+                    .map(|t| t.0.to_string())
+                    .unwrap_or_default()
+            ),
+            Decision::Deny => format!("Permit {name} denied by {by}"),
+            Decision::Revoke => format!("Permit {name} revoked by {by}"),
+        })
+    }
+
+    /// Resolves `code` (an Execution name or a `sha256:` digest) to a code digest.
+    async fn code_digest_of(&self, code: &str) -> Result<String, PluginError> {
+        if let Some(hex) = code.strip_prefix("sha256:") {
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(PluginError::Usage(format!(
+                    "--code {code}: a digest is sha256: followed by 64 hex characters"
+                )));
+            }
+            return Ok(code.to_ascii_lowercase());
+        }
+        Ok(code_digest(&self.execution(code).await?.spec.code))
+    }
+
+    /// Trusts (or with `None`, stops trusting) a code digest under a perCode Permit.
+    pub async fn trust(
+        &self,
+        name: &str,
+        code: &str,
+        level: Option<TrustLevel>,
+    ) -> Result<String, PluginError> {
+        let permit = self.permit(name).await?;
+        if permit.spec.code_review != CodeReview::PerCode {
+            return Err(PluginError::Usage(format!(
+                "Permit {name} has codeReview: none, so its code needs no approval; approve the Permit itself"
+            )));
+        }
+        let digest = self.code_digest_of(code).await?;
+        let by = self.whoami().await?;
+        let current = permit
+            .status
+            .as_ref()
+            .map(|s| s.trusted_code.clone())
+            .unwrap_or_default();
+        let list = match level {
+            Some(level) => trust_code(&current, &digest, level, &by, Timestamp::now()),
+            None => {
+                if !current.iter().any(|t| t.code_digest == digest) {
+                    return Err(PluginError::Usage(format!(
+                        "code {digest} is not trusted by Permit {name}"
+                    )));
+                }
+                current
+                    .into_iter()
+                    .filter(|t| t.code_digest != digest)
+                    .collect()
+            }
+        };
+        self.patch_status(&permit, json!({"trustedCode": list}))
+            .await?;
+        Ok(match level {
+            Some(l) => format!(
+                "code {digest} trusted by {by} ({}) under Permit {name}",
+                level_name(l)
+            ),
+            None => format!("trust in code {digest} removed from Permit {name} by {by}"),
+        })
+    }
+
+    /// A readable summary of exactly what the Permit allows, with its decision state.
+    pub async fn get(&self, name: &str) -> Result<String, PluginError> {
+        let permit = self.permit(name).await?;
+        let digest = spec_digest(&permit.spec).map_err(|e| PluginError::Local(e.to_string()))?;
+        let mut out = describe_permit(&permit, &digest);
+        let status = permit.status.unwrap_or_default();
+        if let Some(a) = &status.approval {
+            let current = if a.spec_digest == digest {
+                ""
+            } else {
+                " (for an older spec: void)"
+            };
+            let _ = writeln!(
+                out,
+                "Decision: {:?} by {} via {:?} at {}{current}",
+                a.decision, a.by, a.via, a.at.0
+            );
+        }
+        for t in &status.trusted_code {
+            let until = t
+                .expires_at
+                .as_ref()
+                .map(|e| format!(" until {}", e.0))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "Trusted code: {} ({}{until}) by {}",
+                t.code_digest,
+                level_name(t.level),
+                t.by
+            );
+        }
+        Ok(out)
+    }
+
+    /// An Execution's phase, output, result and call log.
+    pub async fn logs(&self, name: &str) -> Result<String, PluginError> {
+        let exec = self.execution(name).await?;
+        Ok(render_logs(&exec))
+    }
+}
+
+fn level_name(level: TrustLevel) -> &'static str {
+    match level {
+        TrustLevel::Once => "once",
+        TrustLevel::Day => "24h",
+        TrustLevel::Always => "always",
+    }
+}
+
+/// Renders an Execution's status for people (pure).
+pub fn render_logs(exec: &Execution) -> String {
+    let s = exec.status.clone().unwrap_or_default();
+    let mut out = String::new();
+    let phase = s
+        .phase
+        .map(|p| format!("{p:?}"))
+        .unwrap_or_else(|| "New".into());
+    let _ = writeln!(
+        out,
+        "Execution {} (Permit {}): {phase}",
+        exec.name_any(),
+        exec.spec.permit_ref
+    );
+    if let Some(r) = &s.reason {
+        let _ = writeln!(out, "Reason: {r}: {}", s.message.as_deref().unwrap_or(""));
+    }
+    if let Some(d) = s.duration_ms {
+        let _ = writeln!(out, "Duration: {d} ms");
+    }
+    for (title, text) in [("stdout", &s.stdout), ("stderr", &s.stderr)] {
+        if let Some(t) = text.as_ref().filter(|t| !t.is_empty()) {
+            let _ = writeln!(out, "--- {title}\n{}", t.trim_end());
+        }
+    }
+    if let Some(r) = &s.result {
+        let _ = writeln!(
+            out,
+            "--- result\n{}",
+            serde_json::to_string_pretty(r).unwrap_or_default()
+        );
+    }
+    if !s.calls.is_empty() {
+        let _ = writeln!(out, "--- calls");
+        for c in &s.calls {
+            let status = c
+                .status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "-".into());
+            let why = c
+                .reason
+                .as_ref()
+                .map(|r| format!("  ({r})"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "{:<8} {:<7} {:<4} {} {}  {}ms{why}",
+                format!("{:?}", c.decision).to_lowercase(),
+                c.method,
+                status,
+                c.capability,
+                c.url,
+                c.duration_ms
+            );
+        }
+    }
+    out
+}
+
+/// A sealed Secret manifest for `name` in `namespace`, sealed to `public_key` (pure apart from
+/// the sealing randomness). The value never appears in the result except inside the box.
+///
+/// # Errors
+/// [`PluginError::Usage`] for a name that is not a valid Permit secret name.
+pub fn sealed_secret(
+    namespace: &str,
+    name: &str,
+    value: &str,
+    public_key: &[u8; 32],
+) -> Result<Secret, PluginError> {
+    let pattern_ok = name.bytes().next().is_some_and(|b| b.is_ascii_uppercase())
+        && name
+            .bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        && name.len() <= 63;
+    if !pattern_ok {
+        return Err(PluginError::Usage(format!(
+            "secret name {name:?} must match {} (e.g. GITHUB_TOKEN)",
+            oauth3_crds::constants::SECRET_NAME_PATTERN
+        )));
+    }
+    let envelope = oauth3_sandbox_runner::secrets::seal(public_key, namespace, name, value)
+        .map_err(|e| PluginError::Local(format!("sealing {name}: {e}")))?;
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": secret_object_name(name),
+            "namespace": namespace,
+            "annotations": {ANNOTATION_SECRET_NAME: name,
+                "oauth3.dev/key-id": oauth3_sandbox_runner::secrets::key_id(public_key)},
+        },
+        "type": SEALED_SECRET_TYPE,
+        "stringData": {SEALED_SECRET_KEY: envelope},
+    }))
+    .map_err(|e| PluginError::Local(e.to_string()))
+}
+
+/// Parses a 32-byte X25519 public key from 64 hex characters (whitespace around is ignored).
+///
+/// # Errors
+/// [`PluginError::Usage`] naming the expected form.
+pub fn parse_public_key(text: &str) -> Result<[u8; 32], PluginError> {
+    let bad = || {
+        PluginError::Usage(
+            "the enclave public key must be 64 hex characters (32 bytes, X25519)".into(),
+        )
+    };
+    let bytes = hex::decode(text.trim()).map_err(|_| bad())?;
+    bytes.try_into().map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oauth3_crds::PermitSpec;
+
+    fn permit() -> Permit {
+        let spec: PermitSpec = serde_json::from_value(json!({
+            "description": "d", "validFor": "2h",
+            "capabilities": [{"name": "gh", "baseUrl": "https://api.github.com", "paths": ["/x"], "methods": ["GET"]}]
+        }))
+        .expect("spec");
+        Permit::new("gh", spec)
+    }
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(s).expect("ts")
+    }
+
+    #[test]
+    fn an_approval_binds_the_current_digest_and_lasts_valid_for() {
+        let p = permit();
+        let a = approval_for(&p, Decision::Approve, "alice", t(1_000)).expect("approval");
+        assert_eq!(a.decision, ApprovalDecision::Approved);
+        assert_eq!(a.spec_digest, spec_digest(&p.spec).expect("digest"));
+        assert_eq!(a.expires_at.map(|e| e.0), Some(t(1_000 + 7_200)));
+        assert_eq!((a.by.as_str(), a.via), ("alice", ApprovalVia::Kubectl));
+        let d = approval_for(&p, Decision::Revoke, "alice", t(1_000)).expect("revoke");
+        assert_eq!(
+            (d.decision, d.expires_at),
+            (ApprovalDecision::Revoked, None)
+        );
+    }
+
+    #[test]
+    fn trusting_code_replaces_its_old_entry_and_drops_expired_day_trust() {
+        let old = trust_code(&[], "sha256:a", TrustLevel::Day, "bob", t(0));
+        assert_eq!(old[0].expires_at.as_ref().map(|e| e.0), Some(t(86_400)));
+        let list = trust_code(&old, "sha256:b", TrustLevel::Always, "bob", t(100));
+        assert_eq!(
+            list.iter()
+                .map(|t| t.code_digest.as_str())
+                .collect::<Vec<_>>(),
+            ["sha256:b", "sha256:a"]
+        );
+        let later = trust_code(&list, "sha256:b", TrustLevel::Once, "bob", t(90_000));
+        assert_eq!(
+            later.len(),
+            1,
+            "expired 24h trust is dropped and b replaced: {later:?}"
+        );
+        assert_eq!(later[0].level, TrustLevel::Once);
+    }
+
+    #[test]
+    fn sealed_secret_manifest_carries_only_the_envelope() {
+        let secret =
+            sealed_secret("team-a", "GITHUB_TOKEN", "ghp_supersecret", &[9u8; 32]).expect("secret");
+        let text = serde_json::to_string(&secret).expect("json");
+        assert!(!text.contains("ghp_supersecret"));
+        assert_eq!(secret.metadata.name.as_deref(), Some("github-token"));
+        assert_eq!(secret.type_.as_deref(), Some(SEALED_SECRET_TYPE));
+        let envelope = &secret.string_data.expect("data")[SEALED_SECRET_KEY];
+        assert!(envelope.starts_with("oauth3-sealed:v1:"));
+        for bad in ["github_token", "_X", "X_", ""] {
+            assert!(
+                matches!(
+                    sealed_secret("ns", bad, "v", &[9u8; 32]),
+                    Err(PluginError::Usage(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn public_keys_must_be_32_bytes_of_hex() {
+        assert_eq!(
+            parse_public_key(&format!(" {} \n", "ab".repeat(32))).expect("key"),
+            [0xab; 32]
+        );
+        assert!(parse_public_key("abcd").is_err());
+        assert!(parse_public_key(&"zz".repeat(32)).is_err());
+    }
+}
