@@ -44,6 +44,23 @@ pub async fn client_or_skip() -> Option<Client> {
     Some(client)
 }
 
+/// A client for the same cluster that acts as `user` (and `groups`) through impersonation, so a
+/// test can show what an agent's or owner's identity can and cannot do under RBAC.
+///
+/// # Panics
+/// Without `TEST_KUBECONFIG` (call [`client_or_skip`] first).
+pub async fn client_as(user: &str, groups: &[&str]) -> Client {
+    let path = std::env::var_os("TEST_KUBECONFIG").expect("TEST_KUBECONFIG");
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("kubeconfig");
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config");
+    config.auth_info.impersonate = Some(user.to_owned());
+    config.auth_info.impersonate_groups =
+        (!groups.is_empty()).then(|| groups.iter().map(|g| (*g).to_owned()).collect());
+    Client::try_from(config).expect("impersonating client")
+}
+
 static CRDS: OnceCell<()> = OnceCell::const_new();
 
 /// Installs (server-side apply, forced) every oauth3 CRD once per test process and waits until

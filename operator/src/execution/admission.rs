@@ -7,8 +7,7 @@
 
 use k8s_openapi::jiff::Timestamp;
 use oauth3_crds::{
-    ApprovalDecision, CodeReview, Execution, Permit, PermitPhase, TrustLevel, code_digest,
-    spec_digest,
+    ApprovalDecision, CodeReview, Execution, Permit, TrustLevel, code_digest, spec_digest,
 };
 
 /// The admission decision for one Execution.
@@ -52,42 +51,12 @@ pub fn admit(execution: &Execution, permit: Option<&Permit>, now: Timestamp) -> 
     };
     let status = permit.status.clone().unwrap_or_default();
     let code = code_digest(&execution.spec.code);
-    match status.phase {
-        Some(PermitPhase::Approved) => {}
-        Some(PermitPhase::Denied) => {
-            return refuse(
-                "PermitDenied",
-                format!("Permit {name} was denied by its owner"),
-            );
-        }
-        Some(PermitPhase::Expired) => {
-            return refuse(
-                "PermitExpired",
-                format!(
-                    "the approval of Permit {name} has expired; ask the owner to approve it again"
-                ),
-            );
-        }
-        Some(PermitPhase::Revoked) => {
-            return refuse(
-                "PermitRevoked",
-                format!("Permit {name} was revoked by its owner"),
-            );
-        }
-        Some(PermitPhase::Pending) | None => {
-            return refuse(
-                "PermitNotApproved",
-                format!("Permit {name} is waiting for the owner's approval"),
-            );
-        }
-    }
-    let Some(approval) = status
-        .approval
-        .filter(|a| a.decision == ApprovalDecision::Approved)
-    else {
+    // Decided from the owner's record itself, not from the derived `phase`, so a decision
+    // takes effect (or a revocation bites) before the Permit controller has caught up.
+    let Some(approval) = status.approval else {
         return refuse(
             "PermitNotApproved",
-            format!("Permit {name} has no recorded approval"),
+            format!("Permit {name} is waiting for the owner's approval"),
         );
     };
     let current = match spec_digest(&permit.spec) {
@@ -98,10 +67,25 @@ pub fn admit(execution: &Execution, permit: Option<&Permit>, now: Timestamp) -> 
         return refuse(
             "PermitChanged",
             format!(
-                "Permit {name} changed after it was approved (approved {}, now {current}); the owner must approve the new spec",
+                "Permit {name} changed after the owner's decision (decided for {}, now {current}); the owner must approve the new spec",
                 approval.spec_digest
             ),
         );
+    }
+    match approval.decision {
+        ApprovalDecision::Approved => {}
+        ApprovalDecision::Denied => {
+            return refuse(
+                "PermitDenied",
+                format!("Permit {name} was denied by its owner"),
+            );
+        }
+        ApprovalDecision::Revoked => {
+            return refuse(
+                "PermitRevoked",
+                format!("Permit {name} was revoked by its owner"),
+            );
+        }
     }
     if approval.expires_at.as_ref().is_none_or(|t| t.0 <= now) {
         return refuse(
@@ -147,7 +131,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use oauth3_crds::permit::TrustedCode;
     use oauth3_crds::{
-        Approval, ApprovalVia, ExecutionSpec, PermitSpec, PermitStatus, PermitUsage,
+        Approval, ApprovalVia, ExecutionSpec, PermitPhase, PermitSpec, PermitStatus, PermitUsage,
     };
     use serde_json::json;
 
@@ -225,27 +209,40 @@ mod tests {
     fn each_refusal_has_its_reason_and_names_the_permit() {
         let e = exec("return 1");
         assert_eq!(reason(&admit(&e, None, now())), "PermitNotFound");
-        for (phase, why) in [
-            (Some(PermitPhase::Pending), "PermitNotApproved"),
-            (None, "PermitNotApproved"),
-            (Some(PermitPhase::Denied), "PermitDenied"),
-            (Some(PermitPhase::Expired), "PermitExpired"),
-            (Some(PermitPhase::Revoked), "PermitRevoked"),
+        let mut p = approved(json!({}));
+        p.status = None;
+        assert_eq!(reason(&admit(&e, Some(&p), now())), "PermitNotApproved");
+        for (decision, why) in [
+            (ApprovalDecision::Denied, "PermitDenied"),
+            (ApprovalDecision::Revoked, "PermitRevoked"),
         ] {
             let mut p = approved(json!({}));
-            if let Some(s) = p.status.as_mut() {
-                s.phase = phase;
+            if let Some(a) = p.status.as_mut().and_then(|s| s.approval.as_mut()) {
+                a.decision = decision;
             }
             let a = admit(&e, Some(&p), now());
-            assert_eq!(reason(&a), why, "{phase:?}");
+            assert_eq!(reason(&a), why, "{decision:?}");
             let Admission::Refuse { message, .. } = a else {
                 panic!("refused")
             };
-            assert!(
-                message.contains("Permit gh") || message.contains("Permit gh "),
-                "{message}"
-            );
+            assert!(message.contains("Permit gh "), "{message}");
         }
+    }
+
+    #[test]
+    fn the_decision_counts_even_when_the_derived_phase_lags_behind() {
+        let mut p = approved(json!({}));
+        if let Some(s) = p.status.as_mut() {
+            s.phase = Some(PermitPhase::Pending);
+        }
+        assert_eq!(reason(&admit(&exec("1"), Some(&p), now())), "Launch");
+        if let Some(s) = p.status.as_mut() {
+            s.phase = Some(PermitPhase::Approved);
+            if let Some(a) = s.approval.as_mut() {
+                a.decision = ApprovalDecision::Revoked;
+            }
+        }
+        assert_eq!(reason(&admit(&exec("1"), Some(&p), now())), "PermitRevoked");
     }
 
     #[test]
@@ -328,18 +325,6 @@ mod tests {
         assert_eq!(
             reason(&admit(&exec("return 2"), Some(&p), now())),
             "AwaitApproval"
-        );
-    }
-
-    #[test]
-    fn a_revoked_decision_refuses_even_if_the_phase_was_not_updated_yet() {
-        let mut p = approved(json!({}));
-        if let Some(a) = p.status.as_mut().and_then(|s| s.approval.as_mut()) {
-            a.decision = ApprovalDecision::Revoked;
-        }
-        assert_eq!(
-            reason(&admit(&exec("1"), Some(&p), now())),
-            "PermitNotApproved"
         );
     }
 }
