@@ -89,6 +89,10 @@ pub struct ExecutionStatus {
     /// The sandbox pod (pod launcher) or process id (process launcher).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
+    /// How and when the runner was launched; the operator uses it to recognise the run's
+    /// result callback and never to launch twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch: Option<LaunchRecord>,
     /// When the sandbox was launched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
@@ -123,6 +127,21 @@ pub struct ExecutionStatus {
     /// Standard conditions (`Admitted`, `Launched`, `Completed`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// Record of the (single) launch of an Execution's runner.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LaunchRecord {
+    /// `pod` or `process`.
+    pub launcher: String,
+    /// `sha256:<hex>` of the one-time callback token given to the runner. The token itself is
+    /// never stored; a result is accepted only with a token that hashes to this, and only once.
+    pub token_digest: String,
+    /// When the runner was launched.
+    pub launched_at: Time,
+    /// When the operator gives up waiting for the result (launch + timeout + grace).
+    pub deadline: Time,
 }
 
 /// Lifecycle phase of an Execution.
