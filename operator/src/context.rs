@@ -87,7 +87,8 @@ mod tests {
         assert_eq!(backoff_delay(1), Duration::from_secs(1));
         assert_eq!(backoff_delay(2), Duration::from_secs(2));
         assert_eq!(backoff_delay(5), Duration::from_secs(16));
-        assert_eq!(backoff_delay(9), BACKOFF_MAX);
+        assert_eq!(backoff_delay(9), Duration::from_secs(256));
+        assert_eq!(backoff_delay(10), BACKOFF_MAX);
         assert_eq!(backoff_delay(u32::MAX), BACKOFF_MAX);
     }
 }

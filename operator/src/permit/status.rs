@@ -315,32 +315,32 @@ pub fn planned_events(
     }
     let before = current.and_then(|s| s.phase);
     let after = desired.status.phase;
-    if before != after {
-        if let Some(after) = after {
-            let severity = match after {
-                PermitPhase::Pending | PermitPhase::Approved => EventSeverity::Normal,
-                PermitPhase::Denied | PermitPhase::Expired | PermitPhase::Revoked => {
-                    EventSeverity::Warning
-                }
-            };
-            let message = desired
-                .status
-                .conditions
-                .iter()
-                .find(|c| c.type_ == CONDITION_APPROVED)
-                .map(|c| c.message.clone())
-                .unwrap_or_default();
-            events.push(PlannedEvent {
-                severity,
-                reason: phase_name(after).to_owned(),
-                action: "UpdatePhase".to_owned(),
-                note: format!(
-                    "phase {} -> {}: {message}",
-                    before.map_or("(none)", phase_name),
-                    phase_name(after)
-                ),
-            });
-        }
+    if before != after
+        && let Some(after) = after
+    {
+        let severity = match after {
+            PermitPhase::Pending | PermitPhase::Approved => EventSeverity::Normal,
+            PermitPhase::Denied | PermitPhase::Expired | PermitPhase::Revoked => {
+                EventSeverity::Warning
+            }
+        };
+        let message = desired
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_APPROVED)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        events.push(PlannedEvent {
+            severity,
+            reason: phase_name(after).to_owned(),
+            action: "UpdatePhase".to_owned(),
+            note: format!(
+                "phase {} -> {}: {message}",
+                before.map_or("(none)", phase_name),
+                phase_name(after)
+            ),
+        });
     }
     events
 }
@@ -413,5 +413,395 @@ fn revoked_condition(previous_approved: Option<&Condition>) -> NewCondition {
         status: ConditionStatus::False,
         reason: reason::REVOKED.to_owned(),
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const T0: i64 = 1_800_000_000;
+
+    fn ts(second: i64) -> Timestamp {
+        Timestamp::from_second(second).expect("valid second")
+    }
+
+    fn spec() -> PermitSpec {
+        serde_json::from_value(json!({
+            "description": "List issues",
+            "capabilities": [{"name": "github", "baseUrl": "https://api.github.com",
+                              "paths": ["/repos/o/r/issues"], "methods": ["GET"]}],
+            "validFor": "1h"
+        }))
+        .expect("valid spec")
+    }
+
+    fn digest(spec: &PermitSpec) -> String {
+        spec_digest(spec).expect("digest")
+    }
+
+    fn decision(decision: ApprovalDecision, digest: &str, at: i64) -> Approval {
+        Approval {
+            decision,
+            by: "owner".to_owned(),
+            via: ApprovalVia::Kubectl,
+            at: Time(ts(at)),
+            expires_at: None,
+            spec_digest: digest.to_owned(),
+        }
+    }
+
+    fn with_approval(approval: Approval) -> PermitStatus {
+        PermitStatus {
+            approval: Some(approval),
+            ..PermitStatus::default()
+        }
+    }
+
+    fn condition<'a>(d: &'a DesiredStatus, type_: &str) -> &'a Condition {
+        find_condition(&d.status.conditions, type_).expect("condition present")
+    }
+
+    /// Computes the status, then computes again from that result: a fixed point.
+    fn settle(spec: &PermitSpec, current: Option<&PermitStatus>, now: i64) -> DesiredStatus {
+        let first = desired_status(spec, current, Some(1), ts(now));
+        let second = desired_status(spec, Some(&first.status), Some(1), ts(now));
+        assert_eq!(second.status, first.status, "desired status is idempotent");
+        first
+    }
+
+    #[test]
+    fn a_new_permit_is_pending_with_digest_count_generation_and_ready() {
+        let spec = spec();
+        let d = desired_status(&spec, None, Some(4), ts(T0));
+        assert_eq!(d.status.phase, Some(PermitPhase::Pending));
+        assert_eq!(
+            d.status.spec_digest.as_deref(),
+            Some(digest(&spec).as_str())
+        );
+        assert_eq!(d.status.capability_count, Some(1));
+        assert_eq!(d.status.observed_generation, Some(4));
+        assert_eq!(d.status.approval, None);
+        assert_eq!(d.voided, None);
+        assert_eq!(d.expires_at, None);
+        let ready = condition(&d, CONDITION_READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", reason::DIGEST_COMPUTED)
+        );
+        assert_eq!(ready.observed_generation, Some(4));
+        let approved = condition(&d, CONDITION_APPROVED);
+        assert_eq!(
+            (approved.status.as_str(), approved.reason.as_str()),
+            ("False", reason::AWAITING_DECISION)
+        );
+    }
+
+    #[test]
+    fn an_approval_for_the_current_digest_is_approved_until_at_plus_valid_for() {
+        let spec = spec();
+        let current = with_approval(decision(ApprovalDecision::Approved, &digest(&spec), T0));
+        let d = settle(&spec, Some(&current), T0 + 10);
+        assert_eq!(d.status.phase, Some(PermitPhase::Approved));
+        let approval = d.status.approval.as_ref().expect("approval kept");
+        assert_eq!(approval.expires_at, Some(Time(ts(T0 + 3600))));
+        assert_eq!(d.expires_at, Some(ts(T0 + 3600)));
+        let approved = condition(&d, CONDITION_APPROVED);
+        assert_eq!(
+            (approved.status.as_str(), approved.reason.as_str()),
+            ("True", reason::APPROVED)
+        );
+        assert_eq!(
+            requeue_after(&d, ts(T0 + 10), RESYNC_FOR_TESTS),
+            Duration::from_secs(3590),
+            "the controller looks again exactly when the approval lapses"
+        );
+    }
+
+    const RESYNC_FOR_TESTS: Duration = Duration::from_secs(7200);
+
+    #[test]
+    fn requeue_is_capped_by_the_resync_interval() {
+        let spec = spec();
+        let current = with_approval(decision(ApprovalDecision::Approved, &digest(&spec), T0));
+        let d = desired_status(&spec, Some(&current), Some(1), ts(T0));
+        assert_eq!(
+            requeue_after(&d, ts(T0), Duration::from_secs(60)),
+            Duration::from_secs(60)
+        );
+        let pending = desired_status(&spec, None, Some(1), ts(T0));
+        assert_eq!(
+            requeue_after(&pending, ts(T0), Duration::from_secs(60)),
+            Duration::from_secs(60)
+        );
+    }
+
+    #[test]
+    fn an_approval_is_expired_from_the_exact_instant_at_plus_valid_for() {
+        let spec = spec();
+        let current = with_approval(decision(ApprovalDecision::Approved, &digest(&spec), T0));
+        let just_before = desired_status(&spec, Some(&current), Some(1), ts(T0 + 3599));
+        assert_eq!(just_before.status.phase, Some(PermitPhase::Approved));
+        assert_eq!(
+            requeue_after(&just_before, ts(T0 + 3599), RESYNC_FOR_TESTS),
+            Duration::from_secs(1)
+        );
+
+        let at_boundary = settle(&spec, Some(&just_before.status), T0 + 3600);
+        assert_eq!(at_boundary.status.phase, Some(PermitPhase::Expired));
+        assert_eq!(at_boundary.expires_at, None, "nothing left to wait for");
+        let approved = condition(&at_boundary, CONDITION_APPROVED);
+        assert_eq!(
+            (approved.status.as_str(), approved.reason.as_str()),
+            ("False", reason::EXPIRED)
+        );
+        assert_eq!(approved.last_transition_time, Time(ts(T0 + 3600)));
+        assert_eq!(
+            at_boundary
+                .status
+                .approval
+                .as_ref()
+                .and_then(|a| a.expires_at.clone()),
+            Some(Time(ts(T0 + 3600))),
+            "the lapsed approval stays on record"
+        );
+    }
+
+    #[test]
+    fn a_denial_for_the_current_digest_is_denied_and_stays_denied() {
+        let spec = spec();
+        let current = with_approval(decision(ApprovalDecision::Denied, &digest(&spec), T0));
+        let d = settle(&spec, Some(&current), T0 + 100_000);
+        assert_eq!(d.status.phase, Some(PermitPhase::Denied));
+        assert_eq!(d.expires_at, None);
+        assert_eq!(d.voided, None);
+        let approved = condition(&d, CONDITION_APPROVED);
+        assert_eq!(
+            (approved.status.as_str(), approved.reason.as_str()),
+            ("False", reason::DENIED)
+        );
+    }
+
+    #[test]
+    fn a_decision_for_another_digest_is_voided_and_the_permit_returns_to_pending() {
+        let spec = spec();
+        let approved_then = decision(ApprovalDecision::Approved, "sha256:old", T0);
+        let current = PermitStatus {
+            phase: Some(PermitPhase::Approved),
+            ..with_approval(approved_then)
+        };
+        let d = desired_status(&spec, Some(&current), Some(2), ts(T0 + 5));
+        assert_eq!(d.status.phase, Some(PermitPhase::Pending));
+        assert_eq!(d.status.approval, None, "the voided approval is cleared");
+        assert_eq!(d.expires_at, None);
+        assert_eq!(
+            d.voided,
+            Some(Voided {
+                decided_digest: "sha256:old".to_owned(),
+                current_digest: digest(&spec),
+            })
+        );
+        let approved = condition(&d, CONDITION_APPROVED);
+        assert_eq!(
+            (approved.status.as_str(), approved.reason.as_str()),
+            ("False", reason::SPEC_CHANGED)
+        );
+        assert!(
+            approved.message.contains("spec changed after"),
+            "{}",
+            approved.message
+        );
+
+        // Once cleared, the Permit stays Pending and keeps saying why.
+        let after = settle(&spec, Some(&d.status), T0 + 60);
+        assert_eq!(after.status.phase, Some(PermitPhase::Pending));
+        assert_eq!(after.voided, None, "voiding happens once");
+        assert_eq!(
+            condition(&after, CONDITION_APPROVED).reason,
+            reason::SPEC_CHANGED
+        );
+    }
+
+    #[test]
+    fn a_denial_for_another_digest_is_voided_too() {
+        let spec = spec();
+        let current = with_approval(decision(ApprovalDecision::Denied, "sha256:old", T0));
+        let d = desired_status(&spec, Some(&current), Some(2), ts(T0 + 5));
+        assert_eq!(d.status.phase, Some(PermitPhase::Pending));
+        assert!(d.voided.is_some());
+        assert_eq!(d.status.approval, None);
+    }
+
+    #[test]
+    fn a_new_approval_after_voiding_replaces_spec_changed() {
+        let spec = spec();
+        let voided = desired_status(
+            &spec,
+            Some(&with_approval(decision(
+                ApprovalDecision::Approved,
+                "sha256:old",
+                T0,
+            ))),
+            Some(2),
+            ts(T0 + 5),
+        );
+        let mut current = voided.status.clone();
+        current.approval = Some(decision(
+            ApprovalDecision::Approved,
+            &digest(&spec),
+            T0 + 10,
+        ));
+        let d = settle(&spec, Some(&current), T0 + 20);
+        assert_eq!(d.status.phase, Some(PermitPhase::Approved));
+        assert_eq!(condition(&d, CONDITION_APPROVED).reason, reason::APPROVED);
+    }
+
+    #[test]
+    fn revoked_stays_revoked_while_the_decision_predates_the_revocation() {
+        let spec = spec();
+        let approved = settle(
+            &spec,
+            Some(&with_approval(decision(
+                ApprovalDecision::Approved,
+                &digest(&spec),
+                T0,
+            ))),
+            T0 + 10,
+        );
+        let mut revoked = approved.status.clone();
+        revoked.phase = Some(PermitPhase::Revoked);
+        let d = settle(&spec, Some(&revoked), T0 + 20);
+        assert_eq!(d.status.phase, Some(PermitPhase::Revoked));
+        assert_eq!(d.expires_at, None, "a revoked approval is not in force");
+        let cond = condition(&d, CONDITION_APPROVED);
+        assert_eq!(
+            (cond.status.as_str(), cond.reason.as_str()),
+            ("False", reason::REVOKED)
+        );
+        assert_eq!(
+            cond.last_transition_time,
+            Time(ts(T0 + 20)),
+            "records when revoked"
+        );
+
+        // Much later, still revoked: the old decision cannot bring it back.
+        let later = settle(&spec, Some(&d.status), T0 + 30);
+        assert_eq!(later.status.phase, Some(PermitPhase::Revoked));
+    }
+
+    #[test]
+    fn revoked_without_any_decision_stays_revoked() {
+        let spec = spec();
+        let current = PermitStatus {
+            phase: Some(PermitPhase::Revoked),
+            ..PermitStatus::default()
+        };
+        let d = settle(&spec, Some(&current), T0);
+        assert_eq!(d.status.phase, Some(PermitPhase::Revoked));
+    }
+
+    #[test]
+    fn revoked_from_a_stale_pending_state_does_not_fall_back_to_an_older_approval() {
+        // Pending since T0; an approval made at T0+5 that the controller never saw as Approved;
+        // then revoked. The revocation must hold on every later reconcile.
+        let spec = spec();
+        let pending = settle(&spec, None, T0);
+        let mut revoked = pending.status.clone();
+        revoked.phase = Some(PermitPhase::Revoked);
+        revoked.approval = Some(decision(ApprovalDecision::Approved, &digest(&spec), T0 + 5));
+        let d = settle(&spec, Some(&revoked), T0 + 10);
+        assert_eq!(d.status.phase, Some(PermitPhase::Revoked));
+        let again = settle(&spec, Some(&d.status), T0 + 20);
+        assert_eq!(again.status.phase, Some(PermitPhase::Revoked));
+    }
+
+    #[test]
+    fn a_decision_made_after_the_revocation_lifts_it() {
+        let spec = spec();
+        let current = PermitStatus {
+            phase: Some(PermitPhase::Revoked),
+            ..PermitStatus::default()
+        };
+        let revoked = settle(&spec, Some(&current), T0);
+        let mut reapproved = revoked.status.clone();
+        reapproved.approval = Some(decision(ApprovalDecision::Approved, &digest(&spec), T0 + 5));
+        let d = settle(&spec, Some(&reapproved), T0 + 10);
+        assert_eq!(d.status.phase, Some(PermitPhase::Approved));
+    }
+
+    #[test]
+    fn an_invalid_valid_for_fails_closed_with_the_parse_error() {
+        let mut spec = spec();
+        spec.valid_for = "1.5h".to_owned();
+        let current = with_approval(decision(ApprovalDecision::Approved, &digest(&spec), T0));
+        let d = settle(&spec, Some(&current), T0 + 1);
+        assert_eq!(d.status.phase, Some(PermitPhase::Pending), "never Approved");
+        assert_eq!(d.expires_at, None);
+        let ready = condition(&d, CONDITION_READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", reason::INVALID_VALID_FOR)
+        );
+        assert!(ready.message.contains("1.5h"), "{}", ready.message);
+        assert_eq!(condition(&d, CONDITION_APPROVED).status, "False");
+    }
+
+    #[test]
+    fn events_announce_phase_transitions_only() {
+        let spec = spec();
+        let created = desired_status(&spec, None, Some(1), ts(T0));
+        let events = planned_events(None, &created);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].reason, "Pending");
+        assert_eq!(events[0].severity, EventSeverity::Normal);
+
+        assert!(
+            planned_events(
+                Some(&created.status),
+                &settle(&spec, Some(&created.status), T0 + 1)
+            )
+            .is_empty(),
+            "no Event when nothing changed"
+        );
+
+        let mut current = created.status.clone();
+        current.approval = Some(decision(ApprovalDecision::Approved, &digest(&spec), T0));
+        let approved = desired_status(&spec, Some(&current), Some(1), ts(T0 + 1));
+        let events = planned_events(Some(&current), &approved);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].reason, "Approved");
+        assert!(
+            events[0].note.starts_with("phase Pending -> Approved"),
+            "{}",
+            events[0].note
+        );
+    }
+
+    #[test]
+    fn voiding_is_announced_with_both_digests() {
+        let spec = spec();
+        let current = PermitStatus {
+            phase: Some(PermitPhase::Approved),
+            ..with_approval(decision(ApprovalDecision::Approved, "sha256:old", T0))
+        };
+        let d = desired_status(&spec, Some(&current), Some(2), ts(T0 + 5));
+        let events = planned_events(Some(&current), &d);
+        let voided = events
+            .iter()
+            .find(|e| e.reason == reason::APPROVAL_VOIDED)
+            .expect("a voided Event");
+        assert_eq!(voided.severity, EventSeverity::Warning);
+        assert_eq!(
+            voided.note,
+            format!(
+                "approval voided: spec changed after approval (digest sha256:old -> {})",
+                digest(&spec)
+            )
+        );
+        assert!(
+            events.iter().any(|e| e.reason == "Pending"),
+            "and the phase change"
+        );
     }
 }
