@@ -1,6 +1,15 @@
-//! oauth3 operator: controllers for Permits and Executions, launchers, approvals.
+//! oauth3 operator: controllers for Permits and Executions, their shared context, status
+//! conditions and errors; launchers; the plain-words Permit description; the kubectl plugin.
 
+pub mod conditions;
+pub mod context;
 pub mod describe;
+pub mod error;
 pub mod execution;
 pub mod launcher;
+pub mod permit;
 pub mod plugin;
+
+pub use context::{Clock, Context};
+pub use error::Error;
+pub use permit::{permit_controller, run_permit_controller};
