@@ -1,3 +1,4 @@
 //! The Execution controller's decisions. `admission` decides whether an Execution may run.
 
 pub mod admission;
+pub mod bundle;

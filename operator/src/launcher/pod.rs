@@ -104,7 +104,7 @@ impl Default for PodLaunchConfig {
 /// Why desired objects could not be built (only for objects the API server would never have
 /// stored, e.g. missing metadata).
 #[derive(Debug, thiserror::Error)]
-pub enum LaunchError {
+pub enum DesiredError {
     /// The Execution has no name, namespace or uid.
     #[error("building sandbox objects: the Execution has no {0}")]
     MissingMetadata(&'static str),
@@ -150,28 +150,28 @@ fn label_value(s: &str) -> String {
         .to_owned()
 }
 
-fn meta(execution: &Execution) -> Result<(String, String, String), LaunchError> {
+fn meta(execution: &Execution) -> Result<(String, String, String), DesiredError> {
     let name = execution
         .metadata
         .name
         .clone()
-        .ok_or(LaunchError::MissingMetadata("name"))?;
+        .ok_or(DesiredError::MissingMetadata("name"))?;
     let ns = execution
         .namespace()
-        .ok_or(LaunchError::MissingMetadata("namespace"))?;
+        .ok_or(DesiredError::MissingMetadata("namespace"))?;
     let uid = execution
         .metadata
         .uid
         .clone()
-        .ok_or(LaunchError::MissingMetadata("uid"))?;
+        .ok_or(DesiredError::MissingMetadata("uid"))?;
     Ok((name, ns, uid))
 }
 
-fn owner(execution: &Execution) -> Result<serde_json::Value, LaunchError> {
+fn owner(execution: &Execution) -> Result<serde_json::Value, DesiredError> {
     let oref = execution
         .controller_owner_ref(&())
-        .ok_or(LaunchError::MissingMetadata("name or uid"))?;
-    serde_json::to_value(oref).map_err(|source| LaunchError::Build {
+        .ok_or(DesiredError::MissingMetadata("name or uid"))?;
+    serde_json::to_value(oref).map_err(|source| DesiredError::Build {
         what: "owner reference",
         source,
     })
@@ -180,12 +180,12 @@ fn owner(execution: &Execution) -> Result<serde_json::Value, LaunchError> {
 /// The sandbox Pod of an Execution running under `permit`.
 ///
 /// # Errors
-/// [`LaunchError::MissingMetadata`] for an Execution that was never stored.
+/// [`DesiredError::MissingMetadata`] for an Execution that was never stored.
 pub fn desired_pod(
     execution: &Execution,
     permit: &Permit,
     config: &PodLaunchConfig,
-) -> Result<Pod, LaunchError> {
+) -> Result<Pod, DesiredError> {
     let (name, ns, uid) = meta(execution)?;
     let object = run_object_name(&name);
     let sealed_sources: Vec<_> = permit
@@ -287,7 +287,7 @@ pub fn desired_pod(
             "volumes": volumes,
         }
     });
-    serde_json::from_value(pod).map_err(|source| LaunchError::Build {
+    serde_json::from_value(pod).map_err(|source| DesiredError::Build {
         what: "Pod",
         source,
     })
@@ -310,11 +310,11 @@ pub const DENIED_EGRESS_V6: [&str; 3] = ["fc00::/7", "fe80::/10", "::1/128"];
 /// callback, and public addresses on TCP 443 only.
 ///
 /// # Errors
-/// [`LaunchError::MissingMetadata`] for an Execution that was never stored.
+/// [`DesiredError::MissingMetadata`] for an Execution that was never stored.
 pub fn desired_network_policy(
     execution: &Execution,
     config: &PodLaunchConfig,
-) -> Result<NetworkPolicy, LaunchError> {
+) -> Result<NetworkPolicy, DesiredError> {
     let (name, ns, uid) = meta(execution)?;
     let policy = json!({
         "apiVersion": "networking.k8s.io/v1",
@@ -351,7 +351,7 @@ pub fn desired_network_policy(
             ],
         }
     });
-    serde_json::from_value(policy).map_err(|source| LaunchError::Build {
+    serde_json::from_value(policy).map_err(|source| DesiredError::Build {
         what: "NetworkPolicy",
         source,
     })
@@ -651,7 +651,7 @@ mod tests {
         e.metadata.uid = None;
         assert!(matches!(
             desired_pod(&e, &permit(&[]), &PodLaunchConfig::default()),
-            Err(LaunchError::MissingMetadata(_))
+            Err(DesiredError::MissingMetadata(_))
         ));
     }
 }

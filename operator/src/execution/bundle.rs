@@ -1,0 +1,72 @@
+//! The run bundle the operator hands the sandbox runner for one Execution (pure).
+
+use oauth3_crds::{Execution, Permit};
+use oauth3_sandbox_runner::bundle::{
+    Bundle, BundleLimits, Callback, ExecutionRef, PermitRef, SealedSecretRef,
+};
+use zeroize::Zeroizing;
+
+/// Where the runner reports and how it proves it is this run.
+#[derive(Clone)]
+pub struct CallbackTarget {
+    /// Base URL of the operator's result endpoint, e.g. `http://127.0.0.1:8443`.
+    pub base_url: String,
+    /// The one-time token of this run (only its digest is stored).
+    pub token: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for CallbackTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallbackTarget")
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result URL of one Execution under `base_url`.
+pub fn result_url(base_url: &str, namespace: &str, name: &str) -> String {
+    format!("{}/v1/results/{namespace}/{name}", base_url.trim_end_matches('/'))
+}
+
+/// Builds the bundle of `execution` under the approved `permit`. `sealed` holds the envelopes
+/// (ciphertext) the runner will open; empty when the launcher projects them itself.
+pub fn build_bundle(
+    execution: &Execution,
+    permit: &Permit,
+    permit_digest: &str,
+    sealed: Vec<SealedSecretRef>,
+    callback: Option<&CallbackTarget>,
+) -> Bundle {
+    let namespace = execution.metadata.namespace.clone().unwrap_or_default();
+    let name = execution.metadata.name.clone().unwrap_or_default();
+    let rate_budget = permit
+        .status
+        .as_ref()
+        .and_then(|s| s.usage.as_ref())
+        .map(|u| u.rate_budget.clone())
+        .unwrap_or_default();
+    Bundle {
+        execution: ExecutionRef {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            uid: execution.metadata.uid.clone().unwrap_or_default(),
+        },
+        permit: PermitRef {
+            name: permit.metadata.name.clone().unwrap_or_default(),
+            spec: permit.spec.clone(),
+            spec_digest: permit_digest.to_owned(),
+        },
+        code: execution.spec.code.clone(),
+        args: execution.spec.args.clone().unwrap_or(serde_json::Value::Null),
+        sealed_secrets: sealed,
+        limits: BundleLimits {
+            timeout_seconds: u64::try_from(execution.spec.timeout_seconds).unwrap_or(30),
+            ..BundleLimits::default()
+        },
+        rate_budget,
+        callback: callback.map(|c| Callback {
+            url: result_url(&c.base_url, &namespace, &name),
+            token: c.token.clone(),
+        }),
+    }
+}

@@ -1,0 +1,74 @@
+//! The `process` launcher: runs the sandbox runner binary as a local child process with the
+//! same bundle a pod would get (development, `make demo`, end-to-end tests). It gives no TEE:
+//! results carry `attestation.kind: none`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
+
+use crate::launcher::{LaunchError, Launched};
+use oauth3_sandbox_runner::bundle::Bundle;
+
+/// Settings of the process launcher.
+#[derive(Debug, Clone)]
+pub struct ProcessLauncherConfig {
+    /// The `oauth3-sandbox-runner` binary.
+    pub binary: PathBuf,
+    /// Arguments placed before `run --bundle -` (e.g. a key provider for development:
+    /// `--key-provider dev --dev-key-file F --insecure-dev-key`).
+    pub extra_args: Vec<String>,
+}
+
+/// Launches runners as child processes; the bundle goes over standard input, never to disk.
+#[derive(Debug, Clone)]
+pub struct ProcessLauncher {
+    config: Arc<ProcessLauncherConfig>,
+}
+
+impl ProcessLauncher {
+    /// A launcher with `config`.
+    pub fn new(config: ProcessLauncherConfig) -> Self {
+        Self { config: Arc::new(config) }
+    }
+
+    /// Starts the runner for `bundle` and returns at once; the child is reaped in the
+    /// background (its exit status is logged, its output discarded: the result goes to the
+    /// callback).
+    ///
+    /// # Errors
+    /// [`LaunchError::Spawn`] when the binary cannot be started or the bundle not handed over.
+    pub async fn launch(&self, bundle: &Bundle) -> Result<Launched, LaunchError> {
+        let body = serde_json::to_vec(bundle).map_err(|e| LaunchError::Spawn(format!("serialising the bundle: {e}")))?;
+        let mut child = tokio::process::Command::new(&self.config.binary)
+            .arg("run")
+            .args(&self.config.extra_args)
+            .args(["--bundle", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|e| LaunchError::Spawn(format!("starting {}: {e}", self.config.binary.display())))?;
+        let pid = child.id().unwrap_or_default();
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(&body)
+                .await
+                .map_err(|e| LaunchError::Spawn(format!("handing the bundle to runner {pid}: {e}")))?;
+            drop(stdin);
+        }
+        let execution = format!("{}/{}", bundle.execution.namespace, bundle.execution.name);
+        tokio::spawn(async move {
+            match child.wait_with_output().await {
+                Ok(out) => {
+                    let stderr = String::from_utf8_lossy(&out.stderr);
+                    tracing::info!(%execution, pid, status = %out.status, stderr = %stderr.trim(), "runner exited");
+                }
+                Err(e) => tracing::warn!(%execution, pid, error = %e, "waiting for the runner"),
+            }
+        });
+        Ok(Launched { handle: format!("process/{pid}") })
+    }
+}
