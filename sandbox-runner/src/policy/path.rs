@@ -358,3 +358,52 @@ fn match_segs<'a>(glob: &[Seg], mut path: impl Iterator<Item = &'a str> + Clone)
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::{RelPath, contains_ignore_ascii_case, is_dot_segment};
+
+    /// The segments as the straightforward definition gives them.
+    fn split_segments(text: &str) -> Vec<&str> {
+        match text.strip_prefix('/') {
+            None | Some("") => Vec::new(),
+            Some(rest) => rest.split('/').collect(),
+        }
+    }
+
+    #[test]
+    fn segments_of_root_are_none_and_a_trailing_slash_is_a_final_empty_segment() {
+        fn seg(text: &str) -> Vec<&str> {
+            RelPath { text }.segments().collect()
+        }
+        assert!(seg("").is_empty());
+        assert!(seg("/").is_empty());
+        assert_eq!(seg("/a"), ["a"]);
+        assert_eq!(seg("/a/"), ["a", ""]);
+        assert_eq!(seg("/a/b/c"), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn encoded_separators_are_found_in_any_case_and_dot_segments_in_any_spelling() {
+        assert!(contains_ignore_ascii_case("a%2Fb", "%2f"));
+        assert!(contains_ignore_ascii_case("%5c", "%5c"));
+        assert!(!contains_ignore_ascii_case("a%2eb", "%2f"));
+        assert!(!contains_ignore_ascii_case("%2", "%2f"));
+        for dot in [".", "..", "%2e", "%2E.", "%2e%2E"] {
+            assert!(is_dot_segment(dot), "{dot} is a dot segment");
+        }
+        for not_dot in ["", "...", ".a", "%2e%2e%2e", "%2f"] {
+            assert!(!is_dot_segment(not_dot), "{not_dot} is not a dot segment");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn segments_iterate_exactly_what_split_collects(text in "(/[a-z%.]{0,3}){0,5}/?") {
+            let iterated: Vec<&str> = RelPath { text: &text }.segments().collect();
+            prop_assert_eq!(iterated, split_segments(&text));
+        }
+    }
+}
