@@ -36,13 +36,17 @@ fn is_token(name: &str) -> bool {
 }
 
 /// Why a header name is refused, if it is (the name is not checked for syntax here).
+/// `auth_header` is lower case (as compiled); `name` is compared case-insensitively without
+/// allocating.
 pub(crate) fn forbidden_reason(name: &str, auth_header: Option<&str>) -> Option<&'static str> {
-    let lower = name.to_ascii_lowercase();
-    if auth_header == Some(lower.as_str()) {
+    if auth_header.is_some_and(|a| a.eq_ignore_ascii_case(name)) {
         return Some("it carries this capability's credential, which the runner injects");
     }
-    if FORBIDDEN.contains(&lower.as_str())
-        || FORBIDDEN_PREFIXES.iter().any(|p| lower.starts_with(p))
+    if FORBIDDEN.iter().any(|f| f.eq_ignore_ascii_case(name))
+        || FORBIDDEN_PREFIXES.iter().any(|p| {
+            name.get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p))
+        })
     {
         return Some(
             "credential, method-override, forwarding, hop-by-hop and framing headers are set by the runner only",

@@ -48,7 +48,8 @@ mod typed;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use oauth3_crds::{AuthSpec, BodyRules, Capability, CapabilityForm, HttpMethod, PermitSpec};
@@ -57,7 +58,7 @@ use url::Url;
 
 pub use rate::RateLimiter;
 
-use path::{Glob, PathCheck};
+use path::Glob;
 use typed::TypedEndpoint;
 
 /// Why a Permit could not be compiled into a [`Policy`].
@@ -211,7 +212,9 @@ impl CompiledCapability {
 #[derive(Debug, Clone)]
 pub struct Policy {
     caps: Vec<CompiledCapability>,
-    index: BTreeMap<String, usize>,
+    /// Capability name to position in `caps` (hashed: one lookup per call, whatever the
+    /// Permit's size).
+    index: HashMap<String, usize>,
 }
 
 /// Parses `baseUrl`/`endpoint`: absolute, http(s), a host, no userinfo, query or fragment;
@@ -351,31 +354,35 @@ pub(crate) fn kind(v: &Value) -> &'static str {
 }
 
 /// Appends query parameters after checking names against `allowed`; values are scalars or
-/// arrays of scalars.
+/// arrays of scalars. Every value is checked before any is appended.
 pub(crate) fn append_query(
     url: &mut Url,
     name: &str,
     value: &Value,
     cap: &str,
 ) -> Result<(), String> {
-    let scalar = |v: &Value| -> Result<String, String> {
-        match v {
-            Value::String(s) => Ok(s.clone()),
-            Value::Number(n) => Ok(n.to_string()),
-            Value::Bool(b) => Ok(b.to_string()),
-            other => Err(format!(
-                "query param {name} for {cap} must be a string, number, boolean or an array of them; got {}",
-                kind(other)
-            )),
-        }
+    let items = match value {
+        Value::Array(items) => items.as_slice(),
+        other => std::slice::from_ref(other),
     };
-    let values = match value {
-        Value::Array(items) => items.iter().map(scalar).collect::<Result<Vec<_>, _>>()?,
-        other => vec![scalar(other)?],
-    };
+    if let Some(other) = items
+        .iter()
+        .find(|v| !matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_)))
+    {
+        return Err(format!(
+            "query param {name} for {cap} must be a string, number, boolean or an array of them; got {}",
+            kind(other)
+        ));
+    }
     let mut pairs = url.query_pairs_mut();
-    for v in values {
-        pairs.append_pair(name, &v);
+    for v in items {
+        let text: Cow<'_, str> = match v {
+            Value::String(s) => Cow::Borrowed(s),
+            Value::Number(n) => Cow::Owned(n.to_string()),
+            Value::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
+            _ => continue,
+        };
+        pairs.append_pair(name, &text);
     }
     drop(pairs);
     Ok(())
@@ -386,7 +393,7 @@ impl Policy {
     /// rejected; the runner does not trust that it did.
     pub fn compile(spec: &PermitSpec) -> Result<Policy, PolicyError> {
         let mut caps = Vec::with_capacity(spec.capabilities.len());
-        let mut index = BTreeMap::new();
+        let mut index = HashMap::with_capacity(spec.capabilities.len());
         for cap in &spec.capabilities {
             if index.insert(cap.name.clone(), caps.len()).is_some() {
                 return Err(PolicyError::DuplicateName(cap.name.clone()));
@@ -545,12 +552,13 @@ fn decide_scoped(
             ));
         }
     };
-    let shown_method: &str = match HttpMethod::parse(raw_method) {
+    let parsed_method = HttpMethod::parse(raw_method);
+    let shown_method: &str = match parsed_method {
         Some(m) => m.as_str(),
         None => raw_method,
     };
     let deny = |url: &str, reason: String| denial(name, shown_method, url, reason);
-    let method = HttpMethod::parse(raw_method)
+    let method = parsed_method
         .filter(|m| rules.methods.contains(m))
         .ok_or_else(|| {
             deny(
@@ -593,17 +601,16 @@ fn decide_scoped(
             format!("unknown option {k} for {name}; allowed: query, body, headers"),
         ));
     }
-    let PathCheck { mut url, relative } = path::resolve(&rules.base, &rules.base_path, raw_path)
-        .map_err(|r| {
-            deny(
-                raw_path,
-                format!("path {raw_path:?} rejected for {name}: {r}"),
-            )
-        })?;
-    let segments = relative.segments();
-    if !rules.globs.iter().any(|g| g.matches_segments(&segments)) {
+    let checked = path::resolve(&rules.base, &rules.base_path, raw_path).map_err(|r| {
+        deny(
+            raw_path,
+            format!("path {raw_path:?} rejected for {name}: {r}"),
+        )
+    })?;
+    let relative = checked.relative();
+    if !rules.globs.iter().any(|g| g.matches(&relative)) {
         return Err(deny(
-            url.as_str(),
+            checked.url.as_str(),
             format!(
                 "path {} not allowed for {name}; allowed: {}",
                 relative.joined(),
@@ -616,6 +623,7 @@ fn decide_scoped(
             ),
         ));
     }
+    let mut url = checked.url;
     let opt = |k: &str| options.and_then(|o| o.get(k)).filter(|v| !v.is_null());
     if let Some(q) = opt("query") {
         let Value::Object(q) = q else {

@@ -7,66 +7,114 @@
 
 use url::Url;
 
-/// A path relative to the capability's base path, canonical and checked. `/` (or empty) is
-/// no segments; a trailing slash is a final empty segment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct RelPath {
-    text: String,
+/// A path relative to the capability's base path, canonical and checked, borrowed from the
+/// URL it was taken from. `/` (or empty) is no segments; a trailing slash is a final empty
+/// segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RelPath<'a> {
+    text: &'a str,
 }
 
-impl RelPath {
+impl<'a> RelPath<'a> {
     /// The path as `/a/b`.
-    pub(crate) fn joined(&self) -> String {
-        if self.text.is_empty() {
-            "/".to_owned()
-        } else {
-            self.text.clone()
+    pub(crate) fn joined(&self) -> &'a str {
+        if self.text.is_empty() { "/" } else { self.text }
+    }
+
+    /// The segments, borrowed, without allocating.
+    pub(crate) fn segments(&self) -> Segments<'a> {
+        Segments {
+            rest: match self.text.strip_prefix('/') {
+                None | Some("") => None,
+                Some(rest) => Some(rest),
+            },
         }
     }
 
-    /// The segments, borrowed.
-    pub(crate) fn segments(&self) -> Vec<&str> {
-        match self.text.strip_prefix('/') {
-            None | Some("") => Vec::new(),
-            Some(rest) => rest.split('/').collect(),
-        }
-    }
-
-    fn parse(rel: &str) -> Result<Self, String> {
+    fn parse(rel: &'a str) -> Result<Self, String> {
         check_rel(rel)?;
-        Ok(Self {
-            text: rel.to_owned(),
-        })
+        Ok(Self { text: rel })
     }
 }
 
-/// Checks a relative path's segments without allocating.
-fn check_rel(rel: &str) -> Result<(), String> {
-    {
-        let rest = if rel.is_empty() {
-            ""
-        } else {
-            rel.strip_prefix('/')
-                .ok_or_else(|| "path must start with /".to_owned())?
-        };
-        if !rest.is_empty() {
-            let mut segments = rest.split('/').peekable();
-            while let Some(s) = segments.next() {
-                if s.is_empty() && segments.peek().is_some() {
-                    return Err("empty path segments (//) are not allowed".to_owned());
-                }
-                check_segment(s)?;
+/// The segments of a [`RelPath`], in order (what `rest.split('/')` yields, as a cheap,
+/// cloneable iterator so glob matching can backtrack without collecting).
+#[derive(Debug, Clone)]
+pub(crate) struct Segments<'a> {
+    rest: Option<&'a str>,
+}
+
+impl<'a> Iterator for Segments<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let rest = self.rest?;
+        match find_slash(rest, 0) {
+            Some(i) => {
+                self.rest = Some(&rest[i + 1..]);
+                Some(&rest[..i])
+            }
+            None => {
+                self.rest = None;
+                Some(rest)
             }
         }
-        Ok(())
     }
 }
 
-/// The outcome of resolving a raw path: the canonical URL and its path relative to the base.
+/// Checks a relative path's segments without allocating: it starts with `/` (or is empty),
+/// has no empty segment except a final one (a trailing slash), and every segment passes
+/// [`check_segment`].
+fn check_rel(rel: &str) -> Result<(), String> {
+    if rel.is_empty() {
+        return Ok(());
+    }
+    let rest = rel
+        .strip_prefix('/')
+        .ok_or_else(|| "path must start with /".to_owned())?;
+    if rest.is_empty() {
+        return Ok(());
+    }
+    let mut start = 0;
+    loop {
+        match find_slash(rest, start) {
+            Some(end) => {
+                if end == start {
+                    return Err("empty path segments (//) are not allowed".to_owned());
+                }
+                check_segment(&rest[start..end])?;
+                start = end + 1;
+            }
+            None => return check_segment(&rest[start..]),
+        }
+    }
+}
+
+/// The byte index of the first `/` in `text` at or after `from` (a plain byte scan: the
+/// segments are short, so a generic substring search costs more than it saves).
+fn find_slash(text: &str, from: usize) -> Option<usize> {
+    text.as_bytes()
+        .get(from..)?
+        .iter()
+        .position(|&b| b == b'/')
+        .map(|i| from + i)
+}
+
+/// The outcome of resolving a raw path: the canonical URL, whose path past `base_len` bytes
+/// is the checked path relative to the base.
 #[derive(Debug)]
 pub(crate) struct PathCheck {
     pub(crate) url: Url,
-    pub(crate) relative: RelPath,
+    base_len: usize,
+}
+
+impl PathCheck {
+    /// The canonical path relative to the base path (checked by [`resolve`]).
+    pub(crate) fn relative(&self) -> RelPath<'_> {
+        RelPath {
+            text: &self.url.path()[self.base_len..],
+        }
+    }
 }
 
 /// Rejects dot segments (raw or `%2e`), encoded slashes and backslashes, encoded control
@@ -100,8 +148,20 @@ fn check_segment(seg: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `haystack` contains `needle` (ASCII), ignoring ASCII case, without allocating.
+pub(crate) fn contains_ignore_ascii_case(haystack: &str, needle: &str) -> bool {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
 /// Whether a segment is `.` or `..`, with any dot written as `%2e`/`%2E`.
-fn is_dot_segment(seg: &str) -> bool {
+pub(crate) fn is_dot_segment(seg: &str) -> bool {
+    // The longest dot segment is `%2e%2e`.
+    if seg.is_empty() || seg.len() > 6 {
+        return false;
+    }
     let mut rest = seg;
     let mut dots = 0;
     while !rest.is_empty() {
@@ -125,29 +185,39 @@ fn validate_raw(raw: &str) -> Result<(), String> {
     if raw.starts_with("//") {
         return Err("scheme-relative targets (//host) are not allowed".to_owned());
     }
-    if let Some(c) = raw.chars().find(|c| c.is_control()) {
+    // One pass over the bytes finds every candidate; the precise (and ordered) reasons are
+    // only worked out when something was found. Unicode control characters are C0, DEL and
+    // C1; C1 characters are encoded as 0xC2 0x80..=0x9F, so 0xC2 marks a candidate.
+    let (mut control, mut question, mut hash, mut backslash) = (false, false, false, false);
+    for b in raw.bytes() {
+        match b {
+            0..=0x1f | 0x7f | 0xc2 => control = true,
+            b'?' => question = true,
+            b'#' => hash = true,
+            b'\\' => backslash = true,
+            _ => {}
+        }
+    }
+    if control && let Some(c) = raw.chars().find(|c| c.is_control()) {
         return Err(format!(
             "control character U+{:04X} is not allowed",
             u32::from(c)
         ));
     }
-    for (c, what) in [
-        (
-            '?',
-            "a ? is not allowed in the path; pass parameters in query",
-        ),
-        ('#', "fragments (#) are not allowed"),
-        ('\\', "backslashes are not allowed"),
-    ] {
-        if raw.contains(c) {
-            return Err(what.to_owned());
-        }
+    if question {
+        return Err("a ? is not allowed in the path; pass parameters in query".to_owned());
+    }
+    if hash {
+        return Err("fragments (#) are not allowed".to_owned());
+    }
+    if backslash {
+        return Err("backslashes are not allowed".to_owned());
     }
     check_rel(raw)
 }
 
 /// Extracts the canonical path of `url` relative to `base_path`, re-checking every segment.
-pub(crate) fn check_canonical(url: &Url, base_path: &str) -> Result<RelPath, String> {
+pub(crate) fn check_canonical<'u>(url: &'u Url, base_path: &str) -> Result<RelPath<'u>, String> {
     let path = url.path();
     let rel = path
         .strip_prefix(base_path)
@@ -160,9 +230,16 @@ pub(crate) fn check_canonical(url: &Url, base_path: &str) -> Result<RelPath, Str
 /// origin and under its path.
 pub(crate) fn resolve(base: &Url, base_path: &str, raw: &str) -> Result<PathCheck, String> {
     validate_raw(raw)?;
+    let mut full = String::with_capacity(base_path.len() + raw.len());
+    full.push_str(base_path);
+    full.push_str(raw);
     let mut url = base.clone();
-    url.set_path(&format!("{base_path}{raw}"));
-    if url.origin() != base.origin()
+    url.set_path(&full);
+    // The same comparison as `url.origin() != base.origin()` for http(s) (the only schemes a
+    // capability may have), without building two owned origins.
+    if url.scheme() != base.scheme()
+        || url.host() != base.host()
+        || url.port_or_known_default() != base.port_or_known_default()
         || !url.username().is_empty()
         || url.password().is_some()
         || url.query().is_some()
@@ -170,8 +247,11 @@ pub(crate) fn resolve(base: &Url, base_path: &str, raw: &str) -> Result<PathChec
     {
         return Err("resolves outside the capability's origin".to_owned());
     }
-    let relative = check_canonical(&url, base_path)?;
-    Ok(PathCheck { url, relative })
+    check_canonical(&url, base_path)?;
+    Ok(PathCheck {
+        url,
+        base_len: base_path.len(),
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,9 +279,8 @@ impl Glob {
     pub(crate) fn compile(base: &Url, base_path: &str, glob: &str) -> Result<Glob, String> {
         let checked = resolve(base, base_path, glob)?;
         let segs = checked
-            .relative
+            .relative()
             .segments()
-            .into_iter()
             .map(|s| match s {
                 "**" => Seg::Many,
                 "*" => Seg::One,
@@ -227,13 +306,8 @@ impl Glob {
     }
 
     /// Whether the canonical relative path matches.
-    pub(crate) fn matches(&self, path: &RelPath) -> bool {
-        self.matches_segments(&path.segments())
-    }
-
-    /// Whether the segments of a canonical relative path match.
-    pub(crate) fn matches_segments(&self, segments: &[&str]) -> bool {
-        match_segs(&self.segs, segments)
+    pub(crate) fn matches(&self, path: &RelPath<'_>) -> bool {
+        match_segs(&self.segs, path.segments())
     }
 }
 
@@ -257,21 +331,79 @@ fn match_partial(parts: &[String], seg: &str) -> bool {
     true
 }
 
-fn match_segs(glob: &[Seg], path: &[&str]) -> bool {
+/// Matches glob segments against path segments; `**` backtracks by cloning the iterator
+/// (it tries every suffix of the remaining path, including the empty one).
+fn match_segs<'a>(glob: &[Seg], mut path: impl Iterator<Item = &'a str> + Clone) -> bool {
     match glob.split_first() {
-        None => path.is_empty(),
-        Some((Seg::Many, rest)) => (0..=path.len()).any(|skip| match_segs(rest, &path[skip..])),
-        Some((seg, rest)) => match path.split_first() {
+        None => path.next().is_none(),
+        Some((Seg::Many, rest)) => loop {
+            if match_segs(rest, path.clone()) {
+                return true;
+            }
+            if path.next().is_none() {
+                return false;
+            }
+        },
+        Some((seg, rest)) => match path.next() {
             None => false,
-            Some((p, prest)) => {
+            Some(p) => {
                 let ok = match seg {
                     Seg::One => !p.is_empty(),
                     Seg::Literal(l) => l == p,
                     Seg::Partial(parts) => !p.is_empty() && match_partial(parts, p),
                     Seg::Many => false,
                 };
-                ok && match_segs(rest, prest)
+                ok && match_segs(rest, path)
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::{RelPath, contains_ignore_ascii_case, is_dot_segment};
+
+    /// The segments as the straightforward definition gives them.
+    fn split_segments(text: &str) -> Vec<&str> {
+        match text.strip_prefix('/') {
+            None | Some("") => Vec::new(),
+            Some(rest) => rest.split('/').collect(),
+        }
+    }
+
+    #[test]
+    fn segments_of_root_are_none_and_a_trailing_slash_is_a_final_empty_segment() {
+        fn seg(text: &str) -> Vec<&str> {
+            RelPath { text }.segments().collect()
+        }
+        assert!(seg("").is_empty());
+        assert!(seg("/").is_empty());
+        assert_eq!(seg("/a"), ["a"]);
+        assert_eq!(seg("/a/"), ["a", ""]);
+        assert_eq!(seg("/a/b/c"), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn encoded_separators_are_found_in_any_case_and_dot_segments_in_any_spelling() {
+        assert!(contains_ignore_ascii_case("a%2Fb", "%2f"));
+        assert!(contains_ignore_ascii_case("%5c", "%5c"));
+        assert!(!contains_ignore_ascii_case("a%2eb", "%2f"));
+        assert!(!contains_ignore_ascii_case("%2", "%2f"));
+        for dot in [".", "..", "%2e", "%2E.", "%2e%2E"] {
+            assert!(is_dot_segment(dot), "{dot} is a dot segment");
+        }
+        for not_dot in ["", "...", ".a", "%2e%2e%2e", "%2f"] {
+            assert!(!is_dot_segment(not_dot), "{not_dot} is not a dot segment");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn segments_iterate_exactly_what_split_collects(text in "(/[a-z%.]{0,3}){0,5}/?") {
+            let iterated: Vec<&str> = RelPath { text: &text }.segments().collect();
+            prop_assert_eq!(iterated, split_segments(&text));
+        }
     }
 }

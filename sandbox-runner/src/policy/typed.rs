@@ -1,5 +1,6 @@
 //! Typed endpoints: `name(p1, p2, ..., {others})` against one URL template and method.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use oauth3_crds::{HttpMethod, ParamLocation, ParamSpec};
@@ -10,7 +11,7 @@ use url::Url;
 
 use super::{
     CompiledCapability, PolicyError, PreparedRequest, append_query, body, denial, headers, kind,
-    parse_origin,
+    parse_origin, path,
 };
 
 /// Everything except RFC 3986 unreserved characters is encoded in a path parameter, so a
@@ -66,12 +67,28 @@ fn split_template(seg: &str) -> Result<Vec<Part>, String> {
     Ok(parts)
 }
 
-fn scalar_string(v: &Value) -> Option<String> {
+fn scalar_string(v: &Value) -> Option<Cow<'_, str>> {
     match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
+        Value::String(s) => Some(Cow::Borrowed(s)),
+        Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
         _ => None,
+    }
+}
+
+/// How a typed endpoint is called, for denials: `name(p1, p2, {...})`.
+struct Signature<'a> {
+    name: &'a str,
+    path_params: &'a [String],
+}
+
+impl std::fmt::Display for Signature<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}(", self.name)?;
+        for p in self.path_params {
+            write!(f, "{p}, ")?;
+        }
+        f.write_str("{...})")
     }
 }
 
@@ -179,11 +196,9 @@ impl TypedEndpoint {
         };
         got.len() == self.segments.len()
             && got.iter().zip(&self.segments).all(|(seg, parts)| {
-                let lower = seg.to_ascii_lowercase().replace("%2e", ".");
-                lower != "."
-                    && lower != ".."
-                    && !lower.contains("%2f")
-                    && !lower.contains("%5c")
+                !path::is_dot_segment(seg)
+                    && !path::contains_ignore_ascii_case(seg, "%2f")
+                    && !path::contains_ignore_ascii_case(seg, "%5c")
                     && match_parts(parts, seg)
             })
     }
@@ -196,17 +211,14 @@ impl TypedEndpoint {
     ) -> Result<PreparedRequest, super::Denial> {
         let name = cap.name.as_str();
         let method = self.method.as_str();
-        let template = self.base.as_str().replace("%7B", "{").replace("%7D", "}");
+        // Only denials show the template and the signature: built on demand, never on the
+        // way to an allowed request.
+        let template = || self.base.as_str().replace("%7B", "{").replace("%7D", "}");
         let deny = |url: &str, reason: String| denial(name, method, url, reason);
-        let signature = format!(
-            "{name}({}{}{{...}})",
-            self.path_params.join(", "),
-            if self.path_params.is_empty() {
-                ""
-            } else {
-                ", "
-            }
-        );
+        let signature = Signature {
+            name,
+            path_params: &self.path_params,
+        };
         let n = self.path_params.len();
         let mut values: BTreeMap<&str, &Value> = BTreeMap::new();
         for (i, p) in self.path_params.iter().enumerate() {
@@ -216,7 +228,7 @@ impl TypedEndpoint {
                 }
                 Some(other) if !other.is_object() && !other.is_null() => {
                     return Err(deny(
-                        &template,
+                        &template(),
                         format!(
                             "path param {p} for {name} must be a string or number; got {}",
                             kind(other)
@@ -225,7 +237,7 @@ impl TypedEndpoint {
                 }
                 _ => {
                     return Err(deny(
-                        &template,
+                        &template(),
                         format!(
                             "missing required path param {p} for {name}; called as {signature}"
                         ),
@@ -235,7 +247,7 @@ impl TypedEndpoint {
         }
         if args.len() > n + 1 {
             return Err(deny(
-                &template,
+                &template(),
                 format!(
                     "{name} takes at most {} arguments; called as {signature}",
                     n + 1
@@ -254,7 +266,7 @@ impl TypedEndpoint {
                         }
                         Some(_) => {
                             return Err(deny(
-                                &template,
+                                &template(),
                                 format!(
                                     "path param {k} for {name} must be passed positionally; called as {signature}"
                                 ),
@@ -268,7 +280,7 @@ impl TypedEndpoint {
                                 .map(|(k, _)| k.as_str())
                                 .collect();
                             return Err(deny(
-                                &template,
+                                &template(),
                                 format!(
                                     "unknown param {k} for {name}; allowed: {}",
                                     if allowed.is_empty() {
@@ -284,7 +296,7 @@ impl TypedEndpoint {
             }
             Some(other) => {
                 return Err(deny(
-                    &template,
+                    &template(),
                     format!(
                         "the argument after the path params of {name} must be an object; got {}; called as {signature}",
                         kind(other)
@@ -296,7 +308,7 @@ impl TypedEndpoint {
             let v = values.get(pname.as_str());
             if p.required && v.is_none() {
                 return Err(deny(
-                    &template,
+                    &template(),
                     format!("missing required param {pname} for {name}"),
                 ));
             }
@@ -304,7 +316,7 @@ impl TypedEndpoint {
                 let ok = scalar_string(v).is_some_and(|s| re.is_match(&s));
                 if !ok {
                     return Err(deny(
-                        &template,
+                        &template(),
                         format!(
                             "param {pname} for {name} does not match its pattern {}",
                             re.as_str()
@@ -327,7 +339,7 @@ impl TypedEndpoint {
                             .unwrap_or_default();
                         if raw.is_empty() || raw == "." || raw == ".." {
                             return Err(deny(
-                                &template,
+                                &template(),
                                 format!("path param {p} for {name} must not be empty, . or .."),
                             ));
                         }
@@ -357,7 +369,7 @@ impl TypedEndpoint {
             match p.location {
                 ParamLocation::Path => {}
                 ParamLocation::Query => {
-                    append_query(&mut url, pname, v, name).map_err(|r| deny(&template, r))?;
+                    append_query(&mut url, pname, v, name).map_err(|r| deny(&template(), r))?;
                 }
                 ParamLocation::Body => {
                     body_obj.insert(pname.clone(), (*v).clone());
@@ -365,13 +377,13 @@ impl TypedEndpoint {
                 ParamLocation::Header => {
                     let s = scalar_string(v).ok_or_else(|| {
                         deny(
-                            &template,
+                            &template(),
                             format!("header param {pname} for {name} must be a string or number"),
                         )
                     })?;
                     headers::check(pname, &s, name, cap.auth_header.as_deref(), false)
-                        .map_err(|r| deny(&template, r))?;
-                    hdrs.push((pname.clone(), s));
+                        .map_err(|r| deny(&template(), r))?;
+                    hdrs.push((pname.clone(), s.into_owned()));
                 }
             }
         }

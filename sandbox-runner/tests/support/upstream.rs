@@ -5,12 +5,17 @@
 //! echoing the `Authorization` header and the `key` query param), `/v1/redirect?to=<url>`
 //! (302 to `to`), `/v1/large` (256 KiB), `/v1/missing` (404), anything else: JSON
 //! `{"path": ..., "method": ...}`.
+//!
+//! Each request carries the instant it arrived ([`Recorded::received_at`]) and wakes
+//! [`Upstream::wait_for_requests`], so benchmarks can time a client up to the moment its
+//! request reached the upstream.
 
 #![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -19,6 +24,7 @@ use hyper_util::rt::TokioIo;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 /// One request as the upstream saw it.
 #[derive(Debug, Clone)]
@@ -31,6 +37,8 @@ pub struct Recorded {
     pub headers: Vec<(String, String)>,
     /// Body bytes.
     pub body: Vec<u8>,
+    /// When the request head had been read (before its body).
+    pub received_at: Instant,
 }
 
 impl Recorded {
@@ -51,6 +59,7 @@ pub struct Upstream {
     /// The CA certificate that signed its leaf, PEM.
     pub ca_pem: Vec<u8>,
     requests: Arc<Mutex<Vec<Recorded>>>,
+    arrived: Arc<Notify>,
 }
 
 impl Upstream {
@@ -86,7 +95,9 @@ impl Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let arrived = Arc::new(Notify::new());
         let recorded = requests.clone();
+        let notify = arrived.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -94,13 +105,15 @@ impl Upstream {
                 };
                 let acceptor = acceptor.clone();
                 let recorded = recorded.clone();
+                let notify = notify.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(stream).await else {
                         return;
                     };
                     let service = hyper::service::service_fn(move |req| {
                         let recorded = recorded.clone();
-                        async move { Ok::<_, Infallible>(handle(req, recorded).await) }
+                        let notify = notify.clone();
+                        async move { Ok::<_, Infallible>(handle(req, recorded, notify).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tls), service)
@@ -112,6 +125,7 @@ impl Upstream {
             addr,
             ca_pem: ca.pem().into_bytes(),
             requests,
+            arrived,
         }
     }
 
@@ -123,6 +137,17 @@ impl Upstream {
     /// Every request received so far.
     pub fn requests(&self) -> Vec<Recorded> {
         self.requests.lock().expect("requests lock").clone()
+    }
+
+    /// Waits until at least `count` requests have been received in total.
+    pub async fn wait_for_requests(&self, count: usize) {
+        loop {
+            let notified = self.arrived.notified();
+            if self.requests.lock().expect("requests lock").len() >= count {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -137,7 +162,9 @@ fn response(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response
 async fn handle(
     req: Request<Incoming>,
     recorded: Arc<Mutex<Vec<Recorded>>>,
+    arrived: Arc<Notify>,
 ) -> Response<Full<Bytes>> {
+    let received_at = Instant::now();
     let method = req.method().to_string();
     let path_and_query = req
         .uri()
@@ -167,8 +194,10 @@ async fn handle(
         path_and_query,
         headers,
         body,
+        received_at,
     };
     recorded.lock().expect("requests lock").push(rec.clone());
+    arrived.notify_waiters();
     let param = |name: &str| {
         url::form_urlencoded::parse(query.as_bytes())
             .find(|(k, _)| k == name)
