@@ -25,7 +25,10 @@ impl std::fmt::Debug for CallbackTarget {
 
 /// The result URL of one Execution under `base_url`.
 pub fn result_url(base_url: &str, namespace: &str, name: &str) -> String {
-    format!("{}/v1/results/{namespace}/{name}", base_url.trim_end_matches('/'))
+    format!(
+        "{}/v1/results/{namespace}/{name}",
+        base_url.trim_end_matches('/')
+    )
 }
 
 /// Builds the bundle of `execution` under the approved `permit`. `sealed` holds the envelopes
@@ -57,7 +60,11 @@ pub fn build_bundle(
             spec_digest: permit_digest.to_owned(),
         },
         code: execution.spec.code.clone(),
-        args: execution.spec.args.clone().unwrap_or(serde_json::Value::Null),
+        args: execution
+            .spec
+            .args
+            .clone()
+            .unwrap_or(serde_json::Value::Null),
         sealed_secrets: sealed,
         limits: BundleLimits {
             timeout_seconds: u64::try_from(execution.spec.timeout_seconds).unwrap_or(30),

@@ -30,7 +30,9 @@ pub struct ProcessLauncher {
 impl ProcessLauncher {
     /// A launcher with `config`.
     pub fn new(config: ProcessLauncherConfig) -> Self {
-        Self { config: Arc::new(config) }
+        Self {
+            config: Arc::new(config),
+        }
     }
 
     /// Starts the runner for `bundle` and returns at once; the child is reaped in the
@@ -40,7 +42,8 @@ impl ProcessLauncher {
     /// # Errors
     /// [`LaunchError::Spawn`] when the binary cannot be started or the bundle not handed over.
     pub async fn launch(&self, bundle: &Bundle) -> Result<Launched, LaunchError> {
-        let body = serde_json::to_vec(bundle).map_err(|e| LaunchError::Spawn(format!("serialising the bundle: {e}")))?;
+        let body = serde_json::to_vec(bundle)
+            .map_err(|e| LaunchError::Spawn(format!("serialising the bundle: {e}")))?;
         let mut child = tokio::process::Command::new(&self.config.binary)
             .arg("run")
             .args(&self.config.extra_args)
@@ -50,13 +53,14 @@ impl ProcessLauncher {
             .stderr(Stdio::piped())
             .kill_on_drop(false)
             .spawn()
-            .map_err(|e| LaunchError::Spawn(format!("starting {}: {e}", self.config.binary.display())))?;
+            .map_err(|e| {
+                LaunchError::Spawn(format!("starting {}: {e}", self.config.binary.display()))
+            })?;
         let pid = child.id().unwrap_or_default();
         if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(&body)
-                .await
-                .map_err(|e| LaunchError::Spawn(format!("handing the bundle to runner {pid}: {e}")))?;
+            stdin.write_all(&body).await.map_err(|e| {
+                LaunchError::Spawn(format!("handing the bundle to runner {pid}: {e}"))
+            })?;
             drop(stdin);
         }
         let execution = format!("{}/{}", bundle.execution.namespace, bundle.execution.name);
@@ -69,6 +73,8 @@ impl ProcessLauncher {
                 Err(e) => tracing::warn!(%execution, pid, error = %e, "waiting for the runner"),
             }
         });
-        Ok(Launched { handle: format!("process/{pid}") })
+        Ok(Launched {
+            handle: format!("process/{pid}"),
+        })
     }
 }
