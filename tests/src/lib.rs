@@ -119,3 +119,32 @@ pub fn repo_root() -> std::path::PathBuf {
         .expect("tests crate lives in the repository")
         .to_path_buf()
 }
+
+static BUILD_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Path of a binary of this workspace (e.g. `oauth3-sandbox-runner` of package
+/// `oauth3-sandbox-runner`), built on first use if it is missing, in the same profile and
+/// target directory as the running test.
+///
+/// # Panics
+/// When the binary cannot be built.
+pub fn workspace_binary(package: &str, bin: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/<bin>
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target profile directory");
+    let path = dir.join(bin);
+    let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-q", "-p", package, "--bin", bin])
+            .current_dir(repo_root())
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building {bin} failed");
+    }
+    path
+}

@@ -1,0 +1,346 @@
+//! The result callback: the endpoint sandbox runners POST their result to.
+//!
+//! `POST /v1/results/{namespace}/{name}` with `Authorization: Bearer <token>` and the runner's
+//! result JSON. Accepted only when the Execution is `Running`, its launch record's
+//! `tokenDigest` equals the SHA-256 of the presented token (compared in constant time), and the
+//! result names the Execution's uid. The status is then written once, guarded by the
+//! resourceVersion that was checked: a replay, or a result racing the operator's own timeout,
+//! finds the Execution no longer `Running` and is refused with 409. The token is never logged
+//! or stored; only its digest is.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use oauth3_crds::{Execution, ExecutionPhase, Permit};
+use oauth3_sandbox_runner::runner::RunResult;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::Context;
+
+/// Largest result body accepted.
+pub const MAX_RESULT_BYTES: usize = 4 * 1024 * 1024;
+/// Cap on each of stdout and stderr as stored in status.
+pub const MAX_STATUS_OUTPUT: usize = 32 * 1024;
+/// Cap on the number of call records stored in status.
+pub const MAX_STATUS_CALLS: usize = 200;
+
+/// Shared state of the callback endpoint.
+pub struct CallbackState {
+    /// The operator context (client, recorder, clock).
+    pub ctx: Arc<Context>,
+}
+
+/// The callback router.
+pub fn router(state: Arc<CallbackState>) -> Router {
+    Router::new()
+        .route("/v1/results/{namespace}/{name}", post(accept_result))
+        .layer(DefaultBodyLimit::max(MAX_RESULT_BYTES))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+///
+/// # Errors
+/// When the server fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Why a result was refused; each renders as an HTTP status with a short reason.
+#[derive(Debug, thiserror::Error)]
+pub enum CallbackError {
+    /// No or malformed bearer token.
+    #[error("missing bearer token")]
+    Unauthenticated,
+    /// The token does not match this run.
+    #[error("token does not match this run")]
+    BadToken,
+    /// The body is not a runner result for this Execution.
+    #[error("bad result: {0}")]
+    BadResult(String),
+    /// No such Execution.
+    #[error("Execution {0} not found")]
+    NotFound(String),
+    /// The Execution is not waiting for a result (already recorded, timed out, never launched).
+    #[error("Execution {0} is not waiting for a result")]
+    NotRunning(String),
+    /// The API server failed.
+    #[error("recording the result: {0}")]
+    Api(#[from] kube::Error),
+}
+
+impl IntoResponse for CallbackError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Self::Unauthenticated | Self::BadToken => StatusCode::UNAUTHORIZED,
+            Self::BadResult(_) => StatusCode::BAD_REQUEST,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::NotRunning(_) => StatusCode::CONFLICT,
+            Self::Api(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        (status, self.to_string()).into_response()
+    }
+}
+
+/// `sha256:<hex>` of a callback token.
+pub fn token_digest(token: &str) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(token.as_bytes())))
+}
+
+/// Compares two strings in time that depends only on their lengths.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+fn cap(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}\n[truncated at {max} bytes]", &text[..end])
+}
+
+/// The status fields a result sets (pure): phase, reason, message, output, result, call log,
+/// timing, attestation and the `Completed` condition.
+pub fn completed_status(result: &RunResult, generation: Option<i64>, now: Timestamp) -> Value {
+    let (reason, message) = match result.phase {
+        ExecutionPhase::Succeeded => ("Succeeded", "the code returned".to_owned()),
+        ExecutionPhase::TimedOut => (
+            "TimedOut",
+            result
+                .error
+                .clone()
+                .unwrap_or_else(|| "the code ran past its time limit".into()),
+        ),
+        ExecutionPhase::Denied => (
+            "RunnerRefused",
+            result
+                .error
+                .clone()
+                .unwrap_or_else(|| "the runner refused the run".into()),
+        ),
+        _ => (
+            "CodeFailed",
+            result
+                .error
+                .clone()
+                .unwrap_or_else(|| "the code failed".into()),
+        ),
+    };
+    let calls: Vec<_> = result.calls.iter().take(MAX_STATUS_CALLS).collect();
+    let now_time = Time(now);
+    json!({
+        "phase": result.phase,
+        "reason": reason,
+        "message": cap(&message, 4096),
+        "stdout": cap(&result.stdout, MAX_STATUS_OUTPUT),
+        "stderr": cap(&result.stderr, MAX_STATUS_OUTPUT),
+        "result": result.result,
+        "calls": calls,
+        "durationMs": result.duration_ms,
+        "exitCode": result.exit_code(),
+        "completionTime": now_time,
+        "attestation": result.attestation,
+        "codeDigest": result.code_digest,
+        "conditions": [{
+            "type": "Completed",
+            "status": "True",
+            "reason": reason,
+            "message": cap(&message, 1024),
+            "observedGeneration": generation,
+            "lastTransitionTime": now_time,
+        }],
+    })
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+async fn accept_result(
+    State(state): State<Arc<CallbackState>>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, CallbackError> {
+    let key = format!("{namespace}/{name}");
+    let token = bearer(&headers).ok_or(CallbackError::Unauthenticated)?;
+    let api: Api<Execution> = Api::namespaced(state.ctx.client.clone(), &namespace);
+    let exec = api
+        .get_opt(&name)
+        .await?
+        .ok_or_else(|| CallbackError::NotFound(key.clone()))?;
+    let status = exec.status.clone().unwrap_or_default();
+    let launch = status
+        .launch
+        .as_ref()
+        .filter(|_| status.phase == Some(ExecutionPhase::Running))
+        .ok_or_else(|| CallbackError::NotRunning(key.clone()))?;
+    if !constant_time_eq(&token_digest(token), &launch.token_digest) {
+        tracing::warn!(execution = %key, "result refused: token does not match");
+        return Err(CallbackError::BadToken);
+    }
+    let result: RunResult =
+        serde_json::from_slice(&body).map_err(|e| CallbackError::BadResult(e.to_string()))?;
+    if exec.metadata.uid.as_deref() != Some(result.execution.uid.as_str()) {
+        return Err(CallbackError::BadResult(format!(
+            "the result is for another {key}"
+        )));
+    }
+    if !result.phase.is_terminal() {
+        return Err(CallbackError::BadResult(format!(
+            "phase {:?} is not final",
+            result.phase
+        )));
+    }
+    let now = state.ctx.now();
+    let patch = json!({
+        "metadata": {"resourceVersion": exec.resource_version()},
+        "status": completed_status(&result, exec.metadata.generation, now),
+    });
+    match api
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => return Err(CallbackError::NotRunning(key)),
+        Err(e) => return Err(e.into()),
+    }
+    record_usage(&state.ctx, &namespace, &exec.spec.permit_ref, &result).await;
+    let note = format!(
+        "{:?} in {} ms with {} call(s)",
+        result.phase,
+        result.duration_ms,
+        result.calls.len()
+    );
+    let event = Event {
+        type_: if result.phase == ExecutionPhase::Succeeded {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        reason: "Completed".into(),
+        note: Some(note),
+        action: "RecordResult".into(),
+        secondary: None,
+    };
+    if let Err(e) = state
+        .ctx
+        .recorder
+        .publish(&event, &exec.object_ref(&()))
+        .await
+    {
+        tracing::warn!(execution = %key, error = %e, "publishing the Completed event");
+    }
+    tracing::info!(execution = %key, phase = ?result.phase, "result recorded");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Adds the run's calls to the Permit's usage and carries its rate budget forward. Best
+/// effort with optimistic concurrency (a few retries); usage is informational, the runner
+/// enforces limits from the budget it is given.
+async fn record_usage(ctx: &Context, namespace: &str, permit: &str, result: &RunResult) {
+    let api: Api<Permit> = Api::namespaced(ctx.client.clone(), namespace);
+    for _ in 0..5 {
+        let Ok(Some(p)) = api.get_opt(permit).await else {
+            return;
+        };
+        let usage = p
+            .status
+            .as_ref()
+            .and_then(|s| s.usage.clone())
+            .unwrap_or_default();
+        let allowed = result
+            .calls
+            .iter()
+            .filter(|c| c.decision == oauth3_crds::CallDecision::Allowed)
+            .count();
+        let mut budget = usage.rate_budget.clone();
+        budget.extend(result.rate_budget.clone());
+        let patch = json!({
+            "metadata": {"resourceVersion": p.resource_version()},
+            "status": {"usage": {
+                "executions": usage.executions,
+                "calls": usage.calls + i64::try_from(allowed).unwrap_or(0),
+                "rateBudget": budget,
+                "at": Time(ctx.now()),
+            }},
+        });
+        match api
+            .patch_status(permit, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return,
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => {
+                tracing::warn!(permit, error = %e, "recording usage");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_digests_compare_in_constant_time_and_exactly() {
+        let d = token_digest("t0k3n");
+        assert!(constant_time_eq(&d, &token_digest("t0k3n")));
+        assert!(!constant_time_eq(&d, &token_digest("t0k3N")));
+        assert!(!constant_time_eq(&d, &d[..d.len() - 1]));
+        assert!(d.starts_with("sha256:") && d.len() == 71);
+    }
+
+    #[test]
+    fn bearer_tokens_are_taken_only_from_the_bearer_scheme() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, "Basic abc".parse().expect("header"));
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, "Bearer ".parse().expect("header"));
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, "Bearer abc".parse().expect("header"));
+        assert_eq!(bearer(&h), Some("abc"));
+    }
+
+    #[test]
+    fn outputs_are_capped_at_a_char_boundary_with_a_marker() {
+        let long = "é".repeat(40_000);
+        let capped = cap(&long, MAX_STATUS_OUTPUT);
+        assert!(capped.len() < MAX_STATUS_OUTPUT + 64);
+        assert!(capped.ends_with("[truncated at 32768 bytes]"));
+        assert_eq!(cap("short", 10), "short");
+    }
+}

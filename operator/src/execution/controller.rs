@@ -1,0 +1,521 @@
+//! The Execution controller: admits an Execution against its Permit, launches the runner once,
+//! times it out if no result arrives, and garbage-collects finished Executions after a TTL.
+//!
+//! Reconcile shape: observe (the Execution, its Permit) -> decide (pure [`admit`], phase
+//! rules) -> act -> patch status. Every status write is a merge patch guarded by the
+//! resourceVersion the decision was made on, so two operators (or an operator and a runner's
+//! callback) can never both win: the **launch lock** is the write that moves the Execution to
+//! `Running` with a launch record, and it happens *before* the runner is started. A restart
+//! after that write finds `Running` and never launches again; if the runner then never
+//! reports, the Execution ends `TimedOut` at its deadline.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use oauth3_crds::constants::{SEALED_SECRET_KEY, SEALED_SECRET_TYPE, secret_object_name};
+use oauth3_crds::{Execution, ExecutionPhase, Permit, TrustLevel};
+use oauth3_sandbox_runner::bundle::SealedSecretRef;
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use crate::Context;
+use crate::callback::token_digest;
+use crate::execution::admission::{Admission, admit};
+use crate::execution::bundle::{CallbackTarget, build_bundle};
+use crate::launcher::process::ProcessLauncher;
+
+/// How often an Execution waiting for code approval is looked at again.
+pub const AWAITING_RECHECK: Duration = Duration::from_secs(5);
+
+/// Which launcher runs the sandbox.
+#[derive(Debug, Clone)]
+pub enum LauncherKind {
+    /// A local child process (development, tests, `make demo`).
+    Process(ProcessLauncher),
+}
+
+/// Settings of the Execution controller.
+#[derive(Debug, Clone)]
+pub struct ExecutionConfig {
+    /// The launcher.
+    pub launcher: LauncherKind,
+    /// Base URL runners POST results to (the callback server), e.g. `http://127.0.0.1:8443`.
+    pub callback_base_url: String,
+    /// Added to `timeoutSeconds` for the operator's own deadline.
+    pub deadline_grace: Duration,
+    /// Finished Executions are deleted this long after completion.
+    pub ttl: Duration,
+}
+
+/// Context of the Execution controller.
+pub struct ExecutionContext {
+    /// Shared operator context.
+    pub ctx: Arc<Context>,
+    /// Settings.
+    pub config: ExecutionConfig,
+}
+
+/// Why an Execution reconcile failed (it is retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutionError {
+    /// A Kubernetes API call failed.
+    #[error("{step} for Execution {key}: {source}")]
+    Api {
+        /// What was being done.
+        step: &'static str,
+        /// namespace/name.
+        key: String,
+        /// The error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+fn key(exec: &Execution) -> String {
+    format!(
+        "{}/{}",
+        exec.namespace().unwrap_or_default(),
+        exec.name_any()
+    )
+}
+
+fn to_std(d: SignedDuration) -> Duration {
+    Duration::try_from(d).unwrap_or(Duration::ZERO)
+}
+
+/// Outcome of a guarded status write.
+enum Write {
+    Done,
+    /// The object changed since it was read: someone else decided; look again.
+    Conflict,
+}
+
+async fn write_status(
+    api: &Api<Execution>,
+    exec: &Execution,
+    status: Value,
+    step: &'static str,
+) -> Result<Write, ExecutionError> {
+    let patch = json!({
+        "metadata": {"resourceVersion": exec.resource_version()},
+        "status": status,
+    });
+    match api
+        .patch_status(
+            &exec.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(Write::Done),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Write::Conflict),
+        Err(source) => Err(ExecutionError::Api {
+            step,
+            key: key(exec),
+            source,
+        }),
+    }
+}
+
+async fn publish(ctx: &Context, exec: &Execution, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: reason.to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &exec.object_ref(&())).await {
+        tracing::warn!(execution = %key(exec), error = %e, "publishing event");
+    }
+}
+
+fn terminal_status(
+    phase: ExecutionPhase,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Value {
+    json!({
+        "phase": phase,
+        "reason": reason,
+        "message": message,
+        "completionTime": Time(now),
+        "observedGeneration": generation,
+        "conditions": [{
+            "type": "Completed", "status": "True", "reason": reason, "message": message,
+            "observedGeneration": generation, "lastTransitionTime": Time(now),
+        }],
+    })
+}
+
+/// Reconciles one Execution.
+///
+/// # Errors
+/// [`ExecutionError`] naming the failed step; retried with backoff.
+pub async fn reconcile(
+    exec: Arc<Execution>,
+    ectx: Arc<ExecutionContext>,
+) -> Result<Action, ExecutionError> {
+    let ctx = &ectx.ctx;
+    let config = &ectx.config;
+    let namespace = exec.namespace().unwrap_or_default();
+    let api: Api<Execution> = Api::namespaced(ctx.client.clone(), &namespace);
+    let now = ctx.now();
+    let status = exec.status.clone().unwrap_or_default();
+    match status.phase {
+        Some(phase) if phase.is_terminal() => {
+            let done = status.completion_time.map_or(now, |t| t.0);
+            let ttl = SignedDuration::try_from(config.ttl).unwrap_or(SignedDuration::MAX);
+            let expiry = done.checked_add(ttl).unwrap_or(Timestamp::MAX);
+            if now >= expiry {
+                match api.delete(&exec.name_any(), &DeleteParams::default()).await {
+                    Ok(_) => tracing::info!(execution = %key(&exec), "deleted after its TTL"),
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(source) => {
+                        return Err(ExecutionError::Api {
+                            step: "deleting after TTL",
+                            key: key(&exec),
+                            source,
+                        });
+                    }
+                }
+                return Ok(Action::await_change());
+            }
+            Ok(Action::requeue(to_std(expiry.duration_since(now))))
+        }
+        Some(ExecutionPhase::Running) => {
+            let deadline = status.launch.as_ref().map_or(now, |l| l.deadline.0);
+            if now < deadline {
+                return Ok(Action::requeue(to_std(deadline.duration_since(now))));
+            }
+            let message = "no result arrived before the deadline (timeoutSeconds plus grace)";
+            let s = terminal_status(
+                ExecutionPhase::TimedOut,
+                "DeadlineExceeded",
+                message,
+                exec.metadata.generation,
+                now,
+            );
+            if let Write::Done = write_status(&api, &exec, s, "recording the timeout").await? {
+                publish(
+                    ctx,
+                    &exec,
+                    EventType::Warning,
+                    "TimedOut",
+                    message.to_owned(),
+                )
+                .await;
+            }
+            Ok(Action::requeue(Duration::from_secs(1)))
+        }
+        _ => admit_and_launch(&exec, &ectx, &api, now).await,
+    }
+}
+
+async fn admit_and_launch(
+    exec: &Execution,
+    ectx: &ExecutionContext,
+    api: &Api<Execution>,
+    now: Timestamp,
+) -> Result<Action, ExecutionError> {
+    let ctx = &ectx.ctx;
+    let namespace = exec.namespace().unwrap_or_default();
+    let permits: Api<Permit> = Api::namespaced(ctx.client.clone(), &namespace);
+    let permit = permits
+        .get_opt(&exec.spec.permit_ref)
+        .await
+        .map_err(|source| ExecutionError::Api {
+            step: "reading the Permit",
+            key: key(exec),
+            source,
+        })?;
+    match admit(exec, permit.as_ref(), now) {
+        Admission::Refuse { reason, message } => {
+            let s = terminal_status(
+                ExecutionPhase::Denied,
+                reason,
+                &message,
+                exec.metadata.generation,
+                now,
+            );
+            if let Write::Done = write_status(api, exec, s, "recording the refusal").await? {
+                publish(ctx, exec, EventType::Warning, reason, message).await;
+            }
+            Ok(Action::requeue(Duration::from_secs(1)))
+        }
+        Admission::AwaitApproval { code_digest } => {
+            let status = exec.status.clone().unwrap_or_default();
+            if status.phase != Some(ExecutionPhase::AwaitingApproval) {
+                let message = format!("waiting for the owner to trust code {code_digest}");
+                let s = json!({"phase": "AwaitingApproval", "reason": "CodeNotTrusted",
+                    "message": message, "codeDigest": code_digest,
+                    "observedGeneration": exec.metadata.generation});
+                if let Write::Done =
+                    write_status(api, exec, s, "recording AwaitingApproval").await?
+                {
+                    publish(ctx, exec, EventType::Normal, "AwaitingApproval", message).await;
+                }
+            }
+            Ok(Action::requeue(AWAITING_RECHECK))
+        }
+        Admission::Launch {
+            permit_digest,
+            code_digest,
+        } => {
+            let Some(permit) = permit else {
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            };
+            launch(exec, &permit, &permit_digest, &code_digest, ectx, api, now).await
+        }
+    }
+}
+
+/// Reads the envelopes (ciphertext) of the Permit's sealed Secrets.
+async fn sealed_envelopes(
+    ctx: &Context,
+    namespace: &str,
+    permit: &Permit,
+) -> Result<Vec<SealedSecretRef>, String> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut out = Vec::new();
+    for name in &permit.spec.secrets {
+        let object = secret_object_name(name);
+        let secret = secrets
+            .get_opt(&object)
+            .await
+            .map_err(|e| format!("reading Secret {object}: {e}"))?
+            .ok_or_else(|| format!(
+                "sealed Secret {object} (for {name}) not found in namespace {namespace}; create it with `kubectl oauth3 seal {name}`"
+            ))?;
+        if secret.type_.as_deref() != Some(SEALED_SECRET_TYPE) {
+            return Err(format!(
+                "Secret {object} is not of type {SEALED_SECRET_TYPE}; refusing to use it"
+            ));
+        }
+        let envelope = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(SEALED_SECRET_KEY))
+            .map(|b| String::from_utf8_lossy(&b.0).trim().to_owned())
+            .ok_or_else(|| format!("Secret {object} has no `{SEALED_SECRET_KEY}` key"))?;
+        out.push(SealedSecretRef {
+            name: name.clone(),
+            envelope,
+        });
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn launch(
+    exec: &Execution,
+    permit: &Permit,
+    permit_digest: &str,
+    code_digest: &str,
+    ectx: &ExecutionContext,
+    api: &Api<Execution>,
+    now: Timestamp,
+) -> Result<Action, ExecutionError> {
+    let ctx = &ectx.ctx;
+    let config = &ectx.config;
+    let namespace = exec.namespace().unwrap_or_default();
+    let generation = exec.metadata.generation;
+    let sealed = match &config.launcher {
+        LauncherKind::Process(_) => match sealed_envelopes(ctx, &namespace, permit).await {
+            Ok(s) => s,
+            Err(message) => {
+                let s = terminal_status(
+                    ExecutionPhase::Failed,
+                    "SealedSecretMissing",
+                    &message,
+                    generation,
+                    now,
+                );
+                if let Write::Done =
+                    write_status(api, exec, s, "recording a missing secret").await?
+                {
+                    publish(
+                        ctx,
+                        exec,
+                        EventType::Warning,
+                        "SealedSecretMissing",
+                        message,
+                    )
+                    .await;
+                }
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            }
+        },
+    };
+    let token = Zeroizing::new(hex::encode(rand::random::<[u8; 32]>()));
+    let timeout = SignedDuration::from_secs(i64::from(exec.spec.timeout_seconds));
+    let grace = SignedDuration::try_from(config.deadline_grace).unwrap_or(SignedDuration::ZERO);
+    let deadline = now.checked_add(timeout + grace).unwrap_or(Timestamp::MAX);
+    let launcher = match &config.launcher {
+        LauncherKind::Process(_) => "process",
+    };
+    // The launch lock: only the writer that moves the Execution to Running launches.
+    let running = json!({
+        "phase": "Running", "reason": "Launching", "message": format!("starting the runner ({launcher} launcher)"),
+        "permitDigest": permit_digest, "codeDigest": code_digest, "startTime": Time(now),
+        "observedGeneration": generation,
+        "launch": {"launcher": launcher, "tokenDigest": token_digest(&token),
+                   "launchedAt": Time(now), "deadline": Time(deadline)},
+    });
+    if let Write::Conflict = write_status(api, exec, running, "recording the launch").await? {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
+    count_execution(ctx, &namespace, permit, code_digest).await;
+    let callback = CallbackTarget {
+        base_url: config.callback_base_url.clone(),
+        token,
+    };
+    let bundle = build_bundle(exec, permit, permit_digest, sealed, Some(&callback));
+    let launched = match &config.launcher {
+        LauncherKind::Process(p) => p.launch(&bundle).await,
+    };
+    let name = exec.name_any();
+    match launched {
+        Ok(l) => {
+            let patch = json!({"status": {"podName": l.handle, "reason": "Launched",
+                "message": format!("runner started ({})", l.handle)}});
+            if let Err(e) = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                tracing::warn!(execution = %key(exec), error = %e, "recording the runner handle");
+            }
+            let latency = exec
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|c| now.duration_since(c.0).as_secs_f64())
+                .unwrap_or_default();
+            tracing::info!(execution = %key(exec), handle = %l.handle, latency_s = latency, "launched");
+            publish(
+                ctx,
+                exec,
+                EventType::Normal,
+                "Launched",
+                format!("runner started ({})", l.handle),
+            )
+            .await;
+        }
+        Err(e) => {
+            let message = e.to_string();
+            let fresh = api.get(&name).await.map_err(|source| ExecutionError::Api {
+                step: "re-reading after a failed launch",
+                key: key(exec),
+                source,
+            })?;
+            let s = terminal_status(
+                ExecutionPhase::Failed,
+                "LaunchFailed",
+                &message,
+                generation,
+                now,
+            );
+            if let Write::Done = write_status(api, &fresh, s, "recording the failed launch").await?
+            {
+                publish(ctx, exec, EventType::Warning, "LaunchFailed", message).await;
+            }
+        }
+    }
+    Ok(Action::requeue(to_std(deadline.duration_since(now))))
+}
+
+/// Counts the Execution against the Permit's `maxExecutions` and consumes a `once` code trust.
+/// Optimistic concurrency with a few retries.
+async fn count_execution(ctx: &Context, namespace: &str, permit: &Permit, code_digest: &str) {
+    let api: Api<Permit> = Api::namespaced(ctx.client.clone(), namespace);
+    let name = permit.name_any();
+    let mut current = permit.clone();
+    for _ in 0..5 {
+        let status = current.status.clone().unwrap_or_default();
+        let usage = status.usage.clone().unwrap_or_default();
+        let mut patch = json!({
+            "metadata": {"resourceVersion": current.resource_version()},
+            "status": {"usage": {"executions": usage.executions + 1, "calls": usage.calls,
+                "rateBudget": usage.rate_budget, "at": Time(ctx.now())}},
+        });
+        let remaining: Vec<_> = status
+            .trusted_code
+            .iter()
+            .filter(|t| !(t.level == TrustLevel::Once && t.code_digest == code_digest))
+            .cloned()
+            .collect();
+        if remaining.len() != status.trusted_code.len() {
+            patch["status"]["trustedCode"] = json!(remaining);
+        }
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return,
+            Err(kube::Error::Api(s)) if s.code == 409 => match api.get(&name).await {
+                Ok(p) => current = p,
+                Err(_) => return,
+            },
+            Err(e) => {
+                tracing::warn!(permit = %name, error = %e, "counting the execution");
+                return;
+            }
+        }
+    }
+}
+
+/// Retry policy: exponential backoff per Execution.
+pub fn error_policy(
+    exec: Arc<Execution>,
+    error: &ExecutionError,
+    ectx: Arc<ExecutionContext>,
+) -> Action {
+    let delay = ectx.ctx.failure_backoff(&key(&exec));
+    tracing::warn!(execution = %key(&exec), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// The Execution controller over `api`, as a stream of reconcile results.
+pub fn execution_controller(
+    api: Api<Execution>,
+    ectx: Arc<ExecutionContext>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> impl Stream<
+    Item = Result<
+        (ObjectRef<Execution>, Action),
+        controller::Error<ExecutionError, watcher::Error>,
+    >,
+> {
+    Controller::new(api, watcher::Config::default())
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ectx)
+}
+
+/// Runs the Execution controller over `api` until `shutdown` resolves.
+pub async fn run_execution_controller(
+    api: Api<Execution>,
+    ectx: Arc<ExecutionContext>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    execution_controller(api, ectx, shutdown)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "execution controller");
+            }
+        })
+        .await;
+}

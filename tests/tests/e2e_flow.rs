@@ -1,0 +1,542 @@
+//! End to end on a real kube-apiserver: the operator (Permit and Execution controllers, the
+//! process launcher, the result callback) + the real runner binary + a local HTTPS upstream
+//! that records what it received + the kubectl plugin for the owner's approval.
+
+#[path = "../../sandbox-runner/tests/support/upstream.rs"]
+mod upstream;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec, Permit, PermitPhase, PermitSpec};
+use oauth3_operator::callback::{CallbackState, router, serve};
+use oauth3_operator::execution::controller::{
+    ExecutionConfig, ExecutionContext, LauncherKind, run_execution_controller,
+};
+use oauth3_operator::launcher::process::{ProcessLauncher, ProcessLauncherConfig};
+use oauth3_operator::plugin::sealed_secret;
+use oauth3_operator::{Context, run_permit_controller};
+use oauth3_tests::{TEST_FIELD_MANAGER, client_or_skip, namespace, workspace_binary};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use upstream::Upstream;
+
+const SECRET: &str = "sk-e2e-operator-91c2";
+const DEV_KEY: [u8; 32] = [3u8; 32];
+
+/// A running operator (both controllers + callback server) that can be stopped.
+struct Operator {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Operator {
+    async fn start(
+        client: &kube::Client,
+        ns: &str,
+        listener: tokio::net::TcpListener,
+        launcher: ProcessLauncherConfig,
+        grace: Duration,
+    ) -> Operator {
+        let (stop, rx) = watch::channel(false);
+        let stopped = move || {
+            let mut rx = rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let ctx = Arc::new(Context::new(client.clone()));
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let ectx = Arc::new(ExecutionContext {
+            ctx: ctx.clone(),
+            config: ExecutionConfig {
+                launcher: LauncherKind::Process(ProcessLauncher::new(launcher)),
+                callback_base_url: base,
+                deadline_grace: grace,
+                ttl: Duration::from_secs(3600),
+            },
+        });
+        let cb = router(Arc::new(CallbackState { ctx: ctx.clone() }));
+        let tasks = vec![
+            tokio::spawn(run_permit_controller(
+                Api::namespaced(client.clone(), ns),
+                ctx.clone(),
+                stopped(),
+            )),
+            tokio::spawn(run_execution_controller(
+                Api::namespaced(client.clone(), ns),
+                ectx,
+                stopped(),
+            )),
+            tokio::spawn({
+                let s = stopped();
+                async move {
+                    let _ = serve(listener, cb, s).await;
+                }
+            }),
+        ];
+        Operator { stop, tasks }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+}
+
+struct Env {
+    client: kube::Client,
+    ns: String,
+    up: Upstream,
+    dir: PathBuf,
+}
+
+impl Env {
+    async fn new(tag: &str) -> Option<Env> {
+        let client = client_or_skip().await?;
+        let ns = namespace(&client, tag).await;
+        let up = Upstream::start().await;
+        let dir = std::env::temp_dir().join(format!("oauth3-e2e-{ns}"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("dev.key"), hex::encode(DEV_KEY)).expect("key");
+        std::fs::write(dir.join("ca.pem"), &up.ca_pem).expect("ca");
+        // The owner seals the secret to the enclave key; only the runner can open it.
+        let public = crypto_box::SecretKey::from(DEV_KEY).public_key();
+        let secret = sealed_secret(&ns, "API_TOKEN", SECRET, public.as_bytes()).expect("sealed");
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .patch(
+                "api-token",
+                &PatchParams::apply(TEST_FIELD_MANAGER),
+                &Patch::Apply(&secret),
+            )
+            .await
+            .expect("sealed secret applied");
+        Some(Env {
+            client,
+            ns,
+            up,
+            dir,
+        })
+    }
+
+    fn runner(&self) -> ProcessLauncherConfig {
+        let d = |f: &str| self.dir.join(f).to_string_lossy().into_owned();
+        ProcessLauncherConfig {
+            binary: workspace_binary("oauth3-sandbox-runner", "oauth3-sandbox-runner"),
+            extra_args: vec![
+                "--key-provider".into(),
+                "dev".into(),
+                "--dev-key-file".into(),
+                d("dev.key"),
+                "--insecure-dev-key".into(),
+                "--ca-file".into(),
+                d("ca.pem"),
+            ],
+        }
+    }
+
+    async fn permit(&self, name: &str) {
+        let spec: PermitSpec = serde_json::from_value(json!({
+            "description": "e2e",
+            "capabilities": [{"name": "api", "baseUrl": format!("{}/v1", self.up.origin()),
+                "paths": ["/items", "/echo-auth"], "methods": ["GET"],
+                "auth": {"header": "Authorization", "value": "Bearer {API_TOKEN}"}}],
+            "secrets": ["API_TOKEN"], "validFor": "1h"
+        }))
+        .expect("spec");
+        Api::<Permit>::namespaced(self.client.clone(), &self.ns)
+            .create(&PostParams::default(), &Permit::new(name, spec))
+            .await
+            .expect("permit");
+    }
+
+    fn plugin(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(workspace_binary("oauth3-operator", "kubectl-oauth3"))
+            .env(
+                "KUBECONFIG",
+                std::env::var("TEST_KUBECONFIG").expect("kubeconfig"),
+            )
+            .args(["-n", &self.ns])
+            .args(args)
+            .output()
+            .expect("plugin runs")
+    }
+
+    async fn execution(&self, name: &str, permit: &str, code: &str, timeout: i32) {
+        let spec: ExecutionSpec = serde_json::from_value(json!({
+            "permitRef": permit, "code": code, "timeoutSeconds": timeout
+        }))
+        .expect("spec");
+        Api::<Execution>::namespaced(self.client.clone(), &self.ns)
+            .create(&PostParams::default(), &Execution::new(name, spec))
+            .await
+            .expect("execution");
+    }
+
+    async fn wait_exec(
+        &self,
+        name: &str,
+        what: &str,
+        pred: impl Fn(&Execution) -> bool,
+    ) -> Execution {
+        let api: Api<Execution> = Api::namespaced(self.client.clone(), &self.ns);
+        for _ in 0..600 {
+            if let Ok(e) = api.get(name).await
+                && pred(&e)
+            {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let e = api.get(name).await.expect("read");
+        panic!("Execution {name} never became {what}: {:?}", e.status);
+    }
+
+    async fn wait_permit(&self, name: &str, phase: PermitPhase) -> Permit {
+        let api: Api<Permit> = Api::namespaced(self.client.clone(), &self.ns);
+        for _ in 0..300 {
+            if let Ok(p) = api.get(name).await
+                && p.status.as_ref().and_then(|s| s.phase) == Some(phase)
+            {
+                return p;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("Permit {name} never became {phase:?}");
+    }
+}
+
+fn phase(e: &Execution) -> Option<ExecutionPhase> {
+    e.status.as_ref().and_then(|s| s.phase)
+}
+
+fn finished(e: &Execution) -> bool {
+    phase(e).is_some_and(ExecutionPhase::is_terminal)
+}
+
+async fn listener() -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+}
+
+#[tokio::test]
+async fn an_approved_permit_runs_code_with_the_injected_credential_end_to_end() {
+    let Some(env) = Env::new("e2e-flow").await else {
+        return;
+    };
+    let op = Operator::start(
+        &env.client,
+        &env.ns,
+        listener().await,
+        env.runner(),
+        Duration::from_secs(30),
+    )
+    .await;
+    env.permit("issues").await;
+    env.wait_permit("issues", PermitPhase::Pending).await;
+
+    let out = env.plugin(&["approve", "issues"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.wait_permit("issues", PermitPhase::Approved).await;
+
+    let code = r#"
+        const items = await api('GET', '/items');
+        const echoed = await api('GET', '/echo-auth');
+        console.log('upstream saw', JSON.stringify(echoed));
+        let denied = null;
+        try { await api('DELETE', '/items'); } catch (e) { denied = e.message; }
+        return {items, denied};
+    "#;
+    env.execution("run-1", "issues", code, 20).await;
+    let done = env.wait_exec("run-1", "finished", finished).await;
+    let status = done.status.clone().expect("status");
+    assert_eq!(status.phase, Some(ExecutionPhase::Succeeded), "{status:?}");
+
+    // The upstream saw exactly the two permitted requests, each with the unsealed credential.
+    let reqs = env.up.requests();
+    let paths: Vec<_> = reqs.iter().map(|r| r.path_and_query.as_str()).collect();
+    assert_eq!(paths, ["/v1/items", "/v1/echo-auth"]);
+    for r in &reqs {
+        assert_eq!(
+            r.header_values("authorization"),
+            [format!("Bearer {SECRET}").as_str()]
+        );
+    }
+    // The result, the call log and the redacted output are in status.
+    let result = status.result.clone().expect("result");
+    assert_eq!(result["items"]["path"], "/v1/items");
+    assert!(
+        result["denied"]
+            .as_str()
+            .unwrap_or("")
+            .contains("method DELETE not allowed for api"),
+        "{result}"
+    );
+    let decisions: Vec<_> = status
+        .calls
+        .iter()
+        .map(|c| format!("{:?}", c.decision))
+        .collect();
+    assert_eq!(decisions, ["Allowed", "Allowed", "Denied"]);
+    assert!(
+        status
+            .stdout
+            .as_deref()
+            .unwrap_or("")
+            .contains("[REDACTED]")
+    );
+    let everything = serde_json::to_string(&done).expect("json");
+    assert!(
+        !everything.contains(SECRET),
+        "the secret must not reach the Execution object"
+    );
+    assert!(status.launch.is_some() && status.completion_time.is_some());
+
+    // Usage was counted on the Permit, and the plugin shows the call log.
+    let permit = env.wait_permit("issues", PermitPhase::Approved).await;
+    let usage = permit.status.and_then(|s| s.usage).expect("usage");
+    assert_eq!((usage.executions, usage.calls), (1, 2));
+    let logs = env.plugin(&["logs", "run-1"]);
+    let text = String::from_utf8_lossy(&logs.stdout);
+    assert!(
+        text.contains("Succeeded") && text.contains("denied") && text.contains("/v1/items"),
+        "{text}"
+    );
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn an_execution_under_an_unapproved_permit_is_denied_and_never_runs() {
+    let Some(env) = Env::new("e2e-denied").await else {
+        return;
+    };
+    let op = Operator::start(
+        &env.client,
+        &env.ns,
+        listener().await,
+        env.runner(),
+        Duration::from_secs(30),
+    )
+    .await;
+    env.permit("issues").await;
+    env.wait_permit("issues", PermitPhase::Pending).await;
+    env.execution("sneaky", "issues", "return await api('GET', '/items')", 10)
+        .await;
+    env.execution("orphan", "no-such-permit", "return 1", 10)
+        .await;
+    let denied = env.wait_exec("sneaky", "finished", finished).await;
+    let s = denied.status.expect("status");
+    assert_eq!(s.phase, Some(ExecutionPhase::Denied));
+    assert_eq!(s.reason.as_deref(), Some("PermitNotApproved"));
+    assert!(s.launch.is_none(), "nothing was launched");
+    let orphan = env
+        .wait_exec("orphan", "finished", finished)
+        .await
+        .status
+        .expect("status");
+    assert_eq!(orphan.reason.as_deref(), Some("PermitNotFound"));
+    assert!(
+        orphan
+            .message
+            .unwrap_or_default()
+            .contains("no-such-permit")
+    );
+    assert!(
+        env.up.requests().is_empty(),
+        "no request may reach the upstream"
+    );
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn a_runner_that_never_reports_ends_timed_out() {
+    let Some(env) = Env::new("e2e-timeout").await else {
+        return;
+    };
+    // A "runner" that hangs and never calls back.
+    let script = env.dir.join("hang.sh");
+    std::fs::write(&script, "#!/bin/sh\nsleep 30\n").expect("script");
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&script)
+        .status()
+        .expect("chmod");
+    let launcher = ProcessLauncherConfig {
+        binary: script,
+        extra_args: vec![],
+    };
+    let op = Operator::start(
+        &env.client,
+        &env.ns,
+        listener().await,
+        launcher,
+        Duration::from_secs(1),
+    )
+    .await;
+    env.permit("issues").await;
+    env.wait_permit("issues", PermitPhase::Pending).await;
+    assert!(env.plugin(&["approve", "issues"]).status.success());
+    env.wait_permit("issues", PermitPhase::Approved).await;
+    env.execution("hang", "issues", "return 1", 1).await;
+    let done = env
+        .wait_exec("hang", "finished", finished)
+        .await
+        .status
+        .expect("status");
+    assert_eq!(done.phase, Some(ExecutionPhase::TimedOut));
+    assert_eq!(done.reason.as_deref(), Some("DeadlineExceeded"));
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn an_operator_restart_mid_run_neither_loses_nor_duplicates_it() {
+    let Some(env) = Env::new("e2e-restart").await else {
+        return;
+    };
+    let first = listener().await;
+    let addr = first.local_addr().expect("addr");
+    let op = Operator::start(
+        &env.client,
+        &env.ns,
+        first,
+        env.runner(),
+        Duration::from_secs(30),
+    )
+    .await;
+    env.permit("issues").await;
+    env.wait_permit("issues", PermitPhase::Pending).await;
+    assert!(env.plugin(&["approve", "issues"]).status.success());
+    env.wait_permit("issues", PermitPhase::Approved).await;
+    // Busy for three seconds, then one call: the operator restarts in between.
+    let code = "const end = Date.now() + 3000; while (Date.now() < end) {} return await api('GET', '/items');";
+    env.execution("slow", "issues", code, 30).await;
+    let running = env
+        .wait_exec("slow", "Running", |e| {
+            phase(e) == Some(ExecutionPhase::Running)
+        })
+        .await;
+    let launched_at = running
+        .status
+        .and_then(|s| s.launch)
+        .expect("launch")
+        .launched_at;
+    op.stop().await;
+
+    // A new operator instance on the same callback address picks up where the old one left.
+    let again = tokio::net::TcpListener::bind(addr)
+        .await
+        .expect("rebind callback address");
+    let op = Operator::start(
+        &env.client,
+        &env.ns,
+        again,
+        env.runner(),
+        Duration::from_secs(30),
+    )
+    .await;
+    let done = env
+        .wait_exec("slow", "finished", finished)
+        .await
+        .status
+        .expect("status");
+    assert_eq!(done.phase, Some(ExecutionPhase::Succeeded), "{done:?}");
+    assert_eq!(
+        done.launch.expect("launch").launched_at,
+        launched_at,
+        "launched exactly once"
+    );
+    assert_eq!(
+        env.up.requests().len(),
+        1,
+        "the code ran once: one upstream request"
+    );
+    let permit = env.wait_permit("issues", PermitPhase::Approved).await;
+    assert_eq!(
+        permit.status.and_then(|s| s.usage).map(|u| u.executions),
+        Some(1)
+    );
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn a_replayed_or_forged_result_is_refused() {
+    let Some(env) = Env::new("e2e-replay").await else {
+        return;
+    };
+    let l = listener().await;
+    let base = format!("http://{}", l.local_addr().expect("addr"));
+    let op = Operator::start(
+        &env.client,
+        &env.ns,
+        l,
+        env.runner(),
+        Duration::from_secs(30),
+    )
+    .await;
+    env.permit("issues").await;
+    env.wait_permit("issues", PermitPhase::Pending).await;
+    assert!(env.plugin(&["approve", "issues"]).status.success());
+    env.wait_permit("issues", PermitPhase::Approved).await;
+    env.execution("once", "issues", "return 7", 10).await;
+    let done = env.wait_exec("once", "finished", finished).await;
+    assert_eq!(phase(&done), Some(ExecutionPhase::Succeeded));
+    let uid = done.metadata.uid.clone().expect("uid");
+    let forged: Value = json!({"execution": {"namespace": env.ns, "name": "once", "uid": uid},
+        "phase": "Succeeded", "result": 666, "stdout": "", "stderr": "", "calls": [],
+        "durationMs": 1, "codeDigest": "x", "permitDigest": "y", "rateBudget": {},
+        "attestation": {"kind": "none"}, "statementDigest": "z"});
+    let http = reqwest_like_post(
+        &format!("{base}/v1/results/{}/once", env.ns),
+        "forged-token",
+        &forged,
+    )
+    .await;
+    assert_eq!(http, 409, "a finished Execution accepts no further result");
+    let http = reqwest_like_post(&format!("{base}/v1/results/{}/once", env.ns), "", &forged).await;
+    assert_eq!(http, 401, "no token, no result");
+    let after = Api::<Execution>::namespaced(env.client.clone(), &env.ns)
+        .get("once")
+        .await
+        .expect("read");
+    assert_eq!(
+        after.status.and_then(|s| s.result),
+        Some(json!(7)),
+        "the recorded result is unchanged"
+    );
+    op.stop().await;
+}
+
+/// A minimal HTTP/1.1 POST over a TCP socket; returns the status code.
+async fn reqwest_like_post(url: &str, token: &str, body: &Value) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest.split_once('/').expect("path");
+    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
+    let body = body.to_string();
+    let auth = if token.is_empty() {
+        String::new()
+    } else {
+        format!("Authorization: Bearer {token}\r\n")
+    };
+    let req = format!(
+        "POST /{path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.expect("read");
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code")
+}
