@@ -37,6 +37,14 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         bundle: PathBuf,
     },
+    /// Print the X25519 public key (64 hex characters) of the key that opens sealed secrets,
+    /// as the selected key provider yields it. Owners seal secrets to this key
+    /// (`kubectl oauth3 seal --public-key ...`); inside a TEE, compare it with the key the
+    /// attested runner reports before sealing anything.
+    PublicKey {
+        #[command(flatten)]
+        keys: KeyProviderArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +160,24 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { bundle } => validate(&bundle),
         Command::Run(args) => runtime.block_on(run(args)),
+        Command::PublicKey { keys } => runtime.block_on(public_key(&keys)),
+    }
+}
+
+async fn public_key(keys: &KeyProviderArgs) -> ExitCode {
+    let provider = match keys.provider() {
+        Ok(p) => p,
+        Err(e) => return usage_error(e),
+    };
+    match provider.secret_key().await {
+        Ok(key) => {
+            println!("{}", hex::encode(key.public_key().as_bytes()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

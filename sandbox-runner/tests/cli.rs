@@ -350,3 +350,33 @@ async fn a_plain_http_callback_off_loopback_is_refused_and_gets_no_token() {
     assert!(stderr.contains("callback.url"), "{stderr}");
     assert!(!stderr.contains("cb-token-xyz"));
 }
+
+#[test]
+fn public_key_prints_the_key_that_sealed_secrets_are_made_for() {
+    let dir = TempDir::new("pubkey");
+    let key_file = dir.0.join("dev.key");
+    std::fs::write(&key_file, "09".repeat(32)).expect("key");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_oauth3-sandbox-runner"))
+        .args([
+            "public-key",
+            "--key-provider",
+            "dev",
+            "--insecure-dev-key",
+            "--dev-key-file",
+        ])
+        .arg(&key_file)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let expected = crypto_box::SecretKey::from([9u8; 32]).public_key();
+    assert_eq!(printed, hex::encode(expected.as_bytes()));
+    assert!(
+        !printed.contains(&"09".repeat(32)),
+        "the private key is never printed"
+    );
+}
