@@ -237,6 +237,7 @@ async fn accept_result(
         Err(e) => return Err(e.into()),
     }
     record_usage(&state.ctx, &namespace, &exec.spec.permit_ref, &result).await;
+    crate::execution::controller::cleanup_pod(&state.ctx.client, &exec).await;
     let note = format!(
         "{:?} in {} ms with {} call(s)",
         result.phase,

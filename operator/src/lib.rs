@@ -2,6 +2,7 @@
 //! conditions and errors; launchers; the plain-words Permit description; the kubectl plugin.
 
 pub mod callback;
+pub mod cli;
 pub mod conditions;
 pub mod context;
 pub mod describe;

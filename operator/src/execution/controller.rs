@@ -33,7 +33,11 @@ use crate::Context;
 use crate::callback::token_digest;
 use crate::execution::admission::{Admission, admit};
 use crate::execution::bundle::{CallbackTarget, build_bundle};
+use crate::launcher::pod::{PodLaunchConfig, desired_network_policy, desired_pod, run_object_name};
 use crate::launcher::process::ProcessLauncher;
+use crate::launcher::{LaunchError, Launched};
+use oauth3_crds::constants::FIELD_MANAGER;
+use oauth3_sandbox_runner::bundle::Bundle;
 
 /// How often an Execution waiting for code approval is looked at again.
 pub const AWAITING_RECHECK: Duration = Duration::from_secs(5);
@@ -43,6 +47,8 @@ pub const AWAITING_RECHECK: Duration = Duration::from_secs(5);
 pub enum LauncherKind {
     /// A local child process (development, tests, `make demo`).
     Process(ProcessLauncher),
+    /// A confidential-container Pod per Execution (see [`crate::launcher::pod`]).
+    Pod(Box<PodLaunchConfig>),
 }
 
 /// Settings of the Execution controller.
@@ -360,6 +366,9 @@ async fn launch(
                 return Ok(Action::requeue(Duration::from_secs(1)));
             }
         },
+        // The pod launcher projects the sealed Secrets into the Pod; the kubelet fails the Pod
+        // (and so the run) if one is missing.
+        LauncherKind::Pod(_) => Vec::new(),
     };
     let token = Zeroizing::new(hex::encode(rand::random::<[u8; 32]>()));
     let timeout = SignedDuration::from_secs(i64::from(exec.spec.timeout_seconds));
@@ -367,6 +376,7 @@ async fn launch(
     let deadline = now.checked_add(timeout + grace).unwrap_or(Timestamp::MAX);
     let launcher = match &config.launcher {
         LauncherKind::Process(_) => "process",
+        LauncherKind::Pod(_) => "pod",
     };
     // The launch lock: only the writer that moves the Execution to Running launches.
     let running = json!({
@@ -387,6 +397,7 @@ async fn launch(
     let bundle = build_bundle(exec, permit, permit_digest, sealed, Some(&callback));
     let launched = match &config.launcher {
         LauncherKind::Process(p) => p.launch(&bundle).await,
+        LauncherKind::Pod(cfg) => launch_pod(ctx, exec, permit, cfg, &bundle).await,
     };
     let name = exec.name_any();
     match launched {
@@ -436,6 +447,84 @@ async fn launch(
         }
     }
     Ok(Action::requeue(to_std(deadline.duration_since(now))))
+}
+
+/// Applies the bundle Secret, the NetworkPolicy and the Pod of an Execution (server-side
+/// apply, one field manager; all owned by the Execution).
+async fn launch_pod(
+    ctx: &Context,
+    exec: &Execution,
+    permit: &Permit,
+    config: &PodLaunchConfig,
+    bundle: &Bundle,
+) -> Result<Launched, LaunchError> {
+    let namespace = exec.namespace().unwrap_or_default();
+    let name = run_object_name(&exec.name_any());
+    let pod = desired_pod(exec, permit, config).map_err(|e| LaunchError::Pod(e.to_string()))?;
+    let policy =
+        desired_network_policy(exec, config).map_err(|e| LaunchError::Pod(e.to_string()))?;
+    let owner = pod.metadata.owner_references.clone();
+    let body = serde_json::to_string(bundle)
+        .map_err(|e| LaunchError::Pod(format!("serialising the bundle: {e}")))?;
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(namespace.clone()),
+            owner_references: owner,
+            labels: pod.metadata.labels.clone(),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        string_data: Some([(crate::launcher::pod::BUNDLE_FILE.to_owned(), body)].into()),
+        ..Default::default()
+    };
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
+        .patch(&name, &pp, &Patch::Apply(&secret))
+        .await
+        .map_err(|e| LaunchError::Pod(format!("applying the bundle Secret {name}: {e}")))?;
+    Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(
+        ctx.client.clone(),
+        &namespace,
+    )
+    .patch(&name, &pp, &Patch::Apply(&policy))
+    .await
+    .map_err(|e| LaunchError::Pod(format!("applying the NetworkPolicy {name}: {e}")))?;
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(ctx.client.clone(), &namespace)
+        .patch(&name, &pp, &Patch::Apply(&pod))
+        .await
+        .map_err(|e| LaunchError::Pod(format!("applying the Pod {name}: {e}")))?;
+    Ok(Launched {
+        handle: format!("pod/{name}"),
+    })
+}
+
+/// Deletes the Pod and the bundle Secret (which holds the spent callback token) of a finished
+/// pod-launched Execution; the NetworkPolicy goes with the Execution (owner reference).
+pub async fn cleanup_pod(client: &kube::Client, exec: &Execution) {
+    let uses_pod = exec
+        .status
+        .as_ref()
+        .and_then(|s| s.launch.as_ref())
+        .is_some_and(|l| l.launcher == "pod");
+    if !uses_pod {
+        return;
+    }
+    let namespace = exec.namespace().unwrap_or_default();
+    let name = run_object_name(&exec.name_any());
+    let dp = DeleteParams::default();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &namespace);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    for result in [
+        pods.delete(&name, &dp).await.map(|_| ()),
+        secrets.delete(&name, &dp).await.map(|_| ()),
+    ] {
+        match result {
+            Ok(()) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => tracing::warn!(execution = %key(exec), error = %e, "cleaning up the sandbox"),
+        }
+    }
 }
 
 /// Counts the Execution against the Permit's `maxExecutions` and consumes a `once` code trust.

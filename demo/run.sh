@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# `make demo`: the main flow end to end on a local control plane, with the real binaries.
+# An agent requests a Permit for a (stand-in) GitHub issues API, the owner reviews and approves
+# it with `kubectl oauth3`, the agent submits Executions, and the operator runs each in the
+# sandbox runner (process launcher: no TEE here), which injects the owner's sealed token.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+D=${OAUTH3_DEMO_DIR:-$repo/.demo}
+NS=oauth3-demo
+BIN=$repo/target/debug
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+pids=()
+started_cluster=
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  if [ -n "$started_cluster" ]; then bash tests/cluster/control-plane.sh down >/dev/null 2>&1 || true; fi
+}
+trap cleanup EXIT
+
+say "Building oauth3 (operator, kubectl plugin, sandbox runner)"
+cargo build -q --bins
+rm -rf "$D"; mkdir -p "$D"
+
+say "Starting a local control plane (etcd + kube-apiserver)"
+bash tests/cluster/control-plane.sh status >/dev/null 2>&1 || started_cluster=1
+KUBECONFIG=$(bash tests/cluster/control-plane.sh up | tail -n1)
+export KUBECONFIG
+kubectl apply --server-side -f charts/oauth3/crds/ >/dev/null
+kubectl wait --for condition=established --timeout=60s crd/permits.oauth3.dev crd/executions.oauth3.dev >/dev/null
+kubectl create namespace "$NS" >/dev/null 2>&1 || true
+kubectl() { command kubectl -n "$NS" "$@"; }
+oauth3() { "$BIN/kubectl-oauth3" -n "$NS" "$@"; }
+
+say "Starting a stand-in for api.github.com (HTTPS on loopback, records what it receives)"
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=demo-ca -keyout "$D/ca.key" -out "$D/ca.crt" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout "$D/up.key" -out "$D/up.csr" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > "$D/up.cnf"
+openssl x509 -req -in "$D/up.csr" -CA "$D/ca.crt" -CAkey "$D/ca.key" -CAcreateserial -days 1 -extfile "$D/up.cnf" -out "$D/up.crt" 2>/dev/null
+python3 demo/upstream.py --cert "$D/up.crt" --key "$D/up.key" --port-file "$D/up.port" --log "$D/upstream.log" &
+pids+=($!)
+for _ in $(seq 1 50); do [ -s "$D/up.port" ] && break; sleep 0.1; done
+UP="https://127.0.0.1:$(cat "$D/up.port")"
+echo "upstream: $UP"
+
+say "The enclave key (development key provider: NOT confidential, demo only)"
+openssl rand -hex 32 > "$D/dev.key"
+PK=$("$BIN/oauth3-sandbox-runner" public-key --key-provider dev --dev-key-file "$D/dev.key" --insecure-dev-key)
+echo "public key: $PK"
+
+say "The owner seals their GitHub token to that key (only the runner can open it)"
+TOKEN="ghp_demo_$(openssl rand -hex 10)"
+oauth3 seal GITHUB_TOKEN --public-key "$PK" --from-literal "$TOKEN" --apply
+
+say "Starting the operator (process launcher)"
+"$BIN/oauth3-operator" --namespace "$NS" --leader-elect=false --metrics-addr 127.0.0.1:0 \
+  --launcher process --runner-binary "$BIN/oauth3-sandbox-runner" \
+  --runner-arg=--key-provider --runner-arg=dev --runner-arg=--dev-key-file --runner-arg="$D/dev.key" \
+  --runner-arg=--insecure-dev-key --runner-arg=--ca-file --runner-arg="$D/ca.crt" \
+  --callback-addr 127.0.0.1:0 > "$D/operator.log" 2>&1 &
+pids+=($!)
+
+say "The agent requests a Permit (examples/permit-github-issues.yaml, pointed at the stand-in)"
+sed "s|https://api.github.com|$UP|" examples/permit-github-issues.yaml | kubectl apply -f - >/dev/null
+kubectl wait --for=jsonpath='{.status.phase}'=Pending --timeout=60s permit/github-issues >/dev/null
+kubectl get permits
+
+say "What the owner reviews: kubectl oauth3 get github-issues"
+oauth3 get github-issues
+
+say "The owner approves it: kubectl oauth3 approve github-issues"
+oauth3 approve github-issues
+kubectl wait --for=jsonpath='{.status.phase}'=Approved --timeout=60s permit/github-issues >/dev/null
+
+say "The agent submits Executions"
+kubectl apply -f examples/execution-list-issues.yaml -f examples/execution-create-issue.yaml >/dev/null
+cat > "$D/sneaky.yaml" <<YAML
+apiVersion: oauth3.dev/v1alpha1
+kind: Execution
+metadata: {name: try-to-escape}
+spec:
+  permitRef: github-issues
+  code: |
+    const tries = [];
+    for (const [m, p] of [['DELETE', '/repos/owner/repo/issues/1'], ['GET', '/user/repos'],
+                          ['GET', '/repos/owner/repo/issues/%2e%2e/%2e%2e/secrets']]) {
+      try { await github(m, p); tries.push('sent ' + p); } catch (e) { tries.push(e.message); }
+    }
+    console.log(typeof fetch, typeof require, typeof process);
+    return tries;
+YAML
+kubectl apply -f "$D/sneaky.yaml" >/dev/null
+for e in count-open-issues file-flaky-test-issue try-to-escape; do
+  for _ in $(seq 1 300); do
+    p=$(kubectl get execution "$e" -o 'jsonpath={.status.phase}' 2>/dev/null || true)
+    case "$p" in Succeeded|Failed|Denied|TimedOut) break ;; esac
+    sleep 0.2
+  done
+done
+kubectl get executions
+
+for e in count-open-issues file-flaky-test-issue try-to-escape; do
+  say "kubectl oauth3 logs $e"
+  oauth3 logs "$e"
+done
+
+say "What the upstream received (the token was injected inside the runner)"
+python3 - "$D/upstream.log" "$TOKEN" <<'PY'
+import json, sys
+token = sys.argv[2]
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    auth = (r["authorization"] or "").replace(token, token[:12] + "…")
+    print(f'{r["method"]:5} {r["path"]:55} Authorization: {auth}')
+PY
+
+say "Where the token does NOT appear"
+leaks=$(kubectl get permits,executions,events -o json | grep -c "$TOKEN" || true)
+echo "occurrences of the token in Permits, Executions and Events: $leaks"
+grep -q "$TOKEN" "$D/operator.log" && echo "operator log: LEAKED" || echo "occurrences in the operator log: 0"
+[ "$leaks" = 0 ]
+say "Done. The control plane is $( [ -n "$started_cluster" ] && echo "stopped on exit" || echo "left running (make cluster-down)")."
