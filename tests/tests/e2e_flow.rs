@@ -540,3 +540,170 @@ async fn reqwest_like_post(url: &str, token: &str, body: &Value) -> u16 {
         .and_then(|c| c.parse().ok())
         .expect("status code")
 }
+
+#[tokio::test]
+async fn the_pod_launcher_creates_the_sandbox_once_and_cleans_up_after_the_result() {
+    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let Some(env) = Env::new("e2e-pod").await else {
+        return;
+    };
+    let rc: k8s_openapi::api::node::v1::RuntimeClass = serde_json::from_value(json!({
+        "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+        "metadata": {"name": "kata-qemu-tdx"}, "handler": "kata-qemu-tdx"}))
+    .expect("rc");
+    Api::<k8s_openapi::api::node::v1::RuntimeClass>::all(env.client.clone())
+        .patch(
+            "kata-qemu-tdx",
+            &PatchParams::apply(TEST_FIELD_MANAGER).force(),
+            &Patch::Apply(&rc),
+        )
+        .await
+        .expect("runtime class");
+    let l = listener().await;
+    let base = format!("http://{}", l.local_addr().expect("addr"));
+    let (stop, rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let ctx = Arc::new(Context::new(env.client.clone()));
+    let ectx = Arc::new(ExecutionContext {
+        ctx: ctx.clone(),
+        config: ExecutionConfig {
+            launcher: LauncherKind::Pod(Box::default()),
+            callback_base_url: base.clone(),
+            deadline_grace: Duration::from_secs(30),
+            ttl: Duration::from_secs(3600),
+        },
+    });
+    let cb = router(Arc::new(CallbackState { ctx: ctx.clone() }));
+    let tasks = vec![
+        tokio::spawn(run_permit_controller(
+            Api::namespaced(env.client.clone(), &env.ns),
+            ctx.clone(),
+            stopped(),
+        )),
+        tokio::spawn(run_execution_controller(
+            Api::namespaced(env.client.clone(), &env.ns),
+            ectx,
+            stopped(),
+        )),
+        tokio::spawn({
+            let s = stopped();
+            async move {
+                let _ = serve(l, cb, s).await;
+            }
+        }),
+    ];
+    env.permit("issues").await;
+    env.wait_permit("issues", PermitPhase::Pending).await;
+    assert!(env.plugin(&["approve", "issues"]).status.success());
+    env.wait_permit("issues", PermitPhase::Approved).await;
+    env.execution("in-pod", "issues", "return 1", 10).await;
+    let running = env
+        .wait_exec("in-pod", "launched", |e| {
+            e.status.as_ref().and_then(|s| s.pod_name.clone()).is_some()
+        })
+        .await;
+    assert_eq!(phase(&running), Some(ExecutionPhase::Running));
+    assert_eq!(
+        running
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_name.clone())
+            .as_deref(),
+        Some("pod/oauth3-run-in-pod")
+    );
+
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
+    let pod = pods.get("oauth3-run-in-pod").await.expect("sandbox pod");
+    assert_eq!(
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.runtime_class_name.as_deref()),
+        Some("kata-qemu-tdx")
+    );
+    Api::<NetworkPolicy>::namespaced(env.client.clone(), &env.ns)
+        .get("oauth3-run-in-pod")
+        .await
+        .expect("network policy");
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns);
+    let bundle_secret = secrets
+        .get("oauth3-run-in-pod")
+        .await
+        .expect("bundle secret");
+    let raw = bundle_secret.data.expect("data")["bundle.json"].0.clone();
+    let bundle: Value = serde_json::from_slice(&raw).expect("bundle json");
+    assert_eq!(
+        bundle["sealedSecrets"],
+        json!([]),
+        "sealed secrets are projected, not copied"
+    );
+    let token = bundle["callback"]["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    assert!(
+        bundle["callback"]["url"]
+            .as_str()
+            .expect("url")
+            .ends_with(&format!("/v1/results/{}/in-pod", env.ns))
+    );
+    let stored = serde_json::to_string(&running).expect("json");
+    assert!(
+        !stored.contains(&token),
+        "only the token's digest is stored on the Execution"
+    );
+
+    // The runner inside the Pod reports back with its token.
+    let uid = running.metadata.uid.clone().expect("uid");
+    let result = json!({"execution": {"namespace": env.ns, "name": "in-pod", "uid": uid},
+        "phase": "Succeeded", "result": 1, "stdout": "", "stderr": "", "calls": [],
+        "durationMs": 3, "codeDigest": "sha256:x", "permitDigest": "sha256:y", "rateBudget": {},
+        "attestation": {"kind": "none"}, "statementDigest": "sha256:z"});
+    let wrong = reqwest_like_post(
+        &format!("{base}/v1/results/{}/in-pod", env.ns),
+        "not-the-token",
+        &result,
+    )
+    .await;
+    assert_eq!(wrong, 401);
+    let ok = reqwest_like_post(
+        &format!("{base}/v1/results/{}/in-pod", env.ns),
+        &token,
+        &result,
+    )
+    .await;
+    assert_eq!(ok, 204);
+    let replay = reqwest_like_post(
+        &format!("{base}/v1/results/{}/in-pod", env.ns),
+        &token,
+        &result,
+    )
+    .await;
+    assert_eq!(replay, 409, "a token works once");
+    let done = env.wait_exec("in-pod", "finished", finished).await;
+    assert_eq!(phase(&done), Some(ExecutionPhase::Succeeded));
+    assert!(
+        pods.get_opt("oauth3-run-in-pod")
+            .await
+            .expect("read")
+            .is_none(),
+        "the sandbox pod is deleted"
+    );
+    assert!(
+        secrets
+            .get_opt("oauth3-run-in-pod")
+            .await
+            .expect("read")
+            .is_none(),
+        "the spent bundle is deleted"
+    );
+    let _ = stop.send(true);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+}
