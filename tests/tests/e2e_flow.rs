@@ -41,6 +41,25 @@ impl Operator {
         launcher: ProcessLauncherConfig,
         grace: Duration,
     ) -> Operator {
+        Self::start_with_ttl(
+            client,
+            ns,
+            listener,
+            launcher,
+            grace,
+            Duration::from_secs(3600),
+        )
+        .await
+    }
+
+    async fn start_with_ttl(
+        client: &kube::Client,
+        ns: &str,
+        listener: tokio::net::TcpListener,
+        launcher: ProcessLauncherConfig,
+        grace: Duration,
+        ttl: Duration,
+    ) -> Operator {
         let (stop, rx) = watch::channel(false);
         let stopped = move || {
             let mut rx = rx.clone();
@@ -56,7 +75,7 @@ impl Operator {
                 launcher: LauncherKind::Process(ProcessLauncher::new(launcher)),
                 callback_base_url: base,
                 deadline_grace: grace,
-                ttl: Duration::from_secs(3600),
+                ttl,
             },
         });
         let cb = router(Arc::new(CallbackState { ctx: ctx.clone() }));
@@ -706,4 +725,38 @@ async fn the_pod_launcher_creates_the_sandbox_once_and_cleans_up_after_the_resul
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
     }
+}
+
+#[tokio::test]
+async fn finished_executions_are_deleted_after_their_ttl() {
+    let Some(env) = Env::new("e2e-ttl").await else {
+        return;
+    };
+    let op = Operator::start_with_ttl(
+        &env.client,
+        &env.ns,
+        listener().await,
+        env.runner(),
+        Duration::from_secs(30),
+        Duration::from_secs(2),
+    )
+    .await;
+    env.execution("refused", "no-such-permit", "return 1", 5)
+        .await;
+    let done = env.wait_exec("refused", "finished", finished).await;
+    assert_eq!(phase(&done), Some(ExecutionPhase::Denied));
+    let api: Api<Execution> = Api::namespaced(env.client.clone(), &env.ns);
+    let mut gone = false;
+    for _ in 0..100 {
+        if api.get_opt("refused").await.expect("read").is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        gone,
+        "a finished Execution is deleted once its TTL has passed"
+    );
+    op.stop().await;
 }
