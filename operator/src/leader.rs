@@ -46,22 +46,22 @@ pub enum LeaderError {
         namespace: String,
         /// Lease name.
         name: String,
-        /// The API error.
+        /// The API error (boxed: it is large).
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// Creating, acquiring, renewing or releasing the Lease failed.
-    #[error("writing Lease {namespace}/{name} ({step:?}): {source}")]
+    #[error("writing Lease {namespace}/{name} to {step}: {source}")]
     WriteLease {
-        /// What the write was for.
-        step: Step,
+        /// What the write was for (see [`Step::action`]).
+        step: &'static str,
         /// Namespace.
         namespace: String,
         /// Lease name.
         name: String,
-        /// The API error.
+        /// The API error (boxed: it is large).
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// A duration flag could not be parsed.
     #[error("invalid duration {0:?}: use e.g. 15s, 500ms or 2 (seconds)")]
@@ -189,6 +189,19 @@ pub enum Step {
     },
     /// Releasing the Lease on shutdown (only used to name a failed write).
     Release,
+}
+
+impl Step {
+    /// What writing the Lease for this step does, in words.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Self::Create => "create it",
+            Self::Acquire => "acquire it",
+            Self::Renew => "renew it",
+            Self::Wait { .. } => "wait",
+            Self::Release => "release it",
+        }
+    }
 }
 
 /// Decides the next step of candidate `me` from the observed Lease `spec` (`None`: no Lease)
@@ -343,7 +356,8 @@ impl LeaderElector {
                     tracing::warn!(error = %e, "leader election");
                     let conflict = matches!(
                         &e,
-                        LeaderError::WriteLease { source: kube::Error::Api(s), .. } if s.code == 409
+                        LeaderError::WriteLease { source, .. }
+                            if matches!(&**source, kube::Error::Api(s) if s.code == 409)
                     );
                     let overdue =
                         last_renewal.is_none_or(|t| t.elapsed() >= self.config.renew_deadline());
@@ -440,7 +454,7 @@ impl LeaderElector {
             .map_err(|source| LeaderError::ReadLease {
                 namespace: self.config.namespace.clone(),
                 name: self.config.lease_name.clone(),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -455,10 +469,10 @@ impl LeaderElector {
 
     fn write_error(&self, step: &Step, source: kube::Error) -> LeaderError {
         LeaderError::WriteLease {
-            step: step.clone(),
+            step: step.action(),
             namespace: self.config.namespace.clone(),
             name: self.config.lease_name.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 
