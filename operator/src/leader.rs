@@ -110,6 +110,11 @@ impl LeaderConfig {
                 "the lease duration must be at least 1s",
             ));
         }
+        if self.lease_duration.subsec_nanos() != 0 {
+            return Err(LeaderError::InvalidConfig(
+                "the lease duration must be whole seconds",
+            ));
+        }
         if self.renew_interval.is_zero() || self.retry_interval.is_zero() {
             return Err(LeaderError::InvalidConfig(
                 "the renew and retry intervals must be positive",
@@ -695,6 +700,9 @@ mod tests {
         assert!(matches!(c.validate(), Err(LeaderError::InvalidConfig(_))));
         let mut c = config("a");
         c.lease_duration = Duration::from_millis(500);
+        assert!(matches!(c.validate(), Err(LeaderError::InvalidConfig(_))));
+        let mut c = config("a");
+        c.lease_duration = Duration::from_millis(2500);
         assert!(matches!(c.validate(), Err(LeaderError::InvalidConfig(_))));
         assert!(matches!(
             config("").validate(),

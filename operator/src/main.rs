@@ -35,7 +35,14 @@ struct Args {
     namespace: Option<String>,
     /// Take part in leader election (`--leader-elect=false` to reconcile unconditionally;
     /// run a single replica then).
-    #[arg(long, env = "OAUTH3_LEADER_ELECT", default_value_t = true, action = ArgAction::Set)]
+    #[arg(
+        long,
+        env = "OAUTH3_LEADER_ELECT",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = ArgAction::Set
+    )]
     leader_elect: bool,
     /// Namespace of the leader election Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
