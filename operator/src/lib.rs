@@ -8,7 +8,10 @@ pub mod context;
 pub mod describe;
 pub mod error;
 pub mod execution;
+pub mod http;
 pub mod launcher;
+pub mod leader;
+pub mod metrics;
 pub mod permit;
 pub mod plugin;
 

@@ -1,21 +1,67 @@
-//! The `oauth3-operator` binary: runs the Permit controller until Ctrl-C or SIGTERM.
+//! The `oauth3-operator` binary: serves metrics and health, takes part in leader election and
+//! runs the Permit controller while leading, until Ctrl-C or SIGTERM.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{ArgAction, Parser};
+use futures::StreamExt;
+use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 use oauth3_crds::Permit;
-use oauth3_operator::{Context, run_permit_controller};
+use oauth3_operator::http::{
+    DEFAULT_API_FRESHNESS, DEFAULT_PROBE_INTERVAL, Health, HttpState, probe_api_server, router,
+    serve,
+};
+use oauth3_operator::leader::{
+    LEASE_NAME, LeaderConfig, LeaderElector, StopSignal, default_identity, parse_duration,
+    run_while_leading,
+};
+use oauth3_operator::metrics::Metrics;
+use oauth3_operator::{Context, permit};
+use tokio::sync::{oneshot, watch};
 
 /// oauth3 operator: keeps Permit status (digest, phase, approval expiry, conditions) true to
-/// each Permit's spec and its owner's decision.
+/// each Permit's spec and its owner's decision. Of several replicas, only the holder of the
+/// `oauth3-operator` Lease reconciles; the others stand by and take over when it goes away.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "OAUTH3_NAMESPACE")]
     namespace: Option<String>,
+    /// Take part in leader election (`--leader-elect=false` to reconcile unconditionally;
+    /// run a single replica then).
+    #[arg(
+        long,
+        env = "OAUTH3_LEADER_ELECT",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = ArgAction::Set
+    )]
+    leader_elect: bool,
+    /// Namespace of the leader election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease (default: `$POD_NAME`, else hostname-pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long the Lease stays valid after a renewal (e.g. `15s`).
+    #[arg(long, env = "OAUTH3_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    lease_duration: Duration,
+    /// How often the leader renews the Lease (e.g. `5s`, `500ms`).
+    #[arg(long, env = "OAUTH3_LEASE_RENEW_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    lease_renew_interval: Duration,
+    /// How often a standby tries to take the Lease (e.g. `2s`).
+    #[arg(long, env = "OAUTH3_LEASE_RETRY_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    lease_retry_interval: Duration,
+    /// Address of the `/metrics`, `/healthz` and `/readyz` endpoints.
+    #[arg(long, env = "OAUTH3_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
     /// Log filter, in `RUST_LOG` syntax.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -32,17 +78,125 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API (kubeconfig or in-cluster)")?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    let stopping = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let metrics = Arc::new(Metrics::new());
+    let mut health = Health::new(DEFAULT_API_FRESHNESS);
+    let elector = if args.leader_elect {
+        let config = LeaderConfig {
+            lease_name: LEASE_NAME.to_owned(),
+            namespace: args.lease_namespace.clone(),
+            identity: args.identity.clone().unwrap_or_else(default_identity),
+            lease_duration: args.lease_duration,
+            renew_interval: args.lease_renew_interval,
+            retry_interval: args.lease_retry_interval,
+        };
+        let elector = LeaderElector::new(client.clone(), config)
+            .context("configuring leader election")?
+            .with_metrics(metrics.clone());
+        health = health.with_elector(elector.subscribe());
+        Some(elector)
+    } else {
+        None
+    };
+    let health = Arc::new(health);
+
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+    let app = router(HttpState {
+        metrics: metrics.clone(),
+        health: health.clone(),
+    });
+    let http = tokio::spawn(serve(listener, app, stopping()));
+    tokio::spawn(probe_api_server(
+        client.clone(),
+        health,
+        DEFAULT_PROBE_INTERVAL,
+        stopping(),
+    ));
+
     let api: Api<Permit> = match &args.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    tracing::info!(
-        namespace = args.namespace.as_deref().unwrap_or("(all)"),
-        "starting the Permit controller"
-    );
-    run_permit_controller(api, Arc::new(Context::new(client)), shutdown_signal()).await;
+    let ctx = Arc::new(Context::new(client));
+    let controllers = {
+        let metrics = metrics.clone();
+        move |stop: StopSignal| {
+            tracing::info!(
+                namespace = args.namespace.as_deref().unwrap_or("(all)"),
+                "starting the Permit controller"
+            );
+            run_permit_controller(api.clone(), ctx.clone(), metrics.clone(), stop.wait())
+        }
+    };
+
+    match elector {
+        Some(elector) => {
+            tracing::info!(identity = %elector.config().identity, "leader election on");
+            let leading = elector.subscribe();
+            let (release_tx, release_rx) = oneshot::channel::<()>();
+            let elector = tokio::spawn(elector.run(async {
+                let _ = release_rx.await;
+            }));
+            run_while_leading(leading, stopping(), controllers).await;
+            // Release the Lease only after the controllers stopped, so two never overlap.
+            let _ = release_tx.send(());
+            elector.await.context("leader elector task")?;
+        }
+        None => {
+            metrics.set_leader(true);
+            let (_always, leading) = watch::channel(true);
+            run_while_leading(leading, stopping(), controllers).await;
+        }
+    }
+    http.await.context("HTTP server task")??;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Runs the Permit controller until `stop` resolves, counting and timing each reconcile.
+async fn run_permit_controller(
+    api: Api<Permit>,
+    ctx: Arc<Context>,
+    metrics: Arc<Metrics>,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    Controller::new(api, watcher::Config::default())
+        .graceful_shutdown_on(stop)
+        .run(
+            move |permit, ctx| {
+                let metrics = metrics.clone();
+                async move {
+                    metrics
+                        .instrument("permit", permit::reconcile(permit, ctx))
+                        .await
+                }
+            },
+            permit::error_policy,
+            ctx,
+        )
+        .for_each(|result| async move {
+            match result {
+                Ok((permit, action)) => tracing::debug!(permit = %permit, ?action, "reconciled"),
+                Err(e) => tracing::warn!(error = %e, "permit controller"),
+            }
+        })
+        .await;
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
