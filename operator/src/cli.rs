@@ -92,6 +92,7 @@ pub struct ExecutionSide {
 pub async fn execution_side(
     args: &ExecutionArgs,
     ctx: Arc<Context>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<ExecutionSide, String> {
     let ttl = oauth3_crds::parse_duration(&args.execution_ttl)
         .map_err(|e| format!("--execution-ttl: {e}"))?;
@@ -141,6 +142,7 @@ pub async fn execution_side(
             deadline_grace: Duration::from_secs(args.deadline_grace_seconds),
             ttl,
         },
+        metrics,
     });
     Ok(ExecutionSide {
         context,

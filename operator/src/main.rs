@@ -11,7 +11,10 @@ use clap::{ArgAction, Parser};
 use futures::StreamExt;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
+use oauth3_crds::Execution;
 use oauth3_crds::Permit;
+use oauth3_operator::cli::{ExecutionArgs, execution_side};
+use oauth3_operator::execution::controller::run_execution_controller;
 use oauth3_operator::http::{
     DEFAULT_API_FRESHNESS, DEFAULT_PROBE_INTERVAL, Health, HttpState, probe_api_server, router,
     serve,
@@ -21,12 +24,14 @@ use oauth3_operator::leader::{
     run_while_leading,
 };
 use oauth3_operator::metrics::Metrics;
-use oauth3_operator::{Context, permit};
+use oauth3_operator::{Context, callback, permit};
 use tokio::sync::{oneshot, watch};
 
-/// oauth3 operator: keeps Permit status (digest, phase, approval expiry, conditions) true to
-/// each Permit's spec and its owner's decision. Of several replicas, only the holder of the
+/// oauth3 operator: keeps Permit status true to each Permit's spec and its owner's decision,
+/// runs admitted Executions in sandboxes (confidential-container Pods, or local processes for
+/// development) and records their results. Of several replicas, only the holder of the
 /// `oauth3-operator` Lease reconciles; the others stand by and take over when it goes away.
+/// Every replica serves the result callback.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
@@ -65,6 +70,8 @@ struct Args {
     /// Log filter, in `RUST_LOG` syntax.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
+    #[command(flatten)]
+    execution: ExecutionArgs,
 }
 
 #[tokio::main]
@@ -133,15 +140,34 @@ async fn main() -> anyhow::Result<()> {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
+    let executions: Api<Execution> = match &args.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     let ctx = Arc::new(Context::new(client));
+    let side = execution_side(&args.execution, ctx.clone(), metrics.clone())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    tracing::info!(addr = %side.listener.local_addr()?, "serving the result callback");
+    let callback_server = tokio::spawn(callback::serve(side.listener, side.router, stopping()));
+    let ectx = side.context;
     let controllers = {
         let metrics = metrics.clone();
         move |stop: StopSignal| {
             tracing::info!(
                 namespace = args.namespace.as_deref().unwrap_or("(all)"),
-                "starting the Permit controller"
+                "starting the Permit and Execution controllers"
             );
-            run_permit_controller(api.clone(), ctx.clone(), metrics.clone(), stop.wait())
+            let permits = run_permit_controller(
+                api.clone(),
+                ctx.clone(),
+                metrics.clone(),
+                stop.clone().wait(),
+            );
+            let execs = run_execution_controller(executions.clone(), ectx.clone(), stop.wait());
+            async move {
+                tokio::join!(permits, execs);
+            }
         }
     };
 
@@ -165,6 +191,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     http.await.context("HTTP server task")??;
+    callback_server.await.context("callback server task")??;
     tracing::info!("stopped");
     Ok(())
 }

@@ -77,6 +77,7 @@ impl Operator {
                 deadline_grace: grace,
                 ttl,
             },
+            metrics: Arc::new(oauth3_operator::metrics::Metrics::new()),
         });
         let cb = router(Arc::new(CallbackState { ctx: ctx.clone() }));
         let tasks = vec![
@@ -597,6 +598,7 @@ async fn the_pod_launcher_creates_the_sandbox_once_and_cleans_up_after_the_resul
             deadline_grace: Duration::from_secs(30),
             ttl: Duration::from_secs(3600),
         },
+        metrics: Arc::new(oauth3_operator::metrics::Metrics::new()),
     });
     let cb = router(Arc::new(CallbackState { ctx: ctx.clone() }));
     let tasks = vec![

@@ -36,6 +36,7 @@ use crate::execution::bundle::{CallbackTarget, build_bundle};
 use crate::launcher::pod::{PodLaunchConfig, desired_network_policy, desired_pod, run_object_name};
 use crate::launcher::process::ProcessLauncher;
 use crate::launcher::{LaunchError, Launched};
+use crate::metrics::Metrics;
 use oauth3_crds::constants::FIELD_MANAGER;
 use oauth3_sandbox_runner::bundle::Bundle;
 
@@ -70,6 +71,8 @@ pub struct ExecutionContext {
     pub ctx: Arc<Context>,
     /// Settings.
     pub config: ExecutionConfig,
+    /// Metrics (launch latency, reconciles, phase counts).
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why an Execution reconcile failed (it is retried with backoff).
@@ -416,6 +419,8 @@ async fn launch(
                 .as_ref()
                 .map(|c| now.duration_since(c.0).as_secs_f64())
                 .unwrap_or_default();
+            ectx.metrics
+                .observe_launch_latency(Duration::from_secs_f64(latency.max(0.0)));
             tracing::info!(execution = %key(exec), handle = %l.handle, latency_s = latency, "launched");
             publish(
                 ctx,
@@ -578,7 +583,9 @@ pub fn error_policy(
     Action::requeue(delay)
 }
 
-/// The Execution controller over `api`, as a stream of reconcile results.
+/// The Execution controller over `api`, as a stream of reconcile results. Each reconcile is
+/// counted and timed in `ectx.metrics`; the phase gauge is refreshed from the controller's
+/// cache every few seconds while the stream runs.
 pub fn execution_controller(
     api: Api<Execution>,
     ectx: Arc<ExecutionContext>,
@@ -589,9 +596,50 @@ pub fn execution_controller(
         controller::Error<ExecutionError, watcher::Error>,
     >,
 > {
-    Controller::new(api, watcher::Config::default())
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ectx)
+    let controller = Controller::new(api, watcher::Config::default());
+    let store = controller.store();
+    let metrics = ectx.metrics.clone();
+    let counter = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let mut counts = std::collections::BTreeMap::<String, i64>::new();
+            for phase in [
+                "Pending",
+                "AwaitingApproval",
+                "Running",
+                "Succeeded",
+                "Failed",
+                "Denied",
+                "TimedOut",
+            ] {
+                counts.insert(phase.to_owned(), 0);
+            }
+            for e in store.state() {
+                let phase = e
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase)
+                    .map_or("Pending".to_owned(), |p| format!("{p:?}"));
+                *counts.entry(phase).or_default() += 1;
+            }
+            for (phase, n) in counts {
+                metrics.set_executions(&phase, n);
+            }
+        }
+    });
+    controller
+        .graceful_shutdown_on(async move {
+            shutdown.await;
+            counter.abort();
+        })
+        .run(
+            |exec, ectx: Arc<ExecutionContext>| async move {
+                let metrics = ectx.metrics.clone();
+                metrics.instrument("execution", reconcile(exec, ectx)).await
+            },
+            error_policy,
+            ectx,
+        )
 }
 
 /// Runs the Execution controller over `api` until `shutdown` resolves.
