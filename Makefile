@@ -43,6 +43,5 @@ cluster-down: ## Stop the control plane started by cluster-up
 	bash $(CLUSTER) down
 
 .PHONY: demo
-demo: ## Run the main flow end to end on the local control plane
-	@echo "make demo: not yet - the operator (Permit/Execution controllers) has not landed."
-	@echo "Today you can: make cluster-up; kubectl apply --server-side -f charts/oauth3/crds/ -f examples/"
+demo: control-plane ## Run the main flow end to end on the local control plane (real binaries)
+	bash demo/run.sh
