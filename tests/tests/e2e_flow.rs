@@ -175,6 +175,31 @@ impl Env {
             .expect("permit");
     }
 
+    /// Creates the Permit and approves it with the plugin binary, as its owner would.
+    async fn approved_permit(&self, name: &str) {
+        self.permit(name).await;
+        self.wait_permit(name, PermitPhase::Pending).await;
+        let out = self.plugin(&["approve", name]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.wait_permit(name, PermitPhase::Approved).await;
+    }
+
+    /// Starts an operator with the real runner and the default grace.
+    async fn operator(&self) -> Operator {
+        Operator::start(
+            &self.client,
+            &self.ns,
+            listener().await,
+            self.runner(),
+            Duration::from_secs(30),
+        )
+        .await
+    }
+
     fn plugin(&self, args: &[&str]) -> std::process::Output {
         std::process::Command::new(workspace_binary("oauth3-operator", "kubectl-oauth3"))
             .env(
@@ -250,24 +275,8 @@ async fn an_approved_permit_runs_code_with_the_injected_credential_end_to_end() 
     let Some(env) = Env::new("e2e-flow").await else {
         return;
     };
-    let op = Operator::start(
-        &env.client,
-        &env.ns,
-        listener().await,
-        env.runner(),
-        Duration::from_secs(30),
-    )
-    .await;
-    env.permit("issues").await;
-    env.wait_permit("issues", PermitPhase::Pending).await;
-
-    let out = env.plugin(&["approve", "issues"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    env.wait_permit("issues", PermitPhase::Approved).await;
+    let op = env.operator().await;
+    env.approved_permit("issues").await;
 
     let code = r#"
         const items = await api('GET', '/items');
@@ -340,14 +349,7 @@ async fn an_execution_under_an_unapproved_permit_is_denied_and_never_runs() {
     let Some(env) = Env::new("e2e-denied").await else {
         return;
     };
-    let op = Operator::start(
-        &env.client,
-        &env.ns,
-        listener().await,
-        env.runner(),
-        Duration::from_secs(30),
-    )
-    .await;
+    let op = env.operator().await;
     env.permit("issues").await;
     env.wait_permit("issues", PermitPhase::Pending).await;
     env.execution("sneaky", "issues", "return await api('GET', '/items')", 10)
@@ -403,10 +405,7 @@ async fn a_runner_that_never_reports_ends_timed_out() {
         Duration::from_secs(1),
     )
     .await;
-    env.permit("issues").await;
-    env.wait_permit("issues", PermitPhase::Pending).await;
-    assert!(env.plugin(&["approve", "issues"]).status.success());
-    env.wait_permit("issues", PermitPhase::Approved).await;
+    env.approved_permit("issues").await;
     env.execution("hang", "issues", "return 1", 1).await;
     let done = env
         .wait_exec("hang", "finished", finished)
@@ -433,10 +432,7 @@ async fn an_operator_restart_mid_run_neither_loses_nor_duplicates_it() {
         Duration::from_secs(30),
     )
     .await;
-    env.permit("issues").await;
-    env.wait_permit("issues", PermitPhase::Pending).await;
-    assert!(env.plugin(&["approve", "issues"]).status.success());
-    env.wait_permit("issues", PermitPhase::Approved).await;
+    env.approved_permit("issues").await;
     // Busy for three seconds, then one call: the operator restarts in between.
     let code = "const end = Date.now() + 3000; while (Date.now() < end) {} return await api('GET', '/items');";
     env.execution("slow", "issues", code, 30).await;
@@ -503,10 +499,7 @@ async fn a_replayed_or_forged_result_is_refused() {
         Duration::from_secs(30),
     )
     .await;
-    env.permit("issues").await;
-    env.wait_permit("issues", PermitPhase::Pending).await;
-    assert!(env.plugin(&["approve", "issues"]).status.success());
-    env.wait_permit("issues", PermitPhase::Approved).await;
+    env.approved_permit("issues").await;
     env.execution("once", "issues", "return 7", 10).await;
     let done = env.wait_exec("once", "finished", finished).await;
     assert_eq!(phase(&done), Some(ExecutionPhase::Succeeded));
@@ -619,10 +612,7 @@ async fn the_pod_launcher_creates_the_sandbox_once_and_cleans_up_after_the_resul
             }
         }),
     ];
-    env.permit("issues").await;
-    env.wait_permit("issues", PermitPhase::Pending).await;
-    assert!(env.plugin(&["approve", "issues"]).status.success());
-    env.wait_permit("issues", PermitPhase::Approved).await;
+    env.approved_permit("issues").await;
     env.execution("in-pod", "issues", "return 1", 10).await;
     let running = env
         .wait_exec("in-pod", "launched", |e| {
