@@ -1,0 +1,309 @@
+//! Operator benchmark against a real kube-apiserver (see BENCHMARKS.md).
+//!
+//! `launch`: creates N Executions under one approved Permit with the Permit and Execution
+//! controllers running (process launcher, the real runner binary, the result callback) and
+//! reports, from a watch, the time from each create to its launch (`Running`, the launch
+//! record written just before the runner starts) and to its result in status (p50/p99).
+//!
+//! `memory`: starts the `oauth3-operator` binary on a namespace, creates N Executions there and
+//! reports the operator's resident memory once it has reconciled them all.
+//!
+//! ```sh
+//! eval "$(make -s cluster-up)"
+//! cargo build --release --bins
+//! cargo run --release -p oauth3-operator --example launch_bench -- launch 1000 target/release/oauth3-sandbox-runner
+//! cargo run --release -p oauth3-operator --example launch_bench -- memory 10000 target/release/oauth3-operator
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec, Permit, PermitSpec};
+use oauth3_operator::callback::{CallbackState, router, serve};
+use oauth3_operator::execution::controller::{
+    ExecutionConfig, ExecutionContext, LauncherKind, run_execution_controller,
+};
+use oauth3_operator::launcher::process::{ProcessLauncher, ProcessLauncherConfig};
+use oauth3_operator::metrics::Metrics;
+use oauth3_operator::plugin::{Decision, Plugin};
+use oauth3_operator::{Context, run_permit_controller};
+use serde_json::json;
+
+/// When each Execution was first seen finished, and how it ended.
+type Finished = Arc<Mutex<HashMap<String, (Instant, Option<ExecutionPhase>)>>>;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+async fn namespace(client: &Client, prefix: &str) -> anyhow::Result<String> {
+    let name = format!("{prefix}-{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
+    Ok(name)
+}
+
+fn execution(name: &str, permit: &str) -> anyhow::Result<Execution> {
+    let spec: ExecutionSpec = serde_json::from_value(json!({
+        "permitRef": permit, "code": "return 1", "timeoutSeconds": 60
+    }))?;
+    Ok(Execution::new(name, spec))
+}
+
+async fn create_all(
+    api: &Api<Execution>,
+    n: usize,
+    permit: &str,
+    created: &Mutex<HashMap<String, Instant>>,
+) {
+    futures::stream::iter(0..n)
+        .for_each_concurrent(8, |i| async move {
+            let name = format!("e{i:05}");
+            let Ok(e) = execution(&name, permit) else {
+                return;
+            };
+            let at = Instant::now();
+            if api.create(&PostParams::default(), &e).await.is_ok() {
+                created
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name, at);
+            }
+        })
+        .await;
+}
+
+async fn launch(n: usize, runner: String) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let ns = namespace(&client, "bench-launch").await?;
+    let spec: PermitSpec = serde_json::from_value(json!({
+        "description": "benchmark",
+        "capabilities": [{"name": "api", "baseUrl": "https://127.0.0.1:9", "paths": ["/"], "methods": ["GET"]}],
+        "validFor": "1h"
+    }))?;
+    Api::<Permit>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &Permit::new("bench", spec))
+        .await?;
+    Plugin::new(client.clone(), ns.clone())
+        .decide("bench", Decision::Approve)
+        .await?;
+
+    let ctx = Arc::new(Context::new(client.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let metrics = Arc::new(Metrics::new());
+    let ectx = Arc::new(ExecutionContext {
+        ctx: ctx.clone(),
+        config: ExecutionConfig {
+            launcher: LauncherKind::Process(ProcessLauncher::new(ProcessLauncherConfig {
+                binary: runner.into(),
+                extra_args: vec![],
+            })),
+            callback_base_url: base,
+            deadline_grace: Duration::from_secs(300),
+            ttl: Duration::from_secs(86_400),
+        },
+        metrics,
+    });
+    let cb = router(Arc::new(CallbackState { ctx: ctx.clone() }));
+    tokio::spawn(async move { serve(listener, cb, std::future::pending()).await });
+    tokio::spawn(run_permit_controller(
+        Api::namespaced(client.clone(), &ns),
+        ctx.clone(),
+        std::future::pending(),
+    ));
+    tokio::spawn(run_execution_controller(
+        Api::namespaced(client.clone(), &ns),
+        ectx,
+        std::future::pending(),
+    ));
+
+    let api: Api<Execution> = Api::namespaced(client.clone(), &ns);
+    let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let launched: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let finished: Finished = Arc::default();
+    {
+        let (launched, finished) = (launched.clone(), finished.clone());
+        let stream = watcher(api.clone(), watcher::Config::default()).applied_objects();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Ok(Some(e)) = stream.try_next().await {
+                let now = Instant::now();
+                let phase = e.status.as_ref().and_then(|s| s.phase);
+                if e.status.as_ref().and_then(|s| s.launch.as_ref()).is_some() {
+                    launched
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(e.name_any())
+                        .or_insert(now);
+                }
+                if phase.is_some_and(ExecutionPhase::is_terminal) {
+                    finished
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(e.name_any())
+                        .or_insert((now, phase));
+                }
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let start = Instant::now();
+    create_all(&api, n, "bench", &created).await;
+    let created_in = start.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while finished.lock().unwrap_or_else(|e| e.into_inner()).len() < n && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let total = start.elapsed();
+    let created = created.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let lat = |m: &HashMap<String, Instant>| {
+        let mut v: Vec<Duration> = m
+            .iter()
+            .filter_map(|(k, t)| created.get(k).map(|c| t.saturating_duration_since(*c)))
+            .collect();
+        v.sort();
+        v
+    };
+    let launch_lat = lat(&launched.lock().unwrap_or_else(|e| e.into_inner()).clone());
+    let fin = finished.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let done: HashMap<String, Instant> = fin.iter().map(|(k, (t, _))| (k.clone(), *t)).collect();
+    let succeeded = fin
+        .values()
+        .filter(|(_, p)| *p == Some(ExecutionPhase::Succeeded))
+        .count();
+    let done_lat = lat(&done);
+    println!(
+        "namespace {ns}: {n} Executions created in {created_in:.1?}, all finished after {total:.1?}"
+    );
+    println!("succeeded: {succeeded}/{n}");
+    println!(
+        "create -> launched: n={} p50={:.1?} p99={:.1?} max={:.1?}",
+        launch_lat.len(),
+        percentile(&launch_lat, 0.5),
+        percentile(&launch_lat, 0.99),
+        launch_lat.last().copied().unwrap_or_default()
+    );
+    println!(
+        "create -> result in status: n={} p50={:.1?} p99={:.1?} max={:.1?}",
+        done_lat.len(),
+        percentile(&done_lat, 0.5),
+        percentile(&done_lat, 0.99),
+        done_lat.last().copied().unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+async fn memory(n: usize, operator: String) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let ns = namespace(&client, "bench-memory").await?;
+    let mut child = tokio::process::Command::new(operator)
+        .args([
+            "--namespace",
+            &ns,
+            "--leader-elect=false",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--callback-addr",
+            "127.0.0.1:0",
+            "--launcher",
+            "process",
+            "--log",
+            "warn",
+        ])
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().unwrap_or_default();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = rss_kib(pid).unwrap_or_default();
+    let api: Api<Execution> = Api::namespaced(client.clone(), &ns);
+    let created = Mutex::new(HashMap::new());
+    let start = Instant::now();
+    // Executions under a Permit that does not exist: each is reconciled (refused, status
+    // written, Event published) and stays cached as a finished object.
+    create_all(&api, n, "absent", &created).await;
+    println!("created {n} Executions in {:.1?}", start.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let list = api.list(&Default::default()).await?;
+        let done = list
+            .items
+            .iter()
+            .filter(|e| e.status.as_ref().and_then(|s| s.phase).is_some())
+            .count();
+        if done >= n || Instant::now() > deadline {
+            println!("{done}/{n} reconciled after {:.1?}", start.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let peak = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    println!(
+        "operator RSS: idle {} MiB, with {n} Executions {} MiB ({peak})",
+        idle / 1024,
+        rss_kib(pid).unwrap_or_default() / 1024
+    );
+    child.kill().await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("launch") => {
+            let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1000);
+            let runner = args
+                .get(2)
+                .cloned()
+                .unwrap_or_else(|| "target/release/oauth3-sandbox-runner".into());
+            launch(n, runner).await
+        }
+        Some("memory") => {
+            let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10_000);
+            let operator = args
+                .get(2)
+                .cloned()
+                .unwrap_or_else(|| "target/release/oauth3-operator".into());
+            memory(n, operator).await
+        }
+        _ => {
+            eprintln!("usage: launch_bench launch [N] [RUNNER] | memory [N] [OPERATOR]");
+            std::process::exit(2);
+        }
+    }
+}
