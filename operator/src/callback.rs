@@ -236,8 +236,21 @@ async fn accept_result(
         Err(kube::Error::Api(s)) if s.code == 409 => return Err(CallbackError::NotRunning(key)),
         Err(e) => return Err(e.into()),
     }
-    record_usage(&state.ctx, &namespace, &exec.spec.permit_ref, &result).await;
-    crate::execution::controller::cleanup_pod(&state.ctx.client, &exec).await;
+    // The result is recorded: answer the runner now; usage bookkeeping (which contends on the
+    // one Permit object) and sandbox clean-up happen in the background.
+    {
+        let (ctx, namespace, permit, result, exec) = (
+            state.ctx.clone(),
+            namespace.clone(),
+            exec.spec.permit_ref.clone(),
+            result.clone(),
+            exec.clone(),
+        );
+        tokio::spawn(async move {
+            record_usage(&ctx, &namespace, &permit, &result).await;
+            crate::execution::controller::cleanup_pod(&ctx.client, &exec).await;
+        });
+    }
     let note = format!(
         "{:?} in {} ms with {} call(s)",
         result.phase,
@@ -302,7 +315,12 @@ async fn record_usage(ctx: &Context, namespace: &str, permit: &str, result: &Run
             .await
         {
             Ok(_) => return,
-            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                tokio::time::sleep(std::time::Duration::from_millis(u64::from(
+                    rand::random::<u8>() % 50,
+                )))
+                .await;
+            }
             Err(e) => {
                 tracing::warn!(permit, error = %e, "recording usage");
                 return;

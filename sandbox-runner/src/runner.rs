@@ -461,21 +461,37 @@ pub async fn post_result(
         .build()
         .map_err(|e| CallbackError::Client(e.to_string()))?;
     let body = serde_json::to_vec(result).map_err(|e| CallbackError::Send(e.to_string()))?;
-    let response = client
-        .post(&callback.url)
-        .bearer_auth(callback.token.as_str())
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| CallbackError::Send(e.without_url().to_string()))?;
-    let status = response.status();
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(CallbackError::Status(status.as_u16()))
+    // Transport failures and 5xx answers are retried (the operator may be restarting or
+    // busy); any other answer is final. A retry after a lost 2xx answer meets 409 (the result
+    // is already recorded), which is reported as such.
+    let mut delay = Duration::from_millis(500);
+    let mut last = CallbackError::Send("not attempted".to_owned());
+    for attempt in 0..CALLBACK_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(delay).await;
+            delay = delay.saturating_mul(2);
+        }
+        let sent = client
+            .post(&callback.url)
+            .bearer_auth(callback.token.as_str())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.clone())
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status().is_success() => return Ok(()),
+            Ok(response) if response.status().is_server_error() => {
+                last = CallbackError::Status(response.status().as_u16());
+            }
+            Ok(response) => return Err(CallbackError::Status(response.status().as_u16())),
+            Err(e) => last = CallbackError::Send(e.without_url().to_string()),
+        }
     }
+    Err(last)
 }
+
+/// How many times the result is offered to the callback before giving up.
+pub const CALLBACK_ATTEMPTS: u32 = 5;
 
 #[cfg(test)]
 mod tests {

@@ -373,6 +373,32 @@ async fn launch(
         // (and so the run) if one is missing.
         LauncherKind::Pod(_) => Vec::new(),
     };
+    let strict = needs_reservation(permit, code_digest);
+    if strict && !reserve_execution(ctx, &namespace, permit, code_digest, true).await? {
+        let message = format!(
+            "Permit {} allows {} Executions per approval and all have been used",
+            permit.name_any(),
+            permit.spec.max_executions.unwrap_or_default()
+        );
+        let s = terminal_status(
+            ExecutionPhase::Denied,
+            "ExecutionBudgetExhausted",
+            &message,
+            generation,
+            now,
+        );
+        if let Write::Done = write_status(api, exec, s, "recording the refusal").await? {
+            publish(
+                ctx,
+                exec,
+                EventType::Warning,
+                "ExecutionBudgetExhausted",
+                message,
+            )
+            .await;
+        }
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let token = Zeroizing::new(hex::encode(rand::random::<[u8; 32]>()));
     let timeout = SignedDuration::from_secs(i64::from(exec.spec.timeout_seconds));
     let grace = SignedDuration::try_from(config.deadline_grace).unwrap_or(SignedDuration::ZERO);
@@ -392,7 +418,17 @@ async fn launch(
     if let Write::Conflict = write_status(api, exec, running, "recording the launch").await? {
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
-    count_execution(ctx, &namespace, permit, code_digest).await;
+    if !strict {
+        let (ctx, namespace, permit, code) = (
+            ctx.clone(),
+            namespace.clone(),
+            permit.clone(),
+            code_digest.to_owned(),
+        );
+        tokio::spawn(async move {
+            let _ = reserve_execution(&ctx, &namespace, &permit, &code, false).await;
+        });
+    }
     let callback = CallbackTarget {
         base_url: config.callback_base_url.clone(),
         token,
@@ -532,15 +568,46 @@ pub async fn cleanup_pod(client: &kube::Client, exec: &Execution) {
     }
 }
 
-/// Counts the Execution against the Permit's `maxExecutions` and consumes a `once` code trust.
-/// Optimistic concurrency with a few retries.
-async fn count_execution(ctx: &Context, namespace: &str, permit: &Permit, code_digest: &str) {
+/// Whether launching under `permit` must first reserve budget on it: when `maxExecutions` is
+/// set, or a `once` code trust has to be consumed. Those are limits, so they are enforced with
+/// a serialised counter (the Permit's resourceVersion); otherwise the count is informational.
+fn needs_reservation(permit: &Permit, code_digest: &str) -> bool {
+    permit.spec.max_executions.is_some()
+        || permit.status.as_ref().is_some_and(|s| {
+            s.trusted_code
+                .iter()
+                .any(|t| t.level == TrustLevel::Once && t.code_digest == code_digest)
+        })
+}
+
+/// Counts one Execution on the Permit (`usage.executions`) and consumes a matching `once`
+/// code trust, guarded by the Permit's resourceVersion. With `strict`, conflicts are retried
+/// with fresh reads and the budget is re-checked each time: `Ok(false)` means the budget is
+/// exhausted. Without `strict` a single attempt is made (informational count).
+async fn reserve_execution(
+    ctx: &Context,
+    namespace: &str,
+    permit: &Permit,
+    code_digest: &str,
+    strict: bool,
+) -> Result<bool, ExecutionError> {
     let api: Api<Permit> = Api::namespaced(ctx.client.clone(), namespace);
     let name = permit.name_any();
     let mut current = permit.clone();
-    for _ in 0..5 {
+    let attempts = if strict { 50 } else { 1 };
+    let err = |source| ExecutionError::Api {
+        step: "reserving an Execution on the Permit",
+        key: format!("{namespace}/{name}"),
+        source,
+    };
+    for attempt in 0..attempts {
         let status = current.status.clone().unwrap_or_default();
         let usage = status.usage.clone().unwrap_or_default();
+        if let Some(max) = current.spec.max_executions
+            && usage.executions >= max
+        {
+            return Ok(false);
+        }
         let mut patch = json!({
             "metadata": {"resourceVersion": current.resource_version()},
             "status": {"usage": {"executions": usage.executions + 1, "calls": usage.calls,
@@ -559,17 +626,20 @@ async fn count_execution(ctx: &Context, namespace: &str, permit: &Permit, code_d
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => return,
-            Err(kube::Error::Api(s)) if s.code == 409 => match api.get(&name).await {
-                Ok(p) => current = p,
-                Err(_) => return,
-            },
-            Err(e) => {
-                tracing::warn!(permit = %name, error = %e, "counting the execution");
-                return;
+            Ok(_) => return Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt + 1 < attempts => {
+                tokio::time::sleep(Duration::from_millis(u64::from(rand::random::<u8>() % 20)))
+                    .await;
+                current = api.get(&name).await.map_err(err)?;
             }
+            Err(e) if !strict => {
+                tracing::debug!(permit = %name, error = %e, "informational execution count skipped");
+                return Ok(true);
+            }
+            Err(e) => return Err(err(e)),
         }
     }
+    Ok(true)
 }
 
 /// Retry policy: exponential backoff per Execution.
