@@ -112,6 +112,7 @@ async fn launch(n: usize, runner: String) -> anyhow::Result<()> {
                 extra_args: vec![],
             })),
             callback_base_url: base,
+            callback_ca_pem: None,
             deadline_grace: Duration::from_secs(300),
             ttl: Duration::from_secs(86_400),
         },

@@ -63,6 +63,22 @@ pub async fn serve(
         .await
 }
 
+/// Serves `router` over HTTPS (see [`crate::tls`]) on `listener` until `shutdown` resolves.
+///
+/// # Errors
+/// When the server fails.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = crate::tls::TlsListener::new(listener, tls)?;
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 /// Why a result was refused; each renders as an HTTP status with a short reason.
 #[derive(Debug, thiserror::Error)]
 pub enum CallbackError {

@@ -61,10 +61,33 @@ pub struct ExecutionArgs {
     /// Address the result callback listens on (`127.0.0.1:0` picks a free port).
     #[arg(long, env = "OAUTH3_CALLBACK_ADDR", default_value = "0.0.0.0:8443")]
     pub callback_addr: String,
-    /// URL runners use to reach the callback. Default: `http://<the bound address>` (fine for
-    /// the process launcher; sandbox Pods need an https URL of the operator's Service).
+    /// URL runners use to reach the callback. Default: `http(s)://<the bound address>` (fine
+    /// for the process launcher). Required with `--launcher pod`: the https URL of the
+    /// operator's callback Service, e.g. `https://oauth3-callback.oauth3-system.svc:8443`.
     #[arg(long, env = "OAUTH3_CALLBACK_URL")]
     pub callback_url: Option<String>,
+    /// PEM certificate chain the callback serves HTTPS with (e.g. `tls.crt` of a mounted
+    /// `kubernetes.io/tls` Secret; reloaded when the file changes). Needs `--callback-tls-key`.
+    #[arg(
+        long,
+        env = "OAUTH3_CALLBACK_TLS_CERT",
+        value_name = "PEM",
+        requires = "callback_tls_key"
+    )]
+    pub callback_tls_cert: Option<PathBuf>,
+    /// PEM private key of `--callback-tls-cert`.
+    #[arg(
+        long,
+        env = "OAUTH3_CALLBACK_TLS_KEY",
+        value_name = "PEM",
+        requires = "callback_tls_cert"
+    )]
+    pub callback_tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) that sandbox runners trust for the callback only (handed over in
+    /// each run bundle). Default: none beyond the system roots, or with `--callback-tls-cert`
+    /// the `ca.crt` next to it when present, else the certificate itself.
+    #[arg(long, env = "OAUTH3_CALLBACK_CA_FILE", value_name = "PEM")]
+    pub callback_ca_file: Option<PathBuf>,
     /// Seconds added to an Execution's timeoutSeconds before the operator gives up waiting
     /// for its result and marks it TimedOut.
     #[arg(long, env = "OAUTH3_DEADLINE_GRACE_SECONDS", default_value_t = 30)]
@@ -81,6 +104,8 @@ pub struct ExecutionSide {
     pub context: Arc<ExecutionContext>,
     /// The bound callback listener.
     pub listener: tokio::net::TcpListener,
+    /// TLS configuration when the callback serves HTTPS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The callback router.
     pub router: Router,
 }
@@ -102,10 +127,15 @@ pub async fn execution_side(
     let bound = listener
         .local_addr()
         .map_err(|e| format!("--callback-addr: {e}"))?;
-    let callback_base_url = args
-        .callback_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{bound}"));
+    let tls = match (&args.callback_tls_cert, &args.callback_tls_key) {
+        (Some(cert), Some(key)) => Some(
+            crate::tls::server_config(cert, key)
+                .map_err(|e| format!("--callback-tls-cert: {e}"))?,
+        ),
+        _ => None,
+    };
+    let callback_base_url = callback_url(args, bound, tls.is_some())?;
+    let callback_ca_pem = callback_ca_pem(args)?;
     let launcher = match args.launcher {
         LauncherChoice::Process => {
             LauncherKind::Process(ProcessLauncher::new(ProcessLauncherConfig {
@@ -139,6 +169,7 @@ pub async fn execution_side(
         config: ExecutionConfig {
             launcher,
             callback_base_url,
+            callback_ca_pem,
             deadline_grace: Duration::from_secs(args.deadline_grace_seconds),
             ttl,
         },
@@ -147,6 +178,147 @@ pub async fn execution_side(
     Ok(ExecutionSide {
         context,
         listener,
+        tls,
         router: router(Arc::new(CallbackState { ctx })),
     })
+}
+
+/// The URL runners reach the callback at (pure): `--callback-url`, else the bound address.
+/// Refused when runners would refuse it (plain http off loopback: the bearer token would
+/// cross the network in clear) and, for the pod launcher, when none is given.
+///
+/// # Errors
+/// A message naming `--callback-url` and the rule.
+pub fn callback_url(
+    args: &ExecutionArgs,
+    bound: std::net::SocketAddr,
+    tls: bool,
+) -> Result<String, String> {
+    let url = match &args.callback_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None if args.launcher == LauncherChoice::Pod => {
+            return Err(
+                "--callback-url is required with --launcher pod: the https URL at which \
+                 sandbox Pods reach this operator's callback Service"
+                    .into(),
+            );
+        }
+        None => format!("{}://{bound}", if tls { "https" } else { "http" }),
+    };
+    if !oauth3_sandbox_runner::runner::callback_url_allowed(&url) {
+        return Err(format!(
+            "--callback-url {url}: must be https (plain http only on loopback), or runners \
+             refuse to send their result"
+        ));
+    }
+    if tls && url.starts_with("http://") {
+        return Err(format!(
+            "--callback-url {url}: plain http, but the callback serves HTTPS \
+             (--callback-tls-cert); use https"
+        ));
+    }
+    Ok(url)
+}
+
+/// The PEM runners trust for the callback: `--callback-ca-file`, else next to the serving
+/// certificate `ca.crt`, else the serving certificate itself; none without TLS.
+///
+/// # Errors
+/// A message naming the file that could not be read or holds no certificate.
+fn callback_ca_pem(args: &ExecutionArgs) -> Result<Option<String>, String> {
+    let path = match (&args.callback_ca_file, &args.callback_tls_cert) {
+        (Some(ca), _) => ca.clone(),
+        (None, Some(cert)) => {
+            let ca = cert.with_file_name("ca.crt");
+            if ca.is_file() { ca } else { cert.clone() }
+        }
+        (None, None) => return Ok(None),
+    };
+    let pem = std::fs::read_to_string(&path)
+        .map_err(|e| format!("--callback-ca-file {}: {e}", path.display()))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "--callback-ca-file {}: no PEM CERTIFICATE block",
+            path.display()
+        ));
+    }
+    Ok(Some(pem))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        execution: ExecutionArgs,
+    }
+
+    fn args(flags: &[&str]) -> ExecutionArgs {
+        Flags::try_parse_from(std::iter::once("oauth3-operator").chain(flags.iter().copied()))
+            .expect("flags parse")
+            .execution
+    }
+
+    fn bound() -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], 8443))
+    }
+
+    #[test]
+    fn the_process_launcher_defaults_to_the_bound_address_in_the_matching_scheme() {
+        let a = args(&["--launcher", "process"]);
+        assert_eq!(
+            callback_url(&a, bound(), false).expect("ok"),
+            "http://127.0.0.1:8443"
+        );
+        assert_eq!(
+            callback_url(&a, bound(), true).expect("ok"),
+            "https://127.0.0.1:8443"
+        );
+    }
+
+    #[test]
+    fn the_pod_launcher_needs_an_explicit_https_callback_url() {
+        let err = callback_url(&args(&["--launcher", "pod"]), bound(), true).expect_err("none");
+        assert!(err.contains("--callback-url is required"), "{err}");
+        let err = callback_url(
+            &args(&["--callback-url", "http://oauth3.oauth3-system.svc:8443"]),
+            bound(),
+            false,
+        )
+        .expect_err("plain http off loopback");
+        assert!(
+            err.contains("--callback-url") && err.contains("https"),
+            "{err}"
+        );
+        let ok = callback_url(
+            &args(&["--callback-url", "https://oauth3.oauth3-system.svc:8443/"]),
+            bound(),
+            true,
+        )
+        .expect("https");
+        assert_eq!(ok, "https://oauth3.oauth3-system.svc:8443");
+    }
+
+    #[test]
+    fn a_plain_http_url_for_an_https_callback_is_refused() {
+        let a = args(&[
+            "--launcher",
+            "process",
+            "--callback-url",
+            "http://127.0.0.1:8443",
+        ]);
+        let err = callback_url(&a, bound(), true).expect_err("mismatch");
+        assert!(err.contains("serves HTTPS"), "{err}");
+    }
+
+    #[test]
+    fn the_tls_key_and_certificate_come_together() {
+        let err = Flags::try_parse_from(["oauth3-operator", "--callback-tls-cert", "/c.pem"])
+            .err()
+            .expect("a certificate without a key is refused");
+        assert!(err.to_string().contains("--callback-tls-key"), "{err}");
+    }
 }

@@ -148,8 +148,20 @@ async fn main() -> anyhow::Result<()> {
     let side = execution_side(&args.execution, ctx.clone(), metrics.clone())
         .await
         .map_err(anyhow::Error::msg)?;
-    tracing::info!(addr = %side.listener.local_addr()?, "serving the result callback");
-    let callback_server = tokio::spawn(callback::serve(side.listener, side.router, stopping()));
+    tracing::info!(
+        addr = %side.listener.local_addr()?,
+        tls = side.tls.is_some(),
+        "serving the result callback"
+    );
+    let callback_server = match side.tls {
+        Some(tls) => tokio::spawn(callback::serve_tls(
+            side.listener,
+            tls,
+            side.router,
+            stopping(),
+        )),
+        None => tokio::spawn(callback::serve(side.listener, side.router, stopping())),
+    };
     let ectx = side.context;
     let controllers = {
         let metrics = metrics.clone();

@@ -248,7 +248,7 @@ fn spawn_operator(ns: &str, identity: &str) -> Operator {
         .args(["--namespace", ns, "--lease-namespace", ns])
         .args(["--identity", identity])
         .args(["--metrics-addr", &http.to_string()])
-        .args(["--callback-addr", "127.0.0.1:0"])
+        .args(["--callback-addr", "127.0.0.1:0", "--launcher", "process"])
         .args(["--lease-duration", "3s"])
         .args(["--lease-renew-interval", "500ms"])
         .args(["--lease-retry-interval", "300ms"])

@@ -192,6 +192,11 @@ pub struct Callback {
         deserialize_with = "deserialize_secret"
     )]
     pub token: Zeroizing<String>,
+    /// PEM certificates (a CA or the operator's own certificate) trusted for this callback
+    /// only, on top of the system roots: how a sandbox verifies the operator's callback
+    /// without trusting that CA for upstream APIs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
 }
 
 impl fmt::Debug for Callback {
@@ -199,6 +204,7 @@ impl fmt::Debug for Callback {
         f.debug_struct("Callback")
             .field("url", &self.url)
             .field("token", &"<redacted>")
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<pem>"))
             .finish()
     }
 }

@@ -427,8 +427,8 @@ pub fn callback_url_allowed(url: &str) -> bool {
 }
 
 /// POSTs `result` as JSON to `callback.url` with `Authorization: Bearer <token>`, trusting
-/// the system roots plus `ca_pems` (PEM bundles). Redirects are not followed, so the token
-/// goes nowhere else.
+/// the system roots plus `ca_pems` (PEM bundles) plus the bundle's own `callback.caPem`.
+/// Redirects are not followed, so the token goes nowhere else.
 ///
 /// # Errors
 /// A refused URL, bad CA material, a transport failure or a non-2xx answer.
@@ -445,7 +445,8 @@ pub async fn post_result(
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30));
-    for pem in ca_pems {
+    let own = callback.ca_pem.as_ref().map(|p| p.as_bytes());
+    for pem in ca_pems.iter().map(Vec::as_slice).chain(own) {
         let certs = reqwest::Certificate::from_pem_bundle(pem)
             .map_err(|e| CallbackError::CaCertificates(e.to_string()))?;
         if certs.is_empty() {

@@ -274,3 +274,82 @@ async fn sealed_secrets_are_read_from_a_projected_volume_directory() {
     );
     assert_no_secret("runner output", &String::from_utf8_lossy(&out.stdout));
 }
+
+#[tokio::test]
+async fn the_callback_ca_in_the_bundle_verifies_the_callback_only_never_upstream_calls() {
+    // The upstream doubles as the operator's callback: its CA is handed over in the bundle
+    // (callback.caPem) and NOT with --ca-file, so only the result POST may trust it.
+    let up = Upstream::start().await;
+    let dir = Dir::new("callback-ca");
+    let mut b = bundle(
+        &up,
+        "try { await api('GET', '/items'); return 'reached'; } catch (e) { return 'refused'; }",
+        sealed_for(NAMESPACE, "API_TOKEN"),
+    );
+    b["callback"] = json!({
+        "url": format!("{}/v1/results/{NAMESPACE}/e2e", up.origin()),
+        "token": "cb-token-tls",
+        "caPem": String::from_utf8(up.ca_pem.clone()).expect("pem"),
+    });
+    let bundle_path = dir.file("bundle.json", b.to_string().as_bytes());
+    let key_path = dir.file("dev.key", hex::encode(DEV_KEY).as_bytes());
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_oauth3-sandbox-runner"))
+        .arg("run")
+        .arg("--bundle")
+        .arg(&bundle_path)
+        .args(["--key-provider", "dev", "--insecure-dev-key"])
+        .arg("--dev-key-file")
+        .arg(&key_path)
+        .output()
+        .await
+        .expect("runner starts");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let result: Value = serde_json::from_slice(&out.stdout).expect("result json");
+    assert_eq!(result["result"], "refused", "{result} {stderr}");
+    let requests = up.requests();
+    assert_eq!(
+        requests.len(),
+        1,
+        "only the result POST reached the server: {requests:?}"
+    );
+    assert_eq!(requests[0].method, "POST");
+    assert_eq!(
+        requests[0].path_and_query,
+        format!("/v1/results/{NAMESPACE}/e2e")
+    );
+    assert_eq!(
+        requests[0].header_values("authorization"),
+        vec!["Bearer cb-token-tls"]
+    );
+    assert_no_secret("stderr", &stderr);
+}
+
+#[tokio::test]
+async fn a_callback_whose_certificate_is_not_trusted_gets_no_result_and_no_token() {
+    let up = Upstream::start().await;
+    let dir = Dir::new("callback-untrusted");
+    let mut b = bundle(&up, "return 1", sealed_for(NAMESPACE, "API_TOKEN"));
+    b["callback"] = json!({
+        "url": format!("{}/v1/results/{NAMESPACE}/e2e", up.origin()),
+        "token": "cb-token-untrusted",
+    });
+    let bundle_path = dir.file("bundle.json", b.to_string().as_bytes());
+    let key_path = dir.file("dev.key", hex::encode(DEV_KEY).as_bytes());
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_oauth3-sandbox-runner"))
+        .arg("run")
+        .arg("--bundle")
+        .arg(&bundle_path)
+        .args(["--key-provider", "dev", "--insecure-dev-key"])
+        .arg("--dev-key-file")
+        .arg(&key_path)
+        .output()
+        .await
+        .expect("runner starts");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        up.requests().is_empty(),
+        "nothing was sent to an unverified callback"
+    );
+    assert!(!stderr.contains("cb-token-untrusted"), "{stderr}");
+}

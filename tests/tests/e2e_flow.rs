@@ -74,6 +74,7 @@ impl Operator {
             config: ExecutionConfig {
                 launcher: LauncherKind::Process(ProcessLauncher::new(launcher)),
                 callback_base_url: base,
+                callback_ca_pem: None,
                 deadline_grace: grace,
                 ttl,
             },
@@ -588,6 +589,7 @@ async fn the_pod_launcher_creates_the_sandbox_once_and_cleans_up_after_the_resul
         config: ExecutionConfig {
             launcher: LauncherKind::Pod(Box::default()),
             callback_base_url: base.clone(),
+            callback_ca_pem: None,
             deadline_grace: Duration::from_secs(30),
             ttl: Duration::from_secs(3600),
         },
@@ -759,4 +761,95 @@ async fn finished_executions_are_deleted_after_their_ttl() {
         "a finished Execution is deleted once its TTL has passed"
     );
     op.stop().await;
+}
+
+/// A CA and a leaf for 127.0.0.1 written as `tls.crt`, `tls.key` and `ca.crt` (the layout of a
+/// cert-manager `kubernetes.io/tls` Secret) under `dir`.
+fn callback_certificate(dir: &std::path::Path) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "oauth3 callback CA");
+    let ca = ca_params.self_signed(&ca_key).expect("CA cert");
+    let leaf_key = KeyPair::generate().expect("leaf key");
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("leaf params")
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .expect("leaf cert");
+    std::fs::create_dir_all(dir).expect("tls dir");
+    std::fs::write(dir.join("tls.crt"), leaf.pem()).expect("tls.crt");
+    std::fs::write(dir.join("tls.key"), leaf_key.serialize_pem()).expect("tls.key");
+    std::fs::write(dir.join("ca.crt"), ca.pem()).expect("ca.crt");
+}
+
+#[tokio::test]
+async fn the_operator_binary_serves_the_callback_over_https_and_runners_verify_it() {
+    let Some(env) = Env::new("e2e-cb-tls").await else {
+        return;
+    };
+    // The callback's CA differs from the upstream's: the runner learns it from the bundle
+    // (next to tls.crt, as in a cert-manager Secret), never from --ca-file.
+    let tls = env.dir.join("callback-tls");
+    callback_certificate(&tls);
+    let runner = env.runner();
+    let log_path = env.dir.join("operator.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut operator =
+        tokio::process::Command::new(workspace_binary("oauth3-operator", "oauth3-operator"))
+            .env(
+                "KUBECONFIG",
+                std::env::var("TEST_KUBECONFIG").expect("kubeconfig"),
+            )
+            .env_remove("POD_NAMESPACE")
+            .args(["--namespace", &env.ns, "--leader-elect=false"])
+            .args([
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--callback-addr",
+                "127.0.0.1:0",
+            ])
+            .args(["--launcher", "process"])
+            .arg("--runner-binary")
+            .arg(&runner.binary)
+            .args(
+                runner
+                    .extra_args
+                    .iter()
+                    .map(|a| format!("--runner-arg={a}")),
+            )
+            .arg("--callback-tls-cert")
+            .arg(tls.join("tls.crt"))
+            .arg("--callback-tls-key")
+            .arg(tls.join("tls.key"))
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("operator starts");
+
+    env.approved_permit("tls").await;
+    env.execution(
+        "tls-run",
+        "tls",
+        "const r = await api('GET', '/items'); return r.status",
+        20,
+    )
+    .await;
+    let done = env.wait_exec("tls-run", "finished", finished).await;
+    let _ = operator.kill().await;
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let status = done.status.expect("status");
+    assert_eq!(
+        status.phase,
+        Some(ExecutionPhase::Succeeded),
+        "{status:?}\noperator log:\n{log}"
+    );
+    assert!(
+        log.contains("https://127.0.0.1:"),
+        "the callback URL handed to runners is https: {log}"
+    );
+    assert_eq!(env.up.requests().len(), 1, "one upstream call");
 }

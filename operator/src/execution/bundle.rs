@@ -11,6 +11,8 @@ use zeroize::Zeroizing;
 pub struct CallbackTarget {
     /// Base URL of the operator's result endpoint, e.g. `http://127.0.0.1:8443`.
     pub base_url: String,
+    /// PEM certificates the runner trusts for the callback only.
+    pub ca_pem: Option<String>,
     /// The one-time token of this run (only its digest is stored).
     pub token: Zeroizing<String>,
 }
@@ -74,6 +76,7 @@ pub fn build_bundle(
         callback: callback.map(|c| Callback {
             url: result_url(&c.base_url, &namespace, &name),
             token: c.token.clone(),
+            ca_pem: c.ca_pem.clone(),
         }),
     }
 }

@@ -59,6 +59,9 @@ pub struct ExecutionConfig {
     pub launcher: LauncherKind,
     /// Base URL runners POST results to (the callback server), e.g. `http://127.0.0.1:8443`.
     pub callback_base_url: String,
+    /// PEM certificates runners trust for the callback only (when it serves HTTPS with a
+    /// certificate outside the system roots).
+    pub callback_ca_pem: Option<String>,
     /// Added to `timeoutSeconds` for the operator's own deadline.
     pub deadline_grace: Duration,
     /// Finished Executions are deleted this long after completion.
@@ -431,6 +434,7 @@ async fn launch(
     }
     let callback = CallbackTarget {
         base_url: config.callback_base_url.clone(),
+        ca_pem: config.callback_ca_pem.clone(),
         token,
     };
     let bundle = build_bundle(exec, permit, permit_digest, sealed, Some(&callback));
