@@ -2,6 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 CLUSTER := tests/cluster/control-plane.sh
+CHART := charts/oauth3
 
 .DEFAULT_GOAL := help
 
@@ -30,9 +31,21 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 control-plane: ## Build (once, cached) kube-apiserver, etcd and kwok from the Go modules
 	bash .ci/k8s/build-bins.sh
 
+.PHONY: helm
+helm: ## Build (once, cached) helm from its Go module
+	bash .ci/k8s/build-helm.sh
+
+.PHONY: chart-check
+chart-check: helm ## helm lint --strict and helm template of the chart (default and everything-on values)
+	@helm=$$(bash .ci/k8s/build-helm.sh | tail -n1) && set -x && \
+	"$$helm" lint --strict $(CHART) && \
+	"$$helm" lint --strict $(CHART) -f $(CHART)/ci/everything-values.yaml && \
+	"$$helm" template oauth3 $(CHART) -n oauth3-system --include-crds >/dev/null && \
+	"$$helm" template oauth3 $(CHART) -n oauth3-system --include-crds -f $(CHART)/ci/everything-values.yaml >/dev/null
+
 .PHONY: test
-test: lint control-plane ## Every test tier: lint, unit, schema + controller tests on a real kube-apiserver
-	REQUIRE_K8S=1 bash $(CLUSTER) run $(CARGO) test --workspace --all-targets
+test: lint control-plane chart-check ## Every test tier: lint, chart, unit, schema + controller tests on a real kube-apiserver
+	OAUTH3_HELM=$$(bash .ci/k8s/build-helm.sh | tail -n1) REQUIRE_K8S=1 bash $(CLUSTER) run $(CARGO) test --workspace --all-targets
 
 .PHONY: cluster-up
 cluster-up: ## Start etcd + kube-apiserver on loopback; prints the KUBECONFIG to use
