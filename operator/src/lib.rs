@@ -14,6 +14,7 @@ pub mod leader;
 pub mod metrics;
 pub mod permit;
 pub mod plugin;
+pub mod telegram;
 
 pub use context::{Clock, Context};
 pub use error::Error;
