@@ -31,8 +31,9 @@ function conform(req, data) {
   if (!data || typeof data !== 'object' || data.ok !== true) {
     return data;
   }
-  const method = req.path.split('/').pop();
-  if (method === 'editMessageText' && data.result === null) {
+  // Bot API method names are case-insensitive (some clients send `EditMessageText`).
+  const method = req.path.split('/').pop().toLowerCase();
+  if (method === 'editmessagetext' && data.result === null) {
     return {
       ok: true,
       result: {
@@ -43,10 +44,10 @@ function conform(req, data) {
       },
     };
   }
-  if (method === 'answerCallbackQuery' && data.result === null) {
+  if (method === 'answercallbackquery' && data.result === null) {
     return { ok: true, result: true };
   }
-  if (method === 'sendMessage' && data.result && data.result.date > 1e11) {
+  if (method === 'sendmessage' && data.result && data.result.date > 1e11) {
     return { ok: true, result: { ...data.result, date: Math.floor(data.result.date / 1000) } };
   }
   return data;
