@@ -598,4 +598,41 @@ async fn a_permit_and_its_code_approved_on_telegram_run_end_to_end() {
         Some("CodeDenied")
     );
     assert_eq!(up.requests().len(), 1, "denied code never ran");
+
+    // Approve once: runs once, and no trust is kept; the same code asks again next time.
+    let third = "return await api('GET', '/items');";
+    let third_digest = code_digest(third);
+    let ask_code = |digest: String, exclude: Option<i64>| {
+        let env = &env;
+        async move {
+            env.tg
+                .wait_message("asking about the code", |m| {
+                    m.text.contains(&format!("Code digest: {digest}"))
+                        && !m.buttons.is_empty()
+                        && Some(m.message_id) != exclude
+                })
+                .await
+        }
+    };
+    execution(&env, "run-3", third).await;
+    let once = ask_code(third_digest.clone(), None).await;
+    env.tap(OWNER, &once, "Approve once").await;
+    wait_exec(&env, "run-3", ExecutionPhase::Succeeded).await;
+    let trusted = env.get("api").await.status.expect("status").trusted_code;
+    assert!(
+        trusted.iter().all(|t| t.code_digest != third_digest),
+        "a once trust is consumed: {trusted:?}"
+    );
+    execution(&env, "run-4", third).await;
+    let day = ask_code(third_digest.clone(), Some(once.message_id)).await;
+    env.tap(OWNER, &day, "Approve 24h").await;
+    wait_exec(&env, "run-4", ExecutionPhase::Succeeded).await;
+    let trusted = env.get("api").await.status.expect("status").trusted_code;
+    let t = trusted
+        .iter()
+        .find(|t| t.code_digest == third_digest)
+        .expect("trusted for 24h");
+    assert_eq!(t.level, TrustLevel::Day);
+    assert!(t.expires_at.is_some());
+    assert_eq!(up.requests().len(), 3);
 }

@@ -58,15 +58,33 @@ pub fn get_command(namespace: &str, name: &str) -> String {
     format!("kubectl oauth3 get {name} -n {namespace}")
 }
 
-/// The message asking the owner to approve a Permit's spec with `digest`.
-pub fn permit_request_text(permit: &Permit, digest: &str) -> String {
-    let ns = permit.metadata.namespace.as_deref().unwrap_or("?");
-    let name = permit.metadata.name.as_deref().unwrap_or("?");
-    let text = format!(
+fn permit_text(permit: &Permit, digest: &str) -> String {
+    format!(
         "oauth3: approval requested\n\n{}\nApprove to allow exactly this for {}; Deny to refuse it.",
         describe_permit(permit, digest).trim_end(),
         permit.spec.valid_for
-    );
+    )
+}
+
+/// The message asking the owner to approve a Permit's spec with `digest`. When it is too long
+/// for Telegram, the agent's description is shortened first, so the rules that will be
+/// enforced stay visible; only then is the tail cut.
+pub fn permit_request_text(permit: &Permit, digest: &str) -> String {
+    let ns = permit.metadata.namespace.as_deref().unwrap_or("?");
+    let name = permit.metadata.name.as_deref().unwrap_or("?");
+    let mut text = permit_text(permit, digest);
+    let over = len16(&text).saturating_sub(MAX_MESSAGE_LEN - 200);
+    if over > 0 {
+        let mut shorter = permit.clone();
+        let description = &permit.spec.description;
+        let keep = len16(description).saturating_sub(over + 64);
+        shorter.spec.description = format!(
+            "{} [... description shortened; see everything with: {}]",
+            cut(description, keep),
+            get_command(ns, name)
+        );
+        text = permit_text(&shorter, digest);
+    }
     fit(&text, "", &get_command(ns, name))
 }
 
@@ -270,6 +288,30 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn a_long_description_is_shortened_before_any_rule_is_cut() {
+        let mut p = permit();
+        p.spec.description = "Trust me. ".repeat(200);
+        for i in 0..6 {
+            let mut cap = p.spec.capabilities[0].clone();
+            cap.name = format!("github{i}");
+            p.spec.capabilities.push(cap);
+        }
+        let text = permit_request_text(&p, "sha256:abc");
+        assert!(len16(&text) <= MAX_MESSAGE_LEN, "{}", len16(&text));
+        assert!(text.contains(
+            "description shortened; see everything with: kubectl oauth3 get triage -n agents"
+        ));
+        assert!(
+            text.contains("Spec digest: sha256:abc"),
+            "the rules and digest stay: {text}"
+        );
+        assert!(
+            text.contains("github5("),
+            "the last capability stays visible"
+        );
     }
 
     #[test]
