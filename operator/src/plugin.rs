@@ -355,6 +355,9 @@ impl Plugin {
                 "Decision: {:?} by {} via {:?} at {}{current}",
                 a.decision, a.by, a.via, a.at.0
             );
+            if let Some(reason) = &a.reason {
+                let _ = writeln!(out, "Reason: {reason}");
+            }
         }
         for t in &status.trusted_code {
             let until = t

@@ -37,7 +37,7 @@ use super::message::{
     HELP, closed_text, code_keyboard, code_request_text, decided_note, pending_text,
     permit_keyboard, permit_request_text, trust_note,
 };
-use super::state::{Request, RequestKind, State};
+use super::state::{MAX_OPEN, Request, RequestKind, State};
 use super::{STATE_CONFIGMAP, TELEGRAM_FIELD_MANAGER, TelegramConfig, TelegramError};
 use crate::context::backoff_delay;
 use crate::execution::controller::terminal_status;
@@ -681,6 +681,13 @@ impl TelegramBot {
         text: String,
         keyboard: InlineKeyboardMarkup,
     ) -> Result<(), TelegramError> {
+        if self.state.open_count() >= MAX_OPEN {
+            tracing::warn!(
+                permit = %format!("{}/{}", permit.namespace().unwrap_or_default(), permit.name_any()),
+                "{MAX_OPEN} requests already wait for the owner on Telegram; this one is sent when some are decided"
+            );
+            return Ok(());
+        }
         let sent = self
             .bot
             .send_message(ChatId(self.config.chat_id), text.clone())

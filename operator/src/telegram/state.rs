@@ -14,6 +14,9 @@ use super::callback_data::{Tap, digest_matches, uid_tag};
 const CLOSED_RETENTION_SECS: i64 = 86_400;
 /// At most this many closed requests are kept.
 const MAX_CLOSED: usize = 200;
+/// At most this many requests are open at once (each keeps its text, up to 4096 characters,
+/// and the record must stay well within a ConfigMap's 1 MiB).
+pub const MAX_OPEN: usize = 150;
 
 /// What a request asks the owner to decide.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,9 +110,20 @@ impl State {
         }
     }
 
+    /// How many requests are open.
+    pub fn open_count(&self) -> usize {
+        self.requests.iter().filter(|r| r.closed.is_none()).count()
+    }
+
     /// Drops closed requests whose message was edited more than a day ago, and the oldest
-    /// closed ones beyond a cap. Open requests are always kept.
+    /// closed ones beyond a cap; forgets the text of edited ones. Open requests are always
+    /// kept.
     pub fn prune(&mut self, now: i64) {
+        for r in &mut self.requests {
+            if r.closed.as_ref().is_some_and(|c| c.edited) {
+                r.text.clear();
+            }
+        }
         self.requests.retain(|r| {
             r.closed
                 .as_ref()
@@ -202,6 +216,14 @@ mod tests {
         s.prune(CLOSED_RETENTION_SECS + 1);
         let ids: Vec<i32> = s.requests.iter().map(|r| r.message_id).collect();
         assert_eq!(ids, [2, 3]);
+        assert_eq!(s.open_count(), 1);
+        s.requests[0].closed.as_mut().expect("closed").edited = true;
+        s.prune(0);
+        assert!(
+            s.requests[0].text.is_empty(),
+            "an edited message's text is not kept"
+        );
+        assert_eq!(s.requests[1].text, "t");
     }
 
     #[test]
