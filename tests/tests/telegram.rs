@@ -101,6 +101,25 @@ impl Env {
             .await;
     }
 
+    /// Waits until the operator's state record holds message `message_id`.
+    async fn wait_recorded(&self, message_id: i64) {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.ns);
+        let needle = format!("\"messageId\":{message_id},");
+        for _ in 0..100 {
+            if let Ok(cm) = api.get("oauth3-telegram-state").await
+                && cm
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("state.json"))
+                    .is_some_and(|s| s.contains(&needle))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("message {message_id} was never recorded in oauth3-telegram-state");
+    }
+
     /// Lets the bot go through a few polls (for asserting that something did NOT happen).
     async fn settle(&self) {
         tokio::time::sleep(Duration::from_millis(2_000)).await;
@@ -345,14 +364,15 @@ async fn an_operator_restart_neither_duplicates_the_request_nor_loses_the_decisi
     env.permit("backup", simple_spec("Back up repos", "1h"))
         .await;
     let m = env.request_for("backup").await;
+    // Killed once the operator has recorded the message (between the Bot API's answer and
+    // that record, a crash can send the request once more: see the README).
+    env.wait_recorded(m.message_id).await;
     op.kill();
 
     // A new operator remembers what was sent.
     let op = env.operator("24h", &[]);
     env.settle().await;
     assert_eq!(requests_about(&env.tg.bot_messages().await, "backup"), 1);
-    let state: Api<ConfigMap> = Api::namespaced(env.client.clone(), &env.ns);
-    assert!(state.get("oauth3-telegram-state").await.is_ok());
     op.kill();
 
     // The owner taps while no operator runs; the next one records it.
