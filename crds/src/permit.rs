@@ -459,6 +459,10 @@ pub struct Approval {
     pub expires_at: Option<Time>,
     /// The spec digest the decision applies to.
     pub spec_digest: String,
+    /// Why the decision was made when nobody made it by hand (e.g. the owner did not answer
+    /// on Telegram before the approval timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// An owner's decision on a Permit.

@@ -14,6 +14,7 @@ pub mod leader;
 pub mod metrics;
 pub mod permit;
 pub mod plugin;
+pub mod telegram;
 pub mod tls;
 
 pub use context::{Clock, Context};

@@ -24,6 +24,8 @@ use oauth3_operator::leader::{
     run_while_leading,
 };
 use oauth3_operator::metrics::Metrics;
+use oauth3_operator::telegram::bot::BotScope;
+use oauth3_operator::telegram::{TelegramArgs, TelegramConfig};
 use oauth3_operator::{Context, callback, permit};
 use tokio::sync::{oneshot, watch};
 
@@ -72,6 +74,8 @@ struct Args {
     log: String,
     #[command(flatten)]
     execution: ExecutionArgs,
+    #[command(flatten)]
+    telegram: TelegramArgs,
 }
 
 #[tokio::main]
@@ -82,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_new(&args.log).context("parsing --log")?,
         )
         .init();
+    let telegram = TelegramConfig::from_args(&args.telegram).map_err(anyhow::Error::msg)?;
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API (kubeconfig or in-cluster)")?;
@@ -144,7 +149,7 @@ async fn main() -> anyhow::Result<()> {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let ctx = Arc::new(Context::new(client));
+    let ctx = Arc::new(Context::new(client.clone()));
     let side = execution_side(&args.execution, ctx.clone(), metrics.clone())
         .await
         .map_err(anyhow::Error::msg)?;
@@ -163,8 +168,13 @@ async fn main() -> anyhow::Result<()> {
         None => tokio::spawn(callback::serve(side.listener, side.router, stopping())),
     };
     let ectx = side.context;
+    let telegram_scope = BotScope {
+        namespace: args.namespace.clone(),
+        operator_namespace: args.execution.operator_namespace.clone(),
+    };
     let controllers = {
         let metrics = metrics.clone();
+        let client = client.clone();
         move |stop: StopSignal| {
             tracing::info!(
                 namespace = args.namespace.as_deref().unwrap_or("(all)"),
@@ -176,9 +186,25 @@ async fn main() -> anyhow::Result<()> {
                 metrics.clone(),
                 stop.clone().wait(),
             );
-            let execs = run_execution_controller(executions.clone(), ectx.clone(), stop.wait());
+            let execs =
+                run_execution_controller(executions.clone(), ectx.clone(), stop.clone().wait());
+            // The Telegram bot polls the Bot API only while leading: two pollers would fight
+            // over getUpdates.
+            let bot = telegram.clone().map(|config| {
+                oauth3_operator::telegram::bot::run(
+                    config,
+                    client.clone(),
+                    telegram_scope.clone(),
+                    stop.wait(),
+                )
+            });
             async move {
-                tokio::join!(permits, execs);
+                let bot = async move {
+                    if let Some(bot) = bot {
+                        bot.await;
+                    }
+                };
+                tokio::join!(permits, execs, bot);
             }
         }
     };

@@ -90,7 +90,8 @@ pub enum Decision {
     Revoke,
 }
 
-/// The `status.approval` to record for `decision` on `permit` by `by` at `now` (pure).
+/// The `status.approval` to record for `decision` on `permit` by `by` through `via` at `now`
+/// (pure).
 ///
 /// # Errors
 /// [`PluginError::Local`] when the spec's `validFor` cannot be parsed (the schema prevents it).
@@ -98,6 +99,7 @@ pub fn approval_for(
     permit: &Permit,
     decision: Decision,
     by: &str,
+    via: ApprovalVia,
     now: Timestamp,
 ) -> Result<Approval, PluginError> {
     let digest = spec_digest(&permit.spec).map_err(|e| PluginError::Local(e.to_string()))?;
@@ -121,10 +123,11 @@ pub fn approval_for(
             Decision::Revoke => ApprovalDecision::Revoked,
         },
         by: by.to_owned(),
-        via: ApprovalVia::Kubectl,
+        via,
         at: Time(now),
         expires_at,
         spec_digest: digest,
+        reason: None,
     })
 }
 
@@ -254,7 +257,13 @@ impl Plugin {
     pub async fn decide(&self, name: &str, decision: Decision) -> Result<String, PluginError> {
         let permit = self.permit(name).await?;
         let by = self.whoami().await?;
-        let approval = approval_for(&permit, decision, &by, Timestamp::now())?;
+        let approval = approval_for(
+            &permit,
+            decision,
+            &by,
+            ApprovalVia::Kubectl,
+            Timestamp::now(),
+        )?;
         self.patch_status(&permit, json!({"approval": approval}))
             .await?;
         Ok(match decision {
@@ -346,6 +355,9 @@ impl Plugin {
                 "Decision: {:?} by {} via {:?} at {}{current}",
                 a.decision, a.by, a.via, a.at.0
             );
+            if let Some(reason) = &a.reason {
+                let _ = writeln!(out, "Reason: {reason}");
+            }
         }
         for t in &status.trusted_code {
             let until = t
@@ -516,12 +528,26 @@ mod tests {
     #[test]
     fn an_approval_binds_the_current_digest_and_lasts_valid_for() {
         let p = permit();
-        let a = approval_for(&p, Decision::Approve, "alice", t(1_000)).expect("approval");
+        let a = approval_for(
+            &p,
+            Decision::Approve,
+            "alice",
+            ApprovalVia::Kubectl,
+            t(1_000),
+        )
+        .expect("approval");
         assert_eq!(a.decision, ApprovalDecision::Approved);
         assert_eq!(a.spec_digest, spec_digest(&p.spec).expect("digest"));
         assert_eq!(a.expires_at.map(|e| e.0), Some(t(1_000 + 7_200)));
         assert_eq!((a.by.as_str(), a.via), ("alice", ApprovalVia::Kubectl));
-        let d = approval_for(&p, Decision::Revoke, "alice", t(1_000)).expect("revoke");
+        let d = approval_for(
+            &p,
+            Decision::Revoke,
+            "alice",
+            ApprovalVia::Kubectl,
+            t(1_000),
+        )
+        .expect("revoke");
         assert_eq!(
             (d.decision, d.expires_at),
             (ApprovalDecision::Revoked, None)

@@ -15,6 +15,8 @@ use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config};
 use tokio::sync::OnceCell;
 
+pub mod telegram;
+
 /// Field manager the test harness uses for what it applies.
 pub const TEST_FIELD_MANAGER: &str = "oauth3-tests";
 

@@ -170,6 +170,7 @@ mod tests {
                 at: at(NOW - 60),
                 expires_at: Some(at(NOW + 3600)),
                 spec_digest: digest,
+                reason: None,
             }),
             ..Default::default()
         });

@@ -154,7 +154,7 @@ async fn publish(ctx: &Context, exec: &Execution, type_: EventType, reason: &str
     }
 }
 
-fn terminal_status(
+pub(crate) fn terminal_status(
     phase: ExecutionPhase,
     reason: &str,
     message: &str,

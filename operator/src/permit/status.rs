@@ -404,6 +404,7 @@ mod tests {
             at: Time(ts(at)),
             expires_at: None,
             spec_digest: digest.to_owned(),
+            reason: None,
         }
     }
 
