@@ -24,7 +24,9 @@ use kube::discovery::{Scope, pinned_kind};
 use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec, Permit, PermitPhase, PermitSpec};
 use oauth3_operator::launcher::pod::{PodLaunchConfig, desired_network_policy, desired_pod};
 use oauth3_operator::plugin::sealed_secret;
-use oauth3_tests::{TEST_FIELD_MANAGER, client_as, client_or_skip, namespace, repo_root};
+use oauth3_tests::{
+    TEST_FIELD_MANAGER, callback_certificate, client_as, client_or_skip, namespace, repo_root,
+};
 use serde_json::{Value, json};
 use upstream::Upstream;
 
@@ -459,6 +461,18 @@ async fn the_operator_works_with_exactly_the_charts_rbac_and_is_refused_the_rest
     assert!(
         kept.iter().any(|a| a == "--launcher=process"),
         "the chart passes --launcher: {kept:?}"
+    );
+    // The callback TLS Secret's mount, with a certificate for the loopback address the test's
+    // runners use (the chart's own is for the in-cluster Service name).
+    let tls_dir = dir.join("callback-tls");
+    callback_certificate(&tls_dir);
+    let kept: Vec<String> = kept
+        .into_iter()
+        .map(|a| a.replace("/etc/oauth3/callback-tls", &tls_dir.to_string_lossy()))
+        .collect();
+    assert!(
+        kept.iter().any(|a| a.starts_with("--callback-tls-cert=")),
+        "the chart serves the callback over HTTPS: {kept:?}"
     );
     let d = |f: &str| dir.join(f).to_string_lossy().into_owned();
     let log = dir.join("operator.log");

@@ -19,7 +19,9 @@ use oauth3_operator::execution::controller::{
 use oauth3_operator::launcher::process::{ProcessLauncher, ProcessLauncherConfig};
 use oauth3_operator::plugin::sealed_secret;
 use oauth3_operator::{Context, run_permit_controller};
-use oauth3_tests::{TEST_FIELD_MANAGER, client_or_skip, namespace, workspace_binary};
+use oauth3_tests::{
+    TEST_FIELD_MANAGER, callback_certificate, client_or_skip, namespace, workspace_binary,
+};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use upstream::Upstream;
@@ -761,28 +763,6 @@ async fn finished_executions_are_deleted_after_their_ttl() {
         "a finished Execution is deleted once its TTL has passed"
     );
     op.stop().await;
-}
-
-/// A CA and a leaf for 127.0.0.1 written as `tls.crt`, `tls.key` and `ca.crt` (the layout of a
-/// cert-manager `kubernetes.io/tls` Secret) under `dir`.
-fn callback_certificate(dir: &std::path::Path) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "oauth3 callback CA");
-    let ca = ca_params.self_signed(&ca_key).expect("CA cert");
-    let leaf_key = KeyPair::generate().expect("leaf key");
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .expect("leaf params")
-        .signed_by(&leaf_key, &ca, &ca_key)
-        .expect("leaf cert");
-    std::fs::create_dir_all(dir).expect("tls dir");
-    std::fs::write(dir.join("tls.crt"), leaf.pem()).expect("tls.crt");
-    std::fs::write(dir.join("tls.key"), leaf_key.serialize_pem()).expect("tls.key");
-    std::fs::write(dir.join("ca.crt"), ca.pem()).expect("ca.crt");
 }
 
 #[tokio::test]
