@@ -87,6 +87,7 @@ async fn create_all(
 
 async fn launch(n: usize, runner: String) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
+    oauth3_tests::install_crds(&client).await;
     let ns = namespace(&client, "bench-launch").await?;
     let spec: PermitSpec = serde_json::from_value(json!({
         "description": "benchmark",
@@ -221,6 +222,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 async fn memory(n: usize, operator: String) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
+    oauth3_tests::install_crds(&client).await;
     let ns = namespace(&client, "bench-memory").await?;
     let mut child = tokio::process::Command::new(operator)
         .args([

@@ -35,6 +35,27 @@ pub const MAX_STATUS_OUTPUT: usize = 32 * 1024;
 /// Cap on the number of call records stored in status.
 pub const MAX_STATUS_CALLS: usize = 200;
 
+/// How often the guarded result write is tried when other writers keep changing the Execution.
+pub const WRITE_ATTEMPTS: u32 = 5;
+
+/// The runner's result in `body`, checked to be final and for `exec` (pure).
+fn check_result(body: &[u8], exec: &Execution, key: &str) -> Result<RunResult, CallbackError> {
+    let result: RunResult =
+        serde_json::from_slice(body).map_err(|e| CallbackError::BadResult(e.to_string()))?;
+    if exec.metadata.uid.as_deref() != Some(result.execution.uid.as_str()) {
+        return Err(CallbackError::BadResult(format!(
+            "the result is for another {key}"
+        )));
+    }
+    if !result.phase.is_terminal() {
+        return Err(CallbackError::BadResult(format!(
+            "phase {:?} is not final",
+            result.phase
+        )));
+    }
+    Ok(result)
+}
+
 /// Shared state of the callback endpoint.
 pub struct CallbackState {
     /// The operator context (client, recorder, clock).
@@ -212,46 +233,50 @@ async fn accept_result(
     let key = format!("{namespace}/{name}");
     let token = bearer(&headers).ok_or(CallbackError::Unauthenticated)?;
     let api: Api<Execution> = Api::namespaced(state.ctx.client.clone(), &namespace);
-    let exec = api
-        .get_opt(&name)
-        .await?
-        .ok_or_else(|| CallbackError::NotFound(key.clone()))?;
-    let status = exec.status.clone().unwrap_or_default();
-    let launch = status
-        .launch
-        .as_ref()
-        .filter(|_| status.phase == Some(ExecutionPhase::Running))
-        .ok_or_else(|| CallbackError::NotRunning(key.clone()))?;
-    if !constant_time_eq(&token_digest(token), &launch.token_digest) {
-        tracing::warn!(execution = %key, "result refused: token does not match");
-        return Err(CallbackError::BadToken);
-    }
-    let result: RunResult =
-        serde_json::from_slice(&body).map_err(|e| CallbackError::BadResult(e.to_string()))?;
-    if exec.metadata.uid.as_deref() != Some(result.execution.uid.as_str()) {
-        return Err(CallbackError::BadResult(format!(
-            "the result is for another {key}"
-        )));
-    }
-    if !result.phase.is_terminal() {
-        return Err(CallbackError::BadResult(format!(
-            "phase {:?} is not final",
-            result.phase
-        )));
-    }
-    let now = state.ctx.now();
-    let patch = json!({
-        "metadata": {"resourceVersion": exec.resource_version()},
-        "status": completed_status(&result, exec.metadata.generation, now),
-    });
-    match api
-        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => return Err(CallbackError::NotRunning(key)),
-        Err(e) => return Err(e.into()),
-    }
+    let mut parsed: Option<RunResult> = None;
+    // The write is guarded by the resourceVersion that was checked. Another writer touching
+    // the Execution in between (the controller noting the Pod, a label) makes it 409: read
+    // again and re-check, so the result is still written exactly once and only while Running.
+    let mut attempt = 0;
+    let (exec, result) = loop {
+        attempt += 1;
+        let exec = api
+            .get_opt(&name)
+            .await?
+            .ok_or_else(|| CallbackError::NotFound(key.clone()))?;
+        let status = exec.status.clone().unwrap_or_default();
+        let launch = status
+            .launch
+            .as_ref()
+            .filter(|_| status.phase == Some(ExecutionPhase::Running))
+            .ok_or_else(|| CallbackError::NotRunning(key.clone()))?;
+        if !constant_time_eq(&token_digest(token), &launch.token_digest) {
+            tracing::warn!(execution = %key, "result refused: token does not match");
+            return Err(CallbackError::BadToken);
+        }
+        let result = match parsed.take() {
+            Some(r) => r,
+            None => check_result(&body, &exec, &key)?,
+        };
+        let now = state.ctx.now();
+        let patch = json!({
+            "metadata": {"resourceVersion": exec.resource_version()},
+            "status": completed_status(&result, exec.metadata.generation, now),
+        });
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => break (exec, result),
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < WRITE_ATTEMPTS => {
+                parsed = Some(result);
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                return Err(CallbackError::NotRunning(key));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     // The result is recorded: answer the runner now; usage bookkeeping (which contends on the
     // one Permit object) and sandbox clean-up happen in the background.
     {

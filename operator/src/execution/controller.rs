@@ -418,9 +418,29 @@ async fn launch(
         "launch": {"launcher": launcher, "tokenDigest": token_digest(&token),
                    "launchedAt": Time(now), "deadline": Time(deadline)},
     });
-    if let Write::Conflict = write_status(api, exec, running, "recording the launch").await? {
-        return Ok(Action::requeue(Duration::from_millis(200)));
-    }
+    let locked = match api
+        .patch_status(
+            &exec.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&json!({
+                "metadata": {"resourceVersion": exec.resource_version()},
+                "status": running,
+            })),
+        )
+        .await
+    {
+        Ok(locked) => locked,
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            return Ok(Action::requeue(Duration::from_millis(200)));
+        }
+        Err(source) => {
+            return Err(ExecutionError::Api {
+                step: "recording the launch",
+                key: key(exec),
+                source,
+            });
+        }
+    };
     if !strict {
         let (ctx, namespace, permit, code) = (
             ctx.clone(),
@@ -445,13 +465,23 @@ async fn launch(
     let name = exec.name_any();
     match launched {
         Ok(l) => {
-            let patch = json!({"status": {"podName": l.handle, "reason": "Launched",
-                "message": format!("runner started ({})", l.handle)}});
-            if let Err(e) = api
+            // Guarded by the launch lock's resourceVersion: a fast runner's result may already
+            // be recorded, and a late "Launched" must never overwrite it.
+            let patch = json!({
+                "metadata": {"resourceVersion": locked.resource_version()},
+                "status": {"podName": l.handle, "reason": "Launched",
+                    "message": format!("runner started ({})", l.handle)}});
+            match api
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
-                tracing::warn!(execution = %key(exec), error = %e, "recording the runner handle");
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    tracing::debug!(execution = %key(exec), "the result arrived before the runner handle was noted");
+                }
+                Err(e) => {
+                    tracing::warn!(execution = %key(exec), error = %e, "recording the runner handle");
+                }
             }
             let latency = exec
                 .metadata
