@@ -1,6 +1,7 @@
 //! oauth3 operator: controllers for Permits and Executions, their shared context, status
 //! conditions and errors; launchers; the plain-words Permit description; the kubectl plugin.
 
+pub mod cache;
 pub mod callback;
 pub mod cli;
 pub mod conditions;

@@ -700,8 +700,8 @@ pub fn execution_controller(
         controller::Error<ExecutionError, watcher::Error>,
     >,
 > {
-    let controller = Controller::new(api, watcher::Config::default());
-    let store = controller.store();
+    let (store, stream) = crate::cache::lean_watch(api);
+    let controller = Controller::for_stream(stream, store.clone());
     let metrics = ectx.metrics.clone();
     let counter = tokio::spawn(async move {
         loop {

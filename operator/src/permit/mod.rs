@@ -113,7 +113,8 @@ pub fn permit_controller(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Stream<Item = Result<(ObjectRef<Permit>, Action), controller::Error<Error, watcher::Error>>>
 {
-    Controller::new(api, watcher::Config::default())
+    let (store, stream) = crate::cache::lean_watch(api);
+    Controller::for_stream(stream, store)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
 }
