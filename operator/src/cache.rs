@@ -46,9 +46,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::ResourceExt;
     use k8s_openapi::api::core::v1::ConfigMap;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+    use kube::ResourceExt;
 
     #[test]
     fn managed_fields_and_the_last_applied_copy_are_dropped_and_nothing_else() {
