@@ -275,6 +275,22 @@ async fn sealed_secrets_are_read_from_a_projected_volume_directory() {
     assert_no_secret("runner output", &String::from_utf8_lossy(&out.stdout));
 }
 
+/// Runs the runner on `bundle` with the dev key and no `--ca-file` (no extra trust at all).
+async fn run_without_ca_file(dir: &Dir, bundle: &Value) -> Output {
+    let bundle_path = dir.file("bundle.json", bundle.to_string().as_bytes());
+    let key_path = dir.file("dev.key", hex::encode(DEV_KEY).as_bytes());
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_oauth3-sandbox-runner"))
+        .arg("run")
+        .arg("--bundle")
+        .arg(&bundle_path)
+        .args(["--key-provider", "dev", "--insecure-dev-key"])
+        .arg("--dev-key-file")
+        .arg(&key_path)
+        .output()
+        .await
+        .expect("runner starts")
+}
+
 #[tokio::test]
 async fn the_callback_ca_in_the_bundle_verifies_the_callback_only_never_upstream_calls() {
     // The upstream doubles as the operator's callback: its CA is handed over in the bundle
@@ -291,18 +307,7 @@ async fn the_callback_ca_in_the_bundle_verifies_the_callback_only_never_upstream
         "token": "cb-token-tls",
         "caPem": String::from_utf8(up.ca_pem.clone()).expect("pem"),
     });
-    let bundle_path = dir.file("bundle.json", b.to_string().as_bytes());
-    let key_path = dir.file("dev.key", hex::encode(DEV_KEY).as_bytes());
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_oauth3-sandbox-runner"))
-        .arg("run")
-        .arg("--bundle")
-        .arg(&bundle_path)
-        .args(["--key-provider", "dev", "--insecure-dev-key"])
-        .arg("--dev-key-file")
-        .arg(&key_path)
-        .output()
-        .await
-        .expect("runner starts");
+    let out = run_without_ca_file(&dir, &b).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     let result: Value = serde_json::from_slice(&out.stdout).expect("result json");
     assert_eq!(result["result"], "refused", "{result} {stderr}");
@@ -333,18 +338,7 @@ async fn a_callback_whose_certificate_is_not_trusted_gets_no_result_and_no_token
         "url": format!("{}/v1/results/{NAMESPACE}/e2e", up.origin()),
         "token": "cb-token-untrusted",
     });
-    let bundle_path = dir.file("bundle.json", b.to_string().as_bytes());
-    let key_path = dir.file("dev.key", hex::encode(DEV_KEY).as_bytes());
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_oauth3-sandbox-runner"))
-        .arg("run")
-        .arg("--bundle")
-        .arg(&bundle_path)
-        .args(["--key-provider", "dev", "--insecure-dev-key"])
-        .arg("--dev-key-file")
-        .arg(&key_path)
-        .output()
-        .await
-        .expect("runner starts");
+    let out = run_without_ca_file(&dir, &b).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
     assert!(

@@ -175,3 +175,31 @@ pub fn callback_certificate(dir: &std::path::Path) {
     std::fs::write(dir.join("tls.key"), leaf_key.serialize_pem()).expect("tls.key");
     std::fs::write(dir.join("ca.crt"), ca.pem()).expect("ca.crt");
 }
+
+/// Seals `value` as the sandbox secret `name` of namespace `ns` to the development enclave key
+/// `dev_key` (what `kubectl oauth3 seal` does for an owner) and applies it as the Kubernetes
+/// Secret `secret`.
+///
+/// # Panics
+/// When sealing or the apply fails.
+pub async fn apply_dev_sealed_secret(
+    client: &Client,
+    ns: &str,
+    secret: &str,
+    name: &str,
+    value: &str,
+    dev_key: [u8; 32],
+) {
+    let public = crypto_box::SecretKey::from(dev_key).public_key();
+    let mut sealed =
+        oauth3_operator::plugin::sealed_secret(ns, name, value, public.as_bytes()).expect("sealed");
+    sealed.metadata.name = Some(secret.to_owned());
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
+        .patch(
+            secret,
+            &PatchParams::apply(TEST_FIELD_MANAGER),
+            &Patch::Apply(&sealed),
+        )
+        .await
+        .expect("sealed secret applied");
+}

@@ -23,9 +23,9 @@ use kube::api::{
 use kube::discovery::{Scope, pinned_kind};
 use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec, Permit, PermitPhase, PermitSpec};
 use oauth3_operator::launcher::pod::{PodLaunchConfig, desired_network_policy, desired_pod};
-use oauth3_operator::plugin::sealed_secret;
 use oauth3_tests::{
-    TEST_FIELD_MANAGER, callback_certificate, client_as, client_or_skip, namespace, repo_root,
+    TEST_FIELD_MANAGER, apply_dev_sealed_secret, callback_certificate, client_as, client_or_skip,
+    namespace, repo_root,
 };
 use serde_json::{Value, json};
 use upstream::Upstream;
@@ -515,16 +515,7 @@ async fn the_operator_works_with_exactly_the_charts_rbac_and_is_refused_the_rest
     .await;
 
     // The owner's sealed token, a Permit, the owner's approval.
-    let public = crypto_box::SecretKey::from(DEV_KEY).public_key();
-    let secret = sealed_secret(&agents, "API_TOKEN", SECRET, public.as_bytes()).expect("sealed");
-    Api::<Secret>::namespaced(client.clone(), &agents)
-        .patch(
-            "api-token",
-            &PatchParams::apply(TEST_FIELD_MANAGER),
-            &Patch::Apply(&secret),
-        )
-        .await
-        .expect("sealed secret applied");
+    apply_dev_sealed_secret(&client, &agents, "api-token", "API_TOKEN", SECRET, DEV_KEY).await;
     let spec: PermitSpec = serde_json::from_value(json!({
         "description": "chart rbac",
         "capabilities": [{"name": "api", "baseUrl": format!("{}/v1", up.origin()),

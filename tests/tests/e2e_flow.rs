@@ -17,10 +17,10 @@ use oauth3_operator::execution::controller::{
     ExecutionConfig, ExecutionContext, LauncherKind, run_execution_controller,
 };
 use oauth3_operator::launcher::process::{ProcessLauncher, ProcessLauncherConfig};
-use oauth3_operator::plugin::sealed_secret;
 use oauth3_operator::{Context, run_permit_controller};
 use oauth3_tests::{
-    TEST_FIELD_MANAGER, callback_certificate, client_or_skip, namespace, workspace_binary,
+    TEST_FIELD_MANAGER, apply_dev_sealed_secret, callback_certificate, client_or_skip, namespace,
+    workspace_binary,
 };
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -129,16 +129,7 @@ impl Env {
         std::fs::write(dir.join("dev.key"), hex::encode(DEV_KEY)).expect("key");
         std::fs::write(dir.join("ca.pem"), &up.ca_pem).expect("ca");
         // The owner seals the secret to the enclave key; only the runner can open it.
-        let public = crypto_box::SecretKey::from(DEV_KEY).public_key();
-        let secret = sealed_secret(&ns, "API_TOKEN", SECRET, public.as_bytes()).expect("sealed");
-        Api::<Secret>::namespaced(client.clone(), &ns)
-            .patch(
-                "api-token",
-                &PatchParams::apply(TEST_FIELD_MANAGER),
-                &Patch::Apply(&secret),
-            )
-            .await
-            .expect("sealed secret applied");
+        apply_dev_sealed_secret(&client, &ns, "api-token", "API_TOKEN", SECRET, DEV_KEY).await;
         Some(Env {
             client,
             ns,

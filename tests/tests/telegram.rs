@@ -9,15 +9,14 @@ mod upstream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use oauth3_crds::{
     ApprovalDecision, ApprovalVia, Execution, ExecutionPhase, ExecutionSpec, Permit, PermitPhase,
     PermitSpec, TrustLevel, code_digest, spec_digest,
 };
-use oauth3_operator::plugin::sealed_secret;
 use oauth3_tests::telegram::{BotMessage, Emulator, OperatorProcess, telegram_flags};
-use oauth3_tests::{TEST_FIELD_MANAGER, client_or_skip, namespace, workspace_binary};
+use oauth3_tests::{apply_dev_sealed_secret, client_or_skip, namespace, workspace_binary};
 use serde_json::{Value, json};
 use upstream::Upstream;
 
@@ -481,16 +480,15 @@ async fn e2e_setup(env: &Env) -> (Upstream, Vec<String>) {
     let up = Upstream::start().await;
     std::fs::write(env.dir.join("dev.key"), hex::encode(DEV_KEY)).expect("key");
     std::fs::write(env.dir.join("ca.pem"), &up.ca_pem).expect("ca");
-    let public = crypto_box::SecretKey::from(DEV_KEY).public_key();
-    let secret = sealed_secret(&env.ns, "API_TOKEN", SECRET, public.as_bytes()).expect("sealed");
-    Api::<Secret>::namespaced(env.client.clone(), &env.ns)
-        .patch(
-            "api-token",
-            &PatchParams::apply(TEST_FIELD_MANAGER),
-            &Patch::Apply(&secret),
-        )
-        .await
-        .expect("sealed secret applied");
+    apply_dev_sealed_secret(
+        &env.client,
+        &env.ns,
+        "api-token",
+        "API_TOKEN",
+        SECRET,
+        DEV_KEY,
+    )
+    .await;
     let d = |f: &str| env.dir.join(f).to_string_lossy().into_owned();
     let runner = workspace_binary("oauth3-sandbox-runner", "oauth3-sandbox-runner");
     let flags = vec![
