@@ -54,13 +54,14 @@ pub fn kwok_binary_or_skip() -> Option<PathBuf> {
             cached_bin_dir(&versions, &cache).map(|d| d.join("kwok"))
         }
     };
-    match candidate.filter(|p| p.is_file()) {
+    match candidate.clone().filter(|p| p.is_file()) {
         Some(p) => Some(p),
         None => {
             assert!(
                 !required,
-                "REQUIRE_K8S=1 but no kwok binary: set OAUTH3_KWOK or build it with \
-                 `bash .ci/k8s/build-bins.sh`"
+                "REQUIRE_K8S=1 but no kwok binary (looked at {}): set OAUTH3_KWOK to an \
+                 existing file or build it with `bash .ci/k8s/build-bins.sh`",
+                candidate.map_or_else(|| "nothing".to_owned(), |p| p.display().to_string())
             );
             eprintln!("skipping: no kwok binary (set OAUTH3_KWOK or run `make test`)");
             None
