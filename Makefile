@@ -44,7 +44,7 @@ chart-check: helm ## helm lint --strict and helm template of the chart (default 
 	"$$helm" template oauth3 $(CHART) -n oauth3-system --include-crds -f $(CHART)/ci/everything-values.yaml >/dev/null
 
 .PHONY: test
-test: lint control-plane chart-check ## Every test tier: lint, chart, unit, schema + controller tests on a real kube-apiserver
+test: lint control-plane chart-check ## Every test tier: lint, chart, unit, schema + controller tests on a real kube-apiserver, pods on kwok
 	OAUTH3_HELM=$$(bash .ci/k8s/build-helm.sh | tail -n1) REQUIRE_K8S=1 bash $(CLUSTER) run $(CARGO) test --workspace --all-targets
 
 .PHONY: cluster-up

@@ -5,7 +5,8 @@
 #   control-plane.sh up      start; prints the kubeconfig path on the last line
 #   control-plane.sh down    stop the processes this script started (and only those)
 #   control-plane.sh status  say whether it is running
-#   control-plane.sh run CMD...  up, run CMD with TEST_KUBECONFIG/KUBECONFIG set, down
+#   control-plane.sh run CMD...  up, run CMD with TEST_KUBECONFIG/KUBECONFIG set (and OAUTH3_KWOK,
+#                                the kwok binary of the kwok test tier, unless already set), down
 #
 #   OAUTH3_CLUSTER_DIR  state directory (default: <repo>/.cluster); holds the PKI, logs, pids
 #                       and the kubeconfig
@@ -118,8 +119,9 @@ case "${1:-}" in
     if ! (running apiserver && ready); then started=1; fi
     kc=$(up | tail -n1)
     [ -z "$started" ] || trap down EXIT
+    kwok=${OAUTH3_KWOK:-$(bash "$repo/.ci/k8s/build-bins.sh" | tail -n1)/kwok}
     set +e
-    TEST_KUBECONFIG=$kc KUBECONFIG=$kc "$@"
+    TEST_KUBECONFIG=$kc KUBECONFIG=$kc OAUTH3_KWOK=$kwok "$@"
     rc=$?
     exit $rc ;;
   *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;

@@ -15,6 +15,7 @@ use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config};
 use tokio::sync::OnceCell;
 
+pub mod kwok;
 pub mod telegram;
 
 /// Field manager the test harness uses for what it applies.
@@ -202,4 +203,55 @@ pub async fn apply_dev_sealed_secret(
         )
         .await
         .expect("sealed secret applied");
+}
+
+/// Applies (server-side, forced) a RuntimeClass `name` whose handler is `name`, so Pods naming
+/// it are admitted.
+///
+/// # Panics
+/// When the API server refuses it.
+pub async fn ensure_runtime_class(client: &Client, name: &str) {
+    use k8s_openapi::api::node::v1::RuntimeClass;
+    let rc: RuntimeClass = serde_json::from_value(serde_json::json!({
+        "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+        "metadata": {"name": name}, "handler": name
+    }))
+    .expect("runtime class");
+    Api::<RuntimeClass>::all(client.clone())
+        .patch(
+            name,
+            &PatchParams::apply(TEST_FIELD_MANAGER).force(),
+            &Patch::Apply(&rc),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying RuntimeClass {name}: {e}"));
+}
+
+/// A minimal HTTP/1.1 POST of `body` as JSON to a plain-HTTP loopback `url`, with
+/// `Authorization: Bearer <token>` unless `token` is empty; returns the status code.
+///
+/// # Panics
+/// When `url` is not `http://host:port/path` or the exchange fails.
+pub async fn post_json(url: &str, token: &str, body: &serde_json::Value) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest.split_once('/').expect("path");
+    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
+    let body = body.to_string();
+    let auth = if token.is_empty() {
+        String::new()
+    } else {
+        format!("Authorization: Bearer {token}\r\n")
+    };
+    let req = format!(
+        "POST /{path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.expect("read");
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code")
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec, Permit, PermitPhase, PermitSpec};
 use oauth3_operator::callback::{CallbackState, router, serve};
 use oauth3_operator::execution::controller::{
@@ -19,8 +19,8 @@ use oauth3_operator::execution::controller::{
 use oauth3_operator::launcher::process::{ProcessLauncher, ProcessLauncherConfig};
 use oauth3_operator::{Context, run_permit_controller};
 use oauth3_tests::{
-    TEST_FIELD_MANAGER, apply_dev_sealed_secret, callback_certificate, client_or_skip, namespace,
-    workspace_binary,
+    apply_dev_sealed_secret, callback_certificate, client_or_skip, ensure_runtime_class, namespace,
+    post_json, workspace_binary,
 };
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -502,14 +502,14 @@ async fn a_replayed_or_forged_result_is_refused() {
         "phase": "Succeeded", "result": 666, "stdout": "", "stderr": "", "calls": [],
         "durationMs": 1, "codeDigest": "x", "permitDigest": "y", "rateBudget": {},
         "attestation": {"kind": "none"}, "statementDigest": "z"});
-    let http = reqwest_like_post(
+    let http = post_json(
         &format!("{base}/v1/results/{}/once", env.ns),
         "forged-token",
         &forged,
     )
     .await;
     assert_eq!(http, 409, "a finished Execution accepts no further result");
-    let http = reqwest_like_post(&format!("{base}/v1/results/{}/once", env.ns), "", &forged).await;
+    let http = post_json(&format!("{base}/v1/results/{}/once", env.ns), "", &forged).await;
     assert_eq!(http, 401, "no token, no result");
     let after = Api::<Execution>::namespaced(env.client.clone(), &env.ns)
         .get("once")
@@ -523,31 +523,6 @@ async fn a_replayed_or_forged_result_is_refused() {
     op.stop().await;
 }
 
-/// A minimal HTTP/1.1 POST over a TCP socket; returns the status code.
-async fn reqwest_like_post(url: &str, token: &str, body: &Value) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").expect("http url");
-    let (host, path) = rest.split_once('/').expect("path");
-    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
-    let body = body.to_string();
-    let auth = if token.is_empty() {
-        String::new()
-    } else {
-        format!("Authorization: Bearer {token}\r\n")
-    };
-    let req = format!(
-        "POST /{path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).await.expect("read");
-    resp.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status code")
-}
-
 #[tokio::test]
 async fn the_pod_launcher_creates_the_sandbox_once_and_cleans_up_after_the_result() {
     use k8s_openapi::api::core::v1::Pod;
@@ -555,18 +530,7 @@ async fn the_pod_launcher_creates_the_sandbox_once_and_cleans_up_after_the_resul
     let Some(env) = Env::new("e2e-pod").await else {
         return;
     };
-    let rc: k8s_openapi::api::node::v1::RuntimeClass = serde_json::from_value(json!({
-        "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
-        "metadata": {"name": "kata-qemu-tdx"}, "handler": "kata-qemu-tdx"}))
-    .expect("rc");
-    Api::<k8s_openapi::api::node::v1::RuntimeClass>::all(env.client.clone())
-        .patch(
-            "kata-qemu-tdx",
-            &PatchParams::apply(TEST_FIELD_MANAGER).force(),
-            &Patch::Apply(&rc),
-        )
-        .await
-        .expect("runtime class");
+    ensure_runtime_class(&env.client, "kata-qemu-tdx").await;
     let l = listener().await;
     let base = format!("http://{}", l.local_addr().expect("addr"));
     let (stop, rx) = watch::channel(false);
@@ -670,21 +634,21 @@ async fn the_pod_launcher_creates_the_sandbox_once_and_cleans_up_after_the_resul
         "phase": "Succeeded", "result": 1, "stdout": "", "stderr": "", "calls": [],
         "durationMs": 3, "codeDigest": "sha256:x", "permitDigest": "sha256:y", "rateBudget": {},
         "attestation": {"kind": "none"}, "statementDigest": "sha256:z"});
-    let wrong = reqwest_like_post(
+    let wrong = post_json(
         &format!("{base}/v1/results/{}/in-pod", env.ns),
         "not-the-token",
         &result,
     )
     .await;
     assert_eq!(wrong, 401);
-    let ok = reqwest_like_post(
+    let ok = post_json(
         &format!("{base}/v1/results/{}/in-pod", env.ns),
         &token,
         &result,
     )
     .await;
     assert_eq!(ok, 204);
-    let replay = reqwest_like_post(
+    let replay = post_json(
         &format!("{base}/v1/results/{}/in-pod", env.ns),
         &token,
         &result,

@@ -1,0 +1,350 @@
+//! The pod launcher with a node (kwok tier): the Execution controller on a real kube-apiserver
+//! launches the sandbox Pod, the Pod is bound to a kwok-managed fake Node and goes Running, its
+//! stored Pod and NetworkPolicy are exactly as designed, and after the runner's result the Pod
+//! is really gone (its deletion confirmed by the node, as a kubelet would) with its bundle
+//! Secret.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use oauth3_crds::constants::LABEL_EXECUTION;
+use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec, Permit, PermitPhase, PermitSpec};
+use oauth3_operator::callback::{CallbackState, router, serve};
+use oauth3_operator::execution::controller::{
+    ExecutionConfig, ExecutionContext, LauncherKind, run_execution_controller,
+};
+use oauth3_operator::launcher::pod::{PodLaunchConfig, RUNNER_UID};
+use oauth3_operator::plugin::sealed_secret;
+use oauth3_operator::{Context, run_permit_controller};
+use oauth3_tests::kwok::{Kwok, bind_pod};
+use oauth3_tests::{
+    TEST_FIELD_MANAGER, client_or_skip, ensure_runtime_class, namespace, post_json,
+    workspace_binary,
+};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+const SANDBOX: &str = "oauth3-run-in-node";
+
+/// Polls `what` every 100 ms for up to 30 s until it returns `Some`.
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..300 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what} did not happen within 30s");
+}
+
+fn phase(e: &Execution) -> Option<ExecutionPhase> {
+    e.status.as_ref().and_then(|s| s.phase)
+}
+
+#[tokio::test]
+async fn a_sandbox_pod_bound_to_a_node_runs_as_designed_and_is_gone_after_the_result() {
+    let Some(client) = client_or_skip().await else {
+        return;
+    };
+    let Some(kwok) = Kwok::start(&client, "pods").await else {
+        return;
+    };
+    let ns = namespace(&client, "kwok-pods").await;
+    let config = PodLaunchConfig::default();
+    ensure_runtime_class(&client, &config.runtime_class_name).await;
+    let public = crypto_box::SecretKey::from([5u8; 32]).public_key();
+    let sealed = sealed_secret(&ns, "API_TOKEN", "sk-kwok-7a1e", public.as_bytes()).expect("seal");
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .patch(
+            "api-token",
+            &PatchParams::apply(TEST_FIELD_MANAGER),
+            &Patch::Apply(&sealed),
+        )
+        .await
+        .expect("sealed secret applied");
+
+    // The operator: Permit and Execution controllers with the pod launcher, and the callback.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let ctx = Arc::new(Context::new(client.clone()));
+    let ectx = Arc::new(ExecutionContext {
+        ctx: ctx.clone(),
+        config: ExecutionConfig {
+            launcher: LauncherKind::Pod(Box::new(config.clone())),
+            callback_base_url: base.clone(),
+            callback_ca_pem: None,
+            deadline_grace: Duration::from_secs(30),
+            ttl: Duration::from_secs(3600),
+        },
+        metrics: Arc::new(oauth3_operator::metrics::Metrics::new()),
+    });
+    let cb = router(Arc::new(CallbackState { ctx: ctx.clone() }));
+    let tasks = vec![
+        tokio::spawn(run_permit_controller(
+            Api::namespaced(client.clone(), &ns),
+            ctx.clone(),
+            stopped(),
+        )),
+        tokio::spawn(run_execution_controller(
+            Api::namespaced(client.clone(), &ns),
+            ectx,
+            stopped(),
+        )),
+        tokio::spawn({
+            let s = stopped();
+            async move {
+                let _ = serve(listener, cb, s).await;
+            }
+        }),
+    ];
+
+    // The owner approves the Permit with the plugin; the agent submits an Execution.
+    let permits: Api<Permit> = Api::namespaced(client.clone(), &ns);
+    let spec: PermitSpec = serde_json::from_value(json!({
+        "description": "kwok",
+        "capabilities": [{"name": "api", "baseUrl": "https://api.github.com",
+            "paths": ["/repos/o/r/issues"], "methods": ["GET"],
+            "auth": {"header": "Authorization", "value": "Bearer {API_TOKEN}"}}],
+        "secrets": ["API_TOKEN"], "validFor": "1h"
+    }))
+    .expect("permit spec");
+    permits
+        .create(&PostParams::default(), &Permit::new("issues", spec))
+        .await
+        .expect("permit");
+    let permit_in = |want: PermitPhase| {
+        let permits = permits.clone();
+        move || {
+            let permits = permits.clone();
+            async move {
+                let p = permits.get("issues").await.ok()?;
+                (p.status.as_ref().and_then(|s| s.phase) == Some(want)).then_some(())
+            }
+        }
+    };
+    eventually("Permit Pending", permit_in(PermitPhase::Pending)).await;
+    let out = std::process::Command::new(workspace_binary("oauth3-operator", "kubectl-oauth3"))
+        .env(
+            "KUBECONFIG",
+            std::env::var("TEST_KUBECONFIG").expect("kubeconfig"),
+        )
+        .args(["-n", &ns, "approve", "issues"])
+        .output()
+        .expect("plugin runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("Permit Approved", permit_in(PermitPhase::Approved)).await;
+    let timeout = 20;
+    let exec_spec: ExecutionSpec = serde_json::from_value(json!({
+        "permitRef": "issues", "code": "return 1", "timeoutSeconds": timeout
+    }))
+    .expect("execution spec");
+    let execs: Api<Execution> = Api::namespaced(client.clone(), &ns);
+    let exec = execs
+        .create(
+            &PostParams::default(),
+            &Execution::new("in-node", exec_spec),
+        )
+        .await
+        .expect("execution");
+    let uid = exec.metadata.uid.clone().expect("uid");
+
+    // The sandbox is created once and waits for a node: there is no scheduler.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pending = eventually("sandbox Pod created", || {
+        let pods = pods.clone();
+        async move { pods.get_opt(SANDBOX).await.expect("read pod") }
+    })
+    .await;
+    assert_eq!(
+        pending.spec.as_ref().and_then(|s| s.node_name.clone()),
+        None,
+        "nothing binds the Pod but the scheduler (here: the test)"
+    );
+
+    // The test stands in for the scheduler: it binds the Pod to kwok's fake Node through the
+    // pods/binding subresource, as kube-scheduler would.
+    bind_pod(&client, &ns, SANDBOX, &kwok.node).await;
+    let running = eventually("sandbox Pod Running on the kwok node", || {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get(SANDBOX).await.expect("read pod");
+            (p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")).then_some(p)
+        }
+    })
+    .await;
+
+    // The Pod as stored and run is exactly as designed.
+    let spec = running.spec.clone().expect("pod spec");
+    assert_eq!(spec.node_name.as_deref(), Some(kwok.node.as_str()));
+    assert_eq!(
+        spec.runtime_class_name.as_deref(),
+        Some(config.runtime_class_name.as_str())
+    );
+    assert_eq!(
+        spec.active_deadline_seconds,
+        Some(i64::from(timeout) + config.deadline_grace_seconds),
+        "the node ends a runner that never calls back"
+    );
+    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+    assert_eq!(
+        spec.automount_service_account_token,
+        Some(false),
+        "no service-account token is mounted"
+    );
+    assert_eq!(spec.service_account_name, None);
+    assert_eq!(spec.enable_service_links, Some(false));
+    for host in [spec.host_network, spec.host_pid, spec.host_ipc] {
+        // The API server stores `false` as absent.
+        assert_ne!(host, Some(true), "no host namespace is shared");
+    }
+    let psc = spec.security_context.clone().expect("pod security context");
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(psc.run_as_user, Some(RUNNER_UID));
+    assert_eq!(
+        psc.seccomp_profile.map(|s| s.type_),
+        Some("RuntimeDefault".to_owned())
+    );
+    assert_eq!(spec.containers.len(), 1);
+    let sc = spec.containers[0]
+        .security_context
+        .clone()
+        .expect("container security context");
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.privileged, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(
+        sc.capabilities.and_then(|c| c.drop),
+        Some(vec!["ALL".to_owned()])
+    );
+    let volumes = spec.volumes.clone().unwrap_or_default();
+    let sealed: Vec<_> = volumes
+        .iter()
+        .filter_map(|v| v.projected.as_ref())
+        .flat_map(|p| p.sources.iter().flatten())
+        .filter_map(|s| s.secret.as_ref().map(|s| s.name.clone()))
+        .collect();
+    assert_eq!(sealed, ["api-token"], "only the Permit's sealed Secret");
+    let secret_volumes: Vec<_> = volumes
+        .iter()
+        .filter_map(|v| v.secret.as_ref().and_then(|s| s.secret_name.clone()))
+        .collect();
+    assert_eq!(
+        secret_volumes,
+        [SANDBOX],
+        "only the run's own bundle Secret"
+    );
+    assert!(
+        volumes.iter().all(|v| v.host_path.is_none()),
+        "no host path is mounted"
+    );
+    let owners = running.metadata.owner_references.clone().expect("owners");
+    assert_eq!(
+        owners
+            .iter()
+            .map(|o| (o.kind.as_str(), o.uid.as_str()))
+            .collect::<Vec<_>>(),
+        [("Execution", uid.as_str())]
+    );
+
+    let policy = Api::<NetworkPolicy>::namespaced(client.clone(), &ns)
+        .get(SANDBOX)
+        .await
+        .expect("network policy");
+    let owners = policy.metadata.owner_references.clone().expect("owners");
+    assert_eq!(
+        (owners[0].kind.as_str(), owners[0].uid.as_str()),
+        ("Execution", uid.as_str())
+    );
+    let np = policy.spec.expect("policy spec");
+    assert_eq!(
+        np.pod_selector
+            .and_then(|s| s.match_labels)
+            .and_then(|l| l.get(LABEL_EXECUTION).cloned()),
+        Some(uid.clone())
+    );
+    let mut types = np.policy_types.clone().unwrap_or_default();
+    types.sort();
+    assert_eq!(types, ["Egress", "Ingress"]);
+    assert_eq!(
+        np.ingress.map(|i| i.len()).unwrap_or(0),
+        0,
+        "no ingress is allowed"
+    );
+    assert_eq!(np.egress.map(|e| e.len()), Some(3));
+
+    // A Running Pod does not end the Execution: only the runner's result does.
+    let before = execs.get("in-node").await.expect("execution");
+    assert_eq!(phase(&before), Some(ExecutionPhase::Running));
+
+    // The runner inside the Pod reports back with the token from its bundle.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let bundle = secrets.get(SANDBOX).await.expect("bundle secret");
+    let raw = bundle.data.expect("data")["bundle.json"].0.clone();
+    let bundle: Value = serde_json::from_slice(&raw).expect("bundle json");
+    let token = bundle["callback"]["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let result = json!({"execution": {"namespace": ns, "name": "in-node", "uid": uid},
+        "phase": "Succeeded", "result": 1, "stdout": "", "stderr": "", "calls": [],
+        "durationMs": 3, "codeDigest": "sha256:x", "permitDigest": "sha256:y", "rateBudget": {},
+        "attestation": {"kind": "none"}, "statementDigest": "sha256:z"});
+    let url = format!("{base}/v1/results/{ns}/in-node");
+    assert_eq!(post_json(&url, &token, &result).await, 204);
+
+    let done = eventually("Execution Succeeded", || {
+        let execs = execs.clone();
+        async move {
+            let e = execs.get("in-node").await.expect("execution");
+            phase(&e)
+                .is_some_and(ExecutionPhase::is_terminal)
+                .then_some(e)
+        }
+    })
+    .await;
+    assert_eq!(phase(&done), Some(ExecutionPhase::Succeeded));
+
+    // The bound Pod is really gone (the node confirmed its deletion), not left Terminating, and
+    // the spent bundle Secret with it.
+    eventually("sandbox Pod and bundle Secret deleted", || {
+        let (pods, secrets) = (pods.clone(), secrets.clone());
+        async move {
+            let pod = pods.get_opt(SANDBOX).await.expect("read pod");
+            let bundle = secrets.get_opt(SANDBOX).await.expect("read secret");
+            (pod.is_none() && bundle.is_none()).then_some(())
+        }
+    })
+    .await;
+    let after = execs.get("in-node").await.expect("execution");
+    assert_eq!(
+        phase(&after),
+        Some(ExecutionPhase::Succeeded),
+        "the Pod's deletion does not rewrite the result"
+    );
+
+    let _ = stop.send(true);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+    kwok.stop().await;
+}
