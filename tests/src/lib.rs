@@ -16,6 +16,7 @@ use kube::{Client, Config};
 use tokio::sync::OnceCell;
 
 pub mod kwok;
+pub mod operator;
 pub mod telegram;
 
 /// Field manager the test harness uses for what it applies.

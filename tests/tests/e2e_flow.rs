@@ -6,34 +6,26 @@
 mod upstream;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec, Permit, PermitPhase, PermitSpec};
-use oauth3_operator::callback::{CallbackState, router, serve};
-use oauth3_operator::execution::controller::{
-    ExecutionConfig, ExecutionContext, LauncherKind, run_execution_controller,
-};
+use oauth3_operator::execution::controller::LauncherKind;
 use oauth3_operator::launcher::process::{ProcessLauncher, ProcessLauncherConfig};
-use oauth3_operator::{Context, run_permit_controller};
+use oauth3_tests::operator::InProcessOperator;
 use oauth3_tests::{
     apply_dev_sealed_secret, callback_certificate, client_or_skip, ensure_runtime_class, namespace,
     post_json, workspace_binary,
 };
 use serde_json::{Value, json};
-use tokio::sync::watch;
 use upstream::Upstream;
 
 const SECRET: &str = "sk-e2e-operator-91c2";
 const DEV_KEY: [u8; 32] = [3u8; 32];
 
-/// A running operator (both controllers + callback server) that can be stopped.
-struct Operator {
-    stop: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
+/// The in-process operator with the process launcher.
+struct Operator;
 
 impl Operator {
     async fn start(
@@ -42,7 +34,7 @@ impl Operator {
         listener: tokio::net::TcpListener,
         launcher: ProcessLauncherConfig,
         grace: Duration,
-    ) -> Operator {
+    ) -> InProcessOperator {
         Self::start_with_ttl(
             client,
             ns,
@@ -61,54 +53,15 @@ impl Operator {
         launcher: ProcessLauncherConfig,
         grace: Duration,
         ttl: Duration,
-    ) -> Operator {
-        let (stop, rx) = watch::channel(false);
-        let stopped = move || {
-            let mut rx = rx.clone();
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }
-        };
-        let ctx = Arc::new(Context::new(client.clone()));
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let ectx = Arc::new(ExecutionContext {
-            ctx: ctx.clone(),
-            config: ExecutionConfig {
-                launcher: LauncherKind::Process(ProcessLauncher::new(launcher)),
-                callback_base_url: base,
-                callback_ca_pem: None,
-                deadline_grace: grace,
-                ttl,
-            },
-            metrics: Arc::new(oauth3_operator::metrics::Metrics::new()),
-        });
-        let cb = router(Arc::new(CallbackState { ctx: ctx.clone() }));
-        let tasks = vec![
-            tokio::spawn(run_permit_controller(
-                Api::namespaced(client.clone(), ns),
-                ctx.clone(),
-                stopped(),
-            )),
-            tokio::spawn(run_execution_controller(
-                Api::namespaced(client.clone(), ns),
-                ectx,
-                stopped(),
-            )),
-            tokio::spawn({
-                let s = stopped();
-                async move {
-                    let _ = serve(listener, cb, s).await;
-                }
-            }),
-        ];
-        Operator { stop, tasks }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-        }
+    ) -> InProcessOperator {
+        InProcessOperator::start(
+            client,
+            ns,
+            listener,
+            LauncherKind::Process(ProcessLauncher::new(launcher)),
+            grace,
+            ttl,
+        )
     }
 }
 
@@ -183,7 +136,7 @@ impl Env {
     }
 
     /// Starts an operator with the real runner and the default grace.
-    async fn operator(&self) -> Operator {
+    async fn operator(&self) -> InProcessOperator {
         Operator::start(
             &self.client,
             &self.ns,
@@ -533,44 +486,14 @@ async fn the_pod_launcher_creates_the_sandbox_once_and_cleans_up_after_the_resul
     ensure_runtime_class(&env.client, "kata-qemu-tdx").await;
     let l = listener().await;
     let base = format!("http://{}", l.local_addr().expect("addr"));
-    let (stop, rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    let ctx = Arc::new(Context::new(env.client.clone()));
-    let ectx = Arc::new(ExecutionContext {
-        ctx: ctx.clone(),
-        config: ExecutionConfig {
-            launcher: LauncherKind::Pod(Box::default()),
-            callback_base_url: base.clone(),
-            callback_ca_pem: None,
-            deadline_grace: Duration::from_secs(30),
-            ttl: Duration::from_secs(3600),
-        },
-        metrics: Arc::new(oauth3_operator::metrics::Metrics::new()),
-    });
-    let cb = router(Arc::new(CallbackState { ctx: ctx.clone() }));
-    let tasks = vec![
-        tokio::spawn(run_permit_controller(
-            Api::namespaced(env.client.clone(), &env.ns),
-            ctx.clone(),
-            stopped(),
-        )),
-        tokio::spawn(run_execution_controller(
-            Api::namespaced(env.client.clone(), &env.ns),
-            ectx,
-            stopped(),
-        )),
-        tokio::spawn({
-            let s = stopped();
-            async move {
-                let _ = serve(l, cb, s).await;
-            }
-        }),
-    ];
+    let op = InProcessOperator::start(
+        &env.client,
+        &env.ns,
+        l,
+        LauncherKind::Pod(Box::default()),
+        Duration::from_secs(30),
+        Duration::from_secs(3600),
+    );
     env.approved_permit("issues").await;
     env.execution("in-pod", "issues", "return 1", 10).await;
     let running = env
@@ -680,10 +603,7 @@ async fn the_pod_launcher_creates_the_sandbox_once_and_cleans_up_after_the_resul
         cleaned,
         "the sandbox pod and the spent bundle Secret are deleted"
     );
-    let _ = stop.send(true);
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-    }
+    op.stop().await;
 }
 
 #[tokio::test]

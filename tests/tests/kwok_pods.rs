@@ -4,28 +4,22 @@
 //! is really gone (its deletion confirmed by the node, as a kubelet would) with its bundle
 //! Secret.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use oauth3_crds::constants::LABEL_EXECUTION;
 use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec, Permit, PermitPhase, PermitSpec};
-use oauth3_operator::callback::{CallbackState, router, serve};
-use oauth3_operator::execution::controller::{
-    ExecutionConfig, ExecutionContext, LauncherKind, run_execution_controller,
-};
+use oauth3_operator::execution::controller::LauncherKind;
 use oauth3_operator::launcher::pod::{PodLaunchConfig, RUNNER_UID};
-use oauth3_operator::plugin::sealed_secret;
-use oauth3_operator::{Context, run_permit_controller};
 use oauth3_tests::kwok::{Kwok, bind_pod};
+use oauth3_tests::operator::InProcessOperator;
 use oauth3_tests::{
-    TEST_FIELD_MANAGER, client_or_skip, ensure_runtime_class, namespace, post_json,
+    apply_dev_sealed_secret, client_or_skip, ensure_runtime_class, namespace, post_json,
     workspace_binary,
 };
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
 const SANDBOX: &str = "oauth3-run-in-node";
 
@@ -59,60 +53,29 @@ async fn a_sandbox_pod_bound_to_a_node_runs_as_designed_and_is_gone_after_the_re
     let ns = namespace(&client, "kwok-pods").await;
     let config = PodLaunchConfig::default();
     ensure_runtime_class(&client, &config.runtime_class_name).await;
-    let public = crypto_box::SecretKey::from([5u8; 32]).public_key();
-    let sealed = sealed_secret(&ns, "API_TOKEN", "sk-kwok-7a1e", public.as_bytes()).expect("seal");
-    Api::<Secret>::namespaced(client.clone(), &ns)
-        .patch(
-            "api-token",
-            &PatchParams::apply(TEST_FIELD_MANAGER),
-            &Patch::Apply(&sealed),
-        )
-        .await
-        .expect("sealed secret applied");
+    apply_dev_sealed_secret(
+        &client,
+        &ns,
+        "api-token",
+        "API_TOKEN",
+        "sk-kwok-7a1e",
+        [5u8; 32],
+    )
+    .await;
 
     // The operator: Permit and Execution controllers with the pod launcher, and the callback.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let (stop, rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    let ctx = Arc::new(Context::new(client.clone()));
-    let ectx = Arc::new(ExecutionContext {
-        ctx: ctx.clone(),
-        config: ExecutionConfig {
-            launcher: LauncherKind::Pod(Box::new(config.clone())),
-            callback_base_url: base.clone(),
-            callback_ca_pem: None,
-            deadline_grace: Duration::from_secs(30),
-            ttl: Duration::from_secs(3600),
-        },
-        metrics: Arc::new(oauth3_operator::metrics::Metrics::new()),
-    });
-    let cb = router(Arc::new(CallbackState { ctx: ctx.clone() }));
-    let tasks = vec![
-        tokio::spawn(run_permit_controller(
-            Api::namespaced(client.clone(), &ns),
-            ctx.clone(),
-            stopped(),
-        )),
-        tokio::spawn(run_execution_controller(
-            Api::namespaced(client.clone(), &ns),
-            ectx,
-            stopped(),
-        )),
-        tokio::spawn({
-            let s = stopped();
-            async move {
-                let _ = serve(listener, cb, s).await;
-            }
-        }),
-    ];
+    let op = InProcessOperator::start(
+        &client,
+        &ns,
+        listener,
+        LauncherKind::Pod(Box::new(config.clone())),
+        Duration::from_secs(30),
+        Duration::from_secs(3600),
+    );
 
     // The owner approves the Permit with the plugin; the agent submits an Execution.
     let permits: Api<Permit> = Api::namespaced(client.clone(), &ns);
@@ -342,9 +305,6 @@ async fn a_sandbox_pod_bound_to_a_node_runs_as_designed_and_is_gone_after_the_re
         "the Pod's deletion does not rewrite the result"
     );
 
-    let _ = stop.send(true);
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-    }
+    op.stop().await;
     kwok.stop().await;
 }
