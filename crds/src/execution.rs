@@ -86,7 +86,8 @@ pub struct ExecutionStatus {
     /// The Permit's spec digest this Execution was admitted under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub permit_digest: Option<String>,
-    /// The sandbox pod (pod launcher) or process id (process launcher).
+    /// The sandbox Pod, `pod/<name>` (pod launcher; the process launcher names its process id
+    /// in the `Launched` Event instead).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
     /// How and when the runner was launched; the operator uses it to recognise the run's

@@ -12,6 +12,7 @@
 //! eval "$(make -s cluster-up)"
 //! cargo build --release --bins
 //! cargo run --release -p oauth3-operator --example launch_bench -- launch 1000 target/release/oauth3-sandbox-runner
+//! cargo run --release -p oauth3-operator --example launch_bench -- launch 1000 target/release/oauth3-sandbox-runner 50/s
 //! cargo run --release -p oauth3-operator --example launch_bench -- memory 10000 target/release/oauth3-operator
 //! ```
 
@@ -62,30 +63,68 @@ fn execution(name: &str, permit: &str) -> anyhow::Result<Execution> {
     Ok(Execution::new(name, spec))
 }
 
-async fn create_all(
-    api: &Api<Execution>,
-    n: usize,
-    permit: &str,
-    created: &Mutex<HashMap<String, Instant>>,
-) {
+/// When each create request was sent and when the API server answered it.
+type Created = Mutex<HashMap<String, (Instant, Instant)>>;
+
+/// Creates `n` Executions, `concurrency` requests at a time, or one every `interval` when set.
+async fn create_all(api: &Api<Execution>, n: usize, permit: &str, pace: Pace, created: &Created) {
+    let start = Instant::now();
     futures::stream::iter(0..n)
-        .for_each_concurrent(8, |i| async move {
+        .for_each_concurrent(pace.concurrency, |i| async move {
             let name = format!("e{i:05}");
             let Ok(e) = execution(&name, permit) else {
                 return;
             };
+            if let Some(every) = pace.interval {
+                tokio::time::sleep_until((start + every * u32::try_from(i).unwrap_or(0)).into())
+                    .await;
+            }
             let at = Instant::now();
             if api.create(&PostParams::default(), &e).await.is_ok() {
                 created
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(name, at);
+                    .insert(name, (at, Instant::now()));
             }
         })
         .await;
 }
 
-async fn launch(n: usize, runner: String) -> anyhow::Result<()> {
+/// How the Executions are created.
+#[derive(Clone, Copy, Debug)]
+struct Pace {
+    concurrency: usize,
+    interval: Option<Duration>,
+}
+
+impl Pace {
+    /// `burst` (8 concurrent creates, as fast as the API server takes them) or `<N>/s`.
+    fn parse(s: &str) -> Option<Pace> {
+        if s == "burst" {
+            return Some(Pace {
+                concurrency: 8,
+                interval: None,
+            });
+        }
+        let rate: u32 = s.strip_suffix("/s")?.parse().ok().filter(|r| *r > 0)?;
+        Some(Pace {
+            concurrency: 64,
+            interval: Some(Duration::from_secs(1) / rate),
+        })
+    }
+}
+
+fn report(what: &str, sorted: &[Duration]) {
+    println!(
+        "{what}: n={} p50={:.1?} p99={:.1?} max={:.1?}",
+        sorted.len(),
+        percentile(sorted, 0.5),
+        percentile(sorted, 0.99),
+        sorted.last().copied().unwrap_or_default()
+    );
+}
+
+async fn launch(n: usize, runner: String, pace: Pace) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     oauth3_tests::install_crds(&client).await;
     let ns = namespace(&client, "bench-launch").await?;
@@ -133,7 +172,7 @@ async fn launch(n: usize, runner: String) -> anyhow::Result<()> {
     ));
 
     let api: Api<Execution> = Api::namespaced(client.clone(), &ns);
-    let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let created: Arc<Created> = Arc::default();
     let launched: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let finished: Finished = Arc::default();
     {
@@ -163,7 +202,7 @@ async fn launch(n: usize, runner: String) -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let start = Instant::now();
-    create_all(&api, n, "bench", &created).await;
+    create_all(&api, n, "bench", pace, &created).await;
     let created_in = start.elapsed();
     let deadline = Instant::now() + Duration::from_secs(900);
     while finished.lock().unwrap_or_else(|e| e.into_inner()).len() < n && Instant::now() < deadline
@@ -172,40 +211,36 @@ async fn launch(n: usize, runner: String) -> anyhow::Result<()> {
     }
     let total = start.elapsed();
     let created = created.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let lat = |m: &HashMap<String, Instant>| {
+    // From the create request being sent (`sent`) or answered (`acked`) to `t`.
+    let lat = |m: &HashMap<String, Instant>, acked: bool| {
         let mut v: Vec<Duration> = m
             .iter()
-            .filter_map(|(k, t)| created.get(k).map(|c| t.saturating_duration_since(*c)))
+            .filter_map(|(k, t)| {
+                created
+                    .get(k)
+                    .map(|(s, a)| t.saturating_duration_since(if acked { *a } else { *s }))
+            })
             .collect();
         v.sort();
         v
     };
-    let launch_lat = lat(&launched.lock().unwrap_or_else(|e| e.into_inner()).clone());
+    let launched = launched.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let fin = finished.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let done: HashMap<String, Instant> = fin.iter().map(|(k, (t, _))| (k.clone(), *t)).collect();
     let succeeded = fin
         .values()
         .filter(|(_, p)| *p == Some(ExecutionPhase::Succeeded))
         .count();
-    let done_lat = lat(&done);
+    let mut create_calls: Vec<Duration> = created.values().map(|(s, a)| *a - *s).collect();
+    create_calls.sort();
     println!(
-        "namespace {ns}: {n} Executions created in {created_in:.1?}, all finished after {total:.1?}"
+        "namespace {ns}: {n} Executions created ({pace:?}) in {created_in:.1?}, all finished after {total:.1?}"
     );
     println!("succeeded: {succeeded}/{n}");
-    println!(
-        "create -> launched: n={} p50={:.1?} p99={:.1?} max={:.1?}",
-        launch_lat.len(),
-        percentile(&launch_lat, 0.5),
-        percentile(&launch_lat, 0.99),
-        launch_lat.last().copied().unwrap_or_default()
-    );
-    println!(
-        "create -> result in status: n={} p50={:.1?} p99={:.1?} max={:.1?}",
-        done_lat.len(),
-        percentile(&done_lat, 0.5),
-        percentile(&done_lat, 0.99),
-        done_lat.last().copied().unwrap_or_default()
-    );
+    report("create request (sent -> answered)", &create_calls);
+    report("create sent -> launched", &lat(&launched, false));
+    report("create answered -> launched", &lat(&launched, true));
+    report("create sent -> result in status", &lat(&done, false));
     Ok(())
 }
 
@@ -248,9 +283,13 @@ async fn memory(n: usize, operator: String) -> anyhow::Result<()> {
     let api: Api<Execution> = Api::namespaced(client.clone(), &ns);
     let created = Mutex::new(HashMap::new());
     let start = Instant::now();
+    let burst = Pace {
+        concurrency: 8,
+        interval: None,
+    };
     // Executions under a Permit that does not exist: each is reconciled (refused, status
     // written, Event published) and stays cached as a finished object.
-    create_all(&api, n, "absent", &created).await;
+    create_all(&api, n, "absent", burst, &created).await;
     println!("created {n} Executions in {:.1?}", start.elapsed());
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
@@ -294,7 +333,11 @@ async fn main() -> anyhow::Result<()> {
                 .get(2)
                 .cloned()
                 .unwrap_or_else(|| "target/release/oauth3-sandbox-runner".into());
-            launch(n, runner).await
+            let pace = args.get(3).map_or("burst", String::as_str);
+            let Some(pace) = Pace::parse(pace) else {
+                anyhow::bail!("pace {pace:?}: expected `burst` or a rate like `100/s`");
+            };
+            launch(n, runner, pace).await
         }
         Some("memory") => {
             let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10_000);
@@ -305,7 +348,9 @@ async fn main() -> anyhow::Result<()> {
             memory(n, operator).await
         }
         _ => {
-            eprintln!("usage: launch_bench launch [N] [RUNNER] | memory [N] [OPERATOR]");
+            eprintln!(
+                "usage: launch_bench launch [N] [RUNNER] [burst|<rate>/s] | memory [N] [OPERATOR]"
+            );
             std::process::exit(2);
         }
     }

@@ -21,12 +21,13 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
-use oauth3_crds::{Execution, ExecutionPhase, Permit};
+use oauth3_crds::{Execution, ExecutionPhase};
 use oauth3_sandbox_runner::runner::RunResult;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::Context;
+use crate::usage::UsageDelta;
 
 /// Largest result body accepted.
 pub const MAX_RESULT_BYTES: usize = 4 * 1024 * 1024;
@@ -277,18 +278,12 @@ async fn accept_result(
             Err(e) => return Err(e.into()),
         }
     };
-    // The result is recorded: answer the runner now; usage bookkeeping (which contends on the
-    // one Permit object) and sandbox clean-up happen in the background.
+    // The result is recorded: answer the runner now; sandbox clean-up happens in the
+    // background.
+    record_usage(&state.ctx, &namespace, &exec.spec.permit_ref, &result);
     {
-        let (ctx, namespace, permit, result, exec) = (
-            state.ctx.clone(),
-            namespace.clone(),
-            exec.spec.permit_ref.clone(),
-            result.clone(),
-            exec.clone(),
-        );
+        let (ctx, exec) = (state.ctx.clone(), exec.clone());
         tokio::spawn(async move {
-            record_usage(&ctx, &namespace, &permit, &result).await;
             crate::execution::controller::cleanup_pod(&ctx.client, &exec).await;
         });
     }
@@ -321,53 +316,23 @@ async fn accept_result(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Adds the run's calls to the Permit's usage and carries its rate budget forward. Best
-/// effort with optimistic concurrency (a few retries); usage is informational, the runner
-/// enforces limits from the budget it is given.
-async fn record_usage(ctx: &Context, namespace: &str, permit: &str, result: &RunResult) {
-    let api: Api<Permit> = Api::namespaced(ctx.client.clone(), namespace);
-    for _ in 0..5 {
-        let Ok(Some(p)) = api.get_opt(permit).await else {
-            return;
-        };
-        let usage = p
-            .status
-            .as_ref()
-            .and_then(|s| s.usage.clone())
-            .unwrap_or_default();
-        let allowed = result
-            .calls
-            .iter()
-            .filter(|c| c.decision == oauth3_crds::CallDecision::Allowed)
-            .count();
-        let mut budget = usage.rate_budget.clone();
-        budget.extend(result.rate_budget.clone());
-        let patch = json!({
-            "metadata": {"resourceVersion": p.resource_version()},
-            "status": {"usage": {
-                "executions": usage.executions,
-                "calls": usage.calls + i64::try_from(allowed).unwrap_or(0),
-                "rateBudget": budget,
-                "at": Time(ctx.now()),
-            }},
-        });
-        match api
-            .patch_status(permit, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => return,
-            Err(kube::Error::Api(s)) if s.code == 409 => {
-                tokio::time::sleep(std::time::Duration::from_millis(u64::from(
-                    rand::random::<u8>() % 50,
-                )))
-                .await;
-            }
-            Err(e) => {
-                tracing::warn!(permit, error = %e, "recording usage");
-                return;
-            }
-        }
-    }
+/// Counts the run's allowed calls on the Permit and carries its remaining rate budget
+/// forward, through the usage ledger (batched; see [`crate::usage`]).
+fn record_usage(ctx: &Context, namespace: &str, permit: &str, result: &RunResult) {
+    let allowed = result
+        .calls
+        .iter()
+        .filter(|c| c.decision == oauth3_crds::CallDecision::Allowed)
+        .count();
+    ctx.usage.record(
+        namespace,
+        permit,
+        UsageDelta {
+            executions: 0,
+            calls: i64::try_from(allowed).unwrap_or(i64::MAX),
+            rate_budget: result.rate_budget.clone(),
+        },
+    );
 }
 
 #[cfg(test)]

@@ -84,8 +84,8 @@ pub struct ExecutionArgs {
     )]
     pub callback_tls_key: Option<PathBuf>,
     /// PEM CA certificate(s) that sandbox runners trust for the callback only (handed over in
-    /// each run bundle). Default: none beyond the system roots, or with `--callback-tls-cert`
-    /// the `ca.crt` next to it when present, else the certificate itself.
+    /// each run bundle). Default: none beyond the web PKI roots built into the runner, or with
+    /// `--callback-tls-cert` the `ca.crt` next to it when present, else the certificate itself.
     #[arg(long, env = "OAUTH3_CALLBACK_CA_FILE", value_name = "PEM")]
     pub callback_ca_file: Option<PathBuf>,
     /// Seconds added to an Execution's timeoutSeconds before the operator gives up waiting

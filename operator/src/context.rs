@@ -9,6 +9,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
+use crate::usage::UsageLedger;
+
 /// The `reportingController` of every Event the operator publishes.
 pub const EVENT_REPORTER: &str = "oauth3-operator";
 
@@ -26,6 +28,8 @@ pub struct Context {
     pub client: Client,
     /// Publishes Events (reporter [`EVENT_REPORTER`]).
     pub recorder: Recorder,
+    /// Batches the informational usage counters of Permits (see [`crate::usage`]).
+    pub usage: Arc<UsageLedger>,
     clock: Clock,
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -44,6 +48,7 @@ impl Context {
         };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
+            usage: Arc::new(UsageLedger::new(client.clone(), clock.clone())),
             client,
             clock,
             failures: Mutex::new(HashMap::new()),

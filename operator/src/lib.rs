@@ -17,6 +17,7 @@ pub mod permit;
 pub mod plugin;
 pub mod telegram;
 pub mod tls;
+pub mod usage;
 
 pub use context::{Clock, Context};
 pub use error::Error;

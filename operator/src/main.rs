@@ -168,6 +168,7 @@ async fn main() -> anyhow::Result<()> {
         None => tokio::spawn(callback::serve(side.listener, side.router, stopping())),
     };
     let ectx = side.context;
+    let usage = ctx.usage.clone();
     let telegram_scope = BotScope {
         namespace: args.namespace.clone(),
         operator_namespace: args.execution.operator_namespace.clone(),
@@ -230,6 +231,8 @@ async fn main() -> anyhow::Result<()> {
     }
     http.await.context("HTTP server task")??;
     callback_server.await.context("callback server task")??;
+    // Counters of the last moments (results recorded while stopping) are written, not lost.
+    usage.flush().await;
     tracing::info!("stopped");
     Ok(())
 }

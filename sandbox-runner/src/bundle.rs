@@ -193,8 +193,8 @@ pub struct Callback {
     )]
     pub token: Zeroizing<String>,
     /// PEM certificates (a CA or the operator's own certificate) trusted for this callback
-    /// only, on top of the system roots: how a sandbox verifies the operator's callback
-    /// without trusting that CA for upstream APIs.
+    /// only, on top of the web PKI roots built into the runner: how a sandbox verifies the
+    /// operator's callback without trusting that CA for upstream APIs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_pem: Option<String>,
 }

@@ -345,6 +345,29 @@ pub struct ScopedFetch {
     attempts: AtomicUsize,
 }
 
+/// The Mozilla root programme's trust anchors compiled into the binary (no files are read:
+/// a sandbox trusts the same roots whatever image it runs in, and starts without parsing a
+/// certificate directory) plus the certificates of each PEM bundle in `extra_pems`.
+///
+/// # Errors
+/// `(index, reason)` of the first bundle that is not PEM certificates or holds none.
+pub fn web_pki_roots_and(extra_pems: &[&[u8]]) -> Result<rustls::RootCertStore, (usize, String)> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for (index, pem) in extra_pems.iter().enumerate() {
+        let certs = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| (index, e.to_string()))?;
+        if certs.is_empty() {
+            return Err((index, "no CERTIFICATE block".into()));
+        }
+        for c in certs {
+            roots.add(c).map_err(|e| (index, e.to_string()))?;
+        }
+    }
+    Ok(roots)
+}
+
 fn build_client(
     tls: &rustls::ClientConfig,
     config: &FetchConfig,
@@ -374,28 +397,13 @@ impl ScopedFetch {
         secrets: BTreeMap<String, Zeroizing<String>>,
         config: FetchConfig,
     ) -> Result<Self, FetchError> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        for (index, pem) in config.extra_root_certs_pem.iter().enumerate() {
-            let certs = CertificateDer::pem_slice_iter(pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| FetchError::RootCert {
-                    index,
-                    reason: e.to_string(),
-                })?;
-            if certs.is_empty() {
-                return Err(FetchError::RootCert {
-                    index,
-                    reason: "no CERTIFICATE block".into(),
-                });
-            }
-            for c in certs {
-                roots.add(c).map_err(|e| FetchError::RootCert {
-                    index,
-                    reason: e.to_string(),
-                })?;
-            }
-        }
+        let extra: Vec<&[u8]> = config
+            .extra_root_certs_pem
+            .iter()
+            .map(Vec::as_slice)
+            .collect();
+        let roots = web_pki_roots_and(&extra)
+            .map_err(|(index, reason)| FetchError::RootCert { index, reason })?;
         let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))

@@ -66,7 +66,7 @@ struct RunArgs {
     sealed_dir: Option<PathBuf>,
 
     /// Extra PEM file of CA certificates to trust for the callback (and upstream) TLS, on top
-    /// of the system roots. Repeatable.
+    /// of the web PKI roots built into the runner. Repeatable.
     #[arg(long = "ca-file", value_name = "PEM")]
     ca_files: Vec<PathBuf>,
 }

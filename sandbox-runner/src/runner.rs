@@ -427,7 +427,8 @@ pub fn callback_url_allowed(url: &str) -> bool {
 }
 
 /// POSTs `result` as JSON to `callback.url` with `Authorization: Bearer <token>`, trusting
-/// the system roots plus `ca_pems` (PEM bundles) plus the bundle's own `callback.caPem`.
+/// the web PKI roots built into the runner plus `ca_pems` (PEM bundles) plus the bundle's own
+/// `callback.caPem`.
 /// Redirects are not followed, so the token goes nowhere else.
 ///
 /// # Errors
@@ -440,25 +441,22 @@ pub async fn post_result(
     if !callback_url_allowed(&callback.url) {
         return Err(CallbackError::InsecureUrl(callback.url.clone()));
     }
-    // Ignoring the error: another part of the process may have installed a provider already.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut builder = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30));
     let own = callback.ca_pem.as_ref().map(|p| p.as_bytes());
-    for pem in ca_pems.iter().map(Vec::as_slice).chain(own) {
-        let certs = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| CallbackError::CaCertificates(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(CallbackError::CaCertificates(
-                "no certificate in the file".to_owned(),
-            ));
-        }
-        for cert in certs {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    let client = builder
+    let pems: Vec<&[u8]> = ca_pems.iter().map(Vec::as_slice).chain(own).collect();
+    let roots = crate::fetch::web_pki_roots_and(&pems).map_err(|(index, reason)| {
+        CallbackError::CaCertificates(format!("bundle {index}: {reason}"))
+    })?;
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| CallbackError::Client(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| CallbackError::Client(e.to_string()))?;
     let body = serde_json::to_vec(result).map_err(|e| CallbackError::Send(e.to_string()))?;

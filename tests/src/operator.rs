@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 /// A running operator (both controllers + callback server) that can be stopped.
 pub struct InProcessOperator {
+    ctx: Arc<Context>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -71,14 +72,16 @@ impl InProcessOperator {
                 }
             }),
         ];
-        Self { stop, tasks }
+        Self { ctx, stop, tasks }
     }
 
-    /// Stops everything and waits (up to 10 s per task) for it to end.
+    /// Stops everything and waits (up to 10 s per task) for it to end, then writes the usage
+    /// counters still pending, as the operator binary does on shutdown.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
+        self.ctx.usage.flush().await;
     }
 }

@@ -190,16 +190,29 @@ impl Env {
     }
 
     async fn wait_permit(&self, name: &str, phase: PermitPhase) -> Permit {
+        self.wait_permit_where(name, &format!("{phase:?}"), |p| {
+            p.status.as_ref().and_then(|s| s.phase) == Some(phase)
+        })
+        .await
+    }
+
+    async fn wait_permit_where(
+        &self,
+        name: &str,
+        what: &str,
+        pred: impl Fn(&Permit) -> bool,
+    ) -> Permit {
         let api: Api<Permit> = Api::namespaced(self.client.clone(), &self.ns);
         for _ in 0..300 {
             if let Ok(p) = api.get(name).await
-                && p.status.as_ref().and_then(|s| s.phase) == Some(phase)
+                && pred(&p)
             {
                 return p;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("Permit {name} never became {phase:?}");
+        let p = api.get(name).await.expect("read");
+        panic!("Permit {name} never became {what}: {:?}", p.status);
     }
 }
 
@@ -278,10 +291,18 @@ async fn an_approved_permit_runs_code_with_the_injected_credential_end_to_end() 
     );
     assert!(status.launch.is_some() && status.completion_time.is_some());
 
-    // Usage was counted on the Permit, and the plugin shows the call log.
-    let permit = env.wait_permit("issues", PermitPhase::Approved).await;
-    let usage = permit.status.and_then(|s| s.usage).expect("usage");
-    assert_eq!((usage.executions, usage.calls), (1, 2));
+    // Usage is counted on the Permit (written in batches, so shortly after the result), and
+    // the plugin shows the call log.
+    let counted = |p: &Permit| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.usage.as_ref())
+            .map(|u| (u.executions, u.calls))
+    };
+    let permit = env
+        .wait_permit_where("issues", "counted", |p| counted(p).is_some_and(|c| c.1 > 0))
+        .await;
+    assert_eq!(counted(&permit), Some((1, 2)), "one run, two allowed calls");
     let logs = env.plugin(&["logs", "run-1"]);
     let text = String::from_utf8_lossy(&logs.stdout);
     assert!(
@@ -423,10 +444,15 @@ async fn an_operator_restart_mid_run_neither_loses_nor_duplicates_it() {
         1,
         "the code ran once: one upstream request"
     );
-    let permit = env.wait_permit("issues", PermitPhase::Approved).await;
+    let permit = env
+        .wait_permit_where("issues", "counted", |p| {
+            p.status.as_ref().and_then(|s| s.usage.as_ref()).is_some()
+        })
+        .await;
     assert_eq!(
         permit.status.and_then(|s| s.usage).map(|u| u.executions),
-        Some(1)
+        Some(1),
+        "counted once, although two operators saw the Execution"
     );
     op.stop().await;
 }

@@ -37,6 +37,7 @@ use crate::launcher::pod::{PodLaunchConfig, desired_network_policy, desired_pod,
 use crate::launcher::process::ProcessLauncher;
 use crate::launcher::{LaunchError, Launched};
 use crate::metrics::Metrics;
+use crate::usage::UsageDelta;
 use oauth3_crds::constants::FIELD_MANAGER;
 use oauth3_sandbox_runner::bundle::Bundle;
 
@@ -60,7 +61,7 @@ pub struct ExecutionConfig {
     /// Base URL runners POST results to (the callback server), e.g. `http://127.0.0.1:8443`.
     pub callback_base_url: String,
     /// PEM certificates runners trust for the callback only (when it serves HTTPS with a
-    /// certificate outside the system roots).
+    /// certificate outside the web PKI roots built into the runner).
     pub callback_ca_pem: Option<String>,
     /// Added to `timeoutSeconds` for the operator's own deadline.
     pub deadline_grace: Duration,
@@ -377,7 +378,7 @@ async fn launch(
         LauncherKind::Pod(_) => Vec::new(),
     };
     let strict = needs_reservation(permit, code_digest);
-    if strict && !reserve_execution(ctx, &namespace, permit, code_digest, true).await? {
+    if strict && !reserve_execution(ctx, &namespace, permit, code_digest).await? {
         let message = format!(
             "Permit {} allows {} Executions per approval and all have been used",
             permit.name_any(),
@@ -406,19 +407,25 @@ async fn launch(
     let timeout = SignedDuration::from_secs(i64::from(exec.spec.timeout_seconds));
     let grace = SignedDuration::try_from(config.deadline_grace).unwrap_or(SignedDuration::ZERO);
     let deadline = now.checked_add(timeout + grace).unwrap_or(Timestamp::MAX);
-    let launcher = match &config.launcher {
-        LauncherKind::Process(_) => "process",
-        LauncherKind::Pod(_) => "pod",
+    let (launcher, pod_name) = match &config.launcher {
+        LauncherKind::Process(_) => ("process", None),
+        LauncherKind::Pod(_) => (
+            "pod",
+            Some(format!("pod/{}", run_object_name(&exec.name_any()))),
+        ),
     };
-    // The launch lock: only the writer that moves the Execution to Running launches.
+    // The launch lock: only the writer that moves the Execution to Running launches. It is the
+    // only write of a launch (the handle of a Pod is known before it exists; a process id is
+    // logged and put in the Launched Event): each write per Execution costs the API server.
     let running = json!({
-        "phase": "Running", "reason": "Launching", "message": format!("starting the runner ({launcher} launcher)"),
+        "phase": "Running", "reason": "Launched",
+        "message": format!("the runner is started by the {launcher} launcher; its result is awaited until {deadline}"),
         "permitDigest": permit_digest, "codeDigest": code_digest, "startTime": Time(now),
-        "observedGeneration": generation,
+        "observedGeneration": generation, "podName": pod_name,
         "launch": {"launcher": launcher, "tokenDigest": token_digest(&token),
                    "launchedAt": Time(now), "deadline": Time(deadline)},
     });
-    let locked = match api
+    match api
         .patch_status(
             &exec.name_any(),
             &PatchParams::default(),
@@ -429,7 +436,7 @@ async fn launch(
         )
         .await
     {
-        Ok(locked) => locked,
+        Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 409 => {
             return Ok(Action::requeue(Duration::from_millis(200)));
         }
@@ -442,22 +449,25 @@ async fn launch(
         }
     };
     if !strict {
-        let (ctx, namespace, permit, code) = (
-            ctx.clone(),
-            namespace.clone(),
-            permit.clone(),
-            code_digest.to_owned(),
+        ctx.usage.record(
+            &namespace,
+            &permit.name_any(),
+            UsageDelta {
+                executions: 1,
+                ..UsageDelta::default()
+            },
         );
-        tokio::spawn(async move {
-            let _ = reserve_execution(&ctx, &namespace, &permit, &code, false).await;
-        });
     }
     let callback = CallbackTarget {
         base_url: config.callback_base_url.clone(),
         ca_pem: config.callback_ca_pem.clone(),
         token,
     };
-    let bundle = build_bundle(exec, permit, permit_digest, sealed, Some(&callback));
+    // The runner starts from the rate budget the previous runs left, including what is not
+    // written to the Permit yet.
+    let mut counted = permit.clone();
+    ctx.usage.overlay(&mut counted);
+    let bundle = build_bundle(exec, &counted, permit_digest, sealed, Some(&callback));
     let launched = match &config.launcher {
         LauncherKind::Process(p) => p.launch(&bundle).await,
         LauncherKind::Pod(cfg) => launch_pod(ctx, exec, permit, cfg, &bundle).await,
@@ -465,24 +475,6 @@ async fn launch(
     let name = exec.name_any();
     match launched {
         Ok(l) => {
-            // Guarded by the launch lock's resourceVersion: a fast runner's result may already
-            // be recorded, and a late "Launched" must never overwrite it.
-            let patch = json!({
-                "metadata": {"resourceVersion": locked.resource_version()},
-                "status": {"podName": l.handle, "reason": "Launched",
-                    "message": format!("runner started ({})", l.handle)}});
-            match api
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 409 => {
-                    tracing::debug!(execution = %key(exec), "the result arrived before the runner handle was noted");
-                }
-                Err(e) => {
-                    tracing::warn!(execution = %key(exec), error = %e, "recording the runner handle");
-                }
-            }
             let latency = exec
                 .metadata
                 .creation_timestamp
@@ -615,20 +607,18 @@ fn needs_reservation(permit: &Permit, code_digest: &str) -> bool {
 }
 
 /// Counts one Execution on the Permit (`usage.executions`) and consumes a matching `once`
-/// code trust, guarded by the Permit's resourceVersion. With `strict`, conflicts are retried
-/// with fresh reads and the budget is re-checked each time: `Ok(false)` means the budget is
-/// exhausted. Without `strict` a single attempt is made (informational count).
+/// code trust, guarded by the Permit's resourceVersion: conflicts are retried with fresh reads
+/// and the budget is re-checked each time. `Ok(false)` means the budget is exhausted.
 async fn reserve_execution(
     ctx: &Context,
     namespace: &str,
     permit: &Permit,
     code_digest: &str,
-    strict: bool,
 ) -> Result<bool, ExecutionError> {
     let api: Api<Permit> = Api::namespaced(ctx.client.clone(), namespace);
     let name = permit.name_any();
     let mut current = permit.clone();
-    let attempts = if strict { 50 } else { 1 };
+    let attempts = 50;
     let err = |source| ExecutionError::Api {
         step: "reserving an Execution on the Permit",
         key: format!("{namespace}/{name}"),
@@ -665,10 +655,6 @@ async fn reserve_execution(
                 tokio::time::sleep(Duration::from_millis(u64::from(rand::random::<u8>() % 20)))
                     .await;
                 current = api.get(&name).await.map_err(err)?;
-            }
-            Err(e) if !strict => {
-                tracing::debug!(permit = %name, error = %e, "informational execution count skipped");
-                return Ok(true);
             }
             Err(e) => return Err(err(e)),
         }

@@ -8,7 +8,8 @@ pub mod process;
 /// A started runner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Launched {
-    /// `pod/<name>` or `process/<pid>`, recorded in `status.podName`.
+    /// `pod/<name>` (also in `status.podName`) or `process/<pid>`; logged and named in the
+    /// `Launched` Event.
     pub handle: String,
 }
 

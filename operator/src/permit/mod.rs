@@ -26,7 +26,9 @@ use serde::Serialize;
 
 use crate::context::Context;
 use crate::error::Error;
-use status::{EventSeverity, PlannedEvent, desired_status, planned_events, requeue_after};
+use status::{
+    EventSeverity, PlannedEvent, desired_status, is_up_to_date, planned_events, requeue_after,
+};
 
 /// How often a Permit is looked at when nothing changes and no approval is about to lapse.
 pub const RESYNC: Duration = Duration::from_secs(600);
@@ -73,6 +75,10 @@ pub async fn reconcile(permit: Arc<Permit>, ctx: Arc<Context>) -> Result<Action,
             })?;
     }
 
+    if is_up_to_date(current, &desired) {
+        ctx.reset_backoff(&key(&permit));
+        return Ok(Action::requeue(requeue_after(&desired, now, RESYNC)));
+    }
     let body = StatusApply {
         api_version: API_VERSION,
         kind: "Permit",

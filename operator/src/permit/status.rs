@@ -341,6 +341,23 @@ pub fn requeue_after(desired: &DesiredStatus, now: Timestamp, resync: Duration) 
     }
 }
 
+/// Whether `current` already holds every field of `desired` that the operator owns (phase,
+/// specDigest, capabilityCount, observedGeneration, conditions) and nothing needs removing:
+/// then the status write is skipped. A usage update, an owner's decision or a resync changes
+/// none of these; without the check each would cost the API server a server-side apply.
+pub fn is_up_to_date(current: Option<&PermitStatus>, desired: &DesiredStatus) -> bool {
+    let Some(current) = current else {
+        return false;
+    };
+    let want = &desired.status;
+    desired.voided.is_none()
+        && current.phase == want.phase
+        && current.spec_digest == want.spec_digest
+        && current.capability_count == want.capability_count
+        && current.observed_generation == want.observed_generation
+        && current.conditions == want.conditions
+}
+
 /// The API spelling of a phase.
 pub fn phase_name(phase: PermitPhase) -> &'static str {
     match phase {
@@ -436,6 +453,36 @@ mod tests {
         let second = desired_status(spec, Some(&stored(current, &first)), Some(1), ts(now));
         assert_eq!(second.status, first.status, "desired status is idempotent");
         first
+    }
+
+    #[test]
+    fn the_status_write_is_skipped_only_when_every_owned_field_already_matches() {
+        let spec = spec();
+        let d = digest(&spec);
+        let approved = with_approval(decision(ApprovalDecision::Approved, &d, T0));
+        let first = desired_status(&spec, Some(&approved), Some(1), ts(T0 + 1));
+        assert!(!is_up_to_date(None, &first));
+        assert!(
+            !is_up_to_date(Some(&approved), &first),
+            "nothing written yet"
+        );
+
+        // Written: the same computation a moment later (a usage update, a resync) is a no-op,
+        // whatever the fields the operator does not own hold.
+        let mut written = first.status.clone();
+        written.approval = approved.approval.clone();
+        written.usage = Some(oauth3_crds::PermitUsage {
+            executions: 7,
+            ..Default::default()
+        });
+        let again = desired_status(&spec, Some(&written), Some(1), ts(T0 + 2));
+        assert!(is_up_to_date(Some(&written), &again));
+
+        // A new generation, or a lapsed approval, must be written.
+        let edited = desired_status(&spec, Some(&written), Some(2), ts(T0 + 2));
+        assert!(!is_up_to_date(Some(&written), &edited));
+        let lapsed = desired_status(&spec, Some(&written), Some(1), ts(T0 + 7200));
+        assert!(!is_up_to_date(Some(&written), &lapsed));
     }
 
     #[test]

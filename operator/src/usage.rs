@@ -1,0 +1,245 @@
+//! The informational usage counters of Permits (`status.usage`: Executions started, capability
+//! calls made, the rate-limit tokens carried from one run to the next), written in batches.
+//!
+//! Every launch and every result changes the counters of one Permit. Written one by one, with
+//! the optimistic concurrency a shared counter needs, a burst of Executions under one Permit
+//! turns into a storm of conflicting status writes (each retried, each re-read) that starves
+//! the API server. The ledger instead collects the changes in memory and one flush per Permit
+//! and [`FLUSH_DELAY`] writes them with a single guarded merge patch, retried on conflict; a
+//! flush that fails keeps its changes for the next one.
+//!
+//! Reads that must see the counters (the rate budget handed to the next runner) see the
+//! Permit from the API server with the unflushed changes laid over it ([`UsageLedger::overlay`]).
+//! Limits are not counted here: an Execution under a Permit with `maxExecutions`, or one that
+//! consumes a `once` code trust, reserves its slot with its own serialised write before it is
+//! launched. What an operator that dies between two flushes loses is at most [`FLUSH_DELAY`] of
+//! informational counts, never a limit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use oauth3_crds::{Permit, PermitUsage};
+use serde_json::json;
+
+use crate::Clock;
+
+/// How long changes wait before they are written: the most a Permit's counters lag behind.
+pub const FLUSH_DELAY: Duration = Duration::from_millis(250);
+/// Guarded writes tried per flush of one Permit before its changes wait for the next flush.
+const FLUSH_ATTEMPTS: usize = 5;
+
+/// Unwritten changes to one Permit's usage.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UsageDelta {
+    /// Executions started.
+    pub executions: i64,
+    /// Allowed capability calls.
+    pub calls: i64,
+    /// Remaining rate-limit tokens reported by the latest finished run, per capability.
+    pub rate_budget: BTreeMap<String, f64>,
+}
+
+impl UsageDelta {
+    /// Folds `later` into `self`: counts add up, the later budget wins per capability.
+    pub fn merge(&mut self, later: UsageDelta) {
+        self.executions += later.executions;
+        self.calls += later.calls;
+        self.rate_budget.extend(later.rate_budget);
+    }
+
+    /// `usage` with this delta applied.
+    pub fn apply_to(&self, usage: &PermitUsage) -> PermitUsage {
+        let mut rate_budget = usage.rate_budget.clone();
+        rate_budget.extend(self.rate_budget.clone());
+        PermitUsage {
+            executions: usage.executions + self.executions,
+            calls: usage.calls + self.calls,
+            rate_budget,
+            at: usage.at.clone(),
+        }
+    }
+}
+
+type Key = (String, String);
+
+#[derive(Default)]
+struct State {
+    pending: HashMap<Key, UsageDelta>,
+    /// Whether a flush task is already scheduled.
+    scheduled: bool,
+}
+
+/// Collects usage changes and writes them to the Permits in batches (see the module docs).
+pub struct UsageLedger {
+    client: kube::Client,
+    clock: Clock,
+    state: Mutex<State>,
+}
+
+impl UsageLedger {
+    /// A ledger writing with `client`, stamping `usage.at` from `clock`.
+    pub fn new(client: kube::Client, clock: Clock) -> Self {
+        Self {
+            client,
+            clock,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records `delta` for Permit `namespace/permit` and makes sure a flush follows within
+    /// [`FLUSH_DELAY`].
+    pub fn record(self: &Arc<Self>, namespace: &str, permit: &str, delta: UsageDelta) {
+        let schedule = {
+            let mut state = self.lock();
+            state
+                .pending
+                .entry((namespace.to_owned(), permit.to_owned()))
+                .or_default()
+                .merge(delta);
+            !std::mem::replace(&mut state.scheduled, true)
+        };
+        if schedule {
+            let ledger = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(FLUSH_DELAY).await;
+                    ledger.flush().await;
+                    let mut state = ledger.lock();
+                    if state.pending.is_empty() {
+                        state.scheduled = false;
+                        return;
+                    }
+                }
+            });
+        }
+    }
+
+    /// The unwritten changes of Permit `namespace/permit`.
+    pub fn pending(&self, namespace: &str, permit: &str) -> Option<UsageDelta> {
+        self.lock()
+            .pending
+            .get(&(namespace.to_owned(), permit.to_owned()))
+            .cloned()
+    }
+
+    /// Lays the unwritten changes of `permit` over its `status.usage`, so a reader sees the
+    /// counters as they will be once written.
+    pub fn overlay(&self, permit: &mut Permit) {
+        let namespace = permit.namespace().unwrap_or_default();
+        let Some(delta) = self.pending(&namespace, &permit.name_any()) else {
+            return;
+        };
+        let status = permit.status.get_or_insert_with(Default::default);
+        status.usage = Some(delta.apply_to(&status.usage.clone().unwrap_or_default()));
+    }
+
+    /// Writes every pending change now (also called on shutdown). Changes that could not be
+    /// written stay pending.
+    pub async fn flush(&self) {
+        let batch: Vec<(Key, UsageDelta)> = self.lock().pending.drain().collect();
+        for ((namespace, permit), delta) in batch {
+            if let Err(e) = self.write(&namespace, &permit, &delta).await {
+                tracing::warn!(permit = %format!("{namespace}/{permit}"), error = %e, "recording usage; kept for the next flush");
+                let mut state = self.lock();
+                let slot = state.pending.entry((namespace, permit)).or_default();
+                // What arrived meanwhile is later than what failed: it goes on top.
+                let later = std::mem::replace(slot, delta);
+                slot.merge(later);
+            }
+        }
+    }
+
+    async fn write(
+        &self,
+        namespace: &str,
+        permit: &str,
+        delta: &UsageDelta,
+    ) -> Result<(), kube::Error> {
+        let api: Api<Permit> = Api::namespaced(self.client.clone(), namespace);
+        let mut last = None;
+        for _ in 0..FLUSH_ATTEMPTS {
+            let Some(current) = api.get_opt(permit).await? else {
+                // The Permit is gone, and its counters with it.
+                return Ok(());
+            };
+            let usage = current
+                .status
+                .as_ref()
+                .and_then(|s| s.usage.clone())
+                .unwrap_or_default();
+            let mut next = delta.apply_to(&usage);
+            next.at = Some(Time((self.clock)()));
+            let patch = json!({
+                "metadata": {"resourceVersion": current.resource_version()},
+                "status": {"usage": next},
+            });
+            match api
+                .patch_status(permit, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    last = Some(kube::Error::Api(s));
+                    tokio::time::sleep(Duration::from_millis(u64::from(rand::random::<u8>() % 50)))
+                        .await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            kube::Error::Service("usage write conflicted on every attempt".into())
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+    }
+
+    #[test]
+    fn deltas_add_counts_and_keep_the_later_budget_per_capability() {
+        let mut d = UsageDelta {
+            executions: 1,
+            calls: 2,
+            rate_budget: budget(&[("a", 1.0), ("b", 5.0)]),
+        };
+        d.merge(UsageDelta {
+            executions: 1,
+            calls: 3,
+            rate_budget: budget(&[("a", 0.5)]),
+        });
+        assert_eq!(d.executions, 2);
+        assert_eq!(d.calls, 5);
+        assert_eq!(d.rate_budget, budget(&[("a", 0.5), ("b", 5.0)]));
+    }
+
+    #[test]
+    fn a_delta_applies_on_top_of_the_written_usage() {
+        let written = PermitUsage {
+            executions: 10,
+            calls: 20,
+            rate_budget: budget(&[("a", 3.0), ("c", 1.0)]),
+            at: None,
+        };
+        let d = UsageDelta {
+            executions: 2,
+            calls: 1,
+            rate_budget: budget(&[("a", 2.0)]),
+        };
+        let next = d.apply_to(&written);
+        assert_eq!((next.executions, next.calls), (12, 21));
+        assert_eq!(next.rate_budget, budget(&[("a", 2.0), ("c", 1.0)]));
+    }
+}
