@@ -55,6 +55,15 @@ pub struct ExecutionArgs {
     /// pod launcher: key provider inside the TEE, `kbs` or `dstack`.
     #[arg(long, env = "OAUTH3_KEY_PROVIDER", default_value = "kbs")]
     pub key_provider: String,
+    /// pod launcher: CPU limit (and request) of each sandbox Pod's runner, a Kubernetes
+    /// quantity (`500m`, `1`).
+    #[arg(long, env = "OAUTH3_SANDBOX_CPU", default_value = "500m", value_parser = quantity)]
+    pub sandbox_cpu: String,
+    /// pod launcher: memory limit (and request) of each sandbox Pod's runner, a Kubernetes
+    /// quantity (`256Mi`, `1Gi`). A runner above it is killed and its Execution ends `Failed`
+    /// (`SandboxFailed`, `OOMKilled`).
+    #[arg(long, env = "OAUTH3_SANDBOX_MEMORY", default_value = "256Mi", value_parser = quantity)]
+    pub sandbox_memory: String,
     /// pod launcher: namespace of the operator (for the sandbox NetworkPolicy's callback rule).
     #[arg(long, env = "POD_NAMESPACE", default_value = "oauth3-system")]
     pub operator_namespace: String,
@@ -159,6 +168,10 @@ pub async fn execution_side(
                 key_provider,
                 operator_namespace: args.operator_namespace.clone(),
                 callback_port: i32::from(bound.port()),
+                cpu: args.sandbox_cpu.clone(),
+                memory: args.sandbox_memory.clone(),
+                deadline_grace_seconds: i64::try_from(args.deadline_grace_seconds)
+                    .unwrap_or(i64::MAX),
                 ..PodLaunchConfig::default()
             }))
         }
@@ -245,10 +258,65 @@ fn callback_ca_pem(args: &ExecutionArgs) -> Result<Option<String>, String> {
     Ok(Some(pem))
 }
 
+/// A Kubernetes resource quantity as Pods take it: a decimal number and an optional suffix
+/// (`m`, `k`, `M`, `G`, `T`, `P`, `E`, `Ki`, `Mi`, `Gi`, `Ti`, `Pi`, `Ei`).
+///
+/// # Errors
+/// What is wrong, in words.
+pub fn quantity(value: &str) -> Result<String, String> {
+    const SUFFIXES: [&str; 14] = [
+        "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "m", "k", "M", "G", "T", "P", "E", "",
+    ];
+    let number = SUFFIXES
+        .iter()
+        .find_map(|suffix| value.strip_suffix(suffix))
+        .unwrap_or(value);
+    let mut parts = number.splitn(2, '.');
+    let whole = parts.next().unwrap_or("");
+    let fraction = parts.next();
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let ok = match fraction {
+        None => digits(whole),
+        Some(f) => (whole.is_empty() || digits(whole)) && digits(f),
+    };
+    if !ok || number.bytes().all(|b| b == b'0' || b == b'.') {
+        return Err(format!(
+            "{value:?} is not a positive Kubernetes quantity (e.g. 500m, 1, 256Mi, 1Gi)"
+        ));
+    }
+    Ok(value.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn sandbox_resources_are_kubernetes_quantities() {
+        for good in ["500m", "1", "0.5", "256Mi", "1Gi", "2G", "1.5Gi"] {
+            assert_eq!(quantity(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "", "Mi", "-1", "1 Gi", "1GB", "abc", "0", "0Mi", "1.", "1e3x",
+        ] {
+            let err = quantity(bad).expect_err(bad);
+            assert!(err.contains("not a positive Kubernetes quantity"), "{err}");
+        }
+        let a = args(&["--sandbox-memory", "1Gi"]);
+        assert_eq!(
+            (a.sandbox_cpu.as_str(), a.sandbox_memory.as_str()),
+            ("500m", "1Gi")
+        );
+        let err = Flags::try_parse_from(["oauth3-operator", "--sandbox-memory", "lots"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("--sandbox-memory") && err.contains("\"lots\""),
+            "{err}"
+        );
+    }
 
     #[derive(Parser)]
     struct Flags {

@@ -438,7 +438,8 @@ async fn the_operator_works_with_exactly_the_charts_rbac_and_is_refused_the_rest
     let kubeconfig = impersonating_kubeconfig(&dir, &user);
 
     // The Deployment's own arguments, minus what only makes sense in a Pod (addresses, the
-    // in-cluster callback URL) and flags this operator build does not have yet.
+    // in-cluster callback URL). Every flag the chart passes must exist: an unknown one would
+    // crash-loop the operator.
     let binary = oauth3_tests::workspace_binary("oauth3-operator", "oauth3-operator");
     let runner = oauth3_tests::workspace_binary("oauth3-sandbox-runner", "oauth3-sandbox-runner");
     let known = operator_flags(&binary);
@@ -457,7 +458,10 @@ async fn the_operator_works_with_exactly_the_charts_rbac_and_is_refused_the_rest
         .into_iter()
         .filter(|a| !replaced.contains(&flag_name(a)))
         .partition(|a| known.contains(flag_name(a)));
-    eprintln!("chart flags not in this operator build (not passed): {dropped:?}");
+    assert!(
+        dropped.is_empty(),
+        "the chart passes flags the operator does not have: {dropped:?}"
+    );
     assert!(
         kept.iter().any(|a| a == "--launcher=process"),
         "the chart passes --launcher: {kept:?}"

@@ -123,6 +123,21 @@ impl Env {
     }
 
     /// Creates the Permit and approves it with the plugin binary, as its owner would.
+    /// A stand-in runner: a shell script `name` running `body` (it gets the bundle on stdin).
+    fn fake_runner(&self, name: &str, body: &str) -> ProcessLauncherConfig {
+        let script = self.dir.join(name);
+        std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).expect("script");
+        std::process::Command::new("chmod")
+            .arg("+x")
+            .arg(&script)
+            .status()
+            .expect("chmod");
+        ProcessLauncherConfig {
+            binary: script,
+            extra_args: vec![],
+        }
+    }
+
     async fn approved_permit(&self, name: &str) {
         self.permit(name).await;
         self.wait_permit(name, PermitPhase::Pending).await;
@@ -354,17 +369,7 @@ async fn a_runner_that_never_reports_ends_timed_out() {
         return;
     };
     // A "runner" that hangs and never calls back.
-    let script = env.dir.join("hang.sh");
-    std::fs::write(&script, "#!/bin/sh\nsleep 30\n").expect("script");
-    std::process::Command::new("chmod")
-        .arg("+x")
-        .arg(&script)
-        .status()
-        .expect("chmod");
-    let launcher = ProcessLauncherConfig {
-        binary: script,
-        extra_args: vec![],
-    };
+    let launcher = env.fake_runner("hang.sh", "sleep 30");
     let op = Operator::start(
         &env.client,
         &env.ns,
@@ -382,6 +387,46 @@ async fn a_runner_that_never_reports_ends_timed_out() {
         .expect("status");
     assert_eq!(done.phase, Some(ExecutionPhase::TimedOut));
     assert_eq!(done.reason.as_deref(), Some("DeadlineExceeded"));
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn a_runner_that_dies_without_reporting_ends_its_execution_at_once_and_runs_once() {
+    let Some(env) = Env::new("e2e-died").await else {
+        return;
+    };
+    // A "runner" that takes its bundle and dies; a generous deadline that must not be needed.
+    let launcher = env.fake_runner(
+        "die.sh",
+        "cat > /dev/null; echo started >> \"$(dirname \"$0\")/starts\"; exit 3",
+    );
+    let op = Operator::start(
+        &env.client,
+        &env.ns,
+        listener().await,
+        launcher,
+        Duration::from_secs(300),
+    )
+    .await;
+    env.approved_permit("issues").await;
+    env.execution("died", "issues", "return 1", 300).await;
+    let done = env
+        .wait_exec("died", "finished", finished)
+        .await
+        .status
+        .expect("status");
+    assert_eq!(done.phase, Some(ExecutionPhase::Failed), "{done:?}");
+    assert_eq!(done.reason.as_deref(), Some("RunnerExited"));
+    let message = done.message.unwrap_or_default();
+    assert!(
+        message.contains("exit status: 3") && message.contains("without reporting a result"),
+        "{message}"
+    );
+    // Ended, not restarted: the runner was started exactly once.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let starts = std::fs::read_to_string(env.dir.join("starts")).unwrap_or_default();
+    assert_eq!(starts.lines().count(), 1, "started once: {starts:?}");
+    assert!(env.up.requests().is_empty());
     op.stop().await;
 }
 

@@ -2,17 +2,19 @@
 //! launches the sandbox Pod, the Pod is bound to a kwok-managed fake Node and goes Running, its
 //! stored Pod and NetworkPolicy are exactly as designed, and after the runner's result the Pod
 //! is really gone (its deletion confirmed by the node, as a kubelet would) with its bundle
-//! Secret.
+//! Secret. A Pod the node ends before the runner reports (killed for memory) ends its
+//! Execution at once, `Failed` with what the node said, and is cleaned up.
 
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use oauth3_crds::constants::LABEL_EXECUTION;
 use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec, Permit, PermitPhase, PermitSpec};
 use oauth3_operator::execution::controller::LauncherKind;
-use oauth3_operator::launcher::pod::{PodLaunchConfig, RUNNER_UID};
+use oauth3_operator::launcher::pod::{PodLaunchConfig, RUNNER_UID, run_object_name};
 use oauth3_tests::kwok::{Kwok, bind_pod};
 use oauth3_tests::operator::InProcessOperator;
 use oauth3_tests::{
@@ -42,15 +44,27 @@ fn phase(e: &Execution) -> Option<ExecutionPhase> {
     e.status.as_ref().and_then(|s| s.phase)
 }
 
-#[tokio::test]
-async fn a_sandbox_pod_bound_to_a_node_runs_as_designed_and_is_gone_after_the_result() {
-    let Some(client) = client_or_skip().await else {
-        return;
-    };
-    let Some(kwok) = Kwok::start(&client, "pods").await else {
-        return;
-    };
-    let ns = namespace(&client, "kwok-pods").await;
+/// The operator (pod launcher) on a fresh namespace with a kwok node, an approved Permit and
+/// one Execution whose sandbox Pod has been created (and not yet bound: there is no
+/// scheduler).
+struct Fixture {
+    client: kube::Client,
+    kwok: Kwok,
+    ns: String,
+    /// The callback's base URL.
+    base: String,
+    op: InProcessOperator,
+    config: PodLaunchConfig,
+    execs: Api<Execution>,
+    pods: Api<Pod>,
+    /// The Execution's uid.
+    uid: String,
+}
+
+async fn fixture(prefix: &str, exec_name: &str, timeout: u32) -> Option<Fixture> {
+    let client = client_or_skip().await?;
+    let kwok = Kwok::start(&client, prefix).await?;
+    let ns = namespace(&client, prefix).await;
     let config = PodLaunchConfig::default();
     ensure_runtime_class(&client, &config.runtime_class_name).await;
     apply_dev_sealed_secret(
@@ -116,7 +130,6 @@ async fn a_sandbox_pod_bound_to_a_node_runs_as_designed_and_is_gone_after_the_re
         String::from_utf8_lossy(&out.stderr)
     );
     eventually("Permit Approved", permit_in(PermitPhase::Approved)).await;
-    let timeout = 20;
     let exec_spec: ExecutionSpec = serde_json::from_value(json!({
         "permitRef": "issues", "code": "return 1", "timeoutSeconds": timeout
     }))
@@ -125,7 +138,7 @@ async fn a_sandbox_pod_bound_to_a_node_runs_as_designed_and_is_gone_after_the_re
     let exec = execs
         .create(
             &PostParams::default(),
-            &Execution::new("in-node", exec_spec),
+            &Execution::new(exec_name, exec_spec),
         )
         .await
         .expect("execution");
@@ -133,9 +146,10 @@ async fn a_sandbox_pod_bound_to_a_node_runs_as_designed_and_is_gone_after_the_re
 
     // The sandbox is created once and waits for a node: there is no scheduler.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let sandbox = run_object_name(exec_name);
     let pending = eventually("sandbox Pod created", || {
-        let pods = pods.clone();
-        async move { pods.get_opt(SANDBOX).await.expect("read pod") }
+        let (pods, sandbox) = (pods.clone(), sandbox.clone());
+        async move { pods.get_opt(&sandbox).await.expect("read pod") }
     })
     .await;
     assert_eq!(
@@ -143,6 +157,36 @@ async fn a_sandbox_pod_bound_to_a_node_runs_as_designed_and_is_gone_after_the_re
         None,
         "nothing binds the Pod but the scheduler (here: the test)"
     );
+    Some(Fixture {
+        client,
+        kwok,
+        ns,
+        base,
+        op,
+        config,
+        execs,
+        pods,
+        uid,
+    })
+}
+
+#[tokio::test]
+async fn a_sandbox_pod_bound_to_a_node_runs_as_designed_and_is_gone_after_the_result() {
+    let timeout = 20;
+    let Some(Fixture {
+        client,
+        kwok,
+        ns,
+        base,
+        op,
+        config,
+        execs,
+        pods,
+        uid,
+    }) = fixture("kwok-pods", "in-node", timeout).await
+    else {
+        return;
+    };
 
     // The test stands in for the scheduler: it binds the Pod to kwok's fake Node through the
     // pods/binding subresource, as kube-scheduler would.
@@ -307,4 +351,101 @@ async fn a_sandbox_pod_bound_to_a_node_runs_as_designed_and_is_gone_after_the_re
 
     op.stop().await;
     kwok.stop().await;
+}
+
+#[tokio::test]
+async fn a_sandbox_pod_the_node_kills_ends_its_execution_at_once_and_is_cleaned_up() {
+    // A long timeout: the Execution must end because of the Pod, not its deadline.
+    let Some(f) = fixture("kwok-killed", "killed", 600).await else {
+        return;
+    };
+    let sandbox = run_object_name("killed");
+    bind_pod(&f.client, &f.ns, &sandbox, &f.kwok.node).await;
+    eventually("sandbox Pod Running on the kwok node", || {
+        let (pods, sandbox) = (f.pods.clone(), sandbox.clone());
+        async move {
+            let p = pods.get(&sandbox).await.expect("read pod");
+            (p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")).then_some(())
+        }
+    })
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(f.client.clone(), &f.ns);
+    let bundle = secrets.get(&sandbox).await.expect("bundle secret");
+    let raw = bundle.data.expect("data")["bundle.json"].0.clone();
+    let bundle: Value = serde_json::from_slice(&raw).expect("bundle json");
+    let token = bundle["callback"]["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+
+    // The node reports the runner killed for memory before it could report (the test writes
+    // what the kubelet would).
+    let status = json!({"status": {"phase": "Failed", "containerStatuses": [{
+        "name": "runner", "image": f.config.image, "imageID": "", "ready": false,
+        "restartCount": 0,
+        "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}
+    }]}});
+    f.pods
+        .patch_status(&sandbox, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("pod status");
+
+    let done = eventually("Execution ended", || {
+        let execs = f.execs.clone();
+        async move {
+            let e = execs.get("killed").await.expect("execution");
+            phase(&e)
+                .is_some_and(ExecutionPhase::is_terminal)
+                .then_some(e)
+        }
+    })
+    .await;
+    let status = done.status.clone().expect("status");
+    assert_eq!(status.phase, Some(ExecutionPhase::Failed), "{status:?}");
+    assert_eq!(status.reason.as_deref(), Some("SandboxFailed"));
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.contains(&sandbox) && message.contains("OOMKilled (exit code 137)"),
+        "the message names the Pod and what the node reported: {message}"
+    );
+
+    // An Event says the same.
+    let events: Api<Event> = Api::namespaced(f.client.clone(), &f.ns);
+    let event = eventually("SandboxFailed Event", || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&Default::default()).await.expect("events");
+            list.items.into_iter().find(|e| {
+                e.reason.as_deref() == Some("SandboxFailed")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("killed")
+            })
+        }
+    })
+    .await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+
+    // The Pod and its bundle Secret (with the now useless token) are gone.
+    eventually("sandbox Pod and bundle Secret deleted", || {
+        let (pods, secrets, sandbox) = (f.pods.clone(), secrets.clone(), sandbox.clone());
+        async move {
+            let pod = pods.get_opt(&sandbox).await.expect("read pod");
+            let bundle = secrets.get_opt(&sandbox).await.expect("read secret");
+            (pod.is_none() && bundle.is_none()).then_some(())
+        }
+    })
+    .await;
+
+    // A result arriving afterwards (a runner that was only partitioned, or a replay) is refused
+    // and changes nothing: the status is written once.
+    let result = json!({"execution": {"namespace": f.ns, "name": "killed", "uid": f.uid},
+        "phase": "Succeeded", "result": 1, "stdout": "", "stderr": "", "calls": [],
+        "durationMs": 3, "codeDigest": "sha256:x", "permitDigest": "sha256:y", "rateBudget": {},
+        "attestation": {"kind": "none"}, "statementDigest": "sha256:z"});
+    let url = format!("{}/v1/results/{}/killed", f.base, f.ns);
+    assert_eq!(post_json(&url, &token, &result).await, 409);
+    let after = f.execs.get("killed").await.expect("execution");
+    assert_eq!(after.status, done.status, "nothing rewrote the outcome");
+
+    f.op.stop().await;
+    f.kwok.stop().await;
 }

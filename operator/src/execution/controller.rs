@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -23,7 +23,9 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use oauth3_crds::constants::{SEALED_SECRET_KEY, SEALED_SECRET_TYPE, secret_object_name};
+use oauth3_crds::constants::{
+    LABEL_EXECUTION, SEALED_SECRET_KEY, SEALED_SECRET_TYPE, secret_object_name,
+};
 use oauth3_crds::{Execution, ExecutionPhase, Permit, TrustLevel};
 use oauth3_sandbox_runner::bundle::SealedSecretRef;
 use serde_json::{Value, json};
@@ -33,7 +35,9 @@ use crate::Context;
 use crate::callback::token_digest;
 use crate::execution::admission::{Admission, admit};
 use crate::execution::bundle::{CallbackTarget, build_bundle};
-use crate::launcher::pod::{PodLaunchConfig, desired_network_policy, desired_pod, run_object_name};
+use crate::launcher::pod::{
+    PodLaunchConfig, desired_network_policy, desired_pod, pod_outcome, run_object_name,
+};
 use crate::launcher::process::ProcessLauncher;
 use crate::launcher::{LaunchError, Launched};
 use crate::metrics::Metrics;
@@ -212,6 +216,10 @@ pub async fn reconcile(
         }
         Some(ExecutionPhase::Running) => {
             let deadline = status.launch.as_ref().map_or(now, |l| l.deadline.0);
+            let in_pod = status.launch.as_ref().is_some_and(|l| l.launcher == "pod");
+            if in_pod && let Some(action) = end_if_pod_finished(&exec, ctx, &api, now).await? {
+                return Ok(action);
+            }
             if now < deadline {
                 return Ok(Action::requeue(to_std(deadline.duration_since(now))));
             }
@@ -236,6 +244,70 @@ pub async fn reconcile(
             Ok(Action::requeue(Duration::from_secs(1)))
         }
         _ => admit_and_launch(&exec, &ectx, &api, now).await,
+    }
+}
+
+/// Ends a `Running` Execution whose sandbox Pod finished without reporting (see
+/// [`pod_outcome`]): status written (guarded: a result that raced in wins), a Warning Event,
+/// the Pod and its bundle Secret deleted. `None` while the Pod may still report.
+async fn end_if_pod_finished(
+    exec: &Execution,
+    ctx: &Context,
+    api: &Api<Execution>,
+    now: Timestamp,
+) -> Result<Option<Action>, ExecutionError> {
+    let namespace = exec.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pod = pods
+        .get_opt(&run_object_name(&exec.name_any()))
+        .await
+        .map_err(|source| ExecutionError::Api {
+            step: "reading the sandbox Pod",
+            key: key(exec),
+            source,
+        })?;
+    let Some((phase, reason, message)) = pod.as_ref().and_then(pod_outcome) else {
+        return Ok(None);
+    };
+    let s = terminal_status(phase, reason, &message, exec.metadata.generation, now);
+    if let Write::Done = write_status(api, exec, s, "recording the sandbox's end").await? {
+        publish(ctx, exec, EventType::Warning, reason, message).await;
+        cleanup_pod(&ctx.client, exec).await;
+    }
+    Ok(Some(Action::requeue(Duration::from_secs(1))))
+}
+
+/// Ends an Execution whose runner process exited while it is still `Running` under the launch
+/// with `digest` (a runner answers the callback before it exits, so there will be no result):
+/// `Failed` (`RunnerExited`), guarded, with a Warning Event. Best effort: otherwise the
+/// deadline ends it.
+async fn end_if_runner_exited(ctx: &Context, exec: &Execution, digest: &str, message: String) {
+    let api: Api<Execution> =
+        Api::namespaced(ctx.client.clone(), &exec.namespace().unwrap_or_default());
+    let Ok(Some(current)) = api.get_opt(&exec.name_any()).await else {
+        return;
+    };
+    let status = current.status.clone().unwrap_or_default();
+    let same_launch = status
+        .launch
+        .as_ref()
+        .is_some_and(|l| l.token_digest == digest);
+    if status.phase != Some(ExecutionPhase::Running) || !same_launch {
+        return;
+    }
+    let s = terminal_status(
+        ExecutionPhase::Failed,
+        "RunnerExited",
+        &message,
+        current.metadata.generation,
+        ctx.now(),
+    );
+    match write_status(&api, &current, s, "recording the runner's exit").await {
+        Ok(Write::Done) => {
+            publish(ctx, &current, EventType::Warning, "RunnerExited", message).await;
+        }
+        Ok(Write::Conflict) => {}
+        Err(e) => tracing::warn!(execution = %key(exec), error = %e, "recording the runner's exit"),
     }
 }
 
@@ -404,6 +476,7 @@ async fn launch(
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let token = Zeroizing::new(hex::encode(rand::random::<[u8; 32]>()));
+    let digest = token_digest(&token);
     let timeout = SignedDuration::from_secs(i64::from(exec.spec.timeout_seconds));
     let grace = SignedDuration::try_from(config.deadline_grace).unwrap_or(SignedDuration::ZERO);
     let deadline = now.checked_add(timeout + grace).unwrap_or(Timestamp::MAX);
@@ -422,7 +495,7 @@ async fn launch(
         "message": format!("the runner is started by the {launcher} launcher; its result is awaited until {deadline}"),
         "permitDigest": permit_digest, "codeDigest": code_digest, "startTime": Time(now),
         "observedGeneration": generation, "podName": pod_name,
-        "launch": {"launcher": launcher, "tokenDigest": token_digest(&token),
+        "launch": {"launcher": launcher, "tokenDigest": digest,
                    "launchedAt": Time(now), "deadline": Time(deadline)},
     });
     match api
@@ -469,7 +542,22 @@ async fn launch(
     ctx.usage.overlay(&mut counted);
     let bundle = build_bundle(exec, &counted, permit_digest, sealed, Some(&callback));
     let launched = match &config.launcher {
-        LauncherKind::Process(p) => p.launch(&bundle).await,
+        LauncherKind::Process(p) => p.launch_watched(&bundle).await.map(|(launched, exited)| {
+            let (ctx, exec, digest, handle) = (
+                ctx.clone(),
+                exec.clone(),
+                digest.clone(),
+                launched.handle.clone(),
+            );
+            tokio::spawn(async move {
+                if let Ok(how) = exited.await {
+                    let message =
+                        format!("runner {handle} exited ({how}) without reporting a result");
+                    end_if_runner_exited(&ctx, &exec, &digest, message).await;
+                }
+            });
+            launched
+        }),
         LauncherKind::Pod(cfg) => launch_pod(ctx, exec, permit, cfg, &bundle).await,
     };
     let name = exec.name_any();
@@ -557,7 +645,7 @@ async fn launch_pod(
     .patch(&name, &pp, &Patch::Apply(&policy))
     .await
     .map_err(|e| LaunchError::Pod(format!("applying the NetworkPolicy {name}: {e}")))?;
-    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(ctx.client.clone(), &namespace)
+    Api::<Pod>::namespaced(ctx.client.clone(), &namespace)
         .patch(&name, &pp, &Patch::Apply(&pod))
         .await
         .map_err(|e| LaunchError::Pod(format!("applying the Pod {name}: {e}")))?;
@@ -580,7 +668,7 @@ pub async fn cleanup_pod(client: &kube::Client, exec: &Execution) {
     let namespace = exec.namespace().unwrap_or_default();
     let name = run_object_name(&exec.name_any());
     let dp = DeleteParams::default();
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     for result in [
         pods.delete(&name, &dp).await.map(|_| ()),
@@ -686,8 +774,20 @@ pub fn execution_controller(
         controller::Error<ExecutionError, watcher::Error>,
     >,
 > {
+    let pods: Option<Api<Pod>> = matches!(ectx.config.launcher, LauncherKind::Pod(_)).then(|| {
+        let client = api.clone().into_client();
+        match api.namespace() {
+            Some(ns) => Api::namespaced(client, ns),
+            None => Api::all(client),
+        }
+    });
     let (store, stream) = crate::cache::lean_watch(api);
-    let controller = Controller::for_stream(stream, store.clone());
+    let mut controller = Controller::for_stream(stream, store.clone());
+    if let Some(pods) = pods {
+        // A sandbox Pod's changes wake its Execution, so a Pod the node ended without a result
+        // ends the Execution at once instead of at its deadline.
+        controller = controller.owns(pods, watcher::Config::default().labels(LABEL_EXECUTION));
+    }
     let metrics = ectx.metrics.clone();
     let counter = tokio::spawn(async move {
         loop {

@@ -24,7 +24,7 @@ use kube::{Resource, ResourceExt};
 use oauth3_crds::constants::{
     LABEL_EXECUTION, LABEL_PERMIT, MANAGED_BY, SEALED_SECRET_KEY, secret_object_name,
 };
-use oauth3_crds::{Execution, Permit};
+use oauth3_crds::{Execution, ExecutionPhase, Permit};
 use serde_json::json;
 
 /// Where the runner finds its bundle inside the Pod.
@@ -357,6 +357,52 @@ pub fn desired_network_policy(
     })
 }
 
+/// How an Execution ends whose sandbox Pod finished without a result: `TimedOut`
+/// (`DeadlineExceeded`) when the node enforced `activeDeadlineSeconds`, otherwise `Failed`
+/// (`SandboxFailed`), with a message for `status.message` naming what the node reported;
+/// `None` while the Pod may still report (pending, running, or unknown).
+///
+/// A runner posts its result and waits for the answer before it exits, so a Pod that has
+/// finished (`Failed`, or even `Succeeded`) while its Execution is still `Running` will never
+/// report: the node killed it (out of memory, `activeDeadlineSeconds`, eviction), the image or
+/// its mounts failed, or the runner could not reach the callback.
+pub fn pod_outcome(pod: &Pod) -> Option<(ExecutionPhase, &'static str, String)> {
+    let status = pod.status.as_ref()?;
+    let phase = status.phase.as_deref()?;
+    if phase != "Failed" && phase != "Succeeded" {
+        return None;
+    }
+    let name = pod.metadata.name.as_deref().unwrap_or("(unnamed)");
+    let mut message = format!("sandbox Pod {name} ended {phase} without reporting a result");
+    let pod_reason = [status.reason.as_deref(), status.message.as_deref()]
+        .into_iter()
+        .flatten()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ");
+    if !pod_reason.is_empty() {
+        message.push_str(&format!(" ({pod_reason})"));
+    }
+    let runner = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .find(|c| c.name == CONTAINER_NAME)
+        .and_then(|c| c.state.as_ref()?.terminated.as_ref());
+    if let Some(t) = runner {
+        message.push_str(&format!(
+            "; container {CONTAINER_NAME}: {} (exit code {})",
+            t.reason.as_deref().unwrap_or("terminated"),
+            t.exit_code
+        ));
+    }
+    if status.reason.as_deref() == Some("DeadlineExceeded") {
+        Some((ExecutionPhase::TimedOut, "DeadlineExceeded", message))
+    } else {
+        Some((ExecutionPhase::Failed, "SandboxFailed", message))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -653,5 +699,69 @@ mod tests {
             desired_pod(&e, &permit(&[]), &PodLaunchConfig::default()),
             Err(DesiredError::MissingMetadata(_))
         ));
+    }
+
+    fn pod_in(phase: &str, extra: serde_json::Value) -> Pod {
+        let mut status = json!({"phase": phase});
+        if let (Some(status), Some(extra)) = (status.as_object_mut(), extra.as_object()) {
+            status.extend(extra.clone());
+        }
+        serde_json::from_value(json!({
+            "metadata": {"name": "oauth3-run-x"}, "status": status
+        }))
+        .expect("pod")
+    }
+
+    #[test]
+    fn a_pod_still_pending_or_running_has_no_outcome_yet() {
+        for phase in ["Pending", "Running", "Unknown"] {
+            assert_eq!(pod_outcome(&pod_in(phase, json!({}))), None, "{phase}");
+        }
+        assert_eq!(
+            pod_outcome(&serde_json::from_value(json!({"metadata": {"name": "p"}})).expect("pod")),
+            None
+        );
+    }
+
+    #[test]
+    fn a_finished_pod_names_what_the_node_said_and_how_the_runner_ended() {
+        let oom = pod_in(
+            "Failed",
+            json!({"containerStatuses": [{
+                "name": CONTAINER_NAME, "image": "i", "imageID": "", "ready": false,
+                "restartCount": 0,
+                "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}
+            }]}),
+        );
+        assert_eq!(
+            pod_outcome(&oom),
+            Some((
+                ExecutionPhase::Failed,
+                "SandboxFailed",
+                "sandbox Pod oauth3-run-x ended Failed without reporting a result; container \
+                 runner: OOMKilled (exit code 137)"
+                    .to_owned()
+            ))
+        );
+        let deadline = pod_in(
+            "Failed",
+            json!({"reason": "DeadlineExceeded",
+                   "message": "Pod was active on the node longer than the specified deadline"}),
+        );
+        assert_eq!(
+            pod_outcome(&deadline),
+            Some((
+                ExecutionPhase::TimedOut,
+                "DeadlineExceeded",
+                "sandbox Pod oauth3-run-x ended Failed without reporting a result \
+                 (DeadlineExceeded: Pod was active on the node longer than the specified deadline)"
+                    .to_owned()
+            ))
+        );
+        let exited = pod_in("Succeeded", json!({}));
+        assert!(
+            pod_outcome(&exited).is_some_and(|(phase, _, m)| phase == ExecutionPhase::Failed
+                && m.contains("ended Succeeded without reporting a result"))
+        );
     }
 }

@@ -42,6 +42,20 @@ impl ProcessLauncher {
     /// # Errors
     /// [`LaunchError::Spawn`] when the binary cannot be started or the bundle not handed over.
     pub async fn launch(&self, bundle: &Bundle) -> Result<Launched, LaunchError> {
+        self.launch_watched(bundle)
+            .await
+            .map(|(launched, _)| launched)
+    }
+
+    /// Like [`Self::launch`], and also tells how the runner ended once it has: the receiver
+    /// gets e.g. `exit status: 3` (or why waiting for it failed).
+    ///
+    /// # Errors
+    /// [`LaunchError::Spawn`] when the binary cannot be started or the bundle not handed over.
+    pub async fn launch_watched(
+        &self,
+        bundle: &Bundle,
+    ) -> Result<(Launched, tokio::sync::oneshot::Receiver<String>), LaunchError> {
         let body = serde_json::to_vec(bundle)
             .map_err(|e| LaunchError::Spawn(format!("serialising the bundle: {e}")))?;
         let mut child = tokio::process::Command::new(&self.config.binary)
@@ -64,17 +78,26 @@ impl ProcessLauncher {
             drop(stdin);
         }
         let execution = format!("{}/{}", bundle.execution.namespace, bundle.execution.name);
+        let (exited_tx, exited) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
-            match child.wait_with_output().await {
+            let how = match child.wait_with_output().await {
                 Ok(out) => {
                     let stderr = String::from_utf8_lossy(&out.stderr);
                     tracing::info!(%execution, pid, status = %out.status, stderr = %stderr.trim(), "runner exited");
+                    out.status.to_string()
                 }
-                Err(e) => tracing::warn!(%execution, pid, error = %e, "waiting for the runner"),
-            }
+                Err(e) => {
+                    tracing::warn!(%execution, pid, error = %e, "waiting for the runner");
+                    format!("could not be waited for ({e})")
+                }
+            };
+            let _ = exited_tx.send(how);
         });
-        Ok(Launched {
-            handle: format!("process/{pid}"),
-        })
+        Ok((
+            Launched {
+                handle: format!("process/{pid}"),
+            },
+            exited,
+        ))
     }
 }
