@@ -98,13 +98,19 @@ struct Pace {
 }
 
 impl Pace {
-    /// `burst` (8 concurrent creates, as fast as the API server takes them) or `<N>/s`.
+    /// `burst` (8 concurrent creates, as fast as the API server takes them), `serial` (one
+    /// create after the other, as fast as they are answered) or `<N>/s`.
     fn parse(s: &str) -> Option<Pace> {
-        if s == "burst" {
-            return Some(Pace {
-                concurrency: 8,
+        let flat_out = |concurrency| {
+            Some(Pace {
+                concurrency,
                 interval: None,
-            });
+            })
+        };
+        match s {
+            "burst" => return flat_out(8),
+            "serial" => return flat_out(1),
+            _ => {}
         }
         let rate: u32 = s.strip_suffix("/s")?.parse().ok().filter(|r| *r > 0)?;
         Some(Pace {
@@ -335,7 +341,7 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|| "target/release/oauth3-sandbox-runner".into());
             let pace = args.get(3).map_or("burst", String::as_str);
             let Some(pace) = Pace::parse(pace) else {
-                anyhow::bail!("pace {pace:?}: expected `burst` or a rate like `100/s`");
+                anyhow::bail!("pace {pace:?}: expected `burst`, `serial` or a rate like `100/s`");
             };
             launch(n, runner, pace).await
         }
@@ -349,7 +355,7 @@ async fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: launch_bench launch [N] [RUNNER] [burst|<rate>/s] | memory [N] [OPERATOR]"
+                "usage: launch_bench launch [N] [RUNNER] [burst|serial|<rate>/s] | memory [N] [OPERATOR]"
             );
             std::process::exit(2);
         }
