@@ -527,7 +527,8 @@ pub struct PermitUsage {
     /// Remaining rate-limit tokens per capability at `at`, carried across Executions.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rate_budget: BTreeMap<String, f64>,
-    /// When the counters were last updated.
+    /// When `rateBudget` was measured (the end of the last run that reported it); the next
+    /// launch refills each capability's tokens for the time since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<Time>,
 }

@@ -331,6 +331,7 @@ fn record_usage(ctx: &Context, namespace: &str, permit: &str, result: &RunResult
             executions: 0,
             calls: i64::try_from(allowed).unwrap_or(i64::MAX),
             rate_budget: result.rate_budget.clone(),
+            budget_at: Some(ctx.now()),
         },
     );
 }

@@ -48,7 +48,7 @@ impl Context {
         };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
-            usage: Arc::new(UsageLedger::new(client.clone(), clock.clone())),
+            usage: Arc::new(UsageLedger::new(client.clone())),
             client,
             clock,
             failures: Mutex::new(HashMap::new()),

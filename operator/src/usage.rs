@@ -25,7 +25,7 @@ use kube::api::{Api, Patch, PatchParams};
 use oauth3_crds::{Permit, PermitUsage};
 use serde_json::json;
 
-use crate::Clock;
+use k8s_openapi::jiff::Timestamp;
 
 /// How long changes wait before they are written: the most a Permit's counters lag behind.
 pub const FLUSH_DELAY: Duration = Duration::from_millis(250);
@@ -41,6 +41,8 @@ pub struct UsageDelta {
     pub calls: i64,
     /// Remaining rate-limit tokens reported by the latest finished run, per capability.
     pub rate_budget: BTreeMap<String, f64>,
+    /// When `rate_budget` was measured (the next launch refills it from then).
+    pub budget_at: Option<Timestamp>,
 }
 
 impl UsageDelta {
@@ -48,18 +50,26 @@ impl UsageDelta {
     pub fn merge(&mut self, later: UsageDelta) {
         self.executions += later.executions;
         self.calls += later.calls;
+        if !later.rate_budget.is_empty() {
+            self.budget_at = later.budget_at.or(self.budget_at);
+        }
         self.rate_budget.extend(later.rate_budget);
     }
 
-    /// `usage` with this delta applied.
+    /// `usage` with this delta applied. `at` moves only with a new budget: it is where the
+    /// next refill of the budget starts.
     pub fn apply_to(&self, usage: &PermitUsage) -> PermitUsage {
         let mut rate_budget = usage.rate_budget.clone();
         rate_budget.extend(self.rate_budget.clone());
+        let at = match self.budget_at {
+            Some(t) if !self.rate_budget.is_empty() => Some(Time(t)),
+            _ => usage.at.clone(),
+        };
         PermitUsage {
             executions: usage.executions + self.executions,
             calls: usage.calls + self.calls,
             rate_budget,
-            at: usage.at.clone(),
+            at,
         }
     }
 }
@@ -76,16 +86,14 @@ struct State {
 /// Collects usage changes and writes them to the Permits in batches (see the module docs).
 pub struct UsageLedger {
     client: kube::Client,
-    clock: Clock,
     state: Mutex<State>,
 }
 
 impl UsageLedger {
-    /// A ledger writing with `client`, stamping `usage.at` from `clock`.
-    pub fn new(client: kube::Client, clock: Clock) -> Self {
+    /// A ledger writing with `client`.
+    pub fn new(client: kube::Client) -> Self {
         Self {
             client,
-            clock,
             state: Mutex::new(State::default()),
         }
     }
@@ -175,8 +183,7 @@ impl UsageLedger {
                 .as_ref()
                 .and_then(|s| s.usage.clone())
                 .unwrap_or_default();
-            let mut next = delta.apply_to(&usage);
-            next.at = Some(Time((self.clock)()));
+            let next = delta.apply_to(&usage);
             let patch = json!({
                 "metadata": {"resourceVersion": current.resource_version()},
                 "status": {"usage": next},
@@ -210,36 +217,61 @@ mod tests {
 
     #[test]
     fn deltas_add_counts_and_keep_the_later_budget_per_capability() {
+        let t = |s| Timestamp::from_second(s).expect("time");
         let mut d = UsageDelta {
             executions: 1,
             calls: 2,
             rate_budget: budget(&[("a", 1.0), ("b", 5.0)]),
+            budget_at: Some(t(100)),
         };
         d.merge(UsageDelta {
             executions: 1,
+            ..UsageDelta::default()
+        });
+        assert_eq!(
+            d.budget_at,
+            Some(t(100)),
+            "a launch does not move the budget's time"
+        );
+        d.merge(UsageDelta {
+            executions: 0,
             calls: 3,
             rate_budget: budget(&[("a", 0.5)]),
+            budget_at: Some(t(160)),
         });
         assert_eq!(d.executions, 2);
         assert_eq!(d.calls, 5);
         assert_eq!(d.rate_budget, budget(&[("a", 0.5), ("b", 5.0)]));
+        assert_eq!(d.budget_at, Some(t(160)));
     }
 
     #[test]
     fn a_delta_applies_on_top_of_the_written_usage() {
+        let t = |s| Timestamp::from_second(s).expect("time");
         let written = PermitUsage {
             executions: 10,
             calls: 20,
             rate_budget: budget(&[("a", 3.0), ("c", 1.0)]),
-            at: None,
+            at: Some(Time(t(50))),
         };
+        let launches = UsageDelta {
+            executions: 2,
+            ..UsageDelta::default()
+        };
+        assert_eq!(
+            launches.apply_to(&written).at,
+            Some(Time(t(50))),
+            "counting launches keeps the budget's time, or its refill would be lost"
+        );
         let d = UsageDelta {
             executions: 2,
             calls: 1,
             rate_budget: budget(&[("a", 2.0)]),
+            budget_at: Some(t(90)),
         };
         let next = d.apply_to(&written);
         assert_eq!((next.executions, next.calls), (12, 21));
         assert_eq!(next.rate_budget, budget(&[("a", 2.0), ("c", 1.0)]));
+        assert_eq!(next.at, Some(Time(t(90))));
     }
 }

@@ -221,20 +221,29 @@ pub fn redact_json(
     }
 }
 
-/// The rate budget left: `budget` minus the allowed calls per capability, never below zero.
+/// The rate budget left for every rate-limited capability of `spec`: what the run started with
+/// (`budget`, or the full `requests` when nothing was carried) minus its allowed calls, never
+/// below zero. (Tokens refilled during the run are not added: the operator refills the budget
+/// for elapsed time at the next launch.)
 pub fn remaining_budget(
+    spec: &oauth3_crds::PermitSpec,
     budget: &BTreeMap<String, f64>,
     calls: &[CallRecord],
 ) -> BTreeMap<String, f64> {
-    budget
+    spec.capabilities
         .iter()
-        .map(|(name, left)| {
+        .filter_map(|cap| {
+            let limit = cap.rate_limit.as_ref()?;
+            let start = budget
+                .get(&cap.name)
+                .copied()
+                .unwrap_or(f64::from(limit.requests));
             let used = calls
                 .iter()
-                .filter(|c| c.capability == *name && c.decision == CallDecision::Allowed)
+                .filter(|c| c.capability == cap.name && c.decision == CallDecision::Allowed)
                 .count();
             let used = u32::try_from(used).map(f64::from).unwrap_or(f64::MAX);
-            (name.clone(), (left - used).max(0.0))
+            Some((cap.name.clone(), (start - used).max(0.0)))
         })
         .collect()
 }
@@ -327,7 +336,7 @@ pub async fn run_bundle(bundle: &Bundle, deps: &RunnerDeps) -> RunResult {
         stdout: redact(&raw.stdout),
         stderr: redact(&raw.stderr),
         error: raw.error.as_deref().map(redact),
-        rate_budget: remaining_budget(&bundle.rate_budget, &calls),
+        rate_budget: remaining_budget(&bundle.permit.spec, &bundle.rate_budget, &calls),
         calls,
         duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
         code_digest,
@@ -553,7 +562,8 @@ mod tests {
         let spec: oauth3_crds::PermitSpec = serde_json::from_value(json!({
             "description": "d",
             "capabilities": [{"name": "github", "baseUrl": "https://api.github.com",
-                "paths": ["/x"], "methods": ["GET"]}],
+                "paths": ["/x"], "methods": ["GET"],
+                "rateLimit": {"requests": 10, "perSeconds": 60}}],
             "secrets": ["GITHUB_TOKEN"]
         }))
         .expect("spec");
@@ -635,16 +645,33 @@ mod tests {
 
     #[test]
     fn only_allowed_calls_spend_the_rate_budget_and_it_never_goes_negative() {
+        let spec: oauth3_crds::PermitSpec = serde_json::from_value(json!({
+            "description": "d",
+            "capabilities": [
+                {"name": "a", "baseUrl": "https://a.example", "paths": ["/"], "methods": ["GET"],
+                 "rateLimit": {"requests": 5, "perSeconds": 60}},
+                {"name": "b", "baseUrl": "https://b.example", "paths": ["/"], "methods": ["GET"],
+                 "rateLimit": {"requests": 5, "perSeconds": 60}},
+                {"name": "c", "baseUrl": "https://c.example", "paths": ["/"], "methods": ["GET"],
+                 "rateLimit": {"requests": 3, "perSeconds": 60}},
+                {"name": "free", "baseUrl": "https://f.example", "paths": ["/"], "methods": ["GET"]}
+            ]
+        }))
+        .expect("spec");
         let budget = BTreeMap::from([("a".to_owned(), 2.5), ("b".to_owned(), 1.0)]);
         let calls = [
             call("a", CallDecision::Allowed),
             call("a", CallDecision::Denied),
             call("b", CallDecision::Allowed),
             call("b", CallDecision::Allowed),
+            call("c", CallDecision::Allowed),
+            call("free", CallDecision::Allowed),
         ];
-        let left = remaining_budget(&budget, &calls);
+        let left = remaining_budget(&spec, &budget, &calls);
         assert_eq!(left["a"], 1.5);
         assert_eq!(left["b"], 0.0);
+        assert_eq!(left["c"], 2.0, "no carried budget: started full");
+        assert!(!left.contains_key("free"), "no limit, nothing to carry");
     }
 
     #[test]

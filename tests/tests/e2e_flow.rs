@@ -108,11 +108,19 @@ impl Env {
     }
 
     async fn permit(&self, name: &str) {
+        self.permit_with(name, json!({})).await;
+    }
+
+    /// The e2e Permit, its one capability (`api`) extended with `capability` fields.
+    async fn permit_with(&self, name: &str, capability: Value) {
+        let mut api = json!({"name": "api", "baseUrl": format!("{}/v1", self.up.origin()),
+            "paths": ["/items", "/echo-auth"], "methods": ["GET"],
+            "auth": {"header": "Authorization", "value": "Bearer {API_TOKEN}"}});
+        if let (Some(api), Some(more)) = (api.as_object_mut(), capability.as_object()) {
+            api.extend(more.clone());
+        }
         let spec: PermitSpec = serde_json::from_value(json!({
-            "description": "e2e",
-            "capabilities": [{"name": "api", "baseUrl": format!("{}/v1", self.up.origin()),
-                "paths": ["/items", "/echo-auth"], "methods": ["GET"],
-                "auth": {"header": "Authorization", "value": "Bearer {API_TOKEN}"}}],
+            "description": "e2e", "capabilities": [api],
             "secrets": ["API_TOKEN"], "validFor": "1h"
         }))
         .expect("spec");
@@ -122,7 +130,6 @@ impl Env {
             .expect("permit");
     }
 
-    /// Creates the Permit and approves it with the plugin binary, as its owner would.
     /// A stand-in runner: a shell script `name` running `body` (it gets the bundle on stdin).
     fn fake_runner(&self, name: &str, body: &str) -> ProcessLauncherConfig {
         let script = self.dir.join(name);
@@ -138,8 +145,14 @@ impl Env {
         }
     }
 
+    /// Creates the Permit and approves it with the plugin binary, as its owner would.
     async fn approved_permit(&self, name: &str) {
         self.permit(name).await;
+        self.approve(name).await;
+    }
+
+    /// Approves the Permit with the plugin binary, as its owner would.
+    async fn approve(&self, name: &str) {
         self.wait_permit(name, PermitPhase::Pending).await;
         let out = self.plugin(&["approve", name]);
         assert!(
@@ -359,6 +372,57 @@ async fn an_execution_under_an_unapproved_permit_is_denied_and_never_runs() {
     assert!(
         env.up.requests().is_empty(),
         "no request may reach the upstream"
+    );
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn a_rate_limit_is_counted_across_executions_and_an_exhausted_permit_refuses() {
+    let Some(env) = Env::new("e2e-rate").await else {
+        return;
+    };
+    let op = env.operator().await;
+    env.permit_with(
+        "limited",
+        json!({"rateLimit": {"requests": 1, "perSeconds": 3600}}),
+    )
+    .await;
+    env.approve("limited").await;
+    // The first run may call once: its second call is refused by the runner.
+    let code = "await api('GET', '/items'); \
+                try { await api('GET', '/items'); return 'twice'; } catch (e) { return 'once'; }";
+    env.execution("first", "limited", code, 30).await;
+    let first = env.wait_exec("first", "finished", finished).await;
+    let status = first.status.expect("status");
+    assert_eq!(status.phase, Some(ExecutionPhase::Succeeded), "{status:?}");
+    assert_eq!(status.result, Some(json!("once")));
+    // What it left is carried on the Permit (written by the usage ledger).
+    env.wait_permit_where("limited", "budget carried", |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.usage.as_ref())
+            .and_then(|u| u.rate_budget.get("api").copied())
+            .is_some_and(|t| t < 1.0)
+    })
+    .await;
+
+    // The next Execution has nothing left to call with: refused before anything starts.
+    env.execution("second", "limited", code, 30).await;
+    let second = env.wait_exec("second", "finished", finished).await;
+    let status = second.status.expect("status");
+    assert_eq!(status.phase, Some(ExecutionPhase::Denied), "{status:?}");
+    assert_eq!(status.reason.as_deref(), Some("RateBudgetExhausted"));
+    assert!(
+        status
+            .message
+            .unwrap_or_default()
+            .contains("next call is allowed in"),
+    );
+    assert!(status.launch.is_none(), "no runner was started");
+    assert_eq!(
+        env.up.requests().len(),
+        1,
+        "one upstream request in all: the limit holds across Executions"
     );
     op.stop().await;
 }

@@ -98,7 +98,7 @@ async fn a_burst_of_usage_under_one_permit_is_counted_exactly_in_few_writes() {
         })
     };
 
-    let ledger = Arc::new(UsageLedger::new(client.clone(), Arc::new(Timestamp::now)));
+    let ledger = Arc::new(UsageLedger::new(client.clone()));
     const RUNS: i64 = 200;
     let recorders: Vec<_> = (0..RUNS)
         .map(|i| {
@@ -120,6 +120,7 @@ async fn a_burst_of_usage_under_one_permit_is_counted_exactly_in_few_writes() {
                         executions: 0,
                         calls: 2,
                         rate_budget: BTreeMap::from([("api".to_owned(), (RUNS - i) as f64)]),
+                        budget_at: Some(Timestamp::now()),
                     },
                 );
             })
@@ -167,7 +168,7 @@ async fn pending_usage_is_written_on_demand_and_dropped_for_a_deleted_permit() {
     api.create(&PostParams::default(), &permit("p"))
         .await
         .expect("create the Permit");
-    let ledger = Arc::new(UsageLedger::new(client.clone(), Arc::new(Timestamp::now)));
+    let ledger = Arc::new(UsageLedger::new(client.clone()));
     let one = UsageDelta {
         executions: 1,
         calls: 3,

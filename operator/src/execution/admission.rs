@@ -1,9 +1,12 @@
 //! Whether an Execution may run (pure): the Permit exists, is approved for its current spec,
-//! has not expired, has budget left, and (codeReview perCode) the code digest is trusted.
+//! has not expired, has Executions and rate-limit budget left, and (codeReview perCode) the
+//! code digest is trusted.
 //!
 //! Every refusal is terminal for the Execution (phase `Denied`) with a machine-readable reason
 //! and a message an agent can act on; nothing here retries. Only a missing code trust is not
 //! terminal: the Execution waits in `AwaitingApproval` for the owner.
+
+use std::collections::BTreeMap;
 
 use k8s_openapi::jiff::Timestamp;
 use oauth3_crds::{
@@ -32,6 +35,56 @@ pub enum Admission {
         /// Human-readable explanation naming the Permit and what to do.
         message: String,
     },
+}
+
+/// The rate-limit tokens a run under `permit` starts with at `now`: what the previous runs
+/// left (`status.usage.rateBudget`, measured at `usage.at`) refilled at each capability's
+/// `requests / perSeconds` for the time since, up to `requests`. Capabilities without a
+/// limit, or without a carried budget, are left out (the runner starts those full).
+pub fn refilled_budget(permit: &Permit, now: Timestamp) -> BTreeMap<String, f64> {
+    let Some(usage) = permit.status.as_ref().and_then(|s| s.usage.as_ref()) else {
+        return BTreeMap::new();
+    };
+    let elapsed = usage
+        .at
+        .as_ref()
+        .map_or(0.0, |at| now.duration_since(at.0).as_secs_f64().max(0.0));
+    permit
+        .spec
+        .capabilities
+        .iter()
+        .filter_map(|c| {
+            let limit = c.rate_limit.as_ref()?;
+            let left = usage.rate_budget.get(&c.name)?;
+            let requests = f64::from(limit.requests);
+            let per_second = requests / f64::from(limit.per_seconds.max(1));
+            let tokens = (left.max(0.0) + elapsed * per_second).min(requests);
+            Some((c.name.clone(), tokens))
+        })
+        .collect()
+}
+
+/// `Some(message)` when no capability of `permit` can make a call at `now`: every one is rate
+/// limited and has less than one token left. (Code that calls nothing needs no Permit.)
+fn rate_budget_exhausted(permit: &Permit, name: &str, now: Timestamp) -> Option<String> {
+    let budget = refilled_budget(permit, now);
+    let mut wait = f64::INFINITY;
+    for c in &permit.spec.capabilities {
+        let limit = c.rate_limit.as_ref()?;
+        let tokens = *budget.get(&c.name)?;
+        if tokens >= 1.0 {
+            return None;
+        }
+        let per_second = f64::from(limit.requests) / f64::from(limit.per_seconds.max(1));
+        wait = wait.min((1.0 - tokens) / per_second);
+    }
+    if permit.spec.capabilities.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "every capability of Permit {name} has used its rate limit; the next call is allowed in {:.0} s",
+        wait.ceil()
+    ))
 }
 
 fn refuse(reason: &'static str, message: String) -> Admission {
@@ -103,6 +156,9 @@ pub fn admit(execution: &Execution, permit: Option<&Permit>, now: Timestamp) -> 
                 ),
             );
         }
+    }
+    if let Some(message) = rate_budget_exhausted(permit, name, now) {
+        return refuse("RateBudgetExhausted", message);
     }
     if permit.spec.code_review == CodeReview::PerCode {
         let trusted = status.trusted_code.iter().any(|t| {
@@ -189,6 +245,68 @@ mod tests {
             Admission::Launch { .. } => "Launch",
             Admission::AwaitApproval { .. } => "AwaitApproval",
         }
+    }
+
+    /// An approved Permit with two rate-limited capabilities (10 per minute and 1 per second)
+    /// whose last run left `gh`/`api` tokens at `NOW - ago`.
+    fn limited(gh: f64, api: f64, ago: i64) -> Permit {
+        let mut p = approved(json!({"capabilities": [
+            {"name": "gh", "baseUrl": "https://api.github.com", "paths": ["/x"], "methods": ["GET"],
+             "rateLimit": {"requests": 10, "perSeconds": 60}},
+            {"name": "api", "baseUrl": "https://api.example.com", "paths": ["/x"], "methods": ["GET"],
+             "rateLimit": {"requests": 1, "perSeconds": 1}}
+        ]}));
+        let status = p.status.as_mut().expect("status");
+        status.usage = Some(PermitUsage {
+            executions: 3,
+            calls: 30,
+            rate_budget: [("gh".to_owned(), gh), ("api".to_owned(), api)].into(),
+            at: Some(at(NOW - ago)),
+        });
+        p
+    }
+
+    #[test]
+    fn the_carried_rate_budget_refills_for_the_time_since_the_last_run_up_to_the_limit() {
+        // 30 s at 10/60 per second refills 5 tokens of gh; api (1/s) is full again.
+        let b = refilled_budget(&limited(2.0, 0.0, 30), now());
+        assert!((b["gh"] - 7.0).abs() < 1e-9, "{b:?}");
+        assert!((b["api"] - 1.0).abs() < 1e-9, "capped at the limit: {b:?}");
+        // Nothing elapsed: what was left. A negative or future record never adds tokens.
+        let b = refilled_budget(&limited(2.0, 0.0, 0), now());
+        assert_eq!((b["gh"], b["api"]), (2.0, 0.0));
+        let b = refilled_budget(&limited(-3.0, 0.0, -60), now());
+        assert_eq!((b["gh"], b["api"]), (0.0, 0.0));
+        // No carried budget, or no limit: left to the runner, which starts those full.
+        assert!(refilled_budget(&approved(json!({})), now()).is_empty());
+    }
+
+    #[test]
+    fn a_permit_whose_every_capability_is_out_of_rate_budget_refuses_with_the_wait() {
+        // Exhausted a moment ago: gh needs 6 s for one token, api 1 s; the sooner counts.
+        let a = admit(&exec("return 1"), Some(&limited(0.0, 0.0, 0)), now());
+        assert_eq!(reason(&a), "RateBudgetExhausted");
+        let Admission::Refuse { message, .. } = a else {
+            unreachable!()
+        };
+        assert!(
+            message.contains("Permit gh") && message.contains("allowed in 1 s"),
+            "{message}"
+        );
+        // One capability with a token left is enough to run.
+        let a = admit(&exec("return 1"), Some(&limited(1.0, 0.0, 0)), now());
+        assert_eq!(reason(&a), "Launch");
+        // Refilled since: runs.
+        let a = admit(&exec("return 1"), Some(&limited(0.0, 0.0, 2)), now());
+        assert_eq!(reason(&a), "Launch");
+        // A capability without a limit can always be called.
+        let mut p = limited(0.0, 0.0, 0);
+        p.spec.capabilities[1].rate_limit = None;
+        let digest = spec_digest(&p.spec).expect("digest");
+        if let Some(approval) = p.status.as_mut().and_then(|s| s.approval.as_mut()) {
+            approval.spec_digest = digest;
+        }
+        assert_eq!(reason(&admit(&exec("return 1"), Some(&p), now())), "Launch");
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! The run bundle the operator hands the sandbox runner for one Execution (pure).
 
+use k8s_openapi::jiff::Timestamp;
 use oauth3_crds::{Execution, Permit};
 use oauth3_sandbox_runner::bundle::{
     Bundle, BundleLimits, Callback, ExecutionRef, PermitRef, SealedSecretRef,
 };
 use zeroize::Zeroizing;
+
+use crate::execution::admission::refilled_budget;
 
 /// Where the runner reports and how it proves it is this run.
 #[derive(Clone)]
@@ -33,7 +36,8 @@ pub fn result_url(base_url: &str, namespace: &str, name: &str) -> String {
     )
 }
 
-/// Builds the bundle of `execution` under the approved `permit`. `sealed` holds the envelopes
+/// Builds the bundle of `execution` under the approved `permit` at `now` (the rate budget is
+/// refilled up to then). `sealed` holds the envelopes
 /// (ciphertext) the runner will open; empty when the launcher projects them itself.
 pub fn build_bundle(
     execution: &Execution,
@@ -41,15 +45,11 @@ pub fn build_bundle(
     permit_digest: &str,
     sealed: Vec<SealedSecretRef>,
     callback: Option<&CallbackTarget>,
+    now: Timestamp,
 ) -> Bundle {
     let namespace = execution.metadata.namespace.clone().unwrap_or_default();
     let name = execution.metadata.name.clone().unwrap_or_default();
-    let rate_budget = permit
-        .status
-        .as_ref()
-        .and_then(|s| s.usage.as_ref())
-        .map(|u| u.rate_budget.clone())
-        .unwrap_or_default();
+    let rate_budget = refilled_budget(permit, now);
     Bundle {
         execution: ExecutionRef {
             namespace: namespace.clone(),

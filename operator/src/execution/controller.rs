@@ -328,7 +328,13 @@ async fn admit_and_launch(
             key: key(exec),
             source,
         })?;
-    match admit(exec, permit.as_ref(), now) {
+    // Admission sees the usage as it will be once the ledger has written it (a run that just
+    // ended may have used the rate budget up); reservations work on the Permit as stored.
+    let seen = permit.clone().map(|mut p| {
+        ctx.usage.overlay(&mut p);
+        p
+    });
+    match admit(exec, seen.as_ref(), now) {
         Admission::Refuse { reason, message } => {
             let s = terminal_status(
                 ExecutionPhase::Denied,
@@ -540,7 +546,7 @@ async fn launch(
     // written to the Permit yet.
     let mut counted = permit.clone();
     ctx.usage.overlay(&mut counted);
-    let bundle = build_bundle(exec, &counted, permit_digest, sealed, Some(&callback));
+    let bundle = build_bundle(exec, &counted, permit_digest, sealed, Some(&callback), now);
     let launched = match &config.launcher {
         LauncherKind::Process(p) => p.launch_watched(&bundle).await.map(|(launched, exited)| {
             let (ctx, exec, digest, handle) = (
@@ -723,7 +729,7 @@ async fn reserve_execution(
         let mut patch = json!({
             "metadata": {"resourceVersion": current.resource_version()},
             "status": {"usage": {"executions": usage.executions + 1, "calls": usage.calls,
-                "rateBudget": usage.rate_budget, "at": Time(ctx.now())}},
+                "rateBudget": usage.rate_budget, "at": usage.at}},
         });
         let remaining: Vec<_> = status
             .trusted_code
