@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
-use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec, Permit, PermitPhase, PermitSpec};
+use oauth3_crds::{
+    Execution, ExecutionPhase, ExecutionSpec, ExecutionStatus, Permit, PermitPhase, PermitSpec,
+};
 use oauth3_operator::execution::controller::LauncherKind;
 use oauth3_operator::launcher::process::{ProcessLauncher, ProcessLauncherConfig};
 use oauth3_tests::operator::InProcessOperator;
@@ -130,19 +132,33 @@ impl Env {
             .expect("permit");
     }
 
-    /// A stand-in runner: a shell script `name` running `body` (it gets the bundle on stdin).
-    fn fake_runner(&self, name: &str, body: &str) -> ProcessLauncherConfig {
-        let script = self.dir.join(name);
+    /// Runs Execution `name` (`return 1`, `timeout` s) under an approved Permit `issues` on an
+    /// operator (deadline grace `grace`) whose runner is a shell script running `body` (it gets
+    /// the bundle on stdin); returns the Execution's final status.
+    async fn run_on_fake_runner(
+        &self,
+        body: &str,
+        grace: Duration,
+        name: &str,
+        timeout: i32,
+    ) -> ExecutionStatus {
+        let script = self.dir.join(format!("{name}.sh"));
         std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).expect("script");
         std::process::Command::new("chmod")
             .arg("+x")
             .arg(&script)
             .status()
             .expect("chmod");
-        ProcessLauncherConfig {
+        let launcher = ProcessLauncherConfig {
             binary: script,
             extra_args: vec![],
-        }
+        };
+        let op = Operator::start(&self.client, &self.ns, listener().await, launcher, grace).await;
+        self.approved_permit("issues").await;
+        self.execution(name, "issues", "return 1", timeout).await;
+        let done = self.wait_exec(name, "finished", finished).await;
+        op.stop().await;
+        done.status.expect("status")
     }
 
     /// Creates the Permit and approves it with the plugin binary, as its owner would.
@@ -433,25 +449,11 @@ async fn a_runner_that_never_reports_ends_timed_out() {
         return;
     };
     // A "runner" that hangs and never calls back.
-    let launcher = env.fake_runner("hang.sh", "sleep 30");
-    let op = Operator::start(
-        &env.client,
-        &env.ns,
-        listener().await,
-        launcher,
-        Duration::from_secs(1),
-    )
-    .await;
-    env.approved_permit("issues").await;
-    env.execution("hang", "issues", "return 1", 1).await;
     let done = env
-        .wait_exec("hang", "finished", finished)
-        .await
-        .status
-        .expect("status");
+        .run_on_fake_runner("sleep 30", Duration::from_secs(1), "hang", 1)
+        .await;
     assert_eq!(done.phase, Some(ExecutionPhase::TimedOut));
     assert_eq!(done.reason.as_deref(), Some("DeadlineExceeded"));
-    op.stop().await;
 }
 
 #[tokio::test]
@@ -460,25 +462,10 @@ async fn a_runner_that_dies_without_reporting_ends_its_execution_at_once_and_run
         return;
     };
     // A "runner" that takes its bundle and dies; a generous deadline that must not be needed.
-    let launcher = env.fake_runner(
-        "die.sh",
-        "cat > /dev/null; echo started >> \"$(dirname \"$0\")/starts\"; exit 3",
-    );
-    let op = Operator::start(
-        &env.client,
-        &env.ns,
-        listener().await,
-        launcher,
-        Duration::from_secs(300),
-    )
-    .await;
-    env.approved_permit("issues").await;
-    env.execution("died", "issues", "return 1", 300).await;
+    let body = "cat > /dev/null; echo started >> \"$(dirname \"$0\")/starts\"; exit 3";
     let done = env
-        .wait_exec("died", "finished", finished)
-        .await
-        .status
-        .expect("status");
+        .run_on_fake_runner(body, Duration::from_secs(300), "died", 300)
+        .await;
     assert_eq!(done.phase, Some(ExecutionPhase::Failed), "{done:?}");
     assert_eq!(done.reason.as_deref(), Some("RunnerExited"));
     let message = done.message.unwrap_or_default();
@@ -491,7 +478,6 @@ async fn a_runner_that_dies_without_reporting_ends_its_execution_at_once_and_run
     let starts = std::fs::read_to_string(env.dir.join("starts")).unwrap_or_default();
     assert_eq!(starts.lines().count(), 1, "started once: {starts:?}");
     assert!(env.up.requests().is_empty());
-    op.stop().await;
 }
 
 #[tokio::test]

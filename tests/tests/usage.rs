@@ -34,6 +34,17 @@ fn permit(name: &str) -> Permit {
     .expect("a valid Permit")
 }
 
+/// A fresh namespace holding Permit `p`.
+async fn setup(prefix: &str) -> Option<(kube::Client, String, Api<Permit>)> {
+    let client = client_or_skip().await?;
+    let ns = namespace(&client, prefix).await;
+    let api: Api<Permit> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &permit("p"))
+        .await
+        .expect("create the Permit");
+    Some((client, ns, api))
+}
+
 fn usage(p: &Permit) -> PermitUsage {
     p.status
         .as_ref()
@@ -55,14 +66,9 @@ async fn wait_usage(api: &Api<Permit>, ok: impl Fn(&PermitUsage) -> bool) -> Per
 
 #[tokio::test]
 async fn a_burst_of_usage_under_one_permit_is_counted_exactly_in_few_writes() {
-    let Some(client) = client_or_skip().await else {
+    let Some((client, ns, api)) = setup("usage-burst").await else {
         return;
     };
-    let ns = namespace(&client, "usage-burst").await;
-    let api: Api<Permit> = Api::namespaced(client.clone(), &ns);
-    api.create(&PostParams::default(), &permit("p"))
-        .await
-        .expect("create the Permit");
 
     // Count the writes that change the usage, from a watch.
     let usage_writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -160,14 +166,9 @@ async fn a_burst_of_usage_under_one_permit_is_counted_exactly_in_few_writes() {
 
 #[tokio::test]
 async fn pending_usage_is_written_on_demand_and_dropped_for_a_deleted_permit() {
-    let Some(client) = client_or_skip().await else {
+    let Some((client, ns, api)) = setup("usage-flush").await else {
         return;
     };
-    let ns = namespace(&client, "usage-flush").await;
-    let api: Api<Permit> = Api::namespaced(client.clone(), &ns);
-    api.create(&PostParams::default(), &permit("p"))
-        .await
-        .expect("create the Permit");
     let ledger = Arc::new(UsageLedger::new(client.clone()));
     let one = UsageDelta {
         executions: 1,

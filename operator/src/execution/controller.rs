@@ -107,6 +107,12 @@ fn key(exec: &Execution) -> String {
     )
 }
 
+/// Maps a failed API call during `step` on `exec` to [`ExecutionError::Api`].
+fn api_error(step: &'static str, exec: &Execution) -> impl FnOnce(kube::Error) -> ExecutionError {
+    let key = key(exec);
+    move |source| ExecutionError::Api { step, key, source }
+}
+
 fn to_std(d: SignedDuration) -> Duration {
     Duration::try_from(d).unwrap_or(Duration::ZERO)
 }
@@ -138,11 +144,7 @@ async fn write_status(
     {
         Ok(_) => Ok(Write::Done),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(Write::Conflict),
-        Err(source) => Err(ExecutionError::Api {
-            step,
-            key: key(exec),
-            source,
-        }),
+        Err(source) => Err(api_error(step, exec)(source)),
     }
 }
 
@@ -202,13 +204,7 @@ pub async fn reconcile(
                 match api.delete(&exec.name_any(), &DeleteParams::default()).await {
                     Ok(_) => tracing::info!(execution = %key(&exec), "deleted after its TTL"),
                     Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(source) => {
-                        return Err(ExecutionError::Api {
-                            step: "deleting after TTL",
-                            key: key(&exec),
-                            source,
-                        });
-                    }
+                    Err(source) => return Err(api_error("deleting after TTL", &exec)(source)),
                 }
                 return Ok(Action::await_change());
             }
@@ -261,11 +257,7 @@ async fn end_if_pod_finished(
     let pod = pods
         .get_opt(&run_object_name(&exec.name_any()))
         .await
-        .map_err(|source| ExecutionError::Api {
-            step: "reading the sandbox Pod",
-            key: key(exec),
-            source,
-        })?;
+        .map_err(api_error("reading the sandbox Pod", exec))?;
     let Some((phase, reason, message)) = pod.as_ref().and_then(pod_outcome) else {
         return Ok(None);
     };
@@ -323,11 +315,7 @@ async fn admit_and_launch(
     let permit = permits
         .get_opt(&exec.spec.permit_ref)
         .await
-        .map_err(|source| ExecutionError::Api {
-            step: "reading the Permit",
-            key: key(exec),
-            source,
-        })?;
+        .map_err(api_error("reading the Permit", exec))?;
     // Admission sees the usage as it will be once the ledger has written it (a run that just
     // ended may have used the rate budget up); reservations work on the Permit as stored.
     let seen = permit.clone().map(|mut p| {
@@ -519,13 +507,7 @@ async fn launch(
         Err(kube::Error::Api(s)) if s.code == 409 => {
             return Ok(Action::requeue(Duration::from_millis(200)));
         }
-        Err(source) => {
-            return Err(ExecutionError::Api {
-                step: "recording the launch",
-                key: key(exec),
-                source,
-            });
-        }
+        Err(source) => return Err(api_error("recording the launch", exec)(source)),
     };
     if !strict {
         ctx.usage.record(
@@ -589,11 +571,10 @@ async fn launch(
         }
         Err(e) => {
             let message = e.to_string();
-            let fresh = api.get(&name).await.map_err(|source| ExecutionError::Api {
-                step: "re-reading after a failed launch",
-                key: key(exec),
-                source,
-            })?;
+            let fresh = api
+                .get(&name)
+                .await
+                .map_err(api_error("re-reading after a failed launch", exec))?;
             let s = terminal_status(
                 ExecutionPhase::Failed,
                 "LaunchFailed",
