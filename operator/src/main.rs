@@ -232,7 +232,9 @@ async fn main() -> anyhow::Result<()> {
     http.await.context("HTTP server task")??;
     callback_server.await.context("callback server task")??;
     // Counters of the last moments (results recorded while stopping) are written, not lost.
-    usage.flush().await;
+    if !usage.flush().await {
+        tracing::warn!("some Permit usage counters could not be written before stopping");
+    }
     tracing::info!("stopped");
     Ok(())
 }

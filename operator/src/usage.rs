@@ -29,6 +29,8 @@ use k8s_openapi::jiff::Timestamp;
 
 /// How long changes wait before they are written: the most a Permit's counters lag behind.
 pub const FLUSH_DELAY: Duration = Duration::from_millis(250);
+/// The longest wait between flushes while writes keep failing.
+const RETRY_DELAY_MAX: Duration = Duration::from_secs(30);
 /// Guarded writes tried per flush of one Permit before its changes wait for the next flush.
 const FLUSH_ATTEMPTS: usize = 5;
 
@@ -117,9 +119,15 @@ impl UsageLedger {
         if schedule {
             let ledger = self.clone();
             tokio::spawn(async move {
+                let mut delay = FLUSH_DELAY;
                 loop {
-                    tokio::time::sleep(FLUSH_DELAY).await;
-                    ledger.flush().await;
+                    tokio::time::sleep(delay).await;
+                    // While writes fail (API server away), retry less and less often.
+                    delay = if ledger.flush().await {
+                        FLUSH_DELAY
+                    } else {
+                        (delay * 2).min(RETRY_DELAY_MAX)
+                    };
                     let mut state = ledger.lock();
                     if state.pending.is_empty() {
                         state.scheduled = false;
@@ -149,12 +157,14 @@ impl UsageLedger {
         status.usage = Some(delta.apply_to(&status.usage.clone().unwrap_or_default()));
     }
 
-    /// Writes every pending change now (also called on shutdown). Changes that could not be
-    /// written stay pending.
-    pub async fn flush(&self) {
+    /// Writes every pending change now (also called on shutdown); `false` if some could not
+    /// be written (they stay pending).
+    pub async fn flush(&self) -> bool {
         let batch: Vec<(Key, UsageDelta)> = self.lock().pending.drain().collect();
+        let mut all = true;
         for ((namespace, permit), delta) in batch {
             if let Err(e) = self.write(&namespace, &permit, &delta).await {
+                all = false;
                 tracing::warn!(permit = %format!("{namespace}/{permit}"), error = %e, "recording usage; kept for the next flush");
                 let mut state = self.lock();
                 let slot = state.pending.entry((namespace, permit)).or_default();
@@ -163,6 +173,7 @@ impl UsageLedger {
                 slot.merge(later);
             }
         }
+        all
     }
 
     async fn write(

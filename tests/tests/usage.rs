@@ -177,13 +177,16 @@ async fn pending_usage_is_written_on_demand_and_dropped_for_a_deleted_permit() {
     };
     ledger.record(&ns, "p", one.clone());
     // Shutdown: written now, not after the delay.
-    ledger.flush().await;
+    assert!(ledger.flush().await, "everything written");
     assert_eq!(ledger.pending(&ns, "p"), None);
     let u = usage(&api.get("p").await.expect("read"));
     assert_eq!((u.executions, u.calls), (1, 3));
 
     // The counters of a Permit that is gone go with it: nothing is kept or retried forever.
     ledger.record(&ns, "gone", one);
-    ledger.flush().await;
+    assert!(
+        ledger.flush().await,
+        "nothing left to write for a deleted Permit"
+    );
     assert_eq!(ledger.pending(&ns, "gone"), None);
 }
