@@ -1,8 +1,8 @@
 //! Leader election against a real API server: of two candidates on one Lease exactly one leads;
 //! when the leader crashes (stops renewing without releasing) the other takes over only after
 //! the Lease expires; a graceful release hands over at once; and with two real operator
-//! processes, killing the leader (SIGKILL) loses no Permit: one created before and one after
-//! the kill both get their status from the standby.
+//! processes, killing the leader (SIGKILL) loses no work: a Permit created after the kill gets
+//! its status, and an Execution submitted while nobody leads is run by the new leader.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
 use kube::api::{Api, PostParams};
-use oauth3_crds::{Permit, PermitPhase};
+use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec, Permit, PermitPhase};
 use oauth3_operator::leader::{LEASE_NAME, LeaderConfig, LeaderElector};
+use oauth3_operator::plugin::{Decision, Plugin};
 use oauth3_tests::{client_or_skip, namespace};
 use serde_json::json;
 use tokio::sync::{oneshot, watch};
@@ -249,6 +250,11 @@ fn spawn_operator(ns: &str, identity: &str) -> Operator {
         .args(["--identity", identity])
         .args(["--metrics-addr", &http.to_string()])
         .args(["--callback-addr", "127.0.0.1:0", "--launcher", "process"])
+        .arg(format!(
+            "--runner-binary={}",
+            oauth3_tests::workspace_binary("oauth3-sandbox-runner", "oauth3-sandbox-runner")
+                .display()
+        ))
         .args(["--lease-duration", "3s"])
         .args(["--lease-renew-interval", "500ms"])
         .args(["--lease-retry-interval", "300ms"])
@@ -329,8 +335,37 @@ async fn wait_holder(client: &Client, ns: &str, among: &[&str], limit: Duration)
     }
 }
 
+/// Polls the Execution until it has finished; returns its phase.
+async fn wait_finished(api: &Api<Execution>, name: &str, limit: Duration) -> ExecutionPhase {
+    let start = Instant::now();
+    loop {
+        let e = api.get(name).await.expect("reading the Execution");
+        if let Some(phase) = e
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .filter(|p| p.is_terminal())
+        {
+            return phase;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{name} not finished within {limit:?}: {:?}",
+            e.status
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn execution(name: &str, permit: &str) -> Execution {
+    let spec: ExecutionSpec =
+        serde_json::from_value(json!({"permitRef": permit, "code": "return 6 * 7"}))
+            .expect("a valid Execution");
+    Execution::new(name, spec)
+}
+
 #[tokio::test]
-async fn killing_the_leading_operator_process_loses_no_permit() {
+async fn killing_the_leading_operator_process_loses_no_work() {
     let Some(client) = client_or_skip().await else {
         return;
     };
@@ -352,6 +387,23 @@ async fn killing_the_leading_operator_process_loses_no_permit() {
         .await
         .expect("creating the first Permit");
     wait_pending_with_digest(&permits, "before-kill", Duration::from_secs(30)).await;
+    // The owner approves it (as the plugin does), and the leader runs one Execution under it.
+    Plugin::new(client.clone(), ns.clone())
+        .decide("before-kill", Decision::Approve)
+        .await
+        .expect("approving");
+    let execs: Api<Execution> = Api::namespaced(client.clone(), &ns);
+    execs
+        .create(
+            &PostParams::default(),
+            &execution("run-before", "before-kill"),
+        )
+        .await
+        .expect("creating the first Execution");
+    assert_eq!(
+        wait_finished(&execs, "run-before", Duration::from_secs(30)).await,
+        ExecutionPhase::Succeeded
+    );
 
     leader.child.start_kill().expect("SIGKILL the leader");
     leader.child.wait().await.expect("the leader exited");
@@ -359,6 +411,13 @@ async fn killing_the_leading_operator_process_loses_no_permit() {
         .create(&PostParams::default(), &permit("after-kill"))
         .await
         .expect("creating the second Permit");
+    execs
+        .create(
+            &PostParams::default(),
+            &execution("run-after", "before-kill"),
+        )
+        .await
+        .expect("creating an Execution while nobody leads");
 
     let next = wait_holder(
         &client,
@@ -369,7 +428,14 @@ async fn killing_the_leading_operator_process_loses_no_permit() {
     .await;
     assert_eq!(next, standby.identity);
     wait_pending_with_digest(&permits, "after-kill", Duration::from_secs(30)).await;
-    wait_pending_with_digest(&permits, "before-kill", Duration::from_secs(5)).await;
+    // Work submitted while nobody led is done by the new leader, once.
+    let done = wait_finished(&execs, "run-after", Duration::from_secs(30)).await;
+    assert_eq!(done, ExecutionPhase::Succeeded);
+    let run = execs.get("run-after").await.expect("reading the Execution");
+    assert_eq!(
+        run.status.as_ref().and_then(|s| s.result.clone()),
+        Some(json!(42))
+    );
 
     // The new leader says so on /metrics, counts its reconciles, and is ready.
     let (status, metrics) = get(standby.http, "/metrics").await;
