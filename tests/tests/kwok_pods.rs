@@ -3,7 +3,9 @@
 //! stored Pod and NetworkPolicy are exactly as designed, and after the runner's result the Pod
 //! is really gone (its deletion confirmed by the node, as a kubelet would) with its bundle
 //! Secret. A Pod the node ends before the runner reports (killed for memory) ends its
-//! Execution at once, `Failed` with what the node said, and is cleaned up.
+//! Execution at once, `Failed` with what the node said, and is cleaned up; a Pod stuck before
+//! running (image not pulled) is named in the Execution's status until it times out, and is
+//! cleaned up then too.
 
 use std::time::Duration;
 
@@ -61,7 +63,7 @@ struct Fixture {
     uid: String,
 }
 
-async fn fixture(prefix: &str, exec_name: &str, timeout: u32) -> Option<Fixture> {
+async fn fixture(prefix: &str, exec_name: &str, timeout: u32, grace: u64) -> Option<Fixture> {
     let client = client_or_skip().await?;
     let kwok = Kwok::start(&client, prefix).await?;
     let ns = namespace(&client, prefix).await;
@@ -87,7 +89,7 @@ async fn fixture(prefix: &str, exec_name: &str, timeout: u32) -> Option<Fixture>
         &ns,
         listener,
         LauncherKind::Pod(Box::new(config.clone())),
-        Duration::from_secs(30),
+        Duration::from_secs(grace),
         Duration::from_secs(3600),
     );
 
@@ -183,7 +185,7 @@ async fn a_sandbox_pod_bound_to_a_node_runs_as_designed_and_is_gone_after_the_re
         execs,
         pods,
         uid,
-    }) = fixture("kwok-pods", "in-node", timeout).await
+    }) = fixture("kwok-pods", "in-node", timeout, 30).await
     else {
         return;
     };
@@ -356,7 +358,7 @@ async fn a_sandbox_pod_bound_to_a_node_runs_as_designed_and_is_gone_after_the_re
 #[tokio::test]
 async fn a_sandbox_pod_the_node_kills_ends_its_execution_at_once_and_is_cleaned_up() {
     // A long timeout: the Execution must end because of the Pod, not its deadline.
-    let Some(f) = fixture("kwok-killed", "killed", 600).await else {
+    let Some(f) = fixture("kwok-killed", "killed", 600, 30).await else {
         return;
     };
     let sandbox = run_object_name("killed");
@@ -446,6 +448,76 @@ async fn a_sandbox_pod_the_node_kills_ends_its_execution_at_once_and_is_cleaned_
     let after = f.execs.get("killed").await.expect("execution");
     assert_eq!(after.status, done.status, "nothing rewrote the outcome");
 
+    f.op.stop().await;
+    f.kwok.stop().await;
+}
+
+#[tokio::test]
+async fn a_sandbox_pod_stuck_before_running_says_why_then_times_out_and_is_cleaned_up() {
+    // Deadline: 3 s + 1 s grace.
+    let Some(f) = fixture("kwok-stuck", "stuck", 3, 1).await else {
+        return;
+    };
+    let sandbox = run_object_name("stuck");
+    // The node cannot pull the runner image (the test writes what the kubelet would).
+    let status = json!({"status": {"phase": "Pending", "containerStatuses": [{
+        "name": "runner", "image": f.config.image, "imageID": "", "ready": false,
+        "restartCount": 0,
+        "state": {"waiting": {"reason": "ImagePullBackOff",
+                              "message": "Back-off pulling image"}}
+    }]}});
+    f.pods
+        .patch_status(&sandbox, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("pod status");
+
+    let waiting = eventually("the Execution says why the sandbox waits", || {
+        let execs = f.execs.clone();
+        async move {
+            let e = execs.get("stuck").await.expect("execution");
+            let s = e.status.clone()?;
+            (s.reason.as_deref() == Some("SandboxWaiting")).then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(waiting.phase, Some(ExecutionPhase::Running));
+    assert!(
+        waiting
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains(&sandbox) && m.contains("ImagePullBackOff")),
+        "{waiting:?}"
+    );
+
+    let done = eventually("Execution ended", || {
+        let execs = f.execs.clone();
+        async move {
+            let e = execs.get("stuck").await.expect("execution");
+            phase(&e)
+                .is_some_and(ExecutionPhase::is_terminal)
+                .then_some(e)
+        }
+    })
+    .await;
+    let status = done.status.expect("status");
+    assert_eq!(status.phase, Some(ExecutionPhase::TimedOut), "{status:?}");
+    assert!(
+        status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("last seen") && m.contains("ImagePullBackOff")),
+        "the timeout names what was last seen: {status:?}"
+    );
+    let secrets: Api<Secret> = Api::namespaced(f.client.clone(), &f.ns);
+    eventually("sandbox Pod and bundle Secret deleted", || {
+        let (pods, secrets, sandbox) = (f.pods.clone(), secrets.clone(), sandbox.clone());
+        async move {
+            let pod = pods.get_opt(&sandbox).await.expect("read pod");
+            let bundle = secrets.get_opt(&sandbox).await.expect("read secret");
+            (pod.is_none() && bundle.is_none()).then_some(())
+        }
+    })
+    .await;
     f.op.stop().await;
     f.kwok.stop().await;
 }

@@ -36,7 +36,7 @@ use crate::callback::token_digest;
 use crate::execution::admission::{Admission, admit};
 use crate::execution::bundle::{CallbackTarget, build_bundle};
 use crate::launcher::pod::{
-    PodLaunchConfig, desired_network_policy, desired_pod, pod_outcome, run_object_name,
+    PodLaunchConfig, desired_network_policy, desired_pod, pod_outcome, pod_waiting, run_object_name,
 };
 use crate::launcher::process::ProcessLauncher;
 use crate::launcher::{LaunchError, Launched};
@@ -219,7 +219,14 @@ pub async fn reconcile(
             if now < deadline {
                 return Ok(Action::requeue(to_std(deadline.duration_since(now))));
             }
-            let message = "no result arrived before the deadline (timeoutSeconds plus grace)";
+            let mut message =
+                "no result arrived before the deadline (timeoutSeconds plus grace)".to_owned();
+            if status.reason.as_deref() == Some("SandboxWaiting")
+                && let Some(waiting) = status.message.as_deref()
+            {
+                message.push_str(&format!("; last seen: {waiting}"));
+            }
+            let message = message.as_str();
             let s = terminal_status(
                 ExecutionPhase::TimedOut,
                 "DeadlineExceeded",
@@ -236,6 +243,7 @@ pub async fn reconcile(
                     message.to_owned(),
                 )
                 .await;
+                cleanup_pod(&ctx.client, &exec).await;
             }
             Ok(Action::requeue(Duration::from_secs(1)))
         }
@@ -245,7 +253,8 @@ pub async fn reconcile(
 
 /// Ends a `Running` Execution whose sandbox Pod finished without reporting (see
 /// [`pod_outcome`]): status written (guarded: a result that raced in wins), a Warning Event,
-/// the Pod and its bundle Secret deleted. `None` while the Pod may still report.
+/// the Pod and its bundle Secret deleted. `None` while the Pod may still report; if it is stuck
+/// before running (see [`pod_waiting`]) the status message and a Warning Event say why.
 async fn end_if_pod_finished(
     exec: &Execution,
     ctx: &Context,
@@ -258,6 +267,17 @@ async fn end_if_pod_finished(
         .get_opt(&run_object_name(&exec.name_any()))
         .await
         .map_err(api_error("reading the sandbox Pod", exec))?;
+    if let Some(waiting) = pod.as_ref().and_then(pod_waiting) {
+        // Still Running, but say why nothing runs yet (once per change of words).
+        let status = exec.status.clone().unwrap_or_default();
+        if status.message.as_deref() != Some(waiting.as_str()) {
+            let s = json!({"reason": "SandboxWaiting", "message": waiting});
+            if let Write::Done = write_status(api, exec, s, "noting the waiting sandbox").await? {
+                publish(ctx, exec, EventType::Warning, "SandboxWaiting", waiting).await;
+            }
+        }
+        return Ok(None);
+    }
     let Some((phase, reason, message)) = pod.as_ref().and_then(pod_outcome) else {
         return Ok(None);
     };

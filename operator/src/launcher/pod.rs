@@ -403,6 +403,53 @@ pub fn pod_outcome(pod: &Pod) -> Option<(ExecutionPhase, &'static str, String)> 
     }
 }
 
+/// Why a sandbox Pod that has not finished is not running the runner yet, in words for
+/// `status.message` (not scheduled, image not pulled, container not creatable); `None` when it
+/// runs, has finished, or is only being set up.
+pub fn pod_waiting(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    if status.phase.as_deref() != Some("Pending") {
+        return None;
+    }
+    let name = pod.metadata.name.as_deref().unwrap_or("(unnamed)");
+    let words = |reason: Option<&str>, message: Option<&str>| {
+        [reason, message]
+            .into_iter()
+            .flatten()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(": ")
+    };
+    let unscheduled = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False");
+    if let Some(c) = unscheduled {
+        return Some(format!(
+            "sandbox Pod {name} is not scheduled: {}",
+            words(c.reason.as_deref(), c.message.as_deref())
+        ));
+    }
+    status
+        .container_statuses
+        .iter()
+        .flatten()
+        .filter_map(|c| c.state.as_ref()?.waiting.as_ref())
+        .find(|w| {
+            !matches!(
+                w.reason.as_deref(),
+                None | Some("" | "ContainerCreating" | "PodInitializing")
+            )
+        })
+        .map(|w| {
+            format!(
+                "sandbox Pod {name} is waiting: {}",
+                words(w.reason.as_deref(), w.message.as_deref())
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -763,5 +810,47 @@ mod tests {
             pod_outcome(&exited).is_some_and(|(phase, _, m)| phase == ExecutionPhase::Failed
                 && m.contains("ended Succeeded without reporting a result"))
         );
+    }
+
+    #[test]
+    fn a_pod_stuck_before_running_says_why_and_a_normal_start_says_nothing() {
+        let pulling = pod_in(
+            "Pending",
+            json!({"containerStatuses": [{
+                "name": CONTAINER_NAME, "image": "i", "imageID": "", "ready": false,
+                "restartCount": 0,
+                "state": {"waiting": {"reason": "ImagePullBackOff",
+                                      "message": "Back-off pulling image \"r/x:1\""}}
+            }]}),
+        );
+        assert_eq!(
+            pod_waiting(&pulling).as_deref(),
+            Some(
+                "sandbox Pod oauth3-run-x is waiting: ImagePullBackOff: Back-off pulling image \"r/x:1\""
+            )
+        );
+        let unscheduled = pod_in(
+            "Pending",
+            json!({"conditions": [{"type": "PodScheduled", "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/3 nodes are available: 3 node(s) didn't match RuntimeClass"}]}),
+        );
+        assert_eq!(
+            pod_waiting(&unscheduled).as_deref(),
+            Some(
+                "sandbox Pod oauth3-run-x is not scheduled: Unschedulable: 0/3 nodes are \
+                 available: 3 node(s) didn't match RuntimeClass"
+            )
+        );
+        let creating = pod_in(
+            "Pending",
+            json!({"containerStatuses": [{
+                "name": CONTAINER_NAME, "image": "i", "imageID": "", "ready": false,
+                "restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}}
+            }]}),
+        );
+        assert_eq!(pod_waiting(&creating), None);
+        assert_eq!(pod_waiting(&pod_in("Pending", json!({}))), None);
+        assert_eq!(pod_waiting(&pod_in("Running", json!({}))), None);
     }
 }
