@@ -15,12 +15,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{
     Api, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
 };
 use kube::discovery::{Scope, pinned_kind};
+use oauth3_crds::constants::LABEL_EXECUTION;
 use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec, Permit, PermitPhase, PermitSpec};
 use oauth3_operator::launcher::pod::{PodLaunchConfig, desired_network_policy, desired_pod};
 use oauth3_tests::{
@@ -717,14 +718,23 @@ async fn the_default_operator_identity_can_launch_sandboxes_but_cannot_read_secr
             )
         });
     }
-    // What it must not do: read Secrets (by name or listing), read Pods, change Permits.
+    // It watches the sandbox Pods (how a run ended, why one does not start).
+    let pods: Api<Pod> = Api::all(sa.clone());
+    pods.list(&ListParams::default().labels(LABEL_EXECUTION))
+        .await
+        .expect("the operator identity can list (and so watch) sandbox Pods");
+    // (The applies above were dry runs: the Pod does not exist, and reading it is allowed.)
+    let read = Api::<Pod>::namespaced(sa.clone(), &agents)
+        .get_opt(name(&pod))
+        .await
+        .expect("the operator identity can read a sandbox Pod");
+    assert!(read.is_none());
+    // What it must not do: read Secrets (by name or listing), change Permits.
     let secrets: Api<Secret> = Api::namespaced(sa.clone(), &agents);
     assert!(forbidden(secrets.get("someone-elses").await));
     assert!(forbidden(secrets.list(&ListParams::default()).await));
     let all_secrets: Api<Secret> = Api::all(sa.clone());
     assert!(forbidden(all_secrets.list(&ListParams::default()).await));
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(sa.clone(), &agents);
-    assert!(forbidden(pods.list(&ListParams::default()).await));
     let permits: Api<Permit> = Api::namespaced(sa.clone(), &agents);
     assert!(forbidden(
         permits

@@ -213,8 +213,16 @@ pub async fn reconcile(
         Some(ExecutionPhase::Running) => {
             let deadline = status.launch.as_ref().map_or(now, |l| l.deadline.0);
             let in_pod = status.launch.as_ref().is_some_and(|l| l.launcher == "pod");
-            if in_pod && let Some(action) = end_if_pod_finished(&exec, ctx, &api, now).await? {
-                return Ok(action);
+            if in_pod {
+                match end_if_pod_finished(&exec, ctx, &api, now).await {
+                    Ok(Some(action)) => return Ok(action),
+                    Ok(None) => {}
+                    // Not seeing the Pod (RBAC without pods get/watch, API trouble) must not
+                    // keep the deadline from ending the run.
+                    Err(e) => {
+                        tracing::warn!(execution = %key(&exec), error = %e, "observing the sandbox Pod; the deadline still applies");
+                    }
+                }
             }
             if now < deadline {
                 return Ok(Action::requeue(to_std(deadline.duration_since(now))));
