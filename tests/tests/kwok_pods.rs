@@ -46,6 +46,50 @@ fn phase(e: &Execution) -> Option<ExecutionPhase> {
     e.status.as_ref().and_then(|s| s.phase)
 }
 
+/// The callback token the operator put in the sandbox's bundle Secret (what the runner in the
+/// Pod would read).
+async fn callback_token(secrets: &Api<Secret>, sandbox: &str) -> String {
+    let bundle = secrets.get(sandbox).await.expect("bundle secret");
+    let raw = bundle.data.expect("data")["bundle.json"].0.clone();
+    let bundle: Value = serde_json::from_slice(&raw).expect("bundle json");
+    bundle["callback"]["token"]
+        .as_str()
+        .expect("token")
+        .to_owned()
+}
+
+/// A Succeeded result as a runner posts it.
+fn runner_result(ns: &str, name: &str, uid: &str) -> Value {
+    json!({"execution": {"namespace": ns, "name": name, "uid": uid},
+        "phase": "Succeeded", "result": 1, "stdout": "", "stderr": "", "calls": [],
+        "durationMs": 3, "codeDigest": "sha256:x", "permitDigest": "sha256:y", "rateBudget": {},
+        "attestation": {"kind": "none"}, "statementDigest": "sha256:z"})
+}
+
+/// Waits for Execution `name` to reach a terminal phase.
+async fn ended(execs: &Api<Execution>, name: &str) -> Execution {
+    eventually(&format!("Execution {name} ended"), || {
+        let execs = execs.clone();
+        async move {
+            let e = execs.get(name).await.expect("execution");
+            phase(&e)
+                .is_some_and(ExecutionPhase::is_terminal)
+                .then_some(e)
+        }
+    })
+    .await
+}
+
+/// Waits until the sandbox Pod and its bundle Secret are both really gone.
+async fn sandbox_gone(pods: &Api<Pod>, secrets: &Api<Secret>, sandbox: &str) {
+    eventually("sandbox Pod and bundle Secret deleted", || async move {
+        let pod = pods.get_opt(sandbox).await.expect("read pod");
+        let bundle = secrets.get_opt(sandbox).await.expect("read secret");
+        (pod.is_none() && bundle.is_none()).then_some(())
+    })
+    .await;
+}
+
 /// The operator (pod launcher) on a fresh namespace with a kwok node, an approved Permit and
 /// one Execution whose sandbox Pod has been created (and not yet bound: there is no
 /// scheduler).
@@ -307,43 +351,17 @@ async fn a_sandbox_pod_bound_to_a_node_runs_as_designed_and_is_gone_after_the_re
 
     // The runner inside the Pod reports back with the token from its bundle.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let bundle = secrets.get(SANDBOX).await.expect("bundle secret");
-    let raw = bundle.data.expect("data")["bundle.json"].0.clone();
-    let bundle: Value = serde_json::from_slice(&raw).expect("bundle json");
-    let token = bundle["callback"]["token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
-    let result = json!({"execution": {"namespace": ns, "name": "in-node", "uid": uid},
-        "phase": "Succeeded", "result": 1, "stdout": "", "stderr": "", "calls": [],
-        "durationMs": 3, "codeDigest": "sha256:x", "permitDigest": "sha256:y", "rateBudget": {},
-        "attestation": {"kind": "none"}, "statementDigest": "sha256:z"});
+    let token = callback_token(&secrets, SANDBOX).await;
+    let result = runner_result(&ns, "in-node", &uid);
     let url = format!("{base}/v1/results/{ns}/in-node");
     assert_eq!(post_json(&url, &token, &result).await, 204);
 
-    let done = eventually("Execution Succeeded", || {
-        let execs = execs.clone();
-        async move {
-            let e = execs.get("in-node").await.expect("execution");
-            phase(&e)
-                .is_some_and(ExecutionPhase::is_terminal)
-                .then_some(e)
-        }
-    })
-    .await;
+    let done = ended(&execs, "in-node").await;
     assert_eq!(phase(&done), Some(ExecutionPhase::Succeeded));
 
     // The bound Pod is really gone (the node confirmed its deletion), not left Terminating, and
     // the spent bundle Secret with it.
-    eventually("sandbox Pod and bundle Secret deleted", || {
-        let (pods, secrets) = (pods.clone(), secrets.clone());
-        async move {
-            let pod = pods.get_opt(SANDBOX).await.expect("read pod");
-            let bundle = secrets.get_opt(SANDBOX).await.expect("read secret");
-            (pod.is_none() && bundle.is_none()).then_some(())
-        }
-    })
-    .await;
+    sandbox_gone(&pods, &secrets, SANDBOX).await;
     let after = execs.get("in-node").await.expect("execution");
     assert_eq!(
         phase(&after),
@@ -372,13 +390,7 @@ async fn a_sandbox_pod_the_node_kills_ends_its_execution_at_once_and_is_cleaned_
     })
     .await;
     let secrets: Api<Secret> = Api::namespaced(f.client.clone(), &f.ns);
-    let bundle = secrets.get(&sandbox).await.expect("bundle secret");
-    let raw = bundle.data.expect("data")["bundle.json"].0.clone();
-    let bundle: Value = serde_json::from_slice(&raw).expect("bundle json");
-    let token = bundle["callback"]["token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    let token = callback_token(&secrets, &sandbox).await;
 
     // The node reports the runner killed for memory before it could report (the test writes
     // what the kubelet would).
@@ -392,16 +404,7 @@ async fn a_sandbox_pod_the_node_kills_ends_its_execution_at_once_and_is_cleaned_
         .await
         .expect("pod status");
 
-    let done = eventually("Execution ended", || {
-        let execs = f.execs.clone();
-        async move {
-            let e = execs.get("killed").await.expect("execution");
-            phase(&e)
-                .is_some_and(ExecutionPhase::is_terminal)
-                .then_some(e)
-        }
-    })
-    .await;
+    let done = ended(&f.execs, "killed").await;
     let status = done.status.clone().expect("status");
     assert_eq!(status.phase, Some(ExecutionPhase::Failed), "{status:?}");
     assert_eq!(status.reason.as_deref(), Some("SandboxFailed"));
@@ -427,22 +430,11 @@ async fn a_sandbox_pod_the_node_kills_ends_its_execution_at_once_and_is_cleaned_
     assert_eq!(event.type_.as_deref(), Some("Warning"));
 
     // The Pod and its bundle Secret (with the now useless token) are gone.
-    eventually("sandbox Pod and bundle Secret deleted", || {
-        let (pods, secrets, sandbox) = (f.pods.clone(), secrets.clone(), sandbox.clone());
-        async move {
-            let pod = pods.get_opt(&sandbox).await.expect("read pod");
-            let bundle = secrets.get_opt(&sandbox).await.expect("read secret");
-            (pod.is_none() && bundle.is_none()).then_some(())
-        }
-    })
-    .await;
+    sandbox_gone(&f.pods, &secrets, &sandbox).await;
 
     // A result arriving afterwards (a runner that was only partitioned, or a replay) is refused
     // and changes nothing: the status is written once.
-    let result = json!({"execution": {"namespace": f.ns, "name": "killed", "uid": f.uid},
-        "phase": "Succeeded", "result": 1, "stdout": "", "stderr": "", "calls": [],
-        "durationMs": 3, "codeDigest": "sha256:x", "permitDigest": "sha256:y", "rateBudget": {},
-        "attestation": {"kind": "none"}, "statementDigest": "sha256:z"});
+    let result = runner_result(&f.ns, "killed", &f.uid);
     let url = format!("{}/v1/results/{}/killed", f.base, f.ns);
     assert_eq!(post_json(&url, &token, &result).await, 409);
     let after = f.execs.get("killed").await.expect("execution");
@@ -489,16 +481,7 @@ async fn a_sandbox_pod_stuck_before_running_says_why_then_times_out_and_is_clean
         "{waiting:?}"
     );
 
-    let done = eventually("Execution ended", || {
-        let execs = f.execs.clone();
-        async move {
-            let e = execs.get("stuck").await.expect("execution");
-            phase(&e)
-                .is_some_and(ExecutionPhase::is_terminal)
-                .then_some(e)
-        }
-    })
-    .await;
+    let done = ended(&f.execs, "stuck").await;
     let status = done.status.expect("status");
     assert_eq!(status.phase, Some(ExecutionPhase::TimedOut), "{status:?}");
     assert!(
@@ -509,15 +492,7 @@ async fn a_sandbox_pod_stuck_before_running_says_why_then_times_out_and_is_clean
         "the timeout names what was last seen: {status:?}"
     );
     let secrets: Api<Secret> = Api::namespaced(f.client.clone(), &f.ns);
-    eventually("sandbox Pod and bundle Secret deleted", || {
-        let (pods, secrets, sandbox) = (f.pods.clone(), secrets.clone(), sandbox.clone());
-        async move {
-            let pod = pods.get_opt(&sandbox).await.expect("read pod");
-            let bundle = secrets.get_opt(&sandbox).await.expect("read secret");
-            (pod.is_none() && bundle.is_none()).then_some(())
-        }
-    })
-    .await;
+    sandbox_gone(&f.pods, &secrets, &sandbox).await;
     f.op.stop().await;
     f.kwok.stop().await;
 }
