@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{ArgAction, Parser};
 use futures::StreamExt;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::Controller;
 use kube::{Api, Client};
 use oauth3_crds::Execution;
 use oauth3_crds::Permit;
@@ -246,7 +246,9 @@ async fn run_permit_controller(
     metrics: Arc<Metrics>,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    Controller::new(api, watcher::Config::default())
+    // The lean cache, as for Executions: no managedFields or last-applied copies in memory.
+    let (store, stream) = oauth3_operator::cache::lean_watch(api);
+    Controller::for_stream(stream, store)
         .graceful_shutdown_on(stop)
         .run(
             move |permit, ctx| {

@@ -632,8 +632,17 @@ async fn the_pod_launcher_creates_the_sandbox_once_and_cleans_up_after_the_resul
         Some("pod/oauth3-run-in-pod")
     );
 
+    // The Pod's name is recorded with the launch lock, before the Pod is applied.
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
-    let pod = pods.get("oauth3-run-in-pod").await.expect("sandbox pod");
+    let mut pod = None;
+    for _ in 0..300 {
+        pod = pods.get_opt("oauth3-run-in-pod").await.expect("read pod");
+        if pod.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pod = pod.expect("sandbox pod created");
     assert_eq!(
         pod.spec
             .as_ref()
