@@ -232,7 +232,7 @@ async fn main() -> anyhow::Result<()> {
     http.await.context("HTTP server task")??;
     callback_server.await.context("callback server task")??;
     // Counters of the last moments (results recorded while stopping) are written, not lost.
-    if !usage.flush().await {
+    if !usage.flush_all(5).await {
         tracing::warn!("some Permit usage counters could not be written before stopping");
     }
     tracing::info!("stopped");

@@ -157,15 +157,22 @@ impl UsageLedger {
         status.usage = Some(delta.apply_to(&status.usage.clone().unwrap_or_default()));
     }
 
-    /// Writes every pending change now (also called on shutdown); `false` if some could not
-    /// be written (they stay pending).
+    /// Writes every pending change now (also called on shutdown); `false` if the API server
+    /// refused or failed a write (not merely a conflict with another writer). Changes that could
+    /// not be written stay pending.
     pub async fn flush(&self) -> bool {
         let batch: Vec<(Key, UsageDelta)> = self.lock().pending.drain().collect();
         let mut all = true;
         for ((namespace, permit), delta) in batch {
             if let Err(e) = self.write(&namespace, &permit, &delta).await {
-                all = false;
-                tracing::warn!(permit = %format!("{namespace}/{permit}"), error = %e, "recording usage; kept for the next flush");
+                let key = format!("{namespace}/{permit}");
+                if matches!(&e, kube::Error::Api(s) if s.code == 409) {
+                    // A busy Permit: try again at the next flush, without backing off.
+                    tracing::debug!(permit = %key, "usage write conflicted; kept for the next flush");
+                } else {
+                    all = false;
+                    tracing::warn!(permit = %key, error = %e, "recording usage; kept for the next flush");
+                }
                 let mut state = self.lock();
                 let slot = state.pending.entry((namespace, permit)).or_default();
                 // What arrived meanwhile is later than what failed: it goes on top.
@@ -174,6 +181,18 @@ impl UsageLedger {
             }
         }
         all
+    }
+
+    /// Flushes until nothing is pending (conflicts retried), at most `rounds` times, for a
+    /// shutdown; `true` when everything was written.
+    pub async fn flush_all(&self, rounds: usize) -> bool {
+        for _ in 0..rounds {
+            self.flush().await;
+            if self.lock().pending.is_empty() {
+                return true;
+            }
+        }
+        self.lock().pending.is_empty()
     }
 
     async fn write(

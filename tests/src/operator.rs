@@ -82,6 +82,6 @@ impl InProcessOperator {
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
-        self.ctx.usage.flush().await;
+        self.ctx.usage.flush_all(5).await;
     }
 }
