@@ -135,7 +135,7 @@ pub struct ExecutionStatus {
 #[serde(rename_all = "camelCase")]
 pub struct LaunchRecord {
     /// `pod` or `process`.
-    pub launcher: String,
+    pub launcher: LauncherKind,
     /// `sha256:<hex>` of the one-time callback token given to the runner. The token itself is
     /// never stored; a result is accepted only with a token that hashes to this, and only once.
     pub token_digest: String,
@@ -143,6 +143,26 @@ pub struct LaunchRecord {
     pub launched_at: Time,
     /// When the operator gives up waiting for the result (launch + timeout + grace).
     pub deadline: Time,
+}
+
+/// Which launcher started an Execution's runner.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LauncherKind {
+    /// A confidential-container Pod per Execution.
+    Pod,
+    /// A local child process (development and tests).
+    Process,
+}
+
+impl LauncherKind {
+    /// The name as stored (`pod` or `process`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pod => "pod",
+            Self::Process => "process",
+        }
+    }
 }
 
 /// Lifecycle phase of an Execution.
@@ -165,6 +185,30 @@ pub enum ExecutionPhase {
 }
 
 impl ExecutionPhase {
+    /// Every phase, in lifecycle order.
+    pub const ALL: [Self; 7] = [
+        Self::Pending,
+        Self::AwaitingApproval,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Denied,
+        Self::TimedOut,
+    ];
+
+    /// The phase's name as stored in `status.phase` (and used as a metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::AwaitingApproval => "AwaitingApproval",
+            Self::Running => "Running",
+            Self::Succeeded => "Succeeded",
+            Self::Failed => "Failed",
+            Self::Denied => "Denied",
+            Self::TimedOut => "TimedOut",
+        }
+    }
+
     /// Whether the phase is final (no further transitions).
     pub fn is_terminal(self) -> bool {
         matches!(

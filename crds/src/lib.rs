@@ -16,7 +16,7 @@ pub use digest::{DigestError, code_digest, spec_digest};
 pub use duration::{DurationError, parse_duration};
 pub use execution::{
     Attestation, AttestationKind, CallDecision, CallRecord, Execution, ExecutionPhase,
-    ExecutionSpec, ExecutionStatus, LaunchRecord,
+    ExecutionSpec, ExecutionStatus, LaunchRecord, LauncherKind,
 };
 pub use permit::{
     Approval, ApprovalDecision, ApprovalVia, AuthSpec, BodyRules, Capability, CapabilityForm,

@@ -26,10 +26,9 @@ use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec, Permit, PermitSpec};
-use oauth3_operator::callback::{CallbackState, router, serve};
-use oauth3_operator::execution::controller::{
-    ExecutionConfig, ExecutionContext, LauncherKind, run_execution_controller,
-};
+use oauth3_operator::execution::result::{CallbackState, router, serve};
+use oauth3_operator::execution::{ExecutionConfig, ExecutionContext, run_execution_controller};
+use oauth3_operator::launcher::Launcher;
 use oauth3_operator::launcher::process::{ProcessLauncher, ProcessLauncherConfig};
 use oauth3_operator::metrics::Metrics;
 use oauth3_operator::plugin::{Decision, Plugin};
@@ -153,7 +152,7 @@ async fn launch(n: usize, runner: String, pace: Pace) -> anyhow::Result<()> {
     let ectx = Arc::new(ExecutionContext {
         ctx: ctx.clone(),
         config: ExecutionConfig {
-            launcher: LauncherKind::Process(ProcessLauncher::new(ProcessLauncherConfig {
+            launcher: Launcher::Process(ProcessLauncher::new(ProcessLauncherConfig {
                 binary: runner.into(),
                 extra_args: vec![],
             })),

@@ -10,8 +10,9 @@ use axum::Router;
 use clap::{Args, ValueEnum};
 
 use crate::Context;
-use crate::callback::{CallbackState, router};
-use crate::execution::controller::{ExecutionConfig, ExecutionContext, LauncherKind};
+use crate::execution::result::{CallbackState, router};
+use crate::execution::{ExecutionConfig, ExecutionContext};
+use crate::launcher::Launcher;
 use crate::launcher::pod::{PodKeyProvider, PodLaunchConfig};
 use crate::launcher::process::{ProcessLauncher, ProcessLauncherConfig};
 
@@ -146,12 +147,10 @@ pub async fn execution_side(
     let callback_base_url = callback_url(args, bound, tls.is_some())?;
     let callback_ca_pem = callback_ca_pem(args)?;
     let launcher = match args.launcher {
-        LauncherChoice::Process => {
-            LauncherKind::Process(ProcessLauncher::new(ProcessLauncherConfig {
-                binary: args.runner_binary.clone(),
-                extra_args: args.runner_args.clone(),
-            }))
-        }
+        LauncherChoice::Process => Launcher::Process(ProcessLauncher::new(ProcessLauncherConfig {
+            binary: args.runner_binary.clone(),
+            extra_args: args.runner_args.clone(),
+        })),
         LauncherChoice::Pod => {
             let key_provider = match args.key_provider.as_str() {
                 "kbs" => PodKeyProvider::Kbs {
@@ -162,7 +161,7 @@ pub async fn execution_side(
                 },
                 other => return Err(format!("--key-provider {other}: use kbs or dstack")),
             };
-            LauncherKind::Pod(Box::new(PodLaunchConfig {
+            Launcher::Pod(Box::new(PodLaunchConfig {
                 runtime_class_name: args.runtime_class.clone(),
                 image: args.runner_image.clone(),
                 key_provider,
@@ -218,7 +217,7 @@ pub fn callback_url(
         }
         None => format!("{}://{bound}", if tls { "https" } else { "http" }),
     };
-    if !oauth3_sandbox_runner::runner::callback_url_allowed(&url) {
+    if !oauth3_protocol::callback::callback_url_allowed(&url) {
         return Err(format!(
             "--callback-url {url}: must be https (plain http only on loopback), or runners \
              refuse to send their result"

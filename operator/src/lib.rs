@@ -1,8 +1,17 @@
 //! oauth3 operator: controllers for Permits and Executions, their shared context, status
 //! conditions and errors; launchers; the plain-words Permit description; the kubectl plugin.
+//!
+//! Modules: `approval` (the approval rules, pure), `cache` (lean watch caches), `cli` (flags
+//! and wiring), `conditions` (the one condition helper), `context` (shared reconcile state),
+//! `describe` (a Permit in plain words), `error`, `execution` (the Execution driver, its
+//! decisions and status, the result endpoint), `http` (metrics and health), `launcher` (pod and
+//! process launchers: all sandbox IO), `leader` (Lease election), `metrics`, `permit` (the
+//! Permit controller), `plugin` (`kubectl oauth3`), `status_write` (the one guarded status
+//! write), `telegram` (owner approvals on Telegram), `tls` (the result endpoint's HTTPS),
+//! `usage` (the batched usage ledger).
 
+pub mod approval;
 pub mod cache;
-pub mod callback;
 pub mod cli;
 pub mod conditions;
 pub mod context;
@@ -15,6 +24,7 @@ pub mod leader;
 pub mod metrics;
 pub mod permit;
 pub mod plugin;
+pub(crate) mod status_write;
 pub mod telegram;
 pub mod tls;
 pub mod usage;

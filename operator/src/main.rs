@@ -14,7 +14,8 @@ use kube::{Api, Client};
 use oauth3_crds::Execution;
 use oauth3_crds::Permit;
 use oauth3_operator::cli::{ExecutionArgs, execution_side};
-use oauth3_operator::execution::controller::run_execution_controller;
+use oauth3_operator::execution::result as callback;
+use oauth3_operator::execution::run_execution_controller;
 use oauth3_operator::http::{
     DEFAULT_API_FRESHNESS, DEFAULT_PROBE_INTERVAL, Health, HttpState, probe_api_server, router,
     serve,
@@ -26,7 +27,7 @@ use oauth3_operator::leader::{
 use oauth3_operator::metrics::Metrics;
 use oauth3_operator::telegram::bot::BotScope;
 use oauth3_operator::telegram::{TelegramArgs, TelegramConfig};
-use oauth3_operator::{Context, callback, permit};
+use oauth3_operator::{Context, permit};
 use tokio::sync::{oneshot, watch};
 
 /// oauth3 operator: keeps Permit status true to each Permit's spec and its owner's decision,

@@ -13,21 +13,21 @@ use std::fmt::Write as _;
 
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use oauth3_crds::constants::{
     ANNOTATION_SECRET_NAME, SEALED_SECRET_KEY, SEALED_SECRET_TYPE, secret_object_name,
 };
-use oauth3_crds::permit::TrustedCode;
 use oauth3_crds::{
-    Approval, ApprovalDecision, ApprovalVia, CodeReview, Execution, Permit, TrustLevel,
-    code_digest, parse_duration, spec_digest,
+    ApprovalVia, CodeReview, Execution, Permit, TrustLevel, code_digest, spec_digest,
 };
 use serde_json::json;
 
+pub use crate::approval::Decision;
+use crate::approval::{approval_for, trust_code};
 use crate::describe::describe_permit;
+use crate::status_write::{Guarded, write_status};
 
 /// Field manager of status writes made by the plugin.
 pub const PLUGIN_FIELD_MANAGER: &str = "kubectl-oauth3";
@@ -62,6 +62,9 @@ pub enum PluginError {
     /// A local step failed (reading a file, sealing, serialising).
     #[error("{0}")]
     Local(String),
+    /// The decision could not be built from the Permit.
+    #[error(transparent)]
+    Approval(#[from] crate::approval::ApprovalError),
 }
 
 impl PluginError {
@@ -77,93 +80,6 @@ impl PluginError {
 fn api_err(step: impl Into<String>) -> impl FnOnce(kube::Error) -> PluginError {
     let step = step.into();
     move |source| PluginError::Api { step, source }
-}
-
-/// Which Permit decision to record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// Approve the current spec.
-    Approve,
-    /// Deny the current spec.
-    Deny,
-    /// Withdraw the approval.
-    Revoke,
-}
-
-/// The `status.approval` to record for `decision` on `permit` by `by` through `via` at `now`
-/// (pure).
-///
-/// # Errors
-/// [`PluginError::Local`] when the spec's `validFor` cannot be parsed (the schema prevents it).
-pub fn approval_for(
-    permit: &Permit,
-    decision: Decision,
-    by: &str,
-    via: ApprovalVia,
-    now: Timestamp,
-) -> Result<Approval, PluginError> {
-    let digest = spec_digest(&permit.spec).map_err(|e| PluginError::Local(e.to_string()))?;
-    let expires_at = match decision {
-        Decision::Approve => {
-            let valid = parse_duration(&permit.spec.valid_for)
-                .map_err(|e| PluginError::Local(format!("spec.validFor: {e}")))?;
-            let valid = SignedDuration::try_from(valid)
-                .map_err(|e| PluginError::Local(format!("spec.validFor: {e}")))?;
-            Some(Time(
-                now.checked_add(valid)
-                    .map_err(|e| PluginError::Local(e.to_string()))?,
-            ))
-        }
-        Decision::Deny | Decision::Revoke => None,
-    };
-    Ok(Approval {
-        decision: match decision {
-            Decision::Approve => ApprovalDecision::Approved,
-            Decision::Deny => ApprovalDecision::Denied,
-            Decision::Revoke => ApprovalDecision::Revoked,
-        },
-        by: by.to_owned(),
-        via,
-        at: Time(now),
-        expires_at,
-        spec_digest: digest,
-        reason: None,
-    })
-}
-
-/// The `status.trustedCode` list after trusting `digest` at `level` (pure). Replaces an earlier
-/// entry for the same digest; drops expired 24h entries.
-pub fn trust_code(
-    current: &[TrustedCode],
-    digest: &str,
-    level: TrustLevel,
-    by: &str,
-    now: Timestamp,
-) -> Vec<TrustedCode> {
-    let mut list: Vec<TrustedCode> = current
-        .iter()
-        .filter(|t| t.code_digest != digest)
-        .filter(|t| t.level != TrustLevel::Day || t.expires_at.as_ref().is_some_and(|e| e.0 > now))
-        .cloned()
-        .collect();
-    let expires_at = (level == TrustLevel::Day)
-        .then(|| {
-            now.checked_add(SignedDuration::from_hours(24))
-                .ok()
-                .map(Time)
-        })
-        .flatten();
-    list.insert(
-        0,
-        TrustedCode {
-            code_digest: digest.to_owned(),
-            level,
-            by: by.to_owned(),
-            at: Time(now),
-            expires_at,
-        },
-    );
-    list
 }
 
 /// A connected plugin: client, namespace, and who the caller is.
@@ -229,28 +145,21 @@ impl Plugin {
         &self,
         permit: &Permit,
         status: serde_json::Value,
-    ) -> Result<Permit, PluginError> {
+    ) -> Result<(), PluginError> {
         let name = permit.name_any();
-        let patch = json!({
-            "metadata": {"resourceVersion": permit.resource_version()},
-            "status": status,
-        });
-        self.permits()
-            .patch_status(
-                &name,
-                &PatchParams::apply(PLUGIN_FIELD_MANAGER),
-                &Patch::Merge(&patch),
-            )
-            .await
-            .map_err(|e| match e {
-                kube::Error::Api(s) if s.code == 409 => {
-                    PluginError::Conflict(format!("Permit {name}"))
-                }
-                other => PluginError::Api {
-                    step: format!("recording the decision on Permit {name}"),
-                    source: other,
-                },
-            })
+        match write_status(&self.permits(), permit, &status, Some(PLUGIN_FIELD_MANAGER)).await {
+            Ok(Guarded::Written) => Ok(()),
+            Ok(Guarded::Conflict) => Err(PluginError::Conflict(format!("Permit {name}"))),
+            Ok(Guarded::Gone) => Err(PluginError::NotFound {
+                kind: "Permit",
+                name,
+                namespace: permit.namespace().unwrap_or_default(),
+            }),
+            Err(source) => Err(PluginError::Api {
+                step: format!("recording the decision on Permit {name}"),
+                source,
+            }),
+        }
     }
 
     /// Records a decision on the Permit's current spec. Returns a one-line summary.
@@ -476,7 +385,7 @@ pub fn sealed_secret(
             oauth3_crds::constants::SECRET_NAME_PATTERN
         )));
     }
-    let envelope = oauth3_sandbox_runner::secrets::seal(public_key, namespace, name, value)
+    let envelope = oauth3_protocol::envelope::seal(public_key, namespace, name, value)
         .map_err(|e| PluginError::Local(format!("sealing {name}: {e}")))?;
     serde_json::from_value(json!({
         "apiVersion": "v1",
@@ -485,7 +394,7 @@ pub fn sealed_secret(
             "name": secret_object_name(name),
             "namespace": namespace,
             "annotations": {ANNOTATION_SECRET_NAME: name,
-                "oauth3.dev/key-id": oauth3_sandbox_runner::secrets::key_id(public_key)},
+                "oauth3.dev/key-id": oauth3_protocol::envelope::key_id(public_key)},
         },
         "type": SEALED_SECRET_TYPE,
         "stringData": {SEALED_SECRET_KEY: envelope},
@@ -510,69 +419,6 @@ pub fn parse_public_key(text: &str) -> Result<[u8; 32], PluginError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oauth3_crds::PermitSpec;
-
-    fn permit() -> Permit {
-        let spec: PermitSpec = serde_json::from_value(json!({
-            "description": "d", "validFor": "2h",
-            "capabilities": [{"name": "gh", "baseUrl": "https://api.github.com", "paths": ["/x"], "methods": ["GET"]}]
-        }))
-        .expect("spec");
-        Permit::new("gh", spec)
-    }
-
-    fn t(s: i64) -> Timestamp {
-        Timestamp::from_second(s).expect("ts")
-    }
-
-    #[test]
-    fn an_approval_binds_the_current_digest_and_lasts_valid_for() {
-        let p = permit();
-        let a = approval_for(
-            &p,
-            Decision::Approve,
-            "alice",
-            ApprovalVia::Kubectl,
-            t(1_000),
-        )
-        .expect("approval");
-        assert_eq!(a.decision, ApprovalDecision::Approved);
-        assert_eq!(a.spec_digest, spec_digest(&p.spec).expect("digest"));
-        assert_eq!(a.expires_at.map(|e| e.0), Some(t(1_000 + 7_200)));
-        assert_eq!((a.by.as_str(), a.via), ("alice", ApprovalVia::Kubectl));
-        let d = approval_for(
-            &p,
-            Decision::Revoke,
-            "alice",
-            ApprovalVia::Kubectl,
-            t(1_000),
-        )
-        .expect("revoke");
-        assert_eq!(
-            (d.decision, d.expires_at),
-            (ApprovalDecision::Revoked, None)
-        );
-    }
-
-    #[test]
-    fn trusting_code_replaces_its_old_entry_and_drops_expired_day_trust() {
-        let old = trust_code(&[], "sha256:a", TrustLevel::Day, "bob", t(0));
-        assert_eq!(old[0].expires_at.as_ref().map(|e| e.0), Some(t(86_400)));
-        let list = trust_code(&old, "sha256:b", TrustLevel::Always, "bob", t(100));
-        assert_eq!(
-            list.iter()
-                .map(|t| t.code_digest.as_str())
-                .collect::<Vec<_>>(),
-            ["sha256:b", "sha256:a"]
-        );
-        let later = trust_code(&list, "sha256:b", TrustLevel::Once, "bob", t(90_000));
-        assert_eq!(
-            later.len(),
-            1,
-            "expired 24h trust is dropped and b replaced: {later:?}"
-        );
-        assert_eq!(later[0].level, TrustLevel::Once);
-    }
 
     #[test]
     fn sealed_secret_manifest_carries_only_the_envelope() {

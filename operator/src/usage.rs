@@ -21,9 +21,11 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use oauth3_crds::{Permit, PermitUsage};
 use serde_json::json;
+
+use crate::status_write::{Guarded, write_status};
 
 use k8s_openapi::jiff::Timestamp;
 
@@ -164,14 +166,18 @@ impl UsageLedger {
         let batch: Vec<(Key, UsageDelta)> = self.lock().pending.drain().collect();
         let mut all = true;
         for ((namespace, permit), delta) in batch {
-            if let Err(e) = self.write(&namespace, &permit, &delta).await {
+            let written = self.write(&namespace, &permit, &delta).await;
+            if !matches!(written, Ok(true)) {
                 let key = format!("{namespace}/{permit}");
-                if matches!(&e, kube::Error::Api(s) if s.code == 409) {
+                match written {
+                    Err(e) => {
+                        all = false;
+                        tracing::warn!(permit = %key, error = %e, "recording usage; kept for the next flush");
+                    }
                     // A busy Permit: try again at the next flush, without backing off.
-                    tracing::debug!(permit = %key, "usage write conflicted; kept for the next flush");
-                } else {
-                    all = false;
-                    tracing::warn!(permit = %key, error = %e, "recording usage; kept for the next flush");
+                    _ => {
+                        tracing::debug!(permit = %key, "usage write conflicted; kept for the next flush")
+                    }
                 }
                 let mut state = self.lock();
                 let slot = state.pending.entry((namespace, permit)).or_default();
@@ -195,45 +201,35 @@ impl UsageLedger {
         self.lock().pending.is_empty()
     }
 
+    /// Applies `delta` to the Permit's stored usage with the guarded write; `Ok(false)` when
+    /// other writers changed the Permit on every attempt.
     async fn write(
         &self,
         namespace: &str,
         permit: &str,
         delta: &UsageDelta,
-    ) -> Result<(), kube::Error> {
+    ) -> Result<bool, kube::Error> {
         let api: Api<Permit> = Api::namespaced(self.client.clone(), namespace);
-        let mut last = None;
         for _ in 0..FLUSH_ATTEMPTS {
             let Some(current) = api.get_opt(permit).await? else {
                 // The Permit is gone, and its counters with it.
-                return Ok(());
+                return Ok(true);
             };
             let usage = current
                 .status
                 .as_ref()
                 .and_then(|s| s.usage.clone())
                 .unwrap_or_default();
-            let next = delta.apply_to(&usage);
-            let patch = json!({
-                "metadata": {"resourceVersion": current.resource_version()},
-                "status": {"usage": next},
-            });
-            match api
-                .patch_status(permit, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(kube::Error::Api(s)) if s.code == 409 => {
-                    last = Some(kube::Error::Api(s));
+            let change = json!({"usage": delta.apply_to(&usage)});
+            match write_status(&api, &current, &change, None).await? {
+                Guarded::Written | Guarded::Gone => return Ok(true),
+                Guarded::Conflict => {
                     tokio::time::sleep(Duration::from_millis(u64::from(rand::random::<u8>() % 50)))
                         .await;
                 }
-                Err(e) => return Err(e),
             }
         }
-        Err(last.unwrap_or_else(|| {
-            kube::Error::Service("usage write conflicted on every attempt".into())
-        }))
+        Ok(false)
     }
 }
 

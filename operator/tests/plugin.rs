@@ -286,12 +286,10 @@ async fn seal_prints_a_sealed_secret_that_only_the_enclave_key_opens() {
         serde_yaml::from_str(&String::from_utf8_lossy(&out.stdout)).expect("yaml");
     let envelope = secret.string_data.expect("data")["sealed"].clone();
     let key = crypto_box::SecretKey::from([5u8; 32]);
-    let opened = oauth3_sandbox_runner::secrets::unseal(&key, &envelope, "team-a", "GITHUB_TOKEN")
+    let opened = oauth3_protocol::envelope::unseal(&key, &envelope, "team-a", "GITHUB_TOKEN")
         .expect("opens");
     assert_eq!(opened.as_str(), "ghp_value_123");
-    assert!(
-        oauth3_sandbox_runner::secrets::unseal(&key, &envelope, "team-b", "GITHUB_TOKEN").is_err()
-    );
+    assert!(oauth3_protocol::envelope::unseal(&key, &envelope, "team-b", "GITHUB_TOKEN").is_err());
 }
 
 fn hex_public_key() -> String {

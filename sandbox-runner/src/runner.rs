@@ -11,15 +11,14 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use oauth3_crds::digest::canonical_json;
 use oauth3_crds::{Attestation, AttestationKind, CallDecision, CallRecord, ExecutionPhase};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::bundle::{Bundle, Callback, ExecutionRef};
+use crate::bundle::{Bundle, Callback};
 use crate::host::{BoxFuture, CallOutcome, CapabilityCall, CapabilityHost};
 use crate::sandbox::{self, Outcome};
+pub use oauth3_protocol::RunResult;
+use oauth3_protocol::callback::callback_url_allowed;
 
 /// Plaintext secrets by name (as the Permit lists them), wiped from memory on drop.
 pub type Secrets = BTreeMap<String, Zeroizing<String>>;
@@ -144,62 +143,6 @@ impl Unsealer for NoKeyProvider {
             ))
         };
         Box::pin(async move { result })
-    }
-}
-
-/// The outcome of a run, as the runner reports it (written to the output and POSTed to the
-/// callback). The operator copies it into `Execution.status`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RunResult {
-    /// The Execution this result belongs to.
-    pub execution: ExecutionRef,
-    /// `Succeeded`, `Failed`, `TimedOut` or `Denied` (refused before running).
-    pub phase: ExecutionPhase,
-    /// The JSON value the code returned (redacted); `null` unless `Succeeded`.
-    pub result: serde_json::Value,
-    /// Captured `console.log`/`console.info` output, capped and redacted.
-    pub stdout: String,
-    /// Captured `console.error`/`console.warn` output plus an uncaught error, capped and
-    /// redacted.
-    pub stderr: String,
-    /// Why the run did not succeed, redacted; absent on success.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Every capability call attempted, allowed or denied, in order.
-    pub calls: Vec<CallRecord>,
-    /// Wall time of the whole run in milliseconds.
-    pub duration_ms: i64,
-    /// `sha256:<hex>` of the code that ran.
-    pub code_digest: String,
-    /// The Permit spec digest the run was checked against.
-    pub permit_digest: String,
-    /// Rate budget left per capability: the bundle's budget minus the allowed calls made.
-    pub rate_budget: BTreeMap<String, f64>,
-    /// Evidence of where the code ran (`kind: none` outside a TEE).
-    pub attestation: Attestation,
-    /// `sha256:<hex>` of the canonical JSON of this result without `attestation` and
-    /// `statementDigest`: the statement an attestation quote commits to.
-    pub statement_digest: String,
-}
-
-impl RunResult {
-    /// The canonical statement digest of this result (see [`RunResult::statement_digest`]).
-    pub fn compute_statement_digest(&self) -> String {
-        let mut value = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
-        if let Some(map) = value.as_object_mut() {
-            map.remove("attestation");
-            map.remove("statementDigest");
-        }
-        format!(
-            "sha256:{}",
-            hex::encode(Sha256::digest(canonical_json(&value).as_bytes()))
-        )
-    }
-
-    /// Process exit code for this result: 0 when `Succeeded`, 1 otherwise.
-    pub fn exit_code(&self) -> i32 {
-        i32::from(self.phase != ExecutionPhase::Succeeded)
     }
 }
 
@@ -365,7 +308,7 @@ async fn execute(bundle: &Bundle, deps: &RunnerDeps, secrets: &Secrets) -> Raw {
             );
         }
     };
-    let limits = bundle.limits.to_sandbox_limits();
+    let limits = sandbox::Limits::from_bundle(&bundle.limits);
     let output = sandbox::run(&bundle.code, &bundle.args, Arc::clone(&host), &limits).await;
     let calls = host.calls();
     match output {
@@ -414,25 +357,6 @@ pub enum CallbackError {
     /// The callback answered with a non-success status.
     #[error("the callback answered HTTP {0}")]
     Status(u16),
-}
-
-/// Whether a callback URL may carry the bearer token: https anywhere, http only on loopback.
-pub fn callback_url_allowed(url: &str) -> bool {
-    let Ok(url) = reqwest::Url::parse(url) else {
-        return false;
-    };
-    match url.scheme() {
-        "https" => url.host().is_some(),
-        "http" => url.host_str().is_some_and(|host| {
-            host == "localhost"
-                || host
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback())
-        }),
-        _ => false,
-    }
 }
 
 /// POSTs `result` as JSON to `callback.url` with `Authorization: Bearer <token>`, trusting
@@ -680,26 +604,6 @@ mod tests {
         let out = redact_json(&v, &|s: &str| s.replace("tok", "***"));
         assert!(!out.to_string().contains("tok"), "{out}");
         assert_eq!(out["***"][1]["n"], 1);
-    }
-
-    #[test]
-    fn callbacks_must_be_https_except_on_loopback() {
-        for ok in [
-            "https://operator.oauth3:8443/r",
-            "http://127.0.0.1:9000/r",
-            "http://localhost/r",
-            "http://[::1]:1/r",
-        ] {
-            assert!(callback_url_allowed(ok), "{ok}");
-        }
-        for bad in [
-            "http://operator.oauth3/r",
-            "http://10.0.0.1/r",
-            "ftp://127.0.0.1/",
-            "not a url",
-        ] {
-            assert!(!callback_url_allowed(bad), "{bad}");
-        }
     }
 
     #[test]

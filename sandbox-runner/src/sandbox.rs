@@ -76,12 +76,29 @@ pub struct Limits {
     pub max_calls: usize,
 }
 
+/// JavaScript stack limit of every run, in bytes.
+pub const STACK_BYTES: usize = 512 * 1024;
+
+impl Limits {
+    /// The sandbox limits a bundle's `limits` stand for.
+    pub fn from_bundle(limits: &crate::bundle::BundleLimits) -> Self {
+        let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        Self {
+            wall_time: Duration::from_secs(limits.timeout_seconds),
+            memory_bytes: size(limits.memory_mib.saturating_mul(1024 * 1024)),
+            stack_bytes: STACK_BYTES,
+            max_output_bytes: size(limits.max_output_bytes),
+            max_calls: size(limits.max_calls),
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
             wall_time: Duration::from_secs(30),
             memory_bytes: 128 * 1024 * 1024,
-            stack_bytes: 512 * 1024,
+            stack_bytes: STACK_BYTES,
             max_output_bytes: 65_536,
             max_calls: 100,
         }

@@ -121,7 +121,7 @@ async fn a_pure_script_succeeds_and_reports_value_output_and_digests() {
 #[tokio::test]
 async fn the_statement_digest_covers_the_result_without_the_attestation() {
     let (_, result) = run_bundle("statement", &bundle("return 1")).await;
-    let parsed: oauth3_sandbox_runner::runner::RunResult =
+    let parsed: oauth3_protocol::RunResult =
         serde_json::from_value(result.clone()).expect("a RunResult");
     assert_eq!(parsed.compute_statement_digest(), result["statementDigest"]);
     let mut tampered = parsed.clone();

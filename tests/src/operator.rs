@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::Api;
-use oauth3_operator::callback::{CallbackState, router, serve};
-use oauth3_operator::execution::controller::{
-    ExecutionConfig, ExecutionContext, LauncherKind, run_execution_controller,
-};
+use oauth3_operator::execution::result::{CallbackState, router, serve};
+use oauth3_operator::execution::{ExecutionConfig, ExecutionContext, run_execution_controller};
+use oauth3_operator::launcher::Launcher;
 use oauth3_operator::{Context, run_permit_controller};
 use tokio::sync::watch;
 
@@ -29,7 +28,7 @@ impl InProcessOperator {
         client: &kube::Client,
         ns: &str,
         listener: tokio::net::TcpListener,
-        launcher: LauncherKind,
+        launcher: Launcher,
         grace: Duration,
         ttl: Duration,
     ) -> Self {

@@ -7,7 +7,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use oauth3_crds::{Execution, ExecutionSpec, Permit, PermitSpec};
-use oauth3_operator::execution::admission::{Admission, admit};
+use oauth3_operator::execution::decide::{Admission, admit};
 use oauth3_operator::plugin::{Decision, Plugin};
 use oauth3_tests::{TEST_FIELD_MANAGER, client_as, client_or_skip, namespace, repo_root};
 use serde::Deserialize;
@@ -176,7 +176,7 @@ async fn an_agent_can_request_and_submit_but_never_approve() {
     let widened = admin_permits.get("gh").await.expect("read");
     match admit(&exec, Some(&widened), Timestamp::now()) {
         Admission::Refuse { reason, message } => {
-            assert_eq!(reason, "PermitChanged", "{message}");
+            assert_eq!(reason.as_str(), "PermitChanged", "{message}");
         }
         other => panic!("a widened Permit must not admit Executions, got {other:?}"),
     }

@@ -13,7 +13,7 @@ use kube::api::{Api, PostParams};
 use oauth3_crds::{
     Execution, ExecutionPhase, ExecutionSpec, ExecutionStatus, Permit, PermitPhase, PermitSpec,
 };
-use oauth3_operator::execution::controller::LauncherKind;
+use oauth3_operator::launcher::Launcher as LauncherKind;
 use oauth3_operator::launcher::process::{ProcessLauncher, ProcessLauncherConfig};
 use oauth3_tests::operator::InProcessOperator;
 use oauth3_tests::{

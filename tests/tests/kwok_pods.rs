@@ -15,7 +15,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use oauth3_crds::constants::LABEL_EXECUTION;
 use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec, Permit, PermitPhase, PermitSpec};
-use oauth3_operator::execution::controller::LauncherKind;
+use oauth3_operator::launcher::Launcher as LauncherKind;
 use oauth3_operator::launcher::pod::{PodLaunchConfig, RUNNER_UID, run_object_name};
 use oauth3_tests::kwok::{Kwok, bind_pod};
 use oauth3_tests::operator::InProcessOperator;

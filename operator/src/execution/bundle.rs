@@ -2,12 +2,11 @@
 
 use k8s_openapi::jiff::Timestamp;
 use oauth3_crds::{Execution, Permit};
-use oauth3_sandbox_runner::bundle::{
-    Bundle, BundleLimits, Callback, ExecutionRef, PermitRef, SealedSecretRef,
-};
+use oauth3_protocol::callback::result_url;
+use oauth3_protocol::{Bundle, BundleLimits, Callback, ExecutionRef, PermitRef, SealedSecretRef};
 use zeroize::Zeroizing;
 
-use crate::execution::admission::refilled_budget;
+use crate::execution::decide::refilled_budget;
 
 /// Where the runner reports and how it proves it is this run.
 #[derive(Clone)]
@@ -26,14 +25,6 @@ impl std::fmt::Debug for CallbackTarget {
             .field("base_url", &self.base_url)
             .finish_non_exhaustive()
     }
-}
-
-/// The result URL of one Execution under `base_url`.
-pub fn result_url(base_url: &str, namespace: &str, name: &str) -> String {
-    format!(
-        "{}/v1/results/{namespace}/{name}",
-        base_url.trim_end_matches('/')
-    )
 }
 
 /// Builds the bundle of `execution` under the approved `permit` at `now` (the rate budget is

@@ -1,5 +1,540 @@
-//! The Execution controller's decisions. `admission` decides whether an Execution may run.
+//! The Execution wing: the driver that admits an Execution against its Permit, launches the
+//! runner once, ends it when its sandbox ends or its deadline passes, and deletes it after a
+//! TTL; plus the result endpoint runners report to.
+//!
+//! Modules: [`decide`] (the next step, pure; admission), [`status`] (every status value, pure),
+//! [`reserve`] (serialised budget reservations on the Permit), [`bundle`] (the run bundle,
+//! pure), [`result`] (the result endpoint). Sandbox IO lives in [`crate::launcher`].
+//!
+//! Reconcile shape: observe (the Execution; its sandbox while Running; its Permit while
+//! Pending) -> decide ([`decide::next_step`], [`decide::admit`]) -> act -> write status. Every
+//! status write is guarded by the resourceVersion the decision was made on
+//! ([`crate::status_write`]), so two operators (or an operator and a runner's result) can never
+//! both win: the **launch lock** is the write that moves the Execution to `Running` with a
+//! launch record, and it happens *before* the runner is started. A restart after that write
+//! finds `Running` and never launches again; if the runner then never reports, the Execution
+//! ends `TimedOut` at its deadline.
 
-pub mod admission;
 pub mod bundle;
-pub mod controller;
+pub mod decide;
+pub mod reserve;
+pub mod result;
+pub mod status;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use oauth3_crds::constants::LABEL_EXECUTION;
+use oauth3_crds::{Execution, ExecutionPhase, Permit};
+use oauth3_protocol::callback::token_digest;
+use zeroize::Zeroizing;
+
+use crate::Context;
+use crate::launcher::{self, ExitWatch, Launcher, Sandbox, SealedEnvelopes};
+use crate::metrics::Metrics;
+use crate::status_write::{Guarded, is_not_found, publish, write_status};
+use crate::usage::UsageDelta;
+use bundle::{CallbackTarget, build_bundle};
+use decide::{Admission, Step, admit, next_step};
+use status::{Ending, LaunchPlan};
+
+/// How often an Execution waiting for code approval is looked at again.
+pub const AWAITING_RECHECK: Duration = Duration::from_secs(5);
+
+/// Settings of the Execution controller.
+#[derive(Debug, Clone)]
+pub struct ExecutionConfig {
+    /// The launcher.
+    pub launcher: Launcher,
+    /// Base URL runners POST results to (the callback server), e.g. `http://127.0.0.1:8443`.
+    pub callback_base_url: String,
+    /// PEM certificates runners trust for the callback only (when it serves HTTPS with a
+    /// certificate outside the web PKI roots built into the runner).
+    pub callback_ca_pem: Option<String>,
+    /// Added to `timeoutSeconds` for the operator's own deadline.
+    pub deadline_grace: Duration,
+    /// Finished Executions are deleted this long after completion.
+    pub ttl: Duration,
+}
+
+/// Context of the Execution controller.
+pub struct ExecutionContext {
+    /// Shared operator context.
+    pub ctx: Arc<Context>,
+    /// Settings.
+    pub config: ExecutionConfig,
+    /// Metrics (launch latency, reconciles, phase counts).
+    pub metrics: Arc<Metrics>,
+}
+
+/// Why an Execution reconcile failed (it is retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutionError {
+    /// A Kubernetes API call failed.
+    #[error("{step} for Execution {key}: {source}")]
+    Api {
+        /// What was being done.
+        step: &'static str,
+        /// namespace/name.
+        key: String,
+        /// The error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Other writers kept changing the object.
+    #[error("{step} for {key}: the object kept changing during {attempts} attempts")]
+    Contended {
+        /// What was being done.
+        step: &'static str,
+        /// namespace/name.
+        key: String,
+        /// How often it was tried.
+        attempts: usize,
+    },
+}
+
+fn key(exec: &Execution) -> String {
+    format!(
+        "{}/{}",
+        exec.namespace().unwrap_or_default(),
+        exec.name_any()
+    )
+}
+
+/// Maps a failed API call during `step` on `exec` to [`ExecutionError::Api`].
+fn api_error(step: &'static str, exec: &Execution) -> impl FnOnce(kube::Error) -> ExecutionError {
+    let key = key(exec);
+    move |source| ExecutionError::Api { step, key, source }
+}
+
+fn until(now: Timestamp, then: Timestamp) -> Duration {
+    Duration::try_from(then.duration_since(now)).unwrap_or(Duration::ZERO)
+}
+
+/// Ends `exec` (as read) with `ending`, guarded; on success a Warning Event and the sandbox
+/// cleaned up. The one way the operator finishes an Execution without a result.
+pub(crate) async fn end(
+    ctx: &Context,
+    api: &Api<Execution>,
+    exec: &Execution,
+    ending: &Ending,
+    step: &'static str,
+    field_manager: Option<&str>,
+) -> Result<Guarded, ExecutionError> {
+    let value = status::ended(exec, ending, ctx.now());
+    let written = write_status(api, exec, &value, field_manager)
+        .await
+        .map_err(api_error(step, exec))?;
+    if written.written() {
+        publish(
+            &ctx.recorder,
+            exec,
+            EventType::Warning,
+            ending.reason.as_str(),
+            ending.message.clone(),
+        )
+        .await;
+        launcher::cleanup(&ctx.client, exec).await;
+    }
+    Ok(written)
+}
+
+/// Reconciles one Execution.
+///
+/// # Errors
+/// [`ExecutionError`] naming the failed step; retried with backoff.
+pub async fn reconcile(
+    exec: Arc<Execution>,
+    ectx: Arc<ExecutionContext>,
+) -> Result<Action, ExecutionError> {
+    let ctx = &ectx.ctx;
+    let api: Api<Execution> =
+        Api::namespaced(ctx.client.clone(), &exec.namespace().unwrap_or_default());
+    let now = ctx.now();
+    let running = exec.status.as_ref().and_then(|s| s.phase) == Some(ExecutionPhase::Running);
+    let sandbox = if running {
+        // Not seeing the Pod (RBAC without pods get/watch, API trouble) must not keep the
+        // deadline from ending the run.
+        launcher::observe(&ctx.client, &exec).await.unwrap_or_else(|e| {
+            tracing::warn!(execution = %key(&exec), error = %e, "observing the sandbox Pod; the deadline still applies");
+            Sandbox::Unobserved
+        })
+    } else {
+        Sandbox::Unobserved
+    };
+    match next_step(&exec, &sandbox, now, ectx.config.ttl) {
+        Step::Delete => {
+            match api.delete(&exec.name_any(), &DeleteParams::default()).await {
+                Ok(_) => tracing::info!(execution = %key(&exec), "deleted after its TTL"),
+                Err(e) if is_not_found(&e) => {}
+                Err(source) => return Err(api_error("deleting after TTL", &exec)(source)),
+            }
+            Ok(Action::await_change())
+        }
+        Step::KeepUntil(t) | Step::WaitUntil(t) => Ok(Action::requeue(until(now, t))),
+        Step::NoteWaiting { message, until: t } => {
+            let written = write_status(&api, &exec, &status::sandbox_waiting(&message), None)
+                .await
+                .map_err(api_error("noting the waiting sandbox", &exec))?;
+            if written.written() {
+                publish(
+                    &ctx.recorder,
+                    &*exec,
+                    EventType::Warning,
+                    status::Reason::SandboxWaiting.as_str(),
+                    message,
+                )
+                .await;
+            }
+            Ok(Action::requeue(until(now, t)))
+        }
+        Step::End(ending) => {
+            end(ctx, &api, &exec, &ending, "recording the end", None).await?;
+            Ok(Action::requeue(Duration::from_secs(1)))
+        }
+        Step::Admit => admit_and_launch(&exec, &ectx, &api, now).await,
+    }
+}
+
+async fn admit_and_launch(
+    exec: &Execution,
+    ectx: &ExecutionContext,
+    api: &Api<Execution>,
+    now: Timestamp,
+) -> Result<Action, ExecutionError> {
+    let ctx = &ectx.ctx;
+    let permits: Api<Permit> =
+        Api::namespaced(ctx.client.clone(), &exec.namespace().unwrap_or_default());
+    let permit = permits
+        .get_opt(&exec.spec.permit_ref)
+        .await
+        .map_err(api_error("reading the Permit", exec))?;
+    // Admission sees the usage as it will be once the ledger has written it (a run that just
+    // ended may have used the rate budget up); reservations work on the Permit as stored.
+    let seen = permit.clone().map(|mut p| {
+        ctx.usage.overlay(&mut p);
+        p
+    });
+    match admit(exec, seen.as_ref(), now) {
+        Admission::Refuse { reason, message } => {
+            let ending = Ending::denied(reason, message);
+            end(ctx, api, exec, &ending, "recording the refusal", None).await?;
+            Ok(Action::requeue(Duration::from_secs(1)))
+        }
+        Admission::AwaitApproval { code_digest } => {
+            let phase = exec.status.as_ref().and_then(|s| s.phase);
+            if phase != Some(ExecutionPhase::AwaitingApproval) {
+                let value = status::awaiting_approval(exec, &code_digest);
+                let written = write_status(api, exec, &value, None)
+                    .await
+                    .map_err(api_error("recording AwaitingApproval", exec))?;
+                if written.written() {
+                    publish(
+                        &ctx.recorder,
+                        exec,
+                        EventType::Normal,
+                        "AwaitingApproval",
+                        status::awaiting_message(&code_digest),
+                    )
+                    .await;
+                }
+            }
+            Ok(Action::requeue(AWAITING_RECHECK))
+        }
+        Admission::Launch {
+            permit_digest,
+            code_digest,
+        } => match permit {
+            Some(permit) => launch(exec, &permit, permit_digest, code_digest, ectx, api, now).await,
+            None => Ok(Action::requeue(Duration::from_secs(1))),
+        },
+    }
+}
+
+/// Launches `exec` under `permit`: sealed envelopes (process runner), the budget reservation
+/// where a limit needs one, the launch lock, then the runner.
+async fn launch(
+    exec: &Execution,
+    permit: &Permit,
+    permit_digest: String,
+    code_digest: String,
+    ectx: &ExecutionContext,
+    api: &Api<Execution>,
+    now: Timestamp,
+) -> Result<Action, ExecutionError> {
+    let ctx = &ectx.ctx;
+    let config = &ectx.config;
+    let namespace = exec.namespace().unwrap_or_default();
+    let sealed = match config
+        .launcher
+        .sealed_envelopes(&ctx.client, &namespace, permit)
+        .await
+        .map_err(api_error("reading the sealed Secrets", exec))?
+    {
+        SealedEnvelopes::Found(sealed) => sealed,
+        SealedEnvelopes::Unusable(e) => {
+            end(
+                ctx,
+                api,
+                exec,
+                &decide::sealed_secret_unusable(&e),
+                "recording a missing secret",
+                None,
+            )
+            .await?;
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+    };
+    let strict = reserve::needs_reservation(permit, &code_digest);
+    if strict && !reserve::reserve_execution(ctx, &namespace, permit, &code_digest).await? {
+        end(
+            ctx,
+            api,
+            exec,
+            &decide::budget_spent(permit),
+            "recording the refusal",
+            None,
+        )
+        .await?;
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    let token = Zeroizing::new(hex::encode(rand::random::<[u8; 32]>()));
+    let timeout = SignedDuration::from_secs(i64::from(exec.spec.timeout_seconds));
+    let grace = SignedDuration::try_from(config.deadline_grace).unwrap_or(SignedDuration::ZERO);
+    let plan = LaunchPlan {
+        launcher: config.launcher.kind(),
+        token_digest: token_digest(&token),
+        deadline: now.checked_add(timeout + grace).unwrap_or(Timestamp::MAX),
+        pod_name: config.launcher.pod_name(&exec.name_any()),
+        permit_digest,
+        code_digest,
+    };
+    // The launch lock: only the writer that moves the Execution to Running launches. It is the
+    // only write of a launch (the handle of a Pod is known before it exists; a process id is
+    // logged and put in the Launched Event): each write per Execution costs the API server.
+    match write_status(api, exec, &status::running(exec, &plan, now), None)
+        .await
+        .map_err(api_error("recording the launch", exec))?
+    {
+        Guarded::Written => {}
+        Guarded::Conflict | Guarded::Gone => {
+            return Ok(Action::requeue(Duration::from_millis(200)));
+        }
+    }
+    if !strict {
+        let delta = UsageDelta {
+            executions: 1,
+            ..UsageDelta::default()
+        };
+        ctx.usage.record(&namespace, &permit.name_any(), delta);
+    }
+    let callback = CallbackTarget {
+        base_url: config.callback_base_url.clone(),
+        ca_pem: config.callback_ca_pem.clone(),
+        token,
+    };
+    // The runner starts from the rate budget the previous runs left, including what is not
+    // written to the Permit yet.
+    let mut counted = permit.clone();
+    ctx.usage.overlay(&mut counted);
+    let bundle = build_bundle(
+        exec,
+        &counted,
+        &plan.permit_digest,
+        sealed,
+        Some(&callback),
+        now,
+    );
+    match config
+        .launcher
+        .launch(&ctx.client, exec, permit, &bundle)
+        .await
+    {
+        Ok((launched, exited)) => {
+            if let Some(exited) = exited {
+                watch_exit(
+                    ctx.clone(),
+                    exec.clone(),
+                    plan.token_digest.clone(),
+                    launched.handle.clone(),
+                    exited,
+                );
+            }
+            let latency = exec
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|c| now.duration_since(c.0).as_secs_f64())
+                .unwrap_or_default();
+            ectx.metrics
+                .observe_launch_latency(Duration::from_secs_f64(latency.max(0.0)));
+            tracing::info!(execution = %key(exec), handle = %launched.handle, latency_s = latency, "launched");
+            publish(
+                &ctx.recorder,
+                exec,
+                EventType::Normal,
+                status::Reason::Launched.as_str(),
+                format!("runner started ({})", launched.handle),
+            )
+            .await;
+        }
+        Err(e) => {
+            let fresh = api
+                .get(&exec.name_any())
+                .await
+                .map_err(api_error("re-reading after a failed launch", exec))?;
+            end(
+                ctx,
+                api,
+                &fresh,
+                &decide::launch_failed(&e),
+                "recording the failed launch",
+                None,
+            )
+            .await?;
+        }
+    }
+    Ok(Action::requeue(until(now, plan.deadline)))
+}
+
+/// Ends the Execution when its process runner exits while it still waits for the result (a
+/// runner answers the result endpoint before it exits, so there will be no result). Best
+/// effort: otherwise the deadline ends it.
+fn watch_exit(
+    ctx: Arc<Context>,
+    exec: Execution,
+    token_digest: String,
+    handle: String,
+    exited: ExitWatch,
+) {
+    tokio::spawn(async move {
+        let Ok(how) = exited.await else {
+            return;
+        };
+        let api: Api<Execution> =
+            Api::namespaced(ctx.client.clone(), &exec.namespace().unwrap_or_default());
+        let Ok(Some(current)) = api.get_opt(&exec.name_any()).await else {
+            return;
+        };
+        let how = format!("runner {handle} exited ({how})");
+        if let Some(ending) = decide::runner_exited(&current, &token_digest, &how)
+            && let Err(e) = end(
+                &ctx,
+                &api,
+                &current,
+                &ending,
+                "recording the runner's exit",
+                None,
+            )
+            .await
+        {
+            tracing::warn!(execution = %key(&exec), error = %e, "recording the runner's exit");
+        }
+    });
+}
+
+/// Retry policy: exponential backoff per Execution.
+pub fn error_policy(
+    exec: Arc<Execution>,
+    error: &ExecutionError,
+    ectx: Arc<ExecutionContext>,
+) -> Action {
+    let delay = ectx.ctx.failure_backoff(&key(&exec));
+    tracing::warn!(execution = %key(&exec), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Refreshes the phase gauge from the controller's cache every few seconds.
+fn count_phases(
+    store: kube::runtime::reflector::Store<Execution>,
+    metrics: Arc<Metrics>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let mut counts: std::collections::BTreeMap<&'static str, i64> = ExecutionPhase::ALL
+                .iter()
+                .map(|p| (p.as_str(), 0))
+                .collect();
+            for e in store.state() {
+                let phase = e
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase)
+                    .unwrap_or(ExecutionPhase::Pending);
+                *counts.entry(phase.as_str()).or_default() += 1;
+            }
+            for (phase, n) in counts {
+                metrics.set_executions(phase, n);
+            }
+        }
+    })
+}
+
+/// The Execution controller over `api`, as a stream of reconcile results. Each reconcile is
+/// counted and timed in `ectx.metrics`; the phase gauge is refreshed from the controller's
+/// cache every few seconds while the stream runs.
+pub fn execution_controller(
+    api: Api<Execution>,
+    ectx: Arc<ExecutionContext>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> impl Stream<
+    Item = Result<
+        (ObjectRef<Execution>, Action),
+        controller::Error<ExecutionError, watcher::Error>,
+    >,
+> {
+    let pods: Option<Api<Pod>> = matches!(ectx.config.launcher, Launcher::Pod(_)).then(|| {
+        let client = api.clone().into_client();
+        match api.namespace() {
+            Some(ns) => Api::namespaced(client, ns),
+            None => Api::all(client),
+        }
+    });
+    let (store, stream) = crate::cache::lean_watch(api);
+    let mut controller = Controller::for_stream(stream, store.clone());
+    if let Some(pods) = pods {
+        // A sandbox Pod's changes wake its Execution, so a Pod the node ended without a result
+        // ends the Execution at once instead of at its deadline.
+        controller = controller.owns(pods, watcher::Config::default().labels(LABEL_EXECUTION));
+    }
+    let counter = count_phases(store, ectx.metrics.clone());
+    controller
+        .graceful_shutdown_on(async move {
+            shutdown.await;
+            counter.abort();
+        })
+        .run(
+            |exec, ectx: Arc<ExecutionContext>| async move {
+                let metrics = ectx.metrics.clone();
+                metrics.instrument("execution", reconcile(exec, ectx)).await
+            },
+            error_policy,
+            ectx,
+        )
+}
+
+/// Runs the Execution controller over `api` until `shutdown` resolves.
+pub async fn run_execution_controller(
+    api: Api<Execution>,
+    ectx: Arc<ExecutionContext>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    execution_controller(api, ectx, shutdown)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "execution controller");
+            }
+        })
+        .await;
+}

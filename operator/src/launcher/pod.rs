@@ -25,6 +25,7 @@ use oauth3_crds::constants::{
     LABEL_EXECUTION, LABEL_PERMIT, MANAGED_BY, SEALED_SECRET_KEY, secret_object_name,
 };
 use oauth3_crds::{Execution, ExecutionPhase, Permit};
+use oauth3_protocol::runner_args::run_args;
 use serde_json::json;
 
 /// Where the runner finds its bundle inside the Pod.
@@ -38,20 +39,8 @@ pub const CONTAINER_NAME: &str = "runner";
 /// UID/GID the runner runs as (the conventional "nonroot" user of distroless images).
 pub const RUNNER_UID: i64 = 65_532;
 
-/// Where the runner gets the key that opens sealed secrets inside the TEE.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PodKeyProvider {
-    /// Confidential Containers' guest resource endpoint (inside the Kata guest).
-    Kbs {
-        /// Base URL of the endpoint, e.g. `http://127.0.0.1:8006`.
-        url: String,
-    },
-    /// The dstack guest agent's socket, mounted from the host path.
-    Dstack {
-        /// Socket path on the node and in the Pod.
-        socket: String,
-    },
-}
+/// Where a sandbox's runner gets the key that opens sealed secrets (the run contract's type).
+pub use oauth3_protocol::runner_args::KeyProviderEndpoint as PodKeyProvider;
 
 /// Cluster-level settings of the pod launcher (Helm values / operator flags).
 #[derive(Debug, Clone, PartialEq)]
@@ -85,7 +74,7 @@ impl Default for PodLaunchConfig {
             image: "ghcr.io/oauth3/sandbox-runner:latest".into(),
             image_pull_policy: "IfNotPresent".into(),
             key_provider: PodKeyProvider::Kbs {
-                url: "http://127.0.0.1:8006".into(),
+                url: oauth3_protocol::runner_args::DEFAULT_KBS_URL.into(),
             },
             cpu: "500m".into(),
             memory: "256Mi".into(),
@@ -200,13 +189,11 @@ pub fn desired_pod(
             }})
         })
         .collect();
-    let mut args = vec![
-        "run".to_owned(),
-        "--bundle".to_owned(),
-        format!("{BUNDLE_DIR}/{BUNDLE_FILE}"),
-        "--sealed-dir".to_owned(),
-        SEALED_DIR.to_owned(),
-    ];
+    let args = run_args(
+        &format!("{BUNDLE_DIR}/{BUNDLE_FILE}"),
+        SEALED_DIR,
+        &config.key_provider,
+    );
     let mut volumes = vec![
         json!({"name": "bundle", "secret": {"secretName": object, "defaultMode": 0o440,
             "items": [{"key": BUNDLE_FILE, "path": BUNDLE_FILE}]}}),
@@ -218,25 +205,9 @@ pub fn desired_pod(
         json!({"name": "sealed", "mountPath": SEALED_DIR, "readOnly": true}),
         json!({"name": "tmp", "mountPath": "/tmp"}),
     ];
-    match &config.key_provider {
-        PodKeyProvider::Kbs { url } => {
-            args.extend([
-                "--key-provider".into(),
-                "kbs".into(),
-                "--kbs-url".into(),
-                url.clone(),
-            ]);
-        }
-        PodKeyProvider::Dstack { socket } => {
-            args.extend([
-                "--key-provider".into(),
-                "dstack".into(),
-                "--dstack-endpoint".into(),
-                socket.clone(),
-            ]);
-            volumes.push(json!({"name": "dstack", "hostPath": {"path": socket, "type": "Socket"}}));
-            mounts.push(json!({"name": "dstack", "mountPath": socket}));
-        }
+    if let PodKeyProvider::Dstack { socket } = &config.key_provider {
+        volumes.push(json!({"name": "dstack", "hostPath": {"path": socket, "type": "Socket"}}));
+        mounts.push(json!({"name": "dstack", "mountPath": socket}));
     }
     let deadline = i64::from(execution.spec.timeout_seconds) + config.deadline_grace_seconds;
     let resources = json!({"cpu": config.cpu, "memory": config.memory});
@@ -400,6 +371,21 @@ pub fn pod_outcome(pod: &Pod) -> Option<(ExecutionPhase, &'static str, String)> 
         Some((ExecutionPhase::TimedOut, "DeadlineExceeded", message))
     } else {
         Some((ExecutionPhase::Failed, "SandboxFailed", message))
+    }
+}
+
+/// What `pod` shows of its sandbox, for the Execution driver: why it does not run yet (see
+/// [`pod_waiting`]), how it ended without a result (see [`pod_outcome`]), or alive.
+pub(crate) fn observe(pod: &Pod) -> super::Sandbox {
+    if let Some(waiting) = pod_waiting(pod) {
+        return super::Sandbox::Waiting(waiting);
+    }
+    match pod_outcome(pod) {
+        Some((phase, _, message)) => super::Sandbox::Ended {
+            deadline: phase == ExecutionPhase::TimedOut,
+            message,
+        },
+        None => super::Sandbox::Alive,
     }
 }
 

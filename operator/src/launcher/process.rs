@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
 use crate::launcher::{LaunchError, Launched};
-use oauth3_sandbox_runner::bundle::Bundle;
+use oauth3_protocol::Bundle;
 
 /// Settings of the process launcher.
 #[derive(Debug, Clone)]

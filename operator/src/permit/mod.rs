@@ -8,6 +8,7 @@
 
 pub mod status;
 
+use crate::status_write::write_status;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,17 +63,18 @@ pub async fn reconcile(permit: Arc<Permit>, ctx: Arc<Context>) -> Result<Action,
         // owns, so the void decision is removed with a merge patch, guarded by the
         // resourceVersion we decided on: if the status changed meanwhile, this conflicts and
         // the reconcile runs again with fresh data.
-        let patch = serde_json::json!({
-            "metadata": {"resourceVersion": permit.resource_version()},
-            "status": {"approval": null},
-        });
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        let change = serde_json::json!({"approval": null});
+        let written = write_status(&api, &*permit, &change, None)
             .await
             .map_err(|source| Error::ClearVoidedApproval {
                 namespace: namespace.clone(),
                 name: name.clone(),
                 source,
             })?;
+        if !written.written() {
+            // Someone else changed it meanwhile: decide again on what they wrote.
+            return Ok(Action::requeue(std::time::Duration::from_millis(200)));
+        }
     }
 
     if is_up_to_date(current, &desired) {

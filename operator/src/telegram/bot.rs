@@ -39,9 +39,10 @@ use super::message::{
 };
 use super::state::{MAX_OPEN, Request, RequestKind, State};
 use super::{STATE_CONFIGMAP, TELEGRAM_FIELD_MANAGER, TelegramConfig, TelegramError};
+use crate::approval::{Decision, approval_for};
 use crate::context::backoff_delay;
-use crate::execution::controller::terminal_status;
-use crate::plugin::{Decision, approval_for};
+use crate::execution::status::{self, Ending, Reason};
+use crate::status_write::{Guarded, write_status};
 
 const STATE_KEY: &str = "state.json";
 /// Longest Bot API long poll; below the client's own request timeout.
@@ -421,7 +422,8 @@ impl TelegramBot {
                     self.deny_execution(exec, reason, &message).await?;
                 }
                 Ok(Some(format!(
-                    "Code denied ({reason}: {message}) at {}",
+                    "Code denied ({}: {message}) at {}",
+                    reason.as_str(),
                     now()
                 )))
             }
@@ -461,51 +463,31 @@ impl TelegramBot {
         status: serde_json::Value,
     ) -> Result<(), TelegramError> {
         let (ns, name) = (permit.namespace().unwrap_or_default(), permit.name_any());
-        let patch = json!({
-            "metadata": {"resourceVersion": permit.resource_version()},
-            "status": status,
-        });
-        Api::<Permit>::namespaced(self.client.clone(), &ns)
-            .patch_status(
-                &name,
-                &PatchParams::apply(TELEGRAM_FIELD_MANAGER),
-                &Patch::Merge(&patch),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| match e {
-                kube::Error::Api(s) if s.code == 409 => {
-                    TelegramError::Conflict(format!("Permit {ns}/{name}"))
-                }
-                source => TelegramError::Kube {
-                    step: format!("recording the decision on Permit {ns}/{name}"),
-                    source,
-                },
-            })
+        let api = Api::<Permit>::namespaced(self.client.clone(), &ns);
+        match write_status(&api, permit, &status, Some(TELEGRAM_FIELD_MANAGER)).await {
+            Ok(Guarded::Written) => Ok(()),
+            Ok(Guarded::Conflict | Guarded::Gone) => {
+                Err(TelegramError::Conflict(format!("Permit {ns}/{name}")))
+            }
+            Err(source) => Err(TelegramError::Kube {
+                step: format!("recording the decision on Permit {ns}/{name}"),
+                source,
+            }),
+        }
     }
 
     async fn deny_execution(
         &self,
         exec: &Execution,
-        reason: &str,
+        reason: Reason,
         message: &str,
     ) -> Result<(), TelegramError> {
         let (ns, name) = (exec.namespace().unwrap_or_default(), exec.name_any());
-        let patch = json!({
-            "metadata": {"resourceVersion": exec.resource_version()},
-            "status": terminal_status(ExecutionPhase::Denied, reason, message, exec.metadata.generation, now()),
-        });
-        match Api::<Execution>::namespaced(self.client.clone(), &ns)
-            .patch_status(
-                &name,
-                &PatchParams::apply(TELEGRAM_FIELD_MANAGER),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
+        let api = Api::<Execution>::namespaced(self.client.clone(), &ns);
+        let value = status::ended(exec, &Ending::denied(reason, message), now());
+        match write_status(&api, exec, &value, Some(TELEGRAM_FIELD_MANAGER)).await {
             // Changed meanwhile (launched, deleted): it no longer waits, leave it.
-            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(()),
+            Ok(_) => Ok(()),
             Err(source) => Err(TelegramError::Kube {
                 step: format!("denying Execution {ns}/{name}"),
                 source,

@@ -3,6 +3,7 @@
 //! spec or code digest) or closes the request without writing anything, so a re-delivered
 //! update, a double tap or a tap on an outdated message changes nothing.
 
+use crate::execution::status::Reason;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
@@ -13,7 +14,7 @@ use super::TelegramError;
 use super::callback_data::Action;
 use super::message::{decided_note, trust_note};
 use super::state::{Request, RequestKind};
-use crate::plugin::{Decision, approval_for, trust_code};
+use crate::approval::{Decision, approval_for, trust_code};
 
 /// Who decided when nobody did: the operator, on timeout.
 pub const TIMEOUT_BY: &str = "oauth3-operator";
@@ -33,7 +34,7 @@ pub enum Outcome {
     /// Deny the Executions waiting for the request's code digest.
     DenyCode {
         /// Why (shown on the Executions).
-        reason: &'static str,
+        reason: Reason,
         /// Explanation.
         message: String,
     },
@@ -153,7 +154,7 @@ pub fn on_tap(
         (RequestKind::Code, Action::TrustDay) => trust(TrustLevel::Day),
         (RequestKind::Code, Action::TrustAlways) => trust(TrustLevel::Always),
         (RequestKind::Code, Action::DenyCode) => Outcome::DenyCode {
-            reason: "CodeDenied",
+            reason: Reason::CodeDenied,
             message: format!("the owner refused this code on Telegram ({by})"),
         },
         // A button of the other kind never matches an open request (see State::tapped).
@@ -198,7 +199,7 @@ pub fn on_timeout(
             }
         }
         RequestKind::Code => Outcome::DenyCode {
-            reason: "CodeApprovalTimedOut",
+            reason: Reason::CodeApprovalTimedOut,
             message: reason,
         },
     }
@@ -380,7 +381,7 @@ mod tests {
         assert!(matches!(
             out,
             Outcome::DenyCode {
-                reason: "CodeDenied",
+                reason: Reason::CodeDenied,
                 ..
             }
         ));
@@ -449,7 +450,7 @@ mod tests {
         assert!(matches!(
             out,
             Outcome::DenyCode {
-                reason: "CodeApprovalTimedOut",
+                reason: Reason::CodeApprovalTimedOut,
                 ..
             }
         ));

@@ -3,14 +3,13 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use oauth3_protocol::rate::TokenBucket;
+
 use super::Policy;
 
 #[derive(Debug, Clone)]
 struct Bucket {
-    capacity: f64,
-    per_second: f64,
-    requests: f64,
-    window: f64,
+    limit: TokenBucket,
     tokens: f64,
     at: Instant,
 }
@@ -18,7 +17,7 @@ struct Bucket {
 impl Bucket {
     fn tokens_at(&self, now: Instant) -> f64 {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        (self.tokens + elapsed * self.per_second).min(self.capacity)
+        self.limit.refill(self.tokens, elapsed)
     }
 }
 
@@ -46,10 +45,7 @@ impl RateLimiter {
                 (
                     name.to_owned(),
                     Bucket {
-                        capacity: requests,
-                        per_second: requests / per_seconds,
-                        requests,
-                        window: per_seconds,
+                        limit: TokenBucket::new(requests, per_seconds),
                         tokens: start,
                         at: now,
                     },
@@ -71,10 +67,10 @@ impl RateLimiter {
             Ok(())
         } else {
             b.tokens = tokens;
-            let wait = (1.0 - tokens) / b.per_second;
+            let wait = b.limit.wait_for_one(tokens);
             Err(format!(
                 "rate limit of {} requests per {} s exceeded for {capability}; retry in {wait:.1} s",
-                b.requests, b.window
+                b.limit.requests, b.limit.per_seconds
             ))
         }
     }

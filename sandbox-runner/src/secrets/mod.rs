@@ -5,7 +5,6 @@
 //! rendering or a log line: errors name the step that failed and the (non-secret) Secret,
 //! provider or endpoint involved.
 
-pub mod envelope;
 mod http;
 pub mod provider;
 
@@ -13,52 +12,15 @@ use std::collections::BTreeMap;
 
 use zeroize::Zeroizing;
 
-pub use envelope::{key_id, seal, unseal};
+pub use oauth3_protocol::envelope::{EnvelopeError, key_id, seal, unseal};
 pub use provider::{DevKey, DevProvider, DstackProvider, KbsProvider, KeyProvider};
 
 /// Why sealing, opening or fetching the enclave key failed. Never carries secret material.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
-    /// Encoding the plaintext to seal failed.
-    #[error("sealing: encoding the plaintext failed")]
-    SealEncodePlaintext,
-    /// Encrypting the sealed box failed.
-    #[error("sealing: encrypting the sealed box failed")]
-    SealEncrypt,
-    /// The envelope string could not be parsed.
-    #[error("parsing the envelope: {reason}")]
-    EnvelopeMalformed {
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// The envelope was sealed to a different key than the one this runner holds.
-    #[error(
-        "opening the envelope: it was sealed to key {envelope_kid}, this runner holds key {our_kid}"
-    )]
-    EnvelopeKeyMismatch {
-        /// The key id written in the envelope.
-        envelope_kid: String,
-        /// The key id of the runner's key.
-        our_kid: String,
-    },
-    /// The sealed box did not decrypt (wrong key or tampered).
-    #[error("opening the envelope: the sealed box failed authentication (wrong key or tampered)")]
-    UnsealDecrypt,
-    /// The decrypted plaintext is not the expected JSON object.
-    #[error("opening the envelope: the decrypted plaintext is malformed")]
-    UnsealDecodePlaintext,
-    /// The plaintext is bound to another version, key, namespace or Secret name.
-    #[error(
-        "opening the envelope: it is bound to {field} {found:?}, expected {expected:?}; refusing to use it"
-    )]
-    EnvelopeBindingMismatch {
-        /// Which bound field differs (`v`, `kid`, `ns` or `name`).
-        field: &'static str,
-        /// What the caller expected.
-        expected: String,
-        /// What the envelope is bound to.
-        found: String,
-    },
+    /// Sealing or opening an envelope failed.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
     /// A permitted secret has no sealed envelope.
     #[error("unsealing permitted secrets: no sealed envelope for permitted secret {name:?}")]
     MissingSecret {
@@ -77,7 +39,7 @@ pub enum SecretsError {
         /// The Secret name.
         name: String,
         /// Why it failed.
-        source: Box<SecretsError>,
+        source: EnvelopeError,
     },
     /// The key provider's endpoint is not usable.
     #[error("key provider {provider}: endpoint {endpoint:?} is invalid: {reason}")]
@@ -201,7 +163,7 @@ pub async fn unseal_permitted(
         let value = unseal(&key, &secret.envelope, namespace, name).map_err(|source| {
             SecretsError::UnsealSecret {
                 name: name.to_owned(),
-                source: Box::new(source),
+                source,
             }
         })?;
         opened.insert(name.to_owned(), value);

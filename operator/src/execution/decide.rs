@@ -1,17 +1,26 @@
-//! Whether an Execution may run (pure): the Permit exists, is approved for its current spec,
-//! has not expired, has Executions and rate-limit budget left, and (codeReview perCode) the
-//! code digest is trusted.
+//! The Execution's next step (pure): what the driver does with an Execution as observed,
+//! with its Permit and its sandbox, at a given time. Admission is part of it: the Permit
+//! exists, is approved for its current spec, has not expired, has Executions and rate-limit
+//! budget left, and (codeReview perCode) the code digest is trusted.
 //!
 //! Every refusal is terminal for the Execution (phase `Denied`) with a machine-readable reason
 //! and a message an agent can act on; nothing here retries. Only a missing code trust is not
-//! terminal: the Execution waits in `AwaitingApproval` for the owner.
+//! terminal: the Execution waits in `AwaitingApproval` for the owner. Running Executions end
+//! when their sandbox ends without a result or their deadline passes; finished ones are
+//! deleted after their TTL.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use oauth3_crds::{
-    ApprovalDecision, CodeReview, Execution, Permit, TrustLevel, code_digest, spec_digest,
+    ApprovalDecision, CodeReview, Execution, ExecutionPhase, Permit, TrustLevel, code_digest,
+    spec_digest,
 };
+use oauth3_protocol::rate::TokenBucket;
+
+use super::status::{Ending, Reason};
+use crate::launcher::Sandbox;
 
 /// The admission decision for one Execution.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,8 +39,8 @@ pub enum Admission {
     },
     /// Refused for good.
     Refuse {
-        /// `Reason` of the Denied condition (CamelCase).
-        reason: &'static str,
+        /// `Reason` of the Denied condition.
+        reason: Reason,
         /// Human-readable explanation naming the Permit and what to do.
         message: String,
     },
@@ -41,7 +50,7 @@ pub enum Admission {
 /// left (`status.usage.rateBudget`, measured at `usage.at`) refilled at each capability's
 /// `requests / perSeconds` for the time since, up to `requests`. Capabilities without a
 /// limit, or without a carried budget, are left out (the runner starts those full).
-pub fn refilled_budget(permit: &Permit, now: Timestamp) -> BTreeMap<String, f64> {
+pub(crate) fn refilled_budget(permit: &Permit, now: Timestamp) -> BTreeMap<String, f64> {
     let Some(usage) = permit.status.as_ref().and_then(|s| s.usage.as_ref()) else {
         return BTreeMap::new();
     };
@@ -56,10 +65,10 @@ pub fn refilled_budget(permit: &Permit, now: Timestamp) -> BTreeMap<String, f64>
         .filter_map(|c| {
             let limit = c.rate_limit.as_ref()?;
             let left = usage.rate_budget.get(&c.name)?;
-            let requests = f64::from(limit.requests);
-            let per_second = requests / f64::from(limit.per_seconds.max(1));
-            let tokens = (left.max(0.0) + elapsed * per_second).min(requests);
-            Some((c.name.clone(), tokens))
+            Some((
+                c.name.clone(),
+                TokenBucket::of(limit).refill(*left, elapsed),
+            ))
         })
         .collect()
 }
@@ -75,8 +84,7 @@ fn rate_budget_exhausted(permit: &Permit, name: &str, now: Timestamp) -> Option<
         if tokens >= 1.0 {
             return None;
         }
-        let per_second = f64::from(limit.requests) / f64::from(limit.per_seconds.max(1));
-        wait = wait.min((1.0 - tokens) / per_second);
+        wait = wait.min(TokenBucket::of(limit).wait_for_one(tokens));
     }
     if permit.spec.capabilities.is_empty() {
         return None;
@@ -87,7 +95,7 @@ fn rate_budget_exhausted(permit: &Permit, name: &str, now: Timestamp) -> Option<
     ))
 }
 
-fn refuse(reason: &'static str, message: String) -> Admission {
+fn refuse(reason: Reason, message: String) -> Admission {
     Admission::Refuse { reason, message }
 }
 
@@ -96,7 +104,7 @@ pub fn admit(execution: &Execution, permit: Option<&Permit>, now: Timestamp) -> 
     let name = &execution.spec.permit_ref;
     let Some(permit) = permit else {
         return refuse(
-            "PermitNotFound",
+            Reason::PermitNotFound,
             format!(
                 "Permit {name} does not exist in this namespace; create it and have the owner approve it"
             ),
@@ -108,17 +116,17 @@ pub fn admit(execution: &Execution, permit: Option<&Permit>, now: Timestamp) -> 
     // takes effect (or a revocation bites) before the Permit controller has caught up.
     let Some(approval) = status.approval else {
         return refuse(
-            "PermitNotApproved",
+            Reason::PermitNotApproved,
             format!("Permit {name} is waiting for the owner's approval"),
         );
     };
     let current = match spec_digest(&permit.spec) {
         Ok(d) => d,
-        Err(e) => return refuse("PermitInvalid", format!("Permit {name}: {e}")),
+        Err(e) => return refuse(Reason::PermitInvalid, format!("Permit {name}: {e}")),
     };
     if approval.spec_digest != current {
         return refuse(
-            "PermitChanged",
+            Reason::PermitChanged,
             format!(
                 "Permit {name} changed after the owner's decision (decided for {}, now {current}); the owner must approve the new spec",
                 approval.spec_digest
@@ -129,20 +137,20 @@ pub fn admit(execution: &Execution, permit: Option<&Permit>, now: Timestamp) -> 
         ApprovalDecision::Approved => {}
         ApprovalDecision::Denied => {
             return refuse(
-                "PermitDenied",
+                Reason::PermitDenied,
                 format!("Permit {name} was denied by its owner"),
             );
         }
         ApprovalDecision::Revoked => {
             return refuse(
-                "PermitRevoked",
+                Reason::PermitRevoked,
                 format!("Permit {name} was revoked by its owner"),
             );
         }
     }
     if approval.expires_at.as_ref().is_none_or(|t| t.0 <= now) {
         return refuse(
-            "PermitExpired",
+            Reason::PermitExpired,
             format!("the approval of Permit {name} has expired; ask the owner to approve it again"),
         );
     }
@@ -150,7 +158,7 @@ pub fn admit(execution: &Execution, permit: Option<&Permit>, now: Timestamp) -> 
         let used = status.usage.as_ref().map_or(0, |u| u.executions);
         if used >= max {
             return refuse(
-                "ExecutionBudgetExhausted",
+                Reason::ExecutionBudgetExhausted,
                 format!(
                     "Permit {name} allows {max} Executions per approval and all have been used"
                 ),
@@ -158,7 +166,7 @@ pub fn admit(execution: &Execution, permit: Option<&Permit>, now: Timestamp) -> 
         }
     }
     if let Some(message) = rate_budget_exhausted(permit, name, now) {
-        return refuse("RateBudgetExhausted", message);
+        return refuse(Reason::RateBudgetExhausted, message);
     }
     if permit.spec.code_review == CodeReview::PerCode {
         let trusted = status.trusted_code.iter().any(|t| {
@@ -179,6 +187,131 @@ pub fn admit(execution: &Execution, permit: Option<&Permit>, now: Timestamp) -> 
         permit_digest: current,
         code_digest: code,
     }
+}
+
+/// What the driver does next with an Execution.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Step {
+    /// Finished, and its TTL is over: delete it.
+    Delete,
+    /// Finished: look again when its TTL ends.
+    KeepUntil(Timestamp),
+    /// Read the Permit and admit it ([`admit`]); only Pending and AwaitingApproval do.
+    Admit,
+    /// Running and nothing to do: look again at the deadline.
+    WaitUntil(Timestamp),
+    /// Running, its sandbox does not run yet: note why (phase unchanged), wait for the deadline.
+    NoteWaiting {
+        /// Why the sandbox does not run.
+        message: String,
+        /// The deadline.
+        until: Timestamp,
+    },
+    /// End it now (the sandbox ended without a result, or the deadline passed).
+    End(Ending),
+}
+
+/// The step for `exec` as observed at `now` with its `sandbox`, given the TTL of finished
+/// Executions.
+pub(crate) fn next_step(
+    exec: &Execution,
+    sandbox: &Sandbox,
+    now: Timestamp,
+    ttl: Duration,
+) -> Step {
+    let status = exec.status.clone().unwrap_or_default();
+    match status.phase {
+        Some(phase) if phase.is_terminal() => {
+            let done = status.completion_time.map_or(now, |t| t.0);
+            let ttl = SignedDuration::try_from(ttl).unwrap_or(SignedDuration::MAX);
+            let expiry = done.checked_add(ttl).unwrap_or(Timestamp::MAX);
+            if now >= expiry {
+                Step::Delete
+            } else {
+                Step::KeepUntil(expiry)
+            }
+        }
+        Some(ExecutionPhase::Running) => {
+            let deadline = status.launch.as_ref().map_or(now, |l| l.deadline.0);
+            if let Sandbox::Ended { deadline, message } = sandbox {
+                return Step::End(sandbox_ended(*deadline, message));
+            }
+            if now >= deadline {
+                return Step::End(deadline_passed(sandbox));
+            }
+            match sandbox {
+                Sandbox::Waiting(message) if status.message.as_deref() != Some(message) => {
+                    Step::NoteWaiting {
+                        message: message.clone(),
+                        until: deadline,
+                    }
+                }
+                _ => Step::WaitUntil(deadline),
+            }
+        }
+        _ => Step::Admit,
+    }
+}
+
+/// How a sandbox that ended without a result ends its Execution.
+fn sandbox_ended(deadline: bool, message: &str) -> Ending {
+    if deadline {
+        Ending::timed_out(Reason::DeadlineExceeded, message)
+    } else {
+        Ending::failed(Reason::SandboxFailed, message)
+    }
+}
+
+/// How an Execution whose deadline passed without a result ends; a sandbox that never ran is
+/// named.
+fn deadline_passed(sandbox: &Sandbox) -> Ending {
+    let mut message =
+        "no result arrived before the deadline (timeoutSeconds plus grace)".to_owned();
+    if let Sandbox::Waiting(waiting) = sandbox {
+        message.push_str(&format!("; last seen: {waiting}"));
+    }
+    Ending::timed_out(Reason::DeadlineExceeded, message)
+}
+
+/// How a Permit's spent `maxExecutions` ends an Execution that passed admission but lost the
+/// race for the last slot.
+pub(crate) fn budget_spent(permit: &Permit) -> Ending {
+    Ending::denied(
+        Reason::ExecutionBudgetExhausted,
+        format!(
+            "Permit {} allows {} Executions per approval and all have been used",
+            permit.metadata.name.as_deref().unwrap_or_default(),
+            permit.spec.max_executions.unwrap_or_default()
+        ),
+    )
+}
+
+/// How a sealed Secret that is missing or unusable ends an Execution: refused before it runs
+/// (fail closed), like any other admission refusal.
+pub(crate) fn sealed_secret_unusable(why: &crate::launcher::SealedSecretError) -> Ending {
+    Ending::denied(Reason::SealedSecretMissing, why.to_string())
+}
+
+/// How a launch that failed ends an Execution.
+pub(crate) fn launch_failed(why: &crate::launcher::LaunchError) -> Ending {
+    Ending::failed(Reason::LaunchFailed, why.to_string())
+}
+
+/// How a process runner that exited while `exec` (as read now) still waits for its result
+/// ends it: only while it is `Running` under the same launch (`token_digest`); a result that
+/// came first, or a newer launch, wins.
+pub(crate) fn runner_exited(exec: &Execution, token_digest: &str, how: &str) -> Option<Ending> {
+    let status = exec.status.as_ref()?;
+    let same_launch = status
+        .launch
+        .as_ref()
+        .is_some_and(|l| l.token_digest == token_digest);
+    (status.phase == Some(ExecutionPhase::Running) && same_launch).then(|| {
+        Ending::failed(
+            Reason::RunnerExited,
+            format!("{how} without reporting a result"),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -241,7 +374,7 @@ mod tests {
 
     fn reason(a: &Admission) -> &'static str {
         match a {
-            Admission::Refuse { reason, .. } => reason,
+            Admission::Refuse { reason, .. } => reason.as_str(),
             Admission::Launch { .. } => "Launch",
             Admission::AwaitApproval { .. } => "AwaitApproval",
         }

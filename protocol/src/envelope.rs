@@ -15,12 +15,55 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
-use super::SecretsError;
-
 /// Every envelope starts with this prefix.
 pub const ENVELOPE_PREFIX: &str = "oauth3-sealed";
 /// The only envelope (and plaintext) version understood.
 pub const ENVELOPE_VERSION: u8 = 1;
+
+/// Why sealing or opening an envelope failed. Never carries secret material.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    /// Encoding the plaintext to seal failed.
+    #[error("sealing: encoding the plaintext failed")]
+    SealEncodePlaintext,
+    /// Encrypting the sealed box failed.
+    #[error("sealing: encrypting the sealed box failed")]
+    SealEncrypt,
+    /// The envelope string could not be parsed.
+    #[error("parsing the envelope: {reason}")]
+    EnvelopeMalformed {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The envelope was sealed to a different key than the one this runner holds.
+    #[error(
+        "opening the envelope: it was sealed to key {envelope_kid}, this runner holds key {our_kid}"
+    )]
+    EnvelopeKeyMismatch {
+        /// The key id written in the envelope.
+        envelope_kid: String,
+        /// The key id of the runner's key.
+        our_kid: String,
+    },
+    /// The sealed box did not decrypt (wrong key or tampered).
+    #[error("opening the envelope: the sealed box failed authentication (wrong key or tampered)")]
+    UnsealDecrypt,
+    /// The decrypted plaintext is not the expected JSON object.
+    #[error("opening the envelope: the decrypted plaintext is malformed")]
+    UnsealDecodePlaintext,
+    /// The plaintext is bound to another version, key, namespace or Secret name.
+    #[error(
+        "opening the envelope: it is bound to {field} {found:?}, expected {expected:?}; refusing to use it"
+    )]
+    EnvelopeBindingMismatch {
+        /// Which bound field differs (`v`, `kid`, `ns` or `name`).
+        field: &'static str,
+        /// What the caller expected.
+        expected: String,
+        /// What the envelope is bound to.
+        found: String,
+    },
+}
 
 /// The sealed plaintext. No `Debug`: it holds the secret value.
 #[derive(Serialize, Deserialize)]
@@ -60,7 +103,7 @@ pub fn seal(
     namespace: &str,
     name: &str,
     value: &str,
-) -> Result<String, SecretsError> {
+) -> Result<String, EnvelopeError> {
     let kid = key_id(public_key);
     let plaintext = Zeroizing::new(
         serde_json::to_vec(&Plaintext {
@@ -70,11 +113,11 @@ pub fn seal(
             kid: &kid,
             value,
         })
-        .map_err(|_| SecretsError::SealEncodePlaintext)?,
+        .map_err(|_| EnvelopeError::SealEncodePlaintext)?,
     );
     let sealed = PublicKey::from(*public_key)
         .seal(&mut OsRng, &plaintext)
-        .map_err(|_| SecretsError::SealEncrypt)?;
+        .map_err(|_| EnvelopeError::SealEncrypt)?;
     Ok(format!(
         "{ENVELOPE_PREFIX}:v{ENVELOPE_VERSION}:{kid}:{}",
         URL_SAFE_NO_PAD.encode(sealed)
@@ -88,8 +131,8 @@ struct ParsedEnvelope<'a> {
 }
 
 /// Splits an envelope into key id and sealed box (pure; no key needed).
-fn parse(envelope: &str) -> Result<ParsedEnvelope<'_>, SecretsError> {
-    let malformed = |reason: &'static str| SecretsError::EnvelopeMalformed { reason };
+fn parse(envelope: &str) -> Result<ParsedEnvelope<'_>, EnvelopeError> {
+    let malformed = |reason: &'static str| EnvelopeError::EnvelopeMalformed { reason };
     let mut parts = envelope.trim().splitn(4, ':');
     if parts.next() != Some(ENVELOPE_PREFIX) {
         return Err(malformed("it does not start with `oauth3-sealed:`"));
@@ -119,11 +162,11 @@ pub fn unseal(
     envelope: &str,
     namespace: &str,
     name: &str,
-) -> Result<Zeroizing<String>, SecretsError> {
+) -> Result<Zeroizing<String>, EnvelopeError> {
     let parsed = parse(envelope)?;
     let our_kid = key_id(secret_key.public_key().as_bytes());
     if !parsed.kid.eq_ignore_ascii_case(&our_kid) {
-        return Err(SecretsError::EnvelopeKeyMismatch {
+        return Err(EnvelopeError::EnvelopeKeyMismatch {
             envelope_kid: parsed.kid.to_owned(),
             our_kid,
         });
@@ -131,10 +174,10 @@ pub fn unseal(
     let plaintext = Zeroizing::new(
         secret_key
             .unseal(&parsed.sealed)
-            .map_err(|_| SecretsError::UnsealDecrypt)?,
+            .map_err(|_| EnvelopeError::UnsealDecrypt)?,
     );
     let opened: OpenedPlaintext =
-        serde_json::from_slice(&plaintext).map_err(|_| SecretsError::UnsealDecodePlaintext)?;
+        serde_json::from_slice(&plaintext).map_err(|_| EnvelopeError::UnsealDecodePlaintext)?;
     check_binding(&opened, &our_kid, namespace, name)?;
     Ok(opened.value)
 }
@@ -145,9 +188,9 @@ fn check_binding(
     our_kid: &str,
     namespace: &str,
     name: &str,
-) -> Result<(), SecretsError> {
+) -> Result<(), EnvelopeError> {
     let mismatch = |field: &'static str, expected: &str, found: &str| {
-        Err(SecretsError::EnvelopeBindingMismatch {
+        Err(EnvelopeError::EnvelopeBindingMismatch {
             field,
             expected: expected.to_owned(),
             found: found.to_owned(),
@@ -208,12 +251,12 @@ mod tests {
         let other_ns = unseal(&key, &envelope, "team-b", "TOKEN").expect_err("other namespace");
         assert!(matches!(
             other_ns,
-            SecretsError::EnvelopeBindingMismatch { field: "ns", .. }
+            EnvelopeError::EnvelopeBindingMismatch { field: "ns", .. }
         ));
         let other_name = unseal(&key, &envelope, "team-a", "OTHER").expect_err("other name");
         assert!(matches!(
             other_name,
-            SecretsError::EnvelopeBindingMismatch { field: "name", .. }
+            EnvelopeError::EnvelopeBindingMismatch { field: "name", .. }
         ));
         for err in [other_ns, other_name] {
             assert!(!err.to_string().contains("s3cr3t-value"));
@@ -238,7 +281,7 @@ mod tests {
         let theirs = fixed_key(2);
         let envelope = seal(&public_of(&theirs), "ns", "N", "value-123").expect("seals");
         let err = unseal(&ours, &envelope, "ns", "N").expect_err("wrong key");
-        assert!(matches!(err, SecretsError::EnvelopeKeyMismatch { .. }));
+        assert!(matches!(err, EnvelopeError::EnvelopeKeyMismatch { .. }));
     }
 
     #[test]
@@ -249,7 +292,7 @@ mod tests {
         let body = envelope.rsplit(':').next().expect("has a body");
         let forged = format!("oauth3-sealed:v1:{}:{body}", key_id(&public_of(&ours)));
         let err = unseal(&ours, &forged, "ns", "N").expect_err("cannot decrypt");
-        assert!(matches!(err, SecretsError::UnsealDecrypt));
+        assert!(matches!(err, EnvelopeError::UnsealDecrypt));
     }
 
     #[test]
@@ -262,7 +305,7 @@ mod tests {
         bytes[last] ^= 1;
         let tampered = format!("{head}:{}", URL_SAFE_NO_PAD.encode(bytes));
         let err = unseal(&key, &tampered, "ns", "N").expect_err("tampered");
-        assert!(matches!(err, SecretsError::UnsealDecrypt));
+        assert!(matches!(err, EnvelopeError::UnsealDecrypt));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The result callback: the endpoint sandbox runners POST their result to.
+//! The result endpoint (the "callback"): where sandbox runners POST their result.
 //!
 //! `POST /v1/results/{namespace}/{name}` with `Authorization: Bearer <token>` and the runner's
 //! result JSON. Accepted only when the Execution is `Running`, its launch record's
@@ -16,25 +16,20 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType};
-use kube::{Resource, ResourceExt};
+use kube::api::Api;
+use kube::runtime::events::EventType;
 use oauth3_crds::{Execution, ExecutionPhase};
-use oauth3_sandbox_runner::runner::RunResult;
-use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
+use oauth3_protocol::RunResult;
+use oauth3_protocol::callback::{RESULTS_PATH, token_matches};
 
+use super::status;
 use crate::Context;
+use crate::launcher;
+use crate::status_write::{Guarded, publish, write_status};
 use crate::usage::UsageDelta;
 
 /// Largest result body accepted.
 pub const MAX_RESULT_BYTES: usize = 4 * 1024 * 1024;
-/// Cap on each of stdout and stderr as stored in status.
-pub const MAX_STATUS_OUTPUT: usize = 32 * 1024;
-/// Cap on the number of call records stored in status.
-pub const MAX_STATUS_CALLS: usize = 200;
 
 /// How often the guarded result write is tried when other writers keep changing the Execution.
 pub const WRITE_ATTEMPTS: u32 = 5;
@@ -66,7 +61,10 @@ pub struct CallbackState {
 /// The callback router.
 pub fn router(state: Arc<CallbackState>) -> Router {
     Router::new()
-        .route("/v1/results/{namespace}/{name}", post(accept_result))
+        .route(
+            &format!("{RESULTS_PATH}/{{namespace}}/{{name}}"),
+            post(accept_result),
+        )
         .layer(DefaultBodyLimit::max(MAX_RESULT_BYTES))
         .with_state(state)
 }
@@ -137,84 +135,6 @@ impl IntoResponse for CallbackError {
     }
 }
 
-/// `sha256:<hex>` of a callback token.
-pub fn token_digest(token: &str) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(token.as_bytes())))
-}
-
-/// Compares two strings in time that depends only on their lengths.
-pub fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
-fn cap(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}\n[truncated at {max} bytes]", &text[..end])
-}
-
-/// The status fields a result sets (pure): phase, reason, message, output, result, call log,
-/// timing, attestation and the `Completed` condition.
-pub fn completed_status(result: &RunResult, generation: Option<i64>, now: Timestamp) -> Value {
-    let (reason, message) = match result.phase {
-        ExecutionPhase::Succeeded => ("Succeeded", "the code returned".to_owned()),
-        ExecutionPhase::TimedOut => (
-            "TimedOut",
-            result
-                .error
-                .clone()
-                .unwrap_or_else(|| "the code ran past its time limit".into()),
-        ),
-        ExecutionPhase::Denied => (
-            "RunnerRefused",
-            result
-                .error
-                .clone()
-                .unwrap_or_else(|| "the runner refused the run".into()),
-        ),
-        _ => (
-            "CodeFailed",
-            result
-                .error
-                .clone()
-                .unwrap_or_else(|| "the code failed".into()),
-        ),
-    };
-    let calls: Vec<_> = result.calls.iter().take(MAX_STATUS_CALLS).collect();
-    let now_time = Time(now);
-    json!({
-        "phase": result.phase,
-        "reason": reason,
-        "message": cap(&message, 4096),
-        "stdout": cap(&result.stdout, MAX_STATUS_OUTPUT),
-        "stderr": cap(&result.stderr, MAX_STATUS_OUTPUT),
-        "result": result.result,
-        "calls": calls,
-        "durationMs": result.duration_ms,
-        "exitCode": result.exit_code(),
-        "completionTime": now_time,
-        "attestation": result.attestation,
-        "codeDigest": result.code_digest,
-        "conditions": [{
-            "type": "Completed",
-            "status": "True",
-            "reason": reason,
-            "message": cap(&message, 1024),
-            "observedGeneration": generation,
-            "lastTransitionTime": now_time,
-        }],
-    })
-}
-
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)?
@@ -251,7 +171,7 @@ async fn accept_result(
             .as_ref()
             .filter(|_| status.phase == Some(ExecutionPhase::Running))
             .ok_or_else(|| CallbackError::NotRunning(key.clone()))?;
-        if !constant_time_eq(&token_digest(token), &launch.token_digest) {
+        if !token_matches(token, &launch.token_digest) {
             tracing::warn!(execution = %key, "result refused: token does not match");
             return Err(CallbackError::BadToken);
         }
@@ -259,23 +179,12 @@ async fn accept_result(
             Some(r) => r,
             None => check_result(&body, &exec, &key)?,
         };
-        let now = state.ctx.now();
-        let patch = json!({
-            "metadata": {"resourceVersion": exec.resource_version()},
-            "status": completed_status(&result, exec.metadata.generation, now),
-        });
-        match api
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => break (exec, result),
-            Err(kube::Error::Api(s)) if s.code == 409 && attempt < WRITE_ATTEMPTS => {
-                parsed = Some(result);
-            }
-            Err(kube::Error::Api(s)) if s.code == 409 => {
-                return Err(CallbackError::NotRunning(key));
-            }
-            Err(e) => return Err(e.into()),
+        let value = status::completed(&exec, &result, state.ctx.now());
+        match write_status(&api, &exec, &value, None).await? {
+            Guarded::Written => break (exec, result),
+            Guarded::Conflict if attempt < WRITE_ATTEMPTS => parsed = Some(result),
+            Guarded::Conflict => return Err(CallbackError::NotRunning(key)),
+            Guarded::Gone => return Err(CallbackError::NotFound(key)),
         }
     };
     // The result is recorded: answer the runner now; sandbox clean-up happens in the
@@ -284,7 +193,7 @@ async fn accept_result(
     {
         let (ctx, exec) = (state.ctx.clone(), exec.clone());
         tokio::spawn(async move {
-            crate::execution::controller::cleanup_pod(&ctx.client, &exec).await;
+            launcher::cleanup(&ctx.client, &exec).await;
         });
     }
     let note = format!(
@@ -293,25 +202,12 @@ async fn accept_result(
         result.duration_ms,
         result.calls.len()
     );
-    let event = Event {
-        type_: if result.phase == ExecutionPhase::Succeeded {
-            EventType::Normal
-        } else {
-            EventType::Warning
-        },
-        reason: "Completed".into(),
-        note: Some(note),
-        action: "RecordResult".into(),
-        secondary: None,
+    let type_ = if result.phase == ExecutionPhase::Succeeded {
+        EventType::Normal
+    } else {
+        EventType::Warning
     };
-    if let Err(e) = state
-        .ctx
-        .recorder
-        .publish(&event, &exec.object_ref(&()))
-        .await
-    {
-        tracing::warn!(execution = %key, error = %e, "publishing the Completed event");
-    }
+    publish(&state.ctx.recorder, &exec, type_, status::COMPLETED, note).await;
     tracing::info!(execution = %key, phase = ?result.phase, "result recorded");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -341,15 +237,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn token_digests_compare_in_constant_time_and_exactly() {
-        let d = token_digest("t0k3n");
-        assert!(constant_time_eq(&d, &token_digest("t0k3n")));
-        assert!(!constant_time_eq(&d, &token_digest("t0k3N")));
-        assert!(!constant_time_eq(&d, &d[..d.len() - 1]));
-        assert!(d.starts_with("sha256:") && d.len() == 71);
-    }
-
-    #[test]
     fn bearer_tokens_are_taken_only_from_the_bearer_scheme() {
         let mut h = HeaderMap::new();
         assert_eq!(bearer(&h), None);
@@ -359,14 +246,5 @@ mod tests {
         assert_eq!(bearer(&h), None);
         h.insert(header::AUTHORIZATION, "Bearer abc".parse().expect("header"));
         assert_eq!(bearer(&h), Some("abc"));
-    }
-
-    #[test]
-    fn outputs_are_capped_at_a_char_boundary_with_a_marker() {
-        let long = "é".repeat(40_000);
-        let capped = cap(&long, MAX_STATUS_OUTPUT);
-        assert!(capped.len() < MAX_STATUS_OUTPUT + 64);
-        assert!(capped.ends_with("[truncated at 32768 bytes]"));
-        assert_eq!(cap("short", 10), "short");
     }
 }

@@ -1,0 +1,418 @@
+//! Every value an Execution's status takes, built here and nowhere else (pure, typed).
+//!
+//! Writers, all through the one guarded write ([`crate::status_write::write_status`]):
+//! - the Execution driver ([`super`]): `AwaitingApproval`, the launch lock (`Running`), notes on
+//!   a waiting sandbox, refusals (`Denied`), failed launches, sandboxes and runners that ended
+//!   without a result (`Failed`), and deadlines (`TimedOut`);
+//! - the result endpoint ([`super::result`]): the runner's result;
+//! - the Telegram bot ([`crate::telegram`]): `Denied` for code the owner denied or left
+//!   unanswered.
+//!
+//! Each value is a partial [`ExecutionStatus`] merged into the stored status: fields left
+//! `None` are not touched. Conditions are set with [`crate::conditions`] only.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use oauth3_crds::{Execution, ExecutionPhase, ExecutionStatus, LaunchRecord, LauncherKind};
+use oauth3_protocol::RunResult;
+
+use crate::conditions::{ConditionStatus, NewCondition, set_condition};
+
+/// Cap on each of stdout and stderr as stored in status.
+pub const MAX_STATUS_OUTPUT: usize = 32 * 1024;
+/// Cap on the number of call records stored in status.
+pub const MAX_STATUS_CALLS: usize = 200;
+/// Cap on `status.message`.
+const MAX_MESSAGE: usize = 4096;
+/// Cap on the `Completed` condition's message of a result.
+const MAX_CONDITION_MESSAGE: usize = 1024;
+
+/// The condition every finished Execution carries.
+pub const COMPLETED: &str = "Completed";
+
+macro_rules! reasons {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Machine-readable reason of an Execution's status and of its `Completed` condition.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Reason {
+            $($(#[$doc])* $name,)*
+        }
+
+        impl Reason {
+            /// The reason as written (`PascalCase`).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$name => stringify!($name),)*
+                }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// No Permit of that name in the namespace.
+    PermitNotFound,
+    /// The Permit has no decision for any spec yet.
+    PermitNotApproved,
+    /// The Permit's spec cannot be digested.
+    PermitInvalid,
+    /// The Permit changed after its owner decided.
+    PermitChanged,
+    /// The owner denied the Permit.
+    PermitDenied,
+    /// The owner revoked the Permit.
+    PermitRevoked,
+    /// The approval's lifetime is over.
+    PermitExpired,
+    /// `maxExecutions` is used up.
+    ExecutionBudgetExhausted,
+    /// Every capability's rate limit is used up.
+    RateBudgetExhausted,
+    /// A sealed Secret the Permit names is missing or not of the sealed type.
+    SealedSecretMissing,
+    /// The code digest waits for the owner's trust (codeReview perCode).
+    CodeNotTrusted,
+    /// The owner denied the code.
+    CodeDenied,
+    /// The owner left the code unanswered past the approval timeout.
+    CodeApprovalTimedOut,
+    /// The runner was started.
+    Launched,
+    /// The runner could not be started.
+    LaunchFailed,
+    /// The sandbox Pod exists but does not run yet.
+    SandboxWaiting,
+    /// The sandbox Pod ended without a result.
+    SandboxFailed,
+    /// The runner process exited without a result.
+    RunnerExited,
+    /// No result by the deadline (or the node enforced it).
+    DeadlineExceeded,
+    /// The code returned.
+    Succeeded,
+    /// The code ran past its time limit.
+    TimedOut,
+    /// The runner refused the bundle.
+    RunnerRefused,
+    /// The code threw or the sandbox failed.
+    CodeFailed,
+}
+
+/// How an Execution ends when the operator (not the runner) ends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ending {
+    /// `Denied`, `Failed` or `TimedOut`.
+    pub phase: ExecutionPhase,
+    /// Why.
+    pub reason: Reason,
+    /// In words an agent can act on.
+    pub message: String,
+}
+
+impl Ending {
+    /// Refused before running.
+    pub fn denied(reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            phase: ExecutionPhase::Denied,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// Ended without a result.
+    pub fn failed(reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            phase: ExecutionPhase::Failed,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// Ran out of time.
+    pub fn timed_out(reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            phase: ExecutionPhase::TimedOut,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// The record of one launch: what the launch lock writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchPlan {
+    /// Which launcher starts the runner.
+    pub launcher: LauncherKind,
+    /// `sha256:` of the run's one-time callback token.
+    pub token_digest: String,
+    /// When the operator stops waiting for the result.
+    pub deadline: Timestamp,
+    /// `pod/<name>` of the sandbox Pod (pod launcher).
+    pub pod_name: Option<String>,
+    /// The approved spec digest the run is bound to.
+    pub permit_digest: String,
+    /// The code's digest.
+    pub code_digest: String,
+}
+
+fn cap(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}\n[truncated at {max} bytes]", &text[..end])
+}
+
+/// The stored conditions of `exec` with `Completed` set.
+fn completed_condition(
+    exec: &Execution,
+    reason: Reason,
+    message: String,
+    now: Time,
+) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    let mut conditions = exec
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    set_condition(
+        &mut conditions,
+        NewCondition::new(COMPLETED, ConditionStatus::True, reason.as_str(), message),
+        exec.metadata.generation,
+        now,
+    );
+    conditions
+}
+
+/// The status of `exec` ended by the operator at `now`.
+pub fn ended(exec: &Execution, ending: &Ending, now: Timestamp) -> ExecutionStatus {
+    let now = Time(now);
+    ExecutionStatus {
+        phase: Some(ending.phase),
+        reason: Some(ending.reason.as_str().to_owned()),
+        message: Some(ending.message.clone()),
+        completion_time: Some(now.clone()),
+        observed_generation: exec.metadata.generation,
+        conditions: completed_condition(exec, ending.reason, ending.message.clone(), now),
+        ..ExecutionStatus::default()
+    }
+}
+
+/// The status of `exec` waiting for the owner to trust `code_digest`.
+pub fn awaiting_approval(exec: &Execution, code_digest: &str) -> ExecutionStatus {
+    ExecutionStatus {
+        phase: Some(ExecutionPhase::AwaitingApproval),
+        reason: Some(Reason::CodeNotTrusted.as_str().to_owned()),
+        message: Some(awaiting_message(code_digest)),
+        code_digest: Some(code_digest.to_owned()),
+        observed_generation: exec.metadata.generation,
+        ..ExecutionStatus::default()
+    }
+}
+
+/// What an Execution waiting for code trust says.
+pub fn awaiting_message(code_digest: &str) -> String {
+    format!("waiting for the owner to trust code {code_digest}")
+}
+
+/// The note on a `Running` Execution whose sandbox does not run yet (phase unchanged).
+pub fn sandbox_waiting(message: &str) -> ExecutionStatus {
+    ExecutionStatus {
+        reason: Some(Reason::SandboxWaiting.as_str().to_owned()),
+        message: Some(message.to_owned()),
+        ..ExecutionStatus::default()
+    }
+}
+
+/// The launch lock: `exec` is `Running` under `plan` from `now`.
+pub fn running(exec: &Execution, plan: &LaunchPlan, now: Timestamp) -> ExecutionStatus {
+    ExecutionStatus {
+        phase: Some(ExecutionPhase::Running),
+        reason: Some(Reason::Launched.as_str().to_owned()),
+        message: Some(format!(
+            "the runner is started by the {} launcher; its result is awaited until {}",
+            plan.launcher.as_str(),
+            plan.deadline
+        )),
+        permit_digest: Some(plan.permit_digest.clone()),
+        code_digest: Some(plan.code_digest.clone()),
+        start_time: Some(Time(now)),
+        observed_generation: exec.metadata.generation,
+        pod_name: plan.pod_name.clone(),
+        launch: Some(LaunchRecord {
+            launcher: plan.launcher,
+            token_digest: plan.token_digest.clone(),
+            launched_at: Time(now),
+            deadline: Time(plan.deadline),
+        }),
+        ..ExecutionStatus::default()
+    }
+}
+
+/// The reason and message a runner's result is recorded with.
+pub fn result_reason(result: &RunResult) -> (Reason, String) {
+    let error = |default: &str| result.error.clone().unwrap_or_else(|| default.to_owned());
+    match result.phase {
+        ExecutionPhase::Succeeded => (Reason::Succeeded, "the code returned".to_owned()),
+        ExecutionPhase::TimedOut => (Reason::TimedOut, error("the code ran past its time limit")),
+        ExecutionPhase::Denied => (Reason::RunnerRefused, error("the runner refused the run")),
+        _ => (Reason::CodeFailed, error("the code failed")),
+    }
+}
+
+/// The status the runner's `result` gives `exec` at `now`: phase, reason, message, output,
+/// result, call log, timing, attestation and the `Completed` condition (outputs capped).
+pub fn completed(exec: &Execution, result: &RunResult, now: Timestamp) -> ExecutionStatus {
+    let (reason, message) = result_reason(result);
+    let now = Time(now);
+    ExecutionStatus {
+        phase: Some(result.phase),
+        reason: Some(reason.as_str().to_owned()),
+        message: Some(cap(&message, MAX_MESSAGE)),
+        stdout: Some(cap(&result.stdout, MAX_STATUS_OUTPUT)),
+        stderr: Some(cap(&result.stderr, MAX_STATUS_OUTPUT)),
+        result: Some(result.result.clone()),
+        calls: result
+            .calls
+            .iter()
+            .take(MAX_STATUS_CALLS)
+            .cloned()
+            .collect(),
+        duration_ms: Some(result.duration_ms),
+        exit_code: Some(result.exit_code()),
+        completion_time: Some(now.clone()),
+        attestation: Some(result.attestation.clone()),
+        code_digest: Some(result.code_digest.clone()),
+        conditions: completed_condition(exec, reason, cap(&message, MAX_CONDITION_MESSAGE), now),
+        ..ExecutionStatus::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oauth3_crds::{Attestation, AttestationKind, ExecutionSpec};
+    use oauth3_protocol::ExecutionRef;
+
+    fn exec() -> Execution {
+        let mut e = Execution::new(
+            "run-1",
+            ExecutionSpec {
+                permit_ref: "p".into(),
+                code: "return 1".into(),
+                args: None,
+                timeout_seconds: 30,
+            },
+        );
+        e.metadata.namespace = Some("ns".into());
+        e.metadata.generation = Some(1);
+        e
+    }
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).expect("timestamp")
+    }
+
+    fn result(phase: ExecutionPhase, stdout: &str) -> RunResult {
+        RunResult {
+            execution: ExecutionRef {
+                namespace: "ns".into(),
+                name: "run-1".into(),
+                uid: "u".into(),
+            },
+            phase,
+            result: serde_json::json!(42),
+            stdout: stdout.into(),
+            stderr: String::new(),
+            error: None,
+            calls: Vec::new(),
+            duration_ms: 5,
+            code_digest: "sha256:c".into(),
+            permit_digest: "sha256:p".into(),
+            rate_budget: Default::default(),
+            attestation: Attestation {
+                kind: AttestationKind::None,
+                quote: None,
+                report_data: None,
+                statement_digest: None,
+            },
+            statement_digest: String::new(),
+        }
+    }
+
+    #[test]
+    fn an_ending_sets_phase_reason_message_time_and_the_completed_condition() {
+        let s = ended(
+            &exec(),
+            &Ending::denied(Reason::PermitExpired, "expired"),
+            now(),
+        );
+        assert_eq!(s.phase, Some(ExecutionPhase::Denied));
+        assert_eq!(s.reason.as_deref(), Some("PermitExpired"));
+        assert_eq!(s.message.as_deref(), Some("expired"));
+        assert_eq!(s.completion_time, Some(Time(now())));
+        let c = &s.conditions[0];
+        assert_eq!(
+            (c.type_.as_str(), c.status.as_str(), c.reason.as_str()),
+            ("Completed", "True", "PermitExpired")
+        );
+        assert_eq!(c.observed_generation, Some(1));
+    }
+
+    #[test]
+    fn the_launch_lock_records_the_launcher_token_digest_and_deadline() {
+        let plan = LaunchPlan {
+            launcher: LauncherKind::Pod,
+            token_digest: "sha256:t".into(),
+            deadline: now(),
+            pod_name: Some("pod/x".into()),
+            permit_digest: "sha256:p".into(),
+            code_digest: "sha256:c".into(),
+        };
+        let s = running(&exec(), &plan, now());
+        assert_eq!(s.phase, Some(ExecutionPhase::Running));
+        let launch = s.launch.expect("launch record");
+        assert_eq!(launch.launcher, LauncherKind::Pod);
+        assert_eq!(launch.token_digest, "sha256:t");
+        let text = serde_json::to_value(&launch).expect("json");
+        assert_eq!(text["launcher"], "pod");
+        assert!(s.message.expect("message").contains("pod launcher"));
+    }
+
+    #[test]
+    fn a_result_is_recorded_with_capped_outputs_and_its_reason() {
+        let long = "é".repeat(MAX_STATUS_OUTPUT);
+        let s = completed(&exec(), &result(ExecutionPhase::Succeeded, &long), now());
+        assert_eq!(s.reason.as_deref(), Some("Succeeded"));
+        let stdout = s.stdout.expect("stdout");
+        assert!(stdout.ends_with(&format!("[truncated at {MAX_STATUS_OUTPUT} bytes]")));
+        assert_eq!(s.exit_code, Some(0));
+        assert_eq!(s.result, Some(serde_json::json!(42)));
+        let failed = completed(&exec(), &result(ExecutionPhase::Denied, ""), now());
+        assert_eq!(failed.reason.as_deref(), Some("RunnerRefused"));
+        assert_eq!(failed.exit_code, Some(1));
+    }
+
+    #[test]
+    fn outputs_are_capped_at_a_char_boundary_with_a_marker() {
+        let long = "é".repeat(40_000);
+        let capped = cap(&long, MAX_STATUS_OUTPUT);
+        assert!(capped.len() < MAX_STATUS_OUTPUT + 64);
+        assert!(capped.ends_with("[truncated at 32768 bytes]"));
+        assert_eq!(cap("short", 10), "short");
+        let capped = cap("aé", 2);
+        assert_eq!(capped, "a\n[truncated at 2 bytes]");
+    }
+
+    #[test]
+    fn a_partial_status_leaves_unset_fields_out_of_the_patch() {
+        let v = serde_json::to_value(sandbox_waiting("image not pulled")).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"reason": "SandboxWaiting", "message": "image not pulled"})
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! The oauth3 run contract: what the operator hands a sandbox runner and what the runner hands
+//! back, shared by the operator, the runner, the kubectl plugin and the gateway.
+//!
+//! Modules: [`bundle`] (the run bundle and its validation), [`result`] (the run result and its
+//! statement digest), [`callback`] (where results are posted, which URLs may carry the token,
+//! and how the token is checked), [`envelope`] (sealing a secret to the enclave key and opening
+//! it), [`rate`] (the token bucket both sides count with), [`runner_args`] (the runner's
+//! command line as launchers write it). No JavaScript engine and no HTTP client here.
+
+pub mod bundle;
+pub mod callback;
+pub mod envelope;
+pub mod rate;
+pub mod result;
+pub mod runner_args;
+
+pub use bundle::{
+    Bundle, BundleError, BundleLimits, Callback, ExecutionRef, PermitRef, SealedSecretRef,
+};
+pub use result::RunResult;
