@@ -579,4 +579,202 @@ mod tests {
             "AwaitApproval"
         );
     }
+
+    const TTL: Duration = Duration::from_secs(3600);
+
+    /// `exec` in `phase`; Running ones have a launch with a deadline at `NOW + 10`.
+    fn in_phase(phase: ExecutionPhase, message: Option<&str>) -> Execution {
+        let mut e = exec("return 1");
+        let launch = (phase == ExecutionPhase::Running).then(|| oauth3_crds::LaunchRecord {
+            launcher: oauth3_crds::LauncherKind::Pod,
+            token_digest: "sha256:t".into(),
+            launched_at: at(NOW - 20),
+            deadline: at(NOW + 10),
+        });
+        e.status = Some(oauth3_crds::ExecutionStatus {
+            phase: Some(phase),
+            message: message.map(str::to_owned),
+            completion_time: phase.is_terminal().then(|| at(NOW - 60)),
+            launch,
+            ..Default::default()
+        });
+        e
+    }
+
+    fn later(secs: i64) -> Timestamp {
+        at(NOW + secs).0
+    }
+
+    #[test]
+    fn a_new_or_waiting_execution_goes_to_admission() {
+        for e in [
+            exec("return 1"),
+            in_phase(ExecutionPhase::Pending, None),
+            in_phase(ExecutionPhase::AwaitingApproval, None),
+        ] {
+            assert_eq!(next_step(&e, &Sandbox::Unobserved, now(), TTL), Step::Admit);
+        }
+    }
+
+    #[test]
+    fn a_finished_execution_is_kept_until_its_ttl_then_deleted() {
+        for phase in [
+            ExecutionPhase::Succeeded,
+            ExecutionPhase::Failed,
+            ExecutionPhase::Denied,
+            ExecutionPhase::TimedOut,
+        ] {
+            let e = in_phase(phase, None);
+            assert_eq!(
+                next_step(&e, &Sandbox::Unobserved, now(), TTL),
+                Step::KeepUntil(later(3600 - 60)),
+                "{phase:?}"
+            );
+            assert_eq!(
+                next_step(&e, &Sandbox::Unobserved, later(3600 - 60), TTL),
+                Step::Delete,
+                "{phase:?} at its expiry"
+            );
+        }
+    }
+
+    #[test]
+    fn a_running_execution_waits_for_its_deadline_while_its_sandbox_lives() {
+        let e = in_phase(ExecutionPhase::Running, None);
+        for sandbox in [Sandbox::Unobserved, Sandbox::Alive] {
+            assert_eq!(
+                next_step(&e, &sandbox, now(), TTL),
+                Step::WaitUntil(later(10))
+            );
+        }
+    }
+
+    #[test]
+    fn a_running_execution_times_out_at_its_deadline_exactly() {
+        let e = in_phase(ExecutionPhase::Running, None);
+        assert_eq!(
+            next_step(&e, &Sandbox::Alive, later(9), TTL),
+            Step::WaitUntil(later(10))
+        );
+        let Step::End(ending) = next_step(&e, &Sandbox::Alive, later(10), TTL) else {
+            panic!("the deadline ends it");
+        };
+        assert_eq!(ending.phase, ExecutionPhase::TimedOut);
+        assert_eq!(ending.reason, Reason::DeadlineExceeded);
+        assert!(
+            ending
+                .message
+                .contains("no result arrived before the deadline")
+        );
+        assert!(!ending.message.contains("last seen"));
+    }
+
+    #[test]
+    fn a_sandbox_that_never_ran_is_named_in_the_timeout() {
+        let e = in_phase(ExecutionPhase::Running, Some("image not pulled"));
+        let waiting = Sandbox::Waiting("image not pulled".into());
+        let Step::End(ending) = next_step(&e, &waiting, later(11), TTL) else {
+            panic!("the deadline ends it");
+        };
+        assert!(
+            ending.message.ends_with("; last seen: image not pulled"),
+            "{}",
+            ending.message
+        );
+    }
+
+    #[test]
+    fn a_waiting_sandbox_is_noted_once_per_change_of_words() {
+        let fresh = in_phase(ExecutionPhase::Running, None);
+        let waiting = Sandbox::Waiting("not scheduled".into());
+        assert_eq!(
+            next_step(&fresh, &waiting, now(), TTL),
+            Step::NoteWaiting {
+                message: "not scheduled".into(),
+                until: later(10)
+            }
+        );
+        let noted = in_phase(ExecutionPhase::Running, Some("not scheduled"));
+        assert_eq!(
+            next_step(&noted, &waiting, now(), TTL),
+            Step::WaitUntil(later(10))
+        );
+    }
+
+    #[test]
+    fn a_sandbox_that_ended_without_a_result_ends_the_execution_at_once() {
+        let e = in_phase(ExecutionPhase::Running, None);
+        let oom = Sandbox::Ended {
+            deadline: false,
+            message: "OOMKilled".into(),
+        };
+        assert_eq!(
+            next_step(&e, &oom, now(), TTL),
+            Step::End(Ending::failed(Reason::SandboxFailed, "OOMKilled"))
+        );
+        let killed = Sandbox::Ended {
+            deadline: true,
+            message: "DeadlineExceeded".into(),
+        };
+        assert_eq!(
+            next_step(&e, &killed, now(), TTL),
+            Step::End(Ending::timed_out(
+                Reason::DeadlineExceeded,
+                "DeadlineExceeded"
+            ))
+        );
+    }
+
+    #[test]
+    fn a_runner_exit_ends_only_the_launch_it_belongs_to_while_it_runs() {
+        let e = in_phase(ExecutionPhase::Running, None);
+        let ending = runner_exited(&e, "sha256:t", "runner process/7 exited (exit status: 3)")
+            .expect("ends it");
+        assert_eq!(ending.phase, ExecutionPhase::Failed);
+        assert_eq!(ending.reason, Reason::RunnerExited);
+        assert_eq!(
+            ending.message,
+            "runner process/7 exited (exit status: 3) without reporting a result"
+        );
+        assert_eq!(
+            runner_exited(&e, "sha256:other", "x"),
+            None,
+            "another launch"
+        );
+        let done = in_phase(ExecutionPhase::Succeeded, None);
+        assert_eq!(
+            runner_exited(&done, "sha256:t", "x"),
+            None,
+            "a result came first"
+        );
+    }
+
+    #[test]
+    fn launch_stage_refusals_and_failures_have_their_phase_and_reason() {
+        let spent = budget_spent(&approved(json!({"maxExecutions": 2})));
+        assert_eq!(
+            (spent.phase, spent.reason),
+            (ExecutionPhase::Denied, Reason::ExecutionBudgetExhausted)
+        );
+        assert_eq!(
+            spent.message,
+            "Permit gh allows 2 Executions per approval and all have been used"
+        );
+        let missing = crate::launcher::SealedSecretError::Missing {
+            object: "github-token".into(),
+            name: "GITHUB_TOKEN".into(),
+            namespace: "ns".into(),
+        };
+        let refused = sealed_secret_unusable(&missing);
+        assert_eq!(
+            (refused.phase, refused.reason),
+            (ExecutionPhase::Denied, Reason::SealedSecretMissing)
+        );
+        assert!(refused.message.contains("kubectl oauth3 seal GITHUB_TOKEN"));
+        let failed = launch_failed(&crate::launcher::LaunchError::Spawn("no binary".into()));
+        assert_eq!(
+            (failed.phase, failed.reason),
+            (ExecutionPhase::Failed, Reason::LaunchFailed)
+        );
+    }
 }
