@@ -3,8 +3,10 @@
 //! **Spec digest algorithm** (`status.specDigest`, `sha256:<64 hex>`):
 //! 1. Take the Permit spec as the API server stores it (defaults applied) and decode it into
 //!    [`PermitSpec`]; unknown fields are pruned by the schema, so they cannot hide in it.
-//! 2. Normalise order where order has no meaning: `secrets` and each capability's `methods`
-//!    are sorted, `capabilities` are sorted by `name` (names are unique). Path globs, body keys
+//! 2. Normalise order where order has no meaning: `secrets` are sorted (by their bytes), each
+//!    capability's `methods` are sorted in the fixed order `GET, HEAD, POST, PUT, PATCH, DELETE,
+//!    OPTIONS` (the declaration order of [`crate::HttpMethod`], not alphabetical), and
+//!    `capabilities` are sorted by `name` (names are unique). Path globs, body keys
 //!    and other lists keep their order.
 //! 3. Serialise to canonical JSON: object keys sorted by their UTF-8 bytes, no insignificant
 //!    whitespace, strings with serde_json's minimal escaping, integers in plain decimal.
@@ -248,6 +250,28 @@ mod tests {
         assert_eq!(
             code_digest(""),
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn methods_are_ordered_get_head_post_put_patch_delete_options_in_the_digest() {
+        let spec: PermitSpec = serde_json::from_value(json!({
+            "description": "d",
+            "capabilities": [{"name": "api", "baseUrl": "https://api.example", "paths": ["/"],
+                "methods": ["OPTIONS", "DELETE", "PATCH", "PUT", "POST", "HEAD", "GET"]}]
+        }))
+        .expect("spec");
+        let mut value = serde_json::to_value(&spec).expect("json");
+        value["capabilities"][0]["methods"] =
+            json!(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);
+        let mut hasher = Sha256::new();
+        hasher.update(SPEC_DIGEST_DOMAIN.as_bytes());
+        hasher.update(canonical_json(&value).as_bytes());
+        let documented = format!("sha256:{}", hex::encode(hasher.finalize()));
+        assert_eq!(
+            spec_digest(&spec).expect("digest"),
+            documented,
+            "methods hash in the documented order, not alphabetically"
         );
     }
 }

@@ -248,7 +248,7 @@ async fn a_decision_on_a_permit_changed_since_it_was_read_is_refused_not_overwri
         .await
         .expect_err("stale write refused");
     assert!(
-        matches!(err, kube::Error::Api(ref s) if s.code == 409),
+        matches!(err, kube::Error::Api(ref s) if s.is_conflict()),
         "{err}"
     );
     assert!(

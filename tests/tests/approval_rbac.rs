@@ -57,7 +57,7 @@ fn spec(paths: &[&str]) -> PermitSpec {
 }
 
 fn forbidden(r: Result<impl std::fmt::Debug, kube::Error>) -> bool {
-    matches!(r, Err(kube::Error::Api(ref s)) if s.code == 403)
+    matches!(r, Err(kube::Error::Api(ref s)) if s.is_forbidden())
 }
 
 #[tokio::test]

@@ -137,7 +137,7 @@ async fn apply(client: &kube::Client, obj: &Value, dry_run: bool) -> Result<(), 
 }
 
 fn forbidden<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> bool {
-    matches!(r, Err(kube::Error::Api(ref s)) if s.code == 403)
+    matches!(r, Err(kube::Error::Api(ref s)) if s.is_forbidden())
 }
 
 /// Every value's dotted path in `values` (pre-order), and which of them are leaves (not a

@@ -393,6 +393,66 @@ async fn an_execution_under_an_unapproved_permit_is_denied_and_never_runs() {
 }
 
 #[tokio::test]
+async fn a_missing_or_foreign_sealed_secret_is_refused_before_anything_runs() {
+    let Some(env) = Env::new("e2e-unsealed").await else {
+        return;
+    };
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns);
+    secrets
+        .delete("api-token", &Default::default())
+        .await
+        .expect("the owner never sealed it");
+    let op = env.operator().await;
+    env.approved_permit("issues").await;
+    env.execution(
+        "unsealed",
+        "issues",
+        "return await api('GET', '/items')",
+        10,
+    )
+    .await;
+    let missing = env
+        .wait_exec("unsealed", "finished", finished)
+        .await
+        .status
+        .expect("status");
+    assert_eq!(missing.phase, Some(ExecutionPhase::Denied), "{missing:?}");
+    assert_eq!(missing.reason.as_deref(), Some("SealedSecretMissing"));
+    let message = missing.message.unwrap_or_default();
+    assert!(
+        message.contains("api-token") && message.contains("kubectl oauth3 seal API_TOKEN"),
+        "{message}"
+    );
+    assert!(missing.launch.is_none(), "nothing was launched");
+    // A plain Secret of the same name (anyone with Secret rights could make one) is not a
+    // sealed one: refused the same way, and its value goes nowhere.
+    let mut plain = Secret::default();
+    plain.metadata.name = Some("api-token".into());
+    plain.string_data = Some([("sealed".to_owned(), SECRET.to_owned())].into());
+    secrets
+        .create(&PostParams::default(), &plain)
+        .await
+        .expect("plain secret");
+    env.execution("foreign", "issues", "return await api('GET', '/items')", 10)
+        .await;
+    let foreign = env
+        .wait_exec("foreign", "finished", finished)
+        .await
+        .status
+        .expect("status");
+    assert_eq!(foreign.phase, Some(ExecutionPhase::Denied), "{foreign:?}");
+    assert_eq!(foreign.reason.as_deref(), Some("SealedSecretMissing"));
+    let text = serde_json::to_string(&foreign).expect("json");
+    assert!(text.contains("is not of type oauth3.dev/sealed"), "{text}");
+    assert!(!text.contains(SECRET), "the value never reaches status");
+    assert!(
+        env.up.requests().is_empty(),
+        "no request may reach the upstream"
+    );
+    op.stop().await;
+}
+
+#[tokio::test]
 async fn a_rate_limit_is_counted_across_executions_and_an_exhausted_permit_refuses() {
     let Some(env) = Env::new("e2e-rate").await else {
         return;
