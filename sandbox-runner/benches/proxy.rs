@@ -15,6 +15,7 @@ use oauth3_crds::PermitSpec;
 use oauth3_sandbox_runner::fetch::{FetchConfig, ScopedFetch};
 use oauth3_sandbox_runner::host::{CallOutcome, CapabilityCall, CapabilityHost};
 use oauth3_sandbox_runner::policy::Policy;
+use oauth3_sandbox_runner::redact::Redactor;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde_json::{Value, json};
@@ -93,9 +94,12 @@ fn proxy(c: &mut Criterion) {
     let up = rt.block_on(Upstream::start());
     let url = format!("{}/v1/items", up.origin());
     let client = direct_client(&up);
+    let secrets = BTreeMap::from([("API_TOKEN".to_owned(), Zeroizing::new(TOKEN.to_owned()))]);
+    let redactor = Arc::new(Redactor::for_secrets(&secrets));
     let fetch = ScopedFetch::new(
         Policy::compile(&permit(&up)).expect("policy compiles"),
-        BTreeMap::from([("API_TOKEN".to_owned(), Zeroizing::new(TOKEN.to_owned()))]),
+        secrets,
+        redactor,
         FetchConfig {
             extra_root_certs_pem: vec![up.ca_pem.clone()],
             max_calls: usize::MAX,

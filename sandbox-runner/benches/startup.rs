@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use oauth3_crds::CallRecord;
 use oauth3_sandbox_runner::host::{BoxFuture, CallOutcome, CapabilityCall, CapabilityHost};
+use oauth3_sandbox_runner::redact::Redactor;
 use oauth3_sandbox_runner::sandbox::{self, Limits};
 use tokio::sync::mpsc;
 
@@ -49,6 +50,7 @@ fn startup(c: &mut Criterion) {
                     &args,
                     host,
                     &limits,
+                    Arc::new(Redactor::none()),
                 ))
                 .expect("runs");
                 let arrived = rx.try_recv().expect("the call reached the host");
@@ -62,8 +64,14 @@ fn startup(c: &mut Criterion) {
         b.iter(|| {
             let (tx, _rx) = mpsc::unbounded_channel();
             let host = Arc::new(TimingHost { arrived: tx });
-            rt.block_on(sandbox::run("return 1 + 1", &args, host, &limits))
-                .expect("runs")
+            rt.block_on(sandbox::run(
+                "return 1 + 1",
+                &args,
+                host,
+                &limits,
+                Arc::new(Redactor::none()),
+            ))
+            .expect("runs")
         });
     });
 }

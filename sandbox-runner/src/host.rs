@@ -1,7 +1,8 @@
 //! The boundary between the JavaScript sandbox and the enforcement path.
 //!
-//! The sandbox (`sandbox` module) knows nothing about HTTP, policy or secrets: each capability
-//! function it exposes to JavaScript forwards its arguments to a [`CapabilityHost`]. The scoped
+//! The sandbox (`sandbox` module) knows nothing about HTTP, policy or secrets (it holds only
+//! the run's redactor, to scrub console output as it is captured): each capability function
+//! it exposes to JavaScript forwards its arguments to a [`CapabilityHost`]. The scoped
 //! fetch (`fetch` module) implements the host: it decides every call against the compiled
 //! policy, injects credentials and sends the request. Keeping this seam narrow means the
 //! sandbox cannot reach the network or a secret by any path other than this trait.
@@ -28,7 +29,7 @@ pub enum CallOutcome {
     /// as `{contentType, base64}`); see the fetch module for the exact shape.
     Value(serde_json::Value),
     /// The promise rejects with an `Error` whose message is this text (e.g. the policy's
-    /// reason for a denial). Never contains a secret.
+    /// reason for a denial). Never contains a secret (the scoped fetch redacts it).
     Error(String),
 }
 

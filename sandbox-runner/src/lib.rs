@@ -1,11 +1,12 @@
 //! oauth3 sandbox runner: the only component that ever holds plaintext secrets.
 //!
-//! Modules: `policy` (pure: compile a Permit, canonicalise and decide requests), `fetch`
-//! (the [`host::CapabilityHost`] that enforces policy and sends requests), `sandbox` (QuickJS with
-//! no ambient authority), `secrets` (sealed-secret envelopes and key providers), `redact`
-//! (scrubbing secret values from every output).
+//! Modules: `bundle` (the run bundle and its validation), `policy` (pure: compile a Permit,
+//! canonicalise and decide requests), `fetch` (the [`host::CapabilityHost`] that enforces
+//! policy and sends requests), `host` (the seam between sandbox and enforcement), `sandbox`
+//! (QuickJS with no ambient authority), `secrets` (sealed-secret envelopes and key providers),
+//! `redact` (the one redaction engine, built once per run, that scrubs secret values from
+//! every output) and `runner` (one run end to end, and posting its result).
 
-pub mod backend;
 pub mod bundle;
 pub mod fetch;
 pub mod host;

@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use oauth3_sandbox_runner::backend::{self, BackendOptions};
 use oauth3_sandbox_runner::bundle::{Bundle, sealed_secrets_from_dir};
-use oauth3_sandbox_runner::runner::{post_result, run_bundle};
+use oauth3_sandbox_runner::runner::{BackendOptions, RunnerDeps, post_result, run_bundle};
 use oauth3_sandbox_runner::secrets::{DevKey, DevProvider, DstackProvider, KbsProvider};
 
 /// Runs agent JavaScript from an oauth3 run bundle in a QuickJS sandbox that can reach the
@@ -244,7 +243,7 @@ async fn run(args: RunArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return usage_error(e),
     };
-    let deps = backend::enforcing(
+    let deps = RunnerDeps::enforcing(
         provider,
         BackendOptions {
             extra_root_certs_pem: ca_pems.clone(),

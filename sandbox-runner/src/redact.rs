@@ -1,4 +1,7 @@
-//! Redaction: scrubbing every known encoding of every secret from text and JSON the runner emits.
+//! Redaction: the one engine that scrubs every known encoding of every secret from what the
+//! runner emits. One [`Redactor`] is built per run from the opened secrets and shared by
+//! every emitter: the response values and error messages the scoped fetch hands into the
+//! sandbox, console capture, the result JSON, stdout, stderr, the error text and the call log.
 //!
 //! For each secret the [`Redactor`] precomputes the forms a value commonly takes on its way into
 //! output: raw; JSON-escaped; percent-encoded (upper- and lower-case hex, space as `%20` or `+`,
@@ -6,6 +9,13 @@
 //! URL-safe, padded and unpadded, plus the stable core of the encoding at each of the three
 //! byte alignments, so a secret embedded inside a longer base64 string is caught too). All forms
 //! are searched at once with Aho-Corasick (leftmost-longest) and replaced by `[REDACTED]`.
+//!
+//! JSON values are redacted in their strings, their object keys and their numbers: a number
+//! whose decimal text contains a secret, or that equals a secret read as a number (a PIN
+//! echoed as `{"pin": 123456}`, `123456.0` or `1.23456e5`), becomes the string `[REDACTED]`.
+//!
+//! Text that is cut to a size is redacted first and cut afterwards ([`Redactor::redact_capped`]),
+//! so a secret straddling the cut is replaced whole instead of leaving its prefix behind.
 //!
 //! Secrets shorter than [`MIN_SECRET_LEN`] bytes are ignored: replacing every occurrence of a
 //! one- to three-byte string would shred unrelated output without protecting anything (such a
@@ -25,11 +35,24 @@ const MARKERS: [&str; 3] = [REDACTED, "<redacted>", "***"];
 /// Replacement rounds before giving up and withholding the whole text.
 const MAX_ROUNDS: usize = 4;
 
-/// Replaces secret values (in all their encodings) in text and JSON.
+/// Replaces secret values (in all their encodings) in text and JSON. Built once per run.
 pub struct Redactor {
     matcher: Option<AhoCorasick>,
     patterns: Vec<Zeroizing<String>>,
+    /// The secrets that read as finite numbers, as numbers (matched against JSON numbers).
+    numbers: Zeroizing<Vec<f64>>,
+    /// Length in bytes of the longest form searched for.
+    longest: usize,
     marker: &'static str,
+}
+
+/// Text redacted and then cut to a size (see [`Redactor::redact_capped`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capped {
+    /// The redacted text, at most the requested number of bytes, cut at a character boundary.
+    pub text: String,
+    /// Whether the redacted text was longer and has been cut.
+    pub cut: bool,
 }
 
 impl std::fmt::Debug for Redactor {
@@ -44,8 +67,14 @@ impl Redactor {
     /// Builds a redactor for `secrets`; values shorter than [`MIN_SECRET_LEN`] are ignored.
     pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Self {
         let mut patterns: Vec<Zeroizing<String>> = Vec::new();
+        let mut numbers = Zeroizing::new(Vec::new());
         for secret in secrets {
             if secret.len() >= MIN_SECRET_LEN {
+                if let Ok(n) = secret.trim().parse::<f64>()
+                    && n.is_finite()
+                {
+                    numbers.push(n);
+                }
                 for form in forms(secret) {
                     if form.len() >= MIN_SECRET_LEN {
                         patterns.push(form);
@@ -68,16 +97,35 @@ impl Redactor {
                 .build(patterns.iter().map(|p| p.as_bytes()))
                 .ok()
         };
+        let longest = patterns.iter().map(|p| p.len()).max().unwrap_or(0);
         Self {
             matcher,
             patterns,
+            numbers,
+            longest,
             marker,
         }
+    }
+
+    /// A redactor with no secrets: every text passes unchanged.
+    pub fn none() -> Self {
+        Self::new([])
+    }
+
+    /// A redactor for the values of a run's opened secrets.
+    pub fn for_secrets(secrets: &crate::runner::Secrets) -> Self {
+        Self::new(secrets.values().map(|s| s.as_str()))
     }
 
     /// Whether there is nothing to redact.
     pub fn is_empty(&self) -> bool {
         self.patterns.is_empty()
+    }
+
+    /// Length in bytes of the longest form searched for (0 when there is nothing to redact):
+    /// any occurrence of a secret in any form is at most this long.
+    pub fn longest_form(&self) -> usize {
+        self.longest
     }
 
     /// Replaces every form of every secret in `text` with `[REDACTED]`.
@@ -106,8 +154,25 @@ impl Redactor {
         }
     }
 
-    /// Redacts every string, object key and number in a JSON value (numbers whose text
-    /// contains a secret become the string `[REDACTED]`).
+    /// Redacts `text`, then cuts the result to at most `max_bytes` bytes (at a character
+    /// boundary). Redacting first means a secret straddling the cut is replaced whole: the
+    /// kept part never ends in a prefix of a secret that the uncut text held complete.
+    pub fn redact_capped(&self, text: &str, max_bytes: usize) -> Capped {
+        let mut text = self.redact(text);
+        if text.len() <= max_bytes {
+            return Capped { text, cut: false };
+        }
+        let mut end = max_bytes;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        Capped { text, cut: true }
+    }
+
+    /// Redacts every string, object key and number in a JSON value. A number whose decimal
+    /// text contains a secret, or that equals a secret read as a number, becomes the string
+    /// `[REDACTED]`.
     pub fn redact_json(&self, value: &serde_json::Value) -> serde_json::Value {
         use serde_json::Value;
         if self.is_empty() {
@@ -117,11 +182,11 @@ impl Redactor {
             Value::String(s) => Value::String(self.redact(s)),
             Value::Number(n) => {
                 let text = n.to_string();
-                let redacted = self.redact(&text);
-                if redacted == text {
-                    Value::Number(n.clone())
+                let equal = n.as_f64().is_some_and(|f| self.numbers.contains(&f));
+                if equal || self.redact(&text) != text {
+                    Value::String(self.marker.to_owned())
                 } else {
-                    Value::String(redacted)
+                    Value::Number(n.clone())
                 }
             }
             Value::Array(items) => {
@@ -373,6 +438,90 @@ mod tests {
         );
         let text = out.to_string();
         assert!(!text.contains("topsecret") && !text.contains("987654321"));
+    }
+
+    #[test]
+    fn a_number_equal_to_a_digits_only_secret_becomes_the_marker_in_any_notation() {
+        let r = Redactor::new(["48213597"]);
+        for text in [
+            r#"{"pin": 48213597}"#,
+            r#"{"pin": 48213597.0}"#,
+            r#"{"pin": 4.8213597e7}"#,
+            r#"{"pin": -48213597}"#,
+            r#"{"pin": 1482135970}"#,
+        ] {
+            let value: serde_json::Value = serde_json::from_str(text).expect("json");
+            let out = r.redact_json(&value);
+            assert_eq!(out, serde_json::json!({"pin": REDACTED}), "{text}");
+        }
+        assert_eq!(
+            r.redact_json(&serde_json::json!({"n": 4821359})),
+            serde_json::json!({"n": 4821359}),
+            "a number that is not the secret stays a number"
+        );
+    }
+
+    #[test]
+    fn a_long_digits_only_secret_is_caught_even_when_the_number_lost_precision() {
+        let secret = "1234567890123456789012345";
+        let r = Redactor::new([secret]);
+        let value: serde_json::Value =
+            serde_json::from_str(&format!(r#"{{"pin": {secret}}}"#)).expect("json");
+        assert!(!value.to_string().contains(secret), "parsing rounded it");
+        assert_eq!(r.redact_json(&value), serde_json::json!({"pin": REDACTED}));
+    }
+
+    #[test]
+    fn a_secret_used_as_a_key_is_redacted_in_every_form_at_every_depth() {
+        let secret = "48213597";
+        let r = Redactor::new([secret]);
+        let value = serde_json::json!({
+            secret: {hex::encode(secret): [{STANDARD.encode(secret): secret}]}
+        });
+        let out = r.redact_json(&value);
+        assert_eq!(
+            out,
+            serde_json::json!({REDACTED: {REDACTED: [{REDACTED: REDACTED}]}})
+        );
+    }
+
+    #[test]
+    fn redacting_before_cutting_leaves_no_prefix_of_a_secret_straddling_the_cut() {
+        let secret = "sk-live-4b1d9c";
+        let r = Redactor::new([secret]);
+        for before in 0..20 {
+            let text = format!("{}{secret} and more", "x".repeat(before));
+            for cap in before + 1..before + secret.len() {
+                let capped = r.redact_capped(&text, cap);
+                assert!(capped.cut && capped.text.len() <= cap, "{capped:?}");
+                assert!(
+                    !capped.text.contains("sk-"),
+                    "{cap}: {capped:?} keeps a prefix of the secret"
+                );
+            }
+        }
+        assert_eq!(
+            r.redact_capped(&format!("a {secret}"), 100),
+            Capped {
+                text: "a [REDACTED]".to_owned(),
+                cut: false
+            }
+        );
+        assert_eq!(
+            r.redact_capped("éé", 3).text,
+            "é",
+            "cut at a character boundary"
+        );
+    }
+
+    #[test]
+    fn redaction_reaches_every_string_in_a_result_keys_included() {
+        let r = Redactor::new(["tok-value"]);
+        let v =
+            serde_json::json!({"tok-value": ["a tok-value", {"n": 1, "tok-value2": "tok-value"}]});
+        let out = r.redact_json(&v);
+        assert!(!out.to_string().contains("tok-value"), "{out}");
+        assert_eq!(out[REDACTED][1]["n"], 1);
     }
 
     #[test]

@@ -13,6 +13,9 @@
 //! Limits: wall time (an interrupt handler stops busy loops; a timeout on the async drive ends
 //! scripts waiting on promises that never settle), memory (QuickJS allocator limit), stack
 //! depth, captured output size and the number of capability calls.
+//!
+//! Console output is redacted by the run's [`Redactor`] as it is captured, before the output
+//! cap cuts it (see [`append_capped`]), so a secret straddling the cap is replaced whole.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,6 +27,7 @@ use rquickjs::function::Rest;
 use rquickjs::{AsyncContext, AsyncRuntime, Ctx, Exception, Function, Object, Promise, Value};
 
 use crate::host::{CallOutcome, CapabilityCall, CapabilityHost};
+use crate::redact::Redactor;
 
 /// The built-ins a sandbox context gets: the ECMAScript standard library and nothing that
 /// reaches outside the context (no `performance` timer source either).
@@ -152,7 +156,8 @@ pub enum SandboxError {
     InstallGlobals(String),
 }
 
-/// Runs `code` with `args` against `host` under `limits`.
+/// Runs `code` with `args` against `host` under `limits`; console output is redacted by
+/// `redactor` as it is captured.
 ///
 /// # Errors
 /// Only when the sandbox cannot be set up; anything the script does is in
@@ -162,6 +167,7 @@ pub async fn run(
     args: &serde_json::Value,
     host: Arc<dyn CapabilityHost>,
     limits: &Limits,
+    redactor: Arc<Redactor>,
 ) -> Result<SandboxOutput, SandboxError> {
     let rt = AsyncRuntime::new().map_err(|e| SandboxError::CreateRuntime(e.to_string()))?;
     rt.set_memory_limit(limits.memory_bytes).await;
@@ -183,7 +189,7 @@ pub async fn run(
         .await
         .map_err(|e| SandboxError::CreateContext(e.to_string()))?;
 
-    let output = Arc::new(Mutex::new(Captured::new(limits.max_output_bytes)));
+    let output = Arc::new(Mutex::new(Captured::new(limits.max_output_bytes, redactor)));
     let script = Script {
         source: wrap(code),
         args: args.to_string(),
@@ -229,31 +235,46 @@ pub fn is_identifier(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
 }
 
-/// Appends `line` and a newline to `buf`, keeping `buf` within `cap` bytes plus a one-time
-/// truncation marker.
-pub fn append_capped(buf: &mut String, truncated: &mut bool, cap: usize, line: &str) {
+/// Appends `line` and a newline to `buf`, redacted, keeping `buf` within `cap` bytes plus a
+/// one-time truncation marker.
+///
+/// The tail of `buf` that could hold the start of a secret (the redactor's longest form) is
+/// redacted again together with the new line, so a secret split across console calls is
+/// caught too; and the text is redacted before it is cut at the cap, so a secret straddling
+/// the cap is replaced whole instead of leaving its prefix.
+pub fn append_capped(
+    buf: &mut String,
+    truncated: &mut bool,
+    cap: usize,
+    line: &str,
+    redactor: &Redactor,
+) {
     if *truncated {
         return;
     }
+    let mut start = buf.len().saturating_sub(redactor.longest_form());
+    while !buf.is_char_boundary(start) {
+        start -= 1;
+    }
+    let mut joined = String::with_capacity(buf.len() - start + line.len() + 1);
+    joined.push_str(&buf[start..]);
+    joined.push_str(line);
+    joined.push('\n');
+    buf.truncate(start);
     let room = cap.saturating_sub(buf.len());
-    if line.len() < room {
-        buf.push_str(line);
-        buf.push('\n');
-        return;
+    let kept = redactor.redact_capped(&joined, room);
+    buf.push_str(&kept.text);
+    if kept.cut {
+        buf.push_str(&format!("\n[output truncated at {cap} bytes]\n"));
+        *truncated = true;
     }
-    let mut cut = room;
-    while cut > 0 && !line.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    buf.push_str(&line[..cut]);
-    buf.push_str(&format!("\n[output truncated at {cap} bytes]\n"));
-    *truncated = true;
 }
 
-/// Captured console output.
+/// Captured console output, redacted as it is captured.
 #[derive(Debug, Clone)]
 struct Captured {
     cap: usize,
+    redactor: Arc<Redactor>,
     stdout: String,
     stdout_truncated: bool,
     stderr: String,
@@ -261,9 +282,10 @@ struct Captured {
 }
 
 impl Captured {
-    fn new(cap: usize) -> Self {
+    fn new(cap: usize, redactor: Arc<Redactor>) -> Self {
         Self {
             cap,
+            redactor,
             stdout: String::new(),
             stdout_truncated: false,
             stderr: String::new(),
@@ -272,11 +294,23 @@ impl Captured {
     }
 
     fn write(&mut self, to_stderr: bool, line: &str) {
-        let cap = self.cap;
+        let (cap, redactor) = (self.cap, &self.redactor);
         if to_stderr {
-            append_capped(&mut self.stderr, &mut self.stderr_truncated, cap, line);
+            append_capped(
+                &mut self.stderr,
+                &mut self.stderr_truncated,
+                cap,
+                line,
+                redactor,
+            );
         } else {
-            append_capped(&mut self.stdout, &mut self.stdout_truncated, cap, line);
+            append_capped(
+                &mut self.stdout,
+                &mut self.stdout_truncated,
+                cap,
+                line,
+                redactor,
+            );
         }
     }
 }
@@ -544,21 +578,47 @@ mod tests {
 
     #[test]
     fn output_past_the_cap_is_cut_once_with_a_marker() {
-        let (mut buf, mut truncated) = (String::new(), false);
-        append_capped(&mut buf, &mut truncated, 10, "12345");
+        let (mut buf, mut truncated, none) = (String::new(), false, Redactor::none());
+        append_capped(&mut buf, &mut truncated, 10, "12345", &none);
         assert_eq!(buf, "12345\n");
-        append_capped(&mut buf, &mut truncated, 10, "abcdefgh");
+        append_capped(&mut buf, &mut truncated, 10, "abcdefgh", &none);
         assert!(truncated);
         assert!(buf.starts_with("12345\nabcd\n[output truncated at 10 bytes]"));
         let before = buf.clone();
-        append_capped(&mut buf, &mut truncated, 10, "more");
+        append_capped(&mut buf, &mut truncated, 10, "more", &none);
         assert_eq!(buf, before, "nothing is appended after truncation");
     }
 
     #[test]
     fn truncation_never_splits_a_character() {
         let (mut buf, mut truncated) = (String::new(), false);
-        append_capped(&mut buf, &mut truncated, 3, "éé");
+        append_capped(&mut buf, &mut truncated, 3, "éé", &Redactor::none());
         assert!(buf.starts_with("é\n[output truncated"));
+    }
+
+    #[test]
+    fn a_secret_straddling_the_output_cap_is_redacted_before_the_cut() {
+        let secret = "sk-live-4b1d9c";
+        let redactor = Redactor::new([secret]);
+        for kept in 1..secret.len() {
+            let (mut buf, mut truncated) = (String::new(), false);
+            append_capped(&mut buf, &mut truncated, 64, "first line", &redactor);
+            let pad = 64 - buf.len() - kept;
+            let line = format!("{}{secret} tail", "x".repeat(pad));
+            append_capped(&mut buf, &mut truncated, 64, &line, &redactor);
+            assert!(truncated, "{buf}");
+            assert!(!buf.contains("sk-"), "{kept} bytes before the cap: {buf}");
+        }
+    }
+
+    #[test]
+    fn a_secret_split_across_console_lines_is_redacted_in_the_capture() {
+        let secret = "-----BEGIN KEY-----\nc2VjcmV0\n-----END KEY-----";
+        let redactor = Redactor::new([secret]);
+        let (mut buf, mut truncated) = (String::new(), false);
+        for line in secret.split('\n') {
+            append_capped(&mut buf, &mut truncated, 4096, line, &redactor);
+        }
+        assert_eq!(buf, "[REDACTED]\n");
     }
 }

@@ -16,6 +16,8 @@ use support::upstream::Upstream;
 use zeroize::Zeroizing;
 
 const SECRET: &str = "sk-live-e2e-4b1d9c";
+/// A digits-only secret (a PIN), the kind an upstream may hand back as a JSON number.
+const PIN: &str = "48213597";
 const NAMESPACE: &str = "team-a";
 const DEV_KEY: [u8; 32] = [7u8; 32];
 
@@ -33,14 +35,58 @@ fn spec(up: &Upstream) -> Value {
     })
 }
 
+/// A Permit whose `api` capability reaches every echo route of the upstream with `API_TOKEN`
+/// and whose `pinned` capability sends `PIN` as the `key` query parameter.
+fn echo_spec(up: &Upstream) -> Value {
+    let echoes = [
+        "/items/*",
+        "/echo-split",
+        "/echo-error",
+        "/echo-number",
+        "/echo-key",
+    ];
+    json!({
+        "description": "e2e echoes",
+        "secrets": ["API_TOKEN", "PIN"],
+        "capabilities": [{
+            "name": "api",
+            "baseUrl": format!("{}/v1", up.origin()),
+            "paths": echoes,
+            "methods": ["GET"],
+            "query": {"allow": ["pad"]},
+            "auth": {"header": "Authorization", "value": "Bearer {API_TOKEN}"}
+        }, {
+            "name": "pinned",
+            "baseUrl": format!("{}/v1", up.origin()),
+            "paths": echoes,
+            "methods": ["GET"],
+            "query": {"allow": ["pad"]},
+            "auth": {"queryParam": "key", "value": "{PIN}"}
+        }]
+    })
+}
+
 fn sealed_for(namespace: &str, name: &str) -> String {
+    sealed_value(namespace, name, SECRET)
+}
+
+fn sealed_value(namespace: &str, name: &str, value: &str) -> String {
     let provider = DevProvider::new(DevKey::Hex(Zeroizing::new(hex::encode(DEV_KEY))), true)
         .expect("dev provider");
-    seal(&provider.public_key(), namespace, name, SECRET).expect("sealed")
+    seal(&provider.public_key(), namespace, name, value).expect("sealed")
 }
 
 fn bundle(up: &Upstream, code: &str, envelope: String) -> Value {
-    let spec_value = spec(up);
+    bundle_with(
+        spec(up),
+        code,
+        json!([{"name": "API_TOKEN", "envelope": envelope}]),
+    )
+}
+
+/// A bundle of `code` under `spec_value` with these `sealedSecrets` (output capped at 1024
+/// bytes, the smallest cap a bundle may ask for).
+fn bundle_with(spec_value: Value, code: &str, sealed: Value) -> Value {
     let parsed: PermitSpec = serde_json::from_value(spec_value.clone()).expect("spec");
     json!({
         "execution": {"namespace": NAMESPACE, "name": "e2e", "uid": "uid-e2e"},
@@ -48,9 +94,21 @@ fn bundle(up: &Upstream, code: &str, envelope: String) -> Value {
                    "specDigest": oauth3_crds::spec_digest(&parsed).expect("digest")},
         "code": code,
         "args": {},
-        "sealedSecrets": [{"name": "API_TOKEN", "envelope": envelope}],
-        "limits": {"timeoutSeconds": 10}
+        "sealedSecrets": sealed,
+        "limits": {"timeoutSeconds": 10, "maxOutputBytes": 1024}
     })
+}
+
+/// The echo bundle with both secrets sealed.
+fn echo_bundle(up: &Upstream, code: &str) -> Value {
+    bundle_with(
+        echo_spec(up),
+        code,
+        json!([
+            {"name": "API_TOKEN", "envelope": sealed_for(NAMESPACE, "API_TOKEN")},
+            {"name": "PIN", "envelope": sealed_value(NAMESPACE, "PIN", PIN)},
+        ]),
+    )
 }
 
 struct Dir(PathBuf);
@@ -114,6 +172,101 @@ fn assert_no_secret(what: &str, text: &str) {
             "{what} contains the secret ({form}): {text}"
         );
     }
+}
+
+/// Neither `secret`, nor its hex form, nor any prefix of it of four bytes or more appears in
+/// `text` (a prefix is what a cut through the secret would leave behind).
+fn assert_no_secret_or_prefix(what: &str, secret: &str, text: &str) {
+    assert!(
+        !text.contains(&hex::encode(secret)),
+        "{what} contains the hex form of the secret: {text}"
+    );
+    for end in 4..=secret.len() {
+        assert!(
+            !text.contains(&secret[..end]),
+            "{what} contains {:?}, a prefix of the secret: {text}",
+            &secret[..end]
+        );
+    }
+}
+
+/// Everything the runner emitted: its standard output (the result JSON with result, stdout,
+/// stderr, error and calls) and its standard error.
+fn everything(out: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test]
+async fn a_digits_only_secret_echoed_as_a_number_or_a_key_reaches_no_output() {
+    let up = Upstream::start().await;
+    let code = r#"
+        const n = await pinned('GET', '/echo-number');
+        const k = await pinned('GET', '/echo-key');
+        console.log(JSON.stringify(n), n.pin, typeof n.pin, String(n.pin * 1));
+        console.error(JSON.stringify(k), Object.keys(k).join(','));
+        return {n, k, pin: n.pin, keys: Object.keys(k), again: {[String(n.pin)]: n.pin}};
+    "#;
+    let (out, result) = run(&up, "pin", &echo_bundle(&up, code)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", everything(&out));
+    assert_eq!(
+        up.requests()[0].path_and_query,
+        format!("/v1/echo-number?key={PIN}"),
+        "the upstream got the PIN"
+    );
+    assert_eq!(result["result"]["n"], json!({"pin": "[REDACTED]"}));
+    assert_eq!(result["result"]["pin"], "[REDACTED]");
+    assert_eq!(result["result"]["k"]["[REDACTED]"], true);
+    assert_no_secret_or_prefix("runner output", PIN, &everything(&out));
+}
+
+#[tokio::test]
+async fn a_secret_the_code_joins_from_pieces_or_that_straddles_a_cut_reaches_no_output() {
+    let up = Upstream::start().await;
+    // Each piece alone is harmless; the code joins them into a result, a log line and a call
+    // URL, and puts the whole secret across the 1024-byte stdout and stderr caps (so that a
+    // cut before redaction would leave 9 and 5 of its bytes).
+    let joined = r#"
+        const {parts: [a, b]} = await api('GET', '/echo-split');
+        console.log(a + b);
+        await api('GET', '/items/' + a + b);
+        const used = (a + b).length + 1;
+        console.log('x'.repeat(1024 - used - 9) + a + b + 'z'.repeat(100));
+        console.error('y'.repeat(1024 - 5) + a + b + 'z'.repeat(100));
+        return {joined: a + b, nested: {[a + b]: [a + b]}};
+    "#;
+    let (out, result) = run(&up, "joined", &echo_bundle(&up, joined)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", everything(&out));
+    assert_eq!(result["result"]["joined"], "[REDACTED]");
+    assert!(
+        result["stdout"]
+            .as_str()
+            .unwrap_or("")
+            .contains("output truncated"),
+        "{result}"
+    );
+    assert_no_secret("runner output", &everything(&out));
+    assert_no_secret_or_prefix("runner output", SECRET, &everything(&out));
+
+    // Upstream errors quote the first 512 bytes of the body: the secret straddles that cut, in
+    // a caught error the code logs and in the uncaught error that ends the run.
+    let straddled = r#"
+        try { await api('GET', '/echo-error', {query: {pad: '500'}}); }
+        catch (e) { console.log(e.message); }
+        try { await pinned('GET', '/echo-error', {query: {pad: '507'}}); }
+        catch (e) { console.error(e.message); }
+        await api('GET', '/echo-error', {query: {pad: '506'}});
+    "#;
+    let (out, result) = run(&up, "straddled", &echo_bundle(&up, straddled)).await;
+    assert_eq!(out.status.code(), Some(1), "{}", everything(&out));
+    assert_eq!(result["phase"], "Failed");
+    let error = result["error"].as_str().unwrap_or_default();
+    assert!(error.contains("upstream returned 404: xxx"), "{error}");
+    assert_no_secret_or_prefix("runner output", SECRET, &everything(&out));
+    assert_no_secret_or_prefix("runner output", PIN, &everything(&out));
 }
 
 #[tokio::test]

@@ -6,23 +6,27 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use oauth3_crds::{CallDecision, PermitSpec};
 use oauth3_sandbox_runner::fetch::{FetchConfig, ScopedFetch};
 use oauth3_sandbox_runner::host::{CallOutcome, CapabilityCall, CapabilityHost};
 use oauth3_sandbox_runner::policy::Policy;
+use oauth3_sandbox_runner::redact::Redactor;
 use serde_json::{Value, json};
 use support::upstream::Upstream;
 use zeroize::Zeroizing;
 
 const SECRET: &str = "sk-test-7f3a9c";
+/// A digits-only secret (a PIN), the kind an upstream may hand back as a JSON number.
+const PIN: &str = "48213597";
 
 fn permit(up: &Upstream) -> PermitSpec {
     let origin = up.origin();
     let port = up.addr.port();
     serde_json::from_value(json!({
         "description": "fetch tests",
-        "secrets": ["API_TOKEN", "OTHER_TOKEN"],
+        "secrets": ["API_TOKEN", "OTHER_TOKEN", "PIN"],
         "capabilities": [{
             "name": "api",
             "baseUrl": format!("{origin}/v1"),
@@ -38,6 +42,20 @@ fn permit(up: &Upstream) -> PermitSpec {
             "paths": ["/echo-auth", "/missing"],
             "methods": ["GET"],
             "auth": {"queryParam": "key", "value": "{API_TOKEN}"}
+        }, {
+            "name": "echo",
+            "baseUrl": format!("{origin}/v1"),
+            "paths": ["/echo-key", "/echo-error"],
+            "methods": ["GET"],
+            "query": {"allow": ["pad"]},
+            "auth": {"header": "Authorization", "value": "Bearer {API_TOKEN}"}
+        }, {
+            "name": "pinned",
+            "baseUrl": format!("{origin}/v1"),
+            "paths": ["/echo-number", "/echo-key", "/echo-error"],
+            "methods": ["GET"],
+            "query": {"allow": ["pad"]},
+            "auth": {"queryParam": "key", "value": "{PIN}"}
         }, {
             "name": "limited",
             "baseUrl": format!("{origin}/v1"),
@@ -82,7 +100,10 @@ fn permit(up: &Upstream) -> PermitSpec {
 
 fn fetch_for(up: &Upstream, tweak: impl FnOnce(&mut FetchConfig)) -> ScopedFetch {
     let policy = Policy::compile(&permit(up)).expect("policy compiles");
-    let secrets = BTreeMap::from([("API_TOKEN".to_owned(), Zeroizing::new(SECRET.to_owned()))]);
+    let secrets = BTreeMap::from([
+        ("API_TOKEN".to_owned(), Zeroizing::new(SECRET.to_owned())),
+        ("PIN".to_owned(), Zeroizing::new(PIN.to_owned())),
+    ]);
     let mut config = FetchConfig {
         extra_root_certs_pem: vec![up.ca_pem.clone()],
         max_response_bytes: 64 * 1024,
@@ -96,7 +117,8 @@ fn fetch_for(up: &Upstream, tweak: impl FnOnce(&mut FetchConfig)) -> ScopedFetch
         ..FetchConfig::default()
     };
     tweak(&mut config);
-    ScopedFetch::new(policy, secrets, config).expect("fetch builds")
+    let redactor = Arc::new(Redactor::for_secrets(&secrets));
+    ScopedFetch::new(policy, secrets, redactor, config).expect("fetch builds")
 }
 
 async fn call(host: &dyn CapabilityHost, cap: &str, args: Value) -> CallOutcome {
@@ -112,6 +134,23 @@ fn assert_no_secret(outcome: &CallOutcome, host: &dyn CapabilityHost) {
     let shown = format!("{outcome:?} {:?}", host.calls());
     assert!(!shown.contains(SECRET), "secret leaked: {shown}");
     assert!(!shown.contains("7f3a9c"), "secret fragment leaked: {shown}");
+}
+
+/// Neither `secret` nor its hex form nor any prefix of it of four bytes or more appears in
+/// the outcome or a call record (a prefix is what a cut through the secret would leave).
+fn assert_no_secret_or_prefix(secret: &str, outcome: &CallOutcome, host: &dyn CapabilityHost) {
+    let shown = format!("{outcome:?} {:?}", host.calls());
+    assert!(
+        !shown.contains(&hex::encode(secret)),
+        "hex form of the secret leaked: {shown}"
+    );
+    for end in 4..=secret.len() {
+        assert!(
+            !shown.contains(&secret[..end]),
+            "{:?} (a prefix of the secret) leaked: {shown}",
+            &secret[..end]
+        );
+    }
 }
 
 /// The call was denied with a reason containing `reason_has`, nothing reached the upstream,
@@ -562,4 +601,65 @@ async fn the_call_budget_is_enforced() {
     );
     assert_eq!(up.requests().len(), 1);
     assert_eq!(host.calls()[1].decision, CallDecision::Denied);
+}
+
+#[tokio::test]
+async fn a_digits_only_secret_echoed_as_a_json_number_reaches_the_code_as_the_marker() {
+    let up = Upstream::start().await;
+    let host = fetch_for(&up, |_| {});
+    let outcome = call(&host, "pinned", json!(["GET", "/echo-number"])).await;
+    assert_eq!(
+        up.requests()[0].path_and_query,
+        format!("/v1/echo-number?key={PIN}"),
+        "the upstream got the PIN"
+    );
+    assert_eq!(
+        outcome,
+        CallOutcome::Value(json!({"pin": "[REDACTED]"})),
+        "a number holding the secret becomes the marker string"
+    );
+    assert_no_secret_or_prefix(PIN, &outcome, &host);
+}
+
+#[tokio::test]
+async fn a_secret_echoed_as_an_object_key_reaches_the_code_only_redacted() {
+    let up = Upstream::start().await;
+    let host = fetch_for(&up, |_| {});
+    for (cap, secret) in [("echo", SECRET), ("pinned", PIN)] {
+        let outcome = call(&host, cap, json!(["GET", "/echo-key"])).await;
+        let CallOutcome::Value(value) = &outcome else {
+            panic!("{cap}: expected a value, got {outcome:?}");
+        };
+        assert_eq!(value["nested"]["[REDACTED]"]["[REDACTED]"], 1, "{value}");
+        assert_eq!(value["[REDACTED]"], true, "{value}");
+        assert_eq!(value["list"][0]["[REDACTED]"], secret.len(), "{value}");
+        assert_no_secret_or_prefix(secret, &outcome, &host);
+    }
+}
+
+#[tokio::test]
+async fn a_secret_straddling_the_error_excerpt_cut_leaks_no_prefix() {
+    let up = Upstream::start().await;
+    let host = fetch_for(&up, |_| {});
+    // The excerpt keeps the first 512 bytes of the body; the body is `pad` bytes of `x` and
+    // then the credential, so every pad below puts the cut inside the secret, leaving 4 or
+    // more of its bytes before the cut.
+    for (cap, secret) in [("echo", SECRET), ("pinned", PIN)] {
+        for pad in (512 - secret.len() + 1)..=(512 - 4) {
+            let outcome = call(
+                &host,
+                cap,
+                json!(["GET", "/echo-error", {"query": {"pad": pad.to_string()}}]),
+            )
+            .await;
+            match &outcome {
+                CallOutcome::Error(reason) => assert!(
+                    reason.starts_with(&format!("{cap}: upstream returned 404: xxx")),
+                    "{reason}"
+                ),
+                CallOutcome::Value(v) => panic!("expected an error, got {v}"),
+            }
+            assert_no_secret_or_prefix(secret, &outcome, &host);
+        }
+    }
 }

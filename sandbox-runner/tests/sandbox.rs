@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use oauth3_crds::{CallDecision, CallRecord};
 use oauth3_sandbox_runner::host::{BoxFuture, CallOutcome, CapabilityCall, CapabilityHost};
+use oauth3_sandbox_runner::redact::Redactor;
 use oauth3_sandbox_runner::sandbox::{self, Limits, Outcome, SandboxError, SandboxOutput};
 use serde_json::{Value, json};
 
@@ -78,7 +79,7 @@ fn limits() -> Limits {
 }
 
 async fn run_with(code: &str, args: Value, host: Arc<TestHost>, limits: &Limits) -> SandboxOutput {
-    sandbox::run(code, &args, host, limits)
+    sandbox::run(code, &args, host, limits, Arc::new(Redactor::none()))
         .await
         .expect("the sandbox starts")
 }
@@ -594,6 +595,7 @@ async fn a_capability_that_would_shadow_a_global_is_refused() {
             &Value::Null,
             TestHost::with_capability(name),
             &limits(),
+            Arc::new(Redactor::none()),
         )
         .await
         .expect_err("refused");

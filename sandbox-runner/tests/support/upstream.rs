@@ -6,6 +6,12 @@
 //! (302 to `to`), `/v1/large` (256 KiB), `/v1/missing` (404), anything else: JSON
 //! `{"path": ..., "method": ...}`.
 //!
+//! Echoes of the credential (the `key` query param, else the `Authorization` header without
+//! `Bearer `), the way a careless or hostile upstream hands it back: `/v1/echo-number`
+//! (`{"pin": <credential as a bare JSON number>}`), `/v1/echo-key` (the credential and its
+//! hex form as object keys), `/v1/echo-split` (`{"parts": [first half, second half]}`) and
+//! `/v1/echo-error?pad=<n>` (404 whose body is `n` bytes of `x` then the credential).
+//!
 //! Each request carries the instant it arrived ([`Recorded::received_at`]) and wakes
 //! [`Upstream::wait_for_requests`], so benchmarks can time a client up to the moment its
 //! request reached the upstream.
@@ -203,7 +209,41 @@ async fn handle(
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.into_owned())
     };
+    let credential = param("key").unwrap_or_else(|| {
+        rec.header_values("authorization")
+            .first()
+            .map(|v| v.trim_start_matches("Bearer ").to_owned())
+            .unwrap_or_default()
+    });
     match path.as_str() {
+        "/v1/echo-number" => response(
+            200,
+            "application/json",
+            format!(r#"{{"pin": {credential}}}"#),
+        ),
+        "/v1/echo-key" => {
+            let hex = hex::encode(&credential);
+            let v = serde_json::json!({
+                credential.clone(): true,
+                "nested": {credential.clone(): {hex.clone(): 1}},
+                "list": [{hex: credential.len()}],
+            });
+            response(200, "application/json", v.to_string())
+        }
+        "/v1/echo-split" => {
+            let half = credential.len() / 2;
+            let (a, b) = credential.split_at(half);
+            let v = serde_json::json!({"parts": [a, b]});
+            response(200, "application/json", v.to_string())
+        }
+        "/v1/echo-error" => {
+            let pad = param("pad").and_then(|p| p.parse().ok()).unwrap_or(0);
+            response(
+                404,
+                "text/plain",
+                format!("{}{credential}", "x".repeat(pad)),
+            )
+        }
         "/v1/text" => response(200, "text/plain; charset=utf-8", "hello"),
         "/v1/binary" => response(200, "application/octet-stream", vec![0u8, 1, 2, 255]),
         "/v1/echo-auth" => {

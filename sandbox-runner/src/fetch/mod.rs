@@ -1,0 +1,664 @@
+//! The scoped fetch: the [`CapabilityHost`] that enforces the policy on every call, injects
+//! credentials, sends the request and redacts what it hands back.
+//!
+//! Per call: the call budget (`max_calls`) is checked, the [`Policy`] decides, the rate
+//! limiter takes a token, the credential template is filled (a missing secret fails the call
+//! before anything is sent, see [`template`]), then the request goes out through a client with
+//! redirects disabled, no proxy, and a DNS resolver that refuses loopback, private,
+//! link-local, unspecified and multicast answers unless the capability's own host is loopback
+//! (development; see [`guard`]). Redirects are followed here: same origin only, re-checked with
+//! [`Policy::check_redirect`], at most [`MAX_REDIRECTS`]; the credential is injected again
+//! only into a URL the policy allowed (see [`redirect`]).
+//!
+//! # What a call resolves to
+//! - 2xx with a JSON content type (`application/json`, `*+json`): the parsed value;
+//! - 2xx text (`text/*`, XML, JavaScript, or no content type and valid UTF-8): a string;
+//! - 2xx anything else: `{contentType, base64}`; an empty body: `null`;
+//! - non-2xx: an error `"<capability>: upstream returned <status>: <excerpt>"`, the excerpt
+//!   being the first 512 bytes of the body after redaction;
+//! - a response larger than `max_response_bytes`: an error.
+//!
+//! Everything that leaves here passes through the run's one [`Redactor`]: values (strings,
+//! object keys and numbers, base64 payloads included), error messages and call records. Every
+//! attempted request is recorded as a [`CallRecord`] (one per request sent, plus one per
+//! denial); the recorded URL never carries the credential.
+
+pub mod guard;
+pub mod redirect;
+pub mod response;
+pub mod template;
+pub mod tls;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use oauth3_crds::{AuthSpec, CallDecision, CallRecord, HttpMethod};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+pub use guard::is_restricted;
+pub use redirect::MAX_REDIRECTS;
+pub use response::ERROR_BODY_PREFIX;
+pub use tls::web_pki_roots_and;
+
+use crate::host::{BoxFuture, CallOutcome, CapabilityCall, CapabilityHost};
+use crate::policy::{Denial, Policy, PreparedRequest, RateLimiter};
+use crate::redact::Redactor;
+use guard::GuardedResolver;
+
+/// Why a [`ScopedFetch`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// An extra root certificate is not PEM or holds no certificate.
+    #[error("parsing extra root certificate {index} failed: {reason}")]
+    RootCert {
+        /// Position in `extra_root_certs_pem`.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The TLS configuration could not be built.
+    #[error("building the TLS configuration failed: {0}")]
+    Tls(String),
+    /// The HTTP client could not be built.
+    #[error("building the HTTP client failed: {0}")]
+    Client(String),
+    /// Resolving a host gave an address the capability may not reach (raised inside the
+    /// resolver, surfaced to the agent as a denial).
+    #[error(
+        "DNS answer for {host} refused: {addr} is in a loopback, private, link-local or otherwise non-public range"
+    )]
+    AddressRefused {
+        /// The host name looked up.
+        host: String,
+        /// The refused address.
+        addr: IpAddr,
+    },
+}
+
+/// Limits and trust anchors of a [`ScopedFetch`].
+#[derive(Debug, Clone)]
+pub struct FetchConfig {
+    /// PEM root certificates trusted in addition to the built-in web PKI roots.
+    pub extra_root_certs_pem: Vec<Vec<u8>>,
+    /// TCP + TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// Whole-request timeout (per request, redirects included separately).
+    pub request_timeout: Duration,
+    /// Largest response body accepted.
+    pub max_response_bytes: usize,
+    /// Most calls (allowed or denied) one Execution may attempt.
+    pub max_calls: usize,
+    /// Rate-limit tokens carried over from earlier Executions.
+    pub rate_budget: BTreeMap<String, f64>,
+    /// Fixed DNS answers (tests); checked by the same address rules as real answers.
+    pub resolve_overrides: Vec<(String, SocketAddr)>,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        Self {
+            extra_root_certs_pem: Vec::new(),
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_response_bytes: 10 * 1024 * 1024,
+            max_calls: 1000,
+            rate_budget: BTreeMap::new(),
+            resolve_overrides: Vec::new(),
+        }
+    }
+}
+
+fn call_record(
+    capability: &str,
+    method: &str,
+    url: &str,
+    status: Option<u16>,
+    decision: CallDecision,
+    reason: Option<String>,
+    started: Instant,
+) -> CallRecord {
+    CallRecord {
+        capability: capability.to_owned(),
+        method: method.to_owned(),
+        url: url.to_owned(),
+        status: status.map(i32::from),
+        decision,
+        reason,
+        duration_ms: elapsed_ms(started),
+    }
+}
+
+fn elapsed_ms(started: Instant) -> i64 {
+    i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn to_reqwest_method(m: HttpMethod) -> reqwest::Method {
+    match m {
+        HttpMethod::GET => reqwest::Method::GET,
+        HttpMethod::HEAD => reqwest::Method::HEAD,
+        HttpMethod::POST => reqwest::Method::POST,
+        HttpMethod::PUT => reqwest::Method::PUT,
+        HttpMethod::PATCH => reqwest::Method::PATCH,
+        HttpMethod::DELETE => reqwest::Method::DELETE,
+        HttpMethod::OPTIONS => reqwest::Method::OPTIONS,
+    }
+}
+
+/// A denial of `req` (its capability, method and canonical URL) for `reason`.
+fn denial_for(req: &PreparedRequest, reason: String) -> Denial {
+    Denial {
+        capability: req.capability.clone(),
+        method: req.method.as_str().to_owned(),
+        url: req.url.as_str().to_owned(),
+        reason,
+    }
+}
+
+/// What sending one request produced.
+enum SendOutcome {
+    /// The upstream answered with a redirect to `location`.
+    Redirect {
+        /// The 3xx status.
+        status: u16,
+        /// The `Location` header, as sent.
+        location: String,
+    },
+    /// The upstream answered and the whole body was read.
+    Answered {
+        /// The status.
+        status: u16,
+        /// The `Content-Type` header, when it is text.
+        content_type: Option<String>,
+        /// The body, within `max_response_bytes`.
+        body: Vec<u8>,
+    },
+    /// Refused before anything was sent (address rules, a header that is not valid HTTP).
+    Refused(Denial),
+    /// The request failed (transport, unusable credential, oversize or unreadable body).
+    Failed {
+        /// The status, when the upstream answered.
+        status: Option<u16>,
+        /// Why (no secret: the credential is never in it; redacted again when recorded).
+        reason: String,
+    },
+}
+
+/// The capability host that enforces the Permit on every call. Holds the plaintext secrets;
+/// deliberately not `Debug`.
+pub struct ScopedFetch {
+    policy: Policy,
+    secrets: BTreeMap<String, Zeroizing<String>>,
+    redactor: Arc<Redactor>,
+    max_response_bytes: usize,
+    max_calls: usize,
+    public_client: reqwest::Client,
+    private_client: reqwest::Client,
+    limiter: Mutex<RateLimiter>,
+    records: Mutex<Vec<CallRecord>>,
+    attempts: AtomicUsize,
+}
+
+fn build_client(
+    tls: &rustls::ClientConfig,
+    config: &FetchConfig,
+    allow_private: bool,
+) -> Result<reqwest::Client, FetchError> {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls.clone())
+        .redirect(reqwest::redirect::Policy::none())
+        .referer(false)
+        .no_proxy()
+        .connect_timeout(config.connect_timeout)
+        .timeout(config.request_timeout)
+        .dns_resolver(GuardedResolver {
+            allow_private,
+            overrides: Arc::new(config.resolve_overrides.clone()),
+        })
+        .build()
+        .map_err(|e| FetchError::Client(e.to_string()))
+}
+
+impl ScopedFetch {
+    /// Builds the host: TLS trust (web PKI roots plus `extra_root_certs_pem`), two clients
+    /// (public-only answers, and loopback-capable for development capabilities) and the
+    /// rate limiter seeded with `config.rate_budget`. `redactor` is the run's one redactor
+    /// (built from these `secrets`); everything the host hands back passes through it.
+    ///
+    /// # Errors
+    /// Unusable extra roots, TLS or client set-up failures.
+    pub fn new(
+        policy: Policy,
+        secrets: BTreeMap<String, Zeroizing<String>>,
+        redactor: Arc<Redactor>,
+        config: FetchConfig,
+    ) -> Result<Self, FetchError> {
+        let tls = tls::client_config(&config.extra_root_certs_pem)?;
+        let public_client = build_client(&tls, &config, false)?;
+        let private_client = build_client(&tls, &config, true)?;
+        let limiter = RateLimiter::new(&policy, &config.rate_budget, Instant::now());
+        Ok(Self {
+            policy,
+            secrets,
+            redactor,
+            max_response_bytes: config.max_response_bytes,
+            max_calls: config.max_calls,
+            public_client,
+            private_client,
+            limiter: Mutex::new(limiter),
+            records: Mutex::new(Vec::new()),
+            attempts: AtomicUsize::new(0),
+        })
+    }
+
+    /// Remaining rate-limit tokens per capability now, to carry over to the next Execution.
+    pub fn rate_budget(&self) -> BTreeMap<String, f64> {
+        lock(&self.limiter).budget(Instant::now())
+    }
+
+    fn record(&self, mut rec: CallRecord) {
+        rec.url = self.redactor.redact(&rec.url);
+        rec.reason = rec.reason.map(|r| self.redactor.redact(&r));
+        lock(&self.records).push(rec);
+    }
+
+    fn deny(&self, d: Denial, started: Instant) -> CallOutcome {
+        let reason = self.redactor.redact(&d.reason);
+        self.record(call_record(
+            &d.capability,
+            &d.method,
+            &d.url,
+            None,
+            CallDecision::Denied,
+            Some(reason.clone()),
+            started,
+        ));
+        CallOutcome::Error(reason)
+    }
+
+    fn fail(
+        &self,
+        req: &PreparedRequest,
+        status: Option<u16>,
+        reason: String,
+        started: Instant,
+    ) -> CallOutcome {
+        let reason = self.redactor.redact(&reason);
+        self.record(call_record(
+            &req.capability,
+            req.method.as_str(),
+            req.url.as_str(),
+            status,
+            CallDecision::Allowed,
+            Some(reason.clone()),
+            started,
+        ));
+        CallOutcome::Error(reason)
+    }
+
+    async fn run(&self, call: CapabilityCall) -> CallOutcome {
+        let started = Instant::now();
+        let attempt = self.attempts.fetch_add(1, Ordering::SeqCst);
+        if attempt >= self.max_calls {
+            let method = call
+                .args
+                .first()
+                .and_then(Value::as_str)
+                .map(str::to_ascii_uppercase)
+                .unwrap_or_default();
+            return self.deny(
+                Denial {
+                    capability: call.capability.clone(),
+                    method,
+                    url: String::new(),
+                    reason: format!(
+                        "call limit of {} calls per execution exceeded; nothing was sent",
+                        self.max_calls
+                    ),
+                },
+                started,
+            );
+        }
+        let req = match self.policy.decide(&call.capability, &call.args) {
+            Ok(r) => r,
+            Err(d) => return self.deny(d, started),
+        };
+        if let Err(reason) = lock(&self.limiter).try_acquire(&req.capability, Instant::now()) {
+            return self.deny(denial_for(&req, reason), started);
+        }
+        let credential = match req
+            .auth
+            .as_ref()
+            .map(|a| template::render_template(&a.value, &self.secrets))
+        {
+            None => None,
+            Some(Ok(c)) => Some(c),
+            Some(Err(missing)) => {
+                return self.deny(
+                    denial_for(
+                        &req,
+                        format!(
+                            "secret {} needed by {} is not available; nothing was sent",
+                            missing.name, req.capability
+                        ),
+                    ),
+                    started,
+                );
+            }
+        };
+        self.follow(req, credential, started).await
+    }
+
+    /// Sends `req` and follows its redirects; the outcome of the last hop.
+    async fn follow(
+        &self,
+        mut req: PreparedRequest,
+        credential: Option<Zeroizing<String>>,
+        started: Instant,
+    ) -> CallOutcome {
+        let mut redirects = 0;
+        loop {
+            let hop_started = if redirects == 0 {
+                started
+            } else {
+                Instant::now()
+            };
+            match self.send_once(&req, credential.as_ref()).await {
+                SendOutcome::Refused(denial) => return self.deny(denial, hop_started),
+                SendOutcome::Failed { status, reason } => {
+                    return self.fail(&req, status, reason, hop_started);
+                }
+                SendOutcome::Redirect { status, location } => {
+                    self.record(call_record(
+                        &req.capability,
+                        req.method.as_str(),
+                        req.url.as_str(),
+                        Some(status),
+                        CallDecision::Allowed,
+                        Some(format!("redirect {status}")),
+                        hop_started,
+                    ));
+                    redirects += 1;
+                    match redirect::next_hop(&self.policy, &req, status, &location, redirects) {
+                        Ok(next) => req = next,
+                        Err(denial) => return self.deny(denial, Instant::now()),
+                    }
+                }
+                SendOutcome::Answered {
+                    status,
+                    content_type,
+                    body,
+                } => return self.answer(&req, status, content_type.as_deref(), &body, hop_started),
+            }
+        }
+    }
+
+    /// What an upstream answer resolves to: the redacted value of a 2xx body, else an error
+    /// quoting the redacted excerpt of the body.
+    fn answer(
+        &self,
+        req: &PreparedRequest,
+        status: u16,
+        content_type: Option<&str>,
+        body: &[u8],
+        started: Instant,
+    ) -> CallOutcome {
+        if !(200..300).contains(&status) {
+            let reason = format!(
+                "{}: upstream returned {status}: {}",
+                req.capability,
+                response::error_excerpt(body, &self.redactor)
+            );
+            return self.fail(req, Some(status), reason, started);
+        }
+        match response::response_value(content_type, body) {
+            Ok(v) => {
+                self.record(call_record(
+                    &req.capability,
+                    req.method.as_str(),
+                    req.url.as_str(),
+                    Some(status),
+                    CallDecision::Allowed,
+                    None,
+                    started,
+                ));
+                CallOutcome::Value(self.redactor.redact_json(&v))
+            }
+            Err(e) => self.fail(
+                req,
+                Some(status),
+                format!("{}: {e}", req.capability),
+                started,
+            ),
+        }
+    }
+
+    /// The agent's headers and content type of `req`, plus the credential in the header the
+    /// capability names and (into `url`) the query parameter it names.
+    fn request_headers(
+        req: &PreparedRequest,
+        credential: Option<&Zeroizing<String>>,
+        url: &mut url::Url,
+    ) -> Result<HeaderMap, SendOutcome> {
+        let cap = req.capability.as_str();
+        let mut headers = HeaderMap::new();
+        for (k, v) in &req.headers {
+            match (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
+                (Ok(n), Ok(v)) => {
+                    headers.append(n, v);
+                }
+                _ => {
+                    return Err(SendOutcome::Refused(denial_for(
+                        req,
+                        format!("header {k} for {cap} is not a valid HTTP header"),
+                    )));
+                }
+            }
+        }
+        if let Some(ct) = &req.content_type {
+            let v = HeaderValue::from_str(ct).map_err(|_| {
+                SendOutcome::Refused(denial_for(
+                    req,
+                    format!("content type for {cap} is not a valid header value"),
+                ))
+            })?;
+            headers.insert(reqwest::header::CONTENT_TYPE, v);
+        }
+        if let (
+            Some(AuthSpec {
+                header,
+                query_param,
+                ..
+            }),
+            Some(cred),
+        ) = (&req.auth, credential)
+        {
+            if let Some(h) = header {
+                match (
+                    HeaderName::from_bytes(h.as_bytes()),
+                    HeaderValue::from_str(cred.as_str()),
+                ) {
+                    (Ok(n), Ok(mut v)) => {
+                        v.set_sensitive(true);
+                        // Replaces anything of the same name: never merged.
+                        headers.insert(n, v);
+                    }
+                    _ => {
+                        return Err(SendOutcome::Failed {
+                            status: None,
+                            reason: format!(
+                                "{cap}: the credential does not form a valid {h} header; nothing was sent"
+                            ),
+                        });
+                    }
+                }
+            }
+            if let Some(q) = query_param {
+                url.query_pairs_mut().append_pair(q, cred.as_str());
+            }
+        }
+        Ok(headers)
+    }
+
+    /// Sends one request (no redirect followed) and reads its body within the size cap.
+    async fn send_once(
+        &self,
+        req: &PreparedRequest,
+        credential: Option<&Zeroizing<String>>,
+    ) -> SendOutcome {
+        let cap = req.capability.as_str();
+        let allow_private = self.policy.allows_private_addresses(cap);
+        if let Some(ip) = guard::literal_ip(&req.url)
+            && !allow_private
+            && is_restricted(ip)
+        {
+            return SendOutcome::Refused(denial_for(
+                req,
+                format!(
+                    "{cap}: address {ip} is in a loopback, private, link-local or otherwise non-public range; nothing was sent"
+                ),
+            ));
+        }
+        let client = if allow_private {
+            &self.private_client
+        } else {
+            &self.public_client
+        };
+        let mut url = req.url.clone();
+        let headers = match Self::request_headers(req, credential, &mut url) {
+            Ok(h) => h,
+            Err(outcome) => return outcome,
+        };
+        let mut builder = client
+            .request(to_reqwest_method(req.method), url)
+            .headers(headers);
+        if let Some(body) = &req.body {
+            builder = builder.body(body.clone());
+        }
+        match builder.send().await {
+            Ok(resp) => self.read_response(req, resp).await,
+            Err(e) => Self::send_error(req, e),
+        }
+    }
+
+    /// A transport failure: a denial when the address guard refused the DNS answer, else
+    /// the failure with its error chain (without the URL, which may carry the credential).
+    fn send_error(req: &PreparedRequest, e: reqwest::Error) -> SendOutcome {
+        let cap = req.capability.as_str();
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = source {
+            if let Some(refused @ FetchError::AddressRefused { .. }) =
+                s.downcast_ref::<FetchError>()
+            {
+                return SendOutcome::Refused(denial_for(
+                    req,
+                    format!("{cap}: {refused}; nothing was sent"),
+                ));
+            }
+            source = s.source();
+        }
+        let e = e.without_url();
+        let mut chain = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            chain.push_str(": ");
+            chain.push_str(&s.to_string());
+            source = s.source();
+        }
+        SendOutcome::Failed {
+            status: None,
+            reason: format!("{cap}: request failed: {chain}"),
+        }
+    }
+
+    /// The answer to a sent request: a redirect, or the status and body read within
+    /// `max_response_bytes`.
+    async fn read_response(
+        &self,
+        req: &PreparedRequest,
+        mut resp: reqwest::Response,
+    ) -> SendOutcome {
+        let cap = req.capability.as_str();
+        let status = resp.status().as_u16();
+        if resp.status().is_redirection()
+            && let Some(loc) = resp.headers().get(reqwest::header::LOCATION)
+        {
+            return match loc.to_str() {
+                Ok(location) => SendOutcome::Redirect {
+                    status,
+                    location: location.to_owned(),
+                },
+                Err(_) => SendOutcome::Refused(denial_for(
+                    req,
+                    format!("redirect for {cap} refused: Location is not valid text"),
+                )),
+            };
+        }
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let too_big = || SendOutcome::Failed {
+            status: Some(status),
+            reason: format!(
+                "{cap}: response larger than {} bytes; discarded",
+                self.max_response_bytes
+            ),
+        };
+        if resp
+            .content_length()
+            .is_some_and(|n| n > self.max_response_bytes as u64)
+        {
+            return too_big();
+        }
+        let mut body = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > self.max_response_bytes {
+                        return too_big();
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return SendOutcome::Failed {
+                        status: Some(status),
+                        reason: format!("{cap}: reading the response failed: {}", e.without_url()),
+                    };
+                }
+            }
+        }
+        SendOutcome::Answered {
+            status,
+            content_type,
+            body,
+        }
+    }
+}
+
+impl CapabilityHost for ScopedFetch {
+    fn capabilities(&self) -> Vec<String> {
+        self.policy.capability_names()
+    }
+
+    fn call(&self, call: CapabilityCall) -> BoxFuture<'_, CallOutcome> {
+        Box::pin(self.run(call))
+    }
+
+    fn calls(&self) -> Vec<CallRecord> {
+        lock(&self.records).clone()
+    }
+}
