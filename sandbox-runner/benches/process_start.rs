@@ -6,17 +6,14 @@
 //! under `cargo bench` that is the optimised `target/release/oauth3-sandbox-runner`. The
 //! bundle has no secrets, so no key provider is contacted.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
 use oauth3_crds::PermitSpec;
+use oauth3_test_support::Upstream;
 use serde_json::{Value, json};
-use support::upstream::Upstream;
 
 const RUNNER: &str = env!("CARGO_BIN_EXE_oauth3-sandbox-runner");
 

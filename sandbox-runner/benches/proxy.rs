@@ -2,9 +2,6 @@
 //! with a plain `reqwest` client and through [`ScopedFetch`] via the [`CapabilityHost`] trait
 //! (policy decision, rate and call budget, credential injection, scrubbing, call record).
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -16,10 +13,10 @@ use oauth3_sandbox_runner::fetch::{FetchConfig, ScopedFetch};
 use oauth3_sandbox_runner::host::{CallOutcome, CapabilityCall, CapabilityHost};
 use oauth3_sandbox_runner::policy::Policy;
 use oauth3_sandbox_runner::redact::Redactor;
+use oauth3_test_support::Upstream;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde_json::{Value, json};
-use support::upstream::Upstream;
 use zeroize::Zeroizing;
 
 const TOKEN: &str = "bench-token-0123456789";

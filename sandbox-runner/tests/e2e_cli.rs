@@ -3,16 +3,14 @@
 //! enforcing scoped fetch, the credential is injected, denied calls never leave the sandbox,
 //! and the secret appears in no output.
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::Output;
 
 use base64::Engine as _;
 use oauth3_crds::PermitSpec;
 use oauth3_sandbox_runner::secrets::{DevKey, DevProvider, seal};
+use oauth3_test_support::Upstream;
 use serde_json::{Value, json};
-use support::upstream::Upstream;
 use zeroize::Zeroizing;
 
 const SECRET: &str = "sk-live-e2e-4b1d9c";
@@ -359,10 +357,7 @@ async fn an_envelope_sealed_for_another_namespace_is_refused_and_nothing_is_sent
     assert_ne!(result["phase"], "Succeeded");
     let error = result["error"].as_str().unwrap_or_default();
     assert!(error.contains("unsealing"), "{error}");
-    assert!(
-        up.requests().is_empty(),
-        "the upstream must receive nothing"
-    );
+    up.assert_nothing_received("the upstream must receive nothing");
     let everything = format!(
         "{}\n{}",
         String::from_utf8_lossy(&out.stdout),
@@ -494,9 +489,6 @@ async fn a_callback_whose_certificate_is_not_trusted_gets_no_result_and_no_token
     let out = run_without_ca_file(&dir, &b).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
-    assert!(
-        up.requests().is_empty(),
-        "nothing was sent to an unverified callback"
-    );
+    up.assert_nothing_received("nothing was sent to an unverified callback");
     assert!(!stderr.contains("cb-token-untrusted"), "{stderr}");
 }

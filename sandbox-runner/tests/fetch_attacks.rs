@@ -2,8 +2,6 @@
 //! credential exactly once; every attack is denied, reaches no upstream, and leaks the secret
 //! into no outcome or call record.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,8 +11,8 @@ use oauth3_sandbox_runner::fetch::{FetchConfig, ScopedFetch};
 use oauth3_sandbox_runner::host::{CallOutcome, CapabilityCall, CapabilityHost};
 use oauth3_sandbox_runner::policy::Policy;
 use oauth3_sandbox_runner::redact::Redactor;
+use oauth3_test_support::Upstream;
 use serde_json::{Value, json};
-use support::upstream::Upstream;
 use zeroize::Zeroizing;
 
 const SECRET: &str = "sk-test-7f3a9c";
@@ -514,10 +512,7 @@ async fn cross_origin_and_disallowed_redirects_send_nothing_further() {
         assert_eq!(calls[1].decision, CallDecision::Denied);
         assert_no_secret(&outcome, &host);
     }
-    assert!(
-        other.requests().is_empty(),
-        "nothing reached the other origin"
-    );
+    other.assert_nothing_received("nothing reached the other origin");
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 //! button, read what the bot sent and how it edited it), and the operator binary started with
 //! the Telegram flags.
 
+use oauth3_test_support::free_port;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -74,13 +75,6 @@ impl BotMessage {
 pub struct Emulator {
     child: tokio::process::Child,
     port: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 fn as_i64(v: &Value) -> i64 {

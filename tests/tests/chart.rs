@@ -7,9 +7,6 @@
 //!
 //! helm is found through `OAUTH3_HELM` (set by `make test` from `.ci/k8s/build-helm.sh`).
 
-#[path = "../../sandbox-runner/tests/support/upstream.rs"]
-mod upstream;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,12 +21,12 @@ use kube::discovery::{Scope, pinned_kind};
 use oauth3_crds::constants::LABEL_EXECUTION;
 use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec, Permit, PermitPhase, PermitSpec};
 use oauth3_operator::launcher::pod::{PodLaunchConfig, desired_network_policy, desired_pod};
+use oauth3_test_support::Upstream;
 use oauth3_tests::{
     TEST_FIELD_MANAGER, apply_dev_sealed_secret, callback_certificate, client_as, client_or_skip,
     namespace, repo_root,
 };
 use serde_json::{Value, json};
-use upstream::Upstream;
 
 const SECRET: &str = "sk-chart-rbac-5d1e";
 const DEV_KEY: [u8; 32] = [7u8; 32];

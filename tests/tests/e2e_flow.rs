@@ -2,26 +2,21 @@
 //! process launcher, the result callback) + the real runner binary + a local HTTPS upstream
 //! that records what it received + the kubectl plugin for the owner's approval.
 
-#[path = "../../sandbox-runner/tests/support/upstream.rs"]
-mod upstream;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
-use oauth3_crds::{
-    Execution, ExecutionPhase, ExecutionSpec, ExecutionStatus, Permit, PermitPhase, PermitSpec,
-};
+use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec, ExecutionStatus, Permit, PermitPhase};
 use oauth3_operator::launcher::Launcher as LauncherKind;
 use oauth3_operator::launcher::process::{ProcessLauncher, ProcessLauncherConfig};
+use oauth3_test_support::{PermitFixture, Upstream};
 use oauth3_tests::operator::InProcessOperator;
 use oauth3_tests::{
     apply_dev_sealed_secret, callback_certificate, client_or_skip, ensure_runtime_class, namespace,
     post_json, workspace_binary,
 };
 use serde_json::{Value, json};
-use upstream::Upstream;
 
 const SECRET: &str = "sk-e2e-operator-91c2";
 const DEV_KEY: [u8; 32] = [3u8; 32];
@@ -115,19 +110,14 @@ impl Env {
 
     /// The e2e Permit, its one capability (`api`) extended with `capability` fields.
     async fn permit_with(&self, name: &str, capability: Value) {
-        let mut api = json!({"name": "api", "baseUrl": format!("{}/v1", self.up.origin()),
-            "paths": ["/items", "/echo-auth"], "methods": ["GET"],
-            "auth": {"header": "Authorization", "value": "Bearer {API_TOKEN}"}});
-        if let (Some(api), Some(more)) = (api.as_object_mut(), capability.as_object()) {
-            api.extend(more.clone());
-        }
-        let spec: PermitSpec = serde_json::from_value(json!({
-            "description": "e2e", "capabilities": [api],
-            "secrets": ["API_TOKEN"], "validFor": "1h"
-        }))
-        .expect("spec");
+        let permit = PermitFixture::api(&format!("{}/v1", self.up.origin()))
+            .with(json!({"paths": ["/items", "/echo-auth"]}))
+            .secret("API_TOKEN")
+            .with(capability)
+            .spec_fields(json!({"description": "e2e", "validFor": "1h"}))
+            .permit(name);
         Api::<Permit>::namespaced(self.client.clone(), &self.ns)
-            .create(&PostParams::default(), &Permit::new(name, spec))
+            .create(&PostParams::default(), &permit)
             .await
             .expect("permit");
     }
@@ -385,10 +375,8 @@ async fn an_execution_under_an_unapproved_permit_is_denied_and_never_runs() {
             .unwrap_or_default()
             .contains("no-such-permit")
     );
-    assert!(
-        env.up.requests().is_empty(),
-        "no request may reach the upstream"
-    );
+    env.up
+        .assert_nothing_received("no request may reach the upstream");
     op.stop().await;
 }
 
@@ -445,10 +433,8 @@ async fn a_missing_or_foreign_sealed_secret_is_refused_before_anything_runs() {
     let text = serde_json::to_string(&foreign).expect("json");
     assert!(text.contains("is not of type oauth3.dev/sealed"), "{text}");
     assert!(!text.contains(SECRET), "the value never reaches status");
-    assert!(
-        env.up.requests().is_empty(),
-        "no request may reach the upstream"
-    );
+    env.up
+        .assert_nothing_received("no request may reach the upstream");
     op.stop().await;
 }
 

@@ -3,9 +3,6 @@
 //! strangers, double taps, outdated messages, timeouts, `/pending` and `/revoke`, a restart
 //! in the middle, and a Permit approved on Telegram whose Execution then runs.
 
-#[path = "../../sandbox-runner/tests/support/upstream.rs"]
-mod upstream;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,10 +12,10 @@ use oauth3_crds::{
     ApprovalDecision, ApprovalVia, Execution, ExecutionPhase, ExecutionSpec, Permit, PermitPhase,
     PermitSpec, TrustLevel, code_digest, spec_digest,
 };
+use oauth3_test_support::Upstream;
 use oauth3_tests::telegram::{BotMessage, Emulator, OperatorProcess, telegram_flags};
 use oauth3_tests::{apply_dev_sealed_secret, client_or_skip, namespace, workspace_binary};
 use serde_json::{Value, json};
-use upstream::Upstream;
 
 const OWNER: u64 = 42;
 const STRANGER: u64 = 99;

@@ -104,21 +104,15 @@ pub(crate) async fn reserve_execution(
 mod tests {
     use super::*;
     use oauth3_crds::permit::TrustedCode;
-    use oauth3_crds::{PermitSpec, PermitStatus, PermitUsage};
+    use oauth3_crds::{PermitStatus, PermitUsage};
+    use oauth3_test_support::PermitFixture;
 
     fn permit(max: Option<i64>, used: i64, trusted: Vec<TrustedCode>) -> Permit {
-        let spec: PermitSpec = serde_json::from_value(json!({
-            "description": "d",
-            "capabilities": [{"name": "api", "baseUrl": "https://api.example", "paths": ["/"], "methods": ["GET"]}],
-        }))
-        .expect("spec");
-        let mut p = Permit::new(
-            "p",
-            PermitSpec {
-                max_executions: max,
-                ..spec
-            },
-        );
+        let fixture = PermitFixture::api("https://api.example");
+        let mut p = match max {
+            Some(max) => fixture.max_executions(max).permit("p"),
+            None => fixture.permit("p"),
+        };
         p.status = Some(PermitStatus {
             usage: Some(PermitUsage {
                 executions: used,

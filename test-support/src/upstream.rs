@@ -16,8 +16,6 @@
 //! [`Upstream::wait_for_requests`], so benchmarks can time a client up to the moment its
 //! request reached the upstream.
 
-#![allow(dead_code)]
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -143,6 +141,33 @@ impl Upstream {
     /// Every request received so far.
     pub fn requests(&self) -> Vec<Recorded> {
         self.requests.lock().expect("requests lock").clone()
+    }
+
+    /// Asserts that nothing reached the upstream: what every bypass test must show.
+    pub fn assert_nothing_received(&self, why: &str) {
+        let got = self.requests();
+        assert!(
+            got.is_empty(),
+            "{why}: the upstream received {} request(s): {:?}",
+            got.len(),
+            got.iter()
+                .map(|r| format!("{} {}", r.method, r.path_and_query))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    /// Asserts that exactly `count` requests reached the upstream, and returns them.
+    pub fn assert_received(&self, count: usize, why: &str) -> Vec<Recorded> {
+        let got = self.requests();
+        assert_eq!(
+            got.len(),
+            count,
+            "{why}: {:?}",
+            got.iter()
+                .map(|r| format!("{} {}", r.method, r.path_and_query))
+                .collect::<Vec<_>>()
+        );
+        got
     }
 
     /// Waits until at least `count` requests have been received in total.

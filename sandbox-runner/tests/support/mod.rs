@@ -1,3 +1,0 @@
-//! Shared test support: a real HTTPS upstream.
-
-pub mod upstream;
