@@ -515,6 +515,16 @@ mod tests {
     }
 
     #[test]
+    fn scrub_removes_every_secret_occurrence() {
+        let r = Redactor::new(["sk-1"]);
+        assert_eq!(r.redact("a sk-1 b sk-1"), "a [REDACTED] b [REDACTED]");
+        assert_eq!(
+            r.redact_json(&serde_json::json!({"sk-1": ["x sk-1"]})),
+            serde_json::json!({"[REDACTED]": ["x [REDACTED]"]})
+        );
+    }
+
+    #[test]
     fn redaction_reaches_every_string_in_a_result_keys_included() {
         let r = Redactor::new(["tok-value"]);
         let v =

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
-use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec, ExecutionStatus, Permit, PermitPhase};
+use oauth3_crds::{
+    Execution, ExecutionPhase, ExecutionSpec, ExecutionStatus, Permit, PermitPhase, PermitSpec,
+};
 use oauth3_operator::launcher::Launcher as LauncherKind;
 use oauth3_operator::launcher::process::{ProcessLauncher, ProcessLauncherConfig};
 use oauth3_test_support::{PermitFixture, Upstream};
@@ -19,6 +21,8 @@ use oauth3_tests::{
 use serde_json::{Value, json};
 
 const SECRET: &str = "sk-e2e-operator-91c2";
+/// A digits-only secret (a PIN), the kind an upstream may hand back as a JSON number.
+const PIN: &str = "48213597";
 const DEV_KEY: [u8; 32] = [3u8; 32];
 
 /// The in-process operator with the process launcher.
@@ -116,6 +120,16 @@ impl Env {
             .with(capability)
             .spec_fields(json!({"description": "e2e", "validFor": "1h"}))
             .permit(name);
+        self.create_permit(permit).await;
+    }
+
+    /// Creates Permit `name` with this spec.
+    async fn permit_spec(&self, name: &str, spec: Value) {
+        let spec: PermitSpec = serde_json::from_value(spec).expect("spec");
+        self.create_permit(Permit::new(name, spec)).await;
+    }
+
+    async fn create_permit(&self, permit: Permit) {
         Api::<Permit>::namespaced(self.client.clone(), &self.ns)
             .create(&PostParams::default(), &permit)
             .await
@@ -343,6 +357,70 @@ async fn an_approved_permit_runs_code_with_the_injected_credential_end_to_end() 
         text.contains("Succeeded") && text.contains("denied") && text.contains("/v1/items"),
         "{text}"
     );
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn a_digits_only_secret_echoed_as_a_number_and_a_key_never_reaches_the_execution() {
+    let Some(env) = Env::new("e2e-pin").await else {
+        return;
+    };
+    apply_dev_sealed_secret(&env.client, &env.ns, "pin", "PIN", PIN, DEV_KEY).await;
+    let op = env.operator().await;
+    env.permit_spec(
+        "bank",
+        json!({
+            "description": "e2e pin", "secrets": ["PIN"], "validFor": "1h",
+            "capabilities": [{"name": "bank", "baseUrl": format!("{}/v1", env.up.origin()),
+                "paths": ["/echo-number", "/echo-key"], "methods": ["GET"],
+                "auth": {"queryParam": "key", "value": "{PIN}"}}]
+        }),
+    )
+    .await;
+    env.approve("bank").await;
+
+    // The upstream answers {"pin": 48213597} and uses the PIN (and its hex) as object keys.
+    let code = r#"
+        const n = await bank('GET', '/echo-number');
+        const k = await bank('GET', '/echo-key');
+        console.log(JSON.stringify(n), n.pin, String(n.pin * 1));
+        console.error(Object.keys(k).join(','), JSON.stringify(k));
+        return {n, k, pin: n.pin, keys: Object.keys(k), again: {[String(n.pin)]: n.pin}};
+    "#;
+    env.execution("pin-echo", "bank", code, 20).await;
+    let done = env.wait_exec("pin-echo", "finished", finished).await;
+    let status = done.status.clone().expect("status");
+    assert_eq!(status.phase, Some(ExecutionPhase::Succeeded), "{status:?}");
+
+    // The upstream did get the PIN, both times.
+    let reqs = env.up.requests();
+    let sent: Vec<_> = reqs.iter().map(|r| r.path_and_query.as_str()).collect();
+    assert_eq!(
+        sent,
+        [
+            format!("/v1/echo-number?key={PIN}"),
+            format!("/v1/echo-key?key={PIN}")
+        ]
+    );
+    let result = status.result.clone().expect("result");
+    assert_eq!(result["n"], json!({"pin": "[REDACTED]"}), "{result}");
+    assert_eq!(result["pin"], "[REDACTED]", "{result}");
+    assert_eq!(result["k"]["[REDACTED]"], true, "{result}");
+    let hex_pin = hex::encode(PIN);
+    let shown = [
+        ("result", result.to_string()),
+        ("stdout", status.stdout.clone().unwrap_or_default()),
+        ("stderr", status.stderr.clone().unwrap_or_default()),
+        ("calls", serde_json::to_string(&status.calls).expect("json")),
+        ("the Execution", serde_json::to_string(&done).expect("json")),
+    ];
+    for (what, text) in shown {
+        assert!(!text.contains(PIN), "{what} holds the PIN: {text}");
+        assert!(
+            !text.contains(&hex_pin),
+            "{what} holds the PIN in hex: {text}"
+        );
+    }
     op.stop().await;
 }
 
