@@ -63,9 +63,6 @@ pub enum LeaderError {
         #[source]
         source: Box<kube::Error>,
     },
-    /// A duration flag could not be parsed.
-    #[error("invalid duration {0:?}: use e.g. 15s, 500ms or 2 (seconds)")]
-    ParseDuration(String),
 }
 
 /// Who competes for which Lease, and how fast.
@@ -154,26 +151,6 @@ pub fn default_identity() -> String {
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "unknown-host".to_owned());
     format!("{host}-{}", std::process::id())
-}
-
-/// Parses a duration flag: `500ms`, `15s`, or a bare number of seconds.
-///
-/// # Errors
-/// [`LeaderError::ParseDuration`] for anything else.
-pub fn parse_duration(text: &str) -> Result<Duration, LeaderError> {
-    let t = text.trim();
-    let err = || LeaderError::ParseDuration(text.to_owned());
-    let (digits, scale_ms) = if let Some(ms) = t.strip_suffix("ms") {
-        (ms, 1)
-    } else if let Some(s) = t.strip_suffix('s') {
-        (s, 1000)
-    } else {
-        (t, 1000)
-    };
-    let n: u64 = digits.trim().parse().map_err(|_| err())?;
-    n.checked_mul(scale_ms)
-        .map(Duration::from_millis)
-        .ok_or_else(err)
 }
 
 /// What a candidate does next, given the Lease it observed.
@@ -362,7 +339,7 @@ impl LeaderElector {
                     let conflict = matches!(
                         &e,
                         LeaderError::WriteLease { source, .. }
-                            if matches!(&**source, kube::Error::Api(s) if s.code == 409)
+                            if matches!(&**source, kube::Error::Api(s) if s.is_conflict())
                     );
                     let overdue =
                         last_renewal.is_none_or(|t| t.elapsed() >= self.config.renew_deadline());
@@ -708,19 +685,6 @@ mod tests {
             config("").validate(),
             Err(LeaderError::InvalidConfig(_))
         ));
-    }
-
-    #[test]
-    fn durations_parse_from_milliseconds_seconds_or_bare_seconds() {
-        assert_eq!(
-            parse_duration("500ms").expect("ms"),
-            Duration::from_millis(500)
-        );
-        assert_eq!(parse_duration("15s").expect("s"), Duration::from_secs(15));
-        assert_eq!(parse_duration("2").expect("bare"), Duration::from_secs(2));
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("-1s").is_err());
-        assert!(parse_duration("").is_err());
     }
 
     #[test]
