@@ -9,7 +9,13 @@
 //!
 //! Expiry compares the holder's `renewTime` with the local clock, so replicas' clocks must
 //! agree to well within the lease duration (as they do on NTP-synchronised nodes).
-//! `kube::runtime` 5.0 has no elector, hence this module.
+//!
+//! `kube::runtime` 5.0 has no elector. `kube-lease-manager` 0.13 was tried in this module's
+//! place and kept out: a standby sleeps until the observed Lease expires, so a released Lease
+//! is taken over only a lease duration later (the graceful-release test fails), its durations
+//! are whole seconds (no 500ms renew or retry interval), and a leader whose renewals fail
+//! keeps reporting "leading" while the Lease expires under it (this module steps down after
+//! [`LeaderConfig::renew_deadline`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -27,11 +33,11 @@ use crate::metrics::Metrics;
 /// The name of the Lease the operator replicas compete for.
 pub const LEASE_NAME: &str = "oauth3-operator";
 /// Default time a Lease stays valid after its last renewal.
-pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
+pub(crate) const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
 /// Default interval between renewals by the leader.
-pub const DEFAULT_RENEW_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_RENEW_INTERVAL: Duration = Duration::from_secs(5);
 /// Default interval between attempts by a standby (and after a failed request).
-pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Why leader election could not run or a Lease request failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +69,17 @@ pub enum LeaderError {
         #[source]
         source: Box<kube::Error>,
     },
+}
+
+impl LeaderError {
+    /// Whether another writer changed the Lease between this replica's read and write.
+    fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            Self::WriteLease { source, .. }
+                if matches!(&**source, kube::Error::Api(s) if s.is_conflict())
+        )
+    }
 }
 
 /// Who competes for which Lease, and how fast.
@@ -140,7 +157,7 @@ impl LeaderConfig {
 }
 
 /// This replica's identity: `$POD_NAME` when set (unique per pod), else `hostname-pid`.
-pub fn default_identity() -> String {
+pub(crate) fn default_identity() -> String {
     if let Ok(pod) = std::env::var("POD_NAME")
         && !pod.is_empty()
     {
@@ -155,7 +172,7 @@ pub fn default_identity() -> String {
 
 /// What a candidate does next, given the Lease it observed.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// No Lease exists: create it, holding it.
     Create,
     /// The Lease is free (no holder) or expired: take it over.
@@ -175,7 +192,7 @@ pub enum Step {
 
 impl Step {
     /// What writing the Lease for this step does, in words.
-    pub fn action(&self) -> &'static str {
+    pub(crate) fn action(&self) -> &'static str {
         match self {
             Self::Create => "create it",
             Self::Acquire => "acquire it",
@@ -189,7 +206,7 @@ impl Step {
 /// Decides the next step of candidate `me` from the observed Lease `spec` (`None`: no Lease)
 /// at time `now`. A Lease is expired when `renewTime + leaseDurationSeconds < now`; a Lease
 /// with no renew time or duration counts as expired.
-pub fn next_step(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Step {
+pub(crate) fn next_step(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Step {
     let Some(spec) = spec else {
         return Step::Create;
     };
@@ -222,7 +239,7 @@ pub fn next_step(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Step {
 
 /// The Lease spec that candidate `me` writes for `step` at `now`, from the observed spec.
 /// `leaseTransitions` grows by one whenever the holder changes (including after a release).
-pub fn desired_spec(
+pub(crate) fn desired_spec(
     observed: Option<&LeaseSpec>,
     step: &Step,
     config: &LeaderConfig,
@@ -300,7 +317,7 @@ impl LeaderElector {
 
     /// Also sets the `oauth3_leader` gauge of `metrics` while running.
     #[must_use]
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
         self
     }
@@ -312,7 +329,7 @@ impl LeaderElector {
     }
 
     /// The settings this elector runs with.
-    pub fn config(&self) -> &LeaderConfig {
+    pub(crate) fn config(&self) -> &LeaderConfig {
         &self.config
     }
 
@@ -336,11 +353,7 @@ impl LeaderElector {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "leader election");
-                    let conflict = matches!(
-                        &e,
-                        LeaderError::WriteLease { source, .. }
-                            if matches!(&**source, kube::Error::Api(s) if s.is_conflict())
-                    );
+                    let conflict = e.is_conflict();
                     let overdue =
                         last_renewal.is_none_or(|t| t.elapsed() >= self.config.renew_deadline());
                     if conflict || overdue {
@@ -479,7 +492,7 @@ impl LeaderElector {
 /// resolves on `shutdown`, for a graceful finish. If leadership is lost meanwhile, the work's
 /// future is dropped at once (whatever it was doing) and `start` is called again on the next
 /// election win. If the elector stops (its channel closes), the work stops too.
-pub async fn run_while_leading<F, W>(
+pub(crate) async fn run_while_leading<F, W>(
     mut leading: watch::Receiver<bool>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     mut start: F,
@@ -521,11 +534,11 @@ pub async fn run_while_leading<F, W>(
 
 /// Resolves when the process shuts down; hand it to a controller's `graceful_shutdown_on`.
 #[derive(Clone, Debug)]
-pub struct StopSignal(watch::Receiver<bool>);
+pub(crate) struct StopSignal(watch::Receiver<bool>);
 
 impl StopSignal {
     /// Resolves once shutdown was requested (or its source is gone).
-    pub async fn wait(mut self) {
+    pub(crate) async fn wait(mut self) {
         wait_until(&mut self.0, true).await;
     }
 }
