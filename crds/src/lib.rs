@@ -13,7 +13,7 @@ pub mod permit;
 mod schema;
 
 pub use digest::{DigestError, code_digest, spec_digest};
-pub use duration::{DurationError, parse_duration};
+pub use duration::{DurationError, DurationUnit, parse_duration, split_duration};
 pub use execution::{
     Attestation, AttestationKind, CallDecision, CallRecord, Execution, ExecutionPhase,
     ExecutionSpec, ExecutionStatus, LaunchRecord, LauncherKind,

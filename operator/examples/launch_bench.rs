@@ -20,19 +20,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec, Permit, PermitSpec};
-use oauth3_operator::execution::result::{CallbackState, router, serve};
-use oauth3_operator::execution::{ExecutionConfig, ExecutionContext, run_execution_controller};
-use oauth3_operator::launcher::Launcher;
-use oauth3_operator::launcher::process::{ProcessLauncher, ProcessLauncherConfig};
-use oauth3_operator::metrics::Metrics;
+use oauth3_operator::config::Config;
 use oauth3_operator::plugin::{Decision, Plugin};
-use oauth3_operator::{Context, run_permit_controller};
+use oauth3_operator::{Listeners, run};
 use serde_json::json;
 
 /// When each Execution was first seen finished, and how it ended.
@@ -145,34 +142,24 @@ async fn launch(n: usize, runner: String, pace: Pace) -> anyhow::Result<()> {
         .decide("bench", Decision::Approve)
         .await?;
 
-    let ctx = Arc::new(Context::new(client.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let metrics = Arc::new(Metrics::new());
-    let ectx = Arc::new(ExecutionContext {
-        ctx: ctx.clone(),
-        config: ExecutionConfig {
-            launcher: Launcher::Process(ProcessLauncher::new(ProcessLauncherConfig {
-                binary: runner.into(),
-                extra_args: vec![],
-            })),
-            callback_base_url: base,
-            callback_ca_pem: None,
-            deadline_grace: Duration::from_secs(300),
-            ttl: Duration::from_secs(86_400),
-        },
-        metrics,
-    });
-    let cb = router(Arc::new(CallbackState { ctx: ctx.clone() }));
-    tokio::spawn(async move { serve(listener, cb, std::future::pending()).await });
-    tokio::spawn(run_permit_controller(
-        Api::namespaced(client.clone(), &ns),
-        ctx.clone(),
-        std::future::pending(),
-    ));
-    tokio::spawn(run_execution_controller(
-        Api::namespaced(client.clone(), &ns),
-        ectx,
+    // The operator as the binary runs it (leader election off: one replica), in-process.
+    let config = Config::try_parse_from([
+        "oauth3-operator",
+        "--namespace",
+        &ns,
+        "--leader-elect=false",
+        "--metrics-addr=127.0.0.1:0",
+        "--callback-addr=127.0.0.1:0",
+        "--launcher=process",
+        &format!("--runner-binary={runner}"),
+        "--deadline-grace=300s",
+        "--execution-ttl=24h",
+    ])?;
+    let listeners = Listeners::bind(&config).await?;
+    tokio::spawn(run(
+        config,
+        client.clone(),
+        listeners,
         std::future::pending(),
     ));
 

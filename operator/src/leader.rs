@@ -9,7 +9,13 @@
 //!
 //! Expiry compares the holder's `renewTime` with the local clock, so replicas' clocks must
 //! agree to well within the lease duration (as they do on NTP-synchronised nodes).
-//! `kube::runtime` 5.0 has no elector, hence this module.
+//!
+//! `kube::runtime` 5.0 has no elector. `kube-lease-manager` 0.13 was tried in this module's
+//! place and kept out: a standby sleeps until the observed Lease expires, so a released Lease
+//! is taken over only a lease duration later (the graceful-release test fails), its durations
+//! are whole seconds (no 500ms renew or retry interval), and a leader whose renewals fail
+//! keeps reporting "leading" while the Lease expires under it (this module steps down after
+//! [`LeaderConfig::renew_deadline`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -27,11 +33,11 @@ use crate::metrics::Metrics;
 /// The name of the Lease the operator replicas compete for.
 pub const LEASE_NAME: &str = "oauth3-operator";
 /// Default time a Lease stays valid after its last renewal.
-pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
+pub(crate) const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
 /// Default interval between renewals by the leader.
-pub const DEFAULT_RENEW_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_RENEW_INTERVAL: Duration = Duration::from_secs(5);
 /// Default interval between attempts by a standby (and after a failed request).
-pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Why leader election could not run or a Lease request failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,9 +69,17 @@ pub enum LeaderError {
         #[source]
         source: Box<kube::Error>,
     },
-    /// A duration flag could not be parsed.
-    #[error("invalid duration {0:?}: use e.g. 15s, 500ms or 2 (seconds)")]
-    ParseDuration(String),
+}
+
+impl LeaderError {
+    /// Whether another writer changed the Lease between this replica's read and write.
+    fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            Self::WriteLease { source, .. }
+                if matches!(&**source, kube::Error::Api(s) if s.is_conflict())
+        )
+    }
 }
 
 /// Who competes for which Lease, and how fast.
@@ -143,7 +157,7 @@ impl LeaderConfig {
 }
 
 /// This replica's identity: `$POD_NAME` when set (unique per pod), else `hostname-pid`.
-pub fn default_identity() -> String {
+pub(crate) fn default_identity() -> String {
     if let Ok(pod) = std::env::var("POD_NAME")
         && !pod.is_empty()
     {
@@ -156,29 +170,9 @@ pub fn default_identity() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Parses a duration flag: `500ms`, `15s`, or a bare number of seconds.
-///
-/// # Errors
-/// [`LeaderError::ParseDuration`] for anything else.
-pub fn parse_duration(text: &str) -> Result<Duration, LeaderError> {
-    let t = text.trim();
-    let err = || LeaderError::ParseDuration(text.to_owned());
-    let (digits, scale_ms) = if let Some(ms) = t.strip_suffix("ms") {
-        (ms, 1)
-    } else if let Some(s) = t.strip_suffix('s') {
-        (s, 1000)
-    } else {
-        (t, 1000)
-    };
-    let n: u64 = digits.trim().parse().map_err(|_| err())?;
-    n.checked_mul(scale_ms)
-        .map(Duration::from_millis)
-        .ok_or_else(err)
-}
-
 /// What a candidate does next, given the Lease it observed.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// No Lease exists: create it, holding it.
     Create,
     /// The Lease is free (no holder) or expired: take it over.
@@ -198,7 +192,7 @@ pub enum Step {
 
 impl Step {
     /// What writing the Lease for this step does, in words.
-    pub fn action(&self) -> &'static str {
+    pub(crate) fn action(&self) -> &'static str {
         match self {
             Self::Create => "create it",
             Self::Acquire => "acquire it",
@@ -212,7 +206,7 @@ impl Step {
 /// Decides the next step of candidate `me` from the observed Lease `spec` (`None`: no Lease)
 /// at time `now`. A Lease is expired when `renewTime + leaseDurationSeconds < now`; a Lease
 /// with no renew time or duration counts as expired.
-pub fn next_step(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Step {
+pub(crate) fn next_step(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Step {
     let Some(spec) = spec else {
         return Step::Create;
     };
@@ -245,7 +239,7 @@ pub fn next_step(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Step {
 
 /// The Lease spec that candidate `me` writes for `step` at `now`, from the observed spec.
 /// `leaseTransitions` grows by one whenever the holder changes (including after a release).
-pub fn desired_spec(
+pub(crate) fn desired_spec(
     observed: Option<&LeaseSpec>,
     step: &Step,
     config: &LeaderConfig,
@@ -323,7 +317,7 @@ impl LeaderElector {
 
     /// Also sets the `oauth3_leader` gauge of `metrics` while running.
     #[must_use]
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
         self
     }
@@ -335,7 +329,7 @@ impl LeaderElector {
     }
 
     /// The settings this elector runs with.
-    pub fn config(&self) -> &LeaderConfig {
+    pub(crate) fn config(&self) -> &LeaderConfig {
         &self.config
     }
 
@@ -359,11 +353,7 @@ impl LeaderElector {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "leader election");
-                    let conflict = matches!(
-                        &e,
-                        LeaderError::WriteLease { source, .. }
-                            if matches!(&**source, kube::Error::Api(s) if s.code == 409)
-                    );
+                    let conflict = e.is_conflict();
                     let overdue =
                         last_renewal.is_none_or(|t| t.elapsed() >= self.config.renew_deadline());
                     if conflict || overdue {
@@ -502,7 +492,7 @@ impl LeaderElector {
 /// resolves on `shutdown`, for a graceful finish. If leadership is lost meanwhile, the work's
 /// future is dropped at once (whatever it was doing) and `start` is called again on the next
 /// election win. If the elector stops (its channel closes), the work stops too.
-pub async fn run_while_leading<F, W>(
+pub(crate) async fn run_while_leading<F, W>(
     mut leading: watch::Receiver<bool>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     mut start: F,
@@ -544,11 +534,11 @@ pub async fn run_while_leading<F, W>(
 
 /// Resolves when the process shuts down; hand it to a controller's `graceful_shutdown_on`.
 #[derive(Clone, Debug)]
-pub struct StopSignal(watch::Receiver<bool>);
+pub(crate) struct StopSignal(watch::Receiver<bool>);
 
 impl StopSignal {
     /// Resolves once shutdown was requested (or its source is gone).
-    pub async fn wait(mut self) {
+    pub(crate) async fn wait(mut self) {
         wait_until(&mut self.0, true).await;
     }
 }
@@ -708,19 +698,6 @@ mod tests {
             config("").validate(),
             Err(LeaderError::InvalidConfig(_))
         ));
-    }
-
-    #[test]
-    fn durations_parse_from_milliseconds_seconds_or_bare_seconds() {
-        assert_eq!(
-            parse_duration("500ms").expect("ms"),
-            Duration::from_millis(500)
-        );
-        assert_eq!(parse_duration("15s").expect("s"), Duration::from_secs(15));
-        assert_eq!(parse_duration("2").expect("bare"), Duration::from_secs(2));
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("-1s").is_err());
-        assert!(parse_duration("").is_err());
     }
 
     #[test]

@@ -1,19 +1,20 @@
 //! oauth3 operator: controllers for Permits and Executions, their shared context, status
-//! conditions and errors; launchers; the plain-words Permit description; the kubectl plugin.
+//! conditions and errors; launchers; the plain-words Permit description; the kubectl plugin;
+//! the flags ([`config`]) and the one wiring that runs it all ([`run()`], in `run.rs`).
 //!
-//! Modules: `approval` (the approval rules, pure), `cache` (lean watch caches), `cli` (flags
-//! and wiring), `conditions` (the one condition helper), `context` (shared reconcile state),
+//! Modules: `approval` (the approval rules, pure), `cache` (lean watch caches), `config` (flags,
+//! one duration grammar, enums for kinds), `conditions` (the one condition helper), `context` (shared reconcile state),
 //! `describe` (a Permit in plain words), `error`, `execution` (the Execution driver, its
 //! decisions and status, the result endpoint), `http` (metrics and health), `launcher` (pod and
 //! process launchers: all sandbox IO), `leader` (Lease election), `metrics`, `permit` (the
 //! Permit controller), `plugin` (`kubectl oauth3`), `status_write` (the one guarded status
 //! write), `telegram` (owner approvals on Telegram), `tls` (the result endpoint's HTTPS),
-//! `usage` (the batched usage ledger).
+//! `usage` (the batched usage ledger), `run` (the wiring).
 
 pub mod approval;
 pub mod cache;
-pub mod cli;
 pub mod conditions;
+pub mod config;
 pub mod context;
 pub mod describe;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod leader;
 pub mod metrics;
 pub mod permit;
 pub mod plugin;
+mod run;
 pub(crate) mod status_write;
 pub mod telegram;
 pub mod tls;
@@ -32,3 +34,4 @@ pub mod usage;
 pub use context::{Clock, Context};
 pub use error::Error;
 pub use permit::{permit_controller, run_permit_controller};
+pub use run::{Listeners, RunError, run};

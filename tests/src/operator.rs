@@ -1,29 +1,46 @@
-//! The operator run in-process for tests: both controllers and the result callback on a
-//! namespace, with any launcher, stoppable.
+//! The operator run in-process for tests, through the same [`oauth3_operator::run`] as the
+//! binary (flags, leader election on the namespace, metrics, both controllers and the result
+//! callback), on a namespace, with either launcher, stoppable.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use kube::api::Api;
-use oauth3_operator::execution::result::{CallbackState, router, serve};
-use oauth3_operator::execution::{ExecutionConfig, ExecutionContext, run_execution_controller};
-use oauth3_operator::launcher::Launcher;
-use oauth3_operator::{Context, run_permit_controller};
-use tokio::sync::watch;
+use clap::Parser;
+use oauth3_operator::config::Config;
+use oauth3_operator::launcher::pod::{PodKeyProvider, PodLaunchConfig};
+use oauth3_operator::launcher::process::ProcessLauncherConfig;
+use oauth3_operator::{Listeners, run};
+use tokio::sync::oneshot;
 
-/// A running operator (both controllers + callback server) that can be stopped.
+/// How long [`InProcessOperator::stop`] waits for the operator to finish.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How the in-process operator runs sandboxes: the settings are passed as the operator's own
+/// flags, so only what a flag can say is taken.
+#[derive(Debug, Clone)]
+pub enum Launcher {
+    /// `--launcher process` with this runner binary and its extra arguments.
+    Process(ProcessLauncherConfig),
+    /// `--launcher pod` with this runtime class, image, key provider, resources and operator
+    /// namespace; runners are told the callback's `http://` loopback address. The other fields
+    /// must be the defaults (no flag sets them); the deadline grace comes from `grace`.
+    Pod(PodLaunchConfig),
+}
+
+/// A running operator (both controllers + callback server + metrics) that can be stopped.
 pub struct InProcessOperator {
-    ctx: Arc<Context>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl InProcessOperator {
-    /// Starts the Permit and Execution controllers on `ns` with `launcher`, and the callback
-    /// on `listener` (runners are told `http://<its address>`).
+    /// Starts the operator on `ns` with `launcher`, the callback on `listener` (runners are
+    /// told `http://<its address>`), deadline grace `grace` and Execution TTL `ttl`. It holds
+    /// its own Lease in `ns`, and serves metrics on a free loopback port.
     ///
     /// # Panics
-    /// When the listener has no local address.
+    /// When the listener has no local address, the flags are refused, or (in the operator's
+    /// task, with the reason) the operator cannot start.
     pub fn start(
         client: &kube::Client,
         ns: &str,
@@ -32,55 +49,106 @@ impl InProcessOperator {
         grace: Duration,
         ttl: Duration,
     ) -> Self {
-        let (stop, rx) = watch::channel(false);
-        let stopped = move || {
-            let mut rx = rx.clone();
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }
+        let callback = listener.local_addr().expect("callback listener address");
+        let config = Config::try_parse_from(flags(ns, callback, &launcher, grace, ttl))
+            .unwrap_or_else(|e| panic!("in-process operator flags: {e}"));
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(tokio::net::TcpListener::from_std)
+            .expect("binding the metrics listener");
+        let listeners = Listeners {
+            metrics,
+            callback: listener,
         };
-        let ctx = Arc::new(Context::new(client.clone()));
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let ectx = Arc::new(ExecutionContext {
-            ctx: ctx.clone(),
-            config: ExecutionConfig {
-                launcher,
-                callback_base_url: base,
-                callback_ca_pem: None,
-                deadline_grace: grace,
-                ttl,
-            },
-            metrics: Arc::new(oauth3_operator::metrics::Metrics::new()),
+        let (stop, stopped) = oneshot::channel::<()>();
+        let client = client.clone();
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            if let Err(e) = run(config, client, listeners, shutdown).await {
+                panic!("the in-process operator failed: {e}");
+            }
         });
-        let cb = router(Arc::new(CallbackState { ctx: ctx.clone() }));
-        let tasks = vec![
-            tokio::spawn(run_permit_controller(
-                Api::namespaced(client.clone(), ns),
-                ctx.clone(),
-                stopped(),
-            )),
-            tokio::spawn(run_execution_controller(
-                Api::namespaced(client.clone(), ns),
-                ectx,
-                stopped(),
-            )),
-            tokio::spawn({
-                let s = stopped();
-                async move {
-                    let _ = serve(listener, cb, s).await;
-                }
-            }),
-        ];
-        Self { ctx, stop, tasks }
+        Self { stop, task }
     }
 
-    /// Stops everything and waits (up to 10 s per task) for it to end, then writes the usage
-    /// counters still pending, as the operator binary does on shutdown.
+    /// Stops the operator and waits (up to 30 s) for it to end: controllers finish, the Lease
+    /// is released and the usage counters still pending are written, as the binary does on
+    /// shutdown.
+    ///
+    /// # Panics
+    /// When the operator failed.
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        let _ = self.stop.send(());
+        match tokio::time::timeout(STOP_TIMEOUT, self.task).await {
+            Ok(result) => result.expect("the in-process operator ended cleanly"),
+            Err(_) => eprintln!("the in-process operator did not stop within {STOP_TIMEOUT:?}"),
         }
-        self.ctx.usage.flush_all(5).await;
     }
+}
+
+/// The operator flags for `launcher` on `ns` (pure but for the identity counter).
+fn flags(
+    ns: &str,
+    callback: std::net::SocketAddr,
+    launcher: &Launcher,
+    grace: Duration,
+    ttl: Duration,
+) -> Vec<String> {
+    static STARTED: AtomicU32 = AtomicU32::new(0);
+    let identity = format!(
+        "in-process-{}-{}",
+        std::process::id(),
+        STARTED.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut flags: Vec<String> = [
+        "oauth3-operator",
+        "--namespace",
+        ns,
+        "--lease-namespace",
+        ns,
+        "--identity",
+        &identity,
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--callback-addr",
+        &callback.to_string(),
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    flags.push(format!("--deadline-grace={}ms", grace.as_millis()));
+    flags.push(format!("--execution-ttl={}ms", ttl.as_millis()));
+    match launcher {
+        Launcher::Process(p) => {
+            flags.push("--launcher=process".into());
+            flags.push(format!("--runner-binary={}", p.binary.display()));
+            flags.extend(p.extra_args.iter().map(|a| format!("--runner-arg={a}")));
+        }
+        Launcher::Pod(p) => {
+            let defaults = PodLaunchConfig::default();
+            assert_eq!(
+                (&p.image_pull_policy, &p.operator_pod_labels),
+                (&defaults.image_pull_policy, &defaults.operator_pod_labels),
+                "no operator flag sets these PodLaunchConfig fields"
+            );
+            let key_provider = match &p.key_provider {
+                kbs @ PodKeyProvider::Kbs { .. } if *kbs == defaults.key_provider => "kbs",
+                PodKeyProvider::Dstack { socket } if socket == "/var/run/dstack.sock" => "dstack",
+                other => panic!("no operator flag sets the key provider {other:?}"),
+            };
+            flags.extend([
+                "--launcher=pod".to_owned(),
+                format!("--runtime-class={}", p.runtime_class_name),
+                format!("--runner-image={}", p.image),
+                format!("--key-provider={key_provider}"),
+                format!("--sandbox-cpu={}", p.cpu),
+                format!("--sandbox-memory={}", p.memory),
+                format!("--operator-namespace={}", p.operator_namespace),
+                format!("--callback-url=http://{callback}"),
+            ]);
+        }
+    }
+    flags
 }

@@ -10,10 +10,10 @@ use kube::api::{Api, PostParams};
 use oauth3_crds::{
     Execution, ExecutionPhase, ExecutionSpec, ExecutionStatus, Permit, PermitPhase, PermitSpec,
 };
-use oauth3_operator::launcher::Launcher as LauncherKind;
-use oauth3_operator::launcher::process::{ProcessLauncher, ProcessLauncherConfig};
+use oauth3_operator::launcher::pod::PodLaunchConfig;
+use oauth3_operator::launcher::process::ProcessLauncherConfig;
 use oauth3_test_support::{PermitFixture, Upstream};
-use oauth3_tests::operator::InProcessOperator;
+use oauth3_tests::operator::{InProcessOperator, Launcher};
 use oauth3_tests::{
     apply_dev_sealed_secret, callback_certificate, client_or_skip, ensure_runtime_class, namespace,
     post_json, workspace_binary,
@@ -59,7 +59,7 @@ impl Operator {
             client,
             ns,
             listener,
-            LauncherKind::Process(ProcessLauncher::new(launcher)),
+            Launcher::Process(launcher),
             grace,
             ttl,
         )
@@ -735,7 +735,7 @@ async fn the_pod_launcher_creates_the_sandbox_once_and_cleans_up_after_the_resul
         &env.client,
         &env.ns,
         l,
-        LauncherKind::Pod(Box::default()),
+        Launcher::Pod(PodLaunchConfig::default()),
         Duration::from_secs(30),
         Duration::from_secs(3600),
     );

@@ -15,10 +15,9 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use oauth3_crds::constants::LABEL_EXECUTION;
 use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec, Permit, PermitPhase, PermitSpec};
-use oauth3_operator::launcher::Launcher as LauncherKind;
 use oauth3_operator::launcher::pod::{PodLaunchConfig, RUNNER_UID, run_object_name};
 use oauth3_tests::kwok::{Kwok, bind_pod};
-use oauth3_tests::operator::InProcessOperator;
+use oauth3_tests::operator::{InProcessOperator, Launcher};
 use oauth3_tests::{
     apply_dev_sealed_secret, client_or_skip, ensure_runtime_class, namespace, post_json,
     workspace_binary,
@@ -132,7 +131,7 @@ async fn fixture(prefix: &str, exec_name: &str, timeout: u32, grace: u64) -> Opt
         &client,
         &ns,
         listener,
-        LauncherKind::Pod(Box::new(config.clone())),
+        Launcher::Pod(config.clone()),
         Duration::from_secs(grace),
         Duration::from_secs(3600),
     );

@@ -13,17 +13,9 @@ pub mod decide;
 pub mod message;
 pub mod state;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-/// Parses `500ms`, `30s`, `15m`, `24h`, `7d` (pure).
-fn parse_duration(text: &str) -> Option<Duration> {
-    let t = text.trim();
-    if t.ends_with("ms") {
-        return crate::leader::parse_duration(t).ok();
-    }
-    oauth3_crds::parse_duration(t).ok()
-}
+use crate::config::TelegramArgs;
 
 /// Field manager of the status writes and state records the Telegram channel makes.
 pub const TELEGRAM_FIELD_MANAGER: &str = "oauth3-telegram";
@@ -67,46 +59,6 @@ pub enum TelegramError {
     /// A decision could not be computed (e.g. the spec cannot be digested).
     #[error("{0}")]
     Decision(String),
-}
-
-/// Flags of the Telegram approval channel. Off when no token file is given.
-#[derive(Debug, Clone, clap::Args)]
-pub struct TelegramArgs {
-    /// File holding the Telegram bot token (from BotFather), e.g. a mounted Kubernetes
-    /// Secret. Without it the Telegram channel is off.
-    #[arg(long, env = "OAUTH3_TELEGRAM_TOKEN_FILE", value_name = "PATH")]
-    pub telegram_token_file: Option<PathBuf>,
-    /// Base URL of the Bot API.
-    #[arg(long, env = "OAUTH3_TELEGRAM_API_URL", value_name = "URL", default_value = DEFAULT_API_URL)]
-    pub telegram_api_url: String,
-    /// The chat the bot writes to and takes decisions from (a user id for a private chat,
-    /// a negative id for a group).
-    #[arg(
-        long,
-        env = "OAUTH3_TELEGRAM_CHAT_ID",
-        value_name = "ID",
-        allow_hyphen_values = true
-    )]
-    pub telegram_chat_id: Option<String>,
-    /// Telegram user ids whose taps and commands count (comma-separated).
-    #[arg(long, env = "OAUTH3_TELEGRAM_OWNER_IDS", value_name = "ID,ID")]
-    pub telegram_owner_ids: Option<String>,
-    /// How long a request may wait for the owner before it is recorded Denied (`30m`, `24h`).
-    #[arg(
-        long,
-        env = "OAUTH3_TELEGRAM_APPROVAL_TIMEOUT",
-        value_name = "DURATION",
-        default_value = "24h"
-    )]
-    pub telegram_approval_timeout: String,
-    /// How often pending requests are looked for and the Bot API is polled (`2s`, `500ms`).
-    #[arg(
-        long,
-        env = "OAUTH3_TELEGRAM_POLL_INTERVAL",
-        value_name = "DURATION",
-        default_value = "2s"
-    )]
-    pub telegram_poll_interval: String,
 }
 
 /// The bot token. Never printed: `Debug` shows `<redacted>`.
@@ -241,26 +193,20 @@ impl TelegramConfig {
                 "required with --telegram-token-file: at least one user id whose taps count",
             ));
         }
-        let approval_timeout = parse_duration(&args.telegram_approval_timeout)
+        let approval_timeout = Some(args.telegram_approval_timeout)
             .filter(|d| !d.is_zero())
             .ok_or_else(|| {
                 config_err(
                     "--telegram-approval-timeout",
-                    format!(
-                        "{:?} is not a duration such as 30m, 24h or 7d",
-                        args.telegram_approval_timeout
-                    ),
+                    "must be more than zero, such as 30m, 24h or 7d",
                 )
             })?;
-        let poll_interval = parse_duration(&args.telegram_poll_interval)
+        let poll_interval = Some(args.telegram_poll_interval)
             .filter(|d| *d >= Duration::from_millis(100))
             .ok_or_else(|| {
                 config_err(
                     "--telegram-poll-interval",
-                    format!(
-                        "{:?} is not a duration of at least 100ms, such as 2s",
-                        args.telegram_poll_interval
-                    ),
+                    "must be at least 100ms, such as 2s",
                 )
             })?;
         Ok(Self {
@@ -289,8 +235,8 @@ mod tests {
             telegram_api_url: DEFAULT_API_URL.into(),
             telegram_chat_id: Some("-1001".into()),
             telegram_owner_ids: Some("42, 43".into()),
-            telegram_approval_timeout: "24h".into(),
-            telegram_poll_interval: "2s".into(),
+            telegram_approval_timeout: Duration::from_secs(86_400),
+            telegram_poll_interval: Duration::from_secs(2),
         }
     }
 
@@ -318,7 +264,7 @@ mod tests {
     #[test]
     fn bad_values_are_refused_naming_the_flag() {
         type Change = fn(&mut TelegramArgs);
-        let cases: [(Change, &str); 6] = [
+        let cases: [(Change, &str); 7] = [
             (
                 |a| a.telegram_api_url = "ftp://x".into(),
                 "--telegram-api-url",
@@ -334,8 +280,12 @@ mod tests {
             ),
             (|a| a.telegram_owner_ids = None, "--telegram-owner-ids"),
             (
-                |a| a.telegram_approval_timeout = "soon".into(),
+                |a| a.telegram_approval_timeout = Duration::ZERO,
                 "--telegram-approval-timeout",
+            ),
+            (
+                |a| a.telegram_poll_interval = Duration::from_millis(50),
+                "--telegram-poll-interval",
             ),
         ];
         for (change, flag) in cases {
