@@ -267,6 +267,18 @@ pub struct Attestation {
     pub statement_digest: Option<String>,
 }
 
+impl Attestation {
+    /// No evidence: the run was not in a TEE (process launcher, development).
+    pub fn none() -> Self {
+        Self {
+            kind: AttestationKind::None,
+            quote: None,
+            report_data: None,
+            statement_digest: None,
+        }
+    }
+}
+
 /// Kinds of attestation evidence.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

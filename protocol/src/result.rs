@@ -69,7 +69,6 @@ impl RunResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oauth3_crds::AttestationKind;
 
     fn result() -> RunResult {
         RunResult {
@@ -88,12 +87,7 @@ mod tests {
             code_digest: "sha256:c".into(),
             permit_digest: "sha256:p".into(),
             rate_budget: BTreeMap::new(),
-            attestation: Attestation {
-                kind: AttestationKind::None,
-                quote: None,
-                report_data: None,
-                statement_digest: None,
-            },
+            attestation: Attestation::none(),
             statement_digest: String::new(),
         }
     }

@@ -13,7 +13,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oauth3_crds::{Attestation, AttestationKind, CallDecision, CallRecord, ExecutionPhase};
+use oauth3_crds::{Attestation, CallDecision, CallRecord, ExecutionPhase};
 use zeroize::Zeroizing;
 
 use crate::bundle::{Bundle, Callback};
@@ -256,12 +256,7 @@ pub async fn run_bundle(bundle: &Bundle, deps: &RunnerDeps) -> RunResult {
         duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
         code_digest,
         permit_digest,
-        attestation: Attestation {
-            kind: AttestationKind::None,
-            quote: None,
-            report_data: None,
-            statement_digest: None,
-        },
+        attestation: Attestation::none(),
         statement_digest: String::new(),
     };
     drop(redactor);

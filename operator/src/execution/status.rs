@@ -294,7 +294,7 @@ pub fn completed(exec: &Execution, result: &RunResult, now: Timestamp) -> Execut
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oauth3_crds::{Attestation, AttestationKind, ExecutionSpec};
+    use oauth3_crds::{Attestation, ExecutionSpec};
     use oauth3_protocol::ExecutionRef;
 
     fn exec() -> Execution {
@@ -333,12 +333,7 @@ mod tests {
             code_digest: "sha256:c".into(),
             permit_digest: "sha256:p".into(),
             rate_budget: Default::default(),
-            attestation: Attestation {
-                kind: AttestationKind::None,
-                quote: None,
-                report_data: None,
-                statement_digest: None,
-            },
+            attestation: Attestation::none(),
             statement_digest: String::new(),
         }
     }
