@@ -7,6 +7,7 @@
 pub mod fixtures;
 pub mod upstream;
 
+use std::fmt::Debug;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -21,22 +22,24 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-/// Polls `probe` every 100 ms until it yields `Some`, for at most `limit`; panics naming
-/// `what` (and the last thing `probe` saw, through `seen`) when it never does.
-pub async fn wait_until<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
+/// Polls `probe` every 100 ms until it yields `Ok`, for at most `limit`; panics naming
+/// `what` and the last thing `probe` saw (its `Err`) when it never does. The one polling
+/// waiter of the test suites.
+pub async fn wait_until<T, D, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
 where
+    D: Debug,
     F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
+    Fut: Future<Output = Result<T, D>>,
 {
     let start = Instant::now();
     loop {
-        if let Some(found) = probe().await {
-            return found;
+        match probe().await {
+            Ok(found) => return found,
+            Err(seen) => assert!(
+                start.elapsed() < limit,
+                "{what}: not reached within {limit:?}; last seen: {seen:?}"
+            ),
         }
-        assert!(
-            start.elapsed() < limit,
-            "{what}: not reached within {limit:?}"
-        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -51,16 +54,19 @@ mod tests {
         let got = wait_until("the third try", Duration::from_secs(5), || {
             calls += 1;
             let n = calls;
-            async move { (n == 3).then_some(n) }
+            async move { if n == 3 { Ok(n) } else { Err(n) } }
         })
         .await;
         assert_eq!(got, 3);
     }
 
     #[tokio::test]
-    #[should_panic(expected = "never: not reached within")]
-    async fn wait_until_names_what_never_happened() {
-        wait_until("never", Duration::from_millis(150), || async { None::<()> }).await;
+    #[should_panic(expected = "never: not reached within 150ms; last seen: \"still no\"")]
+    async fn wait_until_names_what_never_happened_and_what_it_saw() {
+        wait_until("never", Duration::from_millis(150), || async {
+            Err::<(), _>("still no")
+        })
+        .await;
     }
 
     #[test]

@@ -12,7 +12,7 @@ use oauth3_crds::{
 };
 use oauth3_operator::launcher::pod::PodLaunchConfig;
 use oauth3_operator::launcher::process::ProcessLauncherConfig;
-use oauth3_test_support::{PermitFixture, Upstream};
+use oauth3_test_support::{PermitFixture, Upstream, wait_until};
 use oauth3_tests::operator::{InProcessOperator, Launcher};
 use oauth3_tests::{
     apply_dev_sealed_secret, callback_certificate, client_or_skip, ensure_runtime_class, namespace,
@@ -24,6 +24,8 @@ const SECRET: &str = "sk-e2e-operator-91c2";
 /// A digits-only secret (a PIN), the kind an upstream may hand back as a JSON number.
 const PIN: &str = "48213597";
 const DEV_KEY: [u8; 32] = [3u8; 32];
+/// How long an Execution may take to reach what a test waits for.
+const WAIT: Duration = Duration::from_secs(60);
 
 /// The in-process operator with the process launcher.
 struct Operator;
@@ -225,16 +227,14 @@ impl Env {
         pred: impl Fn(&Execution) -> bool,
     ) -> Execution {
         let api: Api<Execution> = Api::namespaced(self.client.clone(), &self.ns);
-        for _ in 0..600 {
-            if let Ok(e) = api.get(name).await
-                && pred(&e)
-            {
-                return e;
+        wait_until(&format!("Execution {name} {what}"), WAIT, || async {
+            match api.get(name).await {
+                Ok(e) if pred(&e) => Ok(e),
+                Ok(e) => Err(format!("{:?}", e.status)),
+                Err(e) => Err(e.to_string()),
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let e = api.get(name).await.expect("read");
-        panic!("Execution {name} never became {what}: {:?}", e.status);
+        })
+        .await
     }
 
     async fn wait_permit(&self, name: &str, phase: PermitPhase) -> Permit {
@@ -251,16 +251,14 @@ impl Env {
         pred: impl Fn(&Permit) -> bool,
     ) -> Permit {
         let api: Api<Permit> = Api::namespaced(self.client.clone(), &self.ns);
-        for _ in 0..300 {
-            if let Ok(p) = api.get(name).await
-                && pred(&p)
-            {
-                return p;
+        wait_until(&format!("Permit {name} {what}"), WAIT / 2, || async {
+            match api.get(name).await {
+                Ok(p) if pred(&p) => Ok(p),
+                Ok(p) => Err(format!("{:?}", p.status)),
+                Err(e) => Err(e.to_string()),
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let p = api.get(name).await.expect("read");
-        panic!("Permit {name} never became {what}: {:?}", p.status);
+        })
+        .await
     }
 }
 

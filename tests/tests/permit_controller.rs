@@ -4,6 +4,7 @@
 //! `SpecChanged`, an Event) by a spec edit, Expired once the lifetime has passed, Denied on a
 //! denial.
 
+use oauth3_test_support::wait_until;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,22 +102,14 @@ async fn wait_for(
     what: &str,
     ok: impl Fn(&Permit) -> bool,
 ) -> Permit {
-    let start = tokio::time::Instant::now();
-    loop {
+    wait_until(&format!("{name}: {what}"), DEADLINE, || async {
         let p = api
             .get(name)
             .await
             .unwrap_or_else(|e| panic!("reading {name}: {e}"));
-        if ok(&p) {
-            return p;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "{name}: not {what} within {DEADLINE:?}; status: {:?}",
-            p.status
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        if ok(&p) { Ok(p) } else { Err(p.status) }
+    })
+    .await
 }
 
 fn phase(p: &Permit) -> Option<PermitPhase> {

@@ -12,7 +12,7 @@ use oauth3_crds::{
     ApprovalDecision, ApprovalVia, Execution, ExecutionPhase, ExecutionSpec, Permit, PermitPhase,
     PermitSpec, TrustLevel, code_digest, spec_digest,
 };
-use oauth3_test_support::Upstream;
+use oauth3_test_support::{Upstream, wait_until};
 use oauth3_tests::telegram::{BotMessage, Emulator, OperatorProcess, telegram_flags};
 use oauth3_tests::{apply_dev_sealed_secret, client_or_skip, namespace, workspace_binary};
 use serde_json::{Value, json};
@@ -68,17 +68,15 @@ impl Env {
     }
 
     async fn wait_permit(&self, name: &str, what: &str, pred: impl Fn(&Permit) -> bool) -> Permit {
-        for _ in 0..300 {
-            let p = self.get(name).await;
-            if pred(&p) {
-                return p;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!(
-            "Permit {name} never became {what}: {:?}",
-            self.get(name).await.status
-        );
+        wait_until(
+            &format!("Permit {name} {what}"),
+            Duration::from_secs(30),
+            || async {
+                let p = self.get(name).await;
+                if pred(&p) { Ok(p) } else { Err(p.status) }
+            },
+        )
+        .await
     }
 
     /// The request message for Permit `name` (its first line names it).
@@ -514,17 +512,19 @@ async fn execution(env: &Env, name: &str, code: &str) {
 
 async fn wait_exec(env: &Env, name: &str, want: ExecutionPhase) -> Execution {
     let api: Api<Execution> = Api::namespaced(env.client.clone(), &env.ns);
-    for _ in 0..600 {
-        let e = api.get(name).await.expect("execution");
-        if e.status.as_ref().and_then(|s| s.phase) == Some(want) {
-            return e;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "Execution {name} never became {want:?}: {:?}",
-        api.get(name).await.expect("e").status
-    );
+    wait_until(
+        &format!("Execution {name} {want:?}"),
+        Duration::from_secs(60),
+        || async {
+            let e = api.get(name).await.expect("execution");
+            if e.status.as_ref().and_then(|s| s.phase) == Some(want) {
+                Ok(e)
+            } else {
+                Err(e.status)
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 //! with another writer making its guarded writes conflict, in far fewer writes than changes;
 //! unwritten changes are visible to readers and written on demand (shutdown).
 
+use oauth3_test_support::wait_until;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,15 +54,11 @@ fn usage(p: &Permit) -> PermitUsage {
 }
 
 async fn wait_usage(api: &Api<Permit>, ok: impl Fn(&PermitUsage) -> bool) -> PermitUsage {
-    let start = tokio::time::Instant::now();
-    loop {
+    wait_until("the usage", DEADLINE, || async {
         let u = usage(&api.get("p").await.expect("read the Permit"));
-        if ok(&u) {
-            return u;
-        }
-        assert!(start.elapsed() < DEADLINE, "usage never arrived: {u:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        if ok(&u) { Ok(u) } else { Err(u) }
+    })
+    .await
 }
 
 #[tokio::test]
