@@ -46,6 +46,7 @@ use crate::status_write::{Guarded, is_not_found, publish, write_status};
 use crate::usage::UsageDelta;
 use bundle::{CallbackTarget, build_bundle};
 use decide::{Admission, Step, admit, next_step};
+use oauth3_protocol::SealedSecretRef;
 use status::{Ending, LaunchPlan};
 
 /// How often an Execution waiting for code approval is looked at again.
@@ -261,8 +262,15 @@ async fn admit_and_launch(
     }
 }
 
-/// Launches `exec` under `permit`: sealed envelopes (process runner), the budget reservation
-/// where a limit needs one, the launch lock, then the runner.
+/// What a launch needs once it may go ahead: the envelopes for the bundle and whether a
+/// reservation already counted it.
+struct Cleared {
+    sealed: Vec<SealedSecretRef>,
+    reserved: bool,
+}
+
+/// Launches `exec` under `permit`: clear it (sealed envelopes, the reservation a limit needs),
+/// take the launch lock, then start the runner.
 async fn launch(
     exec: &Execution,
     permit: &Permit,
@@ -273,52 +281,11 @@ async fn launch(
     now: Timestamp,
 ) -> Result<Action, ExecutionError> {
     let ctx = &ectx.ctx;
-    let config = &ectx.config;
-    let namespace = exec.namespace().unwrap_or_default();
-    let sealed = match config
-        .launcher
-        .sealed_envelopes(&ctx.client, &namespace, permit)
-        .await
-        .map_err(api_error("reading the sealed Secrets", exec))?
-    {
-        SealedEnvelopes::Found(sealed) => sealed,
-        SealedEnvelopes::Unusable(e) => {
-            end(
-                ctx,
-                api,
-                exec,
-                &decide::sealed_secret_unusable(&e),
-                "recording a missing secret",
-                None,
-            )
-            .await?;
-            return Ok(Action::requeue(Duration::from_secs(1)));
-        }
-    };
-    let strict = reserve::needs_reservation(permit, &code_digest);
-    if strict && !reserve::reserve_execution(ctx, &namespace, permit, &code_digest).await? {
-        end(
-            ctx,
-            api,
-            exec,
-            &decide::budget_spent(permit),
-            "recording the refusal",
-            None,
-        )
-        .await?;
+    let Some(cleared) = clear_launch(exec, permit, &code_digest, ectx, api).await? else {
         return Ok(Action::requeue(Duration::from_secs(1)));
-    }
-    let token = Zeroizing::new(hex::encode(rand::random::<[u8; 32]>()));
-    let timeout = SignedDuration::from_secs(i64::from(exec.spec.timeout_seconds));
-    let grace = SignedDuration::try_from(config.deadline_grace).unwrap_or(SignedDuration::ZERO);
-    let plan = LaunchPlan {
-        launcher: config.launcher.kind(),
-        token_digest: token_digest(&token),
-        deadline: now.checked_add(timeout + grace).unwrap_or(Timestamp::MAX),
-        pod_name: config.launcher.pod_name(&exec.name_any()),
-        permit_digest,
-        code_digest,
     };
+    let token = Zeroizing::new(hex::encode(rand::random::<[u8; 32]>()));
+    let plan = launch_plan(exec, &ectx.config, &token, permit_digest, code_digest, now);
     // The launch lock: only the writer that moves the Execution to Running launches. It is the
     // only write of a launch (the handle of a Pod is known before it exists; a process id is
     // logged and put in the Launched Event): each write per Execution costs the API server.
@@ -331,20 +298,112 @@ async fn launch(
             return Ok(Action::requeue(Duration::from_millis(200)));
         }
     }
-    if !strict {
+    if !cleared.reserved {
         let delta = UsageDelta {
             executions: 1,
             ..UsageDelta::default()
         };
-        ctx.usage.record(&namespace, &permit.name_any(), delta);
+        ctx.usage.record(
+            &exec.namespace().unwrap_or_default(),
+            &permit.name_any(),
+            delta,
+        );
     }
+    let deadline = plan.deadline;
+    let locked = Locked {
+        plan,
+        token,
+        sealed: cleared.sealed,
+    };
+    start_runner(exec, permit, locked, ectx, api, now).await?;
+    Ok(Action::requeue(until(now, deadline)))
+}
+
+/// A launch whose lock is taken: what the runner gets.
+struct Locked {
+    plan: LaunchPlan,
+    token: Zeroizing<String>,
+    sealed: Vec<SealedSecretRef>,
+}
+
+/// Whether `exec` may launch now: its sealed Secrets are usable (process runner) and, where a
+/// limit needs it, a slot is reserved. `None` when it was ended instead (refused).
+async fn clear_launch(
+    exec: &Execution,
+    permit: &Permit,
+    code_digest: &str,
+    ectx: &ExecutionContext,
+    api: &Api<Execution>,
+) -> Result<Option<Cleared>, ExecutionError> {
+    let ctx = &ectx.ctx;
+    let namespace = exec.namespace().unwrap_or_default();
+    let sealed = match ectx
+        .config
+        .launcher
+        .sealed_envelopes(&ctx.client, &namespace, permit)
+        .await
+        .map_err(api_error("reading the sealed Secrets", exec))?
+    {
+        SealedEnvelopes::Found(sealed) => sealed,
+        SealedEnvelopes::Unusable(e) => {
+            let ending = decide::sealed_secret_unusable(&e);
+            end(ctx, api, exec, &ending, "recording a missing secret", None).await?;
+            return Ok(None);
+        }
+    };
+    let reserved = reserve::needs_reservation(permit, code_digest);
+    if reserved && !reserve::reserve_execution(ctx, &namespace, permit, code_digest).await? {
+        let ending = decide::budget_spent(permit);
+        end(ctx, api, exec, &ending, "recording the refusal", None).await?;
+        return Ok(None);
+    }
+    Ok(Some(Cleared { sealed, reserved }))
+}
+
+/// The launch record of `exec` launched at `now` with `token` (pure).
+fn launch_plan(
+    exec: &Execution,
+    config: &ExecutionConfig,
+    token: &str,
+    permit_digest: String,
+    code_digest: String,
+    now: Timestamp,
+) -> LaunchPlan {
+    let timeout = SignedDuration::from_secs(i64::from(exec.spec.timeout_seconds));
+    let grace = SignedDuration::try_from(config.deadline_grace).unwrap_or(SignedDuration::ZERO);
+    LaunchPlan {
+        launcher: config.launcher.kind(),
+        token_digest: token_digest(token),
+        deadline: now.checked_add(timeout + grace).unwrap_or(Timestamp::MAX),
+        pod_name: config.launcher.pod_name(&exec.name_any()),
+        permit_digest,
+        code_digest,
+    }
+}
+
+/// Starts the runner of a locked launch: the bundle (from the rate budget the previous runs
+/// left, including what is not written to the Permit yet), the launcher, the `Launched` Event;
+/// a launch that fails ends the Execution.
+async fn start_runner(
+    exec: &Execution,
+    permit: &Permit,
+    locked: Locked,
+    ectx: &ExecutionContext,
+    api: &Api<Execution>,
+    now: Timestamp,
+) -> Result<(), ExecutionError> {
+    let ctx = &ectx.ctx;
+    let config = &ectx.config;
+    let Locked {
+        plan,
+        token,
+        sealed,
+    } = locked;
     let callback = CallbackTarget {
         base_url: config.callback_base_url.clone(),
         ca_pem: config.callback_ca_pem.clone(),
         token,
     };
-    // The runner starts from the rate budget the previous runs left, including what is not
-    // written to the Permit yet.
     let mut counted = permit.clone();
     ctx.usage.overlay(&mut counted);
     let bundle = build_bundle(
@@ -362,13 +421,8 @@ async fn launch(
     {
         Ok((launched, exited)) => {
             if let Some(exited) = exited {
-                watch_exit(
-                    ctx.clone(),
-                    exec.clone(),
-                    plan.token_digest.clone(),
-                    launched.handle.clone(),
-                    exited,
-                );
+                let (handle, digest) = (launched.handle.clone(), plan.token_digest.clone());
+                watch_exit(ctx.clone(), exec.clone(), digest, handle, exited);
             }
             let latency = exec
                 .metadata
@@ -379,32 +433,28 @@ async fn launch(
             ectx.metrics
                 .observe_launch_latency(Duration::from_secs_f64(latency.max(0.0)));
             tracing::info!(execution = %key(exec), handle = %launched.handle, latency_s = latency, "launched");
-            publish(
-                &ctx.recorder,
-                exec,
-                EventType::Normal,
-                status::Reason::Launched.as_str(),
-                format!("runner started ({})", launched.handle),
-            )
-            .await;
+            let note = format!("runner started ({})", launched.handle);
+            let reason = status::Reason::Launched.as_str();
+            publish(&ctx.recorder, exec, EventType::Normal, reason, note).await;
         }
         Err(e) => {
             let fresh = api
                 .get(&exec.name_any())
                 .await
                 .map_err(api_error("re-reading after a failed launch", exec))?;
+            let ending = decide::launch_failed(&e);
             end(
                 ctx,
                 api,
                 &fresh,
-                &decide::launch_failed(&e),
+                &ending,
                 "recording the failed launch",
                 None,
             )
             .await?;
         }
     }
-    Ok(Action::requeue(until(now, plan.deadline)))
+    Ok(())
 }
 
 /// Ends the Execution when its process runner exits while it still waits for the result (a
