@@ -7,8 +7,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use futures::StreamExt;
-use kube::runtime::Controller;
 use kube::{Api, Client};
 use oauth3_crds::{Execution, Permit};
 use tokio::net::TcpListener;
@@ -338,7 +336,7 @@ impl LeaderWork {
             namespace = self.namespace.as_deref().unwrap_or("(all)"),
             "starting the Permit and Execution controllers"
         );
-        let permits = run_permit_controller(
+        let permits = permit::run_permit_controller(
             self.api::<Permit>(),
             self.ctx.clone(),
             self.metrics.clone(),
@@ -397,36 +395,4 @@ async fn lead_while_elected(
             Ok(())
         }
     }
-}
-
-/// Runs the Permit controller until `stop` resolves, counting and timing each reconcile.
-async fn run_permit_controller(
-    api: Api<Permit>,
-    ctx: Arc<Context>,
-    metrics: Arc<Metrics>,
-    stop: impl Future<Output = ()> + Send + Sync + 'static,
-) {
-    // The lean cache, as for Executions: no managedFields or last-applied copies in memory.
-    let (store, stream) = crate::cache::lean_watch(api);
-    Controller::for_stream(stream, store)
-        .graceful_shutdown_on(stop)
-        .run(
-            move |permit, ctx| {
-                let metrics = metrics.clone();
-                async move {
-                    metrics
-                        .instrument("permit", permit::reconcile(permit, ctx))
-                        .await
-                }
-            },
-            permit::error_policy,
-            ctx,
-        )
-        .for_each(|result| async move {
-            match result {
-                Ok((permit, action)) => tracing::debug!(permit = %permit, ?action, "reconciled"),
-                Err(e) => tracing::warn!(error = %e, "permit controller"),
-            }
-        })
-        .await;
 }

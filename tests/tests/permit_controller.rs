@@ -41,7 +41,8 @@ fn start_controller(client: &Client, ns: &str) -> RunningController {
     let (stop, stopped) = oneshot::channel::<()>();
     let api: Api<Permit> = Api::namespaced(client.clone(), ns);
     let ctx = Arc::new(Context::new(client.clone()));
-    tokio::spawn(run_permit_controller(api, ctx, async move {
+    let metrics = Arc::new(oauth3_operator::metrics::Metrics::new());
+    tokio::spawn(run_permit_controller(api, ctx, metrics, async move {
         let _ = stopped.await;
     }));
     RunningController { stop: Some(stop) }

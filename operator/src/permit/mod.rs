@@ -8,6 +8,7 @@
 
 pub mod status;
 
+use crate::metrics::Metrics;
 use crate::status_write::write_status;
 use std::future::Future;
 use std::sync::Arc;
@@ -114,26 +115,38 @@ pub fn error_policy(permit: Arc<Permit>, error: &Error, ctx: Arc<Context>) -> Ac
 }
 
 /// The Permit controller over `api` (all namespaces or one), as a stream of reconcile results
-/// that ends after `shutdown` resolves and in-flight reconciles finish.
+/// that ends after `shutdown` resolves and in-flight reconciles finish. Each reconcile is
+/// counted and timed in `metrics`; the cache is the lean one (no managedFields or
+/// last-applied copies in memory).
 pub fn permit_controller(
     api: Api<Permit>,
     ctx: Arc<Context>,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Stream<Item = Result<(ObjectRef<Permit>, Action), controller::Error<Error, watcher::Error>>>
 {
     let (store, stream) = crate::cache::lean_watch(api);
     Controller::for_stream(stream, store)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(
+            move |permit, ctx| {
+                let metrics = metrics.clone();
+                async move { metrics.instrument("permit", reconcile(permit, ctx)).await }
+            },
+            error_policy,
+            ctx,
+        )
 }
 
-/// Runs the Permit controller over `api` until `shutdown` resolves, logging each outcome.
+/// Runs the Permit controller over `api` until `shutdown` resolves, logging each outcome. The
+/// one way the operator (and its tests) run it.
 pub async fn run_permit_controller(
     api: Api<Permit>,
     ctx: Arc<Context>,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    permit_controller(api, ctx, shutdown)
+    permit_controller(api, ctx, metrics, shutdown)
         .for_each(|result| async move {
             match result {
                 Ok((permit, action)) => {
