@@ -5,13 +5,14 @@
 //! policy and sends requests), `host` (the seam between sandbox and enforcement), `sandbox`
 //! (QuickJS with no ambient authority), `secrets` (sealed-secret envelopes and key providers),
 //! `redact` (the one redaction engine, built once per run, that scrubs secret values from
-//! every output) and `runner` (one run end to end, and posting its result).
+//! every output), `run` (one run end to end) and `callback` (posting its result).
 
 pub mod bundle;
+pub mod callback;
 pub mod fetch;
 pub mod host;
 pub mod policy;
 pub mod redact;
-pub mod runner;
+pub mod run;
 pub mod sandbox;
 pub mod secrets;

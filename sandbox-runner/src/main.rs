@@ -10,7 +10,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use oauth3_sandbox_runner::bundle::{Bundle, sealed_secrets_from_dir};
-use oauth3_sandbox_runner::runner::{BackendOptions, RunnerDeps, post_result, run_bundle};
+use oauth3_sandbox_runner::callback::post_result;
+use oauth3_sandbox_runner::run::{BackendOptions, RunnerDeps, run_bundle};
 use oauth3_sandbox_runner::secrets::{DevKey, DevProvider, DstackProvider, KbsProvider};
 
 /// Runs agent JavaScript from an oauth3 run bundle in a QuickJS sandbox that can reach the

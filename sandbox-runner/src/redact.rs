@@ -113,7 +113,7 @@ impl Redactor {
     }
 
     /// A redactor for the values of a run's opened secrets.
-    pub fn for_secrets(secrets: &crate::runner::Secrets) -> Self {
+    pub fn for_secrets(secrets: &crate::run::Secrets) -> Self {
         Self::new(secrets.values().map(|s| s.as_str()))
     }
 
