@@ -327,7 +327,8 @@ struct Locked {
 }
 
 /// Whether `exec` may launch now: its sealed Secrets are usable (process runner) and, where a
-/// limit needs it, a slot is reserved. `None` when it was ended instead (refused).
+/// limit needs it, a slot is reserved. `None` when it was ended instead (refused), or when its
+/// Permit went away meanwhile (decided again at the next reconcile).
 async fn clear_launch(
     exec: &Execution,
     permit: &Permit,
@@ -352,10 +353,17 @@ async fn clear_launch(
         }
     };
     let reserved = reserve::needs_reservation(permit, code_digest);
-    if reserved && !reserve::reserve_execution(ctx, &namespace, permit, code_digest).await? {
-        let ending = decide::budget_spent(permit);
-        end(ctx, api, exec, &ending, "recording the refusal", None).await?;
-        return Ok(None);
+    if reserved {
+        match reserve::reserve_execution(ctx, &namespace, permit, code_digest).await? {
+            reserve::Reservation::Reserved => {}
+            reserve::Reservation::Exhausted => {
+                let ending = decide::budget_spent(permit);
+                end(ctx, api, exec, &ending, "recording the refusal", None).await?;
+                return Ok(None);
+            }
+            // Decided again at the next reconcile, where admission finds no Permit.
+            reserve::Reservation::PermitGone => return Ok(None),
+        }
     }
     Ok(Some(Cleared { sealed, reserved }))
 }

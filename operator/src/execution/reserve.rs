@@ -55,9 +55,20 @@ pub(crate) fn reservation(permit: &Permit, code_digest: &str) -> Option<serde_js
     Some(change)
 }
 
+/// What a reservation came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reservation {
+    /// The slot is taken: launch.
+    Reserved,
+    /// `maxExecutions` is used up: refuse.
+    Exhausted,
+    /// The Permit was deleted meanwhile: decide again (admission then refuses it).
+    PermitGone,
+}
+
 /// Counts one Execution on the Permit and consumes a matching `once` code trust, guarded by the
 /// Permit's resourceVersion: conflicts are retried with fresh reads and the budget is
-/// re-checked each time. `Ok(false)` means the budget is exhausted.
+/// re-checked each time.
 ///
 /// # Errors
 /// [`ExecutionError::Api`] when the Permit cannot be read or written.
@@ -66,7 +77,7 @@ pub(crate) async fn reserve_execution(
     namespace: &str,
     permit: &Permit,
     code_digest: &str,
-) -> Result<bool, ExecutionError> {
+) -> Result<Reservation, ExecutionError> {
     let api: Api<Permit> = Api::namespaced(ctx.client.clone(), namespace);
     let name = permit.name_any();
     let err = |source| ExecutionError::Api {
@@ -77,14 +88,14 @@ pub(crate) async fn reserve_execution(
     let mut current = permit.clone();
     for attempt in 0..ATTEMPTS {
         let Some(change) = reservation(&current, code_digest) else {
-            return Ok(false);
+            return Ok(Reservation::Exhausted);
         };
         match write_status(&api, &current, &change, None)
             .await
             .map_err(err)?
         {
-            Guarded::Written => return Ok(true),
-            Guarded::Gone => return Ok(false),
+            Guarded::Written => return Ok(Reservation::Reserved),
+            Guarded::Gone => return Ok(Reservation::PermitGone),
             Guarded::Conflict if attempt + 1 < ATTEMPTS => {
                 tokio::time::sleep(Duration::from_millis(u64::from(rand::random::<u8>() % 20)))
                     .await;
