@@ -42,8 +42,10 @@ pub struct ExecutionSpec {
 
     /// JavaScript run as the body of an async function. It sees `args`, `console.log` /
     /// `console.error` and one async function per capability, nothing else (no fetch, require,
-    /// process or timers). Its return value becomes `status.result`. At most 256 KiB.
+    /// process or timers). Its return value becomes `status.result`. At most 262144 bytes of
+    /// UTF-8 (256 KiB; fewer characters when it is not ASCII).
     #[schemars(length(min = 1, max = 262_144))]
+    #[x_kube(validation = Rule::new("bytes(self).size() <= 262144").message("must be at most 262144 bytes of UTF-8 (the limit counts bytes, not characters)"))]
     pub code: String,
 
     /// JSON value visible to the code as `args`.

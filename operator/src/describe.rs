@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use oauth3_crds::{
-    BodyRules, Capability, CapabilityForm, CodeReview, ParamLocation, Permit, PermitSpec,
+    BodyRules, Capability, CapabilityForm, CodeReview, ParamLocation, PathGlob, Permit, PermitSpec,
 };
 
 /// The capability's call signature as the code sees it, e.g. `github(method, path, {query,
@@ -90,10 +90,17 @@ pub fn describe_capability(cap: &Capability, out: &mut String) {
             let _ = writeln!(out, "    methods: {}", methods.join(", "));
             for p in paths {
                 let _ = writeln!(out, "    url:     {}", join_url(base_url, p));
+                // The reading in words, from the same grammar the runner compiles with.
+                let reading = match PathGlob::parse(p) {
+                    Ok(glob) => format!("= {}", join_url(base_url, &glob.explain())),
+                    Err(e) => format!("(invalid, the runner refuses this Permit: {e})"),
+                };
+                let _ = writeln!(out, "             {reading}");
             }
             let _ = writeln!(
                 out,
-                "             (* = one path segment, ** = any number of segments)"
+                "             (** = any number of segments, * = one segment, \
+                 * inside a segment = any characters but /)"
             );
             match &cap.query {
                 Some(q) if !q.allow.is_empty() => {
@@ -242,6 +249,26 @@ mod tests {
             "validFor": "7d", "maxExecutions": 5, "codeReview": "perCode"
         }))
         .expect("spec")
+    }
+
+    #[test]
+    fn every_glob_is_spelled_out_in_words_and_an_invalid_one_says_so() {
+        let mut spec = spec();
+        spec.capabilities[0].paths = vec![
+            "/repos/o/r/issues/**".into(),
+            "/files/*.json".into(),
+            "/repos/o/r/issues**".into(),
+        ];
+        let text = describe_spec(&spec, "sha256:abc");
+        for needle in [
+            "url:     https://api.github.com/repos/o/r/issues/**",
+            "= https://api.github.com/repos/o/r/issues and every path below it",
+            "= https://api.github.com/files/<one segment: anything + \".json\">",
+            "url:     https://api.github.com/repos/o/r/issues**",
+            "(invalid, the runner refuses this Permit: segment \"issues**\": ** must be a whole path segment",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod approval;
 pub mod cache;
 pub mod conditions;
 pub mod config;
+pub mod conn_guard;
 pub mod context;
 pub mod describe;
 pub mod error;

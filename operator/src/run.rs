@@ -269,7 +269,7 @@ impl CallbackServer {
             launcher = ?args.launcher,
             "execution side ready"
         );
-        let router = callback::router(Arc::new(CallbackState { ctx: ctx.clone() }));
+        let router = callback::router(Arc::new(CallbackState::new(ctx.clone())));
         let context = Arc::new(ExecutionContext {
             ctx,
             config: execution,

@@ -47,6 +47,10 @@ pub struct UsageDelta {
     pub rate_budget: BTreeMap<String, f64>,
     /// When `rate_budget` was measured (the next launch refills it from then).
     pub budget_at: Option<Timestamp>,
+    /// Rate-limit tokens to take off the budget, per capability, on top of `rate_budget`: the
+    /// allowed calls of a run whose own remaining budget is stale (a result that arrived late,
+    /// or one recounted after a restart).
+    pub spent: BTreeMap<String, f64>,
 }
 
 impl UsageDelta {
@@ -58,6 +62,9 @@ impl UsageDelta {
             self.budget_at = later.budget_at.or(self.budget_at);
         }
         self.rate_budget.extend(later.rate_budget);
+        for (cap, n) in later.spent {
+            *self.spent.entry(cap).or_default() += n;
+        }
     }
 
     /// `usage` with this delta applied. `at` moves only with a new budget: it is where the
@@ -65,6 +72,11 @@ impl UsageDelta {
     pub fn apply_to(&self, usage: &PermitUsage) -> PermitUsage {
         let mut rate_budget = usage.rate_budget.clone();
         rate_budget.extend(self.rate_budget.clone());
+        for (cap, n) in &self.spent {
+            if let Some(left) = rate_budget.get_mut(cap) {
+                *left = (*left - n).max(0.0);
+            }
+        }
         let at = match self.budget_at {
             Some(t) if !self.rate_budget.is_empty() => Some(Time(t)),
             _ => usage.at.clone(),
@@ -249,6 +261,7 @@ mod tests {
             calls: 2,
             rate_budget: budget(&[("a", 1.0), ("b", 5.0)]),
             budget_at: Some(t(100)),
+            ..UsageDelta::default()
         };
         d.merge(UsageDelta {
             executions: 1,
@@ -264,6 +277,7 @@ mod tests {
             calls: 3,
             rate_budget: budget(&[("a", 0.5)]),
             budget_at: Some(t(160)),
+            ..UsageDelta::default()
         });
         assert_eq!(d.executions, 2);
         assert_eq!(d.calls, 5);
@@ -294,10 +308,31 @@ mod tests {
             calls: 1,
             rate_budget: budget(&[("a", 2.0)]),
             budget_at: Some(t(90)),
+            ..UsageDelta::default()
         };
         let next = d.apply_to(&written);
         assert_eq!((next.executions, next.calls), (12, 21));
         assert_eq!(next.rate_budget, budget(&[("a", 2.0), ("c", 1.0)]));
         assert_eq!(next.at, Some(Time(t(90))));
+    }
+
+    #[test]
+    fn spent_tokens_come_off_the_current_budget_never_below_zero() {
+        let written = PermitUsage {
+            rate_budget: budget(&[("a", 3.0), ("b", 1.0)]),
+            ..PermitUsage::default()
+        };
+        let mut late = UsageDelta {
+            calls: 3,
+            spent: budget(&[("a", 2.0), ("b", 2.0), ("gone", 1.0)]),
+            ..UsageDelta::default()
+        };
+        late.merge(UsageDelta {
+            spent: budget(&[("a", 0.5)]),
+            ..UsageDelta::default()
+        });
+        let next = late.apply_to(&written);
+        assert_eq!(next.rate_budget, budget(&[("a", 0.5), ("b", 0.0)]));
+        assert_eq!(next.calls, 3);
     }
 }

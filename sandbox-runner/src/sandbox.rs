@@ -386,7 +386,9 @@ impl Script {
 
         for name in self.host.capabilities() {
             let taken = globals.contains_key(name.as_str()).map_err(install)?;
-            if !is_identifier(&name) || taken || name == "args" {
+            let reserved = oauth3_crds::SANDBOX_NAMES.contains(&name.as_str())
+                || oauth3_crds::JS_RESERVED_WORDS.contains(&name.as_str());
+            if !is_identifier(&name) || taken || reserved {
                 return Err(SandboxError::CapabilityName(name));
             }
             let host = Arc::clone(&self.host);

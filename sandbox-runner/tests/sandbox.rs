@@ -619,3 +619,56 @@ async fn runs_are_isolated_from_each_other() {
     let out = run_with("return typeof leak", Value::Null, host, &limits()).await;
     assert_eq!(out.outcome, Outcome::Returned(json!("undefined")));
 }
+
+/// The schema's list of names the sandbox defines (`oauth3_crds::SANDBOX_NAMES`, refused as
+/// capability names by the API server) covers every name the real global scope has, own or
+/// inherited: a built-in added by a QuickJS upgrade fails this test instead of failing Permits
+/// at launch.
+#[tokio::test]
+async fn every_name_in_the_sandbox_global_scope_is_refused_by_the_schema() {
+    let names = returned(
+        r#"
+        const names = new Set();
+        for (let o = globalThis; o; o = Object.getPrototypeOf(o)) {
+            for (const n of Object.getOwnPropertyNames(o)) names.add(n);
+        }
+        return [...names];
+        "#,
+    )
+    .await;
+    let names: Vec<String> = serde_json::from_value(names).expect("names");
+    assert!(names.len() > 50, "{names:?}");
+    let capabilities = TestHost::new().capabilities();
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| sandbox::is_identifier(n) && !capabilities.contains(n))
+        .filter(|n| !oauth3_crds::SANDBOX_NAMES.contains(&n.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "names the sandbox defines but the schema would accept as capability names: {missing:?}"
+    );
+}
+
+/// Every listed name is refused by the sandbox itself when a (schema-bypassing) Permit uses it.
+#[tokio::test]
+async fn a_capability_named_like_a_sandbox_name_is_refused_at_install() {
+    for name in oauth3_crds::SANDBOX_NAMES
+        .iter()
+        .chain(oauth3_crds::JS_RESERVED_WORDS)
+    {
+        let out = sandbox::run(
+            "return 1",
+            &Value::Null,
+            TestHost::with_capability(name),
+            &limits(),
+            Arc::new(Redactor::none()),
+        )
+        .await;
+        assert!(
+            matches!(out, Err(sandbox::SandboxError::CapabilityName(ref n)) if n == name),
+            "{name}: {:?}",
+            out.map(|o| o.outcome)
+        );
+    }
+}

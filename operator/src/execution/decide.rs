@@ -297,6 +297,15 @@ pub(crate) fn launch_failed(why: &crate::launcher::LaunchError) -> Ending {
     Ending::failed(Reason::LaunchFailed, why.to_string())
 }
 
+/// How a run whose bundle the runner would refuse ends (it never starts): `Denied`, with the
+/// runner's own reason, as the runner itself would report it.
+pub(crate) fn bundle_refused(why: &oauth3_protocol::BundleError) -> Ending {
+    Ending::denied(
+        Reason::RunnerRefused,
+        format!("the sandbox runner refuses this run: {why}"),
+    )
+}
+
 /// How a process runner that exited while `exec` (as read now) still waits for its result
 /// ends it: only while it is `Running` under the same launch (`token_digest`); a result that
 /// came first, or a newer launch, wins.

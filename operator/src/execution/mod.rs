@@ -389,6 +389,14 @@ fn launch_plan(
     }
 }
 
+/// Why a locked launch did not start a runner.
+enum Refused {
+    /// The bundle does not validate.
+    Bundle(oauth3_protocol::BundleError),
+    /// The launcher failed.
+    Launch(crate::launcher::LaunchError),
+}
+
 /// Starts the runner of a locked launch: the bundle (from the rate budget the previous runs
 /// left, including what is not written to the Permit yet), the launcher, the `Launched` Event;
 /// a launch that fails ends the Execution.
@@ -411,6 +419,7 @@ async fn start_runner(
         base_url: config.callback_base_url.clone(),
         ca_pem: config.callback_ca_pem.clone(),
         token,
+        deadline: plan.deadline,
     };
     let mut counted = permit.clone();
     ctx.usage.overlay(&mut counted);
@@ -422,11 +431,17 @@ async fn start_runner(
         Some(&callback),
         now,
     );
-    match config
-        .launcher
-        .launch(&ctx.client, exec, permit, &bundle)
-        .await
-    {
+    // The runner validates the bundle before it runs anything; a bundle it would refuse (an
+    // object stored before the schema refused it, say) ends here with the runner's reason.
+    let launched = match bundle.validate() {
+        Err(refusal) => Err(Refused::Bundle(refusal)),
+        Ok(_) => config
+            .launcher
+            .launch(&ctx.client, exec, permit, &bundle)
+            .await
+            .map_err(Refused::Launch),
+    };
+    match launched {
         Ok((launched, exited)) => {
             if let Some(exited) = exited {
                 let (handle, digest) = (launched.handle.clone(), plan.token_digest.clone());
@@ -450,7 +465,10 @@ async fn start_runner(
                 .get(&exec.name_any())
                 .await
                 .map_err(api_error("re-reading after a failed launch", exec))?;
-            let ending = decide::launch_failed(&e);
+            let ending = match e {
+                Refused::Bundle(e) => decide::bundle_refused(&e),
+                Refused::Launch(e) => decide::launch_failed(&e),
+            };
             end(
                 ctx,
                 api,

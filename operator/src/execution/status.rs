@@ -29,6 +29,9 @@ const MAX_CONDITION_MESSAGE: usize = 1024;
 
 /// The condition every finished Execution carries.
 pub const COMPLETED: &str = "Completed";
+/// Condition type (and Event reason) of a result that arrived after the deadline ended the
+/// Execution: its calls were counted.
+pub const LATE_RESULT: &str = "LateResult";
 
 macro_rules! reasons {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
@@ -185,6 +188,50 @@ fn completed_condition(
         now,
     );
     conditions
+}
+
+/// Whether a late result was already counted for `exec` (it is counted once).
+pub fn late_result_counted(exec: &Execution) -> bool {
+    exec.status
+        .as_ref()
+        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == LATE_RESULT))
+}
+
+/// The status change a result that arrived after the deadline makes to `exec` (ended
+/// `TimedOut` by the operator): the phase and reason stay, the call log of what did happen is
+/// kept, and a `LateResult` condition says when it came and that its calls are counted.
+pub fn late_result(exec: &Execution, result: &RunResult, now: Timestamp) -> ExecutionStatus {
+    let allowed = result
+        .calls
+        .iter()
+        .filter(|c| c.decision == oauth3_crds::CallDecision::Allowed)
+        .count();
+    let message = format!(
+        "the runner's result ({:?}, {} call(s), {allowed} allowed) arrived after the deadline; its calls are counted in the Permit's usage and rate budget",
+        result.phase,
+        result.calls.len()
+    );
+    let mut conditions = exec
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    set_condition(
+        &mut conditions,
+        NewCondition::new(LATE_RESULT, ConditionStatus::True, LATE_RESULT, message),
+        exec.metadata.generation,
+        Time(now),
+    );
+    ExecutionStatus {
+        calls: result
+            .calls
+            .iter()
+            .take(MAX_STATUS_CALLS)
+            .cloned()
+            .collect(),
+        conditions,
+        ..ExecutionStatus::default()
+    }
 }
 
 /// The status of `exec` ended by the operator at `now`.
