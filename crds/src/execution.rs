@@ -121,6 +121,13 @@ pub struct ExecutionStatus {
     /// Every capability call the code attempted, allowed or denied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub calls: Vec<CallRecord>,
+    /// Whether the calls of this result are written to the Permit's `status.usage` (and rate
+    /// budget): `false` from when the result is recorded until the operator has written them,
+    /// then `true`. An operator that restarts counts the Executions still at `false` again, so
+    /// a crash between the two never loses calls (it may count them twice, which only makes
+    /// the rate limit stricter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_counted: Option<bool>,
     /// Evidence of where the code ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attestation: Option<Attestation>,

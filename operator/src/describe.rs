@@ -90,18 +90,22 @@ pub fn describe_capability(cap: &Capability, out: &mut String) {
             let _ = writeln!(out, "    methods: {}", methods.join(", "));
             for p in paths {
                 let _ = writeln!(out, "    url:     {}", join_url(base_url, p));
-                // The reading in words, from the same grammar the runner compiles with.
-                let reading = match PathGlob::parse(p) {
-                    Ok(glob) => format!("= {}", join_url(base_url, &glob.explain())),
-                    Err(e) => format!("(invalid, the runner refuses this Permit: {e})"),
-                };
-                let _ = writeln!(out, "             {reading}");
+                // The reading in words, from the same grammar the runner compiles with (a
+                // literal path reads as itself).
+                match PathGlob::parse(p) {
+                    Ok(_) if !p.contains('*') => {}
+                    Ok(glob) => {
+                        let _ =
+                            writeln!(out, "           = {}", join_url(base_url, &glob.explain()));
+                    }
+                    Err(e) => {
+                        let _ = writeln!(
+                            out,
+                            "           (invalid, the runner refuses this Permit: {e})"
+                        );
+                    }
+                }
             }
-            let _ = writeln!(
-                out,
-                "             (** = any number of segments, * = one segment, \
-                 * inside a segment = any characters but /)"
-            );
             match &cap.query {
                 Some(q) if !q.allow.is_empty() => {
                     let _ = writeln!(out, "    query:   only {}", q.allow.join(", "));
@@ -262,8 +266,8 @@ mod tests {
         let text = describe_spec(&spec, "sha256:abc");
         for needle in [
             "url:     https://api.github.com/repos/o/r/issues/**",
-            "= https://api.github.com/repos/o/r/issues and every path below it",
-            "= https://api.github.com/files/<one segment: anything + \".json\">",
+            "           = https://api.github.com/repos/o/r/issues and every path below it",
+            "           = https://api.github.com/files/<one segment: anything + \".json\">",
             "url:     https://api.github.com/repos/o/r/issues**",
             "(invalid, the runner refuses this Permit: segment \"issues**\": ** must be a whole path segment",
         ] {

@@ -15,14 +15,14 @@
 //! launched. What an operator that dies between two flushes loses is at most [`FLUSH_DELAY`] of
 //! informational counts, never a limit.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use kube::api::Api;
-use oauth3_crds::{Permit, PermitUsage};
+use kube::api::{Api, Patch, PatchParams};
+use oauth3_crds::{Execution, Permit, PermitSpec, PermitUsage};
 use serde_json::json;
 
 use crate::status_write::{Guarded, write_status};
@@ -69,12 +69,21 @@ impl UsageDelta {
 
     /// `usage` with this delta applied. `at` moves only with a new budget: it is where the
     /// next refill of the budget starts.
-    pub fn apply_to(&self, usage: &PermitUsage) -> PermitUsage {
+    ///
+    /// `spent` tokens come off the budget; a capability with no budget yet starts from its
+    /// full `requests` in `spec` (as the next launch would).
+    pub fn apply_to(&self, usage: &PermitUsage, spec: &PermitSpec) -> PermitUsage {
         let mut rate_budget = usage.rate_budget.clone();
         rate_budget.extend(self.rate_budget.clone());
         for (cap, n) in &self.spent {
-            if let Some(left) = rate_budget.get_mut(cap) {
-                *left = (*left - n).max(0.0);
+            let full = spec
+                .capabilities
+                .iter()
+                .find(|c| &c.name == cap)
+                .and_then(|c| c.rate_limit.as_ref())
+                .map(|r| f64::from(r.requests));
+            if let Some(left) = rate_budget.get(cap).copied().or(full) {
+                rate_budget.insert(cap.clone(), (left - n).max(0.0));
             }
         }
         let at = match self.budget_at {
@@ -95,6 +104,12 @@ type Key = (String, String);
 #[derive(Default)]
 struct State {
     pending: HashMap<Key, UsageDelta>,
+    /// Executions (by name, in the Permit's namespace) whose results are in `pending`: marked
+    /// `usageCounted: true` once their Permit's delta is written.
+    marks: HashMap<Key, Vec<String>>,
+    /// Uids of the Executions whose results this ledger has counted (or is counting), so a
+    /// result is counted once per operator process however often it is seen.
+    claimed: HashSet<String>,
     /// Whether a flush task is already scheduled.
     scheduled: bool,
 }
@@ -152,6 +167,34 @@ impl UsageLedger {
         }
     }
 
+    /// Claims the result of the Execution with `uid` for counting: `true` the first time,
+    /// `false` when this process already counts it.
+    pub fn claim(&self, uid: &str) -> bool {
+        self.lock().claimed.insert(uid.to_owned())
+    }
+
+    /// Gives a claim back (the result was not recorded after all).
+    pub fn unclaim(&self, uid: &str) {
+        self.lock().claimed.remove(uid);
+    }
+
+    /// Records the usage of Execution `execution`'s result (claimed with [`Self::claim`]): once
+    /// the Permit's delta holding it is written, the Execution is marked `usageCounted: true`.
+    pub fn record_result(
+        self: &Arc<Self>,
+        namespace: &str,
+        permit: &str,
+        execution: &str,
+        delta: UsageDelta,
+    ) {
+        self.lock()
+            .marks
+            .entry((namespace.to_owned(), permit.to_owned()))
+            .or_default()
+            .push(execution.to_owned());
+        self.record(namespace, permit, delta);
+    }
+
     /// The unwritten changes of Permit `namespace/permit`.
     pub fn pending(&self, namespace: &str, permit: &str) -> Option<UsageDelta> {
         self.lock()
@@ -168,17 +211,32 @@ impl UsageLedger {
             return;
         };
         let status = permit.status.get_or_insert_with(Default::default);
-        status.usage = Some(delta.apply_to(&status.usage.clone().unwrap_or_default()));
+        status.usage =
+            Some(delta.apply_to(&status.usage.clone().unwrap_or_default(), &permit.spec));
     }
 
     /// Writes every pending change now (also called on shutdown); `false` if the API server
     /// refused or failed a write (not merely a conflict with another writer). Changes that could
     /// not be written stay pending.
     pub async fn flush(&self) -> bool {
-        let batch: Vec<(Key, UsageDelta)> = self.lock().pending.drain().collect();
+        let (batch, mut marks): (Vec<(Key, UsageDelta)>, HashMap<Key, Vec<String>>) = {
+            let mut state = self.lock();
+            (
+                state.pending.drain().collect(),
+                std::mem::take(&mut state.marks),
+            )
+        };
         let mut all = true;
         for ((namespace, permit), delta) in batch {
             let written = self.write(&namespace, &permit, &delta).await;
+            let key = (namespace.clone(), permit.clone());
+            if matches!(written, Ok(true)) {
+                for execution in marks.remove(&key).unwrap_or_default() {
+                    self.mark_counted(&namespace, &execution).await;
+                }
+            } else if let Some(names) = marks.remove(&key) {
+                self.lock().marks.entry(key).or_default().extend(names);
+            }
             if !matches!(written, Ok(true)) {
                 let key = format!("{namespace}/{permit}");
                 match written {
@@ -199,6 +257,20 @@ impl UsageLedger {
             }
         }
         all
+    }
+
+    /// Marks Execution `namespace/name` `usageCounted: true` (best effort: an Execution left
+    /// at `false` is counted again only by an operator that restarts).
+    async fn mark_counted(&self, namespace: &str, name: &str) {
+        let api: Api<Execution> = Api::namespaced(self.client.clone(), namespace);
+        let patch = json!({"status": {"usageCounted": true}});
+        if let Err(e) = api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            && !crate::status_write::is_not_found(&e)
+        {
+            tracing::warn!(execution = %format!("{namespace}/{name}"), error = %e, "marking usage as counted");
+        }
     }
 
     /// Flushes until nothing is pending (conflicts retried), at most `rounds` times, for a
@@ -232,7 +304,7 @@ impl UsageLedger {
                 .as_ref()
                 .and_then(|s| s.usage.clone())
                 .unwrap_or_default();
-            let change = json!({"usage": delta.apply_to(&usage)});
+            let change = json!({"usage": delta.apply_to(&usage, &current.spec)});
             match write_status(&api, &current, &change, None).await? {
                 Guarded::Written | Guarded::Gone => return Ok(true),
                 Guarded::Conflict => {
@@ -248,6 +320,16 @@ impl UsageLedger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A spec with a rate-limited capability `fresh` (10 calls) and no `gone`.
+    fn spec() -> PermitSpec {
+        serde_json::from_value(serde_json::json!({
+            "description": "d",
+            "capabilities": [{"name": "fresh", "baseUrl": "https://a.example", "paths": ["/x"],
+                              "methods": ["GET"], "rateLimit": {"requests": 10, "perSeconds": 60}}]
+        }))
+        .expect("spec")
+    }
 
     fn budget(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
@@ -299,7 +381,7 @@ mod tests {
             ..UsageDelta::default()
         };
         assert_eq!(
-            launches.apply_to(&written).at,
+            launches.apply_to(&written, &spec()).at,
             Some(Time(t(50))),
             "counting launches keeps the budget's time, or its refill would be lost"
         );
@@ -310,7 +392,7 @@ mod tests {
             budget_at: Some(t(90)),
             ..UsageDelta::default()
         };
-        let next = d.apply_to(&written);
+        let next = d.apply_to(&written, &spec());
         assert_eq!((next.executions, next.calls), (12, 21));
         assert_eq!(next.rate_budget, budget(&[("a", 2.0), ("c", 1.0)]));
         assert_eq!(next.at, Some(Time(t(90))));
@@ -324,15 +406,18 @@ mod tests {
         };
         let mut late = UsageDelta {
             calls: 3,
-            spent: budget(&[("a", 2.0), ("b", 2.0), ("gone", 1.0)]),
+            spent: budget(&[("a", 2.0), ("b", 2.0), ("gone", 1.0), ("fresh", 1.0)]),
             ..UsageDelta::default()
         };
         late.merge(UsageDelta {
             spent: budget(&[("a", 0.5)]),
             ..UsageDelta::default()
         });
-        let next = late.apply_to(&written);
-        assert_eq!(next.rate_budget, budget(&[("a", 0.5), ("b", 0.0)]));
+        let next = late.apply_to(&written, &spec());
+        assert_eq!(
+            next.rate_budget,
+            budget(&[("a", 0.5), ("b", 0.0), ("fresh", 9.0)])
+        );
         assert_eq!(next.calls, 3);
     }
 }

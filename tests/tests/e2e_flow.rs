@@ -674,6 +674,128 @@ async fn an_operator_restart_mid_run_neither_loses_nor_duplicates_it() {
     op.stop().await;
 }
 
+/// The operator is away for 12 s (longer than the few quick retries a runner used to make)
+/// just when the runner posts its result: the runner keeps offering it until the operator is
+/// back, well inside the deadline, and the Execution succeeds with its one call counted.
+#[tokio::test]
+async fn a_result_survives_an_operator_outage_shorter_than_the_deadline() {
+    let Some(env) = Env::new("e2e-outage").await else {
+        return;
+    };
+    let first = listener().await;
+    let addr = first.local_addr().expect("addr");
+    let op = Operator::start(
+        &env.client,
+        &env.ns,
+        first,
+        env.runner(),
+        Duration::from_secs(30),
+    )
+    .await;
+    env.approved_permit("issues").await;
+    let code = "const end = Date.now() + 2000; while (Date.now() < end) {} return await api('GET', '/items');";
+    env.execution("outage", "issues", code, 30).await;
+    env.wait_exec("outage", "Running", |e| {
+        phase(e) == Some(ExecutionPhase::Running)
+    })
+    .await;
+    op.stop().await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let again = tokio::net::TcpListener::bind(addr)
+        .await
+        .expect("rebind callback address");
+    let op = Operator::start(
+        &env.client,
+        &env.ns,
+        again,
+        env.runner(),
+        Duration::from_secs(30),
+    )
+    .await;
+    let done = env
+        .wait_exec("outage", "finished", finished)
+        .await
+        .status
+        .expect("status");
+    assert_eq!(done.phase, Some(ExecutionPhase::Succeeded), "{done:?}");
+    assert_eq!(env.up.requests().len(), 1, "one upstream call");
+    let permit = env
+        .wait_permit_where("issues", "calls counted", |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.usage.as_ref())
+                .is_some_and(|u| u.calls == 1)
+        })
+        .await;
+    assert_eq!(
+        permit.status.and_then(|s| s.usage).map(|u| u.calls),
+        Some(1)
+    );
+    op.stop().await;
+}
+
+/// The operator is away past the deadline: it ends the Execution `TimedOut` when it is back,
+/// but the result the runner is still offering arrives and its call, which did happen, is
+/// counted in the Permit's usage and taken off its rate budget; the phase stays `TimedOut` and
+/// a replay of the late result is not counted twice.
+#[tokio::test]
+async fn a_result_that_arrives_after_the_deadline_is_still_counted() {
+    let Some(env) = Env::new("e2e-late").await else {
+        return;
+    };
+    let first = listener().await;
+    let addr = first.local_addr().expect("addr");
+    let grace = Duration::from_secs(1);
+    let op = Operator::start(&env.client, &env.ns, first, env.runner(), grace).await;
+    env.permit_with(
+        "limited",
+        json!({"rateLimit": {"requests": 10, "perSeconds": 3600}}),
+    )
+    .await;
+    env.approve("limited").await;
+    let code = "const end = Date.now() + 1500; while (Date.now() < end) {} return await api('GET', '/items');";
+    env.execution("late", "limited", code, 3).await;
+    env.wait_exec("late", "Running", |e| {
+        phase(e) == Some(ExecutionPhase::Running)
+    })
+    .await;
+    op.stop().await;
+    // Past the deadline (3 s + 1 s grace) but inside the runner's late window.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let again = tokio::net::TcpListener::bind(addr)
+        .await
+        .expect("rebind callback address");
+    let op = Operator::start(&env.client, &env.ns, again, env.runner(), grace).await;
+    let late = env
+        .wait_exec("late", "TimedOut with the late result", |e| {
+            e.status.as_ref().is_some_and(|s| {
+                s.phase == Some(ExecutionPhase::TimedOut)
+                    && s.conditions.iter().any(|c| c.type_ == "LateResult")
+            })
+        })
+        .await
+        .status
+        .expect("status");
+    assert_eq!(late.reason.as_deref(), Some("DeadlineExceeded"), "{late:?}");
+    assert_eq!(late.calls.len(), 1, "the call log of what happened is kept");
+    assert_eq!(env.up.requests().len(), 1, "the call did happen");
+    let permit = env
+        .wait_permit_where("limited", "the late call counted", |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.usage.as_ref())
+                .is_some_and(|u| u.calls == 1)
+        })
+        .await;
+    let usage = permit.status.and_then(|s| s.usage).expect("usage");
+    assert_eq!(
+        usage.rate_budget.get("api").copied(),
+        Some(9.0),
+        "the late call came off the rate budget: {usage:?}"
+    );
+    op.stop().await;
+}
+
 #[tokio::test]
 async fn a_replayed_or_forged_result_is_refused() {
     let Some(env) = Env::new("e2e-replay").await else {
@@ -704,7 +826,10 @@ async fn a_replayed_or_forged_result_is_refused() {
         &forged,
     )
     .await;
-    assert_eq!(http, 409, "a finished Execution accepts no further result");
+    assert_eq!(
+        http, 401,
+        "a forged token is refused before anything about the run is told"
+    );
     let http = post_json(&format!("{base}/v1/results/{}/once", env.ns), "", &forged).await;
     assert_eq!(http, 401, "no token, no result");
     let after = Api::<Execution>::namespaced(env.client.clone(), &env.ns)

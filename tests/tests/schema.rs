@@ -825,7 +825,7 @@ async fn code_is_limited_in_bytes_not_characters() {
         "{msg}"
     );
     // At the byte limit exactly it is accepted.
-    let code = format!("return '{}'", "a".repeat(262_144 - 10));
+    let code = format!("return '{}'", "a".repeat(262_144 - 9));
     assert_eq!(code.len(), 262_144);
     obj.data["spec"]["code"] = json!(code);
     obj.metadata.name = Some("at-the-limit".into());

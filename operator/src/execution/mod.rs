@@ -173,6 +173,7 @@ pub async fn reconcile(
     } else {
         Sandbox::Unobserved
     };
+    recount_usage(ctx, &exec);
     match next_step(&exec, &sandbox, now, ectx.config.ttl) {
         Step::Delete => {
             match api.delete(&exec.name_any(), &DeleteParams::default()).await {
@@ -205,6 +206,29 @@ pub async fn reconcile(
         }
         Step::Admit => admit_and_launch(&exec, &ectx, &api, now).await,
     }
+}
+
+/// Counts the calls of a recorded result whose usage is not written yet (`usageCounted:
+/// false`) and that no part of this process counts: what an operator that was killed between
+/// recording a result and writing the Permit's usage left behind. The calls come off the
+/// current rate budget.
+fn recount_usage(ctx: &crate::Context, exec: &Execution) {
+    let Some(status) = exec.status.as_ref() else {
+        return;
+    };
+    let uid = exec.metadata.uid.as_deref().unwrap_or_default();
+    if status.usage_counted != Some(false) || uid.is_empty() || !ctx.usage.claim(uid) {
+        return;
+    }
+    tracing::info!(execution = %key(exec), calls = status.calls.len(), "counting the usage of a result recorded before a restart");
+    result::record_usage(
+        ctx,
+        &exec.namespace().unwrap_or_default(),
+        &exec.spec.permit_ref,
+        &exec.name_any(),
+        &status.calls,
+        None,
+    );
 }
 
 async fn admit_and_launch(

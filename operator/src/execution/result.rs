@@ -253,6 +253,11 @@ fn accepting(exec: &Execution, token: &str, key: &str) -> Result<Accepting, Call
         .launch
         .as_ref()
         .ok_or_else(|| CallbackError::NotRunning(key.to_owned()))?;
+    // The token first: without it, nothing about the run's state is told.
+    if !token_matches(token, &launch.token_digest) {
+        tracing::warn!(execution = %key, "result refused: token does not match");
+        return Err(CallbackError::BadToken);
+    }
     let how = match status.phase {
         Some(ExecutionPhase::Running) => Accepting::Result,
         Some(ExecutionPhase::TimedOut)
@@ -263,10 +268,6 @@ fn accepting(exec: &Execution, token: &str, key: &str) -> Result<Accepting, Call
         }
         _ => return Err(CallbackError::NotRunning(key.to_owned())),
     };
-    if !token_matches(token, &launch.token_digest) {
-        tracing::warn!(execution = %key, "result refused: token does not match");
-        return Err(CallbackError::BadToken);
-    }
     Ok(how)
 }
 
@@ -304,14 +305,30 @@ async fn accept_result(
             Accepting::Result => status::completed(&exec, &result, state.ctx.now()),
             Accepting::Late => status::late_result(&exec, &result, state.ctx.now()),
         };
-        match write_status(&api, &exec, &value, None).await? {
+        // Claimed before the write, so the controller, seeing the written result with
+        // `usageCounted: false`, leaves the counting to this request.
+        let uid = exec.metadata.uid.clone().unwrap_or_default();
+        let claimed = state.ctx.usage.claim(&uid);
+        let written = write_status(&api, &exec, &value, None).await;
+        if claimed && !matches!(written, Ok(Guarded::Written)) {
+            state.ctx.usage.unclaim(&uid);
+        }
+        match written? {
             Guarded::Written => break (exec, result, matches!(how, Accepting::Late)),
             Guarded::Conflict if attempt < WRITE_ATTEMPTS => parsed = Some(result),
             Guarded::Conflict => return Err(CallbackError::NotRunning(key)),
             Guarded::Gone => return Err(CallbackError::NotFound(key)),
         }
     };
-    record_usage(&state.ctx, &namespace, &exec.spec.permit_ref, &result, late);
+    let fresh_budget = (!late).then_some(&result.rate_budget);
+    record_usage(
+        &state.ctx,
+        &namespace,
+        &exec.spec.permit_ref,
+        &name,
+        &result.calls,
+        fresh_budget,
+    );
     if late {
         let note = format!(
             "result arrived after the deadline; its {} call(s) are counted, the phase stays TimedOut",
@@ -352,34 +369,37 @@ async fn accept_result(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Counts the run's allowed calls on the Permit and carries its remaining rate budget
-/// forward, through the usage ledger (batched; see [`crate::usage`]). A `late` result's
-/// remaining budget is stale (other runs may have spent since), so its allowed calls are taken
-/// off the current budget instead.
-fn record_usage(ctx: &Context, namespace: &str, permit: &str, result: &RunResult, late: bool) {
+/// Counts a result's allowed `calls` on the Permit through the usage ledger (batched; see
+/// [`crate::usage`]), and marks Execution `execution` `usageCounted` once written. With
+/// `rate_budget` (the run's own remaining budget, fresh) that budget is carried forward;
+/// without it (a late result, or one recounted after a restart, whose budget is stale) the
+/// allowed calls are taken off the current budget instead.
+pub(crate) fn record_usage(
+    ctx: &Context,
+    namespace: &str,
+    permit: &str,
+    execution: &str,
+    calls: &[oauth3_crds::CallRecord],
+    rate_budget: Option<&std::collections::BTreeMap<String, f64>>,
+) {
+    let allowed: Vec<_> = calls
+        .iter()
+        .filter(|c| c.decision == oauth3_crds::CallDecision::Allowed)
+        .collect();
     let mut spent: std::collections::BTreeMap<String, f64> = Default::default();
-    for c in &result.calls {
-        if c.decision == oauth3_crds::CallDecision::Allowed {
+    if rate_budget.is_none() {
+        for c in &allowed {
             *spent.entry(c.capability.clone()).or_default() += 1.0;
         }
     }
-    let allowed = result
-        .calls
-        .iter()
-        .filter(|c| c.decision == oauth3_crds::CallDecision::Allowed)
-        .count();
-    let (rate_budget, spent) = if late {
-        (Default::default(), spent)
-    } else {
-        (result.rate_budget.clone(), Default::default())
-    };
-    ctx.usage.record(
+    ctx.usage.record_result(
         namespace,
         permit,
+        execution,
         UsageDelta {
             executions: 0,
-            calls: i64::try_from(allowed).unwrap_or(i64::MAX),
-            rate_budget,
+            calls: i64::try_from(allowed.len()).unwrap_or(i64::MAX),
+            rate_budget: rate_budget.cloned().unwrap_or_default(),
             budget_at: Some(ctx.now()),
             spent,
         },

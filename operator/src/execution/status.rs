@@ -229,6 +229,7 @@ pub fn late_result(exec: &Execution, result: &RunResult, now: Timestamp) -> Exec
             .take(MAX_STATUS_CALLS)
             .cloned()
             .collect(),
+        usage_counted: Some(false),
         conditions,
         ..ExecutionStatus::default()
     }
@@ -331,6 +332,7 @@ pub fn completed(exec: &Execution, result: &RunResult, now: Timestamp) -> Execut
         duration_ms: Some(result.duration_ms),
         exit_code: Some(result.exit_code()),
         completion_time: Some(now.clone()),
+        usage_counted: Some(false),
         attestation: Some(result.attestation.clone()),
         code_digest: Some(result.code_digest.clone()),
         conditions: completed_condition(exec, reason, cap(&message, MAX_CONDITION_MESSAGE), now),
