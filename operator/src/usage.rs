@@ -12,8 +12,12 @@
 //! Permit from the API server with the unflushed changes laid over it ([`UsageLedger::overlay`]).
 //! Limits are not counted here: an Execution under a Permit with `maxExecutions`, or one that
 //! consumes a `once` code trust, reserves its slot with its own serialised write before it is
-//! launched. What an operator that dies between two flushes loses is at most [`FLUSH_DELAY`] of
-//! informational counts, never a limit.
+//! launched. An operator that dies between two flushes loses at most [`FLUSH_DELAY`] of launch
+//! counts (informational), never a limit. The calls of a result (and the rate
+//! budget they spend) are not lost that way: the result's status write records
+//! `usageCounted: false`, the flush that writes its calls marks it `true`, and an operator that
+//! starts counts every Execution still at `false` again ([`UsageLedger::claim`] keeps one
+//! process from counting a result twice).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -796,6 +796,73 @@ async fn a_result_that_arrives_after_the_deadline_is_still_counted() {
     op.stop().await;
 }
 
+/// What an operator killed between recording a result and writing its Permit's usage leaves
+/// behind: a finished Execution whose calls are recorded with `usageCounted: false`. The next
+/// operator counts them (calls and rate budget) and marks the Execution; one more restart does
+/// not count them again.
+#[tokio::test]
+async fn calls_recorded_before_a_kill_are_counted_by_the_next_operator_once() {
+    let Some(env) = Env::new("e2e-recount").await else {
+        return;
+    };
+    env.permit_with(
+        "limited",
+        json!({"rateLimit": {"requests": 10, "perSeconds": 3600}}),
+    )
+    .await;
+    env.execution("killed", "limited", "return 1", 10).await;
+    let execs: Api<Execution> = Api::namespaced(env.client.clone(), &env.ns);
+    let call = |decision: &str| {
+        json!({"capability": "api", "method": "GET", "url": "https://x/v1/items",
+               "decision": decision, "durationMs": 1})
+    };
+    let status = json!({"status": {
+        "phase": "Succeeded", "reason": "Succeeded", "message": "the code returned",
+        "calls": [call("allowed"), call("allowed"), call("denied")],
+        "usageCounted": false
+    }});
+    execs
+        .patch_status(
+            "killed",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&status),
+        )
+        .await
+        .expect("recording the result as a killed operator left it");
+    for round in 0..2 {
+        let op = env.operator().await;
+        let permit = env
+            .wait_permit_where("limited", "the recorded calls counted", |p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.usage.as_ref())
+                    .is_some_and(|u| u.calls >= 2)
+            })
+            .await;
+        env.wait_exec("killed", "marked counted", |e| {
+            e.status.as_ref().and_then(|s| s.usage_counted) == Some(true)
+        })
+        .await;
+        // Give a second count every chance to happen before looking.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        op.stop().await;
+        let usage = Api::<Permit>::namespaced(env.client.clone(), &env.ns)
+            .get("limited")
+            .await
+            .expect("permit")
+            .status
+            .and_then(|s| s.usage)
+            .expect("usage");
+        assert_eq!(usage.calls, 2, "round {round}: counted once: {usage:?}");
+        assert_eq!(
+            usage.rate_budget.get("api").copied(),
+            Some(8.0),
+            "round {round}: two allowed calls off the budget: {usage:?}"
+        );
+        drop(permit);
+    }
+}
+
 #[tokio::test]
 async fn a_replayed_or_forged_result_is_refused() {
     let Some(env) = Env::new("e2e-replay").await else {
