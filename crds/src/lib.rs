@@ -26,7 +26,10 @@ pub use permit::{
     CodeReview, HttpMethod, ParamLocation, ParamSpec, Permit, PermitPhase, PermitSpec,
     PermitStatus, PermitUsage, QueryRules, RateLimit, TrustLevel,
 };
-pub use schema::{JS_RESERVED_WORDS, SANDBOX_NAMES};
+pub use schema::{
+    JS_RESERVED_WORDS, OBJECT_PROTOTYPE_NAMES, SANDBOX_GLOBALS, SANDBOX_REMOVED_GLOBALS,
+    is_sandbox_name,
+};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

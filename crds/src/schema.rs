@@ -67,12 +67,10 @@ pub const JS_RESERVED_WORDS: &[&str] = &[
     "arguments",
 ];
 
-/// Every name the sandbox's global scope already has, own or inherited: the globals of the
-/// JavaScript built-ins it installs, what the runner adds (`args`, `console`), and the
-/// properties of `Object.prototype` (which the global object inherits). A capability named
-/// like one of these would shadow it or fail to install, so the schema refuses them; the
-/// runner's tests enumerate the real sandbox's global scope against this list.
-pub const SANDBOX_NAMES: &[&str] = &[
+/// The global names the sandbox has: the JavaScript built-ins it installs and what the runner
+/// adds (`args`, `console`). The sandbox's tests check its global scope holds nothing else
+/// (besides capabilities).
+pub const SANDBOX_GLOBALS: &[&str] = &[
     // Added by the runner.
     "args",
     "console",
@@ -143,7 +141,10 @@ pub const SANDBOX_NAMES: &[&str] = &[
     "SuppressedError",
     "DisposableStack",
     "AsyncDisposableStack",
-    // Object.prototype, inherited by the global object.
+];
+
+/// The properties of `Object.prototype`, which the global object inherits.
+pub const OBJECT_PROTOTYPE_NAMES: &[&str] = &[
     "__proto__",
     "constructor",
     "toString",
@@ -156,7 +157,12 @@ pub const SANDBOX_NAMES: &[&str] = &[
     "__defineSetter__",
     "__lookupGetter__",
     "__lookupSetter__",
-    // Removed from the sandbox, refused so code never mistakes a capability for them.
+];
+
+/// Globals some JavaScript engines or runtimes add that the sandbox removes (no network, no
+/// process, no timers, no engine internals); refused as capability names too, so code never
+/// mistakes a capability for them.
+pub const SANDBOX_REMOVED_GLOBALS: &[&str] = &[
     "fetch",
     "require",
     "process",
@@ -175,13 +181,26 @@ pub const SANDBOX_NAMES: &[&str] = &[
     "gc",
 ];
 
+/// Whether `name` is a name the sandbox defines, inherits or removes ([`SANDBOX_GLOBALS`],
+/// [`OBJECT_PROTOTYPE_NAMES`], [`SANDBOX_REMOVED_GLOBALS`]) or a reserved word: a capability
+/// named like one would shadow it or fail to install, so the schema refuses them and the
+/// runner's tests enumerate the real sandbox's global scope against these lists.
+pub fn is_sandbox_name(name: &str) -> bool {
+    sandbox_names().any(|n| n == name)
+}
+
+fn sandbox_names() -> impl Iterator<Item = &'static str> {
+    JS_RESERVED_WORDS
+        .iter()
+        .chain(SANDBOX_GLOBALS)
+        .chain(OBJECT_PROTOTYPE_NAMES)
+        .chain(SANDBOX_REMOVED_GLOBALS)
+        .copied()
+}
+
 /// The CEL rule on a capability name: not a reserved word, not a sandbox name.
 pub fn js_name_rule() -> String {
-    let names: Vec<String> = JS_RESERVED_WORDS
-        .iter()
-        .chain(SANDBOX_NAMES)
-        .map(|n| format!("'{n}'"))
-        .collect();
+    let names: Vec<String> = sandbox_names().map(|n| format!("'{n}'")).collect();
     format!("!(self in [{}])", names.join(", "))
 }
 

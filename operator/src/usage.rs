@@ -223,12 +223,10 @@ impl UsageLedger {
     /// refused or failed a write (not merely a conflict with another writer). Changes that could
     /// not be written stay pending.
     pub async fn flush(&self) -> bool {
-        let (batch, mut marks): (Vec<(Key, UsageDelta)>, HashMap<Key, Vec<String>>) = {
+        let (batch, mut marks) = {
             let mut state = self.lock();
-            (
-                state.pending.drain().collect(),
-                std::mem::take(&mut state.marks),
-            )
+            let batch: Vec<(Key, UsageDelta)> = state.pending.drain().collect();
+            (batch, std::mem::take(&mut state.marks))
         };
         let mut all = true;
         for ((namespace, permit), delta) in batch {

@@ -100,10 +100,10 @@ async fn flood_client(addr: std::net::SocketAddr, ns: String, kind: Kind) -> Opt
             }
         }
     }
-    if answer.is_empty() {
-        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf)).await {
-            answer.extend_from_slice(&buf[..n]);
-        }
+    if answer.is_empty()
+        && let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf)).await
+    {
+        answer.extend_from_slice(&buf[..n]);
     }
     String::from_utf8_lossy(&answer)
         .strip_prefix("HTTP/1.1 ")

@@ -622,10 +622,7 @@ fn runner_refuses(spec: &Value) -> Option<String> {
     }
     spec.capabilities
         .iter()
-        .find(|c| {
-            oauth3_crds::SANDBOX_NAMES.contains(&c.name.as_str())
-                || oauth3_crds::JS_RESERVED_WORDS.contains(&c.name.as_str())
-        })
+        .find(|c| oauth3_crds::is_sandbox_name(&c.name))
         .map(|c| format!("capability name {} is taken in the sandbox", c.name))
 }
 
@@ -687,8 +684,10 @@ fn probes() -> Vec<Probe> {
         ));
     }
     // Capability names the sandbox defines, and reserved words.
-    for name in oauth3_crds::SANDBOX_NAMES
+    for name in oauth3_crds::SANDBOX_GLOBALS
         .iter()
+        .chain(oauth3_crds::OBJECT_PROTOTYPE_NAMES)
+        .chain(oauth3_crds::SANDBOX_REMOVED_GLOBALS)
         .chain(oauth3_crds::JS_RESERVED_WORDS)
     {
         out.push(probe(
