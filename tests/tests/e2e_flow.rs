@@ -185,6 +185,34 @@ impl Env {
         self.wait_permit(name, PermitPhase::Approved).await;
     }
 
+    /// Starts an operator with the real runner and deadline grace `grace` on a fresh loopback
+    /// callback address; returns it with the address, for [`Env::restart`].
+    async fn operator_at(&self, grace: Duration) -> (InProcessOperator, std::net::SocketAddr) {
+        let l = listener().await;
+        let addr = l.local_addr().expect("addr");
+        (
+            Operator::start(&self.client, &self.ns, l, self.runner(), grace).await,
+            addr,
+        )
+    }
+
+    /// Stops `op`, waits `away`, and starts a new operator on the same callback address (as a
+    /// restarted Pod behind the same Service).
+    async fn restart(
+        &self,
+        op: InProcessOperator,
+        addr: std::net::SocketAddr,
+        away: Duration,
+        grace: Duration,
+    ) -> InProcessOperator {
+        op.stop().await;
+        tokio::time::sleep(away).await;
+        let again = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("rebind callback address");
+        Operator::start(&self.client, &self.ns, again, self.runner(), grace).await
+    }
+
     /// Starts an operator with the real runner and the default grace.
     async fn operator(&self) -> InProcessOperator {
         Operator::start(
@@ -607,16 +635,8 @@ async fn an_operator_restart_mid_run_neither_loses_nor_duplicates_it() {
     let Some(env) = Env::new("e2e-restart").await else {
         return;
     };
-    let first = listener().await;
-    let addr = first.local_addr().expect("addr");
-    let op = Operator::start(
-        &env.client,
-        &env.ns,
-        first,
-        env.runner(),
-        Duration::from_secs(30),
-    )
-    .await;
+    let grace = Duration::from_secs(30);
+    let (op, addr) = env.operator_at(grace).await;
     env.approved_permit("issues").await;
     // Busy for three seconds, then one call: the operator restarts in between.
     let code = "const end = Date.now() + 3000; while (Date.now() < end) {} return await api('GET', '/items');";
@@ -631,20 +651,8 @@ async fn an_operator_restart_mid_run_neither_loses_nor_duplicates_it() {
         .and_then(|s| s.launch)
         .expect("launch")
         .launched_at;
-    op.stop().await;
-
     // A new operator instance on the same callback address picks up where the old one left.
-    let again = tokio::net::TcpListener::bind(addr)
-        .await
-        .expect("rebind callback address");
-    let op = Operator::start(
-        &env.client,
-        &env.ns,
-        again,
-        env.runner(),
-        Duration::from_secs(30),
-    )
-    .await;
+    let op = env.restart(op, addr, Duration::ZERO, grace).await;
     let done = env
         .wait_exec("slow", "finished", finished)
         .await
@@ -682,16 +690,8 @@ async fn a_result_survives_an_operator_outage_shorter_than_the_deadline() {
     let Some(env) = Env::new("e2e-outage").await else {
         return;
     };
-    let first = listener().await;
-    let addr = first.local_addr().expect("addr");
-    let op = Operator::start(
-        &env.client,
-        &env.ns,
-        first,
-        env.runner(),
-        Duration::from_secs(30),
-    )
-    .await;
+    let grace = Duration::from_secs(30);
+    let (op, addr) = env.operator_at(grace).await;
     env.approved_permit("issues").await;
     let code = "const end = Date.now() + 2000; while (Date.now() < end) {} return await api('GET', '/items');";
     env.execution("outage", "issues", code, 30).await;
@@ -699,19 +699,7 @@ async fn a_result_survives_an_operator_outage_shorter_than_the_deadline() {
         phase(e) == Some(ExecutionPhase::Running)
     })
     .await;
-    op.stop().await;
-    tokio::time::sleep(Duration::from_secs(12)).await;
-    let again = tokio::net::TcpListener::bind(addr)
-        .await
-        .expect("rebind callback address");
-    let op = Operator::start(
-        &env.client,
-        &env.ns,
-        again,
-        env.runner(),
-        Duration::from_secs(30),
-    )
-    .await;
+    let op = env.restart(op, addr, Duration::from_secs(12), grace).await;
     let done = env
         .wait_exec("outage", "finished", finished)
         .await
@@ -743,10 +731,8 @@ async fn a_result_that_arrives_after_the_deadline_is_still_counted() {
     let Some(env) = Env::new("e2e-late").await else {
         return;
     };
-    let first = listener().await;
-    let addr = first.local_addr().expect("addr");
     let grace = Duration::from_secs(1);
-    let op = Operator::start(&env.client, &env.ns, first, env.runner(), grace).await;
+    let (op, addr) = env.operator_at(grace).await;
     env.permit_with(
         "limited",
         json!({"rateLimit": {"requests": 10, "perSeconds": 3600}}),
@@ -759,13 +745,8 @@ async fn a_result_that_arrives_after_the_deadline_is_still_counted() {
         phase(e) == Some(ExecutionPhase::Running)
     })
     .await;
-    op.stop().await;
     // Past the deadline (3 s + 1 s grace) but inside the runner's late window.
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    let again = tokio::net::TcpListener::bind(addr)
-        .await
-        .expect("rebind callback address");
-    let op = Operator::start(&env.client, &env.ns, again, env.runner(), grace).await;
+    let op = env.restart(op, addr, Duration::from_secs(8), grace).await;
     let late = env
         .wait_exec("late", "TimedOut with the late result", |e| {
             e.status.as_ref().is_some_and(|s| {

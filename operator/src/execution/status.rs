@@ -176,6 +176,17 @@ fn completed_condition(
     message: String,
     now: Time,
 ) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    with_condition(exec, COMPLETED, reason.as_str(), message, now)
+}
+
+/// `exec`'s conditions with condition `type_` set to true for `reason`.
+fn with_condition(
+    exec: &Execution,
+    type_: &str,
+    reason: &str,
+    message: String,
+    now: Time,
+) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
     let mut conditions = exec
         .status
         .as_ref()
@@ -183,7 +194,7 @@ fn completed_condition(
         .unwrap_or_default();
     set_condition(
         &mut conditions,
-        NewCondition::new(COMPLETED, ConditionStatus::True, reason.as_str(), message),
+        NewCondition::new(type_, ConditionStatus::True, reason, message),
         exec.metadata.generation,
         now,
     );
@@ -211,17 +222,7 @@ pub fn late_result(exec: &Execution, result: &RunResult, now: Timestamp) -> Exec
         result.phase,
         result.calls.len()
     );
-    let mut conditions = exec
-        .status
-        .as_ref()
-        .map(|s| s.conditions.clone())
-        .unwrap_or_default();
-    set_condition(
-        &mut conditions,
-        NewCondition::new(LATE_RESULT, ConditionStatus::True, LATE_RESULT, message),
-        exec.metadata.generation,
-        Time(now),
-    );
+    let conditions = with_condition(exec, LATE_RESULT, LATE_RESULT, message, Time(now));
     ExecutionStatus {
         calls: result
             .calls
