@@ -431,6 +431,11 @@ pub struct PermitStatus {
     /// Number of capabilities, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capability_count: Option<i32>,
+    /// Where the sandbox of an Execution under this Permit may connect, in words, as the
+    /// operator enforces it (its `--egress-policy`), e.g. `only api.github.com:443 (by name),
+    /// DNS and the operator`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
     /// The owner's decision, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<Approval>,

@@ -177,6 +177,12 @@ pub fn describe_capability(cap: &Capability, out: &mut String) {
 
 /// Describes a Permit spec in full, for an approver.
 pub fn describe_spec(spec: &PermitSpec, digest: &str) -> String {
+    describe_spec_with(spec, digest, None)
+}
+
+/// [`describe_spec`] with the network rule as the operator enforces it (`status.network`);
+/// without it, the hosts the rule is made of.
+pub fn describe_spec_with(spec: &PermitSpec, digest: &str, network: Option<&str>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "The agent says: \"{}\"", spec.description);
     let _ = writeln!(out);
@@ -204,6 +210,10 @@ pub fn describe_spec(spec: &PermitSpec, digest: &str) -> String {
         CodeReview::PerCode => "per code: every new piece of code needs your approval",
     };
     let _ = writeln!(out, "Code review: {review}");
+    let network = network
+        .map(str::to_owned)
+        .unwrap_or_else(|| crate::egress::describe(spec, None));
+    let _ = writeln!(out, "Network: the sandbox may connect to {network}");
     let _ = writeln!(out, "Spec digest: {digest}");
     out
 }
@@ -226,7 +236,7 @@ pub fn describe_permit(permit: &Permit, digest: &str) -> String {
         "Permit {} (namespace {}): {phase}{until}\n\n{}",
         permit.metadata.name.as_deref().unwrap_or("?"),
         permit.metadata.namespace.as_deref().unwrap_or("?"),
-        describe_spec(&permit.spec, digest)
+        describe_spec_with(&permit.spec, digest, status.network.as_deref())
     )
 }
 
@@ -253,6 +263,30 @@ mod tests {
             "validFor": "7d", "maxExecutions": 5, "codeReview": "perCode"
         }))
         .expect("spec")
+    }
+
+    #[test]
+    fn the_network_rule_is_shown_as_the_operator_enforces_it() {
+        let mut permit = Permit::new("p", spec());
+        let text = describe_permit(&permit, "sha256:abc");
+        assert!(
+            text.contains("Network: the sandbox may connect to only api.github.com:443, DNS and the operator (unless the operator runs with --egress-policy open)"),
+            "{text}"
+        );
+        permit.status = Some(oauth3_crds::PermitStatus {
+            network: Some(crate::egress::network_text(
+                &permit.spec,
+                Some(crate::egress::EgressMode::Open),
+            )),
+            ..Default::default()
+        });
+        let text = describe_permit(&permit, "sha256:abc");
+        assert!(
+            text.contains(
+                "Network: the sandbox may connect to any public host on 443 (runner checks only)"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

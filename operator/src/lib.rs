@@ -18,6 +18,7 @@ pub mod config;
 pub mod conn_guard;
 pub mod context;
 pub mod describe;
+pub mod egress;
 pub mod error;
 pub mod execution;
 pub mod http;

@@ -734,8 +734,16 @@ async fn the_default_operator_identity_can_launch_sandboxes_but_cannot_read_secr
     // What the pod launcher applies: a Pod, its NetworkPolicy and its bundle Secret.
     let pod =
         serde_json::to_value(desired_pod(&exec, &permit, &config).expect("pod")).expect("json");
-    let policy = serde_json::to_value(desired_network_policy(&exec, &config).expect("policy"))
-        .expect("json");
+    let rules = oauth3_operator::launcher::pod::EgressRules::Addresses(vec![(
+        oauth3_operator::egress::Target {
+            host: "api.github.com".into(),
+            port: 443,
+        },
+        vec!["140.82.112.6".parse().expect("ip")],
+    )]);
+    let policy =
+        serde_json::to_value(desired_network_policy(&exec, &config, &rules).expect("policy"))
+            .expect("json");
     let bundle = json!({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": name(&pod), "namespace": agents},

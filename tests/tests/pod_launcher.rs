@@ -7,7 +7,9 @@ use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use oauth3_crds::constants::{FIELD_MANAGER, LABEL_EXECUTION};
 use oauth3_crds::{Execution, ExecutionSpec, Permit, PermitSpec};
-use oauth3_operator::launcher::pod::{PodLaunchConfig, desired_network_policy, desired_pod};
+use oauth3_operator::launcher::pod::{
+    EgressRules, PodLaunchConfig, desired_network_policy, desired_pod,
+};
 use oauth3_tests::{client_or_skip, namespace};
 use serde_json::json;
 
@@ -64,7 +66,14 @@ async fn desired_pod_and_network_policy_are_accepted_and_stored_as_designed() {
     let uid = exec.metadata.uid.clone().expect("uid");
 
     let pod = desired_pod(&exec, &permit, &config).expect("desired pod");
-    let policy = desired_network_policy(&exec, &config).expect("desired policy");
+    // The Permit's one host, as resolved at launch (a public address).
+    let rules = EgressRules::Addresses(
+        oauth3_operator::egress::targets(&permit.spec)
+            .into_iter()
+            .map(|t| (t, vec!["140.82.112.6".parse().expect("ip")]))
+            .collect(),
+    );
+    let policy = desired_network_policy(&exec, &config, &rules).expect("desired policy");
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let name = pod.metadata.name.clone().expect("pod name");
@@ -117,7 +126,18 @@ async fn desired_pod_and_network_policy_are_accepted_and_stored_as_designed() {
             .and_then(|l| l.get(LABEL_EXECUTION).cloned()),
         Some(uid)
     );
-    assert_eq!(np.egress.map(|e| e.len()), Some(3));
+    let egress = np.egress.expect("egress");
+    assert_eq!(
+        egress.len(),
+        3,
+        "DNS, the callback and the Permit's one host"
+    );
+    let host_rule = serde_json::to_value(&egress[2]).expect("json");
+    assert_eq!(
+        host_rule,
+        json!({"to": [{"ipBlock": {"cidr": "140.82.112.6/32"}}], "ports": [{"protocol": "TCP", "port": 443}]}),
+        "only the Permit's host, on its port"
+    );
     assert_eq!(
         np.ingress.map(|i| i.len()).unwrap_or(0),
         0,

@@ -83,6 +83,9 @@ reasons! {
     Launched,
     /// The runner could not be started.
     LaunchFailed,
+    /// The Permit's hosts cannot be walled in (one resolves to a private, loopback or metadata
+    /// address, or does not resolve): no sandbox was created.
+    EgressRefused,
     /// The sandbox Pod exists but does not run yet.
     SandboxWaiting,
     /// The sandbox Pod ended without a result.
