@@ -144,3 +144,103 @@ async fn desired_pod_and_network_policy_are_accepted_and_stored_as_designed() {
         "no ingress is allowed"
     );
 }
+
+/// With Cilium's own CiliumNetworkPolicy CRD (from its Go module, `.ci/k8s/cilium-crd.sh`)
+/// installed, `auto` picks `cilium`, and the operator's desired policy for a Permit is accepted
+/// by Cilium's schema and stored as designed: only the Permit's hosts by name, on their ports.
+#[tokio::test]
+async fn the_cilium_policy_is_accepted_by_ciliums_own_crd_and_auto_picks_it() {
+    let Some(client) = client_or_skip().await else {
+        return;
+    };
+    let Some(crd_path) = std::env::var_os("OAUTH3_CILIUM_CRD") else {
+        assert!(
+            std::env::var_os("REQUIRE_K8S").is_none(),
+            "OAUTH3_CILIUM_CRD is not set (make test sets it from .ci/k8s/cilium-crd.sh)"
+        );
+        eprintln!("skipping: OAUTH3_CILIUM_CRD not set");
+        return;
+    };
+    let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+        serde_yaml::from_str(&std::fs::read_to_string(&crd_path).expect("CRD file"))
+            .expect("CRD yaml");
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    crds.patch(
+        "ciliumnetworkpolicies.cilium.io",
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("Cilium's CRD installed");
+    oauth3_test_support::wait_until(
+        "the Cilium CRD served",
+        std::time::Duration::from_secs(30),
+        || async {
+            let mode = oauth3_operator::egress::resolve(
+                oauth3_operator::egress::EgressChoice::Auto,
+                &client,
+            )
+            .await;
+            if mode == oauth3_operator::egress::EgressMode::Cilium {
+                Ok(())
+            } else {
+                Err(format!("{mode:?}"))
+            }
+        },
+    )
+    .await;
+
+    let ns = namespace(&client, "cilium-policy").await;
+    let spec: PermitSpec = serde_json::from_value(json!({
+        "description": "two hosts",
+        "capabilities": [
+            {"name": "github", "baseUrl": "https://api.github.com", "paths": ["/x"], "methods": ["GET"]},
+            {"name": "upload", "endpoint": "https://uploads.example.com:8443/v1/{id}", "method": "PUT",
+             "params": {"id": {"in": "path"}}}
+        ]
+    }))
+    .expect("spec");
+    let permit = Api::<Permit>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &Permit::new("two", spec))
+        .await
+        .expect("permit");
+    let exec_spec: ExecutionSpec = serde_json::from_value(
+        json!({"permitRef": "two", "code": "return 1", "timeoutSeconds": 10}),
+    )
+    .expect("execution spec");
+    let exec = Api::<Execution>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &Execution::new("cil", exec_spec))
+        .await
+        .expect("execution");
+    let config = PodLaunchConfig::default();
+    let targets = oauth3_operator::egress::targets(&permit.spec);
+    let desired = oauth3_operator::launcher::pod::desired_cilium_policy(&exec, &config, &targets)
+        .expect("desired policy");
+    let obj: kube::api::DynamicObject = serde_json::from_value(desired.clone()).expect("object");
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &oauth3_operator::launcher::cilium_policy_resource(),
+    );
+    let name = obj.metadata.name.clone().expect("name");
+    let stored = api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("Cilium's schema refused the policy: {e}"));
+    let fqdns: Vec<String> = stored.data["spec"]["egress"]
+        .as_array()
+        .expect("egress")
+        .iter()
+        .filter_map(|r| r["toFQDNs"][0]["matchName"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(fqdns, ["api.github.com", "uploads.example.com"]);
+    assert_eq!(
+        stored.data["spec"]["egress"], desired["spec"]["egress"],
+        "stored as designed"
+    );
+}
