@@ -313,6 +313,24 @@ pub fn cilium_policy_resource() -> ApiResource {
 /// [`LaunchError::Egress`] naming the host and the address when a host does not resolve or
 /// resolves to a private, loopback, link-local (metadata) or otherwise non-public address.
 async fn resolve_targets(targets: &[Target]) -> Result<Vec<(Target, Vec<IpAddr>)>, LaunchError> {
+    resolve_targets_with(targets, |host, port| {
+        Box::pin(async move {
+            tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .map(|found| found.map(|a| a.ip()).collect())
+        })
+    })
+    .await
+}
+
+/// How a host name is looked up (the system resolver in production).
+type Lookup = Box<dyn std::future::Future<Output = std::io::Result<Vec<IpAddr>>> + Send>;
+
+/// [`resolve_targets`] with `lookup` for host names.
+async fn resolve_targets_with(
+    targets: &[Target],
+    lookup: impl Fn(String, u16) -> std::pin::Pin<Lookup>,
+) -> Result<Vec<(Target, Vec<IpAddr>)>, LaunchError> {
     let mut out = Vec::new();
     for target in targets {
         let literal = target.host.parse::<IpAddr>().ok();
@@ -322,11 +340,9 @@ async fn resolve_targets(targets: &[Target]) -> Result<Vec<(Target, Vec<IpAddr>)
         }
         let addresses: Vec<IpAddr> = match literal {
             Some(ip) => vec![ip],
-            None => tokio::net::lookup_host((target.host.as_str(), target.port))
+            None => lookup(target.host.clone(), target.port)
                 .await
-                .map_err(|e| LaunchError::Egress(format!("resolving {target}: {e}")))?
-                .map(|a| a.ip())
-                .collect(),
+                .map_err(|e| LaunchError::Egress(format!("resolving {target}: {e}")))?,
         };
         let allowed = egress::allowed_addresses(target, &addresses).map_err(LaunchError::Egress)?;
         out.push((target.clone(), allowed));
@@ -389,6 +405,70 @@ pub(crate) async fn cleanup(client: &Client, exec: &Execution) {
             Err(e) => {
                 tracing::warn!(execution = %format!("{namespace}/{}", exec.name_any()), error = %e, "cleaning up the sandbox");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A resolver stand-in: fixed answers, no network.
+    fn stand_in(host: String, _port: u16) -> std::pin::Pin<Lookup> {
+        let answer = match host.as_str() {
+            "api.example" => Ok(vec!["140.82.112.6".parse().expect("ip")]),
+            "internal.example" => Ok(vec!["10.0.0.5".parse().expect("ip")]),
+            "metadata.example" => Ok(vec![
+                "140.82.112.6".parse().expect("ip"),
+                "169.254.169.254".parse().expect("ip"),
+            ]),
+            "loop.example" => Ok(vec!["::1".parse().expect("ip")]),
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such host",
+            )),
+        };
+        Box::pin(async move { answer })
+    }
+
+    fn target(host: &str) -> Target {
+        Target {
+            host: host.into(),
+            port: 443,
+        }
+    }
+
+    #[tokio::test]
+    async fn names_resolving_inside_the_cluster_or_to_the_metadata_address_are_refused() {
+        let ok = resolve_targets_with(&[target("api.example"), target("localhost")], stand_in)
+            .await
+            .expect("public");
+        assert_eq!(
+            ok,
+            vec![(
+                target("api.example"),
+                vec!["140.82.112.6".parse().expect("ip")]
+            )]
+        );
+        for (host, says) in [
+            (
+                "internal.example",
+                "internal.example:443 resolves to 10.0.0.5, which is private",
+            ),
+            (
+                "metadata.example",
+                "resolves to 169.254.169.254, which is link-local",
+            ),
+            ("loop.example", "resolves to ::1, which is loopback"),
+            ("gone.example", "resolving gone.example:443: no such host"),
+        ] {
+            let err = resolve_targets_with(&[target("api.example"), target(host)], stand_in)
+                .await
+                .expect_err(host);
+            assert!(
+                matches!(&err, LaunchError::Egress(m) if m.contains(says)),
+                "{host}: {err}"
+            );
         }
     }
 }
