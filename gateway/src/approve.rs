@@ -73,7 +73,10 @@ fn secure(mut response: Response) -> Response {
         h.insert("content-security-policy", v);
     }
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
@@ -117,7 +120,10 @@ async fn permit_by_reference(
     let reference = q.token.as_deref().unwrap_or_default();
     if !token_matches(
         reference,
-        permit.annotations().get(ANNOTATION_APPROVAL_REF).map(String::as_str),
+        permit
+            .annotations()
+            .get(ANNOTATION_APPROVAL_REF)
+            .map(String::as_str),
     ) {
         return Err(not_found());
     }
@@ -296,11 +302,15 @@ fn check_csrf(gw: &Gateway, headers: &HeaderMap, req: &DecideRequest) -> ApiResu
         return Err(refused("the form must come from the approval page"));
     }
     if !token_matches(field, Some(&crate::ids::token_digest(&cookie))) {
-        return Err(refused("the form's token does not match this browser's cookie"));
+        return Err(refused(
+            "the form's token does not match this browser's cookie",
+        ));
     }
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
         let own = match gw.public_url() {
-            Some(u) => url::Url::parse(u).ok().map(|u| u.origin().ascii_serialization()),
+            Some(u) => url::Url::parse(u)
+                .ok()
+                .map(|u| u.origin().ascii_serialization()),
             None => headers
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
@@ -349,10 +359,12 @@ pub async fn decide(
                     .into(),
             )
         })?;
-    let ns_hint = q
-        .tenant
-        .clone()
-        .or_else(|| headers.get(NAMESPACE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned));
+    let ns_hint = q.tenant.clone().or_else(|| {
+        headers
+            .get(NAMESPACE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    });
     let owner = gw
         .identity()
         .authenticate(owner_token, ns_hint.as_deref())
@@ -393,9 +405,7 @@ pub async fn decide(
         )
         .await
         .map_err(|e| match e {
-            PluginError::NotFound { .. } => {
-                ApiError::NotFound(format!("request {id} not found"))
-            }
+            PluginError::NotFound { .. } => ApiError::NotFound(format!("request {id} not found")),
             PluginError::Conflict(what) => ApiError::Conflict(format!(
                 "{what} changed while the decision was being recorded; look again and decide again"
             )),
@@ -407,7 +417,11 @@ pub async fn decide(
     if !req.from_form {
         return Ok(Json(out).into_response());
     }
-    let word = if status == "completed" { "approved" } else { "denied" };
+    let word = if status == "completed" {
+        "approved"
+    } else {
+        "denied"
+    };
     let page = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Permit {name} {word}</title>\
 <style>{STYLE}</style></head><body><h1 id=\"result\">Permit {name} {word}</h1>\
@@ -443,7 +457,10 @@ mod tests {
     #[test]
     fn the_policy_allows_no_script_and_only_the_page_style() {
         let p = csp();
-        assert!(p.starts_with("default-src 'none'; style-src 'sha256-"), "{p}");
+        assert!(
+            p.starts_with("default-src 'none'; style-src 'sha256-"),
+            "{p}"
+        );
         assert!(!p.contains("script-src"));
         assert!(!p.contains("unsafe"));
         assert!(p.contains("form-action 'self'") && p.contains("frame-ancestors 'none'"));

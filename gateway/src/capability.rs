@@ -23,8 +23,8 @@ use std::fmt;
 
 use oauth3_crds::constants::{DEFAULT_BODY_MAX_BYTES, SECRET_NAME_PATTERN};
 use oauth3_crds::{
-    AuthSpec, BodyRules, Capability, CodeReview, HttpMethod, ParamLocation, ParamSpec,
-    PermitSpec, QueryRules, RateLimit,
+    AuthSpec, BodyRules, Capability, CodeReview, HttpMethod, ParamLocation, ParamSpec, PermitSpec,
+    QueryRules, RateLimit,
 };
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
@@ -246,12 +246,13 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let field = if path == "." || path.is_empty() {
+        let syntax = inner.is_syntax() || inner.is_eof();
+        let field = if syntax || path == "." || path.is_empty() {
             "request body".to_owned()
         } else {
             path
         };
-        let message = if inner.is_syntax() || inner.is_eof() {
+        let message = if syntax {
             format!("not valid JSON: {inner}")
         } else {
             inner.to_string()
@@ -358,7 +359,8 @@ pub fn to_spec(req: &PermitRequest) -> Result<MappedPermit, ApiError> {
     secrets.sort();
     let valid_for = match &req.valid_for {
         Some(v) => {
-            oauth3_crds::parse_duration(v).map_err(|e| ApiError::bad("valid_for", e.to_string()))?;
+            oauth3_crds::parse_duration(v)
+                .map_err(|e| ApiError::bad("valid_for", e.to_string()))?;
             v.clone()
         }
         None => oauth3_crds::constants::DEFAULT_VALID_FOR.to_owned(),
@@ -719,7 +721,9 @@ fn secret_names(cap: &CapabilityRequest, at: &str) -> Result<Vec<String>, ApiErr
             } else {
                 Err(ApiError::bad(
                     format!("{at}.{field}"),
-                    format!("secret name {name:?} must match {SECRET_NAME_PATTERN} (e.g. GITHUB_TOKEN)"),
+                    format!(
+                        "secret name {name:?} must match {SECRET_NAME_PATTERN} (e.g. GITHUB_TOKEN)"
+                    ),
                 ))
             }
         })
@@ -818,18 +822,22 @@ mod tests {
         map(body).expect_err("refused").to_string()
     }
 
-    fn hosted_quick_start() -> serde_json::Value {
-        json!({"description": "File an issue", "capabilities": [{
-            "name": "github.createIssue", "doc_url": "https://docs.github.com/rest/issues",
-            "endpoint": "https://api.github.com/repos/{owner}/{repo}/issues", "method": "POST",
-            "auth": {"header": "Authorization", "value": "token {GH_TOKEN}"},
-            "params": {"owner": {"in": "path"}, "repo": {"in": "path"},
-                       "title": {"in": "body"}, "body": {"in": "body"}}}]})
+    /// The hosted quick start's body, as text: a `json!` value would sort the keys and lose
+    /// the declaration order that is the point.
+    const HOSTED_QUICK_START: &str = r#"{"description": "File an issue", "capabilities": [{
+        "name": "github.createIssue", "doc_url": "https://docs.github.com/rest/issues",
+        "endpoint": "https://api.github.com/repos/{owner}/{repo}/issues", "method": "POST",
+        "auth": {"header": "Authorization", "value": "token {GH_TOKEN}"},
+        "params": {"owner": {"in": "path"}, "repo": {"in": "path"},
+                   "title": {"in": "body"}, "body": {"in": "body"}}}]}"#;
+
+    fn map_text(body: &str) -> Result<MappedPermit, ApiError> {
+        to_spec(&parse_request(body.as_bytes())?)
     }
 
     #[test]
     fn the_hosted_quick_start_becomes_a_typed_endpoint_called_positionally() {
-        let m = map(hosted_quick_start()).expect("maps");
+        let m = map_text(HOSTED_QUICK_START).expect("maps");
         let cap = &m.spec.capabilities[0];
         assert_eq!(cap.name, "createIssue");
         assert_eq!(
@@ -838,7 +846,10 @@ mod tests {
         );
         assert_eq!(cap.method, Some(HttpMethod::POST));
         assert_eq!(m.spec.secrets, ["GH_TOKEN"]);
-        assert_eq!(m.positional["createIssue"], ["owner", "repo", "title", "body"]);
+        assert_eq!(
+            m.positional["createIssue"],
+            ["owner", "repo", "title", "body"]
+        );
         assert_eq!(
             client_signature(cap, &m.positional),
             "createIssue(owner, repo, title, body)"
@@ -854,11 +865,17 @@ mod tests {
 
     #[test]
     fn declaration_order_not_alphabetical_order_is_the_argument_order() {
-        let mut body = hosted_quick_start();
-        body["capabilities"][0]["params"] = json!({"repo": {"in": "path"}, "zeta": {"in": "query"},
-            "owner": {"in": "path"}, "alpha": {"in": "body"}});
-        let m = map(body).expect("maps");
-        assert_eq!(m.positional["createIssue"], ["repo", "zeta", "owner", "alpha"]);
+        let body = HOSTED_QUICK_START.replace(
+            r#""params": {"owner": {"in": "path"}, "repo": {"in": "path"},
+                   "title": {"in": "body"}, "body": {"in": "body"}}"#,
+            r#""params": {"repo": {"in": "path"}, "zeta": {"in": "query"},
+                   "owner": {"in": "path"}, "alpha": {"in": "body"}}"#,
+        );
+        let m = map_text(&body).expect("maps");
+        assert_eq!(
+            m.positional["createIssue"],
+            ["repo", "zeta", "owner", "alpha"]
+        );
         let prelude = positional_prelude(&m.spec, &m.positional);
         // The sandbox wants path params in endpoint order (owner, repo), then the others.
         assert!(
@@ -896,9 +913,11 @@ mod tests {
 
     #[test]
     fn absent_methods_allow_every_method_and_cookie_secret_is_the_cookie_header() {
-        let m = map(json!({"description": "d", "capabilities": [{"type": "scoped-fetch",
+        let m = map(
+            json!({"description": "d", "capabilities": [{"type": "scoped-fetch",
             "name": "site", "base_url": "https://example.com", "scope": ["**"],
-            "cookie_secret": "COOKIES_EXAMPLE_COM"}]}))
+            "cookie_secret": "COOKIES_EXAMPLE_COM"}]}),
+        )
         .expect("maps");
         let cap = &m.spec.capabilities[0];
         assert_eq!(cap.methods.len(), 7);
@@ -920,7 +939,7 @@ mod tests {
         };
         for (body, expected) in [
             (
-                json!({"capabilities": []}),
+                json!({"description": "d", "capabilities": []}),
                 "capabilities: required: a non-empty array",
             ),
             (
@@ -965,7 +984,7 @@ mod tests {
             ),
             (
                 sf(json!({"surprise": 1})),
-                "capabilities[0]: unknown field `surprise`",
+                "capabilities[0].surprise: unknown field `surprise`",
             ),
             (
                 json!({"description": "d", "capabilities": [{"name": "a.x",
@@ -988,7 +1007,10 @@ mod tests {
             ),
         ] {
             let got = err(body.clone());
-            assert!(got.starts_with(expected), "{body}\n got: {got}\nwant: {expected}");
+            assert!(
+                got.starts_with(expected),
+                "{body}\n got: {got}\nwant: {expected}"
+            );
         }
     }
 

@@ -50,7 +50,11 @@ pub struct Config {
     pub execution_timeout: i32,
 
     /// Largest request body accepted, in bytes (Execution code is at most 256 KiB).
-    #[arg(long, env = "OAUTH3_GATEWAY_MAX_BODY_BYTES", default_value_t = 1_048_576)]
+    #[arg(
+        long,
+        env = "OAUTH3_GATEWAY_MAX_BODY_BYTES",
+        default_value_t = 1_048_576
+    )]
     pub max_body_bytes: usize,
 
     /// The enclave's X25519 public key (64 hex characters) that `POST /secrets` seals values
@@ -98,8 +102,8 @@ mod tests {
 
     #[test]
     fn a_hold_of_120s_or_more_is_refused() {
-        let e = Config::try_parse_from(["oauth3-gateway", "--long-poll", "120s"])
-            .expect_err("refused");
+        let e =
+            Config::try_parse_from(["oauth3-gateway", "--long-poll", "120s"]).expect_err("refused");
         assert!(e.to_string().contains("under 120s"), "{e}");
         let c = Config::try_parse_from(["oauth3-gateway", "--long-poll", "2s"]).expect("ok");
         assert_eq!(c.long_poll, Duration::from_secs(2));

@@ -63,7 +63,14 @@ pub enum Right {
 }
 
 impl Right {
-    fn attributes(self) -> (&'static str, &'static str, &'static str, Option<&'static str>) {
+    fn attributes(
+        self,
+    ) -> (
+        &'static str,
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+    ) {
         match self {
             Self::CreatePermits => ("create", "oauth3.dev", "permits", None),
             Self::CreateExecutions => ("create", "oauth3.dev", "executions", None),
@@ -200,7 +207,7 @@ impl Identity {
     async fn review(&self, token: &str) -> Result<Reviewed, ApiError> {
         let review = TokenReview {
             spec: TokenReviewSpec {
-                token: Some(token.to_owned()),
+                token: token.to_owned(),
                 audiences: None,
             },
             ..Default::default()
@@ -259,7 +266,9 @@ impl Identity {
         let answer = Api::<SubjectAccessReview>::all(self.client.clone())
             .create(&PostParams::default(), &review)
             .await
-            .map_err(ApiError::kube("asking what the caller may do (SubjectAccessReview)"))?;
+            .map_err(ApiError::kube(
+                "asking what the caller may do (SubjectAccessReview)",
+            ))?;
         let yes = answer.status.is_some_and(|s| s.allowed);
         self.rights.put(key, yes);
         Ok(yes)
@@ -309,7 +318,10 @@ mod tests {
             Some("team-a")
         );
         assert_eq!(service_account_namespace("alice@example.com"), None);
-        assert_eq!(service_account_namespace("system:serviceaccount:Bad:x"), None);
+        assert_eq!(
+            service_account_namespace("system:serviceaccount:Bad:x"),
+            None
+        );
         assert_eq!(service_account_namespace("system:serviceaccount:ns:"), None);
     }
 

@@ -134,10 +134,7 @@ pub fn app(gateway: Gateway) -> Router {
         .route("/execute/{id}/status", get(routes::status))
         .route("/execute/{id}/stdout", get(routes::stdout))
         .route("/session/{id}/actions", get(routes::session_actions))
-        .route(
-            "/approve/{id}",
-            get(approve::page).post(approve::decide),
-        )
+        .route("/approve/{id}", get(approve::page).post(approve::decide))
         .route("/secrets", post(secrets::store))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))

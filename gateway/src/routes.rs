@@ -23,8 +23,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::answer::{
-    execution_answer, execution_error, execution_status, is_terminal, permit_answer,
-    permit_status,
+    execution_answer, execution_error, execution_status, is_terminal, permit_answer, permit_status,
 };
 use crate::capability::{client_signature, parse_json, positional_prelude, to_spec};
 use crate::error::{ApiError, ApiResult};
@@ -81,7 +80,8 @@ impl Gateway {
     }
 
     fn url(&self, path_and_query: &str) -> Option<String> {
-        self.public_url().map(|base| format!("{base}{path_and_query}"))
+        self.public_url()
+            .map(|base| format!("{base}{path_and_query}"))
     }
 
     /// `status_url` of request `id` in `ns` with its read-only token.
@@ -322,7 +322,10 @@ pub async fn execute(
         .or(req.session_id.as_deref())
         .ok_or_else(|| ApiError::bad("permit_id", "required: the Permit to run under"))?;
     if !is_dns_label(permit_name) {
-        return Err(ApiError::bad("permit_id", "must be a Permit name (a DNS label)"));
+        return Err(ApiError::bad(
+            "permit_id",
+            "must be a Permit name (a DNS label)",
+        ));
     }
     let code = req
         .code
@@ -537,7 +540,10 @@ pub async fn stdout(
 ) -> ApiResult<Response> {
     let id = RequestId::parse(&id, "id")?;
     if id.kind != IdKind::Execution {
-        return Err(ApiError::bad("id", "stdout exists only for executions (exec_...)"));
+        return Err(ApiError::bad(
+            "id",
+            "stdout exists only for executions (exec_...)",
+        ));
     }
     let (_, found) = find_for_reader(&gw, &headers, &q, &id).await?;
     let Found::Execution(exec) = found else {
@@ -559,10 +565,15 @@ pub async fn stdout(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    let num = |n: i64| HeaderValue::from_str(&n.to_string()).unwrap_or(HeaderValue::from_static("0"));
+    let num =
+        |n: i64| HeaderValue::from_str(&n.to_string()).unwrap_or(HeaderValue::from_static("0"));
     h.insert(
         "x-exit-code",
-        num(i64::from(s.exit_code.unwrap_or(if success { 0 } else { 1 }))),
+        num(i64::from(s.exit_code.unwrap_or(if success {
+            0
+        } else {
+            1
+        }))),
     );
     h.insert("x-duration-ms", num(s.duration_ms.unwrap_or(0)));
     h.insert(
@@ -597,13 +608,17 @@ pub async fn session_actions(
             "listing the Executions of Permit {permit_id}"
         )))?
         .items;
-    list.sort_by(|a, b| b.creation_timestamp().cmp(&a.creation_timestamp()));
+    list.sort_by_key(|e| std::cmp::Reverse(e.creation_timestamp()));
     let actions: Vec<Value> = list
         .iter()
         .filter(|e| e.spec.permit_ref == permit_id)
         .take(50)
         .map(|e| {
-            let id = e.labels().get(LABEL_REQUEST_ID).cloned().unwrap_or_default();
+            let id = e
+                .labels()
+                .get(LABEL_REQUEST_ID)
+                .cloned()
+                .unwrap_or_default();
             let answer = execution_answer(&id, e);
             json!({
                 "id": id,

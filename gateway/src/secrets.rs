@@ -8,8 +8,8 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use kube::api::{Api, Patch, PatchParams};
 use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
 use oauth3_crds::constants::{GATEWAY_FIELD_MANAGER, SECRET_NAME_PATTERN, secret_object_name};
 use serde_json::{Value, json};
 
@@ -39,8 +39,14 @@ pub async fn store(
     // Read as a plain object so no parse error can quote the value.
     let object: serde_json::Map<String, Value> = serde_json::from_slice(&body)
         .map_err(|_| ApiError::bad("request body", "must be a JSON object {name, value}"))?;
-    if let Some(k) = object.keys().find(|k| !matches!(k.as_str(), "name" | "value")) {
-        return Err(ApiError::bad(k.clone(), "unknown field; expected name and value"));
+    if let Some(k) = object
+        .keys()
+        .find(|k| !matches!(k.as_str(), "name" | "value"))
+    {
+        return Err(ApiError::bad(
+            k.clone(),
+            "unknown field; expected name and value",
+        ));
     }
     let name = match object.get("name") {
         Some(Value::String(n)) if is_secret_name(n) => n.clone(),
@@ -67,7 +73,11 @@ pub async fn store(
             &Patch::Apply(&sealed),
         )
         .await
-        .map_err(ApiError::kube(format!("storing the sealed Secret {object_name}")))?;
+        .map_err(ApiError::kube(format!(
+            "storing the sealed Secret {object_name}"
+        )))?;
     tracing::info!(namespace = %owner.namespace, secret = %name, by = %owner.user, "sealed secret stored");
-    Ok(Json(json!({"success": true, "name": name, "secret": object_name, "sealed": true})))
+    Ok(Json(
+        json!({"success": true, "name": name, "secret": object_name, "sealed": true}),
+    ))
 }

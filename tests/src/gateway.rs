@@ -125,19 +125,19 @@ pub async fn service_account_token(client: &Client, ns: &str, name: &str) -> Str
         Err(e) => panic!("creating ServiceAccount {ns}/{name}: {e}"),
     }
     let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![],
+        spec: Some(TokenRequestSpec {
+            audiences: None,
             expiration_seconds: Some(3600),
             bound_object_ref: None,
-        },
+        }),
         ..Default::default()
     };
     api.create_token_request(name, &PostParams::default(), &request)
         .await
         .unwrap_or_else(|e| panic!("TokenRequest for {ns}/{name}: {e}"))
         .status
-        .expect("token status")
-        .token
+        .and_then(|s| s.token)
+        .expect("a token in the TokenRequest status")
 }
 
 /// An answer: status code, headers and body (parsed as JSON when it is JSON, else a string).
@@ -227,8 +227,14 @@ impl Http {
 
     /// `POST url` with a JSON body and an optional Bearer token.
     pub async fn post(&self, url: &str, token: Option<&str>, body: &Value) -> Answer {
-        self.post_raw(url, token, "application/json", body.to_string().into_bytes(), &[])
-            .await
+        self.post_raw(
+            url,
+            token,
+            "application/json",
+            body.to_string().into_bytes(),
+            &[],
+        )
+        .await
     }
 
     /// `POST url` with raw bytes, a content type, an optional Bearer token and extra headers.

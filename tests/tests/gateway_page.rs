@@ -25,7 +25,10 @@ fn ensure_browser() {
          as .ci/run does, or set CHROMIUM"
     );
     let dir = browser_dir();
-    if dir.join("node_modules/playwright-core/package.json").exists() {
+    if dir
+        .join("node_modules/playwright-core/package.json")
+        .exists()
+    {
         return;
     }
     let status = std::process::Command::new("npm")
@@ -124,7 +127,10 @@ async fn the_approval_page_shows_the_permit_and_only_an_owner_token_approves_it(
     assert!(kubectl_text.contains("The agent says: \"Read the <b>open</b> issues of o/r\""));
     let csp = agent_try["csp"].as_str().expect("csp");
     assert!(csp.starts_with("default-src 'none'"), "{csp}");
-    assert!(!csp.contains("unsafe") && !csp.contains("script-src"), "{csp}");
+    assert!(
+        !csp.contains("unsafe") && !csp.contains("script-src"),
+        "{csp}"
+    );
     assert_eq!(agent_try["referrerPolicy"], "no-referrer");
     assert!(
         agent_try["setCookie"]
@@ -136,7 +142,11 @@ async fn the_approval_page_shows_the_permit_and_only_an_owner_token_approves_it(
         agent_try["styled"], "rgba(0, 0, 0, 0)",
         "the page's own style (allowed by its hash) applies"
     );
-    assert_eq!(agent_try["problems"], json!([]), "no CSP violation or error on the page");
+    assert_eq!(
+        agent_try["problems"],
+        json!([]),
+        "no CSP violation or error on the page"
+    );
     let png = std::fs::read(&shot).expect("screenshot kept");
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
 
