@@ -306,7 +306,19 @@ fn check_csrf(gw: &Gateway, headers: &HeaderMap, req: &DecideRequest) -> ApiResu
             "the form's token does not match this browser's cookie",
         ));
     }
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+    // Browsers say where a request comes from. `Sec-Fetch-Site` must be same-origin (or none,
+    // for a request the user made directly); an `Origin` must be ours, except `null`, which
+    // is what a same-origin form post carries under `Referrer-Policy: no-referrer`.
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
+        && !matches!(site, "same-origin" | "none")
+    {
+        return Err(refused("the form was posted from another site"));
+    }
+    if let Some(origin) = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .filter(|o| *o != "null")
+    {
         let own = match gw.public_url() {
             Some(u) => url::Url::parse(u)
                 .ok()

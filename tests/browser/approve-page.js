@@ -41,7 +41,7 @@ async function main() {
       status: first.status(),
       csp: headers['content-security-policy'] || null,
       referrerPolicy: headers['referrer-policy'] || null,
-      setCookie: headers['set-cookie'] || null,
+      setCookie: await first.headerValue('set-cookie'),
       permitText,
       styled,
       afterStatus: answer ? answer.status() : null,

@@ -39,12 +39,14 @@ fn ensure_browser() {
     assert!(status.success(), "npm ci in {} failed", dir.display());
 }
 
-/// Runs the page script; returns what it saw.
-fn drive(url: &str, token: &str, shot: &std::path::Path, button: &str) -> Value {
-    let out = std::process::Command::new("node")
+/// Runs the page script (asynchronously: the gateway answering it runs on this runtime);
+/// returns what it saw.
+async fn drive(url: &str, token: &str, shot: &std::path::Path, button: &str) -> Value {
+    let out = tokio::process::Command::new("node")
         .arg(browser_dir().join("approve-page.js"))
         .args([url, token, &shot.to_string_lossy(), button])
         .output()
+        .await
         .expect("node runs");
     assert!(
         out.status.success(),
@@ -95,7 +97,7 @@ async fn the_approval_page_shows_the_permit_and_only_an_owner_token_approves_it(
 
     // An agent's token typed into the page is refused; nothing is recorded.
     let shot = artifacts().join("gateway-approval-page.png");
-    let agent_try = drive(url, &tenant.agent, &shot, "approve");
+    let agent_try = drive(url, &tenant.agent, &shot, "approve").await;
     assert_eq!(agent_try["status"], 200, "{agent_try}");
     assert_eq!(agent_try["afterStatus"], 403, "{agent_try}");
     assert!(
@@ -152,7 +154,7 @@ async fn the_approval_page_shows_the_permit_and_only_an_owner_token_approves_it(
 
     // The owner's token approves, and the decision names the owner.
     let owner_shot = artifacts().join("gateway-approval-page-owner.png");
-    let owner_try = drive(url, &tenant.owner, &owner_shot, "approve");
+    let owner_try = drive(url, &tenant.owner, &owner_shot, "approve").await;
     assert_eq!(owner_try["afterStatus"], 200, "{owner_try}");
     assert!(
         owner_try["afterText"]

@@ -313,6 +313,34 @@ async fn the_permit_dialect_runs_end_to_end_and_only_the_owner_can_approve() {
         a.text
     );
     assert!(a.text.contains("CSRF"), "{}", a.text);
+    // Even with the cookie and field matching, a post another site makes is refused.
+    let csrf = "c".repeat(64);
+    let cookie = format!("oauth3_csrf={csrf}");
+    let form = format!("action=approve&owner_token={owner}&csrf={csrf}");
+    for from_elsewhere in [
+        [
+            ("cookie", cookie.as_str()),
+            ("origin", "https://evil.example"),
+        ],
+        [
+            ("cookie", cookie.as_str()),
+            ("sec-fetch-site", "cross-site"),
+        ],
+    ] {
+        let a = seen.keep(
+            &env.http
+                .post_raw(
+                    &approval_url,
+                    None,
+                    "application/x-www-form-urlencoded",
+                    form.clone().into_bytes(),
+                    &from_elsewhere,
+                )
+                .await,
+        );
+        assert_eq!(a.status, 403, "{from_elsewhere:?}: {}", a.text);
+        assert!(a.text.contains("posted from another site"), "{}", a.text);
+    }
     let a = seen.keep(
         &env.get(&format!("/execute/{request_id}/status"), Some(&agent))
             .await,
