@@ -490,8 +490,8 @@ pub(crate) async fn find_for_reader(
 }
 
 /// `GET /execute/:id/status[?wait=true]`: a Permit request's or an Execution's status. With
-/// `wait`, a status that is not final is held until it changes or the long-poll bound passes;
-/// a final one is answered at once.
+/// `wait`, a status that is not final is held until it is final or the long-poll bound
+/// passes (then the current state is answered); a final one is answered at once.
 ///
 /// # Errors
 /// 400 for a malformed id, 404, 401/403.
@@ -513,14 +513,14 @@ pub async fn status(
         Found::Permit(p) => {
             let p = gw
                 .store()
-                .wait_for_change(&gw.store().permits(&ns), *p, bound, permit_status)
+                .wait_until_final(&gw.store().permits(&ns), *p, bound, permit_status)
                 .await?;
             permit_answer(&label, &p)
         }
         Found::Execution(e) => {
             let e = gw
                 .store()
-                .wait_for_change(&gw.store().executions(&ns), *e, bound, execution_status)
+                .wait_until_final(&gw.store().executions(&ns), *e, bound, execution_status)
                 .await?;
             execution_answer(&label, &e)
         }

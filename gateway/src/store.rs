@@ -1,6 +1,6 @@
 //! Every Kubernetes call the gateway makes for a request, in the caller's namespace only: find
 //! an object by its request id (a label), create Permits, Executions and sealed Secrets, and
-//! wait for an object's answer to change (a watch on that one object, from the
+//! wait for an object's answer to become final (a watch on that one object, from the
 //! resourceVersion that was read, so no change between the read and the watch is missed).
 
 use std::fmt::Debug;
@@ -71,6 +71,22 @@ impl Store {
     where
         K: Resource + Clone + DeserializeOwned + Debug,
     {
+        // The gateway names what it creates after the id, so one GET finds it; only Permits
+        // the client named itself (`permit_id`) need the label lookup, a list whose cost
+        // grows with the namespace.
+        let by_name = api
+            .get_opt(&id.object_name())
+            .await
+            .map_err(ApiError::kube(format!("looking up request {id}")))?;
+        if let Some(found) = by_name.filter(|o| {
+            o.meta()
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_REQUEST_ID))
+                .is_some_and(|v| *v == id.as_label())
+        }) {
+            return Ok(found);
+        }
         let lp = ListParams::default()
             .labels(&format!("{LABEL_REQUEST_ID}={}", id.as_label()))
             .limit(2);
@@ -143,13 +159,15 @@ impl Store {
         })
     }
 
-    /// Waits up to `bound` for `status` of `current` to change (or become final), watching
-    /// that one object; returns the object as last seen. Answers at once when the status is
-    /// already final.
+    /// Waits up to `bound` for `status` of `current` to become final, watching that one
+    /// object; returns the object as last seen. Answers at once when the status is already
+    /// final. Intermediate changes (`approved` -> `executing`) do not end the hold: clients
+    /// poll again after a pause when they get a status that is not final, so waking them for
+    /// one only delays the result.
     ///
     /// # Errors
     /// When the watch cannot be started.
-    pub async fn wait_for_change<K>(
+    pub async fn wait_until_final<K>(
         &self,
         api: &Api<K>,
         current: K,
@@ -159,8 +177,7 @@ impl Store {
     where
         K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     {
-        let initial = status(&current);
-        if is_terminal(initial) || bound.is_zero() {
+        if is_terminal(status(&current)) || bound.is_zero() {
             return Ok(current);
         }
         let deadline = Instant::now() + bound;
@@ -193,7 +210,7 @@ impl Store {
                         WatchEvent::Added(o) | WatchEvent::Modified(o) => {
                             version = o.resource_version().unwrap_or_default();
                             latest = o;
-                            if status(&latest) != initial {
+                            if is_terminal(status(&latest)) {
                                 return Ok(latest);
                             }
                         }
@@ -210,7 +227,7 @@ impl Store {
                             };
                             version = now.resource_version().unwrap_or_default();
                             latest = now;
-                            if status(&latest) != initial {
+                            if is_terminal(status(&latest)) {
                                 return Ok(latest);
                             }
                             break;
