@@ -49,6 +49,9 @@ pub const ANNOTATION_APPROVAL_REF: &str = "oauth3.dev/approval-ref-sha256";
 /// Annotation on gateway-made Permits: the positional argument order (JSON object of
 /// capability name to parameter names) of capabilities requested in the `api-gateway` form.
 pub const ANNOTATION_POSITIONAL_PARAMS: &str = "oauth3.dev/positional-params";
+/// Annotation on gateway-made Executions run from skill code: `sha256:` + hex SHA-256 of the
+/// skill's bytes exactly as the agent sent them (before its TypeScript types were removed).
+pub const ANNOTATION_SOURCE_DIGEST: &str = "oauth3.dev/source-digest";
 /// Annotation on gateway-made Executions: the client's `action_id`.
 pub const ANNOTATION_ACTION_ID: &str = "oauth3.dev/action-id";
 /// Field manager of what the gateway creates and writes.

@@ -11,7 +11,9 @@
 //! page and `POST /approve/:id`), `capability` (capability JSON forms to a Permit spec, pure),
 //! `config` (flags), `error` (the one error type), `identity` (TokenReview and
 //! SubjectAccessReview), `ids` (request ids and tokens), `routes` (the permit dialect's
-//! handlers), `secrets` (`POST /secrets`: sealed on arrival), `store` (every Kubernetes call).
+//! handlers, and skill code under a Permit), `secrets` (`POST /secrets`: sealed on arrival),
+//! `sessions` (`/sessions`, `/me`, `/history`), `skill` (skill code to sandbox JavaScript:
+//! TypeScript types removed with oxc), `store` (every Kubernetes call).
 
 pub mod answer;
 pub mod approve;
@@ -22,6 +24,8 @@ pub mod identity;
 pub mod ids;
 pub mod routes;
 pub mod secrets;
+pub mod sessions;
+pub mod skill;
 pub mod store;
 
 use std::sync::Arc;
@@ -136,6 +140,9 @@ pub fn app(gateway: Gateway) -> Router {
         .route("/session/{id}/actions", get(routes::session_actions))
         .route("/approve/{id}", get(approve::page).post(approve::decide))
         .route("/secrets", post(secrets::store))
+        .route("/sessions", get(sessions::sessions))
+        .route("/me", get(sessions::me))
+        .route("/history", get(sessions::history))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(gateway)

@@ -16,7 +16,8 @@ use axum::response::{IntoResponse, Response};
 use kube::ResourceExt;
 use oauth3_crds::constants::{
     ANNOTATION_ACTION_ID, ANNOTATION_APPROVAL_REF, ANNOTATION_POSITIONAL_PARAMS,
-    ANNOTATION_STATUS_TOKEN, LABEL_PERMIT, LABEL_REQUEST_ID, MAX_CODE_LEN,
+    ANNOTATION_SOURCE_DIGEST, ANNOTATION_STATUS_TOKEN, LABEL_PERMIT, LABEL_REQUEST_ID,
+    MAX_CODE_LEN,
 };
 use oauth3_crds::{CodeReview, Execution, ExecutionSpec, Permit, PermitPhase, spec_digest};
 use serde::Deserialize;
@@ -30,7 +31,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::identity::{Caller, NAMESPACE_HEADER, Right, bearer};
 use crate::ids::{IdKind, RequestId, is_dns_label, new_token, token_digest, token_matches};
 use crate::store::Found;
-use crate::{Gateway, capability};
+use crate::{Gateway, capability, skill};
 
 /// A request body, or the reason it could not be read (too large).
 pub type Body = Result<Bytes, BytesRejection>;
@@ -320,22 +321,34 @@ pub async fn execute(
         .permit_id
         .as_deref()
         .or(req.session_id.as_deref())
-        .ok_or_else(|| ApiError::bad("permit_id", "required: the Permit to run under"))?;
+        .ok_or_else(|| {
+            if req.skill_code.is_some() {
+                ApiError::bad(
+                    "session_id",
+                    "required: skills run under an approved Permit (POST /permit); this gateway \
+                     does not make one-off skill Permits (POST /scope) yet",
+                )
+            } else {
+                ApiError::bad("permit_id", "required: the Permit to run under")
+            }
+        })?;
     if !is_dns_label(permit_name) {
         return Err(ApiError::bad(
             "permit_id",
             "must be a Permit name (a DNS label)",
         ));
     }
-    let code = req
-        .code
-        .as_deref()
-        .or(req.skill_code.as_deref())
-        .filter(|c| !c.trim().is_empty())
-        .ok_or_else(|| ApiError::bad("code", "required: the JavaScript to run"))?;
+    let (code, field) = match (req.code.as_deref(), req.skill_code.as_deref()) {
+        (Some(c), _) => (c, "code"),
+        (None, Some(c)) => (c, "skill_code"),
+        (None, None) => ("", "code"),
+    };
+    if code.trim().is_empty() {
+        return Err(ApiError::bad(field, "required: the code to run"));
+    }
     if code.chars().count() > MAX_CODE_LEN {
         return Err(ApiError::bad(
-            "code",
+            field,
             format!("at most {MAX_CODE_LEN} characters"),
         ));
     }
@@ -367,6 +380,20 @@ pub async fn execute(
             ),
         ));
     }
+    let skill = if field == "skill_code" {
+        match prepare_skill(code, &permit)? {
+            Ok(s) => Some(s),
+            Err(Refusal(error)) => {
+                return Ok(Json(json!({
+                    "status": "denied",
+                    "permit_id": permit_name,
+                    "error": format!("skill_code: {error}"),
+                })));
+            }
+        }
+    } else {
+        None
+    };
     if req.dry_run == Some(true) {
         let approved = permit.status.as_ref().and_then(|s| s.phase) == Some(PermitPhase::Approved);
         return Ok(Json(json!({
@@ -382,14 +409,30 @@ pub async fn execute(
         .get(ANNOTATION_POSITIONAL_PARAMS)
         .and_then(|a| serde_json::from_str(a).ok())
         .unwrap_or_default();
-    let code = format!("{}{code}", positional_prelude(&permit.spec, &positional));
+    let (code, timeout, source_digest) = match &skill {
+        Some(s) => (
+            format!(
+                "{}{}{}",
+                positional_prelude(&permit.spec, &positional),
+                skill::PRELUDE,
+                s.javascript
+            ),
+            s.timeout.unwrap_or(gw.execution_timeout()),
+            Some(oauth3_crds::code_digest(code)),
+        ),
+        None => (
+            format!("{}{code}", positional_prelude(&permit.spec, &positional)),
+            gw.execution_timeout(),
+            None,
+        ),
+    };
     let id = RequestId::new(IdKind::Execution);
     let status_token = new_token();
     let spec: ExecutionSpec = serde_json::from_value(json!({
         "permitRef": permit_name,
         "code": code,
         "args": args,
-        "timeoutSeconds": gw.execution_timeout(),
+        "timeoutSeconds": timeout,
     }))
     .map_err(|e| ApiError::Internal(format!("building the Execution: {e}")))?;
     let mut exec = Execution::new(&id.object_name(), spec);
@@ -408,7 +451,9 @@ pub async fn execute(
             ),
             (ANNOTATION_ACTION_ID.to_owned(), action_id),
         ]
-        .into(),
+        .into_iter()
+        .chain(source_digest.map(|d| (ANNOTATION_SOURCE_DIGEST.to_owned(), d)))
+        .collect(),
     );
     let created = gw
         .store()
@@ -421,6 +466,51 @@ pub async fn execute(
         out["status_url"] = json!(u);
     }
     Ok(Json(out))
+}
+
+/// A policy refusal of a well-formed request: answered `200 {status: "denied", error}`.
+struct Refusal(String);
+
+/// Skill code ready to run under `permit`.
+struct PreparedSkill {
+    javascript: String,
+    timeout: Option<i32>,
+}
+
+/// Checks skill code against `permit` and removes its types (pure). Code that does not parse
+/// is a malformed request (the outer error); code the sandbox cannot run as asked is a
+/// refusal.
+fn prepare_skill(code: &str, permit: &Permit) -> ApiResult<Result<PreparedSkill, Refusal>> {
+    let meta = skill::metadata(code);
+    if let Some(missing) = meta
+        .secrets
+        .iter()
+        .find(|s| !permit.spec.secrets.contains(s))
+    {
+        return Ok(Err(Refusal(format!(
+            "@secrets {missing} is not a secret of Permit {} (it names: {}); ask for a Permit that names it",
+            permit.name_any(),
+            permit.spec.secrets.join(", ")
+        ))));
+    }
+    let timeout = match meta.timeout {
+        Some(t) if (1..=3600).contains(&t) => Some(t),
+        Some(t) => {
+            return Err(ApiError::bad(
+                "skill_code",
+                format!("@timeout {t}: must be 1..3600 seconds"),
+            ));
+        }
+        None => None,
+    };
+    match skill::to_javascript(code) {
+        Ok(javascript) => Ok(Ok(PreparedSkill {
+            javascript,
+            timeout,
+        })),
+        Err(e @ skill::SkillError::Syntax(_)) => Err(ApiError::bad("skill_code", e.to_string())),
+        Err(e) => Ok(Err(Refusal(e.to_string()))),
+    }
 }
 
 /// Query of the status routes.

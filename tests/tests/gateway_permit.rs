@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use oauth3_crds::{Execution, Permit, PermitPhase};
 use oauth3_operator::launcher::process::ProcessLauncherConfig;
@@ -791,5 +792,180 @@ async fn tenants_never_see_or_act_on_each_others_requests() {
         }
     })
     .await;
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn skill_code_in_typescript_runs_under_an_approved_permit_and_fetch_is_refused() {
+    let Some(env) = Env::new("gw-skill", true).await else {
+        return;
+    };
+    let (agent, owner) = (env.tenant.agent.clone(), env.tenant.owner.clone());
+    let mut seen = Seen::default();
+    let a = seen.keep(
+        &env.post(
+            "/secrets",
+            Some(&owner),
+            &json!({"name": "API_TOKEN", "value": SECRET}),
+        )
+        .await,
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    let a = seen.keep(
+        &env.post_text("/permit", Some(&agent), &permit_request(&env.up.origin()))
+            .await,
+    );
+    let id = a.body["request_id"].as_str().expect("id").to_owned();
+    let permit = a.body["permit_id"].as_str().expect("permit").to_owned();
+    let a = seen.keep(
+        &env.post(
+            &format!("/approve/{id}"),
+            Some(&owner),
+            &json!({"action": "approve"}),
+        )
+        .await,
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    wait_until(
+        "the Permit is Approved",
+        Duration::from_secs(30),
+        || async {
+            let p = Api::<Permit>::namespaced(env.admin.clone(), &env.tenant.ns)
+                .get(&permit)
+                .await
+                .map_err(|e| e.to_string())?;
+            match p.status.and_then(|s| s.phase) {
+                Some(PermitPhase::Approved) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+
+    // A TypeScript skill, as the SDK sends it: types removed by the parser, args through
+    // Deno.env.get, secrets never.
+    let skill = r#"// @skill greet
+// @description Greets and counts items
+// @secrets API_TOKEN
+interface Item { path: string }
+const name: string = Deno.env.get("NAME")!;
+const r = (await items('GET', '/items')) as Item;
+console.log(`hello ${name}`, r.path, typeof Deno.env.get("API_TOKEN"));
+return { greeted: name };
+"#;
+    let a = seen.keep(
+        &env.post(
+            "/execute",
+            Some(&agent),
+            &json!({"skill_id": "greet", "skill_code": skill, "session_id": permit,
+                    "args": {"NAME": "Ada"}}),
+        )
+        .await,
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    let exec_id = a.body["request_id"].as_str().expect("id").to_owned();
+    let done = env
+        .until_final(a.body["status_url"].as_str().expect("url"), &mut seen)
+        .await;
+    assert_eq!(done.body["status"], "completed", "{}", done.text);
+    assert_eq!(
+        done.body["result"]["stdout"],
+        "hello Ada /v1/items undefined\n"
+    );
+    assert_eq!(done.body["result"]["value"], json!({"greeted": "Ada"}));
+    let execs: Api<Execution> = Api::namespaced(env.admin.clone(), &env.tenant.ns);
+    let stored = execs
+        .get(&exec_id.replace('_', "-"))
+        .await
+        .expect("execution");
+    assert_eq!(
+        stored
+            .annotations()
+            .get(oauth3_crds::constants::ANNOTATION_SOURCE_DIGEST),
+        Some(&oauth3_crds::code_digest(skill)),
+        "the digest of the bytes the agent sent is recorded"
+    );
+    assert!(!stored.spec.code.contains("interface Item"));
+    assert_eq!(
+        stored
+            .annotations()
+            .get(oauth3_crds::constants::ANNOTATION_ACTION_ID),
+        Some(&"greet".to_owned())
+    );
+
+    // Refusals create nothing: fetch, an undeclared secret; bad syntax and no session are 400.
+    let before = execs
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .len();
+    for (code, needle) in [
+        (
+            "const r = await fetch('https://api.github.com/user'); console.log(await r.text());",
+            "skill_code: calls fetch",
+        ),
+        (
+            "// @secrets OTHER_TOKEN\nconsole.log(1);",
+            "@secrets OTHER_TOKEN is not a secret of Permit",
+        ),
+    ] {
+        let a = seen.keep(
+            &env.post(
+                "/execute",
+                Some(&agent),
+                &json!({"skill_id": "x", "skill_code": code, "session_id": permit}),
+            )
+            .await,
+        );
+        assert_eq!(a.status, 200, "{}", a.text);
+        assert_eq!(a.body["status"], "denied", "{}", a.text);
+        assert!(
+            a.body["error"].as_str().is_some_and(|e| e.contains(needle)),
+            "{}",
+            a.text
+        );
+    }
+    let a = env
+        .post(
+            "/execute",
+            Some(&agent),
+            &json!({"skill_id": "x", "skill_code": "const = ;", "session_id": permit}),
+        )
+        .await;
+    assert_eq!(a.status, 400, "{}", a.text);
+    assert_eq!(a.body["field"], "skill_code");
+    let a = env
+        .post(
+            "/execute",
+            Some(&agent),
+            &json!({"skill_id": "x", "skill_code": "console.log(1)"}),
+        )
+        .await;
+    assert_eq!(a.status, 400, "{}", a.text);
+    assert_eq!(a.body["field"], "session_id");
+    let after = execs
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .len();
+    assert_eq!(before, after, "a refused skill created an Execution");
+
+    // The SDK's read-only calls.
+    let a = env.get("/sessions", Some(&agent)).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body["sessions"][0]["session_id"], permit.as_str());
+    let a = env.get("/me", Some(&agent)).await;
+    assert_eq!(a.body["role"], "agent", "{}", a.text);
+    assert_eq!(a.body["tenant_id"], env.tenant.ns.as_str());
+    let a = env.get("/me", Some(&owner)).await;
+    assert_eq!(a.body["role"], "owner", "{}", a.text);
+    let a = env.get("/history?limit=5", Some(&agent)).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body["executions"][0]["request_id"], exec_id.as_str());
+    let a = env.get("/history?limit=0", Some(&agent)).await;
+    assert_eq!(a.status, 400, "{}", a.text);
+    seen.assert_no_secret();
     env.stop().await;
 }
