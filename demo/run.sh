@@ -3,8 +3,8 @@
 # An agent requests a Permit for a (stand-in) GitHub issues API, the owner reviews and approves
 # it with `kubectl oauth3`, the agent submits Executions, and the operator runs each in the
 # sandbox runner (process launcher: no TEE here), which injects the owner's sealed token. Then
-# the same over plain HTTP through the agent gateway: the agent asks with curl, the owner
-# approves on the gateway's web page, the agent runs code and long-polls for the result.
+# the same over plain HTTP through the agent gateway: an agent signs up, asks with curl, the
+# owner approves on the gateway's web page, the agent runs code and long-polls for the result.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -106,21 +106,35 @@ for e in count-open-issues file-flaky-test-issue try-to-escape; do
   oauth3 logs "$e"
 done
 
-say "The agent gateway: the same flow over HTTP (curl), with Kubernetes tokens"
+say "The agent gateway: the same flow over HTTP (curl); an agent signs up for its own namespace"
 kubectl apply --server-side -f charts/oauth3/templates/user-clusterroles.yaml >/dev/null
-for who in agent owner; do
-  kubectl create serviceaccount "demo-$who" >/dev/null 2>&1 || true
-  kubectl create rolebinding "demo-$who" --clusterrole="oauth3-$who" --serviceaccount="$NS:demo-$who" >/dev/null 2>&1 || true
-done
-AGENT=$(kubectl create token demo-agent)
-OWNER=$(kubectl create token demo-owner)
+kubectl create serviceaccount demo-owner >/dev/null 2>&1 || true
 GP=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 GW="http://127.0.0.1:$GP"
-"$BIN/oauth3-gateway" --listen "127.0.0.1:$GP" --public-url "$GW" --long-poll 10s > "$D/gateway.log" 2>&1 &
+"$BIN/oauth3-gateway" --listen "127.0.0.1:$GP" --public-url "$GW" --long-poll 10s \
+  --enclave-public-key "$PK" --signup-namespace-prefix oauth3-demo-agent- > "$D/gateway.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 50); do curl -sf "$GW/health" >/dev/null && break; sleep 0.1; done
-echo "gateway: $GW  (agent and owner tokens from: kubectl create token demo-agent|demo-owner)"
+echo "gateway: $GW"
 json() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1], {"d": d, "json": json}))' "$1"; }
+curl -s "$GW/signup" -d '{"name": "agent"}' > "$D/signup.json"
+json 'json.dumps({k: (v[:16] + "…" if k in ("token", "jwt", "api_key") else v) for k, v in d.items()}, indent=1)' < "$D/signup.json"
+AGENT=$(json 'd["jwt"]' < "$D/signup.json")
+TENANT=$(json 'd["tenant_id"]' < "$D/signup.json")
+echo "an owner cannot be signed up:"
+curl -s "$GW/signup" -d '{"name": "me", "role": "owner"}'; echo
+
+say "The admin makes the owner the approver of the new namespace; the owner seals the token there through the gateway"
+command kubectl -n "$TENANT" create rolebinding demo-owner --clusterrole=oauth3-owner --serviceaccount="$NS:demo-owner" >/dev/null
+OWNER=$(kubectl create token demo-owner)
+curl -s -H "Authorization: Bearer $OWNER" -H "X-OAuth3-Namespace: $TENANT" "$GW/secrets" \
+  -d '{"name": "GITHUB_TOKEN", "value": "'"$TOKEN"'"}' | sed "s/$TOKEN/LEAKED/"; echo
+"$BIN/oauth3-operator" --namespace "$TENANT" --leader-elect=false --metrics-addr 127.0.0.1:0 \
+  --launcher process --runner-binary "$BIN/oauth3-sandbox-runner" \
+  --runner-arg=--key-provider --runner-arg=dev --runner-arg=--dev-key-file --runner-arg="$D/dev.key" \
+  --runner-arg=--insecure-dev-key --runner-arg=--ca-file --runner-arg="$D/ca.crt" \
+  --callback-addr 127.0.0.1:0 > "$D/operator-tenant.log" 2>&1 &
+pids+=($!)
 
 say "The agent asks for a Permit: POST /permit (the hosted quick start's api-gateway form)"
 curl -s -H "Authorization: Bearer $AGENT" "$GW/permit" -d '{
@@ -171,9 +185,9 @@ for line in open(sys.argv[1]):
 PY
 
 say "Where the token does NOT appear"
-leaks=$(kubectl get permits,executions,events -o json | grep -c "$TOKEN" || true)
-echo "occurrences of the token in Permits, Executions and Events: $leaks"
+leaks=$(command kubectl get permits,executions,events -A -o json | grep -c "$TOKEN" || true)
+echo "occurrences of the token in Permits, Executions and Events (all namespaces): $leaks"
 grep -q "$TOKEN" "$D/operator.log" && echo "operator log: LEAKED" || echo "occurrences in the operator log: 0"
-grep -q "$TOKEN" "$D/gateway.log" && echo "gateway log: LEAKED" || echo "occurrences in the gateway log: 0"
+grep -q "$TOKEN" "$D/gateway.log" "$D/operator-tenant.log" && echo "gateway log: LEAKED" || echo "occurrences in the gateway log: 0"
 [ "$leaks" = 0 ]
 say "Done. The control plane is $( [ -n "$started_cluster" ] && echo "stopped on exit" || echo "left running (make cluster-down)")."

@@ -62,6 +62,21 @@ pub struct Config {
     #[arg(long, env = "OAUTH3_GATEWAY_ENCLAVE_PUBLIC_KEY")]
     pub enclave_public_key: Option<String>,
 
+    /// Turns on self-service `POST /signup`: each signup gets a new namespace named this prefix
+    /// plus 8 random hex characters, with a ServiceAccount bound to `oauth3-agent`, and a
+    /// token for it. Off when unset. Signup can never create an owner.
+    #[arg(long, env = "OAUTH3_GATEWAY_SIGNUP_NAMESPACE_PREFIX", value_parser = namespace_prefix)]
+    pub signup_namespace_prefix: Option<String>,
+
+    /// Lifetime of the tokens `POST /signup` returns (at least 10m, the API server's minimum).
+    #[arg(
+        long,
+        env = "OAUTH3_GATEWAY_SIGNUP_TOKEN_LIFETIME",
+        default_value = "24h",
+        value_parser = token_lifetime
+    )]
+    pub signup_token_lifetime: Duration,
+
     /// Log filter (`info`, `oauth3_gateway=debug`, ...).
     #[arg(long, env = "OAUTH3_GATEWAY_LOG", default_value = "info")]
     pub log: String,
@@ -73,6 +88,30 @@ fn long_poll(value: &str) -> Result<Duration, String> {
         return Err(format!(
             "{value} is too long: the long-poll hold must stay under 120s"
         ));
+    }
+    Ok(d)
+}
+
+fn namespace_prefix(value: &str) -> Result<String, String> {
+    let ok = !value.is_empty()
+        && value.len() <= 40
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && value.as_bytes()[0].is_ascii_lowercase();
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "{value:?}: 1-40 lower-case letters, digits and -, starting with a letter (8 hex characters are appended)"
+        ))
+    }
+}
+
+fn token_lifetime(value: &str) -> Result<Duration, String> {
+    let d = parse_duration(value).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(600) {
+        return Err(format!("{value} is too short: tokens last at least 10m"));
     }
     Ok(d)
 }
@@ -107,6 +146,25 @@ mod tests {
         assert!(e.to_string().contains("under 120s"), "{e}");
         let c = Config::try_parse_from(["oauth3-gateway", "--long-poll", "2s"]).expect("ok");
         assert_eq!(c.long_poll, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn signup_is_off_unless_a_namespace_prefix_is_given() {
+        let c = Config::try_parse_from(["oauth3-gateway"]).expect("defaults");
+        assert_eq!(c.signup_namespace_prefix, None);
+        let c = Config::try_parse_from(["oauth3-gateway", "--signup-namespace-prefix", "tenant-"])
+            .expect("ok");
+        assert_eq!(c.signup_namespace_prefix.as_deref(), Some("tenant-"));
+        for bad in ["Tenant-", "-x", "a_b", ""] {
+            assert!(
+                Config::try_parse_from(["oauth3-gateway", "--signup-namespace-prefix", bad])
+                    .is_err(),
+                "{bad}"
+            );
+        }
+        assert!(
+            Config::try_parse_from(["oauth3-gateway", "--signup-token-lifetime", "5m"]).is_err()
+        );
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! `config` (flags), `error` (the one error type), `identity` (TokenReview and
 //! SubjectAccessReview), `ids` (request ids and tokens), `routes` (the permit dialect's
 //! handlers, and skill code under a Permit), `secrets` (`POST /secrets`: sealed on arrival),
-//! `sessions` (`/sessions`, `/me`, `/history`), `skill` (skill code to sandbox JavaScript:
+//! `sessions` (`/sessions`, `/me`, `/history`), `signup` (self-service agent tenants, off by
+//! default), `skill` (skill code to sandbox JavaScript:
 //! TypeScript types removed with oxc), `store` (every Kubernetes call).
 
 pub mod answer;
@@ -25,6 +26,7 @@ pub mod ids;
 pub mod routes;
 pub mod secrets;
 pub mod sessions;
+pub mod signup;
 pub mod skill;
 pub mod store;
 
@@ -54,6 +56,7 @@ struct Inner {
     long_poll: Duration,
     execution_timeout: i32,
     max_body_bytes: usize,
+    signup: Option<signup::SignupConfig>,
     enclave_key: Option<[u8; 32]>,
 }
 
@@ -85,6 +88,13 @@ impl Gateway {
                 long_poll: config.long_poll,
                 execution_timeout: config.execution_timeout,
                 max_body_bytes: config.max_body_bytes,
+                signup: config
+                    .signup_namespace_prefix
+                    .clone()
+                    .map(|prefix| signup::SignupConfig {
+                        prefix,
+                        token_lifetime: config.signup_token_lifetime,
+                    }),
                 enclave_key,
             }),
         })
@@ -120,6 +130,11 @@ impl Gateway {
         self.inner.max_body_bytes
     }
 
+    /// Self-service signup, when on.
+    pub fn signup(&self) -> Option<&signup::SignupConfig> {
+        self.inner.signup.as_ref()
+    }
+
     /// The enclave key secrets are sealed to, if configured.
     pub fn enclave_key(&self) -> Option<&[u8; 32]> {
         self.inner.enclave_key.as_ref()
@@ -140,6 +155,7 @@ pub fn app(gateway: Gateway) -> Router {
         .route("/session/{id}/actions", get(routes::session_actions))
         .route("/approve/{id}", get(approve::page).post(approve::decide))
         .route("/secrets", post(secrets::store))
+        .route("/signup", post(signup::signup))
         .route("/sessions", get(sessions::sessions))
         .route("/me", get(sessions::me))
         .route("/history", get(sessions::history))

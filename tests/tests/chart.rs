@@ -770,16 +770,27 @@ async fn the_gateway_works_with_exactly_the_charts_rbac_and_cannot_read_secrets(
     let tenant = Tenant::new(&client, "chart-gw-tenant").await;
     let key = hex::encode(crypto_box::SecretKey::from(DEV_KEY).public_key().as_bytes());
     let key_value = format!("gateway.enclavePublicKey={key}");
+    let prefix = format!("{ns}-t-");
+    let prefix_value = format!("gateway.signup.namespacePrefix={prefix}");
     let objects = render(
         &helm,
         &ns,
         &ns,
-        &["--set", "gateway.enabled=true", "--set", &key_value],
+        &[
+            "--set",
+            "gateway.enabled=true",
+            "--set",
+            &key_value,
+            "--set",
+            "gateway.signup.enabled=true",
+            "--set",
+            &prefix_value,
+        ],
     );
     let mut sa = None;
     for obj in objects
         .iter()
-        .filter(|o| IDENTITY_KINDS.contains(&kind(o)) && name(o).ends_with("-gateway"))
+        .filter(|o| IDENTITY_KINDS.contains(&kind(o)) && name(o).contains("-gateway"))
     {
         if kind(obj) == "ServiceAccount" {
             sa = Some(name(obj).to_owned());
@@ -796,12 +807,39 @@ async fn the_gateway_works_with_exactly_the_charts_rbac_and_cannot_read_secrets(
     )
     .await;
     let key_flag = format!("--enclave-public-key={key}");
+    let prefix_flag = format!("--signup-namespace-prefix={prefix}");
     let gw = InProcessGateway::start(
         &identity,
-        &["--auth-cache-ttl=0s", "--long-poll=1s", &key_flag],
+        &[
+            "--auth-cache-ttl=0s",
+            "--long-poll=1s",
+            &key_flag,
+            &prefix_flag,
+        ],
     )
     .await;
     let http = Http::new();
+    // Self-service signup works with exactly these rights, and never makes an owner.
+    let owner_try = http
+        .post(
+            &gw.url("/signup"),
+            None,
+            &json!({"name": "x", "role": "owner"}),
+        )
+        .await;
+    assert_eq!(owner_try.status, 403, "{}", owner_try.text);
+    let signed = http
+        .post(&gw.url("/signup"), None, &json!({"name": "agent"}))
+        .await;
+    assert_eq!(signed.status, 200, "{}", signed.text);
+    let token = signed.body["jwt"].as_str().expect("jwt");
+    assert_eq!(signed.body["token"], token);
+    assert_eq!(signed.body["api_key"], token);
+    let tenant_ns = signed.body["tenant_id"].as_str().expect("tenant");
+    assert!(tenant_ns.starts_with(&prefix), "{tenant_ns}");
+    let me = http.get(&gw.url("/me"), Some(token)).await;
+    assert_eq!(me.body["role"], "agent", "{}", me.text);
+    assert_eq!(me.body["tenant_id"], tenant_ns);
     let asked = http
         .post(
             &gw.url("/permit"),

@@ -969,3 +969,83 @@ return { greeted: name };
     seen.assert_no_secret();
     env.stop().await;
 }
+
+#[tokio::test]
+async fn signup_is_off_by_default_and_never_mints_an_owner() {
+    let Some(env) = Env::new("gw-signup", false).await else {
+        return;
+    };
+    // Off unless configured.
+    let a = env.post("/signup", None, &json!({"name": "agent"})).await;
+    assert_eq!(a.status, 403, "{}", a.text);
+    let prefix = format!("{}-t-", env.tenant.ns);
+    let flag = format!("--signup-namespace-prefix={prefix}");
+    let gw = InProcessGateway::start(&env.admin, &[&flag, "--auth-cache-ttl=0s"]).await;
+    let http = Http::new();
+    for role in ["owner", "admin"] {
+        let a = http
+            .post(
+                &gw.url("/signup"),
+                None,
+                &json!({"name": "x", "role": role}),
+            )
+            .await;
+        assert!(matches!(a.status, 400 | 403), "{role}: {}", a.text);
+    }
+    // The SDK's exact body.
+    let a = http
+        .post(&gw.url("/signup"), None, &json!({"name": "agent"}))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let token = a.body["jwt"].as_str().expect("jwt").to_owned();
+    for field in ["token", "api_key"] {
+        assert_eq!(a.body[field], token.as_str(), "{field}");
+    }
+    assert_eq!(a.body["tee_url"], gw.base.as_str());
+    let ns = a.body["tenant_id"].as_str().expect("tenant").to_owned();
+    assert!(ns.starts_with(&prefix), "{ns}");
+    // The new agent asks for a Permit in its own namespace, and cannot approve it.
+    let asked = http
+        .post_raw(
+            &gw.url("/permit"),
+            Some(&token),
+            "application/json",
+            permit_request(&env.up.origin()).into_bytes(),
+            &[],
+        )
+        .await;
+    assert_eq!(asked.status, 200, "{}", asked.text);
+    let id = asked.body["request_id"].as_str().expect("id");
+    let a = http
+        .post(
+            &gw.url(&format!("/approve/{id}")),
+            Some(&token),
+            &json!({"action": "approve"}),
+        )
+        .await;
+    assert_eq!(
+        a.status, 403,
+        "a signed-up agent cannot approve: {}",
+        a.text
+    );
+    let me = http.get(&gw.url("/me"), Some(&token)).await;
+    assert_eq!(me.body["role"], "agent", "{}", me.text);
+    assert_eq!(me.body["can_approve"], false);
+    // It sees nothing of the other tenant.
+    let theirs = env
+        .post_text(
+            "/permit",
+            Some(&env.tenant.agent),
+            &permit_request(&env.up.origin()),
+        )
+        .await;
+    let their_id = theirs.body["request_id"].as_str().expect("id");
+    let a = http
+        .get(
+            &gw.url(&format!("/execute/{their_id}/status")),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(a.status, 404, "{}", a.text);
+    env.stop().await;
+}
