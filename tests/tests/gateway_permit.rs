@@ -1049,3 +1049,66 @@ async fn signup_is_off_by_default_and_never_mints_an_owner() {
     assert_eq!(a.status, 404, "{}", a.text);
     env.stop().await;
 }
+
+#[tokio::test]
+async fn two_replicas_serve_the_same_clients_without_coordination() {
+    let Some(env) = Env::new("gw-two", true).await else {
+        return;
+    };
+    let hold = format!("--long-poll={}s", HOLD.as_secs());
+    let other = InProcessGateway::start(&env.admin, &[&hold]).await;
+    let on_other = |url: &str| url.replacen(&env.gw.base, &other.base, 1);
+    let sealed = env
+        .post(
+            "/secrets",
+            Some(&env.tenant.owner),
+            &json!({"name": "API_TOKEN", "value": SECRET}),
+        )
+        .await;
+    assert_eq!(sealed.status, 200, "{}", sealed.text);
+    // Asked on one replica, held on the other, decided on the first.
+    let a = env
+        .post_text(
+            "/permit",
+            Some(&env.tenant.agent),
+            &permit_request(&env.up.origin()),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let id = a.body["request_id"].as_str().expect("id").to_owned();
+    let permit = a.body["permit_id"].as_str().expect("permit").to_owned();
+    let held_url = on_other(a.body["status_url"].as_str().expect("url"));
+    let poll = {
+        let http = env.http.clone();
+        tokio::spawn(async move { http.get(&held_url, None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let decided = env
+        .post(
+            &format!("/approve/{id}"),
+            Some(&env.tenant.owner),
+            &json!({"action": "approve"}),
+        )
+        .await;
+    assert_eq!(decided.status, 200, "{}", decided.text);
+    let woke = poll.await.expect("poll");
+    assert_eq!(woke.body["status"], "completed", "{}", woke.text);
+    // Run on the other replica, read the result on the first.
+    let run = env
+        .http
+        .post(
+            &other.url("/execute"),
+            Some(&env.tenant.agent),
+            &json!({"permit_id": permit, "code": "return 7"}),
+        )
+        .await;
+    assert_eq!(run.status, 200, "{}", run.text);
+    let url = run.body["status_url"]
+        .as_str()
+        .expect("url")
+        .replacen(&other.base, &env.gw.base, 1);
+    let mut seen = Seen::default();
+    let done = env.until_final(&url, &mut seen).await;
+    assert_eq!(done.body["result"]["value"], 7, "{}", done.text);
+    env.stop().await;
+}
