@@ -19,8 +19,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use kube::ResourceExt;
 use oauth3_crds::constants::ANNOTATION_APPROVAL_REF;
-use oauth3_crds::{ApprovalDecision, ApprovalVia, Permit, spec_digest};
-use oauth3_operator::plugin::{Decision, PluginError, record_decision, render_permit};
+use oauth3_crds::{ApprovalDecision, ApprovalVia, Permit, TrustLevel, code_digest, spec_digest};
+use oauth3_operator::plugin::{
+    Decision, PluginError, record_decision, record_trust, render_permit,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -29,7 +31,7 @@ use crate::Gateway;
 use crate::answer::permit_status;
 use crate::error::{ApiError, ApiResult};
 use crate::identity::{NAMESPACE_HEADER, Right, bearer};
-use crate::ids::{IdKind, RequestId, is_dns_label, new_token, token_matches};
+use crate::ids::{RequestId, is_dns_label, new_token, token_matches};
 use crate::routes::{Body, body_bytes};
 use crate::store::Found;
 
@@ -97,48 +99,45 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// The Permit request behind an approval reference, or 404 (for a wrong reference too, so
-/// the page says nothing about ids it was not given the reference of).
-async fn permit_by_reference(
+/// The request behind an approval reference (a Permit request, or an Execution whose code
+/// waits for review), or 404 (for a wrong reference too, so the page says nothing about ids it
+/// was not given the reference of).
+async fn by_reference(
     gw: &Gateway,
     id: &RequestId,
     q: &ApproveQuery,
-) -> ApiResult<(String, Permit)> {
+) -> ApiResult<(String, Found)> {
     let not_found = || ApiError::NotFound(format!("approval request {id} not found"));
     let ns = q
         .tenant
         .as_deref()
         .filter(|t| is_dns_label(t))
         .ok_or_else(not_found)?;
-    let Found::Permit(permit) = gw.store().find(ns, id).await.map_err(|e| match e {
+    let found = gw.store().find(ns, id).await.map_err(|e| match e {
         ApiError::NotFound(_) => not_found(),
         other => other,
-    })?
-    else {
-        return Err(not_found());
+    })?;
+    let stored = match &found {
+        Found::Permit(p) => p.annotations().get(ANNOTATION_APPROVAL_REF).cloned(),
+        Found::Execution(e) => e.annotations().get(ANNOTATION_APPROVAL_REF).cloned(),
     };
-    let reference = q.token.as_deref().unwrap_or_default();
-    if !token_matches(
-        reference,
-        permit
-            .annotations()
-            .get(ANNOTATION_APPROVAL_REF)
-            .map(String::as_str),
-    ) {
+    if !token_matches(q.token.as_deref().unwrap_or_default(), stored.as_deref()) {
         return Err(not_found());
     }
-    Ok((ns.to_owned(), *permit))
+    Ok((ns.to_owned(), found))
 }
 
-fn permit_id(id: &str) -> ApiResult<RequestId> {
-    let id = RequestId::parse(id, "id")?;
-    if id.kind != IdKind::Permit {
-        return Err(ApiError::bad(
-            "id",
-            "approval pages exist for Permit requests (permit_...); approve code with kubectl oauth3 approve --code",
-        ));
+/// The trust level of a code approval: `once` (the default), `24h` or `always`.
+fn trust_level(level: Option<&str>) -> ApiResult<TrustLevel> {
+    match level.unwrap_or("once") {
+        "once" => Ok(TrustLevel::Once),
+        "24h" => Ok(TrustLevel::Day),
+        "always" => Ok(TrustLevel::Always),
+        other => Err(ApiError::bad(
+            "level",
+            format!("{other:?}: must be once, 24h or always"),
+        )),
     }
-    Ok(id)
 }
 
 fn wants_html(headers: &HeaderMap) -> bool {
@@ -158,11 +157,100 @@ pub async fn page(
     Query(q): Query<ApproveQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let id = permit_id(&id)?;
-    let (ns, permit) = permit_by_reference(&gw, &id, &q).await?;
-    let text = render_permit(&permit).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let status = permit_status(&permit);
-    if !wants_html(&headers) {
+    let id = RequestId::parse(&id, "id")?;
+    let (ns, found) = by_reference(&gw, &id, &q).await?;
+    let exec = match found {
+        Found::Permit(p) => return permit_page(&gw, &id, &ns, &q, &p, &headers),
+        Found::Execution(e) => e,
+    };
+    let permit = gw.store().permit(&ns, &exec.spec.permit_ref).await?;
+    code_page(&gw, &id, &ns, &q, &permit, &exec, &headers)
+}
+
+/// The CSRF cookie for a page that carries `csrf`.
+fn with_csrf_cookie(gw: &Gateway, mut response: Response, csrf: &str) -> Response {
+    let secure_flag = if gw.public_url().is_some_and(|u| u.starts_with("https://")) {
+        "; Secure"
+    } else {
+        ""
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{CSRF_COOKIE}={csrf}; Path=/approve; HttpOnly; SameSite=Strict{secure_flag}"
+    )) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    secure(response)
+}
+
+/// The page for an Execution whose code waits for the owner (`codeReview: perCode`): what the
+/// Permit allows, then the code and its digest, and Approve once / 24h / always.
+fn code_page(
+    gw: &Gateway,
+    id: &RequestId,
+    ns: &str,
+    q: &ApproveQuery,
+    permit: &Permit,
+    exec: &oauth3_crds::Execution,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let text = render_permit(permit).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let digest = code_digest(&exec.spec.code);
+    let status = crate::answer::execution_status(exec);
+    if !wants_html(headers) {
+        return Ok(secure(
+            Json(json!({
+                "id": id.as_label(), "status": status, "permit_id": permit.name_any(),
+                "namespace": ns, "code_digest": digest, "code": exec.spec.code, "text": text,
+            }))
+            .into_response(),
+        ));
+    }
+    let csrf = new_token();
+    let action = format!(
+        "/approve/{}?tenant={}&token={}",
+        id.as_label(),
+        escape(ns),
+        escape(q.token.as_deref().unwrap_or_default())
+    );
+    let body = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+<title>Approve code for {name}?</title><style>{STYLE}</style></head><body>\
+<h1>Code waiting under Permit {name}</h1>\
+<p class=\"note\">The Permit, exactly as <code>kubectl oauth3 -n {ns} get {name}</code> shows it:</p>\
+<pre id=\"permit\">{text}</pre>\
+<p>The code ({status}), digest <code id=\"digest\">{digest}</code>:</p><pre id=\"code\">{code}</pre>\
+<form method=\"post\" action=\"{action}\">\
+<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"action\" value=\"approve\">\
+<label for=\"owner_token\">Your owner token (a Kubernetes token with the oauth3-owner role in {ns})</label>\
+<input type=\"password\" id=\"owner_token\" name=\"owner_token\" autocomplete=\"off\" required>\
+<button type=\"submit\" name=\"level\" value=\"once\" class=\"approve\" id=\"approve\">Approve once</button>\
+<button type=\"submit\" name=\"level\" value=\"24h\" class=\"approve\" id=\"approve-24h\">Approve for 24h</button>\
+<button type=\"submit\" name=\"level\" value=\"always\" class=\"approve\" id=\"approve-always\">Always</button>\
+</form><p class=\"note\">Trust is per digest: one changed byte needs approval again. Not approving leaves the run waiting until its timeout.</p>\
+</body></html>",
+        name = escape(&permit.name_any()),
+        ns = escape(ns),
+        text = escape(&text),
+        status = escape(status),
+        digest = escape(&digest),
+        code = escape(&exec.spec.code),
+    );
+    Ok(with_csrf_cookie(gw, Html(body).into_response(), &csrf))
+}
+
+/// The page for a Permit request.
+fn permit_page(
+    gw: &Gateway,
+    id: &RequestId,
+    ns: &str,
+    q: &ApproveQuery,
+    permit: &Permit,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let text = render_permit(permit).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let status = permit_status(permit);
+    let ns = ns.to_owned();
+    if !wants_html(headers) {
         return Ok(secure(
             Json(json!({
                 "id": id.as_label(),
@@ -208,24 +296,14 @@ pub async fn page(
         ns = escape(&ns),
         text = escape(&text),
     );
-    let mut response = Html(body).into_response();
-    let secure_flag = if gw.public_url().is_some_and(|u| u.starts_with("https://")) {
-        "; Secure"
-    } else {
-        ""
-    };
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "{CSRF_COOKIE}={csrf}; Path=/approve; HttpOnly; SameSite=Strict{secure_flag}"
-    )) {
-        response.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    Ok(secure(response))
+    Ok(with_csrf_cookie(gw, Html(body).into_response(), &csrf))
 }
 
 /// What a decision request carries, from a form or JSON.
 #[derive(Debug, Default)]
 struct DecideRequest {
     action: Option<String>,
+    level: Option<String>,
     owner_token: Option<String>,
     csrf: Option<String>,
     from_form: bool,
@@ -247,6 +325,7 @@ fn parse_decide(headers: &HeaderMap, body: &[u8]) -> ApiResult<DecideRequest> {
                 "action" => out.action = Some(v.into_owned()),
                 "owner_token" => out.owner_token = Some(v.into_owned()),
                 "csrf" => out.csrf = Some(v.into_owned()),
+                "level" => out.level = Some(v.into_owned()),
                 _ => {}
             }
         }
@@ -262,6 +341,7 @@ fn parse_decide(headers: &HeaderMap, body: &[u8]) -> ApiResult<DecideRequest> {
     #[serde(deny_unknown_fields)]
     struct JsonDecide {
         action: Option<String>,
+        level: Option<String>,
         owner_token: Option<String>,
         token: Option<String>,
         secrets: Option<Value>,
@@ -276,6 +356,7 @@ fn parse_decide(headers: &HeaderMap, body: &[u8]) -> ApiResult<DecideRequest> {
     let _ = j.token;
     Ok(DecideRequest {
         action: j.action,
+        level: j.level,
         owner_token: j.owner_token,
         csrf: None,
         from_form: false,
@@ -347,7 +428,7 @@ pub async fn decide(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let id = permit_id(&id)?;
+    let id = RequestId::parse(&id, "id")?;
     let body = body_bytes(&gw, body)?;
     let req = parse_decide(&headers, &body)?;
     if req.from_form {
@@ -382,8 +463,18 @@ pub async fn decide(
         .authenticate(owner_token, ns_hint.as_deref())
         .await?;
     gw.identity().require(&owner, Right::DecidePermits).await?;
-    let Found::Permit(permit) = gw.store().find(&owner.namespace, &id).await? else {
-        return Err(ApiError::NotFound(format!("request {id} not found")));
+    let permit = match gw.store().find(&owner.namespace, &id).await? {
+        Found::Permit(p) => p,
+        Found::Execution(exec) => {
+            if decision != Decision::Approve {
+                return Err(ApiError::bad(
+                    "action",
+                    "code is approved once, for 24h or always; not approving leaves the run waiting until its timeout",
+                ));
+            }
+            let level = trust_level(req.level.as_deref())?;
+            return trust(&gw, &owner, &id, &exec, level, req.from_form).await;
+        }
     };
     let name = permit.name_any();
     let digest = spec_digest(&permit.spec).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -441,6 +532,53 @@ pub async fn decide(
         name = escape(&name),
         by = escape(&owner.user),
         digest = escape(&digest),
+    );
+    Ok(secure((StatusCode::OK, Html(page)).into_response()))
+}
+
+/// Trusts the code of `exec` under its Permit, as `owner`.
+async fn trust(
+    gw: &Gateway,
+    owner: &crate::identity::Caller,
+    id: &RequestId,
+    exec: &oauth3_crds::Execution,
+    level: TrustLevel,
+    from_form: bool,
+) -> ApiResult<Response> {
+    let digest = code_digest(&exec.spec.code);
+    let permit = &exec.spec.permit_ref;
+    record_trust(
+        gw.store().client(),
+        &owner.namespace,
+        permit,
+        &digest,
+        level,
+        &owner.user,
+    )
+    .await
+    .map_err(|e| match e {
+        PluginError::NotFound { .. } => ApiError::NotFound(format!("Permit {permit} not found")),
+        PluginError::Usage(m) => ApiError::bad("id", m),
+        PluginError::Conflict(what) => ApiError::Conflict(format!(
+            "{what} changed while the trust was being recorded; look again and decide again"
+        )),
+        other => ApiError::Internal(other.to_string()),
+    })?;
+    tracing::info!(namespace = %owner.namespace, permit = %permit, code = %digest, by = %owner.user, ?level, "code trusted via the gateway");
+    if !from_form {
+        return Ok(Json(
+            json!({"id": id.as_label(), "status": "approved", "permit_id": permit,
+            "code_digest": digest}),
+        )
+        .into_response());
+    }
+    let page = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Code approved</title>\
+<style>{STYLE}</style></head><body><h1 id=\"result\">Code {digest} approved under Permit {permit}</h1>\
+<p>Recorded as {by}.</p></body></html>",
+        digest = escape(&digest),
+        permit = escape(permit),
+        by = escape(&owner.user),
     );
     Ok(secure((StatusCode::OK, Html(page)).into_response()))
 }

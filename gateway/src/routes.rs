@@ -92,8 +92,8 @@ impl Gateway {
         ))
     }
 
-    /// `approval_url` of Permit request `id` in `ns` (the reference opens the page; deciding
-    /// needs an owner's credential).
+    /// `approval_url` of request `id` in `ns`: a Permit request, or an Execution whose code
+    /// waits for review (the reference opens the page; deciding needs an owner's credential).
     pub fn approval_url(&self, ns: &str, id: &RequestId, reference: &str) -> Option<String> {
         self.url(&format!("/approve/{id}?tenant={ns}&token={reference}"))
     }
@@ -428,6 +428,8 @@ pub async fn execute(
     };
     let id = RequestId::new(IdKind::Execution);
     let status_token = new_token();
+    // Code the owner must review gets its own approval page.
+    let approval_ref = (permit.spec.code_review == CodeReview::PerCode).then(new_token);
     let spec: ExecutionSpec = serde_json::from_value(json!({
         "permitRef": permit_name,
         "code": code,
@@ -453,6 +455,11 @@ pub async fn execute(
         ]
         .into_iter()
         .chain(source_digest.map(|d| (ANNOTATION_SOURCE_DIGEST.to_owned(), d)))
+        .chain(
+            approval_ref
+                .as_deref()
+                .map(|r| (ANNOTATION_APPROVAL_REF.to_owned(), token_digest(r))),
+        )
         .collect(),
     );
     let created = gw
@@ -464,6 +471,12 @@ pub async fn execute(
     out["message"] = json!("Submitted; poll status_url for the result.");
     if let Some(u) = gw.status_url(&caller.namespace, &id, &status_token) {
         out["status_url"] = json!(u);
+    }
+    if let Some(u) = approval_ref
+        .as_deref()
+        .and_then(|r| gw.approval_url(&caller.namespace, &id, r))
+    {
+        out["approval_url"] = json!(u);
     }
     Ok(Json(out))
 }

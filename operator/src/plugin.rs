@@ -321,6 +321,64 @@ pub async fn record_decision(
     }
 }
 
+/// Trusts code `digest` at `level` under the perCode Permit `name` in `namespace`, as `by`
+/// (the identity the API server authenticated), with the one guarded status write. The
+/// gateway's web page records code approvals here, as `kubectl oauth3 approve --code` does.
+///
+/// # Errors
+/// [`PluginError::Usage`] when the Permit does not review code; otherwise as
+/// [`record_decision`].
+pub async fn record_trust(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    digest: &str,
+    level: TrustLevel,
+    by: &str,
+) -> Result<(), PluginError> {
+    let permits: Api<Permit> = Api::namespaced(client.clone(), namespace);
+    let permit = permits
+        .get_opt(name)
+        .await
+        .map_err(api_err(format!("reading Permit {name}")))?
+        .ok_or_else(|| PluginError::NotFound {
+            kind: "Permit",
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+        })?;
+    if permit.spec.code_review != CodeReview::PerCode {
+        return Err(PluginError::Usage(format!(
+            "Permit {name} has codeReview: none, so its code needs no approval"
+        )));
+    }
+    let current = permit
+        .status
+        .as_ref()
+        .map(|s| s.trusted_code.clone())
+        .unwrap_or_default();
+    let list = trust_code(&current, digest, level, by, Timestamp::now());
+    match write_status(
+        &permits,
+        &permit,
+        &json!({"trustedCode": list}),
+        Some(WEB_FIELD_MANAGER),
+    )
+    .await
+    {
+        Ok(Guarded::Written) => Ok(()),
+        Ok(Guarded::Conflict) => Err(PluginError::Conflict(format!("Permit {name}"))),
+        Ok(Guarded::Gone) => Err(PluginError::NotFound {
+            kind: "Permit",
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+        }),
+        Err(source) => Err(PluginError::Api {
+            step: format!("recording the code trust on Permit {name}"),
+            source,
+        }),
+    }
+}
+
 /// What `kubectl oauth3 get` prints for a Permit (pure): exactly what it allows
 /// ([`describe_permit`]), then its decision and trusted code. The gateway's web approval page
 /// shows this same text.

@@ -1112,3 +1112,123 @@ async fn two_replicas_serve_the_same_clients_without_coordination() {
     assert_eq!(done.body["result"]["value"], 7, "{}", done.text);
     env.stop().await;
 }
+
+#[tokio::test]
+async fn code_under_a_per_code_permit_waits_until_the_owner_approves_it_on_the_page() {
+    let Some(env) = Env::new("gw-code", true).await else {
+        return;
+    };
+    let (agent, owner) = (env.tenant.agent.clone(), env.tenant.owner.clone());
+    let sealed = env
+        .post(
+            "/secrets",
+            Some(&owner),
+            &json!({"name": "API_TOKEN", "value": SECRET}),
+        )
+        .await;
+    assert_eq!(sealed.status, 200, "{}", sealed.text);
+    let body = permit_request(&env.up.origin()).replacen('{', r#"{"code_review": "perCode","#, 1);
+    let a = env.post_text("/permit", Some(&agent), &body).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let id = a.body["request_id"].as_str().expect("id").to_owned();
+    let permit = a.body["permit_id"].as_str().expect("permit").to_owned();
+    let a = env
+        .post(
+            &format!("/approve/{id}"),
+            Some(&owner),
+            &json!({"action": "approve"}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    wait_until(
+        "the Permit is Approved",
+        Duration::from_secs(30),
+        || async {
+            let p = Api::<Permit>::namespaced(env.admin.clone(), &env.tenant.ns)
+                .get(&permit)
+                .await
+                .map_err(|e| e.to_string())?;
+            match p.status.and_then(|s| s.phase) {
+                Some(PermitPhase::Approved) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+
+    let code = "return 5";
+    let run = env
+        .post(
+            "/execute",
+            Some(&agent),
+            &json!({"permit_id": permit, "code": code}),
+        )
+        .await;
+    assert_eq!(run.status, 200, "{}", run.text);
+    let exec_id = run.body["request_id"].as_str().expect("id").to_owned();
+    let approval_url = run.body["approval_url"]
+        .as_str()
+        .expect("code under review gets an approval_url")
+        .to_owned();
+    let status_path = format!("/execute/{exec_id}/status");
+    wait_until(
+        "the code waits for review",
+        Duration::from_secs(30),
+        || async {
+            let a = env.get(&status_path, Some(&agent)).await;
+            if a.body["status"] == "pending" {
+                Ok(())
+            } else {
+                Err(a.text)
+            }
+        },
+    )
+    .await;
+    let page = env.http.get(&approval_url, None).await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    // The code as it will run (the positional prelude of the api-gateway capability, then
+    // the agent's code), and the digest of exactly that.
+    let shown = page.body["code"].as_str().expect("code");
+    assert!(shown.ends_with(code), "{shown}");
+    assert_eq!(page.body["code_digest"], oauth3_crds::code_digest(shown));
+
+    // Not the agent, not the link alone, and code is never "denied" here.
+    let a = env
+        .http
+        .post(&approval_url, Some(&agent), &json!({"action": "approve"}))
+        .await;
+    assert_eq!(a.status, 403, "{}", a.text);
+    let a = env
+        .http
+        .post(&approval_url, None, &json!({"action": "approve"}))
+        .await;
+    assert_eq!(a.status, 401, "{}", a.text);
+    let a = env
+        .http
+        .post(&approval_url, Some(&owner), &json!({"action": "deny"}))
+        .await;
+    assert_eq!(a.status, 400, "{}", a.text);
+    let a = env.get(&status_path, Some(&agent)).await;
+    assert_eq!(a.body["status"], "pending", "{}", a.text);
+
+    // The owner approves it once; the run goes ahead.
+    let a = env
+        .http
+        .post(
+            &approval_url,
+            Some(&owner),
+            &json!({"action": "approve", "level": "once"}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let mut seen = Seen::default();
+    let done = env
+        .until_final(
+            run.body["status_url"].as_str().expect("status_url"),
+            &mut seen,
+        )
+        .await;
+    assert_eq!(done.body["status"], "completed", "{}", done.text);
+    assert_eq!(done.body["result"]["value"], 5);
+    env.stop().await;
+}
