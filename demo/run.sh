@@ -2,7 +2,9 @@
 # `make demo`: the main flow end to end on a local control plane, with the real binaries.
 # An agent requests a Permit for a (stand-in) GitHub issues API, the owner reviews and approves
 # it with `kubectl oauth3`, the agent submits Executions, and the operator runs each in the
-# sandbox runner (process launcher: no TEE here), which injects the owner's sealed token.
+# sandbox runner (process launcher: no TEE here), which injects the owner's sealed token. Then
+# the same over plain HTTP through the agent gateway: an agent signs up, asks with curl, the
+# owner approves on the gateway's web page, the agent runs code and long-polls for the result.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -24,7 +26,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-say "Building oauth3 (operator, kubectl plugin, sandbox runner)"
+say "Building oauth3 (operator, kubectl plugin, sandbox runner, gateway)"
 cargo build -q --bins
 rm -rf "$D"; mkdir -p "$D"
 
@@ -110,6 +112,74 @@ for e in count-open-issues file-flaky-test-issue try-to-escape; do
   oauth3 logs "$e"
 done
 
+say "The agent gateway: the same flow over HTTP (curl); an agent signs up for its own namespace"
+kubectl apply --server-side -f charts/oauth3/templates/user-clusterroles.yaml >/dev/null
+kubectl create serviceaccount demo-owner >/dev/null 2>&1 || true
+GP=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+GW="http://127.0.0.1:$GP"
+"$BIN/oauth3-gateway" --listen "127.0.0.1:$GP" --public-url "$GW" --long-poll 10s \
+  --enclave-public-key "$PK" --signup-namespace-prefix oauth3-demo-agent- > "$D/gateway.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 50); do curl -sf "$GW/health" >/dev/null && break; sleep 0.1; done
+echo "gateway: $GW"
+json() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1], {"d": d, "json": json}))' "$1"; }
+curl -s "$GW/signup" -d '{"name": "agent"}' > "$D/signup.json"
+json 'json.dumps({k: (v[:16] + "…" if k in ("token", "jwt", "api_key") else v) for k, v in d.items()}, indent=1)' < "$D/signup.json"
+AGENT=$(json 'd["jwt"]' < "$D/signup.json")
+TENANT=$(json 'd["tenant_id"]' < "$D/signup.json")
+echo "an owner cannot be signed up:"
+curl -s "$GW/signup" -d '{"name": "me", "role": "owner"}'; echo
+
+say "The admin makes the owner the approver of the new namespace; the owner seals the token there through the gateway"
+command kubectl -n "$TENANT" create rolebinding demo-owner --clusterrole=oauth3-owner --serviceaccount="$NS:demo-owner" >/dev/null
+OWNER=$(kubectl create token demo-owner)
+curl -s -H "Authorization: Bearer $OWNER" -H "X-OAuth3-Namespace: $TENANT" "$GW/secrets" \
+  -d '{"name": "GITHUB_TOKEN", "value": "'"$TOKEN"'"}' | sed "s/$TOKEN/LEAKED/"; echo
+"$BIN/oauth3-operator" --namespace "$TENANT" --leader-elect=false --metrics-addr 127.0.0.1:0 \
+  --launcher process --runner-binary "$BIN/oauth3-sandbox-runner" \
+  --runner-arg=--key-provider --runner-arg=dev --runner-arg=--dev-key-file --runner-arg="$D/dev.key" \
+  --runner-arg=--insecure-dev-key --runner-arg=--ca-file --runner-arg="$D/ca.crt" \
+  --callback-addr 127.0.0.1:0 > "$D/operator-tenant.log" 2>&1 &
+pids+=($!)
+
+say "The agent asks for a Permit: POST /permit (the hosted quick start's api-gateway form)"
+curl -s -H "Authorization: Bearer $AGENT" "$GW/permit" -d '{
+  "description": "File one issue on owner/repo",
+  "capabilities": [{"name": "github.createIssue", "method": "POST",
+    "endpoint": "'"$UP"'/repos/{owner}/{repo}/issues",
+    "auth": {"header": "Authorization", "value": "token {GITHUB_TOKEN}"},
+    "params": {"owner": {"in": "path"}, "repo": {"in": "path"},
+               "title": {"in": "body"}, "body": {"in": "body"}}}]}' > "$D/permit.json"
+json 'json.dumps({k: d[k] for k in ("request_id", "status", "permit_id", "capabilities", "spec_digest")}, indent=1)' < "$D/permit.json"
+APPROVAL_URL=$(json 'd["approval_url"]' < "$D/permit.json")
+STATUS_URL=$(json 'd["status_url"]' < "$D/permit.json")
+PERMIT_ID=$(json 'd["permit_id"]' < "$D/permit.json")
+echo "approval_url: $APPROVAL_URL"
+
+say "The link alone cannot approve"
+curl -s "$APPROVAL_URL" -H 'Content-Type: application/json' -d '{"action": "approve"}'; echo
+
+say "The owner opens the approval page (the same text as kubectl oauth3 get) and approves with their token"
+curl -s -c "$D/cookies" -H 'Accept: text/html' "$APPROVAL_URL" > "$D/page.html"
+python3 -c 'import html,re,sys; print(html.unescape(re.search(r"<pre id=\"permit\">(.*?)</pre>", open(sys.argv[1]).read(), re.S).group(1)))' "$D/page.html"
+CSRF=$(sed -n 's/.*name="csrf" value="\([0-9a-f]*\)".*/\1/p' "$D/page.html")
+curl -s -b "$D/cookies" "$APPROVAL_URL" --data-urlencode "csrf=$CSRF" --data-urlencode "owner_token=$OWNER" \
+  --data-urlencode action=approve | sed -n 's/.*<h1 id="result">\(.*\)<\/h1>.*/\1/p'
+
+say "The agent's long-poll on status_url (no headers: the URL carries a read-only token)"
+curl -s "$STATUS_URL"; echo
+
+say "The agent runs code: POST /execute, then long-polls the result"
+curl -s -H "Authorization: Bearer $AGENT" "$GW/execute" -d '{"permit_id": "'"$PERMIT_ID"'",
+  "code": "const r = await createIssue(\"owner\", \"repo\", \"Filed through the gateway\", \"From oauth3\"); console.log(JSON.stringify(r)); return r.number;"}' > "$D/exec.json"
+EXEC_URL=$(json 'd["status_url"]' < "$D/exec.json")
+for _ in $(seq 1 30); do
+  curl -s "$EXEC_URL" > "$D/result.json"
+  case "$(json 'd["status"]' < "$D/result.json")" in completed|failed|denied) break ;; esac
+done
+json 'json.dumps(d, indent=1)' < "$D/result.json"
+[ "$(json 'd["status"]' < "$D/result.json")" = completed ]
+
 say "What the upstream received (the token was injected inside the runner)"
 python3 - "$D/upstream.log" "$TOKEN" <<'PY'
 import json, sys
@@ -121,8 +191,9 @@ for line in open(sys.argv[1]):
 PY
 
 say "Where the token does NOT appear"
-leaks=$(kubectl get permits,executions,events -o json | grep -c "$TOKEN" || true)
-echo "occurrences of the token in Permits, Executions and Events: $leaks"
+leaks=$(command kubectl get permits,executions,events -A -o json | grep -c "$TOKEN" || true)
+echo "occurrences of the token in Permits, Executions and Events (all namespaces): $leaks"
 grep -q "$TOKEN" "$D/operator.log" && echo "operator log: LEAKED" || echo "occurrences in the operator log: 0"
+grep -q "$TOKEN" "$D/gateway.log" "$D/operator-tenant.log" && echo "gateway log: LEAKED" || echo "occurrences in the gateway log: 0"
 [ "$leaks" = 0 ]
 say "Done. The control plane is $( [ -n "$started_cluster" ] && echo "stopped on exit" || echo "left running (make cluster-down)")."

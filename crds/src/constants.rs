@@ -38,6 +38,25 @@ pub const MAX_CAPABILITIES: usize = 128;
 /// Upper bound on the number of secrets in one Permit.
 pub const MAX_SECRETS: usize = 32;
 
+/// Label on Permits and Executions the gateway creates: the request id clients use
+/// (`permit_<16 hex>`, `exec_<16 hex>`), by which the gateway finds the object again.
+pub const LABEL_REQUEST_ID: &str = "oauth3.dev/request-id";
+/// Annotation on gateway-made objects: hex SHA-256 of the read-only token in `status_url`.
+pub const ANNOTATION_STATUS_TOKEN: &str = "oauth3.dev/status-token-sha256";
+/// Annotation on gateway-made Permits: hex SHA-256 of the reference in `approval_url` (it only
+/// opens the approval page; deciding needs an owner's credential).
+pub const ANNOTATION_APPROVAL_REF: &str = "oauth3.dev/approval-ref-sha256";
+/// Annotation on gateway-made Permits: the positional argument order (JSON object of
+/// capability name to parameter names) of capabilities requested in the `api-gateway` form.
+pub const ANNOTATION_POSITIONAL_PARAMS: &str = "oauth3.dev/positional-params";
+/// Annotation on gateway-made Executions run from skill code: `sha256:` + hex SHA-256 of the
+/// skill's bytes exactly as the agent sent them (before its TypeScript types were removed).
+pub const ANNOTATION_SOURCE_DIGEST: &str = "oauth3.dev/source-digest";
+/// Annotation on gateway-made Executions: the client's `action_id`.
+pub const ANNOTATION_ACTION_ID: &str = "oauth3.dev/action-id";
+/// Field manager of what the gateway creates and writes.
+pub const GATEWAY_FIELD_MANAGER: &str = "oauth3-gateway";
+
 /// The Kubernetes Secret name a Permit secret name maps to: lower case, `_` becomes `-`.
 ///
 /// `GITHUB_TOKEN` is stored in the Secret `github-token` (type [`SEALED_SECRET_TYPE`]), because

@@ -20,7 +20,7 @@ use oauth3_crds::constants::{
     ANNOTATION_SECRET_NAME, SEALED_SECRET_KEY, SEALED_SECRET_TYPE, secret_object_name,
 };
 use oauth3_crds::{
-    ApprovalVia, CodeReview, Execution, Permit, TrustLevel, code_digest, spec_digest,
+    Approval, ApprovalVia, CodeReview, Execution, Permit, TrustLevel, code_digest, spec_digest,
 };
 use serde_json::json;
 
@@ -31,6 +31,8 @@ use crate::status_write::{Guarded, write_status};
 
 /// Field manager of status writes made by the plugin.
 pub const PLUGIN_FIELD_MANAGER: &str = "kubectl-oauth3";
+/// Field manager of decisions recorded through the gateway's web approval page.
+pub const WEB_FIELD_MANAGER: &str = oauth3_crds::constants::GATEWAY_FIELD_MANAGER;
 
 /// Why a plugin command failed. Messages name the object and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -164,17 +166,16 @@ impl Plugin {
 
     /// Records a decision on the Permit's current spec. Returns a one-line summary.
     pub async fn decide(&self, name: &str, decision: Decision) -> Result<String, PluginError> {
-        let permit = self.permit(name).await?;
         let by = self.whoami().await?;
-        let approval = approval_for(
-            &permit,
+        let approval = record_decision(
+            &self.client,
+            &self.namespace,
+            name,
             decision,
             &by,
             ApprovalVia::Kubectl,
-            Timestamp::now(),
-        )?;
-        self.patch_status(&permit, json!({"approval": approval}))
-            .await?;
+        )
+        .await?;
         Ok(match decision {
             Decision::Approve => format!(
                 "Permit {name} approved by {by} for spec {} until {}",
@@ -249,40 +250,7 @@ impl Plugin {
 
     /// A readable summary of exactly what the Permit allows, with its decision state.
     pub async fn get(&self, name: &str) -> Result<String, PluginError> {
-        let permit = self.permit(name).await?;
-        let digest = spec_digest(&permit.spec).map_err(|e| PluginError::Local(e.to_string()))?;
-        let mut out = describe_permit(&permit, &digest);
-        let status = permit.status.unwrap_or_default();
-        if let Some(a) = &status.approval {
-            let current = if a.spec_digest == digest {
-                ""
-            } else {
-                " (for an older spec: void)"
-            };
-            let _ = writeln!(
-                out,
-                "Decision: {:?} by {} via {:?} at {}{current}",
-                a.decision, a.by, a.via, a.at.0
-            );
-            if let Some(reason) = &a.reason {
-                let _ = writeln!(out, "Reason: {reason}");
-            }
-        }
-        for t in &status.trusted_code {
-            let until = t
-                .expires_at
-                .as_ref()
-                .map(|e| format!(" until {}", e.0))
-                .unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "Trusted code: {} ({}{until}) by {}",
-                t.code_digest,
-                level_name(t.level),
-                t.by
-            );
-        }
-        Ok(out)
+        render_permit(&self.permit(name).await?)
     }
 
     /// An Execution's phase, output, result and call log.
@@ -298,6 +266,159 @@ fn level_name(level: TrustLevel) -> &'static str {
         TrustLevel::Day => "24h",
         TrustLevel::Always => "always",
     }
+}
+
+/// Records `decision` on the current spec of Permit `name` in `namespace`, made by `by`
+/// through `via` (the identity the API server authenticated, never a name the caller chose),
+/// with the one guarded status write: a Permit changed since it was read fails with
+/// [`PluginError::Conflict`] instead of being overwritten. Every approval channel that is not
+/// the operator itself (this plugin, the gateway's web page) records decisions here.
+///
+/// # Errors
+/// [`PluginError`] naming the Permit when it is missing, changed meanwhile, or the write fails.
+pub async fn record_decision(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    decision: Decision,
+    by: &str,
+    via: ApprovalVia,
+) -> Result<Approval, PluginError> {
+    let permits: Api<Permit> = Api::namespaced(client.clone(), namespace);
+    let permit = permits
+        .get_opt(name)
+        .await
+        .map_err(api_err(format!("reading Permit {name}")))?
+        .ok_or_else(|| PluginError::NotFound {
+            kind: "Permit",
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+        })?;
+    let approval = approval_for(&permit, decision, by, via, Timestamp::now())?;
+    let field_manager = match via {
+        ApprovalVia::Web => WEB_FIELD_MANAGER,
+        _ => PLUGIN_FIELD_MANAGER,
+    };
+    match write_status(
+        &permits,
+        &permit,
+        &json!({"approval": approval}),
+        Some(field_manager),
+    )
+    .await
+    {
+        Ok(Guarded::Written) => Ok(approval),
+        Ok(Guarded::Conflict) => Err(PluginError::Conflict(format!("Permit {name}"))),
+        Ok(Guarded::Gone) => Err(PluginError::NotFound {
+            kind: "Permit",
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+        }),
+        Err(source) => Err(PluginError::Api {
+            step: format!("recording the decision on Permit {name}"),
+            source,
+        }),
+    }
+}
+
+/// Trusts code `digest` at `level` under the perCode Permit `name` in `namespace`, as `by`
+/// (the identity the API server authenticated), with the one guarded status write. The
+/// gateway's web page records code approvals here, as `kubectl oauth3 approve --code` does.
+///
+/// # Errors
+/// [`PluginError::Usage`] when the Permit does not review code; otherwise as
+/// [`record_decision`].
+pub async fn record_trust(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    digest: &str,
+    level: TrustLevel,
+    by: &str,
+) -> Result<(), PluginError> {
+    let permits: Api<Permit> = Api::namespaced(client.clone(), namespace);
+    let permit = permits
+        .get_opt(name)
+        .await
+        .map_err(api_err(format!("reading Permit {name}")))?
+        .ok_or_else(|| PluginError::NotFound {
+            kind: "Permit",
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+        })?;
+    if permit.spec.code_review != CodeReview::PerCode {
+        return Err(PluginError::Usage(format!(
+            "Permit {name} has codeReview: none, so its code needs no approval"
+        )));
+    }
+    let current = permit
+        .status
+        .as_ref()
+        .map(|s| s.trusted_code.clone())
+        .unwrap_or_default();
+    let list = trust_code(&current, digest, level, by, Timestamp::now());
+    match write_status(
+        &permits,
+        &permit,
+        &json!({"trustedCode": list}),
+        Some(WEB_FIELD_MANAGER),
+    )
+    .await
+    {
+        Ok(Guarded::Written) => Ok(()),
+        Ok(Guarded::Conflict) => Err(PluginError::Conflict(format!("Permit {name}"))),
+        Ok(Guarded::Gone) => Err(PluginError::NotFound {
+            kind: "Permit",
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+        }),
+        Err(source) => Err(PluginError::Api {
+            step: format!("recording the code trust on Permit {name}"),
+            source,
+        }),
+    }
+}
+
+/// What `kubectl oauth3 get` prints for a Permit (pure): exactly what it allows
+/// ([`describe_permit`]), then its decision and trusted code. The gateway's web approval page
+/// shows this same text.
+///
+/// # Errors
+/// [`PluginError::Local`] when the spec cannot be digested (the schema prevents it).
+pub fn render_permit(permit: &Permit) -> Result<String, PluginError> {
+    let digest = spec_digest(&permit.spec).map_err(|e| PluginError::Local(e.to_string()))?;
+    let mut out = describe_permit(permit, &digest);
+    let status = permit.status.clone().unwrap_or_default();
+    if let Some(a) = &status.approval {
+        let current = if a.spec_digest == digest {
+            ""
+        } else {
+            " (for an older spec: void)"
+        };
+        let _ = writeln!(
+            out,
+            "Decision: {:?} by {} via {:?} at {}{current}",
+            a.decision, a.by, a.via, a.at.0
+        );
+        if let Some(reason) = &a.reason {
+            let _ = writeln!(out, "Reason: {reason}");
+        }
+    }
+    for t in &status.trusted_code {
+        let until = t
+            .expires_at
+            .as_ref()
+            .map(|e| format!(" until {}", e.0))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "Trusted code: {} ({}{until}) by {}",
+            t.code_digest,
+            level_name(t.level),
+            t.by
+        );
+    }
+    Ok(out)
 }
 
 /// Renders an Execution's status for people (pure).

@@ -15,6 +15,7 @@ use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config};
 use tokio::sync::OnceCell;
 
+pub mod gateway;
 pub mod kwok;
 pub mod operator;
 pub mod telegram;
@@ -255,4 +256,47 @@ pub async fn post_json(url: &str, token: &str, body: &serde_json::Value) -> u16 
         .nth(1)
         .and_then(|c| c.parse().ok())
         .expect("status code")
+}
+
+/// Applies the chart's user roles (`oauth3-agent`, `oauth3-owner`) exactly as they ship.
+///
+/// # Panics
+/// When the file cannot be read or the API server refuses a role.
+pub async fn install_user_roles(client: &Client) {
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    use serde::Deserialize as _;
+    let text =
+        std::fs::read_to_string(repo_root().join("charts/oauth3/templates/user-clusterroles.yaml"))
+            .expect("roles file");
+    let api: Api<ClusterRole> = Api::all(client.clone());
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let role = ClusterRole::deserialize(doc).expect("a ClusterRole");
+        let name = role.metadata.name.clone().expect("name");
+        api.patch(
+            &name,
+            &PatchParams::apply(TEST_FIELD_MANAGER).force(),
+            &Patch::Apply(&role),
+        )
+        .await
+        .expect("role applied");
+    }
+}
+
+/// Binds the ClusterRole `role` to `subject` in `ns` (a RoleBinding named after the role).
+///
+/// # Panics
+/// When the API server refuses the binding.
+pub async fn bind(client: &Client, ns: &str, role: &str, subject: serde_json::Value) {
+    use k8s_openapi::api::rbac::v1::RoleBinding;
+    let rb: RoleBinding = serde_json::from_value(serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": role, "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [subject]
+    }))
+    .expect("binding");
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &rb)
+        .await
+        .expect("binding created");
 }

@@ -3,47 +3,13 @@
 //! record an approval, trust code, or keep an approval while changing the spec. The owner's
 //! identity (`oauth3-owner`) can decide.
 
-use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use oauth3_crds::{Execution, ExecutionSpec, Permit, PermitSpec};
 use oauth3_operator::execution::decide::{Admission, admit};
 use oauth3_operator::plugin::{Decision, Plugin};
-use oauth3_tests::{TEST_FIELD_MANAGER, client_as, client_or_skip, namespace, repo_root};
-use serde::Deserialize;
+use oauth3_tests::{bind, client_as, client_or_skip, install_user_roles, namespace};
 use serde_json::json;
-
-async fn install_user_roles(client: &kube::Client) {
-    let text =
-        std::fs::read_to_string(repo_root().join("charts/oauth3/templates/user-clusterroles.yaml"))
-            .expect("roles file");
-    let api: Api<ClusterRole> = Api::all(client.clone());
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let role = ClusterRole::deserialize(doc).expect("a ClusterRole");
-        let name = role.metadata.name.clone().expect("name");
-        api.patch(
-            &name,
-            &PatchParams::apply(TEST_FIELD_MANAGER).force(),
-            &Patch::Apply(&role),
-        )
-        .await
-        .expect("role applied");
-    }
-}
-
-async fn bind(client: &kube::Client, ns: &str, role: &str, subject: serde_json::Value) {
-    let rb: RoleBinding = serde_json::from_value(json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": role, "namespace": ns},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-        "subjects": [subject]
-    }))
-    .expect("binding");
-    Api::<RoleBinding>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &rb)
-        .await
-        .expect("binding created");
-}
 
 fn spec(paths: &[&str]) -> PermitSpec {
     serde_json::from_value(json!({

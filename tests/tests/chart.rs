@@ -3,7 +3,9 @@
 //! values) passes server-side dry-run on a real kube-apiserver, and the operator binary, run
 //! as a process under the chart's ServiceAccount (kubeconfig impersonation), takes a Permit
 //! through approval and an Execution to Succeeded with exactly the chart's RBAC and nothing
-//! more, while the same identity is refused what it must never do.
+//! more, while the same identity is refused what it must never do. The gateway, run in-process
+//! as the chart's gateway ServiceAccount, serves the permit dialect with exactly its RBAC and
+//! cannot read Secrets.
 //!
 //! helm is found through `OAUTH3_HELM` (set by `make test` from `.ci/k8s/build-helm.sh`).
 
@@ -796,4 +798,154 @@ async fn the_default_operator_identity_can_launch_sandboxes_but_cannot_read_secr
     // Without Telegram it has no ConfigMap rights at all, even in its own namespace.
     let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(sa, &ns);
     assert!(forbidden(cms.list(&ListParams::default()).await));
+}
+
+#[tokio::test]
+async fn the_gateway_works_with_exactly_the_charts_rbac_and_cannot_read_secrets() {
+    use oauth3_tests::gateway::{Http, InProcessGateway, Tenant};
+    let Some(helm) = helm_or_skip() else {
+        return;
+    };
+    let Some(client) = client_or_skip().await else {
+        return;
+    };
+    let ns = namespace(&client, "chart-gw").await;
+    let tenant = Tenant::new(&client, "chart-gw-tenant").await;
+    let key = hex::encode(crypto_box::SecretKey::from(DEV_KEY).public_key().as_bytes());
+    let key_value = format!("gateway.enclavePublicKey={key}");
+    let prefix = format!("{ns}-t-");
+    let prefix_value = format!("gateway.signup.namespacePrefix={prefix}");
+    let objects = render(
+        &helm,
+        &ns,
+        &ns,
+        &[
+            "--set",
+            "gateway.enabled=true",
+            "--set",
+            &key_value,
+            "--set",
+            "gateway.signup.enabled=true",
+            "--set",
+            &prefix_value,
+        ],
+    );
+    let mut sa = None;
+    for obj in objects
+        .iter()
+        .filter(|o| IDENTITY_KINDS.contains(&kind(o)) && name(o).contains("-gateway"))
+    {
+        if kind(obj) == "ServiceAccount" {
+            sa = Some(name(obj).to_owned());
+        }
+        apply(&client, obj, false)
+            .await
+            .unwrap_or_else(|e| panic!("applying {} {}: {e}", kind(obj), name(obj)));
+    }
+    let sa = sa.expect("the chart renders the gateway's ServiceAccount");
+    let groups = format!("system:serviceaccounts:{ns}");
+    let identity = client_as(
+        &format!("system:serviceaccount:{ns}:{sa}"),
+        &["system:serviceaccounts", &groups, "system:authenticated"],
+    )
+    .await;
+    let key_flag = format!("--enclave-public-key={key}");
+    let prefix_flag = format!("--signup-namespace-prefix={prefix}");
+    let gw = InProcessGateway::start(
+        &identity,
+        &[
+            "--auth-cache-ttl=0s",
+            "--long-poll=1s",
+            &key_flag,
+            &prefix_flag,
+        ],
+    )
+    .await;
+    let http = Http::new();
+    // Self-service signup works with exactly these rights, and never makes an owner.
+    let owner_try = http
+        .post(
+            &gw.url("/signup"),
+            None,
+            &json!({"name": "x", "role": "owner"}),
+        )
+        .await;
+    assert_eq!(owner_try.status, 403, "{}", owner_try.text);
+    let signed = http
+        .post(&gw.url("/signup"), None, &json!({"name": "agent"}))
+        .await;
+    assert_eq!(signed.status, 200, "{}", signed.text);
+    let token = signed.body["jwt"].as_str().expect("jwt");
+    assert_eq!(signed.body["token"], token);
+    assert_eq!(signed.body["api_key"], token);
+    let tenant_ns = signed.body["tenant_id"].as_str().expect("tenant");
+    assert!(tenant_ns.starts_with(&prefix), "{tenant_ns}");
+    let me = http.get(&gw.url("/me"), Some(token)).await;
+    assert_eq!(me.body["role"], "agent", "{}", me.text);
+    assert_eq!(me.body["tenant_id"], tenant_ns);
+    let asked = http
+        .post(
+            &gw.url("/permit"),
+            Some(&tenant.agent),
+            &json!({"description": "read issues", "capabilities": [{"type": "scoped-fetch",
+                "name": "github", "base_url": "https://api.github.com", "scope": ["repos/o/r/issues"],
+                "methods": ["GET"], "auth": {"header": "Authorization", "value": "Bearer {GITHUB_TOKEN}"}}]}),
+        )
+        .await;
+    assert_eq!(asked.status, 200, "{}", asked.text);
+    let id = asked.body["request_id"].as_str().expect("id");
+    let permit = asked.body["permit_id"].as_str().expect("permit");
+    let sealed = http
+        .post(
+            &gw.url("/secrets"),
+            Some(&tenant.owner),
+            &json!({"name": "GITHUB_TOKEN", "value": SECRET}),
+        )
+        .await;
+    assert_eq!(sealed.status, 200, "{}", sealed.text);
+    // The long-poll's watch works under the chart's rights (held for the 1 s bound).
+    let held = http
+        .get(
+            &gw.url(&format!("/execute/{id}/status?wait=true")),
+            Some(&tenant.agent),
+        )
+        .await;
+    assert_eq!(held.body["status"], "pending", "{}", held.text);
+    let decided = http
+        .post(
+            &gw.url(&format!("/approve/{id}")),
+            Some(&tenant.owner),
+            &json!({"action": "approve"}),
+        )
+        .await;
+    assert_eq!(decided.status, 200, "{}", decided.text);
+    let run = http
+        .post(
+            &gw.url("/execute"),
+            Some(&tenant.agent),
+            &json!({"permit_id": permit, "code": "return 1"}),
+        )
+        .await;
+    assert_eq!(run.status, 200, "{}", run.text);
+    let actions = http
+        .get(
+            &gw.url(&format!("/session/{permit}/actions")),
+            Some(&tenant.agent),
+        )
+        .await;
+    assert_eq!(actions.status, 200, "{}", actions.text);
+    // What the gateway's identity must never do: read Secrets, or change a Permit's spec.
+    let secrets: Api<Secret> = Api::namespaced(identity.clone(), &tenant.ns);
+    assert!(forbidden(secrets.get("github-token").await));
+    assert!(forbidden(secrets.list(&ListParams::default()).await));
+    let permits: Api<Permit> = Api::namespaced(identity.clone(), &tenant.ns);
+    assert!(forbidden(
+        permits
+            .patch(
+                permit,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": {"description": "changed"}}))
+            )
+            .await
+    ));
 }

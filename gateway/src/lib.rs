@@ -1,0 +1,179 @@
+//! oauth3 agent gateway: the HTTP API agents already speak (the permit dialect of the curl
+//! flows: `POST /permit`, `POST /execute`, `GET /execute/:id/status?wait=true`, ...),
+//! translated to Permits and Executions in the caller's namespace, and the web approval page.
+//!
+//! Stateless: every request becomes Kubernetes API calls and every answer comes from the
+//! objects (request ids are labels, tokens are stored only as digests in annotations), so any
+//! number of replicas serve the same clients without coordination. Long-polls wake on a
+//! watch of the one object.
+//!
+//! Modules: `answer` (what clients read about a request, pure), `approve` (the web approval
+//! page and `POST /approve/:id`), `capability` (capability JSON forms to a Permit spec, pure),
+//! `config` (flags), `error` (the one error type), `identity` (TokenReview and
+//! SubjectAccessReview), `ids` (request ids and tokens), `routes` (the permit dialect's
+//! handlers, and skill code under a Permit), `secrets` (`POST /secrets`: sealed on arrival),
+//! `sessions` (`/sessions`, `/me`, `/history`), `signup` (self-service agent tenants, off by
+//! default), `skill` (skill code to sandbox JavaScript:
+//! TypeScript types removed with oxc), `store` (every Kubernetes call).
+
+pub mod answer;
+pub mod approve;
+pub mod capability;
+pub mod config;
+pub mod error;
+pub mod identity;
+pub mod ids;
+pub mod routes;
+pub mod secrets;
+pub mod sessions;
+pub mod signup;
+pub mod skill;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+pub use config::Config;
+pub use error::{ApiError, ApiResult};
+
+use crate::identity::Identity;
+use crate::store::Store;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    identity: Identity,
+    public_url: Option<String>,
+    long_poll: Duration,
+    execution_timeout: i32,
+    max_body_bytes: usize,
+    signup: Option<signup::SignupConfig>,
+    enclave_key: Option<[u8; 32]>,
+}
+
+/// Why the gateway could not be set up from its flags.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// `--enclave-public-key` is not 64 hex characters.
+    #[error("--enclave-public-key: {0}")]
+    EnclaveKey(String),
+}
+
+impl Gateway {
+    /// A gateway acting with `client` (its own identity) as `config` says.
+    ///
+    /// # Errors
+    /// [`SetupError`] for an unusable flag value.
+    pub fn new(client: kube::Client, config: &Config) -> Result<Self, SetupError> {
+        let enclave_key = config
+            .enclave_public_key
+            .as_deref()
+            .map(oauth3_operator::plugin::parse_public_key)
+            .transpose()
+            .map_err(|e| SetupError::EnclaveKey(e.to_string()))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store: Store::new(client.clone()),
+                identity: Identity::new(client, config.auth_cache_ttl),
+                public_url: config.public_url.clone(),
+                long_poll: config.long_poll,
+                execution_timeout: config.execution_timeout,
+                max_body_bytes: config.max_body_bytes,
+                signup: config
+                    .signup_namespace_prefix
+                    .clone()
+                    .map(|prefix| signup::SignupConfig {
+                        prefix,
+                        token_lifetime: config.signup_token_lifetime,
+                    }),
+                enclave_key,
+            }),
+        })
+    }
+
+    /// The Kubernetes access.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Token and access reviews.
+    pub fn identity(&self) -> &Identity {
+        &self.inner.identity
+    }
+
+    /// The public base URL, if configured.
+    pub fn public_url(&self) -> Option<&str> {
+        self.inner.public_url.as_deref()
+    }
+
+    /// The long-poll hold.
+    pub fn long_poll(&self) -> Duration {
+        self.inner.long_poll
+    }
+
+    /// `timeoutSeconds` of new Executions.
+    pub fn execution_timeout(&self) -> i32 {
+        self.inner.execution_timeout
+    }
+
+    /// Largest request body accepted.
+    pub fn max_body_bytes(&self) -> usize {
+        self.inner.max_body_bytes
+    }
+
+    /// Self-service signup, when on.
+    pub fn signup(&self) -> Option<&signup::SignupConfig> {
+        self.inner.signup.as_ref()
+    }
+
+    /// The enclave key secrets are sealed to, if configured.
+    pub fn enclave_key(&self) -> Option<&[u8; 32]> {
+        self.inner.enclave_key.as_ref()
+    }
+}
+
+/// The gateway's routes, with request bodies capped at `--max-body-bytes`.
+pub fn app(gateway: Gateway) -> Router {
+    let max_body_bytes = gateway.max_body_bytes();
+    Router::new()
+        .route("/", get(routes::discovery))
+        .route("/health", get(routes::health))
+        .route("/plugins", get(routes::plugins))
+        .route("/permit", post(routes::create_permit))
+        .route("/execute", post(routes::execute))
+        .route("/execute/{id}/status", get(routes::status))
+        .route("/execute/{id}/stdout", get(routes::stdout))
+        .route("/session/{id}/actions", get(routes::session_actions))
+        .route("/approve/{id}", get(approve::page).post(approve::decide))
+        .route("/secrets", post(secrets::store))
+        .route("/signup", post(signup::signup))
+        .route("/sessions", get(sessions::sessions))
+        .route("/me", get(sessions::me))
+        .route("/history", get(sessions::history))
+        .fallback(routes::not_found)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(gateway)
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves.
+///
+/// # Errors
+/// When serving fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

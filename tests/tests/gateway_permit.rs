@@ -1,0 +1,1234 @@
+//! The gateway's permit dialect end to end on a real kube-apiserver: real ServiceAccount
+//! tokens (TokenRequest) checked by TokenReview and SubjectAccessReview, the operator (process
+//! launcher) + the real runner binary + a recording HTTPS upstream. Played from both sides:
+//! the agent asks, the owner seals a secret and approves through the gateway, and every
+//! attempt to approve without the owner's credential, to read another tenant's requests or to
+//! slip bad input through is refused, with nothing created and no secret in any answer.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use oauth3_crds::{Execution, Permit, PermitPhase};
+use oauth3_operator::launcher::process::ProcessLauncherConfig;
+use oauth3_test_support::{Upstream, wait_until};
+use oauth3_tests::gateway::{Answer, Http, InProcessGateway, Tenant};
+use oauth3_tests::operator::{InProcessOperator, Launcher};
+use oauth3_tests::{client_or_skip, workspace_binary};
+use serde_json::{Value, json};
+
+const SECRET: &str = "tok-gateway-e2e-5f3a9c";
+const DEV_KEY: [u8; 32] = [7u8; 32];
+/// The long-poll hold the gateway under test uses.
+const HOLD: Duration = Duration::from_secs(20);
+
+fn dev_public_key() -> String {
+    hex::encode(crypto_box::SecretKey::from(DEV_KEY).public_key().as_bytes())
+}
+
+/// Every answer a test saw, to check that none of them carries the secret.
+#[derive(Default)]
+struct Seen(Vec<String>);
+
+impl Seen {
+    fn keep(&mut self, a: &Answer) -> Answer {
+        self.0.push(a.text.clone());
+        for (k, v) in &a.headers {
+            self.0.push(format!("{k}: {v}"));
+        }
+        a.clone()
+    }
+
+    fn assert_no_secret(&self) {
+        for text in &self.0 {
+            assert!(
+                !text.contains(SECRET),
+                "the secret leaked in an answer: {text}"
+            );
+        }
+    }
+}
+
+/// A Permit request in both capability forms, as text: the api-gateway form's positional
+/// order is the declaration order of `params`, which a `json!` value would sort away.
+fn permit_request(origin: &str) -> String {
+    format!(
+        r#"{{
+        "description": "File issues and read items",
+        "capabilities": [
+            {{
+                "name": "github.createIssue",
+                "endpoint": "{origin}/v1/repos/{{owner}}/{{repo}}/issues",
+                "method": "POST",
+                "auth": {{"header": "Authorization", "value": "token {{API_TOKEN}}"}},
+                "params": {{"owner": {{"in": "path"}}, "repo": {{"in": "path"}},
+                           "title": {{"in": "body"}}, "body": {{"in": "body"}}}}
+            }},
+            {{
+                "type": "scoped-fetch", "name": "items", "base_url": "{origin}/v1",
+                "scope": ["items", "echo-auth"], "methods": ["GET"],
+                "auth": {{"header": "Authorization", "value": "Bearer {{API_TOKEN}}"}},
+                "rate_limit": {{"max_calls": 10, "window_seconds": 60}}
+            }}
+        ]
+    }}"#
+    )
+}
+
+struct Env {
+    admin: kube::Client,
+    tenant: Tenant,
+    up: Upstream,
+    gw: InProcessGateway,
+    http: Http,
+    op: Option<InProcessOperator>,
+}
+
+impl Env {
+    /// A tenant, a recording upstream, a gateway and (with `operator`) an operator with the
+    /// real runner on the tenant's namespace.
+    async fn new(prefix: &str, operator: bool) -> Option<Env> {
+        let admin = client_or_skip().await?;
+        let tenant = Tenant::new(&admin, prefix).await;
+        let up = Upstream::start().await;
+        let hold = format!("--long-poll={}s", HOLD.as_secs());
+        let key = format!("--enclave-public-key={}", dev_public_key());
+        let gw = InProcessGateway::start(&admin, &[&hold, &key, "--auth-cache-ttl=0s"]).await;
+        let op = if operator {
+            let dir = std::env::temp_dir().join(format!("oauth3-gw-{}", tenant.ns));
+            std::fs::create_dir_all(&dir).expect("dir");
+            std::fs::write(dir.join("dev.key"), hex::encode(DEV_KEY)).expect("key");
+            std::fs::write(dir.join("ca.pem"), &up.ca_pem).expect("ca");
+            let d = |f: &str| dir.join(f).to_string_lossy().into_owned();
+            let runner = ProcessLauncherConfig {
+                binary: workspace_binary("oauth3-sandbox-runner", "oauth3-sandbox-runner"),
+                extra_args: vec![
+                    "--key-provider".into(),
+                    "dev".into(),
+                    "--dev-key-file".into(),
+                    d("dev.key"),
+                    "--insecure-dev-key".into(),
+                    "--ca-file".into(),
+                    d("ca.pem"),
+                ],
+            };
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            Some(InProcessOperator::start(
+                &admin,
+                &tenant.ns,
+                listener,
+                Launcher::Process(runner),
+                Duration::from_secs(30),
+                Duration::from_secs(3600),
+            ))
+        } else {
+            None
+        };
+        Some(Env {
+            admin,
+            tenant,
+            up,
+            gw,
+            http: Http::new(),
+            op,
+        })
+    }
+
+    async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> Answer {
+        self.http.post(&self.gw.url(path), token, body).await
+    }
+
+    async fn post_text(&self, path: &str, token: Option<&str>, body: &str) -> Answer {
+        self.http
+            .post_raw(
+                &self.gw.url(path),
+                token,
+                "application/json",
+                body.as_bytes().to_vec(),
+                &[],
+            )
+            .await
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> Answer {
+        self.http.get(&self.gw.url(path), token).await
+    }
+
+    /// Polls `status_url` (each call may be held) until its status is final.
+    async fn until_final(&self, status_url: &str, seen: &mut Seen) -> Answer {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let a = seen.keep(&self.http.get(status_url, None).await);
+            assert_eq!(a.status, 200, "{}", a.text);
+            let s = a.body["status"].as_str().unwrap_or_default().to_owned();
+            if matches!(s.as_str(), "completed" | "failed" | "denied") {
+                return a;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still {s} after 90 s: {}",
+                a.text
+            );
+        }
+    }
+
+    async fn permits(&self) -> Vec<Permit> {
+        Api::<Permit>::namespaced(self.admin.clone(), &self.tenant.ns)
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+    }
+
+    async fn stop(mut self) {
+        if let Some(op) = self.op.take() {
+            op.stop().await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_permit_dialect_runs_end_to_end_and_only_the_owner_can_approve() {
+    let Some(env) = Env::new("gw-e2e", true).await else {
+        return;
+    };
+    let (agent, owner) = (env.tenant.agent.clone(), env.tenant.owner.clone());
+    let mut seen = Seen::default();
+
+    // The owner stores the secret through the gateway: sealed on arrival.
+    let a = seen.keep(
+        &env.post(
+            "/secrets",
+            Some(&agent),
+            &json!({"name": "API_TOKEN", "value": SECRET}),
+        )
+        .await,
+    );
+    assert_eq!(a.status, 403, "an agent may not store secrets: {}", a.text);
+    let a = seen.keep(
+        &env.post(
+            "/secrets",
+            Some(&owner),
+            &json!({"name": "API_TOKEN", "value": SECRET}),
+        )
+        .await,
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body["name"], "API_TOKEN");
+    let stored = Api::<Secret>::namespaced(env.admin.clone(), &env.tenant.ns)
+        .get("api-token")
+        .await
+        .expect("sealed secret stored");
+    assert_eq!(stored.type_.as_deref(), Some("oauth3.dev/sealed"));
+    let stored_text = serde_json::to_string(&stored).expect("json");
+    let envelope = String::from_utf8(stored.data.expect("data")["sealed"].0.clone()).expect("utf8");
+    assert!(envelope.starts_with("oauth3-sealed:v1:"));
+    assert!(!stored_text.contains(SECRET) && !envelope.contains(SECRET));
+
+    // The agent asks for a Permit in both capability forms.
+    let a = seen.keep(
+        &env.post_text("/permit", Some(&agent), &permit_request(&env.up.origin()))
+            .await,
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body["status"], "pending_permit");
+    let request_id = a.body["request_id"]
+        .as_str()
+        .expect("request_id")
+        .to_owned();
+    assert!(request_id.starts_with("permit_"), "{request_id}");
+    let permit_id = a.body["permit_id"].as_str().expect("permit_id").to_owned();
+    let approval_url = a.body["approval_url"]
+        .as_str()
+        .expect("approval_url")
+        .to_owned();
+    let status_url = a.body["status_url"]
+        .as_str()
+        .expect("status_url")
+        .to_owned();
+    assert!(status_url.contains("wait=true") && status_url.contains("token="));
+    assert!(
+        a.body["spec_digest"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:"))
+    );
+    let sigs: Vec<&str> = a.body["capabilities"]
+        .as_array()
+        .expect("capabilities")
+        .iter()
+        .filter_map(|c| c["signature"].as_str())
+        .collect();
+    assert!(
+        sigs.contains(&"createIssue(owner, repo, title, body)"),
+        "{sigs:?}"
+    );
+    assert_eq!(a.body["secrets"], json!(["API_TOKEN"]));
+
+    // The status URL works without any header; a held poll starts now.
+    let poll = {
+        let http = env.http.clone();
+        let url = status_url.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            (http.get(&url, None).await, start.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Nobody but the owner decides: not the agent, not the link's token on its own, not a
+    // form post without the page's CSRF token.
+    let approve_path = format!("/approve/{request_id}");
+    let a = seen.keep(
+        &env.post(&approve_path, Some(&agent), &json!({"action": "approve"}))
+            .await,
+    );
+    assert_eq!(a.status, 403, "an agent token cannot approve: {}", a.text);
+    let a = seen.keep(
+        &env.http
+            .post(&approval_url, None, &json!({"action": "approve"}))
+            .await,
+    );
+    assert_eq!(
+        a.status, 401,
+        "the URL token alone cannot approve: {}",
+        a.text
+    );
+    let form = format!("action=approve&owner_token={owner}&csrf={}", "a".repeat(64));
+    let a = seen.keep(
+        &env.http
+            .post_raw(
+                &approval_url,
+                None,
+                "application/x-www-form-urlencoded",
+                form.into_bytes(),
+                &[],
+            )
+            .await,
+    );
+    assert_eq!(
+        a.status, 403,
+        "a form without the page's cookie is CSRF: {}",
+        a.text
+    );
+    assert!(a.text.contains("CSRF"), "{}", a.text);
+    // Even with the cookie and field matching, a post another site makes is refused.
+    let csrf = "c".repeat(64);
+    let cookie = format!("oauth3_csrf={csrf}");
+    let form = format!("action=approve&owner_token={owner}&csrf={csrf}");
+    for from_elsewhere in [
+        [
+            ("cookie", cookie.as_str()),
+            ("origin", "https://evil.example"),
+        ],
+        [
+            ("cookie", cookie.as_str()),
+            ("sec-fetch-site", "cross-site"),
+        ],
+    ] {
+        let a = seen.keep(
+            &env.http
+                .post_raw(
+                    &approval_url,
+                    None,
+                    "application/x-www-form-urlencoded",
+                    form.clone().into_bytes(),
+                    &from_elsewhere,
+                )
+                .await,
+        );
+        assert_eq!(a.status, 403, "{from_elsewhere:?}: {}", a.text);
+        assert!(a.text.contains("posted from another site"), "{}", a.text);
+    }
+    let a = seen.keep(
+        &env.get(&format!("/execute/{request_id}/status"), Some(&agent))
+            .await,
+    );
+    assert_eq!(a.body["status"], "pending", "{}", a.text);
+
+    // The owner approves through the gateway; the held poll wakes with the decision.
+    let a = seen.keep(
+        &env.post(&approve_path, Some(&owner), &json!({"action": "approve"}))
+            .await,
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body["status"], "completed");
+    let (woke, held) = poll.await.expect("poll task");
+    let woke = seen.keep(&woke);
+    assert_eq!(woke.body["status"], "completed", "{}", woke.text);
+    assert_eq!(woke.body["permit_id"], permit_id.as_str());
+    assert!(
+        held < HOLD,
+        "the poll was answered by the change, not the {HOLD:?} bound"
+    );
+    let permit = Api::<Permit>::namespaced(env.admin.clone(), &env.tenant.ns)
+        .get(&permit_id)
+        .await
+        .expect("permit");
+    let approval = permit.status.and_then(|s| s.approval).expect("approval");
+    assert_eq!(
+        approval.by,
+        format!("system:serviceaccount:{}:owner", env.tenant.ns)
+    );
+    assert_eq!(approval.via, oauth3_crds::ApprovalVia::Web);
+    // A final status is answered at once, never held.
+    let start = Instant::now();
+    let a = seen.keep(&env.http.get(&status_url, None).await);
+    assert_eq!(a.body["status"], "completed");
+    assert!(start.elapsed() < HOLD);
+    let a = seen.keep(
+        &env.post(&approve_path, Some(&owner), &json!({"action": "approve"}))
+            .await,
+    );
+    assert_eq!(a.body["message"], "Already processed", "{}", a.text);
+
+    // The agent runs code calling both capabilities, positionally for the api-gateway one.
+    let code = r#"
+const made = await createIssue("o", "r", "Hello", "From TEE");
+const list = await items('GET', '/items');
+const echo = await items('GET', '/echo-auth');
+console.log(JSON.stringify({made, list, echo}));
+return {made: made.path};
+"#;
+    let a = seen.keep(
+        &env.post(
+            "/execute",
+            Some(&agent),
+            &json!({"permit_id": permit_id, "code": code, "args": {"n": 1}}),
+        )
+        .await,
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body["status"], "approved");
+    let exec_id = a.body["request_id"]
+        .as_str()
+        .expect("request_id")
+        .to_owned();
+    assert!(exec_id.starts_with("exec_"), "{exec_id}");
+    let exec_url = a.body["status_url"]
+        .as_str()
+        .expect("status_url")
+        .to_owned();
+    let done = env.until_final(&exec_url, &mut seen).await;
+    assert_eq!(done.body["status"], "completed", "{}", done.text);
+    let result = &done.body["result"];
+    assert_eq!(result["success"], true, "{}", done.text);
+    assert_eq!(result["value"]["made"], "/v1/repos/o/r/issues");
+    assert!(
+        result["stdout"]
+            .as_str()
+            .is_some_and(|s| s.contains("[REDACTED]"))
+    );
+
+    // The upstream got the owner's credential and the positional arguments in place.
+    let issue = env
+        .up
+        .requests()
+        .into_iter()
+        .find(|r| r.path_and_query == "/v1/repos/o/r/issues")
+        .expect("the issue request reached the upstream");
+    assert_eq!(issue.method, "POST");
+    assert_eq!(
+        issue.header_values("authorization"),
+        [format!("token {SECRET}")]
+    );
+    let body: Value = serde_json::from_slice(&issue.body).expect("json body");
+    assert_eq!(body, json!({"title": "Hello", "body": "From TEE"}));
+
+    // stdout and the session's actions.
+    let a = seen.keep(
+        &env.get(&format!("/execute/{exec_id}/stdout"), Some(&agent))
+            .await,
+    );
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("x-success"), Some("true"));
+    assert!(
+        a.header("content-type")
+            .is_some_and(|c| c.starts_with("text/plain"))
+    );
+    assert!(a.text.contains("/v1/repos/o/r/issues"), "{}", a.text);
+    let a = seen.keep(
+        &env.get(&format!("/session/{permit_id}/actions"), Some(&agent))
+            .await,
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body["actions"][0]["id"], exec_id.as_str());
+    assert_eq!(a.body["actions"][0]["action_id"], "action");
+    assert_eq!(a.body["actions"][0]["status"], "completed");
+
+    // A policy refusal of a well-formed request is a 200 with status denied and the reason.
+    let second = permit_request(&env.up.origin()).replacen('{', r#"{"permit_id": "refused","#, 1);
+    let a = seen.keep(&env.post_text("/permit", Some(&agent), &second).await);
+    assert_eq!(a.status, 200, "{}", a.text);
+    let refused_id = a.body["request_id"].as_str().expect("id").to_owned();
+    let refused_status = a.body["status_url"].as_str().expect("url").to_owned();
+    let a = seen.keep(
+        &env.post(
+            &format!("/approve/{refused_id}"),
+            Some(&owner),
+            &json!({"action": "deny"}),
+        )
+        .await,
+    );
+    assert_eq!(a.body["status"], "denied", "{}", a.text);
+    let a = seen.keep(&env.http.get(&refused_status, None).await);
+    assert_eq!(a.body["status"], "denied", "{}", a.text);
+    let a = seen.keep(
+        &env.post(
+            "/execute",
+            Some(&agent),
+            &json!({"permit_id": "refused", "code": "return 1"}),
+        )
+        .await,
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    let denied = env
+        .until_final(a.body["status_url"].as_str().expect("url"), &mut seen)
+        .await;
+    assert_eq!(denied.body["status"], "denied", "{}", denied.text);
+    assert!(
+        denied.body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("PermitDenied")),
+        "{}",
+        denied.text
+    );
+
+    // No secret in any answer, Execution status or Event.
+    seen.assert_no_secret();
+    let execs = Api::<Execution>::namespaced(env.admin.clone(), &env.tenant.ns)
+        .list(&ListParams::default())
+        .await
+        .expect("list");
+    let events = Api::<Event>::namespaced(env.admin.clone(), &env.tenant.ns)
+        .list(&ListParams::default())
+        .await
+        .expect("events");
+    for text in [
+        serde_json::to_string(&execs.items).expect("json"),
+        serde_json::to_string(&events.items).expect("json"),
+        serde_json::to_string(&env.permits().await).expect("json"),
+    ] {
+        assert!(
+            !text.contains(SECRET),
+            "the secret leaked into the cluster's objects"
+        );
+    }
+    env.stop().await;
+}
+
+/// A raw HTTP/1.1 GET of `path` exactly as written (no client-side normalisation of `..` or
+/// percent-escapes), with a Bearer token; returns status and body.
+async fn raw_get(base: &str, path: &str, token: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = base.strip_prefix("http://").expect("http base");
+    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.expect("read");
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_naming_the_field_and_creates_nothing() {
+    let Some(env) = Env::new("gw-bad", false).await else {
+        return;
+    };
+    let agent = env.tenant.agent.clone();
+    let cap = |extra: Value| {
+        let mut c = json!({"type": "scoped-fetch", "name": "gh",
+            "base_url": "https://api.github.com", "scope": ["repos/*"]});
+        for (k, v) in extra.as_object().expect("object") {
+            c[k] = v.clone();
+        }
+        json!({"description": "d", "capabilities": [c]})
+    };
+    for (body, status, needle) in [
+        (
+            cap(json!({"type": "ftp"})),
+            400,
+            "capabilities[0].type: unknown type \"ftp\"",
+        ),
+        (
+            cap(json!({"scope": []})),
+            400,
+            "capabilities[0].scope: must list at least one",
+        ),
+        (
+            cap(json!({"name": "git hub"})),
+            400,
+            "capabilities[0].name: \"git hub\"",
+        ),
+        (
+            cap(json!({"base_url": "https://user:pw@api.github.com"})),
+            400,
+            "userinfo",
+        ),
+        (json!({"description": "d"}), 400, "capabilities: required"),
+        (
+            json!({"description": "d", "intent": [{"name": "github", "goal": "list issues"}]}),
+            503,
+            "no drafter configured",
+        ),
+    ] {
+        let a = env.post("/permit", Some(&agent), &body).await;
+        assert_eq!(a.status, status, "{body} -> {}", a.text);
+        assert!(
+            a.body["error"].as_str().is_some_and(|e| e.contains(needle)),
+            "{body} -> {} (want {needle:?})",
+            a.text
+        );
+    }
+    let a = env
+        .http
+        .post_raw(
+            &env.gw.url("/permit"),
+            Some(&agent),
+            "application/json",
+            b"{\"description\": \"d\", \"capabilities\": [".to_vec(),
+            &[],
+        )
+        .await;
+    assert_eq!(a.status, 400);
+    assert!(
+        a.text.contains("request body: not valid JSON"),
+        "{}",
+        a.text
+    );
+    let a = env
+        .http
+        .post_raw(
+            &env.gw.url("/permit"),
+            Some(&agent),
+            "application/json",
+            vec![b' '; 10 * 1024 * 1024],
+            &[],
+        )
+        .await;
+    assert_eq!(a.status, 413, "{}", a.text);
+    assert!(a.text.contains("request body: larger than"), "{}", a.text);
+
+    // Ids are checked before anything is looked up.
+    for path in [
+        "/execute/..%2F..%2Fapi%2Fv1%2Fsecrets/status",
+        "/execute/permit_0123456789abcdef%2F..%2F/status",
+        "/execute/%2e%2e/stdout",
+        "/execute/PERMIT_0123456789ABCDEF/status",
+    ] {
+        let (code, body) = raw_get(&env.gw.base, path, &agent).await;
+        assert_eq!(code, 400, "{path}: {body}");
+        assert!(body.contains("\"field\":\"id\""), "{path}: {body}");
+    }
+
+    // Executions: bad fields, and a Permit that does not exist.
+    for (body, status, needle) in [
+        (json!({"code": "return 1"}), 400, "permit_id: required"),
+        (json!({"permit_id": "x", "code": ""}), 400, "code: required"),
+        (
+            json!({"permit_id": "x", "code": "1", "args": [1]}),
+            400,
+            "args: must be a JSON object",
+        ),
+        (
+            json!({"permit_id": "../x", "code": "1"}),
+            400,
+            "permit_id: must be a Permit name",
+        ),
+        (
+            json!({"permit_id": "x", "code": "1", "extra": true}),
+            400,
+            "unknown field `extra`",
+        ),
+        (
+            json!({"permit_id": "nope", "code": "return 1"}),
+            404,
+            "Permit nope not found",
+        ),
+    ] {
+        let a = env.post("/execute", Some(&agent), &body).await;
+        assert_eq!(a.status, status, "{body} -> {}", a.text);
+        assert!(
+            a.body["error"].as_str().is_some_and(|e| e.contains(needle)),
+            "{body} -> {} (want {needle:?})",
+            a.text
+        );
+    }
+
+    // No credential, or one the API server does not accept.
+    let a = env.post("/permit", None, &cap(json!({}))).await;
+    assert_eq!(a.status, 401, "{}", a.text);
+    let a = env
+        .post("/permit", Some("not-a-token"), &cap(json!({})))
+        .await;
+    assert_eq!(a.status, 401, "{}", a.text);
+    // The owner role does not include asking for Permits.
+    let a = env
+        .post("/permit", Some(&env.tenant.owner), &cap(json!({})))
+        .await;
+    assert_eq!(a.status, 403, "{}", a.text);
+
+    assert!(env.permits().await.is_empty(), "bad input created a Permit");
+    let execs = Api::<Execution>::namespaced(env.admin.clone(), &env.tenant.ns)
+        .list(&ListParams::default())
+        .await
+        .expect("list");
+    assert!(execs.items.is_empty(), "bad input created an Execution");
+
+    // The discovery answers.
+    for path in ["/", "/health", "/plugins"] {
+        let a = env.get(path, None).await;
+        assert_eq!(a.status, 200, "{path}");
+        assert!(a.body.is_object(), "{path}: {}", a.text);
+    }
+    assert_eq!(env.get("/health", None).await.body["status"], "ok");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn tenants_never_see_or_act_on_each_others_requests() {
+    let Some(env) = Env::new("gw-a", false).await else {
+        return;
+    };
+    let b = Tenant::new(&env.admin, "gw-b").await;
+    let a = env
+        .post_text(
+            "/permit",
+            Some(&env.tenant.agent),
+            &permit_request(&env.up.origin()),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let id = a.body["request_id"].as_str().expect("id").to_owned();
+    let permit_id = a.body["permit_id"].as_str().expect("permit").to_owned();
+    let status_url = a.body["status_url"].as_str().expect("url").to_owned();
+
+    // B's agent: not found in its own namespace; refused in A's.
+    let got = env
+        .get(&format!("/execute/{id}/status"), Some(&b.agent))
+        .await;
+    assert_eq!(got.status, 404, "{}", got.text);
+    let got = env
+        .http
+        .get_with(
+            &env.gw.url(&format!("/execute/{id}/status")),
+            &[
+                ("authorization", &format!("Bearer {}", b.agent)),
+                ("x-oauth3-namespace", &env.tenant.ns),
+            ],
+        )
+        .await;
+    assert_eq!(got.status, 403, "{}", got.text);
+    let got = env
+        .post(
+            "/execute",
+            Some(&b.agent),
+            &json!({"permit_id": permit_id, "code": "return 1"}),
+        )
+        .await;
+    assert_eq!(got.status, 404, "{}", got.text);
+    let got = env
+        .get(&format!("/session/{permit_id}/actions"), Some(&b.agent))
+        .await;
+    assert_eq!(got.status, 404, "{}", got.text);
+    // A's read-only token does not open the request from B's namespace.
+    let moved = status_url.replace(
+        &format!("tenant={}", env.tenant.ns),
+        &format!("tenant={}", b.ns),
+    );
+    let got = env.http.get(&moved, None).await;
+    assert_eq!(got.status, 404, "{}", got.text);
+    // B's owner cannot decide A's request, in either namespace.
+    let got = env
+        .post(
+            &format!("/approve/{id}"),
+            Some(&b.owner),
+            &json!({"action": "approve"}),
+        )
+        .await;
+    assert_eq!(got.status, 404, "{}", got.text);
+    let got = env
+        .post(
+            &format!("/approve/{id}?tenant={}", env.tenant.ns),
+            Some(&b.owner),
+            &json!({"action": "approve"}),
+        )
+        .await;
+    assert_eq!(got.status, 403, "{}", got.text);
+    let permit = Api::<Permit>::namespaced(env.admin.clone(), &env.tenant.ns)
+        .get(&permit_id)
+        .await
+        .expect("permit");
+    assert!(
+        permit.status.and_then(|s| s.approval).is_none(),
+        "nobody from tenant B decided"
+    );
+    // And A's own agent reads it fine.
+    let got = env
+        .get(&format!("/execute/{id}/status"), Some(&env.tenant.agent))
+        .await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    wait_until("A's request is pending", Duration::from_secs(5), || async {
+        let p = Api::<Permit>::namespaced(env.admin.clone(), &env.tenant.ns)
+            .get(&permit_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        match p.status.and_then(|s| s.phase) {
+            None | Some(PermitPhase::Pending) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn skill_code_in_typescript_runs_under_an_approved_permit_and_fetch_is_refused() {
+    let Some(env) = Env::new("gw-skill", true).await else {
+        return;
+    };
+    let (agent, owner) = (env.tenant.agent.clone(), env.tenant.owner.clone());
+    let mut seen = Seen::default();
+    let a = seen.keep(
+        &env.post(
+            "/secrets",
+            Some(&owner),
+            &json!({"name": "API_TOKEN", "value": SECRET}),
+        )
+        .await,
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    let a = seen.keep(
+        &env.post_text("/permit", Some(&agent), &permit_request(&env.up.origin()))
+            .await,
+    );
+    let id = a.body["request_id"].as_str().expect("id").to_owned();
+    let permit = a.body["permit_id"].as_str().expect("permit").to_owned();
+    let a = seen.keep(
+        &env.post(
+            &format!("/approve/{id}"),
+            Some(&owner),
+            &json!({"action": "approve"}),
+        )
+        .await,
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    wait_until(
+        "the Permit is Approved",
+        Duration::from_secs(30),
+        || async {
+            let p = Api::<Permit>::namespaced(env.admin.clone(), &env.tenant.ns)
+                .get(&permit)
+                .await
+                .map_err(|e| e.to_string())?;
+            match p.status.and_then(|s| s.phase) {
+                Some(PermitPhase::Approved) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+
+    // A TypeScript skill, as the SDK sends it: types removed by the parser, args through
+    // Deno.env.get, secrets never.
+    let skill = r#"// @skill greet
+// @description Greets and counts items
+// @secrets API_TOKEN
+interface Item { path: string }
+const name: string = Deno.env.get("NAME")!;
+const r = (await items('GET', '/items')) as Item;
+console.log(`hello ${name}`, r.path, typeof Deno.env.get("API_TOKEN"));
+return { greeted: name };
+"#;
+    let a = seen.keep(
+        &env.post(
+            "/execute",
+            Some(&agent),
+            &json!({"skill_id": "greet", "skill_code": skill, "session_id": permit,
+                    "args": {"NAME": "Ada"}}),
+        )
+        .await,
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    let exec_id = a.body["request_id"].as_str().expect("id").to_owned();
+    let done = env
+        .until_final(a.body["status_url"].as_str().expect("url"), &mut seen)
+        .await;
+    assert_eq!(done.body["status"], "completed", "{}", done.text);
+    assert_eq!(
+        done.body["result"]["stdout"],
+        "hello Ada /v1/items undefined\n"
+    );
+    assert_eq!(done.body["result"]["value"], json!({"greeted": "Ada"}));
+    let execs: Api<Execution> = Api::namespaced(env.admin.clone(), &env.tenant.ns);
+    let stored = execs
+        .get(&exec_id.replace('_', "-"))
+        .await
+        .expect("execution");
+    assert_eq!(
+        stored
+            .annotations()
+            .get(oauth3_crds::constants::ANNOTATION_SOURCE_DIGEST),
+        Some(&oauth3_crds::code_digest(skill)),
+        "the digest of the bytes the agent sent is recorded"
+    );
+    assert!(!stored.spec.code.contains("interface Item"));
+    assert_eq!(
+        stored
+            .annotations()
+            .get(oauth3_crds::constants::ANNOTATION_ACTION_ID),
+        Some(&"greet".to_owned())
+    );
+
+    // Refusals create nothing: fetch, an undeclared secret; bad syntax and no session are 400.
+    let before = execs
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .len();
+    for (code, needle) in [
+        (
+            "const r = await fetch('https://api.github.com/user'); console.log(await r.text());",
+            "skill_code: calls fetch",
+        ),
+        (
+            "// @secrets OTHER_TOKEN\nconsole.log(1);",
+            "@secrets OTHER_TOKEN is not a secret of Permit",
+        ),
+    ] {
+        let a = seen.keep(
+            &env.post(
+                "/execute",
+                Some(&agent),
+                &json!({"skill_id": "x", "skill_code": code, "session_id": permit}),
+            )
+            .await,
+        );
+        assert_eq!(a.status, 200, "{}", a.text);
+        assert_eq!(a.body["status"], "denied", "{}", a.text);
+        assert!(
+            a.body["error"].as_str().is_some_and(|e| e.contains(needle)),
+            "{}",
+            a.text
+        );
+    }
+    let a = env
+        .post(
+            "/execute",
+            Some(&agent),
+            &json!({"skill_id": "x", "skill_code": "const = ;", "session_id": permit}),
+        )
+        .await;
+    assert_eq!(a.status, 400, "{}", a.text);
+    assert_eq!(a.body["field"], "skill_code");
+    let a = env
+        .post(
+            "/execute",
+            Some(&agent),
+            &json!({"skill_id": "x", "skill_code": "console.log(1)"}),
+        )
+        .await;
+    assert_eq!(a.status, 400, "{}", a.text);
+    assert_eq!(a.body["field"], "session_id");
+    let after = execs
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .len();
+    assert_eq!(before, after, "a refused skill created an Execution");
+
+    // The SDK's read-only calls.
+    let a = env.get("/sessions", Some(&agent)).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body["sessions"][0]["session_id"], permit.as_str());
+    let a = env.get("/me", Some(&agent)).await;
+    assert_eq!(a.body["role"], "agent", "{}", a.text);
+    assert_eq!(a.body["tenant_id"], env.tenant.ns.as_str());
+    let a = env.get("/me", Some(&owner)).await;
+    assert_eq!(a.body["role"], "owner", "{}", a.text);
+    let a = env.get("/history?limit=5", Some(&agent)).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body["executions"][0]["request_id"], exec_id.as_str());
+    let a = env.get("/history?limit=0", Some(&agent)).await;
+    assert_eq!(a.status, 400, "{}", a.text);
+    seen.assert_no_secret();
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn signup_is_off_by_default_and_never_mints_an_owner() {
+    let Some(env) = Env::new("gw-signup", false).await else {
+        return;
+    };
+    // Off unless configured.
+    let a = env.post("/signup", None, &json!({"name": "agent"})).await;
+    assert_eq!(a.status, 403, "{}", a.text);
+    let prefix = format!("{}-t-", env.tenant.ns);
+    let flag = format!("--signup-namespace-prefix={prefix}");
+    let gw = InProcessGateway::start(&env.admin, &[&flag, "--auth-cache-ttl=0s"]).await;
+    let http = Http::new();
+    for role in ["owner", "admin"] {
+        let a = http
+            .post(
+                &gw.url("/signup"),
+                None,
+                &json!({"name": "x", "role": role}),
+            )
+            .await;
+        assert!(matches!(a.status, 400 | 403), "{role}: {}", a.text);
+    }
+    // The SDK's exact body.
+    let a = http
+        .post(&gw.url("/signup"), None, &json!({"name": "agent"}))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let token = a.body["jwt"].as_str().expect("jwt").to_owned();
+    for field in ["token", "api_key"] {
+        assert_eq!(a.body[field], token.as_str(), "{field}");
+    }
+    assert_eq!(a.body["tee_url"], gw.base.as_str());
+    let ns = a.body["tenant_id"].as_str().expect("tenant").to_owned();
+    assert!(ns.starts_with(&prefix), "{ns}");
+    // The new agent asks for a Permit in its own namespace, and cannot approve it.
+    let asked = http
+        .post_raw(
+            &gw.url("/permit"),
+            Some(&token),
+            "application/json",
+            permit_request(&env.up.origin()).into_bytes(),
+            &[],
+        )
+        .await;
+    assert_eq!(asked.status, 200, "{}", asked.text);
+    let id = asked.body["request_id"].as_str().expect("id");
+    let a = http
+        .post(
+            &gw.url(&format!("/approve/{id}")),
+            Some(&token),
+            &json!({"action": "approve"}),
+        )
+        .await;
+    assert_eq!(
+        a.status, 403,
+        "a signed-up agent cannot approve: {}",
+        a.text
+    );
+    let me = http.get(&gw.url("/me"), Some(&token)).await;
+    assert_eq!(me.body["role"], "agent", "{}", me.text);
+    assert_eq!(me.body["can_approve"], false);
+    // It sees nothing of the other tenant.
+    let theirs = env
+        .post_text(
+            "/permit",
+            Some(&env.tenant.agent),
+            &permit_request(&env.up.origin()),
+        )
+        .await;
+    let their_id = theirs.body["request_id"].as_str().expect("id");
+    let a = http
+        .get(
+            &gw.url(&format!("/execute/{their_id}/status")),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(a.status, 404, "{}", a.text);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn two_replicas_serve_the_same_clients_without_coordination() {
+    let Some(env) = Env::new("gw-two", true).await else {
+        return;
+    };
+    let hold = format!("--long-poll={}s", HOLD.as_secs());
+    let other = InProcessGateway::start(&env.admin, &[&hold]).await;
+    let on_other = |url: &str| url.replacen(&env.gw.base, &other.base, 1);
+    let sealed = env
+        .post(
+            "/secrets",
+            Some(&env.tenant.owner),
+            &json!({"name": "API_TOKEN", "value": SECRET}),
+        )
+        .await;
+    assert_eq!(sealed.status, 200, "{}", sealed.text);
+    // Asked on one replica, held on the other, decided on the first.
+    let a = env
+        .post_text(
+            "/permit",
+            Some(&env.tenant.agent),
+            &permit_request(&env.up.origin()),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let id = a.body["request_id"].as_str().expect("id").to_owned();
+    let permit = a.body["permit_id"].as_str().expect("permit").to_owned();
+    let held_url = on_other(a.body["status_url"].as_str().expect("url"));
+    let poll = {
+        let http = env.http.clone();
+        tokio::spawn(async move { http.get(&held_url, None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let decided = env
+        .post(
+            &format!("/approve/{id}"),
+            Some(&env.tenant.owner),
+            &json!({"action": "approve"}),
+        )
+        .await;
+    assert_eq!(decided.status, 200, "{}", decided.text);
+    let woke = poll.await.expect("poll");
+    assert_eq!(woke.body["status"], "completed", "{}", woke.text);
+    // Run on the other replica, read the result on the first.
+    let run = env
+        .http
+        .post(
+            &other.url("/execute"),
+            Some(&env.tenant.agent),
+            &json!({"permit_id": permit, "code": "return 7"}),
+        )
+        .await;
+    assert_eq!(run.status, 200, "{}", run.text);
+    let url = run.body["status_url"]
+        .as_str()
+        .expect("url")
+        .replacen(&other.base, &env.gw.base, 1);
+    let mut seen = Seen::default();
+    let done = env.until_final(&url, &mut seen).await;
+    assert_eq!(done.body["result"]["value"], 7, "{}", done.text);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn code_under_a_per_code_permit_waits_until_the_owner_approves_it_on_the_page() {
+    let Some(env) = Env::new("gw-code", true).await else {
+        return;
+    };
+    let (agent, owner) = (env.tenant.agent.clone(), env.tenant.owner.clone());
+    let sealed = env
+        .post(
+            "/secrets",
+            Some(&owner),
+            &json!({"name": "API_TOKEN", "value": SECRET}),
+        )
+        .await;
+    assert_eq!(sealed.status, 200, "{}", sealed.text);
+    let body = permit_request(&env.up.origin()).replacen('{', r#"{"code_review": "perCode","#, 1);
+    let a = env.post_text("/permit", Some(&agent), &body).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let id = a.body["request_id"].as_str().expect("id").to_owned();
+    let permit = a.body["permit_id"].as_str().expect("permit").to_owned();
+    let a = env
+        .post(
+            &format!("/approve/{id}"),
+            Some(&owner),
+            &json!({"action": "approve"}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    wait_until(
+        "the Permit is Approved",
+        Duration::from_secs(30),
+        || async {
+            let p = Api::<Permit>::namespaced(env.admin.clone(), &env.tenant.ns)
+                .get(&permit)
+                .await
+                .map_err(|e| e.to_string())?;
+            match p.status.and_then(|s| s.phase) {
+                Some(PermitPhase::Approved) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+
+    let code = "return 5";
+    let run = env
+        .post(
+            "/execute",
+            Some(&agent),
+            &json!({"permit_id": permit, "code": code}),
+        )
+        .await;
+    assert_eq!(run.status, 200, "{}", run.text);
+    let exec_id = run.body["request_id"].as_str().expect("id").to_owned();
+    let approval_url = run.body["approval_url"]
+        .as_str()
+        .expect("code under review gets an approval_url")
+        .to_owned();
+    let status_path = format!("/execute/{exec_id}/status");
+    wait_until(
+        "the code waits for review",
+        Duration::from_secs(30),
+        || async {
+            let a = env.get(&status_path, Some(&agent)).await;
+            if a.body["status"] == "pending" {
+                Ok(())
+            } else {
+                Err(a.text)
+            }
+        },
+    )
+    .await;
+    let page = env.http.get(&approval_url, None).await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    // The code as it will run (the positional prelude of the api-gateway capability, then
+    // the agent's code), and the digest of exactly that.
+    let shown = page.body["code"].as_str().expect("code");
+    assert!(shown.ends_with(code), "{shown}");
+    assert_eq!(page.body["code_digest"], oauth3_crds::code_digest(shown));
+
+    // Not the agent, not the link alone, and code is never "denied" here.
+    let a = env
+        .http
+        .post(&approval_url, Some(&agent), &json!({"action": "approve"}))
+        .await;
+    assert_eq!(a.status, 403, "{}", a.text);
+    let a = env
+        .http
+        .post(&approval_url, None, &json!({"action": "approve"}))
+        .await;
+    assert_eq!(a.status, 401, "{}", a.text);
+    let a = env
+        .http
+        .post(&approval_url, Some(&owner), &json!({"action": "deny"}))
+        .await;
+    assert_eq!(a.status, 400, "{}", a.text);
+    let a = env.get(&status_path, Some(&agent)).await;
+    assert_eq!(a.body["status"], "pending", "{}", a.text);
+
+    // The owner approves it once; the run goes ahead.
+    let a = env
+        .http
+        .post(
+            &approval_url,
+            Some(&owner),
+            &json!({"action": "approve", "level": "once"}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let mut seen = Seen::default();
+    let done = env
+        .until_final(
+            run.body["status_url"].as_str().expect("status_url"),
+            &mut seen,
+        )
+        .await;
+    assert_eq!(done.body["status"], "completed", "{}", done.text);
+    assert_eq!(done.body["result"]["value"], 5);
+    env.stop().await;
+}
