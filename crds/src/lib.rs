@@ -15,13 +15,13 @@ mod schema;
 pub use digest::{DigestError, code_digest, spec_digest};
 pub use duration::{DurationError, DurationUnit, parse_duration, split_duration};
 pub use execution::{
-    Attestation, AttestationKind, CallDecision, CallRecord, Execution, ExecutionPhase,
+    Attestation, AttestationKind, AttestationProvider, CallDecision, CallRecord, Execution, ExecutionPhase,
     ExecutionSpec, ExecutionStatus, LaunchRecord, LauncherKind,
 };
 pub use permit::{
     Approval, ApprovalDecision, ApprovalVia, AuthSpec, BodyRules, Capability, CapabilityForm,
     CodeReview, HttpMethod, ParamLocation, ParamSpec, Permit, PermitPhase, PermitSpec,
-    PermitStatus, PermitUsage, QueryRules, RateLimit, TrustLevel,
+    PermitStatus, PermitUsage, QueryRules, RateLimit, RequiredAttestation, TrustLevel,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -193,6 +193,12 @@ pub fn describe_spec(spec: &PermitSpec, digest: &str) -> String {
         CodeReview::PerCode => "per code: every new piece of code needs your approval",
     };
     let _ = writeln!(out, "Code review: {review}");
+    if spec.require_attestation.is_some() {
+        let _ = writeln!(
+            out,
+            "Attestation: required (tdx): a result without a TDX quote over it ends Failed"
+        );
+    }
     let _ = writeln!(out, "Spec digest: {digest}");
     out
 }

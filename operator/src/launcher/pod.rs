@@ -41,6 +41,8 @@ pub const RUNNER_UID: i64 = 65_532;
 
 /// Where a sandbox's runner gets the key that opens sealed secrets (the run contract's type).
 pub use oauth3_protocol::runner_args::KeyProviderEndpoint as PodKeyProvider;
+/// Where a sandbox's runner gets the quote that attests its result (the run contract's type).
+pub use oauth3_protocol::runner_args::QuoteProviderEndpoint as PodQuoteProvider;
 
 /// Cluster-level settings of the pod launcher (Helm values / operator flags).
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +55,8 @@ pub struct PodLaunchConfig {
     pub image_pull_policy: String,
     /// Key provider of the runner.
     pub key_provider: PodKeyProvider,
+    /// Quote provider of the runner (`--attestation`).
+    pub quote_provider: PodQuoteProvider,
     /// CPU limit (and request) of the runner container.
     pub cpu: String,
     /// Memory limit (and request) of the runner container.
@@ -75,6 +79,9 @@ impl Default for PodLaunchConfig {
             image_pull_policy: "IfNotPresent".into(),
             key_provider: PodKeyProvider::Kbs {
                 url: oauth3_protocol::runner_args::DEFAULT_KBS_URL.into(),
+            },
+            quote_provider: PodQuoteProvider::Coco {
+                url: oauth3_protocol::runner_args::DEFAULT_AA_URL.into(),
             },
             cpu: "500m".into(),
             memory: "256Mi".into(),
@@ -193,6 +200,7 @@ pub fn desired_pod(
         &format!("{BUNDLE_DIR}/{BUNDLE_FILE}"),
         SEALED_DIR,
         &config.key_provider,
+        &config.quote_provider,
     );
     let mut volumes = vec![
         json!({"name": "bundle", "secret": {"secretName": object, "defaultMode": 0o440,
@@ -205,7 +213,13 @@ pub fn desired_pod(
         json!({"name": "sealed", "mountPath": SEALED_DIR, "readOnly": true}),
         json!({"name": "tmp", "mountPath": "/tmp"}),
     ];
-    if let PodKeyProvider::Dstack { socket } = &config.key_provider {
+    let dstack_socket = match (&config.key_provider, &config.quote_provider) {
+        (PodKeyProvider::Dstack { socket }, _) | (_, PodQuoteProvider::Dstack { socket }) => {
+            Some(socket)
+        }
+        _ => None,
+    };
+    if let Some(socket) = dstack_socket {
         volumes.push(json!({"name": "dstack", "hostPath": {"path": socket, "type": "Socket"}}));
         mounts.push(json!({"name": "dstack", "mountPath": socket}));
     }
