@@ -14,7 +14,7 @@ pub mod bundle;
 pub mod callback;
 pub mod fetch;
 pub mod host;
-pub(crate) mod local_http;
+pub mod local_http;
 pub mod policy;
 pub mod redact;
 pub mod run;

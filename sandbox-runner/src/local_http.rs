@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 
 /// Why one exchange with a local provider failed (the caller names the provider).
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum LocalHttpError {
+pub enum LocalHttpError {
     /// Connecting failed.
     #[error("connecting to {endpoint} failed: {source}")]
     Connect {

@@ -256,7 +256,7 @@ pub async fn run_bundle(bundle: &Bundle, deps: &RunnerDeps) -> RunResult {
             c
         })
         .collect::<Vec<_>>();
-    let mut result = RunResult {
+    let result = RunResult {
         execution: bundle.execution.clone(),
         phase: raw.phase,
         result: redactor.redact_json(&raw.result),

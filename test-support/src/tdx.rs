@@ -179,9 +179,10 @@ impl Drop for CocoAgent {
     }
 }
 
-/// A configfs-tsm report entry: `provider` (`tdx_guest`), `generation`, `inblob`, and an
-/// `outblob` FIFO. A thread serves each read of `outblob`: it reads what was written to
-/// `inblob`, records it, bumps `generation` and writes the sample quote.
+/// A configfs-tsm report entry: `provider` (`tdx_guest`), `generation`, and `inblob` and
+/// `outblob` as FIFOs served by a thread: for each report it reads the 64 bytes the runner
+/// writes to `inblob`, records them, bumps `generation`, and hands the sample quote to the next
+/// read of `outblob`.
 pub struct TsmDir {
     /// The entry directory (pass it as `--tsm-report-dir`).
     pub dir: PathBuf,
@@ -190,40 +191,55 @@ pub struct TsmDir {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+fn mkfifo(path: &Path) {
+    let made = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success(), "mkfifo {}", path.display());
+}
+
 impl TsmDir {
     /// Creates the entry in `dir` (which must not exist yet).
     pub fn start(dir: &Path) -> Self {
         std::fs::create_dir_all(dir).expect("tsm dir");
         std::fs::write(dir.join("provider"), "tdx_guest\n").expect("provider");
         std::fs::write(dir.join("generation"), "0\n").expect("generation");
-        std::fs::write(dir.join("inblob"), b"").expect("inblob");
-        let outblob = dir.join("outblob");
-        let made = std::process::Command::new("mkfifo")
-            .arg(&outblob)
-            .status()
-            .expect("mkfifo");
-        assert!(made.success(), "mkfifo {}", outblob.display());
+        mkfifo(&dir.join("inblob"));
+        mkfifo(&dir.join("outblob"));
         let inblobs = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (dir, inblobs, stop) = (dir.to_owned(), inblobs.clone(), stop.clone());
             std::thread::spawn(move || {
+                // Held open for reading and writing for the stand-in's whole life: every
+                // report's 64 bytes stay in this one pipe until read, whatever other
+                // processes come and go.
+                let Ok(mut input) = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(dir.join("inblob"))
+                else {
+                    return;
+                };
                 let mut generation = 0u64;
                 loop {
+                    let mut inblob = vec![0u8; 64];
+                    if input.read_exact(&mut inblob).is_err() || stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    inblobs.lock().unwrap().push(inblob);
+                    generation += 1;
+                    let _ = std::fs::write(dir.join("generation"), format!("{generation}\n"));
+                    // Blocks until the runner reads outblob.
                     let Ok(mut out) = std::fs::OpenOptions::new()
                         .write(true)
                         .open(dir.join("outblob"))
                     else {
                         return;
                     };
-                    if stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let inblob = std::fs::read(dir.join("inblob")).unwrap_or_default();
-                    inblobs.lock().unwrap().push(inblob);
-                    generation += 1;
-                    let _ = std::fs::write(dir.join("generation"), format!("{generation}\n"));
                     let _ = out.write_all(SAMPLE_QUOTE);
+                    drop(out);
                 }
             })
         };
@@ -235,7 +251,7 @@ impl TsmDir {
         }
     }
 
-    /// What was in `inblob` at each report, in order.
+    /// What was written to `inblob` for each report, in order.
     pub fn inblobs(&self) -> Vec<Vec<u8>> {
         self.inblobs.lock().unwrap().clone()
     }
@@ -244,12 +260,17 @@ impl TsmDir {
 impl Drop for TsmDir {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Unblock the thread waiting for a reader.
-        if let Ok(mut f) = std::fs::File::open(self.dir.join("outblob")) {
-            let mut sink = Vec::new();
-            let _ = f.read_to_end(&mut sink);
+        // Wake the thread waiting for the next report (it holds inblob open, so this never
+        // blocks); a thread still waiting for a reader of outblob is left behind.
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.dir.join("inblob"))
+        {
+            let _ = f.write_all(&[0; 64]);
         }
-        if let Some(t) = self.thread.take() {
+        if let Some(t) = self.thread.take()
+            && t.is_finished()
+        {
             let _ = t.join();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
