@@ -15,8 +15,8 @@ mod schema;
 pub use digest::{DigestError, code_digest, spec_digest};
 pub use duration::{DurationError, DurationUnit, parse_duration, split_duration};
 pub use execution::{
-    Attestation, AttestationKind, AttestationProvider, CallDecision, CallRecord, Execution, ExecutionPhase,
-    ExecutionSpec, ExecutionStatus, LaunchRecord, LauncherKind,
+    Attestation, AttestationKind, AttestationProvider, CallDecision, CallRecord, Execution,
+    ExecutionPhase, ExecutionSpec, ExecutionStatus, LaunchRecord, LauncherKind,
 };
 pub use permit::{
     Approval, ApprovalDecision, ApprovalVia, AuthSpec, BodyRules, Capability, CapabilityForm,

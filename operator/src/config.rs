@@ -425,11 +425,13 @@ impl ExecutionArgs {
 
     /// The quote provider runners are told about (see `--attestation`; pure).
     pub fn quote_provider(&self) -> PodQuoteProvider {
-        let choice = self.attestation.unwrap_or(match (self.launcher, self.key_provider) {
-            (LauncherChoice::Process, _) => AttestationChoice::None,
-            (LauncherChoice::Pod, KeyProviderChoice::Kbs) => AttestationChoice::Coco,
-            (LauncherChoice::Pod, KeyProviderChoice::Dstack) => AttestationChoice::Dstack,
-        });
+        let choice = self
+            .attestation
+            .unwrap_or(match (self.launcher, self.key_provider) {
+                (LauncherChoice::Process, _) => AttestationChoice::None,
+                (LauncherChoice::Pod, KeyProviderChoice::Kbs) => AttestationChoice::Coco,
+                (LauncherChoice::Pod, KeyProviderChoice::Dstack) => AttestationChoice::Dstack,
+            });
         choice.endpoint(self.attestation_endpoint.as_deref())
     }
 

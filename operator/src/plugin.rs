@@ -325,7 +325,9 @@ pub fn load_collateral(path: &std::path::Path) -> Result<dcap_qvl::QuoteCollater
 ///
 /// # Errors
 /// [`PluginError::Usage`] naming the file, the field and the rule.
-pub fn load_policy(path: &std::path::Path) -> Result<crate::verify::MeasurementPolicy, PluginError> {
+pub fn load_policy(
+    path: &std::path::Path,
+) -> Result<crate::verify::MeasurementPolicy, PluginError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| PluginError::Usage(format!("reading --policy {}: {e}", path.display())))?;
     crate::verify::MeasurementPolicy::parse(&text)

@@ -18,8 +18,7 @@ use oauth3_operator::verify::{
 };
 use oauth3_protocol::attestation::{enclave_key_report_data, statement_report_data};
 use oauth3_test_support::tdx::{
-    REPORT_DATA_OFFSET, SAMPLE_AT, SAMPLE_COLLATERAL, SAMPLE_EXPIRED_AT, SAMPLE_QUOTE,
-    sample_mrtd,
+    REPORT_DATA_OFFSET, SAMPLE_AT, SAMPLE_COLLATERAL, SAMPLE_EXPIRED_AT, SAMPLE_QUOTE, sample_mrtd,
 };
 
 fn collateral() -> dcap_qvl::QuoteCollateralV3 {
@@ -121,13 +120,19 @@ fn the_sample_quote_passes_signature_tcb_and_measurements_but_not_the_binding() 
     assert_eq!(binding, Verdict::Fail);
     assert!(detail.contains("was not made over it"), "{detail}");
     assert_eq!(verdict(&v, "measurements").0, Verdict::Pass);
-    assert!(!v.verified, "one failed check and the result is not verified");
+    assert!(
+        !v.verified,
+        "one failed check and the result is not verified"
+    );
     assert_eq!(
         v.measurements.as_ref().expect("measurements").mrtd,
         sample_mrtd()
     );
     let text = v.render();
-    assert!(text.starts_with("Execution team-a/count: NOT VERIFIED"), "{text}");
+    assert!(
+        text.starts_with("Execution team-a/count: NOT VERIFIED"),
+        "{text}"
+    );
     let json = serde_json::to_value(&v).expect("json");
     assert_eq!(json["checks"][2]["name"], "signature");
     assert_eq!(json["checks"][2]["verdict"], "pass");
@@ -143,7 +148,11 @@ fn a_flipped_byte_in_the_quote_body_breaks_the_signature() {
     assert_eq!(sig, Verdict::Fail, "{}", v.render());
     assert!(detail.contains("does not verify"), "{detail}");
     assert_eq!(verdict(&v, "tcb").0, Verdict::NotChecked);
-    assert_eq!(verdict(&v, "measurements").0, Verdict::Fail, "the MRTD changed");
+    assert_eq!(
+        verdict(&v, "measurements").0,
+        Verdict::Fail,
+        "the MRTD changed"
+    );
 }
 
 #[test]
@@ -154,24 +163,34 @@ fn a_flipped_byte_in_the_signature_breaks_the_signature() {
     quote[48 + 584 + 4 + 10] ^= 0x80;
     let v = run(&attested(&quote), Some(&mrtd_policy()), SAMPLE_AT);
     assert_eq!(verdict(&v, "signature").0, Verdict::Fail, "{}", v.render());
-    assert_eq!(verdict(&v, "measurements").0, Verdict::Pass, "the body is intact");
+    assert_eq!(
+        verdict(&v, "measurements").0,
+        Verdict::Pass,
+        "the body is intact"
+    );
 }
 
 #[test]
 fn collateral_past_its_validity_fails_the_signature_check() {
-    let v = run(&attested(SAMPLE_QUOTE), Some(&mrtd_policy()), SAMPLE_EXPIRED_AT);
+    let v = run(
+        &attested(SAMPLE_QUOTE),
+        Some(&mrtd_policy()),
+        SAMPLE_EXPIRED_AT,
+    );
     let (sig, detail) = verdict(&v, "signature");
     assert_eq!(sig, Verdict::Fail, "{}", v.render());
     assert!(detail.contains("2025-08-01"), "{detail}");
 }
 
 #[test]
-fn report_data_over_this_statement_passes_the_binding_and_a_patched_quote_fails_its_signature()
-{
+fn report_data_over_this_statement_passes_the_binding_and_a_patched_quote_fails_its_signature() {
     // The positive binding path: a quote whose REPORTDATA is this statement's binding. Only
     // TDX hardware can sign one, so the patched sample fails the signature check instead.
     let exec = attested(SAMPLE_QUOTE);
-    let digest = exec.status.as_ref().and_then(|s| s.attestation.as_ref())
+    let digest = exec
+        .status
+        .as_ref()
+        .and_then(|s| s.attestation.as_ref())
         .and_then(|a| a.statement_digest.clone())
         .expect("digest");
     let mut quote = SAMPLE_QUOTE.to_vec();
@@ -189,10 +208,15 @@ fn report_data_over_this_statement_passes_the_binding_and_a_patched_quote_fails_
     assert_eq!(verdict(&v, "binding").0, Verdict::Fail);
 }
 
+/// An edit an attacker makes to a stored status.
+type Edit = fn(&mut ExecutionStatus);
+
 #[test]
 fn a_status_edited_after_the_result_fails_the_statement_check() {
-    let edits: [(&str, fn(&mut ExecutionStatus)); 4] = [
-        ("result", |s| s.result = Some(serde_json::json!({"open": 0, "ratio": 0.5}))),
+    let edits: [(&str, Edit); 4] = [
+        ("result", |s| {
+            s.result = Some(serde_json::json!({"open": 0, "ratio": 0.5}))
+        }),
         ("stdout", |s| s.stdout = Some("0 open\n".into())),
         ("calls", |s| s.calls.clear()),
         ("phase", |s| s.phase = Some(ExecutionPhase::Failed)),
@@ -203,13 +227,20 @@ fn a_status_edited_after_the_result_fails_the_statement_check() {
         let v = run(&exec, Some(&mrtd_policy()), SAMPLE_AT);
         let (statement, detail) = verdict(&v, "statement");
         assert_eq!(statement, Verdict::Fail, "edited {what}: {}", v.render());
-        assert!(detail.contains("changed after the runner reported it"), "{detail}");
+        assert!(
+            detail.contains("changed after the runner reported it"),
+            "{detail}"
+        );
         assert!(!v.verified);
     }
     let mut exec = attested(SAMPLE_QUOTE);
     exec.status.as_mut().expect("status").stdout = Some("x\n[truncated at 32768 bytes]".into());
     let v = run(&exec, None, SAMPLE_AT);
-    assert!(verdict(&v, "statement").1.contains("truncated"), "{}", v.render());
+    assert!(
+        verdict(&v, "statement").1.contains("truncated"),
+        "{}",
+        v.render()
+    );
 }
 
 #[test]
@@ -221,7 +252,10 @@ fn measurements_the_policy_does_not_list_fail() {
     );
     let (m, detail) = verdict(&v, "measurements");
     assert_eq!(m, Verdict::Fail);
-    assert!(detail.contains("MRTD") && detail.contains("not in the policy"), "{detail}");
+    assert!(
+        detail.contains("MRTD") && detail.contains("not in the policy"),
+        "{detail}"
+    );
 
     let p = policy(&format!(
         "mrtd: [{}]\ntcb: {{allowStatus: [OutOfDate]}}",
@@ -230,7 +264,10 @@ fn measurements_the_policy_does_not_list_fail() {
     let v = run(&attested(SAMPLE_QUOTE), Some(&p), SAMPLE_AT);
     let (tcb, detail) = verdict(&v, "tcb");
     assert_eq!(tcb, Verdict::Fail);
-    assert!(detail.contains("UpToDate") && detail.contains("OutOfDate"), "{detail}");
+    assert!(
+        detail.contains("UpToDate") && detail.contains("OutOfDate"),
+        "{detail}"
+    );
 
     let v = run(&attested(SAMPLE_QUOTE), None, SAMPLE_AT);
     assert_eq!(verdict(&v, "measurements").0, Verdict::NotChecked);
@@ -247,11 +284,17 @@ fn a_dstack_event_log_that_does_not_replay_to_rtmr3_is_not_trusted() {
         .expect("attestation");
     a.provider = Some(AttestationProvider::Dstack);
     a.event_log = Some(serde_json::json!([runtime_event("compose-hash", &compose)]).to_string());
-    let p = policy(&format!("dstack: {{composeHash: [{}]}}", hex::encode(compose)));
+    let p = policy(&format!(
+        "dstack: {{composeHash: [{}]}}",
+        hex::encode(compose)
+    ));
     let v = run(&exec, Some(&p), SAMPLE_AT);
     let (m, detail) = verdict(&v, "measurements");
     assert_eq!(m, Verdict::Fail);
-    assert!(detail.contains("does not replay to the quote's RTMR3"), "{detail}");
+    assert!(
+        detail.contains("does not replay to the quote's RTMR3"),
+        "{detail}"
+    );
 }
 
 #[test]
@@ -333,14 +376,27 @@ fn seal_refuses_a_key_whose_attestation_does_not_verify() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("refusing to seal"), "{stderr}");
     assert!(stderr.contains("FAIL         binding"), "{stderr}");
-    assert!(!stdout.contains("oauth3-sealed"), "nothing sealed: {stdout}");
+    assert!(
+        !stdout.contains("oauth3-sealed"),
+        "nothing sealed: {stdout}"
+    );
     assert!(!stderr.contains("ghp_secret_value") && !stdout.contains("ghp_secret_value"));
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-oauth3"))
-        .args(["seal", "GITHUB_TOKEN", "--from-literal", "v", "--attestation"])
+        .args([
+            "seal",
+            "GITHUB_TOKEN",
+            "--from-literal",
+            "v",
+            "--attestation",
+        ])
         .arg(&attestation)
         .output()
         .expect("runs");
-    assert_eq!(out.status.code(), Some(2), "--attestation needs --policy and --collateral");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--attestation needs --policy and --collateral"
+    );
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }

@@ -180,7 +180,10 @@ mod tests {
         let kbs = KeyProviderEndpoint::Kbs {
             url: DEFAULT_KBS_URL.into(),
         };
-        assert_eq!(QuoteProviderEndpoint::None.args(Some(&kbs)), ["--attestation", "none"]);
+        assert_eq!(
+            QuoteProviderEndpoint::None.args(Some(&kbs)),
+            ["--attestation", "none"]
+        );
         assert_eq!(
             QuoteProviderEndpoint::Coco {
                 url: DEFAULT_AA_URL.into()
@@ -193,7 +196,12 @@ mod tests {
                 dir: DEFAULT_TSM_REPORT_DIR.into()
             }
             .args(None),
-            ["--attestation", "tsm", "--tsm-report-dir", "/sys/kernel/config/tsm/report"]
+            [
+                "--attestation",
+                "tsm",
+                "--tsm-report-dir",
+                "/sys/kernel/config/tsm/report"
+            ]
         );
         assert_eq!(
             QuoteProviderEndpoint::Dstack {

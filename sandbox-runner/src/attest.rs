@@ -469,7 +469,10 @@ mod tests {
         let err = TsmQuotes { dir: dir.clone() }
             .report(&[0; REPORT_DATA_LEN])
             .expect_err("not configfs");
-        assert!(err.to_string().contains("not a configfs-tsm report"), "{err}");
+        assert!(
+            err.to_string().contains("not a configfs-tsm report"),
+            "{err}"
+        );
         assert_eq!(std::fs::read_dir(&dir).expect("read").count(), 0);
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }

@@ -189,19 +189,20 @@ async fn over_stream<S: AsyncRead + AsyncWrite + Unpin>(
     let mut raw = Zeroizing::new(Vec::with_capacity(16 * 1024));
     let mut chunk = Zeroizing::new([0u8; 8192]);
     loop {
-        let n =
-            stream
-                .read(&mut chunk[..])
-                .await
-                .map_err(|source| LocalHttpError::Exchange {
-                    step: "reading the response",
-                    source,
-                })?;
+        let n = stream
+            .read(&mut chunk[..])
+            .await
+            .map_err(|source| LocalHttpError::Exchange {
+                step: "reading the response",
+                source,
+            })?;
         if n == 0 {
             break;
         }
         if raw.len() + n > MAX_RESPONSE_BYTES {
-            return Err(LocalHttpError::Response("the response is larger than 1 MiB"));
+            return Err(LocalHttpError::Response(
+                "the response is larger than 1 MiB",
+            ));
         }
         raw.extend_from_slice(&chunk[..n]);
         if response_complete(&raw) {

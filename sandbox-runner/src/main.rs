@@ -140,10 +140,7 @@ enum Attestation {
 
 impl QuoteProviderArgs {
     /// The quote provider the flags select (`None` for `--attestation none`).
-    fn provider(
-        &self,
-        dstack_endpoint: &Path,
-    ) -> Result<Option<Box<dyn QuoteProvider>>, String> {
+    fn provider(&self, dstack_endpoint: &Path) -> Result<Option<Box<dyn QuoteProvider>>, String> {
         let Some(choice) = self.attestation else {
             return Err(
                 "--attestation is required: name the quote provider (dstack, coco, tsm), or \

@@ -588,15 +588,18 @@ mod tests {
     #[tokio::test]
     async fn a_configured_provider_without_a_quote_fails_the_run_and_says_why() {
         let deps = leaky_deps().with_quotes(Some(Box::new(FixedQuotes(None))));
-        let result = run_bundle(
-            &test_bundle("await github('GET', '/x'); return 5"),
-            &deps,
-        )
-        .await;
+        let result = run_bundle(&test_bundle("await github('GET', '/x'); return 5"), &deps).await;
         assert_eq!(result.phase, ExecutionPhase::Failed);
         let error = result.error.as_deref().expect("error");
-        assert!(error.contains("attesting the result") && error.contains("no TDX module"), "{error}");
-        assert_eq!(result.result, serde_json::Value::Null, "no unattested result");
+        assert!(
+            error.contains("attesting the result") && error.contains("no TDX module"),
+            "{error}"
+        );
+        assert_eq!(
+            result.result,
+            serde_json::Value::Null,
+            "no unattested result"
+        );
         assert_eq!(result.calls.len(), 1, "the call log is kept");
         assert_eq!(result.attestation.kind, oauth3_crds::AttestationKind::None);
         assert_eq!(result.statement_digest, result.compute_statement_digest());

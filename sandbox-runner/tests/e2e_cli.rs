@@ -374,7 +374,14 @@ async fn without_the_insecure_flag_the_dev_key_provider_is_refused() {
     let bundle_path = dir.file("bundle.json", b.to_string().as_bytes());
     let key_path = dir.file("dev.key", hex::encode(DEV_KEY).as_bytes());
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_oauth3-sandbox-runner"))
-        .args(["run", "--attestation", "none", "--key-provider", "dev", "--bundle"])
+        .args([
+            "run",
+            "--attestation",
+            "none",
+            "--key-provider",
+            "dev",
+            "--bundle",
+        ])
         .arg(&bundle_path)
         .arg("--dev-key-file")
         .arg(&key_path)

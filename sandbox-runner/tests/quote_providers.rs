@@ -59,7 +59,13 @@ async fn coco_evidence_is_asked_with_text_runtime_data_and_its_quote_decoded() {
     let requests = agent.requests();
     assert_eq!(
         requests[0].lines().next(),
-        Some(format!("GET /aa/evidence?runtime_data={} HTTP/1.1", coco_runtime_data(&DATA)).as_str())
+        Some(
+            format!(
+                "GET /aa/evidence?runtime_data={} HTTP/1.1",
+                coco_runtime_data(&DATA)
+            )
+            .as_str()
+        )
     );
 }
 
@@ -95,7 +101,8 @@ async fn a_tsm_report_whose_generation_did_not_move_is_refused() {
         .await
         .expect_err("refused");
     assert!(
-        matches!(err, AttestError::Response { .. }) && err.to_string().contains("generation 3 -> 3"),
+        matches!(err, AttestError::Response { .. })
+            && err.to_string().contains("generation 3 -> 3"),
         "{err}"
     );
 }
@@ -173,7 +180,15 @@ async fn the_binary_attests_its_result_with_the_named_provider() {
     let tsm = TsmDir::start(&dir.join("entry"));
     let entry = tsm.dir.to_string_lossy().into_owned();
     let (code, result, stderr) = runner(
-        &["run", "--attestation", "tsm", "--tsm-report-dir", &entry, "--bundle", "-"],
+        &[
+            "run",
+            "--attestation",
+            "tsm",
+            "--tsm-report-dir",
+            &entry,
+            "--bundle",
+            "-",
+        ],
         Some(&bundle()),
     )
     .await;
@@ -185,7 +200,11 @@ async fn the_binary_attests_its_result_with_the_named_provider() {
     assert_eq!(result["attestation"]["statementDigest"], digest);
     let binding = statement_report_data(digest);
     assert_eq!(result["attestation"]["reportData"], hex::encode(binding));
-    assert_eq!(tsm.inblobs(), [binding.to_vec()], "the quote was asked over the statement");
+    assert_eq!(
+        tsm.inblobs(),
+        [binding.to_vec()],
+        "the quote was asked over the statement"
+    );
 }
 
 #[tokio::test]
@@ -233,22 +252,43 @@ async fn public_key_attest_prints_the_key_with_a_quote_over_its_binding() {
     let agent = DstackAgent::start(&dir.join("dstack.sock"), "[]");
     let socket = agent.socket.to_string_lossy().into_owned();
     let key = key_file.to_string_lossy().into_owned();
-    let dev = ["--key-provider", "dev", "--dev-key-file", &key, "--insecure-dev-key"];
+    let dev = [
+        "--key-provider",
+        "dev",
+        "--dev-key-file",
+        &key,
+        "--insecure-dev-key",
+    ];
     let mut args = vec!["public-key"];
     args.extend(dev);
-    args.extend(["--attest", "--attestation", "dstack", "--dstack-endpoint", &socket]);
+    args.extend([
+        "--attest",
+        "--attestation",
+        "dstack",
+        "--dstack-endpoint",
+        &socket,
+    ]);
     let (code, out, stderr) = runner(&args, None).await;
     assert_eq!(code, Some(0), "{stderr}");
-    let public = *crypto_box::SecretKey::from([7u8; 32]).public_key().as_bytes();
+    let public = *crypto_box::SecretKey::from([7u8; 32])
+        .public_key()
+        .as_bytes();
     assert_eq!(out["publicKey"], hex::encode(public));
     assert_eq!(out["attestation"]["provider"], "dstack");
     assert_eq!(
         out["attestation"]["reportData"],
         hex::encode(enclave_key_report_data(&public))
     );
-    let body = agent.requests()[0].split_once('\n').expect("body").1.to_owned();
+    let body = agent.requests()[0]
+        .split_once('\n')
+        .expect("body")
+        .1
+        .to_owned();
     let body: Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(body["report_data"], hex::encode(enclave_key_report_data(&public)));
+    assert_eq!(
+        body["report_data"],
+        hex::encode(enclave_key_report_data(&public))
+    );
 
     let mut args = vec!["public-key"];
     args.extend(dev);

@@ -88,7 +88,11 @@ impl Env {
         };
         phase(PermitPhase::Pending).await;
         let out = self.plugin(&["approve", name]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         phase(PermitPhase::Approved).await;
     }
 
@@ -97,7 +101,9 @@ impl Env {
         let api: Api<Execution> = Api::namespaced(self.client.clone(), &self.ns);
         api.create(
             &PostParams::default(),
-            &ExecutionFixture::under(permit).code("return 6 * 7").execution(name),
+            &ExecutionFixture::under(permit)
+                .code("return 6 * 7")
+                .execution(name),
         )
         .await
         .expect("execution");
@@ -127,7 +133,8 @@ async fn an_attested_result_carries_the_quote_and_verify_says_which_checks_pass(
             dir: tsm.dir.to_string_lossy().into_owned(),
         })
         .await;
-    env.approved("attested", permit().require_attestation()).await;
+    env.approved("attested", permit().require_attestation())
+        .await;
     let exec = env.finished("answer", "attested").await;
     op.stop().await;
 
@@ -167,7 +174,12 @@ async fn an_attested_result_carries_the_quote_and_verify_says_which_checks_pass(
         "2025-07-01T00:00:00Z",
     ];
     let out = env.plugin(&[&args[..], &["--json"]].concat());
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: Value = serde_json::from_slice(&out.stdout).expect("json verdicts");
     let verdicts: Vec<(String, String)> = report["checks"]
         .as_array()
@@ -198,7 +210,10 @@ async fn an_attested_result_carries_the_quote_and_verify_says_which_checks_pass(
 
     let out = env.plugin(&args);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("Execution") && text.contains("NOT VERIFIED"), "{text}");
+    assert!(
+        text.contains("Execution") && text.contains("NOT VERIFIED"),
+        "{text}"
+    );
     assert!(text.contains("pass         signature"), "{text}");
     assert!(text.contains("FAIL         binding"), "{text}");
 }
@@ -219,17 +234,21 @@ async fn a_permit_requiring_attestation_fails_an_unattested_result() {
     assert_eq!(s.phase, Some(ExecutionPhase::Failed), "{s:?}");
     assert_eq!(s.reason.as_deref(), Some("NotAttested"));
     assert!(
-        s.message.as_deref().unwrap_or_default().contains("requireAttestation: tdx"),
+        s.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("requireAttestation: tdx"),
         "{s:?}"
     );
-    assert_eq!(s.result, Some(Value::Null), "the unattested result is withheld");
+    assert_eq!(
+        s.result,
+        Some(Value::Null),
+        "the unattested result is withheld"
+    );
     let l = lenient.status.expect("status");
     assert_eq!(l.phase, Some(ExecutionPhase::Succeeded));
     assert_eq!(l.result, Some(serde_json::json!(42)));
-    assert_eq!(
-        l.attestation.map(|a| a.kind),
-        Some(AttestationKind::None)
-    );
+    assert_eq!(l.attestation.map(|a| a.kind), Some(AttestationKind::None));
 }
 
 fn base64_of(bytes: &[u8]) -> String {

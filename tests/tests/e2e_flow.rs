@@ -11,8 +11,8 @@ use oauth3_crds::{
     Execution, ExecutionPhase, ExecutionSpec, ExecutionStatus, Permit, PermitPhase, PermitSpec,
 };
 use oauth3_operator::launcher::pod::PodLaunchConfig;
-use oauth3_operator::launcher::process::ProcessLauncherConfig;
 use oauth3_operator::launcher::pod::PodQuoteProvider as QuoteProviderEndpoint;
+use oauth3_operator::launcher::process::ProcessLauncherConfig;
 use oauth3_test_support::{PermitFixture, Upstream, wait_until};
 use oauth3_tests::operator::{InProcessOperator, Launcher};
 use oauth3_tests::{

@@ -74,7 +74,11 @@ impl CheckArgs {
         }
         Ok(Loaded {
             policy: self.policy.as_deref().map(load_policy).transpose()?,
-            collateral: self.collateral.as_deref().map(load_collateral).transpose()?,
+            collateral: self
+                .collateral
+                .as_deref()
+                .map(load_collateral)
+                .transpose()?,
             now: match &self.at {
                 Some(t) => parse_time(t)?,
                 None => u64::try_from(k8s_openapi::jiff::Timestamp::now().as_second())
@@ -320,7 +324,9 @@ fn seal_key(
     };
     let Some(file) = attestation else {
         let text = given.ok_or_else(|| {
-            PluginError::Usage("--public-key, --public-key-file or --attestation is required".into())
+            PluginError::Usage(
+                "--public-key, --public-key-file or --attestation is required".into(),
+            )
         })?;
         return parse_public_key(&text);
     };

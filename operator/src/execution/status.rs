@@ -459,10 +459,18 @@ mod tests {
         let s = completed(&e, &result(ExecutionPhase::Succeeded, "out"), now());
         assert_eq!(s.phase, Some(ExecutionPhase::Failed));
         assert_eq!(s.reason.as_deref(), Some("NotAttested"));
-        assert!(s.message.expect("message").contains("requireAttestation: tdx"));
+        assert!(
+            s.message
+                .expect("message")
+                .contains("requireAttestation: tdx")
+        );
         assert_eq!(s.result, Some(serde_json::Value::Null));
         assert_eq!(s.exit_code, Some(1));
-        assert_eq!(s.stdout.as_deref(), Some("out"), "the output is still shown");
+        assert_eq!(
+            s.stdout.as_deref(),
+            Some("out"),
+            "the output is still shown"
+        );
 
         let mut attested = result(ExecutionPhase::Succeeded, "");
         attested.attestation.kind = oauth3_crds::AttestationKind::Tdx;

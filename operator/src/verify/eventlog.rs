@@ -53,8 +53,7 @@ pub fn replay(text: &str) -> Result<Replayed, String> {
         app_ids: Vec::new(),
     };
     for (i, e) in events.iter().enumerate().filter(|(_, e)| e.imr == 3) {
-        let digest =
-            hex::decode(&e.digest).map_err(|_| format!("event {i}: digest is not hex"))?;
+        let digest = hex::decode(&e.digest).map_err(|_| format!("event {i}: digest is not hex"))?;
         let payload = hex::decode(&e.event_payload)
             .map_err(|_| format!("event {i} ({}): payload is not hex", e.event))?;
         if e.event_type == DSTACK_RUNTIME_EVENT {
@@ -114,9 +113,13 @@ mod tests {
         assert_eq!(r.compose_hashes, [hex::encode([0xcc; 32])]);
         assert_eq!(r.app_ids, [hex::encode([0xaa; 20])]);
         let mut rtmr = [0u8; 48];
-        for e in [runtime_event("app-id", &[0xaa; 20]), runtime_event("compose-hash", &[0xcc; 32])] {
+        for e in [
+            runtime_event("app-id", &[0xaa; 20]),
+            runtime_event("compose-hash", &[0xcc; 32]),
+        ] {
             let d = hex::decode(e["digest"].as_str().expect("digest")).expect("hex");
-            rtmr.copy_from_slice(&Sha384::digest([&rtmr[..], &d[..]].concat()));
+            let next = Sha384::digest([&rtmr[..], &d[..]].concat());
+            rtmr.copy_from_slice(&next);
         }
         assert_eq!(r.rtmr3, hex::encode(rtmr));
     }

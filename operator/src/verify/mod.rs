@@ -208,7 +208,10 @@ pub fn statement_of(exec: &Execution) -> Result<RunResult, String> {
         error: status.error.clone(),
         calls: status.calls.clone(),
         duration_ms: status.duration_ms.ok_or_else(|| need("durationMs"))?,
-        code_digest: status.code_digest.clone().ok_or_else(|| need("codeDigest"))?,
+        code_digest: status
+            .code_digest
+            .clone()
+            .ok_or_else(|| need("codeDigest"))?,
         permit_digest: status
             .permit_digest
             .clone()
@@ -272,7 +275,14 @@ pub fn verify_key(
 ) -> Verification {
     let subject = format!("enclave key {}", hex::encode(public_key));
     let expected = enclave_key_report_data(public_key);
-    quote_checks(subject, attestation, expected, "this key", inputs, Vec::new())
+    quote_checks(
+        subject,
+        attestation,
+        expected,
+        "this key",
+        inputs,
+        Vec::new(),
+    )
 }
 
 fn check(name: &'static str, verdict: Verdict, detail: impl Into<String>) -> Check {
@@ -328,9 +338,11 @@ fn quote_checks(
         (AttestationKind::Tdx, Some(q)) => base64::engine::general_purpose::STANDARD
             .decode(q.trim())
             .map_err(|_| "the attestation's quote is not base64".to_owned()),
-        _ => Err("the result carries no quote (attestation.kind: none): it was not run in a \
+        _ => Err(
+            "the result carries no quote (attestation.kind: none): it was not run in a \
                   TEE, or not with a quote provider"
-            .to_owned()),
+                .to_owned(),
+        ),
     };
     let parsed = raw.and_then(|raw| {
         let quote = Quote::parse(&raw).map_err(|e| format!("the quote does not parse: {e}"))?;
@@ -348,7 +360,9 @@ fn quote_checks(
             return finish(subject, checks, None, None, inputs.now);
         }
     };
-    let provider = attestation.provider.map_or("an unnamed provider", |p| p.as_str());
+    let provider = attestation
+        .provider
+        .map_or("an unnamed provider", |p| p.as_str());
     checks.push(check(
         "quote",
         Verdict::Pass,
@@ -369,8 +383,7 @@ fn quote_checks(
             "no collateral: pass --collateral FILE (or --pccs-url URL)",
         ),
         Some(collateral) => {
-            match dcap_qvl::verify::QuoteVerifier::new_prod().verify(&raw, collateral, inputs.now)
-            {
+            match dcap_qvl::verify::QuoteVerifier::new_prod().verify(&raw, collateral, inputs.now) {
                 Err(e) => {
                     checks.push(check(
                         "signature",
@@ -393,7 +406,11 @@ fn quote_checks(
                             time_text(inputs.now)
                         ),
                     ));
-                    checks.push(tcb_check(&report.status, &report.advisory_ids, inputs.policy));
+                    checks.push(tcb_check(
+                        &report.status,
+                        &report.advisory_ids,
+                        inputs.policy,
+                    ));
                     tcb = Some((report.status, report.advisory_ids));
                 }
             }
@@ -453,14 +470,21 @@ fn tcb_check(status: &str, advisories: &[String], policy: Option<&MeasurementPol
             ),
         );
     }
-    if let Some(bad) = advisories.iter().find(|a| tcb.reject_advisories.contains(a)) {
+    if let Some(bad) = advisories
+        .iter()
+        .find(|a| tcb.reject_advisories.contains(a))
+    {
         return check(
             "tcb",
             Verdict::Fail,
             format!("TCB status {status}, but advisory {bad} is rejected by the policy"),
         );
     }
-    check("tcb", Verdict::Pass, format!("TCB status {status}, {listed}"))
+    check(
+        "tcb",
+        Verdict::Pass,
+        format!("TCB status {status}, {listed}"),
+    )
 }
 
 fn measurement_check(

@@ -12,8 +12,8 @@ use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
 use super::SecretsError;
-use crate::local_http::{self as http, Endpoint, Request};
 use crate::host::BoxFuture;
+use crate::local_http::{self as http, Endpoint, Request};
 
 /// A source of the enclave's sealed-secret key.
 pub trait KeyProvider: Send + Sync {
