@@ -240,10 +240,10 @@ async fn a_permit_requiring_attestation_fails_an_unattested_result() {
             .contains("requireAttestation: tdx"),
         "{s:?}"
     );
-    assert_eq!(
-        s.result,
-        Some(Value::Null),
-        "the unattested result is withheld"
+    assert!(
+        matches!(s.result, None | Some(Value::Null)),
+        "the unattested result is withheld: {:?}",
+        s.result
     );
     let l = lenient.status.expect("status");
     assert_eq!(l.phase, Some(ExecutionPhase::Succeeded));

@@ -730,6 +730,49 @@ mod tests {
     }
 
     #[test]
+    fn the_quote_provider_is_named_explicitly_and_a_dstack_one_gets_the_socket() {
+        let args = |pod: &Pod| {
+            pod.spec.as_ref().expect("spec").containers[0]
+                .args
+                .clone()
+                .expect("args")
+        };
+        let a = args(&pod());
+        assert!(
+            a.windows(4).any(|w| w
+                == [
+                    "--attestation",
+                    "coco",
+                    "--aa-url",
+                    "http://127.0.0.1:8006"
+                ]),
+            "{a:?}"
+        );
+        let cfg = PodLaunchConfig {
+            quote_provider: PodQuoteProvider::Dstack {
+                socket: "/var/run/dstack.sock".into(),
+            },
+            ..Default::default()
+        };
+        let pod = desired_pod(&execution("count"), &permit(&[]), &cfg).expect("pod");
+        let a = args(&pod);
+        assert!(
+            a.windows(4).any(|w| w
+                == [
+                    "--attestation",
+                    "dstack",
+                    "--dstack-endpoint",
+                    "/var/run/dstack.sock"
+                ]),
+            "{a:?}"
+        );
+        assert!(
+            volume(&pod, "dstack").host_path.is_some(),
+            "the socket is mounted for quotes too"
+        );
+    }
+
+    #[test]
     fn long_execution_names_give_short_unique_object_names() {
         let a = run_object_name(&"a".repeat(200));
         let b = run_object_name(&format!("{}b", "a".repeat(199)));
