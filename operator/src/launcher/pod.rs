@@ -739,13 +739,8 @@ mod tests {
         };
         let a = args(&pod());
         assert!(
-            a.windows(4).any(|w| w
-                == [
-                    "--attestation",
-                    "coco",
-                    "--aa-url",
-                    "http://127.0.0.1:8006"
-                ]),
+            a.windows(4)
+                .any(|w| w == ["--attestation", "coco", "--aa-url", "http://127.0.0.1:8006"]),
             "{a:?}"
         );
         let cfg = PodLaunchConfig {
