@@ -45,7 +45,7 @@ chart-check: helm ## helm lint --strict and helm template of the chart (default 
 
 .PHONY: test
 test: lint control-plane chart-check ## Every test tier: lint, chart, unit, schema + controller tests on a real kube-apiserver, pods on kwok
-	OAUTH3_HELM=$$(bash .ci/k8s/build-helm.sh | tail -n1) REQUIRE_K8S=1 bash $(CLUSTER) run $(CARGO) test --workspace --all-targets
+	OAUTH3_HELM=$$(bash .ci/k8s/build-helm.sh | tail -n1) OAUTH3_CILIUM_CRD=$$(bash .ci/k8s/cilium-crd.sh | tail -n1) REQUIRE_K8S=1 bash $(CLUSTER) run $(CARGO) test --workspace --all-targets
 
 .PHONY: cluster-up
 cluster-up: ## Start etcd + kube-apiserver on loopback; prints the KUBECONFIG to use

@@ -9,7 +9,13 @@ cd "$repo"
 D=${OAUTH3_DEMO_DIR:-$repo/.demo}
 NS=oauth3-demo
 BIN=$repo/target/debug
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Headings in bold on a terminal only (and never with NO_COLOR): a piped or logged demo stays
+# plain text.
+if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then
+  say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+else
+  say() { printf '\n== %s\n' "$*"; }
+fi
 pids=()
 started_cluster=
 cleanup() {

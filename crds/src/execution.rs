@@ -43,8 +43,10 @@ pub struct ExecutionSpec {
 
     /// JavaScript run as the body of an async function. It sees `args`, `console.log` /
     /// `console.error` and one async function per capability, nothing else (no fetch, require,
-    /// process or timers). Its return value becomes `status.result`. At most 256 KiB.
+    /// process or timers). Its return value becomes `status.result`. At most 262144 bytes of
+    /// UTF-8 (256 KiB; fewer characters when it is not ASCII).
     #[schemars(length(min = 1, max = 262_144))]
+    #[x_kube(validation = Rule::new("bytes(self).size() <= 262144").message("must be at most 262144 bytes of UTF-8 (the limit counts bytes, not characters)"))]
     pub code: String,
 
     /// JSON value visible to the code as `args`.
@@ -127,6 +129,13 @@ pub struct ExecutionStatus {
     /// Rate-limit tokens the run left per capability, as the runner reported them.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub rate_budget: std::collections::BTreeMap<String, f64>,
+    /// Whether the calls of this result are written to the Permit's `status.usage` (and rate
+    /// budget): `false` from when the result is recorded until the operator has written them,
+    /// then `true`. An operator that restarts counts the Executions still at `false` again, so
+    /// a crash between the two never loses calls (it may count them twice, which only makes
+    /// the rate limit stricter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_counted: Option<bool>,
     /// Evidence of where the code ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attestation: Option<Attestation>,

@@ -9,6 +9,8 @@ pub mod constants;
 pub mod digest;
 pub mod duration;
 pub mod execution;
+pub mod glob;
+pub mod headers;
 pub mod permit;
 mod schema;
 
@@ -18,10 +20,15 @@ pub use execution::{
     Attestation, AttestationKind, AttestationProvider, CallDecision, CallRecord, Execution,
     ExecutionPhase, ExecutionSpec, ExecutionStatus, LaunchRecord, LauncherKind,
 };
+pub use glob::{GlobError, GlobSegment, PathGlob};
 pub use permit::{
     Approval, ApprovalDecision, ApprovalVia, AuthSpec, BodyRules, Capability, CapabilityForm,
     CodeReview, HttpMethod, ParamLocation, ParamSpec, Permit, PermitPhase, PermitSpec,
     PermitStatus, PermitUsage, QueryRules, RateLimit, RequiredAttestation, TrustLevel,
+};
+pub use schema::{
+    JS_RESERVED_WORDS, OBJECT_PROTOTYPE_NAMES, SANDBOX_GLOBALS, SANDBOX_REMOVED_GLOBALS,
+    is_sandbox_name,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

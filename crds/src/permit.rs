@@ -12,10 +12,14 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::constants::{DEFAULT_BODY_MAX_BYTES, DEFAULT_VALID_FOR};
+use crate::glob::{GLOB_DOUBLE_STAR_MESSAGE, GLOB_DOUBLE_STAR_RULE};
+use crate::headers::{
+    AUTH_HEADER_MESSAGE, HEADER_PARAMS_MESSAGE, auth_header_rule, header_params_rule,
+};
 use crate::schema::{
-    ENDPOINT_PARAMS_DECLARED, ENDPOINT_PATH_PARAMS_USED, FORM_EXCLUSIVE, JS_NAME_RULE,
-    SCOPED_FETCH_FIELDS, TYPED_ENDPOINT_FIELDS, URL_ABSOLUTE, URL_HTTPS, URL_NO_QUERY,
-    URL_NO_USERINFO,
+    ENDPOINT_PARAMS_DECLARED, ENDPOINT_PARAMS_ONCE, ENDPOINT_PATH_PARAMS_USED, FORM_EXCLUSIVE,
+    NO_CONTROL_CHARACTERS, SCOPED_FETCH_FIELDS, TYPED_ENDPOINT_FIELDS, URL_ABSOLUTE, URL_HTTPS,
+    URL_NO_QUERY, URL_NO_USERINFO, VALID_FOR_AT_MOST_365D, js_name_rule,
 };
 
 /// A request by an agent to call HTTP APIs with an owner's secrets. The owner approves or
@@ -70,6 +74,7 @@ pub struct PermitSpec {
     /// `24h`, `7d`). At most 365 days. Defaults to 24h.
     #[serde(default = "default_valid_for")]
     #[schemars(length(max = 16), pattern(r"^[1-9][0-9]{0,5}(s|m|h|d)$"))]
+    #[x_kube(validation = Rule::new(VALID_FOR_AT_MOST_365D).message("must be at most 365 days (365d, 8760h, 525600m or 31536000s)"))]
     pub valid_for: String,
 
     /// The most Executions that may run under one approval. Unset means no cap beyond rate
@@ -113,14 +118,15 @@ fn default_valid_for() -> String {
     validation = Rule::new(SCOPED_FETCH_FIELDS).message("a scoped-fetch capability (baseUrl) needs paths and methods and must not set method or params"),
     validation = Rule::new(TYPED_ENDPOINT_FIELDS).message("a typed-endpoint capability (endpoint) needs method and must not set paths, methods or query"),
     validation = Rule::new(ENDPOINT_PARAMS_DECLARED).message("every {placeholder} in endpoint must be declared in params with in: path").field_path(".endpoint"),
-    validation = Rule::new(ENDPOINT_PATH_PARAMS_USED).message("every param with in: path must appear as {name} in endpoint").field_path(".params")
+    validation = Rule::new(ENDPOINT_PATH_PARAMS_USED).message("every param with in: path must appear as {name} in endpoint").field_path(".params"),
+    validation = Rule::new(ENDPOINT_PARAMS_ONCE).message("each {placeholder} may appear only once in endpoint (a path param is one positional argument)").field_path(".endpoint")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct Capability {
     /// The JavaScript function name: a letter, `_` or `$` first, then letters, digits, `_`,
     /// `$`; not a JavaScript reserved word and not a sandbox global (`args`, `console`, ...).
     #[schemars(length(min = 1, max = 64), pattern(r"^[A-Za-z_$][A-Za-z0-9_$]*$"))]
-    #[x_kube(validation = Rule::new(JS_NAME_RULE).message("must not be a JavaScript reserved word or a sandbox global"))]
+    #[x_kube(validation = Rule::new(js_name_rule()).message("must not be a JavaScript reserved word or a name the sandbox defines (a global such as args, console, Object or parseInt, or an Object.prototype property such as __proto__, constructor or toString)"))]
     pub name: String,
 
     /// Scoped fetch: the origin (and optional path prefix) every call is resolved against,
@@ -136,17 +142,23 @@ pub struct Capability {
     )]
     pub base_url: Option<String>,
 
-    /// Scoped fetch: globs on the canonical request path (relative to the host). `*` matches
-    /// exactly one path segment, `**` any number of segments. Each starts with `/`; `.`/`..`
-    /// segments (raw or percent-encoded) and backslashes are not allowed.
+    /// Scoped fetch: globs on the canonical request path (relative to the host). Each starts
+    /// with `/`. A whole segment `**` matches any number of segments, including none
+    /// (`/repos/o/r/issues/**` is `/repos/o/r/issues` and everything below it); a whole segment
+    /// `*` exactly one segment; a `*` inside a segment (`*.json`) any characters within that one
+    /// segment. `**` inside a segment (`issues**`, `***`) is refused, as are `.`/`..` segments
+    /// (raw or percent-encoded) and backslashes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 32),
         inner(length(min = 1, max = 256), pattern(r"^/[^?#\\\x00-\x20\x7f]*$"))
     )]
-    #[x_kube(validation = Rule::new(
+    #[x_kube(
+        validation = Rule::new(
         "self.all(p, !p.matches('(?i)(^|/)(\\\\.|%2e){1,2}(/|$)'))"
-    ).message("paths must not contain . or .. segments (raw or percent-encoded)"))]
+    ).message("paths must not contain . or .. segments (raw or percent-encoded)"),
+        validation = Rule::new(GLOB_DOUBLE_STAR_RULE).message(GLOB_DOUBLE_STAR_MESSAGE)
+    )]
     pub paths: Vec<String>,
 
     /// Scoped fetch: HTTP methods allowed, upper case.
@@ -202,6 +214,7 @@ pub struct Capability {
     /// a trailing options object.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 32))]
+    #[x_kube(validation = Rule::new(header_params_rule()).message(HEADER_PARAMS_MESSAGE))]
     pub params: BTreeMap<String, ParamSpec>,
 }
 
@@ -347,6 +360,7 @@ pub struct AuthSpec {
     /// The header that carries the credential, e.g. `Authorization`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 128), pattern(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"))]
+    #[x_kube(validation = Rule::new(auth_header_rule()).message(AUTH_HEADER_MESSAGE))]
     pub header: Option<String>,
 
     /// The query parameter that carries the credential, for APIs that want `?key=...`.
@@ -357,7 +371,10 @@ pub struct AuthSpec {
     /// The value template; `{NAME}` is replaced inside the sandbox by the unsealed secret
     /// `NAME`, which must be listed in `spec.secrets`. E.g. `Bearer {GITHUB_TOKEN}`.
     #[schemars(length(min = 1, max = 256))]
-    #[x_kube(validation = Rule::new("self.matches('\\\\{[A-Z][A-Z0-9_]*\\\\}')").message("must contain at least one {SECRET_NAME} placeholder"))]
+    #[x_kube(
+        validation = Rule::new("self.matches('\\\\{[A-Z][A-Z0-9_]*\\\\}')").message("must contain at least one {SECRET_NAME} placeholder"),
+        validation = Rule::new(NO_CONTROL_CHARACTERS).message("must not contain control characters (CR, LF, NUL, tab, ...): it becomes an HTTP header or query value")
+    )]
     pub value: String,
 }
 
@@ -428,6 +445,11 @@ pub struct PermitStatus {
     /// Number of capabilities, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capability_count: Option<i32>,
+    /// Where the sandbox of an Execution under this Permit may connect, in words, as the
+    /// operator enforces it (its `--egress-policy`), e.g. `only api.github.com:443 (by name),
+    /// DNS and the operator`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
     /// The owner's decision, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<Approval>,

@@ -16,8 +16,204 @@ pub const ENDPOINT_PARAMS_DECLARED: &str = "!has(self.endpoint) || self.endpoint
 /// Every declared path parameter appears in the endpoint.
 pub const ENDPOINT_PATH_PARAMS_USED: &str = "!has(self.endpoint) || !has(self.params) || self.params.all(k, self.params[k].__in__ != 'path' || self.endpoint.contains('{' + k + '}'))";
 
-/// A capability name is not a JavaScript reserved word nor a global the sandbox defines.
-pub const JS_NAME_RULE: &str = "!(self in ['args', 'console', 'JSON', 'Math', 'Object', 'Array', 'Promise', 'String', 'Number', 'Boolean', 'Error', 'Date', 'RegExp', 'Symbol', 'globalThis', 'undefined', 'NaN', 'Infinity', 'eval', 'arguments', 'break', 'case', 'catch', 'class', 'const', 'continue', 'debugger', 'default', 'delete', 'do', 'else', 'enum', 'export', 'extends', 'false', 'finally', 'for', 'function', 'if', 'import', 'in', 'instanceof', 'new', 'null', 'return', 'super', 'switch', 'this', 'throw', 'true', 'try', 'typeof', 'var', 'void', 'while', 'with', 'yield', 'let', 'static', 'implements', 'interface', 'package', 'private', 'protected', 'public', 'await'])";
+/// JavaScript reserved words (ECMAScript, including strict-mode and future reserved words).
+pub const JS_RESERVED_WORDS: &[&str] = &[
+    "await",
+    "break",
+    "case",
+    "catch",
+    "class",
+    "const",
+    "continue",
+    "debugger",
+    "default",
+    "delete",
+    "do",
+    "else",
+    "enum",
+    "export",
+    "extends",
+    "false",
+    "finally",
+    "for",
+    "function",
+    "if",
+    "implements",
+    "import",
+    "in",
+    "instanceof",
+    "interface",
+    "let",
+    "new",
+    "null",
+    "package",
+    "private",
+    "protected",
+    "public",
+    "return",
+    "static",
+    "super",
+    "switch",
+    "this",
+    "throw",
+    "true",
+    "try",
+    "typeof",
+    "var",
+    "void",
+    "while",
+    "with",
+    "yield",
+    "arguments",
+];
+
+/// The global names the sandbox has: the JavaScript built-ins it installs and what the runner
+/// adds (`args`, `console`). The sandbox's tests check its global scope holds nothing else
+/// (besides capabilities).
+pub const SANDBOX_GLOBALS: &[&str] = &[
+    // Added by the runner.
+    "args",
+    "console",
+    // Value properties and functions of the global object.
+    "globalThis",
+    "undefined",
+    "NaN",
+    "Infinity",
+    "eval",
+    "isFinite",
+    "isNaN",
+    "parseFloat",
+    "parseInt",
+    "decodeURI",
+    "decodeURIComponent",
+    "encodeURI",
+    "encodeURIComponent",
+    "escape",
+    "unescape",
+    // Constructors and namespaces.
+    "Object",
+    "Function",
+    "Array",
+    "Number",
+    "Boolean",
+    "String",
+    "Symbol",
+    "BigInt",
+    "Math",
+    "JSON",
+    "Reflect",
+    "Date",
+    "RegExp",
+    "Proxy",
+    "Promise",
+    "Map",
+    "Set",
+    "WeakMap",
+    "WeakSet",
+    "WeakRef",
+    "FinalizationRegistry",
+    "Iterator",
+    "ArrayBuffer",
+    "SharedArrayBuffer",
+    "DataView",
+    "Atomics",
+    "Int8Array",
+    "Uint8Array",
+    "Uint8ClampedArray",
+    "Int16Array",
+    "Uint16Array",
+    "Int32Array",
+    "Uint32Array",
+    "BigInt64Array",
+    "BigUint64Array",
+    "Float16Array",
+    "Float32Array",
+    "Float64Array",
+    "Error",
+    "EvalError",
+    "RangeError",
+    "ReferenceError",
+    "SyntaxError",
+    "TypeError",
+    "URIError",
+    "InternalError",
+    "AggregateError",
+    "SuppressedError",
+    "DisposableStack",
+    "AsyncDisposableStack",
+];
+
+/// The properties of `Object.prototype`, which the global object inherits.
+pub const OBJECT_PROTOTYPE_NAMES: &[&str] = &[
+    "__proto__",
+    "constructor",
+    "toString",
+    "toLocaleString",
+    "valueOf",
+    "hasOwnProperty",
+    "isPrototypeOf",
+    "propertyIsEnumerable",
+    "__defineGetter__",
+    "__defineSetter__",
+    "__lookupGetter__",
+    "__lookupSetter__",
+];
+
+/// Globals some JavaScript engines or runtimes add that the sandbox removes (no network, no
+/// process, no timers, no engine internals); refused as capability names too, so code never
+/// mistakes a capability for them.
+pub const SANDBOX_REMOVED_GLOBALS: &[&str] = &[
+    "fetch",
+    "require",
+    "process",
+    "Deno",
+    "setTimeout",
+    "setInterval",
+    "clearTimeout",
+    "clearInterval",
+    "queueMicrotask",
+    "navigator",
+    "performance",
+    "std",
+    "os",
+    "print",
+    "scriptArgs",
+    "gc",
+];
+
+/// Whether `name` is a name the sandbox defines, inherits or removes ([`SANDBOX_GLOBALS`],
+/// [`OBJECT_PROTOTYPE_NAMES`], [`SANDBOX_REMOVED_GLOBALS`]) or a reserved word: a capability
+/// named like one would shadow it or fail to install, so the schema refuses them and the
+/// runner's tests enumerate the real sandbox's global scope against these lists.
+pub fn is_sandbox_name(name: &str) -> bool {
+    sandbox_names().any(|n| n == name)
+}
+
+fn sandbox_names() -> impl Iterator<Item = &'static str> {
+    JS_RESERVED_WORDS
+        .iter()
+        .chain(SANDBOX_GLOBALS)
+        .chain(OBJECT_PROTOTYPE_NAMES)
+        .chain(SANDBOX_REMOVED_GLOBALS)
+        .copied()
+}
+
+/// The CEL rule on a capability name: not a reserved word, not a sandbox name.
+pub fn js_name_rule() -> String {
+    let names: Vec<String> = sandbox_names().map(|n| format!("'{n}'")).collect();
+    format!("!(self in [{}])", names.join(", "))
+}
+
+/// Each path param's `{placeholder}` appears once in the endpoint (with
+/// [`ENDPOINT_PARAMS_DECLARED`], every placeholder appears once).
+pub const ENDPOINT_PARAMS_ONCE: &str = "!has(self.endpoint) || !has(self.params) || self.params.all(k, self.params[k].__in__ != 'path' || self.endpoint.indexOf('{' + k + '}') == self.endpoint.lastIndexOf('{' + k + '}'))";
+
+/// No control characters (C0, DEL, C1): the value goes into an HTTP header or query.
+pub const NO_CONTROL_CHARACTERS: &str = "!self.matches('[\\x00-\\x1f\\x7f-\\x9f]')";
+
+/// A `validFor` of at most 365 days, in whichever unit it is written (checked only once the
+/// pattern holds, so the number parses).
+pub const VALID_FOR_AT_MOST_365D: &str = "!self.matches('^[1-9][0-9]{0,5}[smhd]$') || int(self.substring(0, self.size() - 1)) * (self.endsWith('d') ? 86400 : self.endsWith('h') ? 3600 : self.endsWith('m') ? 60 : 1) <= 31536000";
 
 /// An absolute URL with a host.
 pub const URL_ABSOLUTE: &str = "isURL(self) && url(self).getHostname() != ''";

@@ -6,8 +6,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use oauth3_crds::permit::TrustedCode;
 use oauth3_crds::{
-    Approval, ApprovalDecision, ApprovalVia, DigestError, DurationError, Permit, TrustLevel,
-    parse_duration, spec_digest,
+    Approval, ApprovalDecision, ApprovalVia, DigestError, DurationError, GlobError, PathGlob,
+    Permit, TrustLevel, parse_duration, spec_digest,
 };
 
 /// Why a decision could not be built from a Permit (the schema prevents both).
@@ -22,6 +22,17 @@ pub enum ApprovalError {
     /// `spec.validFor` reaches past the representable time.
     #[error("spec.validFor: {0} is out of range")]
     ValidForRange(String),
+    /// A path glob the runner would refuse (stored before the schema refused it): approving
+    /// it would show the owner a reading that no run can have.
+    #[error("spec.capabilities[{capability}].paths[{path}]: {source}")]
+    Glob {
+        /// Index of the capability.
+        capability: usize,
+        /// Index of the path.
+        path: usize,
+        /// Why.
+        source: GlobError,
+    },
 }
 
 /// Which Permit decision to record.
@@ -51,6 +62,15 @@ pub fn approval_for(
     let digest = spec_digest(&permit.spec)?;
     let expires_at = match decision {
         Decision::Approve => {
+            for (capability, cap) in permit.spec.capabilities.iter().enumerate() {
+                for (path, glob) in cap.paths.iter().enumerate() {
+                    PathGlob::parse(glob).map_err(|source| ApprovalError::Glob {
+                        capability,
+                        path,
+                        source,
+                    })?;
+                }
+            }
             let out_of_range = || ApprovalError::ValidForRange(permit.spec.valid_for.clone());
             let valid = parse_duration(&permit.spec.valid_for)?;
             let valid = SignedDuration::try_from(valid).map_err(|_| out_of_range())?;
@@ -154,6 +174,20 @@ mod tests {
             (d.decision, d.expires_at),
             (ApprovalDecision::Revoked, None)
         );
+    }
+
+    #[test]
+    fn a_glob_the_runner_refuses_cannot_be_approved_but_can_be_denied() {
+        let mut p = permit();
+        p.spec.capabilities[0].paths = vec!["/x".into(), "/repos/o/r/issues**".into()];
+        let err = approval_for(&p, Decision::Approve, "alice", ApprovalVia::Kubectl, t(1))
+            .expect_err("refused");
+        assert!(
+            err.to_string()
+                .starts_with("spec.capabilities[0].paths[1]: segment \"issues**\": ** must be a whole path segment"),
+            "{err}"
+        );
+        approval_for(&p, Decision::Deny, "alice", ApprovalVia::Kubectl, t(1)).expect("deny");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, ValueEnum};
 
+use crate::egress::{EgressChoice, EgressMode};
 use crate::execution::ExecutionConfig;
 use crate::launcher::Launcher;
 use crate::launcher::pod::{PodKeyProvider, PodLaunchConfig, PodQuoteProvider};
@@ -238,6 +239,13 @@ pub struct ExecutionArgs {
     /// (`SandboxFailed`, `OOMKilled`).
     #[arg(long, env = "OAUTH3_SANDBOX_MEMORY", default_value = "256Mi", value_parser = quantity)]
     pub sandbox_memory: String,
+    /// pod launcher: how each sandbox Pod's egress is limited to its Permit's hosts: `cilium`
+    /// (CiliumNetworkPolicy by host name), `kubernetes` (NetworkPolicy with the addresses the
+    /// hosts resolve to at launch, public addresses only), `open` (any public address on 443;
+    /// the runner's checks only), `auto` (`cilium` when the cluster serves
+    /// CiliumNetworkPolicy, else `kubernetes`).
+    #[arg(long, value_enum, env = "OAUTH3_EGRESS_POLICY", default_value_t = EgressChoice::Auto)]
+    pub egress_policy: EgressChoice,
     /// pod launcher: namespace of the operator (for the sandbox NetworkPolicy's callback rule).
     #[arg(long, env = "POD_NAMESPACE", default_value = "oauth3-system")]
     pub operator_namespace: String,
@@ -408,6 +416,7 @@ impl ExecutionArgs {
         &self,
         bound: SocketAddr,
         tls: bool,
+        egress: EgressMode,
     ) -> Result<ExecutionConfig, ConfigError> {
         if self.execution_ttl.is_zero() {
             return Err(ConfigError::ZeroDuration {
@@ -415,7 +424,7 @@ impl ExecutionArgs {
             });
         }
         Ok(ExecutionConfig {
-            launcher: self.launcher_for(bound.port()),
+            launcher: self.launcher_for(bound.port(), egress),
             callback_base_url: callback_url(self, bound, tls)?,
             callback_ca_pem: callback_ca_pem(self)?,
             deadline_grace: self.deadline_grace,
@@ -435,9 +444,9 @@ impl ExecutionArgs {
         choice.endpoint(self.attestation_endpoint.as_deref())
     }
 
-    /// The launcher the flags choose; sandbox Pods reach the callback on `callback_port`
-    /// (pure).
-    pub fn launcher_for(&self, callback_port: u16) -> Launcher {
+    /// The launcher the flags choose; sandbox Pods reach the callback on `callback_port` and
+    /// are walled in by `egress` (`--egress-policy` resolved) (pure).
+    pub fn launcher_for(&self, callback_port: u16, egress: EgressMode) -> Launcher {
         match self.launcher {
             LauncherChoice::Process => {
                 Launcher::Process(ProcessLauncher::new(ProcessLauncherConfig {
@@ -457,6 +466,7 @@ impl ExecutionArgs {
                 memory: self.sandbox_memory.clone(),
                 deadline_grace_seconds: i64::try_from(self.deadline_grace.as_secs())
                     .unwrap_or(i64::MAX),
+                egress,
                 ..PodLaunchConfig::default()
             })),
         }
@@ -789,7 +799,7 @@ mod tests {
             "--sandbox-cpu",
             "1",
         ]);
-        let Launcher::Pod(pod) = a.launcher_for(9443) else {
+        let Launcher::Pod(pod) = a.launcher_for(9443, EgressMode::Kubernetes) else {
             panic!("the pod launcher");
         };
         assert_eq!(pod.callback_port, 9443);
@@ -802,7 +812,9 @@ mod tests {
     #[test]
     fn a_zero_execution_ttl_is_refused_naming_the_flag() {
         let a = args(&["--launcher", "process", "--execution-ttl", "0s"]);
-        let err = a.execution_config(bound(), false).expect_err("zero ttl");
+        let err = a
+            .execution_config(bound(), false, EgressMode::Kubernetes)
+            .expect_err("zero ttl");
         assert!(err.to_string().starts_with("--execution-ttl"), "{err}");
     }
 

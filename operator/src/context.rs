@@ -30,6 +30,9 @@ pub struct Context {
     pub recorder: Recorder,
     /// Batches the informational usage counters of Permits (see [`crate::usage`]).
     pub usage: Arc<UsageLedger>,
+    /// How sandbox egress is walled in (the pod launcher's resolved `--egress-policy`); `None`
+    /// with the process launcher, which runs no sandbox Pod. Shown to owners on each Permit.
+    pub egress: Option<crate::egress::EgressMode>,
     clock: Clock,
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -49,6 +52,7 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             usage: Arc::new(UsageLedger::new(client.clone())),
+            egress: None,
             client,
             clock,
             failures: Mutex::new(HashMap::new()),

@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use oauth3_crds::{
-    BodyRules, Capability, CapabilityForm, CodeReview, ParamLocation, Permit, PermitSpec,
+    BodyRules, Capability, CapabilityForm, CodeReview, ParamLocation, PathGlob, Permit, PermitSpec,
 };
 
 /// The capability's call signature as the code sees it, e.g. `github(method, path, {query,
@@ -90,11 +90,22 @@ pub fn describe_capability(cap: &Capability, out: &mut String) {
             let _ = writeln!(out, "    methods: {}", methods.join(", "));
             for p in paths {
                 let _ = writeln!(out, "    url:     {}", join_url(base_url, p));
+                // The reading in words, from the same grammar the runner compiles with (a
+                // literal path reads as itself).
+                match PathGlob::parse(p) {
+                    Ok(_) if !p.contains('*') => {}
+                    Ok(glob) => {
+                        let _ =
+                            writeln!(out, "           = {}", join_url(base_url, &glob.explain()));
+                    }
+                    Err(e) => {
+                        let _ = writeln!(
+                            out,
+                            "           (invalid, the runner refuses this Permit: {e})"
+                        );
+                    }
+                }
             }
-            let _ = writeln!(
-                out,
-                "             (* = one path segment, ** = any number of segments)"
-            );
             match &cap.query {
                 Some(q) if !q.allow.is_empty() => {
                     let _ = writeln!(out, "    query:   only {}", q.allow.join(", "));
@@ -166,6 +177,12 @@ pub fn describe_capability(cap: &Capability, out: &mut String) {
 
 /// Describes a Permit spec in full, for an approver.
 pub fn describe_spec(spec: &PermitSpec, digest: &str) -> String {
+    describe_spec_with(spec, digest, None)
+}
+
+/// [`describe_spec`] with the network rule as the operator enforces it (`status.network`);
+/// without it, the hosts the rule is made of.
+pub fn describe_spec_with(spec: &PermitSpec, digest: &str, network: Option<&str>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "The agent says: \"{}\"", spec.description);
     let _ = writeln!(out);
@@ -199,6 +216,10 @@ pub fn describe_spec(spec: &PermitSpec, digest: &str) -> String {
             "Attestation: required (tdx): a result without a TDX quote over it ends Failed"
         );
     }
+    let network = network
+        .map(str::to_owned)
+        .unwrap_or_else(|| crate::egress::describe(spec, None));
+    let _ = writeln!(out, "Network: the sandbox may connect to {network}");
     let _ = writeln!(out, "Spec digest: {digest}");
     out
 }
@@ -221,7 +242,7 @@ pub fn describe_permit(permit: &Permit, digest: &str) -> String {
         "Permit {} (namespace {}): {phase}{until}\n\n{}",
         permit.metadata.name.as_deref().unwrap_or("?"),
         permit.metadata.namespace.as_deref().unwrap_or("?"),
-        describe_spec(&permit.spec, digest)
+        describe_spec_with(&permit.spec, digest, status.network.as_deref())
     )
 }
 
@@ -248,6 +269,50 @@ mod tests {
             "validFor": "7d", "maxExecutions": 5, "codeReview": "perCode"
         }))
         .expect("spec")
+    }
+
+    #[test]
+    fn the_network_rule_is_shown_as_the_operator_enforces_it() {
+        let mut permit = Permit::new("p", spec());
+        let text = describe_permit(&permit, "sha256:abc");
+        assert!(
+            text.contains("Network: the sandbox may connect to only api.github.com:443, DNS and the operator (unless the operator runs with --egress-policy open)"),
+            "{text}"
+        );
+        permit.status = Some(oauth3_crds::PermitStatus {
+            network: Some(crate::egress::network_text(
+                &permit.spec,
+                Some(crate::egress::EgressMode::Open),
+            )),
+            ..Default::default()
+        });
+        let text = describe_permit(&permit, "sha256:abc");
+        assert!(
+            text.contains(
+                "Network: the sandbox may connect to any public host on 443 (runner checks only)"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_glob_is_spelled_out_in_words_and_an_invalid_one_says_so() {
+        let mut spec = spec();
+        spec.capabilities[0].paths = vec![
+            "/repos/o/r/issues/**".into(),
+            "/files/*.json".into(),
+            "/repos/o/r/issues**".into(),
+        ];
+        let text = describe_spec(&spec, "sha256:abc");
+        for needle in [
+            "url:     https://api.github.com/repos/o/r/issues/**",
+            "           = https://api.github.com/repos/o/r/issues and every path below it",
+            "           = https://api.github.com/files/<one segment: anything + \".json\">",
+            "url:     https://api.github.com/repos/o/r/issues**",
+            "(invalid, the runner refuses this Permit: segment \"issues**\": ** must be a whole path segment",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
     }
 
     #[test]

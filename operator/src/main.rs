@@ -2,6 +2,8 @@
 //! API, binds the listeners and runs the operator ([`oauth3_operator::run`]) until Ctrl-C or
 //! SIGTERM.
 
+use std::io::IsTerminal as _;
+
 use anyhow::Context as _;
 use clap::Parser;
 use oauth3_operator::config::Config;
@@ -10,7 +12,11 @@ use oauth3_operator::{Listeners, run};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    // Colours only for a terminal (and never with NO_COLOR): logs collected from a pipe or a
+    // container runtime stay plain text.
+    let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
+        .with_ansi(ansi)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&config.log).context("parsing --log")?,
         )

@@ -131,8 +131,20 @@ pub async fn run(
         None => None,
     };
     let metrics = Arc::new(Metrics::new());
-    let ctx = Arc::new(Context::new(client.clone()));
-    let callback = CallbackServer::new(&config, listeners.callback, ctx.clone(), metrics.clone())?;
+    let mut context = Context::new(client.clone());
+    let egress = crate::egress::resolve(config.execution.egress_policy, &client).await;
+    if config.execution.launcher == crate::config::LauncherChoice::Pod {
+        tracing::info!(egress = egress.as_str(), "sandbox egress policy");
+        context.egress = Some(egress);
+    }
+    let ctx = Arc::new(context);
+    let callback = CallbackServer::new(
+        &config,
+        listeners.callback,
+        ctx.clone(),
+        metrics.clone(),
+        egress,
+    )?;
     let stopping = Stopping::on(shutdown);
 
     let elector = elector.map(|e| e.with_metrics(metrics.clone()));
@@ -254,6 +266,7 @@ impl CallbackServer {
         listener: TcpListener,
         ctx: Arc<Context>,
         metrics: Arc<Metrics>,
+        egress: crate::egress::EgressMode,
     ) -> Result<Self, RunError> {
         let args = &config.execution;
         let bound = local_addr(&listener, "callback")?;
@@ -263,13 +276,13 @@ impl CallbackServer {
             }
             _ => None,
         };
-        let execution = args.execution_config(bound, tls.is_some())?;
+        let execution = args.execution_config(bound, tls.is_some(), egress)?;
         tracing::info!(
             callback = %execution.callback_base_url,
             launcher = ?args.launcher,
             "execution side ready"
         );
-        let router = callback::router(Arc::new(CallbackState { ctx: ctx.clone() }));
+        let router = callback::router(Arc::new(CallbackState::new(ctx.clone())));
         let context = Arc::new(ExecutionContext {
             ctx,
             config: execution,

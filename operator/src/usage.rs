@@ -12,17 +12,21 @@
 //! Permit from the API server with the unflushed changes laid over it ([`UsageLedger::overlay`]).
 //! Limits are not counted here: an Execution under a Permit with `maxExecutions`, or one that
 //! consumes a `once` code trust, reserves its slot with its own serialised write before it is
-//! launched. What an operator that dies between two flushes loses is at most [`FLUSH_DELAY`] of
-//! informational counts, never a limit.
+//! launched. An operator that dies between two flushes loses at most [`FLUSH_DELAY`] of launch
+//! counts (informational), never a limit. The calls of a result (and the rate
+//! budget they spend) are not lost that way: the result's status write records
+//! `usageCounted: false`, the flush that writes its calls marks it `true`, and an operator that
+//! starts counts every Execution still at `false` again ([`UsageLedger::claim`] keeps one
+//! process from counting a result twice).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use kube::api::Api;
-use oauth3_crds::{Permit, PermitUsage};
+use kube::api::{Api, Patch, PatchParams};
+use oauth3_crds::{Execution, Permit, PermitSpec, PermitUsage};
 use serde_json::json;
 
 use crate::status_write::{Guarded, write_status};
@@ -47,6 +51,10 @@ pub struct UsageDelta {
     pub rate_budget: BTreeMap<String, f64>,
     /// When `rate_budget` was measured (the next launch refills it from then).
     pub budget_at: Option<Timestamp>,
+    /// Rate-limit tokens to take off the budget, per capability, on top of `rate_budget`: the
+    /// allowed calls of a run whose own remaining budget is stale (a result that arrived late,
+    /// or one recounted after a restart).
+    pub spent: BTreeMap<String, f64>,
 }
 
 impl UsageDelta {
@@ -58,13 +66,30 @@ impl UsageDelta {
             self.budget_at = later.budget_at.or(self.budget_at);
         }
         self.rate_budget.extend(later.rate_budget);
+        for (cap, n) in later.spent {
+            *self.spent.entry(cap).or_default() += n;
+        }
     }
 
     /// `usage` with this delta applied. `at` moves only with a new budget: it is where the
     /// next refill of the budget starts.
-    pub fn apply_to(&self, usage: &PermitUsage) -> PermitUsage {
+    ///
+    /// `spent` tokens come off the budget; a capability with no budget yet starts from its
+    /// full `requests` in `spec` (as the next launch would).
+    pub fn apply_to(&self, usage: &PermitUsage, spec: &PermitSpec) -> PermitUsage {
         let mut rate_budget = usage.rate_budget.clone();
         rate_budget.extend(self.rate_budget.clone());
+        for (cap, n) in &self.spent {
+            let full = spec
+                .capabilities
+                .iter()
+                .find(|c| &c.name == cap)
+                .and_then(|c| c.rate_limit.as_ref())
+                .map(|r| f64::from(r.requests));
+            if let Some(left) = rate_budget.get(cap).copied().or(full) {
+                rate_budget.insert(cap.clone(), (left - n).max(0.0));
+            }
+        }
         let at = match self.budget_at {
             Some(t) if !self.rate_budget.is_empty() => Some(Time(t)),
             _ => usage.at.clone(),
@@ -83,6 +108,12 @@ type Key = (String, String);
 #[derive(Default)]
 struct State {
     pending: HashMap<Key, UsageDelta>,
+    /// Executions (by name, in the Permit's namespace) whose results are in `pending`: marked
+    /// `usageCounted: true` once their Permit's delta is written.
+    marks: HashMap<Key, Vec<String>>,
+    /// Uids of the Executions whose results this ledger has counted (or is counting), so a
+    /// result is counted once per operator process however often it is seen.
+    claimed: HashSet<String>,
     /// Whether a flush task is already scheduled.
     scheduled: bool,
 }
@@ -140,6 +171,34 @@ impl UsageLedger {
         }
     }
 
+    /// Claims the result of the Execution with `uid` for counting: `true` the first time,
+    /// `false` when this process already counts it.
+    pub fn claim(&self, uid: &str) -> bool {
+        self.lock().claimed.insert(uid.to_owned())
+    }
+
+    /// Gives a claim back (the result was not recorded after all).
+    pub fn unclaim(&self, uid: &str) {
+        self.lock().claimed.remove(uid);
+    }
+
+    /// Records the usage of Execution `execution`'s result (claimed with [`Self::claim`]): once
+    /// the Permit's delta holding it is written, the Execution is marked `usageCounted: true`.
+    pub fn record_result(
+        self: &Arc<Self>,
+        namespace: &str,
+        permit: &str,
+        execution: &str,
+        delta: UsageDelta,
+    ) {
+        self.lock()
+            .marks
+            .entry((namespace.to_owned(), permit.to_owned()))
+            .or_default()
+            .push(execution.to_owned());
+        self.record(namespace, permit, delta);
+    }
+
     /// The unwritten changes of Permit `namespace/permit`.
     pub fn pending(&self, namespace: &str, permit: &str) -> Option<UsageDelta> {
         self.lock()
@@ -156,17 +215,30 @@ impl UsageLedger {
             return;
         };
         let status = permit.status.get_or_insert_with(Default::default);
-        status.usage = Some(delta.apply_to(&status.usage.clone().unwrap_or_default()));
+        status.usage =
+            Some(delta.apply_to(&status.usage.clone().unwrap_or_default(), &permit.spec));
     }
 
     /// Writes every pending change now (also called on shutdown); `false` if the API server
     /// refused or failed a write (not merely a conflict with another writer). Changes that could
     /// not be written stay pending.
     pub async fn flush(&self) -> bool {
-        let batch: Vec<(Key, UsageDelta)> = self.lock().pending.drain().collect();
+        let (batch, mut marks) = {
+            let mut state = self.lock();
+            let batch: Vec<(Key, UsageDelta)> = state.pending.drain().collect();
+            (batch, std::mem::take(&mut state.marks))
+        };
         let mut all = true;
         for ((namespace, permit), delta) in batch {
             let written = self.write(&namespace, &permit, &delta).await;
+            let key = (namespace.clone(), permit.clone());
+            if matches!(written, Ok(true)) {
+                for execution in marks.remove(&key).unwrap_or_default() {
+                    self.mark_counted(&namespace, &execution).await;
+                }
+            } else if let Some(names) = marks.remove(&key) {
+                self.lock().marks.entry(key).or_default().extend(names);
+            }
             if !matches!(written, Ok(true)) {
                 let key = format!("{namespace}/{permit}");
                 match written {
@@ -187,6 +259,20 @@ impl UsageLedger {
             }
         }
         all
+    }
+
+    /// Marks Execution `namespace/name` `usageCounted: true` (best effort: an Execution left
+    /// at `false` is counted again only by an operator that restarts).
+    async fn mark_counted(&self, namespace: &str, name: &str) {
+        let api: Api<Execution> = Api::namespaced(self.client.clone(), namespace);
+        let patch = json!({"status": {"usageCounted": true}});
+        if let Err(e) = api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            && !crate::status_write::is_not_found(&e)
+        {
+            tracing::warn!(execution = %format!("{namespace}/{name}"), error = %e, "marking usage as counted");
+        }
     }
 
     /// Flushes until nothing is pending (conflicts retried), at most `rounds` times, for a
@@ -220,7 +306,7 @@ impl UsageLedger {
                 .as_ref()
                 .and_then(|s| s.usage.clone())
                 .unwrap_or_default();
-            let change = json!({"usage": delta.apply_to(&usage)});
+            let change = json!({"usage": delta.apply_to(&usage, &current.spec)});
             match write_status(&api, &current, &change, None).await? {
                 Guarded::Written | Guarded::Gone => return Ok(true),
                 Guarded::Conflict => {
@@ -237,6 +323,16 @@ impl UsageLedger {
 mod tests {
     use super::*;
 
+    /// A spec with a rate-limited capability `fresh` (10 calls) and no `gone`.
+    fn spec() -> PermitSpec {
+        serde_json::from_value(serde_json::json!({
+            "description": "d",
+            "capabilities": [{"name": "fresh", "baseUrl": "https://a.example", "paths": ["/x"],
+                              "methods": ["GET"], "rateLimit": {"requests": 10, "perSeconds": 60}}]
+        }))
+        .expect("spec")
+    }
+
     fn budget(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
     }
@@ -249,6 +345,7 @@ mod tests {
             calls: 2,
             rate_budget: budget(&[("a", 1.0), ("b", 5.0)]),
             budget_at: Some(t(100)),
+            ..UsageDelta::default()
         };
         d.merge(UsageDelta {
             executions: 1,
@@ -264,6 +361,7 @@ mod tests {
             calls: 3,
             rate_budget: budget(&[("a", 0.5)]),
             budget_at: Some(t(160)),
+            ..UsageDelta::default()
         });
         assert_eq!(d.executions, 2);
         assert_eq!(d.calls, 5);
@@ -285,7 +383,7 @@ mod tests {
             ..UsageDelta::default()
         };
         assert_eq!(
-            launches.apply_to(&written).at,
+            launches.apply_to(&written, &spec()).at,
             Some(Time(t(50))),
             "counting launches keeps the budget's time, or its refill would be lost"
         );
@@ -294,10 +392,34 @@ mod tests {
             calls: 1,
             rate_budget: budget(&[("a", 2.0)]),
             budget_at: Some(t(90)),
+            ..UsageDelta::default()
         };
-        let next = d.apply_to(&written);
+        let next = d.apply_to(&written, &spec());
         assert_eq!((next.executions, next.calls), (12, 21));
         assert_eq!(next.rate_budget, budget(&[("a", 2.0), ("c", 1.0)]));
         assert_eq!(next.at, Some(Time(t(90))));
+    }
+
+    #[test]
+    fn spent_tokens_come_off_the_current_budget_never_below_zero() {
+        let written = PermitUsage {
+            rate_budget: budget(&[("a", 3.0), ("b", 1.0)]),
+            ..PermitUsage::default()
+        };
+        let mut late = UsageDelta {
+            calls: 3,
+            spent: budget(&[("a", 2.0), ("b", 2.0), ("gone", 1.0), ("fresh", 1.0)]),
+            ..UsageDelta::default()
+        };
+        late.merge(UsageDelta {
+            spent: budget(&[("a", 0.5)]),
+            ..UsageDelta::default()
+        });
+        let next = late.apply_to(&written, &spec());
+        assert_eq!(
+            next.rate_budget,
+            budget(&[("a", 0.5), ("b", 0.0), ("fresh", 9.0)])
+        );
+        assert_eq!(next.calls, 3);
     }
 }

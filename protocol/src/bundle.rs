@@ -178,7 +178,22 @@ pub struct Callback {
     /// operator's callback without trusting that CA for upstream APIs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_pem: Option<String>,
+    /// Until when (Unix time in milliseconds) the operator waits for this run's result: the
+    /// Execution's deadline. The runner keeps offering its result (with backoff) while the
+    /// endpoint is unreachable or busy until then, and a little after: a result that arrives
+    /// after the deadline is still counted. Absent: the runner assumes its timeout plus
+    /// [`DEFAULT_RESULT_GRACE_MS`] from its start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_unix_ms: Option<u64>,
 }
+
+/// How long after its own time limit a runner assumes its result is still awaited, when the
+/// bundle names no deadline (the operator's default `--deadline-grace`).
+pub const DEFAULT_RESULT_GRACE_MS: u64 = 30_000;
+
+/// How long after the deadline a runner still offers its result: late results are recorded as
+/// such (the calls they made are counted) rather than lost.
+pub const LATE_RESULT_WINDOW_MS: u64 = 60_000;
 
 impl fmt::Debug for Callback {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

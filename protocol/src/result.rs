@@ -8,7 +8,44 @@ use oauth3_crds::{Attestation, CallRecord, ExecutionPhase};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::bundle::ExecutionRef;
+use crate::bundle::{BundleLimits, ExecutionRef};
+
+/// Most bytes of `error` in a result (after redaction; the runner cuts longer texts).
+pub const MAX_ERROR_BYTES: usize = 4096;
+/// Most bytes of each call record's `url` (after redaction).
+pub const MAX_CALL_URL_BYTES: usize = 2048;
+/// Most bytes of each call record's `reason` (after redaction).
+pub const MAX_CALL_REASON_BYTES: usize = 1024;
+/// Most bytes of a result's `attestation` as JSON (a TDX quote is about 5 KiB, base64-encoded
+/// about 7 KiB; an event log some tens of KiB).
+pub const MAX_ATTESTATION_BYTES: usize = 512 * 1024;
+/// Most capabilities in a Permit, hence entries in `rateBudget`.
+const MAX_BUDGET_ENTRIES: usize = 128;
+/// Fixed-size fields of a result and of each call record (names, digests, numbers, keys and
+/// JSON punctuation), and a truncation marker per capped text, bounded generously.
+const RESULT_OVERHEAD: usize = 8 * 1024;
+const CALL_OVERHEAD: usize = 512;
+/// JSON escaping turns one byte of text into at most six (`\u00XX`).
+const ESCAPE: usize = 6;
+
+/// The largest JSON body a runner's result can be for a run under `limits`: what the result
+/// endpoint reads at most. Derived from the caps the runner applies: the returned value's JSON
+/// text (`maxOutputBytes`), stdout and stderr (`maxOutputBytes` each, every byte possibly
+/// escaped), the error text, `maxCalls` call records with capped URLs and reasons, the rate
+/// budget and the attestation.
+pub fn max_result_bytes(limits: &BundleLimits) -> usize {
+    let out = usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX);
+    let calls = usize::try_from(limits.max_calls).unwrap_or(usize::MAX);
+    let per_call =
+        ESCAPE.saturating_mul(64 + 16 + MAX_CALL_URL_BYTES + MAX_CALL_REASON_BYTES) + CALL_OVERHEAD;
+    RESULT_OVERHEAD
+        .saturating_add(out)
+        .saturating_add(ESCAPE.saturating_mul(out.saturating_mul(2)))
+        .saturating_add(ESCAPE * MAX_ERROR_BYTES)
+        .saturating_add(calls.saturating_mul(per_call))
+        .saturating_add(MAX_BUDGET_ENTRIES * (ESCAPE * 64 + 32))
+        .saturating_add(MAX_ATTESTATION_BYTES)
+}
 
 /// The outcome of a run, as the runner reports it (written to the output and POSTed to the
 /// callback). The operator copies it into `Execution.status`.
@@ -90,6 +127,50 @@ mod tests {
             attestation: Attestation::none(),
             statement_digest: String::new(),
         }
+    }
+
+    #[test]
+    fn the_largest_result_a_runner_can_post_fits_the_derived_body_limit() {
+        for limits in [
+            BundleLimits::default(),
+            BundleLimits {
+                max_output_bytes: 1 << 20,
+                max_calls: 10_000,
+                ..BundleLimits::default()
+            },
+        ] {
+            let out = usize::try_from(limits.max_output_bytes).expect("fits");
+            // Every text at its cap (plus a truncation marker), made of the character whose
+            // JSON escape is longest; the returned value at its cap of JSON text.
+            let worst = |n: usize| "\u{1}".repeat(n + 64);
+            let call = CallRecord {
+                capability: "c".repeat(64),
+                method: "OPTIONS".into(),
+                url: worst(MAX_CALL_URL_BYTES),
+                status: Some(599),
+                decision: oauth3_crds::CallDecision::Denied,
+                reason: Some(worst(MAX_CALL_REASON_BYTES)),
+                duration_ms: i64::MAX,
+            };
+            let mut r = result();
+            r.phase = ExecutionPhase::Failed;
+            r.result = serde_json::Value::String("x".repeat(out - 2));
+            r.stdout = worst(out);
+            r.stderr = worst(out);
+            r.error = Some(worst(MAX_ERROR_BYTES));
+            r.calls = vec![call; usize::try_from(limits.max_calls).expect("fits")];
+            r.rate_budget = (0..128).map(|i| (format!("{i:064}"), f64::MAX)).collect();
+            r.attestation.quote = Some("q".repeat(MAX_ATTESTATION_BYTES - 1024));
+            let body = serde_json::to_vec(&r).expect("serialises");
+            assert!(
+                body.len() <= max_result_bytes(&limits),
+                "{} > {}",
+                body.len(),
+                max_result_bytes(&limits)
+            );
+        }
+        // And the bound is not absurd for the default limits the operator launches with.
+        assert!(max_result_bytes(&BundleLimits::default()) < 4 * 1024 * 1024);
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! Posting a run's result to the operator's result endpoint: https only (http on loopback),
 //! the bundle's one-time token as the bearer, the callback's own CA trusted for it alone, no
-//! redirects, retried while the endpoint is restarting.
+//! redirects, offered again with backoff while the endpoint is unreachable or busy, until the
+//! Execution's deadline and the late-result window after it.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use oauth3_protocol::RunResult;
+use oauth3_protocol::bundle::{DEFAULT_RESULT_GRACE_MS, LATE_RESULT_WINDOW_MS};
 use oauth3_protocol::callback::callback_url_allowed;
 
 use crate::bundle::Callback;
@@ -27,6 +29,14 @@ pub enum CallbackError {
     /// The callback answered with a non-success status.
     #[error("the callback answered HTTP {0}")]
     Status(u16),
+    /// The result was offered until the deadline (and the late-result window) passed.
+    #[error("gave up after {attempts} attempt(s) at the deadline; last: {last}")]
+    GaveUp {
+        /// How many times it was offered.
+        attempts: u32,
+        /// Why the last offer failed.
+        last: Box<CallbackError>,
+    },
 }
 
 /// POSTs `result` as JSON to `callback.url` with `Authorization: Bearer <token>`, trusting
@@ -63,16 +73,15 @@ pub async fn post_result(
         .build()
         .map_err(|e| CallbackError::Client(e.to_string()))?;
     let body = serde_json::to_vec(result).map_err(|e| CallbackError::Send(e.to_string()))?;
-    // Transport failures and 5xx answers are retried (the operator may be restarting or
-    // busy); any other answer is final. A retry after a lost 2xx answer meets 409 (the result
-    // is already recorded), which is reported as such.
-    let mut delay = Duration::from_millis(500);
-    let mut last = CallbackError::Send("not attempted".to_owned());
-    for attempt in 0..CALLBACK_ATTEMPTS {
-        if attempt > 0 {
-            tokio::time::sleep(delay).await;
-            delay = delay.saturating_mul(2);
-        }
+    let until = retry_until(callback);
+    // Transport failures, 5xx, 408 and 429 answers are retried with backoff until the
+    // Execution's deadline and a little after (the operator may be restarting, the API server
+    // away, the endpoint busy); any other answer is final. A retry after a lost 2xx answer
+    // meets 409 (the result is already recorded), which is reported as such.
+    let mut delay = FIRST_RETRY_DELAY;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
         let sent = client
             .post(&callback.url)
             .bearer_auth(callback.token.as_str())
@@ -80,17 +89,74 @@ pub async fn post_result(
             .body(body.clone())
             .send()
             .await;
-        match sent {
+        let last = match sent {
             Ok(response) if response.status().is_success() => return Ok(()),
-            Ok(response) if response.status().is_server_error() => {
-                last = CallbackError::Status(response.status().as_u16());
+            Ok(response) if retryable(response.status()) => {
+                CallbackError::Status(response.status().as_u16())
             }
             Ok(response) => return Err(CallbackError::Status(response.status().as_u16())),
-            Err(e) => last = CallbackError::Send(e.without_url().to_string()),
+            // A certificate the runner does not trust will not become trusted by waiting: the
+            // token is never offered to it again.
+            Err(e) if is_certificate_error(&e) => {
+                return Err(CallbackError::Send(e.without_url().to_string()));
+            }
+            Err(e) => CallbackError::Send(e.without_url().to_string()),
+        };
+        let now = SystemTime::now();
+        if now + delay > until {
+            return Err(CallbackError::GaveUp {
+                attempts: attempt,
+                last: Box::new(last),
+            });
         }
+        eprintln!("offering the result again in {delay:?} (attempt {attempt}: {last})");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(MAX_RETRY_DELAY);
     }
-    Err(last)
 }
 
-/// How many times the result is offered to the callback before giving up.
-pub const CALLBACK_ATTEMPTS: u32 = 5;
+/// Whether the request failed because the endpoint's certificate was not accepted.
+fn is_certificate_error(e: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        let tls = err.downcast_ref::<rustls::Error>().or_else(|| {
+            err.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if matches!(
+            tls,
+            Some(
+                rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::NoCertificatesPresented
+                    | rustls::Error::UnsupportedNameType
+            )
+        ) {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+fn retryable(status: reqwest::StatusCode) -> bool {
+    status.is_server_error()
+        || status == reqwest::StatusCode::REQUEST_TIMEOUT
+        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+}
+
+/// Until when the result is offered: the bundle's deadline plus the late-result window; when
+/// the bundle names no deadline, [`DEFAULT_RESULT_GRACE_MS`] from now (the run is over).
+pub fn retry_until(callback: &Callback) -> SystemTime {
+    match callback.deadline_unix_ms {
+        Some(ms) => {
+            UNIX_EPOCH + Duration::from_millis(ms) + Duration::from_millis(LATE_RESULT_WINDOW_MS)
+        }
+        None => SystemTime::now() + Duration::from_millis(DEFAULT_RESULT_GRACE_MS),
+    }
+}
+
+/// The first wait before offering the result again; it doubles up to [`MAX_RETRY_DELAY`].
+pub const FIRST_RETRY_DELAY: Duration = Duration::from_millis(250);
+/// The longest wait between two offers of the result.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);

@@ -332,8 +332,13 @@ async fn run(args: RunArgs) -> ExitCode {
             Err(e) => return usage_error(e),
         }
     }
-    if let Err(e) = bundle.validate() {
-        return usage_error(format!("invalid bundle: {e}"));
+    // A bundle that parses but does not validate still gets a result: `run_bundle` refuses it
+    // as `Denied` with the reason, which is written and posted like any other result (so the
+    // Execution says why instead of "exited without reporting a result"); the exit code stays
+    // 2, a bundle error.
+    let refused = bundle.validate().err();
+    if let Some(e) = &refused {
+        eprintln!("error: invalid bundle: {e}");
     }
     let mut ca_pems = Vec::new();
     for path in &args.ca_files {
@@ -369,7 +374,11 @@ async fn run(args: RunArgs) -> ExitCode {
         None => writeln!(std::io::stdout().lock(), "{text}")
             .map_err(|e| format!("writing the result: {e}")),
     };
-    let mut code = result.exit_code();
+    let mut code = if refused.is_some() {
+        2
+    } else {
+        result.exit_code()
+    };
     if let Err(e) = written {
         eprintln!("error: {e}");
         code = 1;

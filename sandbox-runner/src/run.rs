@@ -25,6 +25,7 @@ use crate::redact::Redactor;
 use crate::sandbox::{self, Outcome};
 use crate::secrets::{KeyProvider, SealedSecret, SecretsError, unseal_permitted};
 pub use oauth3_protocol::RunResult;
+use oauth3_protocol::result::{MAX_CALL_REASON_BYTES, MAX_CALL_URL_BYTES, MAX_ERROR_BYTES};
 
 /// Plaintext secrets by name (as the Permit lists them), wiped from memory on drop.
 pub type Secrets = BTreeMap<String, Zeroizing<String>>;
@@ -251,8 +252,11 @@ pub async fn run_bundle(bundle: &Bundle, deps: &RunnerDeps) -> RunResult {
         .calls
         .into_iter()
         .map(|mut c| {
-            c.url = redactor.redact(&c.url);
-            c.reason = c.reason.as_deref().map(|r| redactor.redact(r));
+            c.url = capped(&redactor, &c.url, MAX_CALL_URL_BYTES);
+            c.reason = c
+                .reason
+                .as_deref()
+                .map(|r| capped(&redactor, r, MAX_CALL_REASON_BYTES));
             c
         })
         .collect::<Vec<_>>();
@@ -262,7 +266,10 @@ pub async fn run_bundle(bundle: &Bundle, deps: &RunnerDeps) -> RunResult {
         result: redactor.redact_json(&raw.result),
         stdout: redactor.redact(&raw.stdout),
         stderr: redactor.redact(&raw.stderr),
-        error: raw.error.as_deref().map(|e| redactor.redact(e)),
+        error: raw
+            .error
+            .as_deref()
+            .map(|e| capped(&redactor, e, MAX_ERROR_BYTES)),
         rate_budget: remaining_budget(&bundle.permit.spec, &bundle.rate_budget, &calls),
         calls,
         duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
@@ -289,6 +296,16 @@ async fn attest(mut result: RunResult, quotes: Option<&dyn QuoteProvider>) -> Ru
         }
     }
     result
+}
+
+/// `text` redacted, then cut to `max` bytes with a marker: the caps that keep every result
+/// within [`oauth3_protocol::result::max_result_bytes`], which is all the result endpoint reads.
+fn capped(redactor: &Redactor, text: &str, max: usize) -> String {
+    let mut c = redactor.redact_capped(text, max);
+    if c.cut {
+        c.text.push_str(&format!(" [truncated at {max} bytes]"));
+    }
+    c.text
 }
 
 async fn execute(

@@ -45,25 +45,9 @@ type Intrinsics = (
 );
 
 /// Globals that some QuickJS builds add to every context and that the sandbox removes, so the
-/// global scope holds only what the module docs list.
-const REMOVED_GLOBALS: &[&str] = &[
-    "fetch",
-    "require",
-    "process",
-    "Deno",
-    "setTimeout",
-    "setInterval",
-    "clearTimeout",
-    "clearInterval",
-    "queueMicrotask",
-    "navigator",
-    "performance",
-    "std",
-    "os",
-    "print",
-    "scriptArgs",
-    "gc",
-];
+/// global scope holds only what the module docs list (the list is shared with the schema,
+/// which refuses them as capability names).
+const REMOVED_GLOBALS: &[&str] = oauth3_crds::SANDBOX_REMOVED_GLOBALS;
 
 /// Resource limits of one run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -386,7 +370,7 @@ impl Script {
 
         for name in self.host.capabilities() {
             let taken = globals.contains_key(name.as_str()).map_err(install)?;
-            if !is_identifier(&name) || taken || name == "args" {
+            if !is_identifier(&name) || taken || oauth3_crds::is_sandbox_name(&name) {
                 return Err(SandboxError::CapabilityName(name));
             }
             let host = Arc::clone(&self.host);

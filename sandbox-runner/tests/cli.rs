@@ -207,8 +207,12 @@ async fn a_wrong_spec_digest_exits_2_naming_the_field_and_runs_nothing() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("permit.specDigest"), "{stderr}");
-    assert_eq!(result, Value::Null, "no result is written");
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("ran"));
+    // A result is still written (and posted, when there is a callback): refused, with why.
+    assert_eq!(result["phase"], "Denied", "{result}");
+    let error = result["error"].as_str().unwrap_or_default();
+    assert!(error.contains("permit.specDigest"), "{error}");
+    assert_eq!(result["stdout"], "", "nothing ran");
+    assert_eq!(result["calls"], json!([]));
 }
 
 #[tokio::test]

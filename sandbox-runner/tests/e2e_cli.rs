@@ -499,3 +499,180 @@ async fn a_callback_whose_certificate_is_not_trusted_gets_no_result_and_no_token
     up.assert_nothing_received("nothing was sent to an unverified callback");
     assert!(!stderr.contains("cb-token-untrusted"), "{stderr}");
 }
+
+/// A Permit with `**` inside a segment (accepted by old schemas, so it may still be stored)
+/// is refused by the runner before any code runs: the approved reading "issues and below" is
+/// never widened to "any depth", and nothing reaches the upstream.
+#[tokio::test]
+async fn a_double_star_inside_a_segment_fails_closed_and_nothing_is_sent() {
+    let up = Upstream::start().await;
+    let code = r#"
+        const sent = [];
+        for (const [m, p] of [['DELETE', '/repos/o/r'], ['GET', '/repos/o/r/issues/1'],
+                              ['GET', '/repos/o/r/issuesX'], ['DELETE', '/repos']]) {
+            try { await api(m, p); sent.push(m + ' ' + p); } catch (e) { }
+        }
+        return sent;
+    "#;
+    for glob in [
+        "/repos/o/r/issues**",
+        "/repos/***",
+        "/repos/o/r/**issues",
+        "/repos/o/**/r**",
+        "/repos/o/r/is**ues/*",
+    ] {
+        let mut spec_value = spec(&up);
+        spec_value["capabilities"][0]["paths"] = json!([glob]);
+        spec_value["capabilities"][0]["methods"] = json!(["GET", "DELETE"]);
+        let b = bundle_with(
+            spec_value,
+            code,
+            json!([{"name": "API_TOKEN", "envelope": sealed_for(NAMESPACE, "API_TOKEN")}]),
+        );
+        let (out, result) = run(&up, "double-star", &b).await;
+        assert_eq!(result["phase"], "Failed", "{glob}: {result}");
+        let error = result["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("** must be a whole path segment"),
+            "{glob}: {error}"
+        );
+        assert_ne!(out.status.code(), Some(0), "{glob}");
+        assert_no_secret("runner output", &everything(&out));
+    }
+    up.assert_nothing_received("a Permit with ** inside a segment");
+}
+
+/// A plain-HTTP result endpoint on loopback that answers 503 until `ready_after` has passed
+/// since it started, then 204; it records when each POST arrived.
+struct FlakyCallback {
+    url: String,
+    posts: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Duration, u16)>>>,
+}
+
+impl FlakyCallback {
+    async fn start(ready_after: std::time::Duration) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!(
+            "http://{}/v1/results/{NAMESPACE}/e2e",
+            listener.local_addr().expect("addr")
+        );
+        let posts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = posts.clone();
+        let started = std::time::Instant::now();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    // Read the head and the body the head announces.
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    let body_end = loop {
+                        let Ok(n) = conn.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                        if let Some(head) = text.find("\r\n\r\n") {
+                            let len = text[..head]
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            break head + 4 + len;
+                        }
+                    };
+                    while buf.len() < body_end {
+                        let Ok(n) = conn.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let at = started.elapsed();
+                    let status = if at >= ready_after { 204 } else { 503 };
+                    seen.lock().expect("lock").push((at, status));
+                    let reply = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    );
+                    let _ = conn.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        Self { url, posts }
+    }
+}
+
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    u64::try_from(
+        t.duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis(),
+    )
+    .expect("fits")
+}
+
+/// The result endpoint is away (503: the API server is down behind it) for longer than a few
+/// quick retries would cover: the runner keeps offering its result, with backoff, until it is
+/// taken, well inside the Execution's deadline.
+#[tokio::test]
+async fn a_result_is_offered_until_the_endpoint_is_back_before_the_deadline() {
+    let up = Upstream::start().await;
+    let callback = FlakyCallback::start(std::time::Duration::from_secs(12)).await;
+    let mut b = bundle(
+        &up,
+        "return await api('GET', '/items')",
+        sealed_for(NAMESPACE, "API_TOKEN"),
+    );
+    let deadline = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+    b["callback"] = json!({
+        "url": callback.url,
+        "token": "cb-token-outage",
+        "deadlineUnixMs": unix_ms(deadline),
+    });
+    let (out, result) = run(&up, "outage", &b).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(result["phase"], "Succeeded");
+    let posts = callback.posts.lock().expect("lock").clone();
+    let (last_at, last_status) = *posts.last().expect("posted");
+    assert_eq!(last_status, 204, "{posts:?}");
+    assert!(last_at >= std::time::Duration::from_secs(12), "{posts:?}");
+    assert!(
+        posts.len() > 5,
+        "more than the old five attempts: {posts:?}"
+    );
+    assert!(stderr.contains("offering the result again"), "{stderr}");
+    assert!(!stderr.contains("cb-token-outage"), "{stderr}");
+    // The upstream call happened once, whatever the callback did.
+    assert_eq!(up.requests().len(), 1);
+}
+
+/// Past the deadline and the late-result window the runner stops offering, and says so.
+#[tokio::test]
+async fn a_result_is_not_offered_past_the_late_window() {
+    let up = Upstream::start().await;
+    let callback = FlakyCallback::start(std::time::Duration::from_secs(3600)).await;
+    let mut b = bundle(&up, "return 1", sealed_for(NAMESPACE, "API_TOKEN"));
+    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+    b["callback"] = json!({
+        "url": callback.url,
+        "token": "cb-token-late",
+        "deadlineUnixMs": unix_ms(long_ago),
+    });
+    let (out, _) = run(&up, "late-window", &b).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("gave up after 1 attempt(s)"), "{stderr}");
+    assert_eq!(callback.posts.lock().expect("lock").len(), 1);
+}

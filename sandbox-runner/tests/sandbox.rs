@@ -283,96 +283,6 @@ async fn dynamic_import_fails() {
 }
 
 #[tokio::test]
-async fn the_global_scope_holds_only_builtins_console_and_capabilities() {
-    let out = returned("return Object.getOwnPropertyNames(globalThis)").await;
-    let names: Vec<String> = serde_json::from_value(out).expect("names");
-    let allowed = [
-        // ECMAScript built-ins.
-        "Object",
-        "Function",
-        "Array",
-        "Number",
-        "Boolean",
-        "String",
-        "Symbol",
-        "BigInt",
-        "Math",
-        "JSON",
-        "Reflect",
-        "Date",
-        "RegExp",
-        "Promise",
-        "Proxy",
-        "Map",
-        "Set",
-        "WeakMap",
-        "WeakSet",
-        "WeakRef",
-        "FinalizationRegistry",
-        "Iterator",
-        "Error",
-        "EvalError",
-        "RangeError",
-        "ReferenceError",
-        "SyntaxError",
-        "TypeError",
-        "URIError",
-        "AggregateError",
-        "InternalError",
-        "SuppressedError",
-        "DisposableStack",
-        "AsyncDisposableStack",
-        "ArrayBuffer",
-        "SharedArrayBuffer",
-        "DataView",
-        "Atomics",
-        "Int8Array",
-        "Uint8Array",
-        "Uint8ClampedArray",
-        "Int16Array",
-        "Uint16Array",
-        "Int32Array",
-        "Uint32Array",
-        "BigInt64Array",
-        "BigUint64Array",
-        "Float16Array",
-        "Float32Array",
-        "Float64Array",
-        "TypedArray",
-        "globalThis",
-        "eval",
-        "isNaN",
-        "isFinite",
-        "parseInt",
-        "parseFloat",
-        "decodeURI",
-        "decodeURIComponent",
-        "encodeURI",
-        "encodeURIComponent",
-        "escape",
-        "unescape",
-        "NaN",
-        "Infinity",
-        "undefined",
-        "Symbol",
-        "Error",
-        "CallSite",
-        // Granted by the sandbox.
-        "console",
-        "echo",
-        "deny",
-        "never",
-    ];
-    let extra: Vec<&String> = names
-        .iter()
-        .filter(|n| !allowed.contains(&n.as_str()))
-        .collect();
-    assert!(extra.is_empty(), "unexpected globals: {extra:?}");
-    assert!(names.iter().any(|n| n == "console"));
-    assert!(names.iter().any(|n| n == "echo"));
-}
-
-#[tokio::test]
 async fn eval_runs_inside_the_same_sandbox_only() {
     assert_eq!(
         returned("return [eval('typeof fetch'), new Function('return typeof process')()]").await,
@@ -618,4 +528,63 @@ async fn runs_are_isolated_from_each_other() {
     .await;
     let out = run_with("return typeof leak", Value::Null, host, &limits()).await;
     assert_eq!(out.outcome, Outcome::Returned(json!("undefined")));
+}
+
+/// The global scope, own and inherited, holds only the built-ins and what the runner adds
+/// (`oauth3_crds::SANDBOX_GLOBALS`), `Object.prototype`'s properties and the capabilities:
+/// no `fetch`, `process`, timers or engine internals. The same lists are what the schema
+/// refuses as capability names, so a built-in added by a QuickJS upgrade fails this test
+/// instead of failing Permits at launch.
+#[tokio::test]
+async fn the_global_scope_holds_only_builtins_console_and_capabilities() {
+    let names = returned(
+        r#"
+        const names = new Set();
+        for (let o = globalThis; o; o = Object.getPrototypeOf(o)) {
+            for (const n of Object.getOwnPropertyNames(o)) names.add(n);
+        }
+        return [...names];
+        "#,
+    )
+    .await;
+    let names: Vec<String> = serde_json::from_value(names).expect("names");
+    assert!(names.len() > 50, "{names:?}");
+    let capabilities = TestHost::new().capabilities();
+    let unexpected: Vec<&String> = names
+        .iter()
+        .filter(|n| !capabilities.contains(n))
+        .filter(|n| {
+            !oauth3_crds::SANDBOX_GLOBALS.contains(&n.as_str())
+                && !oauth3_crds::OBJECT_PROTOTYPE_NAMES.contains(&n.as_str())
+        })
+        .collect();
+    assert!(unexpected.is_empty(), "unexpected globals: {unexpected:?}");
+    for expected in ["console", "echo", "JSON", "toString"] {
+        assert!(names.iter().any(|n| n == expected), "{expected} missing");
+    }
+}
+
+/// Every listed name is refused by the sandbox itself when a (schema-bypassing) Permit uses it.
+#[tokio::test]
+async fn a_capability_named_like_a_sandbox_name_is_refused_at_install() {
+    for name in oauth3_crds::SANDBOX_GLOBALS
+        .iter()
+        .chain(oauth3_crds::OBJECT_PROTOTYPE_NAMES)
+        .chain(oauth3_crds::SANDBOX_REMOVED_GLOBALS)
+        .chain(oauth3_crds::JS_RESERVED_WORDS)
+    {
+        let out = sandbox::run(
+            "return 1",
+            &Value::Null,
+            TestHost::with_capability(name),
+            &limits(),
+            Arc::new(Redactor::none()),
+        )
+        .await;
+        assert!(
+            matches!(out, Err(sandbox::SandboxError::CapabilityName(ref n)) if n == name),
+            "{name}: {:?}",
+            out.map(|o| o.outcome)
+        );
+    }
 }

@@ -147,6 +147,7 @@ fn flags(
                 format!("--sandbox-cpu={}", p.cpu),
                 format!("--sandbox-memory={}", p.memory),
                 format!("--operator-namespace={}", p.operator_namespace),
+                format!("--egress-policy={}", p.egress.as_str()),
                 format!("--callback-url=http://{callback}"),
             ]);
             flags.extend(attestation_flags(&p.quote_provider));

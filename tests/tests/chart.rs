@@ -244,6 +244,41 @@ fn bad_values_fail_rendering_with_a_message_naming_the_value() {
     }
 }
 
+/// With default values the operator's Pods accept ingress only on the callback port, only from
+/// Pods labelled as the operator labels sandbox Pods, and nothing on the metrics port.
+#[test]
+fn by_default_only_sandbox_pods_may_reach_the_operator_callback() {
+    let Some(helm) = helm_or_skip() else {
+        return;
+    };
+    let objects = render(&helm, "np", "oauth3-system", &[]);
+    let policy = objects
+        .iter()
+        .find(|o| kind(o) == "NetworkPolicy" && name(o).ends_with("-operator"))
+        .expect("an operator NetworkPolicy with default values");
+    assert_eq!(
+        policy["spec"]["policyTypes"],
+        serde_json::json!(["Ingress"])
+    );
+    let ingress = policy["spec"]["ingress"].as_array().expect("ingress rules");
+    assert_eq!(ingress.len(), 1, "{ingress:?}");
+    let from = &ingress[0]["from"][0]["podSelector"]["matchLabels"];
+    assert_eq!(from["app.kubernetes.io/name"], "oauth3-sandbox");
+    assert_eq!(from["app.kubernetes.io/managed-by"], "oauth3-operator");
+    let ports = ingress[0]["ports"].as_array().expect("ports");
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    let deployment = objects
+        .iter()
+        .find(|o| kind(o) == "Deployment")
+        .expect("the operator Deployment");
+    let callback_port = deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "callback"))
+        .map(|p| p["containerPort"].clone())
+        .expect("a callback container port");
+    assert_eq!(ports[0]["port"], callback_port);
+}
+
 #[tokio::test]
 async fn every_rendered_object_passes_server_side_dry_run_with_default_and_everything_on_values() {
     let Some(helm) = helm_or_skip() else {
@@ -699,8 +734,16 @@ async fn the_default_operator_identity_can_launch_sandboxes_but_cannot_read_secr
     // What the pod launcher applies: a Pod, its NetworkPolicy and its bundle Secret.
     let pod =
         serde_json::to_value(desired_pod(&exec, &permit, &config).expect("pod")).expect("json");
-    let policy = serde_json::to_value(desired_network_policy(&exec, &config).expect("policy"))
-        .expect("json");
+    let rules = oauth3_operator::launcher::pod::EgressRules::Addresses(vec![(
+        oauth3_operator::egress::Target {
+            host: "api.github.com".into(),
+            port: 443,
+        },
+        vec!["140.82.112.6".parse().expect("ip")],
+    )]);
+    let policy =
+        serde_json::to_value(desired_network_policy(&exec, &config, &rules).expect("policy"))
+            .expect("json");
     let bundle = json!({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": name(&pod), "namespace": agents},

@@ -188,6 +188,34 @@ impl Env {
         self.wait_permit(name, PermitPhase::Approved).await;
     }
 
+    /// Starts an operator with the real runner and deadline grace `grace` on a fresh loopback
+    /// callback address; returns it with the address, for [`Env::restart`].
+    async fn operator_at(&self, grace: Duration) -> (InProcessOperator, std::net::SocketAddr) {
+        let l = listener().await;
+        let addr = l.local_addr().expect("addr");
+        (
+            Operator::start(&self.client, &self.ns, l, self.runner(), grace).await,
+            addr,
+        )
+    }
+
+    /// Stops `op`, waits `away`, and starts a new operator on the same callback address (as a
+    /// restarted Pod behind the same Service).
+    async fn restart(
+        &self,
+        op: InProcessOperator,
+        addr: std::net::SocketAddr,
+        away: Duration,
+        grace: Duration,
+    ) -> InProcessOperator {
+        op.stop().await;
+        tokio::time::sleep(away).await;
+        let again = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("rebind callback address");
+        Operator::start(&self.client, &self.ns, again, self.runner(), grace).await
+    }
+
     /// Starts an operator with the real runner and the default grace.
     async fn operator(&self) -> InProcessOperator {
         Operator::start(
@@ -610,16 +638,8 @@ async fn an_operator_restart_mid_run_neither_loses_nor_duplicates_it() {
     let Some(env) = Env::new("e2e-restart").await else {
         return;
     };
-    let first = listener().await;
-    let addr = first.local_addr().expect("addr");
-    let op = Operator::start(
-        &env.client,
-        &env.ns,
-        first,
-        env.runner(),
-        Duration::from_secs(30),
-    )
-    .await;
+    let grace = Duration::from_secs(30);
+    let (op, addr) = env.operator_at(grace).await;
     env.approved_permit("issues").await;
     // Busy for three seconds, then one call: the operator restarts in between.
     let code = "const end = Date.now() + 3000; while (Date.now() < end) {} return await api('GET', '/items');";
@@ -634,20 +654,8 @@ async fn an_operator_restart_mid_run_neither_loses_nor_duplicates_it() {
         .and_then(|s| s.launch)
         .expect("launch")
         .launched_at;
-    op.stop().await;
-
     // A new operator instance on the same callback address picks up where the old one left.
-    let again = tokio::net::TcpListener::bind(addr)
-        .await
-        .expect("rebind callback address");
-    let op = Operator::start(
-        &env.client,
-        &env.ns,
-        again,
-        env.runner(),
-        Duration::from_secs(30),
-    )
-    .await;
+    let op = env.restart(op, addr, Duration::ZERO, grace).await;
     let done = env
         .wait_exec("slow", "finished", finished)
         .await
@@ -675,6 +683,168 @@ async fn an_operator_restart_mid_run_neither_loses_nor_duplicates_it() {
         "counted once, although two operators saw the Execution"
     );
     op.stop().await;
+}
+
+/// The operator is away for 12 s (longer than the few quick retries a runner used to make)
+/// just when the runner posts its result: the runner keeps offering it until the operator is
+/// back, well inside the deadline, and the Execution succeeds with its one call counted.
+#[tokio::test]
+async fn a_result_survives_an_operator_outage_shorter_than_the_deadline() {
+    let Some(env) = Env::new("e2e-outage").await else {
+        return;
+    };
+    let grace = Duration::from_secs(30);
+    let (op, addr) = env.operator_at(grace).await;
+    env.approved_permit("issues").await;
+    let code = "const end = Date.now() + 2000; while (Date.now() < end) {} return await api('GET', '/items');";
+    env.execution("outage", "issues", code, 30).await;
+    env.wait_exec("outage", "Running", |e| {
+        phase(e) == Some(ExecutionPhase::Running)
+    })
+    .await;
+    let op = env.restart(op, addr, Duration::from_secs(12), grace).await;
+    let done = env
+        .wait_exec("outage", "finished", finished)
+        .await
+        .status
+        .expect("status");
+    assert_eq!(done.phase, Some(ExecutionPhase::Succeeded), "{done:?}");
+    assert_eq!(env.up.requests().len(), 1, "one upstream call");
+    let permit = env
+        .wait_permit_where("issues", "calls counted", |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.usage.as_ref())
+                .is_some_and(|u| u.calls == 1)
+        })
+        .await;
+    assert_eq!(
+        permit.status.and_then(|s| s.usage).map(|u| u.calls),
+        Some(1)
+    );
+    op.stop().await;
+}
+
+/// The operator is away past the deadline: it ends the Execution `TimedOut` when it is back,
+/// but the result the runner is still offering arrives and its call, which did happen, is
+/// counted in the Permit's usage and taken off its rate budget; the phase stays `TimedOut` and
+/// a replay of the late result is not counted twice.
+#[tokio::test]
+async fn a_result_that_arrives_after_the_deadline_is_still_counted() {
+    let Some(env) = Env::new("e2e-late").await else {
+        return;
+    };
+    let grace = Duration::from_secs(1);
+    let (op, addr) = env.operator_at(grace).await;
+    env.permit_with(
+        "limited",
+        json!({"rateLimit": {"requests": 10, "perSeconds": 3600}}),
+    )
+    .await;
+    env.approve("limited").await;
+    let code = "const end = Date.now() + 1500; while (Date.now() < end) {} return await api('GET', '/items');";
+    env.execution("late", "limited", code, 3).await;
+    env.wait_exec("late", "Running", |e| {
+        phase(e) == Some(ExecutionPhase::Running)
+    })
+    .await;
+    // Past the deadline (3 s + 1 s grace) but inside the runner's late window.
+    let op = env.restart(op, addr, Duration::from_secs(8), grace).await;
+    let late = env
+        .wait_exec("late", "TimedOut with the late result", |e| {
+            e.status.as_ref().is_some_and(|s| {
+                s.phase == Some(ExecutionPhase::TimedOut)
+                    && s.conditions.iter().any(|c| c.type_ == "LateResult")
+            })
+        })
+        .await
+        .status
+        .expect("status");
+    assert_eq!(late.reason.as_deref(), Some("DeadlineExceeded"), "{late:?}");
+    assert_eq!(late.calls.len(), 1, "the call log of what happened is kept");
+    assert_eq!(env.up.requests().len(), 1, "the call did happen");
+    let permit = env
+        .wait_permit_where("limited", "the late call counted", |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.usage.as_ref())
+                .is_some_and(|u| u.calls == 1)
+        })
+        .await;
+    let usage = permit.status.and_then(|s| s.usage).expect("usage");
+    assert_eq!(
+        usage.rate_budget.get("api").copied(),
+        Some(9.0),
+        "the late call came off the rate budget: {usage:?}"
+    );
+    op.stop().await;
+}
+
+/// What an operator killed between recording a result and writing its Permit's usage leaves
+/// behind: a finished Execution whose calls are recorded with `usageCounted: false`. The next
+/// operator counts them (calls and rate budget) and marks the Execution; one more restart does
+/// not count them again.
+#[tokio::test]
+async fn calls_recorded_before_a_kill_are_counted_by_the_next_operator_once() {
+    let Some(env) = Env::new("e2e-recount").await else {
+        return;
+    };
+    env.permit_with(
+        "limited",
+        json!({"rateLimit": {"requests": 10, "perSeconds": 3600}}),
+    )
+    .await;
+    env.execution("killed", "limited", "return 1", 10).await;
+    let execs: Api<Execution> = Api::namespaced(env.client.clone(), &env.ns);
+    let call = |decision: &str| {
+        json!({"capability": "api", "method": "GET", "url": "https://x/v1/items",
+               "decision": decision, "durationMs": 1})
+    };
+    let status = json!({"status": {
+        "phase": "Succeeded", "reason": "Succeeded", "message": "the code returned",
+        "calls": [call("allowed"), call("allowed"), call("denied")],
+        "usageCounted": false
+    }});
+    execs
+        .patch_status(
+            "killed",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&status),
+        )
+        .await
+        .expect("recording the result as a killed operator left it");
+    for round in 0..2 {
+        let op = env.operator().await;
+        let permit = env
+            .wait_permit_where("limited", "the recorded calls counted", |p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.usage.as_ref())
+                    .is_some_and(|u| u.calls >= 2)
+            })
+            .await;
+        env.wait_exec("killed", "marked counted", |e| {
+            e.status.as_ref().and_then(|s| s.usage_counted) == Some(true)
+        })
+        .await;
+        // Give a second count every chance to happen before looking.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        op.stop().await;
+        let usage = Api::<Permit>::namespaced(env.client.clone(), &env.ns)
+            .get("limited")
+            .await
+            .expect("permit")
+            .status
+            .and_then(|s| s.usage)
+            .expect("usage");
+        assert_eq!(usage.calls, 2, "round {round}: counted once: {usage:?}");
+        assert_eq!(
+            usage.rate_budget.get("api").copied(),
+            Some(8.0),
+            "round {round}: two allowed calls off the budget: {usage:?}"
+        );
+        drop(permit);
+    }
 }
 
 #[tokio::test]
@@ -707,7 +877,10 @@ async fn a_replayed_or_forged_result_is_refused() {
         &forged,
     )
     .await;
-    assert_eq!(http, 409, "a finished Execution accepts no further result");
+    assert_eq!(
+        http, 401,
+        "a forged token is refused before anything about the run is told"
+    );
     let http = post_json(&format!("{base}/v1/results/{}/once", env.ns), "", &forged).await;
     assert_eq!(http, 401, "no token, no result");
     let after = Api::<Execution>::namespaced(env.client.clone(), &env.ns)

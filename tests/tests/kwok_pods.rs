@@ -15,6 +15,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use oauth3_crds::constants::LABEL_EXECUTION;
 use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec, Permit, PermitPhase, PermitSpec};
+use oauth3_operator::egress::EgressMode;
 use oauth3_operator::launcher::pod::{PodLaunchConfig, RUNNER_UID, run_object_name};
 use oauth3_tests::kwok::{Kwok, bind_pod};
 use oauth3_tests::operator::{InProcessOperator, Launcher};
@@ -107,10 +108,33 @@ struct Fixture {
 }
 
 async fn fixture(prefix: &str, exec_name: &str, timeout: u32, grace: u64) -> Option<Fixture> {
+    fixture_with(
+        prefix,
+        exec_name,
+        timeout,
+        grace,
+        EgressMode::Open,
+        "https://api.github.com",
+    )
+    .await
+}
+
+/// [`fixture`] with the pod launcher's egress mode and the Permit's base URL.
+async fn fixture_with(
+    prefix: &str,
+    exec_name: &str,
+    timeout: u32,
+    grace: u64,
+    egress: EgressMode,
+    base_url: &str,
+) -> Option<Fixture> {
     let client = client_or_skip().await?;
     let kwok = Kwok::start(&client, prefix).await?;
     let ns = namespace(&client, prefix).await;
-    let config = PodLaunchConfig::default();
+    let config = PodLaunchConfig {
+        egress,
+        ..PodLaunchConfig::default()
+    };
     ensure_runtime_class(&client, &config.runtime_class_name).await;
     apply_dev_sealed_secret(
         &client,
@@ -140,7 +164,7 @@ async fn fixture(prefix: &str, exec_name: &str, timeout: u32, grace: u64) -> Opt
     let permits: Api<Permit> = Api::namespaced(client.clone(), &ns);
     let spec: PermitSpec = serde_json::from_value(json!({
         "description": "kwok",
-        "capabilities": [{"name": "api", "baseUrl": "https://api.github.com",
+        "capabilities": [{"name": "api", "baseUrl": base_url,
             "paths": ["/repos/o/r/issues"], "methods": ["GET"],
             "auth": {"header": "Authorization", "value": "Bearer {API_TOKEN}"}}],
         "secrets": ["API_TOKEN"], "validFor": "1h"
@@ -494,4 +518,168 @@ async fn a_sandbox_pod_stuck_before_running_says_why_then_times_out_and_is_clean
     sandbox_gone(&f.pods, &secrets, &sandbox).await;
     f.op.stop().await;
     f.kwok.stop().await;
+}
+
+/// `--egress-policy kubernetes`: the sandbox's NetworkPolicy allows exactly the Permit's host
+/// (here an address literal, so no DNS is involved) on its port besides DNS and the callback,
+/// the owner reads the same on the Permit, and the policy is deleted with the Pod.
+#[tokio::test]
+async fn the_kubernetes_egress_policy_allows_only_the_permits_host_and_goes_with_the_pod() {
+    let Some(Fixture {
+        client,
+        kwok,
+        ns,
+        base,
+        op,
+        execs,
+        pods,
+        uid,
+        ..
+    }) = fixture_with(
+        "kwok-egress",
+        "walled",
+        30,
+        30,
+        EgressMode::Kubernetes,
+        "https://140.82.112.6:8443",
+    )
+    .await
+    else {
+        return;
+    };
+    let sandbox = run_object_name("walled");
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+    let policy = policies.get(&sandbox).await.expect("network policy");
+    let egress =
+        serde_json::to_value(policy.spec.expect("spec").egress.expect("egress")).expect("json");
+    let rules = egress.as_array().expect("rules");
+    assert_eq!(rules.len(), 3, "DNS, callback, the one host: {egress}");
+    assert_eq!(
+        rules[2],
+        json!({"to": [{"ipBlock": {"cidr": "140.82.112.6/32"}}], "ports": [{"protocol": "TCP", "port": 8443}]})
+    );
+    assert!(!egress.to_string().contains("0.0.0.0/0"), "{egress}");
+    let permit = Api::<Permit>::namespaced(client.clone(), &ns)
+        .get("issues")
+        .await
+        .expect("permit");
+    let network = permit.status.and_then(|s| s.network).unwrap_or_default();
+    assert!(
+        network.starts_with("only 140.82.112.6:8443 (the addresses they resolve to at launch)"),
+        "{network}"
+    );
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let token = callback_token(&secrets, &sandbox).await;
+    let url = format!("{base}/v1/results/{ns}/walled");
+    assert_eq!(
+        post_json(&url, &token, &runner_result(&ns, "walled", &uid)).await,
+        204
+    );
+    sandbox_gone(&pods, &secrets, &sandbox).await;
+    eventually("the sandbox NetworkPolicy deleted with the Pod", || {
+        let (policies, sandbox) = (policies.clone(), sandbox.clone());
+        async move {
+            policies
+                .get_opt(&sandbox)
+                .await
+                .expect("read")
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        phase(&ended(&execs, "walled").await),
+        Some(ExecutionPhase::Succeeded)
+    );
+    op.stop().await;
+    kwok.stop().await;
+}
+
+/// A Permit whose host is a private address or the cloud metadata address is refused before
+/// any sandbox object exists: the Execution ends Denied (`EgressRefused`) naming the address.
+#[tokio::test]
+async fn a_permit_pointing_inside_the_cluster_or_at_the_metadata_address_gets_no_sandbox() {
+    let Some(client) = client_or_skip().await else {
+        return;
+    };
+    let ns = namespace(&client, "egress-refused").await;
+    let config = PodLaunchConfig {
+        egress: EgressMode::Kubernetes,
+        ..PodLaunchConfig::default()
+    };
+    ensure_runtime_class(&client, &config.runtime_class_name).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let op = InProcessOperator::start(
+        &client,
+        &ns,
+        listener,
+        Launcher::Pod(config),
+        Duration::from_secs(30),
+        Duration::from_secs(3600),
+    );
+    let permits: Api<Permit> = Api::namespaced(client.clone(), &ns);
+    let execs: Api<Execution> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    for (name, base, address) in [
+        ("private", "https://10.0.0.1", "10.0.0.1"),
+        ("metadata", "https://169.254.169.254", "169.254.169.254"),
+    ] {
+        let spec: PermitSpec = serde_json::from_value(json!({
+            "description": "inside", "validFor": "1h",
+            "capabilities": [{"name": "api", "baseUrl": base, "paths": ["/x"], "methods": ["GET"]}]
+        }))
+        .expect("spec");
+        permits
+            .create(&PostParams::default(), &Permit::new(name, spec))
+            .await
+            .expect("permit");
+        eventually("Permit Pending", || {
+            let permits = permits.clone();
+            async move {
+                let p = permits.get(name).await.ok()?;
+                (p.status.as_ref().and_then(|s| s.phase) == Some(PermitPhase::Pending))
+                    .then_some(())
+            }
+        })
+        .await;
+        let out = std::process::Command::new(workspace_binary("oauth3-operator", "kubectl-oauth3"))
+            .env(
+                "KUBECONFIG",
+                std::env::var("TEST_KUBECONFIG").expect("kubeconfig"),
+            )
+            .args(["-n", &ns, "approve", name])
+            .output()
+            .expect("plugin runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let spec: ExecutionSpec = serde_json::from_value(
+            json!({"permitRef": name, "code": "return 1", "timeoutSeconds": 10}),
+        )
+        .expect("execution spec");
+        execs
+            .create(&PostParams::default(), &Execution::new(name, spec))
+            .await
+            .expect("execution");
+        let done = ended(&execs, name).await;
+        let status = done.status.expect("status");
+        assert_eq!(status.phase, Some(ExecutionPhase::Denied), "{status:?}");
+        assert_eq!(status.reason.as_deref(), Some("EgressRefused"));
+        let message = status.message.unwrap_or_default();
+        assert!(message.contains(address), "{message}");
+        assert!(
+            pods.get_opt(&run_object_name(name))
+                .await
+                .expect("read")
+                .is_none(),
+            "no sandbox Pod for {name}"
+        );
+    }
+    op.stop().await;
 }

@@ -7,7 +7,9 @@ use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use oauth3_crds::constants::{FIELD_MANAGER, LABEL_EXECUTION};
 use oauth3_crds::{Execution, ExecutionSpec, Permit, PermitSpec};
-use oauth3_operator::launcher::pod::{PodLaunchConfig, desired_network_policy, desired_pod};
+use oauth3_operator::launcher::pod::{
+    EgressRules, PodLaunchConfig, desired_network_policy, desired_pod,
+};
 use oauth3_tests::{client_or_skip, namespace};
 use serde_json::json;
 
@@ -64,7 +66,14 @@ async fn desired_pod_and_network_policy_are_accepted_and_stored_as_designed() {
     let uid = exec.metadata.uid.clone().expect("uid");
 
     let pod = desired_pod(&exec, &permit, &config).expect("desired pod");
-    let policy = desired_network_policy(&exec, &config).expect("desired policy");
+    // The Permit's one host, as resolved at launch (a public address).
+    let rules = EgressRules::Addresses(
+        oauth3_operator::egress::targets(&permit.spec)
+            .into_iter()
+            .map(|t| (t, vec!["140.82.112.6".parse().expect("ip")]))
+            .collect(),
+    );
+    let policy = desired_network_policy(&exec, &config, &rules).expect("desired policy");
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let name = pod.metadata.name.clone().expect("pod name");
@@ -117,10 +126,121 @@ async fn desired_pod_and_network_policy_are_accepted_and_stored_as_designed() {
             .and_then(|l| l.get(LABEL_EXECUTION).cloned()),
         Some(uid)
     );
-    assert_eq!(np.egress.map(|e| e.len()), Some(3));
+    let egress = np.egress.expect("egress");
+    assert_eq!(
+        egress.len(),
+        3,
+        "DNS, the callback and the Permit's one host"
+    );
+    let host_rule = serde_json::to_value(&egress[2]).expect("json");
+    assert_eq!(
+        host_rule,
+        json!({"to": [{"ipBlock": {"cidr": "140.82.112.6/32"}}], "ports": [{"protocol": "TCP", "port": 443}]}),
+        "only the Permit's host, on its port"
+    );
     assert_eq!(
         np.ingress.map(|i| i.len()).unwrap_or(0),
         0,
         "no ingress is allowed"
+    );
+}
+
+/// With Cilium's own CiliumNetworkPolicy CRD (from its Go module, `.ci/k8s/cilium-crd.sh`)
+/// installed, `auto` picks `cilium`, and the operator's desired policy for a Permit is accepted
+/// by Cilium's schema and stored as designed: only the Permit's hosts by name, on their ports.
+#[tokio::test]
+async fn the_cilium_policy_is_accepted_by_ciliums_own_crd_and_auto_picks_it() {
+    let Some(client) = client_or_skip().await else {
+        return;
+    };
+    let Some(crd_path) = std::env::var_os("OAUTH3_CILIUM_CRD") else {
+        assert!(
+            std::env::var_os("REQUIRE_K8S").is_none(),
+            "OAUTH3_CILIUM_CRD is not set (make test sets it from .ci/k8s/cilium-crd.sh)"
+        );
+        eprintln!("skipping: OAUTH3_CILIUM_CRD not set");
+        return;
+    };
+    let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+        serde_yaml::from_str(&std::fs::read_to_string(&crd_path).expect("CRD file"))
+            .expect("CRD yaml");
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    crds.patch(
+        "ciliumnetworkpolicies.cilium.io",
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("Cilium's CRD installed");
+    oauth3_test_support::wait_until(
+        "the Cilium CRD served",
+        std::time::Duration::from_secs(30),
+        || async {
+            let mode = oauth3_operator::egress::resolve(
+                oauth3_operator::egress::EgressChoice::Auto,
+                &client,
+            )
+            .await;
+            if mode == oauth3_operator::egress::EgressMode::Cilium {
+                Ok(())
+            } else {
+                Err(format!("{mode:?}"))
+            }
+        },
+    )
+    .await;
+
+    let ns = namespace(&client, "cilium-policy").await;
+    let spec: PermitSpec = serde_json::from_value(json!({
+        "description": "two hosts",
+        "capabilities": [
+            {"name": "github", "baseUrl": "https://api.github.com", "paths": ["/x"], "methods": ["GET"]},
+            {"name": "upload", "endpoint": "https://uploads.example.com:8443/v1/{id}", "method": "PUT",
+             "params": {"id": {"in": "path"}}}
+        ]
+    }))
+    .expect("spec");
+    let permit = Api::<Permit>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &Permit::new("two", spec))
+        .await
+        .expect("permit");
+    let exec_spec: ExecutionSpec = serde_json::from_value(
+        json!({"permitRef": "two", "code": "return 1", "timeoutSeconds": 10}),
+    )
+    .expect("execution spec");
+    let exec = Api::<Execution>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &Execution::new("cil", exec_spec))
+        .await
+        .expect("execution");
+    let config = PodLaunchConfig::default();
+    let targets = oauth3_operator::egress::targets(&permit.spec);
+    let desired = oauth3_operator::launcher::pod::desired_cilium_policy(&exec, &config, &targets)
+        .expect("desired policy");
+    let obj: kube::api::DynamicObject = serde_json::from_value(desired.clone()).expect("object");
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &oauth3_operator::launcher::cilium_policy_resource(),
+    );
+    let name = obj.metadata.name.clone().expect("name");
+    let stored = api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("Cilium's schema refused the policy: {e}"));
+    let fqdns: Vec<String> = stored.data["spec"]["egress"]
+        .as_array()
+        .expect("egress")
+        .iter()
+        .filter_map(|r| r["toFQDNs"][0]["matchName"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(fqdns, ["api.github.com", "uploads.example.com"]);
+    assert_eq!(
+        stored.data["spec"]["egress"], desired["spec"]["egress"],
+        "stored as designed"
     );
 }

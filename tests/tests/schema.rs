@@ -111,7 +111,7 @@ fn bad_objects() -> Vec<Bad> {
             "capability name shadows a sandbox global",
             set(p(), &format!("{cap}/name"), json!("console")),
             "spec.capabilities[0].name",
-            "sandbox global",
+            "a name the sandbox defines",
         ),
         bad(
             "duplicate capability names",
@@ -592,4 +592,243 @@ async fn defaults_are_applied_by_the_api_server() {
         .await
         .expect("created");
     assert_eq!(execs.get("e").await.expect("read").spec.timeout_seconds, 30);
+}
+
+/// One candidate spec change for [`every_spec_the_runner_refuses_is_refused_by_the_api_server`].
+struct Probe {
+    what: String,
+    object: Value,
+    /// The message the API server must answer with, when the change must be refused.
+    refused_with: Option<&'static str>,
+}
+
+fn probe(what: impl Into<String>, object: Value, refused_with: Option<&'static str>) -> Probe {
+    Probe {
+        what: what.into(),
+        object,
+        refused_with,
+    }
+}
+
+/// What the sandbox runner refuses of a spec: its policy compiler, and the names the sandbox
+/// defines (the sandbox refuses a capability named like one at install time).
+fn runner_refuses(spec: &Value) -> Option<String> {
+    let spec: oauth3_crds::PermitSpec = match serde_json::from_value(spec.clone()) {
+        Ok(s) => s,
+        Err(e) => return Some(format!("does not parse: {e}")),
+    };
+    if let Err(e) = oauth3_sandbox_runner::policy::Policy::compile(&spec) {
+        return Some(e.to_string());
+    }
+    spec.capabilities
+        .iter()
+        .find(|c| oauth3_crds::is_sandbox_name(&c.name))
+        .map(|c| format!("capability name {} is taken in the sandbox", c.name))
+}
+
+fn probes() -> Vec<Probe> {
+    use oauth3_crds::headers::{
+        CREDENTIAL_HEADERS, RUNNER_SET_HEADER_PREFIXES, RUNNER_SET_HEADERS,
+    };
+    let p = valid_permit;
+    let t = valid_typed_permit;
+    let cap = "/spec/capabilities/0";
+    let header_msg = "must not be a header the runner sets itself";
+    let mut out = Vec::new();
+    // auth.header: every header the runner sets, in three spellings; credential headers and an
+    // ordinary API key header stay allowed.
+    let prefixed: Vec<String> = RUNNER_SET_HEADER_PREFIXES
+        .iter()
+        .map(|p| format!("{p}authorization"))
+        .collect();
+    for h in RUNNER_SET_HEADERS
+        .iter()
+        .map(|h| (*h).to_owned())
+        .chain(prefixed)
+        .chain(["content-type".to_owned()])
+    {
+        let credential = CREDENTIAL_HEADERS.contains(&h.as_str());
+        for spelling in [h.clone(), h.to_ascii_uppercase(), title_case(&h)] {
+            out.push(probe(
+                format!("auth.header {spelling}"),
+                set(p(), &format!("{cap}/auth/header"), json!(spelling)),
+                (!credential).then_some(header_msg),
+            ));
+            out.push(probe(
+                format!("typed header param {spelling}"),
+                set(
+                    t(),
+                    &format!("{cap}/params/{spelling}"),
+                    json!({"in": "header"}),
+                ),
+                (h != "content-type")
+                    .then_some("a param with in: header must not name a header the runner sets"),
+            ));
+        }
+    }
+    out.push(probe(
+        "auth.header X-Api-Key",
+        set(p(), &format!("{cap}/auth/header"), json!("X-Api-Key")),
+        None,
+    ));
+    // auth.value: control characters.
+    for c in ['\r', '\n', '\0', '\t', '\u{7f}', '\u{85}', '\u{1b}'] {
+        out.push(probe(
+            format!("auth.value with U+{:04X}", u32::from(c)),
+            set(
+                p(),
+                &format!("{cap}/auth/value"),
+                json!(format!("Bearer {{GITHUB_TOKEN}}{c}X-Evil: 1")),
+            ),
+            Some("must not contain control characters"),
+        ));
+    }
+    // Capability names the sandbox defines, and reserved words.
+    for name in oauth3_crds::SANDBOX_GLOBALS
+        .iter()
+        .chain(oauth3_crds::OBJECT_PROTOTYPE_NAMES)
+        .chain(oauth3_crds::SANDBOX_REMOVED_GLOBALS)
+        .chain(oauth3_crds::JS_RESERVED_WORDS)
+    {
+        out.push(probe(
+            format!("capability named {name}"),
+            set(p(), &format!("{cap}/name"), json!(name)),
+            Some("must not be a JavaScript reserved word or a name the sandbox defines"),
+        ));
+    }
+    // validFor: at most 365 days in every unit.
+    for (v, ok) in [
+        ("365d", true),
+        ("8760h", true),
+        ("525600m", true),
+        ("31536000s", false), // seven digits: refused by the pattern already
+        ("366d", false),
+        ("8761h", false),
+        ("525601m", false),
+        ("999999d", false),
+    ] {
+        out.push(probe(
+            format!("validFor {v}"),
+            set(p(), "/spec/validFor", json!(v)),
+            (!ok).then_some(if v.len() > 7 {
+                "should match"
+            } else {
+                "must be at most 365 days"
+            }),
+        ));
+    }
+    // Endpoints: a placeholder used twice.
+    for endpoint in [
+        "https://api.github.com/repos/{owner}{owner}/{repo}/issues",
+        "https://api.github.com/repos/{owner}/{repo}/{owner}",
+    ] {
+        out.push(probe(
+            format!("endpoint {endpoint}"),
+            set(t(), &format!("{cap}/endpoint"), json!(endpoint)),
+            Some("each {placeholder} may appear only once in endpoint"),
+        ));
+    }
+    // Path globs: `**` only as a whole segment; `*` inside a segment stays allowed.
+    for (glob, ok) in [
+        ("/repos/o/r/issues**", false),
+        ("/repos/***", false),
+        ("/repos/**x/y", false),
+        ("/repos/o/r/**", true),
+        ("/repos/o/r/*.json", true),
+        ("/repos/**/issues", true),
+    ] {
+        out.push(probe(
+            format!("path {glob}"),
+            set(p(), &format!("{cap}/paths/0"), json!(glob)),
+            (!ok).then_some("** must be a whole path segment"),
+        ));
+    }
+    out
+}
+
+fn title_case(h: &str) -> String {
+    h.split('-')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// The class check of the schema against the runner: a spec the runner would refuse at launch
+/// never gets past the API server (so it can be neither approved nor run into an "exited
+/// without a result"), with a message naming the field and the rule. The probes are generated
+/// from the runner's own lists (headers it sets, names the sandbox defines), so a rule added
+/// to the runner without the schema fails here.
+#[tokio::test]
+async fn every_spec_the_runner_refuses_is_refused_by_the_api_server() {
+    let Some(client) = client_or_skip().await else {
+        return;
+    };
+    let ns = namespace(&client, "schema-runner").await;
+    let probes = probes();
+    assert!(probes.len() > 150, "{}", probes.len());
+    let mut failures = Vec::new();
+    let mut refused = 0;
+    for (i, probe) in probes.into_iter().enumerate() {
+        let runner = runner_refuses(&probe.object["spec"]);
+        let mut obj: DynamicObject = serde_json::from_value(probe.object).expect("object");
+        obj.metadata.name = Some(format!("probe-{i}"));
+        let api = create(&client, &ns, &obj).await;
+        match (&api, probe.refused_with, &runner) {
+            (Ok(_), None, None) => {}
+            (Ok(_), _, Some(why)) => failures.push(format!(
+                "{}: the API server accepted what the runner refuses ({why})",
+                probe.what
+            )),
+            (Ok(_), Some(rule), None) => {
+                failures.push(format!("{}: accepted, expected {rule:?}", probe.what))
+            }
+            (Err(kube::Error::Api(status)), Some(rule), _) if status.message.contains(rule) => {
+                refused += 1;
+            }
+            (Err(e), _, _) => failures.push(format!("{}: {e}", probe.what)),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} probes misjudged:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(refused > 100, "only {refused} probes were refused");
+}
+
+#[tokio::test]
+async fn code_is_limited_in_bytes_not_characters() {
+    let Some(client) = client_or_skip().await else {
+        return;
+    };
+    let ns = namespace(&client, "schema-code-bytes").await;
+    // 131073 characters of two bytes each: under the character limit, over the byte limit the
+    // runner enforces.
+    let mut obj: DynamicObject = serde_json::from_value(set(
+        valid_execution(),
+        "/spec/code",
+        json!(format!("return '{}'", "\u{e9}".repeat(131_073))),
+    ))
+    .expect("object");
+    obj.metadata.name = Some("too-many-bytes".into());
+    let err = create(&client, &ns, &obj).await.expect_err("refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("spec.code") && msg.contains("must be at most 262144 bytes of UTF-8"),
+        "{msg}"
+    );
+    // At the byte limit exactly it is accepted.
+    let code = format!("return '{}'", "a".repeat(262_144 - 9));
+    assert_eq!(code.len(), 262_144);
+    obj.data["spec"]["code"] = json!(code);
+    obj.metadata.name = Some("at-the-limit".into());
+    create(&client, &ns, &obj)
+        .await
+        .expect("accepted at the limit");
 }

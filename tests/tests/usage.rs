@@ -126,6 +126,7 @@ async fn a_burst_of_usage_under_one_permit_is_counted_exactly_in_few_writes() {
                         calls: 2,
                         rate_budget: BTreeMap::from([("api".to_owned(), (RUNS - i) as f64)]),
                         budget_at: Some(Timestamp::now()),
+                        ..UsageDelta::default()
                     },
                 );
             })

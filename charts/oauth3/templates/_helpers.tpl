@@ -70,6 +70,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if not (has .Values.launcher (list "pod" "process")) -}}
 {{- fail (printf "launcher: must be pod or process, got %q" .Values.launcher) -}}
 {{- end -}}
+{{- if not (has .Values.sandbox.egressPolicy (list "auto" "cilium" "kubernetes" "open")) -}}
+{{- fail (printf "sandbox.egressPolicy: must be auto, cilium, kubernetes or open, got %q" .Values.sandbox.egressPolicy) -}}
+{{- end -}}
 {{- if not (has .Values.sandbox.keyProvider (list "kbs" "dstack")) -}}
 {{- fail (printf "sandbox.keyProvider: must be kbs or dstack, got %q" .Values.sandbox.keyProvider) -}}
 {{- end -}}

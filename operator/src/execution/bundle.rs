@@ -17,6 +17,8 @@ pub struct CallbackTarget {
     pub ca_pem: Option<String>,
     /// The one-time token of this run (only its digest is stored).
     pub token: Zeroizing<String>,
+    /// The Execution's deadline: the runner offers its result until then (and a little after).
+    pub deadline: Timestamp,
 }
 
 impl std::fmt::Debug for CallbackTarget {
@@ -68,6 +70,7 @@ pub fn build_bundle(
             url: result_url(&c.base_url, &namespace, &name),
             token: c.token.clone(),
             ca_pem: c.ca_pem.clone(),
+            deadline_unix_ms: u64::try_from(c.deadline.as_millisecond()).ok(),
         }),
     }
 }

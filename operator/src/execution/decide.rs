@@ -294,7 +294,22 @@ pub(crate) fn sealed_secret_unusable(why: &crate::launcher::SealedSecretError) -
 
 /// How a launch that failed ends an Execution.
 pub(crate) fn launch_failed(why: &crate::launcher::LaunchError) -> Ending {
-    Ending::failed(Reason::LaunchFailed, why.to_string())
+    match why {
+        // Not a failure to retry: this Permit's hosts cannot be walled in, so it never runs.
+        crate::launcher::LaunchError::Egress(_) => {
+            Ending::denied(Reason::EgressRefused, why.to_string())
+        }
+        _ => Ending::failed(Reason::LaunchFailed, why.to_string()),
+    }
+}
+
+/// How a run whose bundle the runner would refuse ends (it never starts): `Denied`, with the
+/// runner's own reason, as the runner itself would report it.
+pub(crate) fn bundle_refused(why: &oauth3_protocol::BundleError) -> Ending {
+    Ending::denied(
+        Reason::RunnerRefused,
+        format!("the sandbox runner refuses this run: {why}"),
+    )
 }
 
 /// How a process runner that exited while `exec` (as read now) still waits for its result

@@ -173,6 +173,7 @@ pub async fn reconcile(
     } else {
         Sandbox::Unobserved
     };
+    recount_usage(ctx, &exec);
     match next_step(&exec, &sandbox, now, ectx.config.ttl) {
         Step::Delete => {
             match api.delete(&exec.name_any(), &DeleteParams::default()).await {
@@ -205,6 +206,29 @@ pub async fn reconcile(
         }
         Step::Admit => admit_and_launch(&exec, &ectx, &api, now).await,
     }
+}
+
+/// Counts the calls of a recorded result whose usage is not written yet (`usageCounted:
+/// false`) and that no part of this process counts: what an operator that was killed between
+/// recording a result and writing the Permit's usage left behind. The calls come off the
+/// current rate budget.
+fn recount_usage(ctx: &crate::Context, exec: &Execution) {
+    let Some(status) = exec.status.as_ref() else {
+        return;
+    };
+    let uid = exec.metadata.uid.as_deref().unwrap_or_default();
+    if status.usage_counted != Some(false) || uid.is_empty() || !ctx.usage.claim(uid) {
+        return;
+    }
+    tracing::info!(execution = %key(exec), calls = status.calls.len(), "counting the usage of a result recorded before a restart");
+    result::record_usage(
+        ctx,
+        &exec.namespace().unwrap_or_default(),
+        &exec.spec.permit_ref,
+        &exec.name_any(),
+        &status.calls,
+        None,
+    );
 }
 
 async fn admit_and_launch(
@@ -391,6 +415,14 @@ fn launch_plan(
     }
 }
 
+/// Why a locked launch did not start a runner.
+enum Refused {
+    /// The bundle does not validate.
+    Bundle(oauth3_protocol::BundleError),
+    /// The launcher failed.
+    Launch(crate::launcher::LaunchError),
+}
+
 /// Starts the runner of a locked launch: the bundle (from the rate budget the previous runs
 /// left, including what is not written to the Permit yet), the launcher, the `Launched` Event;
 /// a launch that fails ends the Execution.
@@ -413,6 +445,7 @@ async fn start_runner(
         base_url: config.callback_base_url.clone(),
         ca_pem: config.callback_ca_pem.clone(),
         token,
+        deadline: plan.deadline,
     };
     let mut counted = permit.clone();
     ctx.usage.overlay(&mut counted);
@@ -424,11 +457,17 @@ async fn start_runner(
         Some(&callback),
         now,
     );
-    match config
-        .launcher
-        .launch(&ctx.client, exec, permit, &bundle)
-        .await
-    {
+    // The runner validates the bundle before it runs anything; a bundle it would refuse (an
+    // object stored before the schema refused it, say) ends here with the runner's reason.
+    let launched = match bundle.validate() {
+        Err(refusal) => Err(Refused::Bundle(refusal)),
+        Ok(_) => config
+            .launcher
+            .launch(&ctx.client, exec, permit, &bundle)
+            .await
+            .map_err(Refused::Launch),
+    };
+    match launched {
         Ok((launched, exited)) => {
             if let Some(exited) = exited {
                 let (handle, digest) = (launched.handle.clone(), plan.token_digest.clone());
@@ -452,7 +491,10 @@ async fn start_runner(
                 .get(&exec.name_any())
                 .await
                 .map_err(api_error("re-reading after a failed launch", exec))?;
-            let ending = decide::launch_failed(&e);
+            let ending = match e {
+                Refused::Bundle(e) => decide::bundle_refused(&e),
+                Refused::Launch(e) => decide::launch_failed(&e),
+            };
             end(
                 ctx,
                 api,

@@ -29,6 +29,9 @@ const MAX_CONDITION_MESSAGE: usize = 1024;
 
 /// The condition every finished Execution carries.
 pub const COMPLETED: &str = "Completed";
+/// Condition type (and Event reason) of a result that arrived after the deadline ended the
+/// Execution: its calls were counted.
+pub const LATE_RESULT: &str = "LateResult";
 
 macro_rules! reasons {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
@@ -80,6 +83,9 @@ reasons! {
     Launched,
     /// The runner could not be started.
     LaunchFailed,
+    /// The Permit's hosts cannot be walled in (one resolves to a private, loopback or metadata
+    /// address, or does not resolve): no sandbox was created.
+    EgressRefused,
     /// The sandbox Pod exists but does not run yet.
     SandboxWaiting,
     /// The sandbox Pod ended without a result.
@@ -177,6 +183,17 @@ fn completed_condition(
     message: String,
     now: Time,
 ) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    with_condition(exec, COMPLETED, reason.as_str(), message, now)
+}
+
+/// `exec`'s conditions with condition `type_` set to true for `reason`.
+fn with_condition(
+    exec: &Execution,
+    type_: &str,
+    reason: &str,
+    message: String,
+    now: Time,
+) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
     let mut conditions = exec
         .status
         .as_ref()
@@ -184,11 +201,46 @@ fn completed_condition(
         .unwrap_or_default();
     set_condition(
         &mut conditions,
-        NewCondition::new(COMPLETED, ConditionStatus::True, reason.as_str(), message),
+        NewCondition::new(type_, ConditionStatus::True, reason, message),
         exec.metadata.generation,
         now,
     );
     conditions
+}
+
+/// Whether a late result was already counted for `exec` (it is counted once).
+pub fn late_result_counted(exec: &Execution) -> bool {
+    exec.status
+        .as_ref()
+        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == LATE_RESULT))
+}
+
+/// The status change a result that arrived after the deadline makes to `exec` (ended
+/// `TimedOut` by the operator): the phase and reason stay, the call log of what did happen is
+/// kept, and a `LateResult` condition says when it came and that its calls are counted.
+pub fn late_result(exec: &Execution, result: &RunResult, now: Timestamp) -> ExecutionStatus {
+    let allowed = result
+        .calls
+        .iter()
+        .filter(|c| c.decision == oauth3_crds::CallDecision::Allowed)
+        .count();
+    let message = format!(
+        "the runner's result ({:?}, {} call(s), {allowed} allowed) arrived after the deadline; its calls are counted in the Permit's usage and rate budget",
+        result.phase,
+        result.calls.len()
+    );
+    let conditions = with_condition(exec, LATE_RESULT, LATE_RESULT, message, Time(now));
+    ExecutionStatus {
+        calls: result
+            .calls
+            .iter()
+            .take(MAX_STATUS_CALLS)
+            .cloned()
+            .collect(),
+        usage_counted: Some(false),
+        conditions,
+        ..ExecutionStatus::default()
+    }
 }
 
 /// The status of `exec` ended by the operator at `now`.
@@ -330,6 +382,7 @@ pub fn completed(exec: &Execution, result: &RunResult, now: Timestamp) -> Execut
             1
         }),
         completion_time: Some(now.clone()),
+        usage_counted: Some(false),
         attestation: Some(result.attestation.clone()),
         code_digest: Some(result.code_digest.clone()),
         conditions: completed_condition(exec, reason, cap(&message, MAX_CONDITION_MESSAGE), now),

@@ -7,7 +7,9 @@ pub mod pod;
 pub mod process;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use std::net::IpAddr;
+
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use oauth3_crds::constants::{
     FIELD_MANAGER, SEALED_SECRET_KEY, SEALED_SECRET_TYPE, secret_object_name,
@@ -15,8 +17,12 @@ use oauth3_crds::constants::{
 use oauth3_crds::{Execution, LauncherKind, Permit};
 use oauth3_protocol::{Bundle, SealedSecretRef};
 
+use crate::egress::{self, EgressMode, Target};
 use crate::status_write::is_not_found;
-use pod::{PodLaunchConfig, desired_network_policy, desired_pod, run_object_name};
+use pod::{
+    EgressRules, PodLaunchConfig, desired_cilium_policy, desired_network_policy, desired_pod,
+    run_object_name,
+};
 use process::ProcessLauncher;
 
 /// Which launcher runs the sandboxes, with its settings.
@@ -62,6 +68,10 @@ pub enum LaunchError {
     /// The bundle could not be serialised.
     #[error("launching the sandbox pod: serialising the bundle: {0}")]
     Bundle(#[source] serde_json::Error),
+    /// The Permit's hosts cannot be walled in: one does not resolve, or resolves to an
+    /// address a sandbox may never reach.
+    #[error("the sandbox's egress cannot be limited to the Permit's hosts: {0}")]
+    Egress(String),
 }
 
 /// Why the sealed Secrets of a Permit could not be handed to a process runner.
@@ -220,7 +230,15 @@ async fn launch_pod(
     let namespace = exec.namespace().unwrap_or_default();
     let name = run_object_name(&exec.name_any());
     let pod = desired_pod(exec, permit, config)?;
-    let policy = desired_network_policy(exec, config)?;
+    let targets = egress::targets(&permit.spec);
+    // Decided before anything is created: a Permit whose hosts point inside the cluster or at
+    // the metadata service gets no Pod at all.
+    let rules = match config.egress {
+        EgressMode::Open => EgressRules::Open,
+        EgressMode::Kubernetes | EgressMode::Cilium => {
+            EgressRules::Addresses(resolve_targets(&targets).await?)
+        }
+    };
     let body = serde_json::to_string(bundle).map_err(LaunchError::Bundle)?;
     let secret = Secret {
         metadata: kube::api::ObjectMeta {
@@ -243,10 +261,31 @@ async fn launch_pod(
         .patch(&name, &pp, &Patch::Apply(&secret))
         .await
         .map_err(apply_error("bundle Secret"))?;
-    Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(client.clone(), &namespace)
+    if config.egress == EgressMode::Cilium {
+        let policy = desired_cilium_policy(exec, config, &targets)?;
+        let policy: DynamicObject =
+            serde_json::from_value(policy).map_err(|source| pod::DesiredError::Build {
+                what: "CiliumNetworkPolicy",
+                source,
+            })?;
+        Api::<DynamicObject>::namespaced_with(
+            client.clone(),
+            &namespace,
+            &cilium_policy_resource(),
+        )
+        .patch(&name, &pp, &Patch::Apply(&policy))
+        .await
+        .map_err(apply_error("CiliumNetworkPolicy"))?;
+    } else {
+        let policy = desired_network_policy(exec, config, &rules)?;
+        Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(
+            client.clone(),
+            &namespace,
+        )
         .patch(&name, &pp, &Patch::Apply(&policy))
         .await
         .map_err(apply_error("NetworkPolicy"))?;
+    }
     Api::<Pod>::namespaced(client.clone(), &namespace)
         .patch(&name, &pp, &Patch::Apply(&pod))
         .await
@@ -254,6 +293,61 @@ async fn launch_pod(
     Ok(Launched {
         handle: format!("pod/{name}"),
     })
+}
+
+/// The API resource of Cilium's `CiliumNetworkPolicy` (`cilium.io/v2`).
+pub fn cilium_policy_resource() -> ApiResource {
+    ApiResource {
+        group: "cilium.io".into(),
+        version: "v2".into(),
+        api_version: "cilium.io/v2".into(),
+        kind: "CiliumNetworkPolicy".into(),
+        plural: "ciliumnetworkpolicies".into(),
+    }
+}
+
+/// The addresses each target resolves to now, public ones only; a target on the sandbox's own
+/// loopback (`localhost`, `127.0.0.1`: the development case) needs no rule and gets none.
+///
+/// # Errors
+/// [`LaunchError::Egress`] naming the host and the address when a host does not resolve or
+/// resolves to a private, loopback, link-local (metadata) or otherwise non-public address.
+async fn resolve_targets(targets: &[Target]) -> Result<Vec<(Target, Vec<IpAddr>)>, LaunchError> {
+    resolve_targets_with(targets, |host, port| {
+        Box::pin(async move {
+            tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .map(|found| found.map(|a| a.ip()).collect())
+        })
+    })
+    .await
+}
+
+/// How a host name is looked up (the system resolver in production).
+type Lookup = Box<dyn std::future::Future<Output = std::io::Result<Vec<IpAddr>>> + Send>;
+
+/// [`resolve_targets`] with `lookup` for host names.
+async fn resolve_targets_with(
+    targets: &[Target],
+    lookup: impl Fn(String, u16) -> std::pin::Pin<Lookup>,
+) -> Result<Vec<(Target, Vec<IpAddr>)>, LaunchError> {
+    let mut out = Vec::new();
+    for target in targets {
+        let literal = target.host.parse::<IpAddr>().ok();
+        let local_name = target.host == "localhost" || target.host.ends_with(".localhost");
+        if local_name || literal.is_some_and(|ip| ip.is_loopback()) {
+            continue;
+        }
+        let addresses: Vec<IpAddr> = match literal {
+            Some(ip) => vec![ip],
+            None => lookup(target.host.clone(), target.port)
+                .await
+                .map_err(|e| LaunchError::Egress(format!("resolving {target}: {e}")))?,
+        };
+        let allowed = egress::allowed_addresses(target, &addresses).map_err(LaunchError::Egress)?;
+        out.push((target.clone(), allowed));
+    }
+    Ok(out)
 }
 
 /// The launcher that started `exec`, from its launch record.
@@ -278,7 +372,8 @@ pub(crate) async fn observe(client: &Client, exec: &Execution) -> Result<Sandbox
 }
 
 /// Deletes the Pod and the bundle Secret (which holds the spent callback token) of a finished
-/// pod-launched Execution; the NetworkPolicy goes with the Execution (owner reference).
+/// pod-launched Execution, and its NetworkPolicy or CiliumNetworkPolicy: the sandbox's walls go
+/// with it (all are owned by the Execution too, so deleting it collects what is left).
 /// Best effort: failures are logged (the owner reference collects them with the Execution).
 pub(crate) async fn cleanup(client: &Client, exec: &Execution) {
     if launched_by(exec) != Some(LauncherKind::Pod) {
@@ -289,9 +384,20 @@ pub(crate) async fn cleanup(client: &Client, exec: &Execution) {
     let dp = DeleteParams::default();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
+        Api::namespaced(client.clone(), &namespace);
+    let cilium: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &namespace, &cilium_policy_resource());
+    let cilium_deleted = match cilium.delete(&name, &dp).await {
+        // Clusters without Cilium serve no such resource: nothing to delete.
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        other => other.map(|_| ()),
+    };
     for result in [
         pods.delete(&name, &dp).await.map(|_| ()),
         secrets.delete(&name, &dp).await.map(|_| ()),
+        policies.delete(&name, &dp).await.map(|_| ()),
+        cilium_deleted,
     ] {
         match result {
             Ok(()) => {}
@@ -299,6 +405,70 @@ pub(crate) async fn cleanup(client: &Client, exec: &Execution) {
             Err(e) => {
                 tracing::warn!(execution = %format!("{namespace}/{}", exec.name_any()), error = %e, "cleaning up the sandbox");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A resolver stand-in: fixed answers, no network.
+    fn stand_in(host: String, _port: u16) -> std::pin::Pin<Lookup> {
+        let answer = match host.as_str() {
+            "api.example" => Ok(vec!["140.82.112.6".parse().expect("ip")]),
+            "internal.example" => Ok(vec!["10.0.0.5".parse().expect("ip")]),
+            "metadata.example" => Ok(vec![
+                "140.82.112.6".parse().expect("ip"),
+                "169.254.169.254".parse().expect("ip"),
+            ]),
+            "loop.example" => Ok(vec!["::1".parse().expect("ip")]),
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such host",
+            )),
+        };
+        Box::pin(async move { answer })
+    }
+
+    fn target(host: &str) -> Target {
+        Target {
+            host: host.into(),
+            port: 443,
+        }
+    }
+
+    #[tokio::test]
+    async fn names_resolving_inside_the_cluster_or_to_the_metadata_address_are_refused() {
+        let ok = resolve_targets_with(&[target("api.example"), target("localhost")], stand_in)
+            .await
+            .expect("public");
+        assert_eq!(
+            ok,
+            vec![(
+                target("api.example"),
+                vec!["140.82.112.6".parse().expect("ip")]
+            )]
+        );
+        for (host, says) in [
+            (
+                "internal.example",
+                "internal.example:443 resolves to 10.0.0.5, which is private",
+            ),
+            (
+                "metadata.example",
+                "resolves to 169.254.169.254, which is link-local",
+            ),
+            ("loop.example", "resolves to ::1, which is loopback"),
+            ("gone.example", "resolving gone.example:443: no such host"),
+        ] {
+            let err = resolve_targets_with(&[target("api.example"), target(host)], stand_in)
+                .await
+                .expect_err(host);
+            assert!(
+                matches!(&err, LaunchError::Egress(m) if m.contains(says)),
+                "{host}: {err}"
+            );
         }
     }
 }

@@ -17,6 +17,7 @@
 //!   callback, and TCP 443 outside private, loopback, link-local and CGNAT ranges.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -26,6 +27,8 @@ use oauth3_crds::constants::{
 };
 use oauth3_crds::{Execution, ExecutionPhase, Permit};
 use oauth3_protocol::runner_args::run_args;
+
+use crate::egress::{EgressMode, Target};
 use serde_json::json;
 
 /// Where the runner finds its bundle inside the Pod.
@@ -69,6 +72,8 @@ pub struct PodLaunchConfig {
     pub operator_pod_labels: BTreeMap<String, String>,
     /// TCP port of the result callback.
     pub callback_port: i32,
+    /// How the sandbox's egress is walled in (`--egress-policy`, resolved).
+    pub egress: EgressMode,
 }
 
 impl Default for PodLaunchConfig {
@@ -93,6 +98,7 @@ impl Default for PodLaunchConfig {
             )]
             .into(),
             callback_port: 8443,
+            egress: EgressMode::Open,
         }
     }
 }
@@ -291,16 +297,68 @@ pub const DENIED_EGRESS_V4: [&str; 6] = [
 /// IPv6 counterparts of [`DENIED_EGRESS_V4`].
 pub const DENIED_EGRESS_V6: [&str; 3] = ["fc00::/7", "fe80::/10", "::1/128"];
 
+/// Where a sandbox Pod may connect besides DNS and the callback, as the launcher decided it at
+/// launch (see [`crate::egress`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EgressRules {
+    /// Any public address on TCP 443 (`--egress-policy open`).
+    Open,
+    /// These addresses, each on its target's port (`kubernetes`: resolved at launch).
+    Addresses(Vec<(Target, Vec<IpAddr>)>),
+}
+
+/// The egress rules every sandbox Pod gets: DNS (to the cluster DNS, and only there) and the
+/// operator's result callback.
+fn base_egress(config: &PodLaunchConfig) -> Vec<serde_json::Value> {
+    vec![
+        json!({
+            "to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+            "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+        }),
+        json!({
+            "to": [{
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": config.operator_namespace}},
+                "podSelector": {"matchLabels": config.operator_pod_labels},
+            }],
+            "ports": [{"protocol": "TCP", "port": config.callback_port}],
+        }),
+    ]
+}
+
 /// The NetworkPolicy of an Execution's sandbox Pod: no ingress; egress to DNS, the operator's
-/// callback, and public addresses on TCP 443 only.
+/// callback, and what `rules` allow: the Permit's hosts' addresses on their ports, or (open)
+/// public addresses on TCP 443.
 ///
 /// # Errors
 /// [`DesiredError::MissingMetadata`] for an Execution that was never stored.
 pub fn desired_network_policy(
     execution: &Execution,
     config: &PodLaunchConfig,
+    rules: &EgressRules,
 ) -> Result<NetworkPolicy, DesiredError> {
     let (name, ns, uid) = meta(execution)?;
+    let mut egress = base_egress(config);
+    match rules {
+        EgressRules::Open => egress.push(json!({
+            "to": [
+                {"ipBlock": {"cidr": "0.0.0.0/0", "except": DENIED_EGRESS_V4}},
+                {"ipBlock": {"cidr": "::/0", "except": DENIED_EGRESS_V6}},
+            ],
+            "ports": [{"protocol": "TCP", "port": 443}],
+        })),
+        EgressRules::Addresses(targets) => {
+            for (target, addresses) in targets {
+                let to: Vec<serde_json::Value> = addresses
+                    .iter()
+                    .map(|ip| json!({"ipBlock": {"cidr": crate::egress::cidr(*ip)}}))
+                    .collect();
+                if to.is_empty() {
+                    continue;
+                }
+                egress.push(json!({"to": to, "ports": [{"protocol": "TCP", "port": target.port}]}));
+            }
+        }
+    }
     let policy = json!({
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -314,32 +372,74 @@ pub fn desired_network_policy(
             "podSelector": {"matchLabels": {LABEL_EXECUTION: uid}},
             "policyTypes": ["Ingress", "Egress"],
             "ingress": [],
-            "egress": [
-                {
-                    "to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
-                    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
-                },
-                {
-                    "to": [{
-                        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": config.operator_namespace}},
-                        "podSelector": {"matchLabels": config.operator_pod_labels},
-                    }],
-                    "ports": [{"protocol": "TCP", "port": config.callback_port}],
-                },
-                {
-                    "to": [
-                        {"ipBlock": {"cidr": "0.0.0.0/0", "except": DENIED_EGRESS_V4}},
-                        {"ipBlock": {"cidr": "::/0", "except": DENIED_EGRESS_V6}},
-                    ],
-                    "ports": [{"protocol": "TCP", "port": 443}],
-                },
-            ],
+            "egress": egress,
         }
     });
     serde_json::from_value(policy).map_err(|source| DesiredError::Build {
         what: "NetworkPolicy",
         source,
     })
+}
+
+/// The `CiliumNetworkPolicy` of an Execution's sandbox Pod (`--egress-policy cilium`): egress
+/// only to the Permit's hosts by name (`toFQDNs` `matchName`) on their ports, DNS to the cluster
+/// DNS with the `rules.dns` that lets Cilium's DNS proxy see (and only allow) lookups of those
+/// names, and the operator's callback; no ingress (an empty ingress rule list with the
+/// ingress default-deny enabled).
+///
+/// # Errors
+/// [`DesiredError::MissingMetadata`] for an Execution that was never stored.
+pub fn desired_cilium_policy(
+    execution: &Execution,
+    config: &PodLaunchConfig,
+    targets: &[Target],
+) -> Result<serde_json::Value, DesiredError> {
+    let (name, ns, uid) = meta(execution)?;
+    let names: Vec<serde_json::Value> = targets
+        .iter()
+        .filter(|t| t.host.parse::<IpAddr>().is_err())
+        .map(|t| json!({"matchName": t.host}))
+        .collect();
+    let mut egress = vec![
+        json!({
+            "toEndpoints": [{"matchLabels": {"k8s:io.kubernetes.pod.namespace": "kube-system", "k8s:k8s-app": "kube-dns"}}],
+            "toPorts": [{
+                "ports": [{"port": "53", "protocol": "ANY"}],
+                "rules": {"dns": names.clone()},
+            }],
+        }),
+        json!({
+            "toEndpoints": [{"matchLabels": {
+                "k8s:io.kubernetes.pod.namespace": config.operator_namespace,
+                "app.kubernetes.io/name": config.operator_pod_labels.get("app.kubernetes.io/name").cloned().unwrap_or_default(),
+            }}],
+            "toPorts": [{"ports": [{"port": config.callback_port.to_string(), "protocol": "TCP"}]}],
+        }),
+    ];
+    for target in targets {
+        let ports = json!([{"ports": [{"port": target.port.to_string(), "protocol": "TCP"}]}]);
+        match target.host.parse::<IpAddr>() {
+            Ok(ip) => egress.push(json!({"toCIDR": [crate::egress::cidr(ip)], "toPorts": ports})),
+            Err(_) => {
+                egress.push(json!({"toFQDNs": [{"matchName": target.host}], "toPorts": ports}))
+            }
+        }
+    }
+    Ok(json!({
+        "apiVersion": "cilium.io/v2",
+        "kind": "CiliumNetworkPolicy",
+        "metadata": {
+            "name": run_object_name(&name),
+            "namespace": ns,
+            "labels": labels(execution, &uid),
+            "ownerReferences": [owner(execution)?],
+        },
+        "spec": {
+            "endpointSelector": {"matchLabels": {LABEL_EXECUTION: uid}},
+            "ingressDeny": [{"fromEntities": ["all"]}],
+            "egress": egress,
+        }
+    }))
 }
 
 /// How an Execution ends whose sandbox Pod finished without a result: `TimedOut`
@@ -612,7 +712,8 @@ mod tests {
     fn pod_and_policy_are_owned_by_the_execution_and_selected_by_its_uid() {
         let e = execution("count");
         let pod = pod();
-        let policy = desired_network_policy(&e, &PodLaunchConfig::default()).expect("policy");
+        let policy = desired_network_policy(&e, &PodLaunchConfig::default(), &EgressRules::Open)
+            .expect("policy");
         for meta in [&pod.metadata, &policy.metadata] {
             let owners = meta.owner_references.as_ref().expect("owners");
             assert_eq!(owners.len(), 1);
@@ -644,8 +745,12 @@ mod tests {
 
     #[test]
     fn network_policy_denies_ingress_and_allows_only_dns_callback_and_public_443() {
-        let policy = desired_network_policy(&execution("count"), &PodLaunchConfig::default())
-            .expect("policy");
+        let policy = desired_network_policy(
+            &execution("count"),
+            &PodLaunchConfig::default(),
+            &EgressRules::Open,
+        )
+        .expect("policy");
         let spec = policy.spec.expect("spec");
         assert_eq!(
             spec.policy_types,
@@ -691,6 +796,76 @@ mod tests {
                 "{private} must be excluded"
             );
         }
+    }
+
+    #[test]
+    fn a_kubernetes_policy_allows_exactly_the_resolved_addresses_on_their_ports() {
+        let t = |h: &str, p: u16| Target {
+            host: h.into(),
+            port: p,
+        };
+        let rules = EgressRules::Addresses(vec![
+            (
+                t("api.github.com", 443),
+                vec![
+                    "140.82.112.6".parse().expect("ip"),
+                    "2606:50c0::1".parse().expect("ip"),
+                ],
+            ),
+            (
+                t("uploads.example.com", 8443),
+                vec!["93.184.216.34".parse().expect("ip")],
+            ),
+        ]);
+        let policy = desired_network_policy(&execution("k"), &PodLaunchConfig::default(), &rules)
+            .expect("policy");
+        let v = serde_json::to_value(&policy).expect("json");
+        let egress = v["spec"]["egress"].as_array().expect("egress");
+        assert_eq!(egress.len(), 4, "DNS, callback, two targets: {egress:?}");
+        assert_eq!(
+            egress[2],
+            json!({"to": [{"ipBlock": {"cidr": "140.82.112.6/32"}}, {"ipBlock": {"cidr": "2606:50c0::1/128"}}],
+                   "ports": [{"protocol": "TCP", "port": 443}]})
+        );
+        assert_eq!(
+            egress[3],
+            json!({"to": [{"ipBlock": {"cidr": "93.184.216.34/32"}}], "ports": [{"protocol": "TCP", "port": 8443}]})
+        );
+        assert!(!v.to_string().contains("0.0.0.0/0"), "no open rule");
+    }
+
+    #[test]
+    fn a_cilium_policy_allows_the_hosts_by_name_and_lets_the_dns_proxy_see_them() {
+        let targets = vec![
+            Target {
+                host: "api.github.com".into(),
+                port: 443,
+            },
+            Target {
+                host: "140.82.112.6".into(),
+                port: 8443,
+            },
+        ];
+        let v = desired_cilium_policy(&execution("c"), &PodLaunchConfig::default(), &targets)
+            .expect("policy");
+        assert_eq!(v["kind"], "CiliumNetworkPolicy");
+        assert_eq!(
+            v["spec"]["endpointSelector"]["matchLabels"][LABEL_EXECUTION],
+            "0b6c1f4e-uid"
+        );
+        let egress = v["spec"]["egress"].as_array().expect("egress");
+        assert_eq!(
+            egress[0]["toPorts"][0]["rules"]["dns"],
+            json!([{"matchName": "api.github.com"}])
+        );
+        assert_eq!(egress[1]["toPorts"][0]["ports"][0]["port"], "8443");
+        assert_eq!(
+            egress[2],
+            json!({"toFQDNs": [{"matchName": "api.github.com"}], "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}]}]})
+        );
+        assert_eq!(egress[3]["toCIDR"], json!(["140.82.112.6/32"]));
+        assert_eq!(v["spec"]["ingressDeny"], json!([{"fromEntities": ["all"]}]));
+        assert_eq!(v["metadata"]["ownerReferences"][0]["kind"], "Execution");
     }
 
     #[test]

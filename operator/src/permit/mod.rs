@@ -57,7 +57,8 @@ pub async fn reconcile(permit: Arc<Permit>, ctx: Arc<Context>) -> Result<Action,
     let api: Api<Permit> = Api::namespaced(ctx.client.clone(), &namespace);
     let now = ctx.now();
     let current = permit.status.as_ref();
-    let desired = desired_status(&permit.spec, current, permit.metadata.generation, now);
+    let mut desired = desired_status(&permit.spec, current, permit.metadata.generation, now);
+    desired.status.network = Some(crate::egress::network_text(&permit.spec, ctx.egress));
 
     if desired.voided.is_some() {
         // Server-side apply cannot remove a field that another manager (the approver) also

@@ -354,6 +354,7 @@ pub fn is_up_to_date(current: Option<&PermitStatus>, desired: &DesiredStatus) ->
         && current.phase == want.phase
         && current.spec_digest == want.spec_digest
         && current.capability_count == want.capability_count
+        && current.network == want.network
         && current.observed_generation == want.observed_generation
         && current.conditions == want.conditions
 }

@@ -1,31 +1,6 @@
 //! Header rules: which agent headers are refused (credentials, method overrides, routing,
-//! framing) and what a valid header looks like.
-
-/// Exact header names (lower case) an agent may never send.
-const FORBIDDEN: &[&str] = &[
-    "authorization",
-    "cookie",
-    "set-cookie",
-    "host",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-    "x-original-url",
-    "x-rewrite-url",
-    "x-real-ip",
-    "forwarded",
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-    "expect",
-];
-
-/// Header name prefixes (lower case) an agent may never send.
-const FORBIDDEN_PREFIXES: &[&str] = &["proxy-", "x-forwarded-"];
+//! framing: the list is [`oauth3_crds::headers`], shared with the Permit schema) and what a
+//! valid header looks like.
 
 /// Whether `name` is an RFC 9110 token.
 fn is_token(name: &str) -> bool {
@@ -42,12 +17,7 @@ pub(crate) fn forbidden_reason(name: &str, auth_header: Option<&str>) -> Option<
     if auth_header.is_some_and(|a| a.eq_ignore_ascii_case(name)) {
         return Some("it carries this capability's credential, which the runner injects");
     }
-    if FORBIDDEN.iter().any(|f| f.eq_ignore_ascii_case(name))
-        || FORBIDDEN_PREFIXES.iter().any(|p| {
-            name.get(..p.len())
-                .is_some_and(|head| head.eq_ignore_ascii_case(p))
-        })
-    {
+    if oauth3_crds::headers::is_runner_set(name) {
         return Some(
             "credential, method-override, forwarding, hop-by-hop and framing headers are set by the runner only",
         );

@@ -78,6 +78,16 @@ pub enum PolicyError {
         /// What is wrong.
         reason: String,
     },
+    /// `auth` cannot be injected as written.
+    #[error("capability {name}: auth.{field}: {reason}")]
+    BadAuth {
+        /// Capability name.
+        name: String,
+        /// `header` or `value`.
+        field: &'static str,
+        /// Why.
+        reason: &'static str,
+    },
     /// A path glob is malformed.
     #[error("capability {name}: compiling path glob {glob} failed: {reason}")]
     BadGlob {
@@ -256,7 +266,35 @@ pub(crate) fn host_is_loopback(url: &Url) -> bool {
     }
 }
 
+/// Checks `auth` by the schema's rules: a header the runner does not set itself, and a value
+/// with no control characters (it becomes a header or query value).
+fn check_auth(cap: &Capability) -> Result<(), PolicyError> {
+    let Some(auth) = &cap.auth else {
+        return Ok(());
+    };
+    let bad = |field, reason| PolicyError::BadAuth {
+        name: cap.name.clone(),
+        field,
+        reason,
+    };
+    if let Some(why) = auth
+        .header
+        .as_deref()
+        .and_then(oauth3_crds::headers::auth_header_refusal)
+    {
+        return Err(bad("header", why));
+    }
+    if auth.value.chars().any(char::is_control) {
+        return Err(bad(
+            "value",
+            "must not contain control characters (CR, LF, NUL, tab, ...)",
+        ));
+    }
+    Ok(())
+}
+
 fn compile_capability(cap: &Capability) -> Result<CompiledCapability, PolicyError> {
+    check_auth(cap)?;
     let auth_header = cap
         .auth
         .as_ref()

@@ -5,6 +5,7 @@
 //! crate, and the *canonical* result is split into segments and matched. The URL that is
 //! matched is the URL that is sent.
 
+use oauth3_crds::glob::{GlobSegment, PathGlob, parse_segment, pattern_matches};
 use url::Url;
 
 /// A path relative to the capability's base path, canonical and checked, borrowed from the
@@ -254,46 +255,27 @@ pub(crate) fn resolve(base: &Url, base_path: &str, raw: &str) -> Result<PathChec
     })
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Seg {
-    /// `**`: any number of segments, including none.
-    Many,
-    /// `*`: exactly one (non-empty) segment.
-    One,
-    /// A segment with `*` inside (`*.json`): one segment matching the pattern.
-    Partial(Vec<String>),
-    /// A canonical literal segment.
-    Literal(String),
-}
-
 /// A compiled path glob, matched against [`RelPath`] segments.
 #[derive(Debug, Clone)]
 pub(crate) struct Glob {
     source: String,
-    segs: Vec<Seg>,
+    segs: Vec<GlobSegment>,
 }
 
 impl Glob {
     /// Compiles `glob` (relative to the base path), canonicalising its literal segments the
     /// way request paths are canonicalised.
+    ///
+    /// The grammar is [`oauth3_crds::glob`]'s, checked on the glob as written and again on every
+    /// canonical segment: `**` inside a segment fails closed (it is refused, never widened).
     pub(crate) fn compile(base: &Url, base_path: &str, glob: &str) -> Result<Glob, String> {
+        PathGlob::parse(glob).map_err(|e| e.to_string())?;
         let checked = resolve(base, base_path, glob)?;
         let segs = checked
             .relative()
             .segments()
-            .map(|s| match s {
-                "**" => Seg::Many,
-                "*" => Seg::One,
-                s if s.contains('*') => {
-                    if s.contains("**") {
-                        Seg::Many
-                    } else {
-                        Seg::Partial(s.split('*').map(str::to_owned).collect())
-                    }
-                }
-                s => Seg::Literal(s.to_owned()),
-            })
-            .collect();
+            .map(|s| parse_segment(s).map_err(|e| e.to_string()))
+            .collect::<Result<_, String>>()?;
         Ok(Glob {
             source: glob.to_owned(),
             segs,
@@ -311,32 +293,12 @@ impl Glob {
     }
 }
 
-fn match_partial(parts: &[String], seg: &str) -> bool {
-    let (Some(first), Some(last)) = (parts.first(), parts.last()) else {
-        return false;
-    };
-    if seg.len() < first.len() + last.len() || !seg.starts_with(first.as_str()) {
-        return false;
-    }
-    if !seg.ends_with(last.as_str()) {
-        return false;
-    }
-    let mut rest = &seg[first.len()..seg.len() - last.len()];
-    for mid in &parts[1..parts.len() - 1] {
-        match rest.find(mid.as_str()) {
-            Some(i) => rest = &rest[i + mid.len()..],
-            None => return false,
-        }
-    }
-    true
-}
-
 /// Matches glob segments against path segments; `**` backtracks by cloning the iterator
 /// (it tries every suffix of the remaining path, including the empty one).
-fn match_segs<'a>(glob: &[Seg], mut path: impl Iterator<Item = &'a str> + Clone) -> bool {
+fn match_segs<'a>(glob: &[GlobSegment], mut path: impl Iterator<Item = &'a str> + Clone) -> bool {
     match glob.split_first() {
         None => path.next().is_none(),
-        Some((Seg::Many, rest)) => loop {
+        Some((GlobSegment::AnyDepth, rest)) => loop {
             if match_segs(rest, path.clone()) {
                 return true;
             }
@@ -348,10 +310,10 @@ fn match_segs<'a>(glob: &[Seg], mut path: impl Iterator<Item = &'a str> + Clone)
             None => false,
             Some(p) => {
                 let ok = match seg {
-                    Seg::One => !p.is_empty(),
-                    Seg::Literal(l) => l == p,
-                    Seg::Partial(parts) => !p.is_empty() && match_partial(parts, p),
-                    Seg::Many => false,
+                    GlobSegment::One => !p.is_empty(),
+                    GlobSegment::Literal(l) => l == p,
+                    GlobSegment::Pattern(parts) => !p.is_empty() && pattern_matches(parts, p),
+                    GlobSegment::AnyDepth => false,
                 };
                 ok && match_segs(rest, path)
             }

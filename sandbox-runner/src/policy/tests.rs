@@ -886,3 +886,110 @@ fn no_accepted_path_resolves_outside_its_glob() {
         rejected.get()
     );
 }
+
+// --- property: the compiled glob is the glob the owner read ---
+
+/// The glob as displayed, read independently of both the runner and the crds grammar: a
+/// regular expression over the `/`-joined path where a whole-segment `**` is any number of
+/// segments, a whole-segment `*` one non-empty segment and a `*` inside a segment any run of
+/// characters other than `/`.
+fn displayed_glob_regex(glob: &str) -> regex::Regex {
+    let mut re = String::from("^");
+    let rest = glob.strip_prefix('/').expect("glob starts with /");
+    for seg in rest.split('/') {
+        match seg {
+            "**" => re.push_str("(?:/[^/]*)*"),
+            "*" => re.push_str("/[^/]+"),
+            s => {
+                re.push('/');
+                let pieces: Vec<String> = s.split('*').map(regex::escape).collect();
+                re.push_str(&pieces.join("[^/]*"));
+            }
+        }
+    }
+    re.push('$');
+    regex::Regex::new(&re).expect("reference regex")
+}
+
+fn glob_segment() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec![
+        "a", "issues", "x.json", "*", "**", "a*", "*.json", "i*s", "*s*", "issues**", "***", "**b",
+        "a**", "****",
+    ])
+}
+
+fn path_segment() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec![
+        "a", "issues", "x.json", "is", "iXs", "issuesX", "b", "ab", ".json", "s", "aa",
+    ])
+}
+
+#[test]
+fn every_path_a_compiled_glob_accepts_matches_the_glob_as_displayed() {
+    let strategy = (
+        proptest::collection::vec(glob_segment(), 1..4),
+        proptest::collection::vec(proptest::collection::vec(path_segment(), 0..5), 40),
+    );
+    let compiled = std::cell::Cell::new(0u32);
+    let refused = std::cell::Cell::new(0u32);
+    let accepted = std::cell::Cell::new(0u32);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(1500));
+    runner
+        .run(&strategy, |(glob_segs, paths)| {
+            let glob = format!("/{}", glob_segs.join("/"));
+            let in_segment = glob_segs.iter().any(|s| s.contains("**") && *s != "**");
+            let policy = Policy::compile(&spec(json!([{
+                "name": "c", "baseUrl": "https://api.example.com",
+                "paths": [glob], "methods": ["GET"]
+            }])));
+            let Ok(policy) = policy else {
+                // Refused only for `**` inside a segment, and then always (fail closed).
+                prop_assert!(in_segment, "{} refused: {:?}", glob, policy.err());
+                refused.set(refused.get() + 1);
+                return Ok(());
+            };
+            prop_assert!(
+                !in_segment,
+                "{} compiled although ** is inside a segment",
+                glob
+            );
+            compiled.set(compiled.get() + 1);
+            let displayed = displayed_glob_regex(&glob);
+            let grammar = oauth3_crds::PathGlob::parse(&glob).expect("grammar accepts it");
+            for segs in paths {
+                let path = format!("/{}", segs.join("/"));
+                let sent = policy.decide("c", &[json!("GET"), json!(path)]).is_ok();
+                let reads = displayed.is_match(&path);
+                // Accepted => matches what the owner read; and what the owner read (a plain,
+                // canonical path) is accepted, so the grammar neither widens nor narrows.
+                prop_assert!(
+                    !sent || reads,
+                    "{} accepted {} outside its reading",
+                    glob,
+                    path
+                );
+                if !segs.is_empty() {
+                    prop_assert_eq!(sent, reads, "{} vs {}", glob, path);
+                }
+                prop_assert_eq!(
+                    grammar.matches(&path),
+                    reads,
+                    "grammar: {} vs {}",
+                    glob,
+                    path
+                );
+                if sent {
+                    accepted.set(accepted.get() + 1);
+                }
+            }
+            Ok(())
+        })
+        .expect("property holds");
+    for (what, n) in [
+        ("compiled", &compiled),
+        ("refused", &refused),
+        ("accepted", &accepted),
+    ] {
+        assert!(n.get() > 100, "only {} globs/paths {what}", n.get());
+    }
+}

@@ -123,6 +123,11 @@ impl TypedEndpoint {
                 let parts = split_template(seg).map_err(bad_url)?;
                 for p in &parts {
                     if let Part::Param(n) = p {
+                        if path_params.contains(n) {
+                            return Err(bad_url(format!(
+                                "placeholder {{{n}}} appears more than once"
+                            )));
+                        }
                         path_params.push(n.clone());
                     }
                 }
