@@ -62,7 +62,7 @@ oauth3 seal GITHUB_TOKEN --public-key "$PK" --from-literal "$TOKEN" --apply
 
 say "Starting the operator (process launcher)"
 "$BIN/oauth3-operator" --namespace "$NS" --leader-elect=false --metrics-addr 127.0.0.1:0 \
-  --launcher process --runner-binary "$BIN/oauth3-sandbox-runner" \
+  --launcher process --attestation none --runner-binary "$BIN/oauth3-sandbox-runner" \
   --runner-arg=--key-provider --runner-arg=dev --runner-arg=--dev-key-file --runner-arg="$D/dev.key" \
   --runner-arg=--insecure-dev-key --runner-arg=--ca-file --runner-arg="$D/ca.crt" \
   --callback-addr 127.0.0.1:0 > "$D/operator.log" 2>&1 &

@@ -37,7 +37,8 @@ fi
 echo "== installing the chart (sandbox RuntimeClass: $RUNTIME; NOT confidential)"
 helm upgrade --install oauth3 "$repo/charts/oauth3" -n "$NS" --create-namespace \
   --set image.tag="$TAG" --set image.pullPolicy=Never --set sandbox.runnerImage.tag="$TAG" \
-  --set "sandbox.defaultDenyNetworkPolicy.namespaces={$AGENTS}" "${runtime_args[@]}" --wait
+  --set "sandbox.defaultDenyNetworkPolicy.namespaces={$AGENTS}" --set sandbox.attestation=none \
+  "${runtime_args[@]}" --wait
 kubectl -n "$NS" get pods -l app.kubernetes.io/name=oauth3-operator
 cat <<MSG
 

@@ -27,6 +27,7 @@ use crate::constants::DEFAULT_TIMEOUT_SECONDS;
     printcolumn = r#"{"name":"Permit","type":"string","jsonPath":".spec.permitRef","description":"The Permit whose capabilities the code uses"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Duration(ms)","type":"integer","jsonPath":".status.durationMs","description":"Wall time of the run in milliseconds"}"#,
+    printcolumn = r#"{"name":"Attested","type":"string","jsonPath":".status.attestation.kind","description":"tdx when a TDX quote backs the result, none otherwise"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.reason","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -121,6 +122,13 @@ pub struct ExecutionStatus {
     /// Every capability call the code attempted, allowed or denied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub calls: Vec<CallRecord>,
+    /// The runner's error text, redacted, exactly as in its result (absent on success). Kept
+    /// verbatim so the attested statement can be recomputed from status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Rate-limit tokens the run left per capability, as the runner reported them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub rate_budget: std::collections::BTreeMap<String, f64>,
     /// Whether the calls of this result are written to the Permit's `status.usage` (and rate
     /// budget): `false` from when the result is recorded until the operator has written them,
     /// then `true`. An operator that restarts counts the Executions still at `false` again, so
@@ -152,6 +160,10 @@ pub struct LaunchRecord {
     pub launched_at: Time,
     /// When the operator gives up waiting for the result (launch + timeout + grace).
     pub deadline: Time,
+    /// The attestation the Permit required when the run was launched (`tdx`): a result
+    /// without it ends `Failed` (`NotAttested`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_attestation: Option<crate::permit::RequiredAttestation>,
 }
 
 /// Which launcher started an Execution's runner.
@@ -265,15 +277,24 @@ pub enum CallDecision {
 pub struct Attestation {
     /// `tdx` when a TDX quote backs the result, `none` otherwise (process launcher, no TEE).
     pub kind: AttestationKind,
+    /// Where the quote came from: `dstack` (guest agent), `coco` (attestation agent) or `tsm`
+    /// (Linux configfs-tsm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<AttestationProvider>,
     /// Base64 quote, when `kind` is `tdx`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quote: Option<String>,
-    /// Hex report data bound into the quote.
+    /// Hex report data bound into the quote: SHA-512 over `oauth3.dev/v1alpha1/statement`, a
+    /// newline and the statement digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report_data: Option<String>,
     /// `sha256:<hex>` of the result statement the report data commits to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statement_digest: Option<String>,
+    /// The provider's event log, as it gave it (dstack: the JSON event log that replays to
+    /// RTMR3, with the app's compose hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_log: Option<String>,
 }
 
 impl Attestation {
@@ -281,9 +302,34 @@ impl Attestation {
     pub fn none() -> Self {
         Self {
             kind: AttestationKind::None,
+            provider: None,
             quote: None,
             report_data: None,
             statement_digest: None,
+            event_log: None,
+        }
+    }
+}
+
+/// Where a quote came from.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AttestationProvider {
+    /// The dstack guest agent's `GetQuote`.
+    Dstack,
+    /// Confidential Containers' attestation agent (`/aa/evidence`).
+    Coco,
+    /// Linux configfs-tsm.
+    Tsm,
+}
+
+impl AttestationProvider {
+    /// The name as stored and as `--attestation` takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dstack => "dstack",
+            Self::Coco => "coco",
+            Self::Tsm => "tsm",
         }
     }
 }

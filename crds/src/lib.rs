@@ -17,14 +17,14 @@ mod schema;
 pub use digest::{DigestError, code_digest, spec_digest};
 pub use duration::{DurationError, DurationUnit, parse_duration, split_duration};
 pub use execution::{
-    Attestation, AttestationKind, CallDecision, CallRecord, Execution, ExecutionPhase,
-    ExecutionSpec, ExecutionStatus, LaunchRecord, LauncherKind,
+    Attestation, AttestationKind, AttestationProvider, CallDecision, CallRecord, Execution,
+    ExecutionPhase, ExecutionSpec, ExecutionStatus, LaunchRecord, LauncherKind,
 };
 pub use glob::{GlobError, GlobSegment, PathGlob};
 pub use permit::{
     Approval, ApprovalDecision, ApprovalVia, AuthSpec, BodyRules, Capability, CapabilityForm,
     CodeReview, HttpMethod, ParamLocation, ParamSpec, Permit, PermitPhase, PermitSpec,
-    PermitStatus, PermitUsage, QueryRules, RateLimit, TrustLevel,
+    PermitStatus, PermitUsage, QueryRules, RateLimit, RequiredAttestation, TrustLevel,
 };
 pub use schema::{
     JS_RESERVED_WORDS, OBJECT_PROTOTYPE_NAMES, SANDBOX_GLOBALS, SANDBOX_REMOVED_GLOBALS,

@@ -88,6 +88,20 @@ pub struct PermitSpec {
     /// `Execution.spec.code`) is shown to the owner, who trusts it once, for 24h, or always.
     #[serde(default)]
     pub code_review: CodeReview,
+
+    /// Evidence every result must carry. `tdx`: an Execution whose result is not backed by a
+    /// TDX quote (from the runner's quote provider, over the result's statement) ends `Failed`
+    /// with reason `NotAttested`, its result withheld. Unset: results are kept either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_attestation: Option<RequiredAttestation>,
+}
+
+/// The attestation a Permit requires of every result.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RequiredAttestation {
+    /// A TDX quote over the result's statement digest.
+    Tdx,
 }
 
 fn default_valid_for() -> String {

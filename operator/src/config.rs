@@ -13,7 +13,7 @@ use clap::{ArgAction, Args, Parser, ValueEnum};
 use crate::egress::{EgressChoice, EgressMode};
 use crate::execution::ExecutionConfig;
 use crate::launcher::Launcher;
-use crate::launcher::pod::{PodKeyProvider, PodLaunchConfig};
+use crate::launcher::pod::{PodKeyProvider, PodLaunchConfig, PodQuoteProvider};
 use crate::launcher::process::{ProcessLauncher, ProcessLauncherConfig};
 use crate::leader::{LEASE_NAME, LeaderConfig, default_identity};
 
@@ -154,6 +154,41 @@ impl KeyProviderChoice {
     }
 }
 
+/// Which quote provider runners attest their results with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AttestationChoice {
+    /// No quote (results say `attestation.kind: none`).
+    None,
+    /// The dstack guest agent's `GetQuote`.
+    Dstack,
+    /// Confidential Containers' attestation agent (`/aa/evidence`).
+    Coco,
+    /// Linux configfs-tsm.
+    Tsm,
+}
+
+impl AttestationChoice {
+    /// The quote provider with `endpoint` (or the provider's default place inside the TEE).
+    pub fn endpoint(self, endpoint: Option<&str>) -> PodQuoteProvider {
+        use oauth3_protocol::runner_args::{
+            DEFAULT_AA_URL, DEFAULT_DSTACK_SOCKET, DEFAULT_TSM_REPORT_DIR,
+        };
+        let at = |default: &str| endpoint.unwrap_or(default).to_owned();
+        match self {
+            Self::None => PodQuoteProvider::None,
+            Self::Dstack => PodQuoteProvider::Dstack {
+                socket: at(DEFAULT_DSTACK_SOCKET),
+            },
+            Self::Coco => PodQuoteProvider::Coco {
+                url: at(DEFAULT_AA_URL),
+            },
+            Self::Tsm => PodQuoteProvider::Tsm {
+                dir: at(DEFAULT_TSM_REPORT_DIR),
+            },
+        }
+    }
+}
+
 /// Flags of the Execution controller and the result callback.
 #[derive(Debug, Clone, Args)]
 pub struct ExecutionArgs {
@@ -185,6 +220,16 @@ pub struct ExecutionArgs {
     /// pod launcher: key provider inside the TEE.
     #[arg(long, value_enum, env = "OAUTH3_KEY_PROVIDER", default_value_t = KeyProviderChoice::Kbs)]
     pub key_provider: KeyProviderChoice,
+    /// Quote provider runners attest results with: `none`, `dstack`, `coco` or `tsm`. Default:
+    /// with `--launcher pod`, the one matching the key provider (`kbs` -> `coco`, `dstack` ->
+    /// `dstack`); with `--launcher process`, `none`. A runner whose provider gives no quote
+    /// fails the run.
+    #[arg(long, value_enum, env = "OAUTH3_ATTESTATION")]
+    pub attestation: Option<AttestationChoice>,
+    /// Where the quote provider is reached by the runner (a socket path, URL or configfs-tsm
+    /// directory); default: the provider's standard place.
+    #[arg(long, value_name = "PATH|URL", env = "OAUTH3_ATTESTATION_ENDPOINT")]
+    pub attestation_endpoint: Option<String>,
     /// pod launcher: CPU limit (and request) of each sandbox Pod's runner, a Kubernetes
     /// quantity (`500m`, `1`).
     #[arg(long, env = "OAUTH3_SANDBOX_CPU", default_value = "500m", value_parser = quantity)]
@@ -387,6 +432,18 @@ impl ExecutionArgs {
         })
     }
 
+    /// The quote provider runners are told about (see `--attestation`; pure).
+    pub fn quote_provider(&self) -> PodQuoteProvider {
+        let choice = self
+            .attestation
+            .unwrap_or(match (self.launcher, self.key_provider) {
+                (LauncherChoice::Process, _) => AttestationChoice::None,
+                (LauncherChoice::Pod, KeyProviderChoice::Kbs) => AttestationChoice::Coco,
+                (LauncherChoice::Pod, KeyProviderChoice::Dstack) => AttestationChoice::Dstack,
+            });
+        choice.endpoint(self.attestation_endpoint.as_deref())
+    }
+
     /// The launcher the flags choose; sandbox Pods reach the callback on `callback_port` and
     /// are walled in by `egress` (`--egress-policy` resolved) (pure).
     pub fn launcher_for(&self, callback_port: u16, egress: EgressMode) -> Launcher {
@@ -395,12 +452,14 @@ impl ExecutionArgs {
                 Launcher::Process(ProcessLauncher::new(ProcessLauncherConfig {
                     binary: self.runner_binary.clone(),
                     extra_args: self.runner_args.clone(),
+                    attestation: self.quote_provider(),
                 }))
             }
             LauncherChoice::Pod => Launcher::Pod(Box::new(PodLaunchConfig {
                 runtime_class_name: self.runtime_class.clone(),
                 image: self.runner_image.clone(),
                 key_provider: self.key_provider.pod_key_provider(),
+                quote_provider: self.quote_provider(),
                 operator_namespace: self.operator_namespace.clone(),
                 callback_port: i32::from(callback_port),
                 cpu: self.sandbox_cpu.clone(),
@@ -646,6 +705,38 @@ mod tests {
         ] {
             assert!(help.contains(shown), "--help shows {shown}:\n{help}");
         }
+    }
+
+    #[test]
+    fn the_quote_provider_follows_the_launcher_and_key_provider_unless_named() {
+        let c = config(&[]);
+        assert_eq!(
+            c.execution.quote_provider(),
+            PodQuoteProvider::Coco {
+                url: "http://127.0.0.1:8006".into()
+            }
+        );
+        let c = config(&["--key-provider", "dstack"]);
+        assert!(matches!(
+            c.execution.quote_provider(),
+            PodQuoteProvider::Dstack { .. }
+        ));
+        let c = config(&["--launcher", "process"]);
+        assert_eq!(c.execution.quote_provider(), PodQuoteProvider::None);
+        let c = config(&[
+            "--launcher",
+            "process",
+            "--attestation",
+            "tsm",
+            "--attestation-endpoint",
+            "/tmp/tsm",
+        ]);
+        assert_eq!(
+            c.execution.quote_provider(),
+            PodQuoteProvider::Tsm {
+                dir: "/tmp/tsm".into()
+            }
+        );
     }
 
     #[test]

@@ -210,6 +210,12 @@ pub fn describe_spec_with(spec: &PermitSpec, digest: &str, network: Option<&str>
         CodeReview::PerCode => "per code: every new piece of code needs your approval",
     };
     let _ = writeln!(out, "Code review: {review}");
+    if spec.require_attestation.is_some() {
+        let _ = writeln!(
+            out,
+            "Attestation: required (tdx): a result without a TDX quote over it ends Failed"
+        );
+    }
     let network = network
         .map(str::to_owned)
         .unwrap_or_else(|| crate::egress::describe(spec, None));

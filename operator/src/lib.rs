@@ -9,7 +9,8 @@
 //! process launchers: all sandbox IO), `leader` (Lease election), `metrics`, `permit` (the
 //! Permit controller), `plugin` (`kubectl oauth3`), `status_write` (the one guarded status
 //! write), `telegram` (owner approvals on Telegram), `tls` (the result endpoint's HTTPS),
-//! `usage` (the batched usage ledger), `run` (the wiring).
+//! `usage` (the batched usage ledger), `verify` (offline verification of attested results
+//! and enclave keys), `run` (the wiring).
 
 pub mod approval;
 pub mod cache;
@@ -32,6 +33,7 @@ pub(crate) mod status_write;
 pub mod telegram;
 pub mod tls;
 pub mod usage;
+pub mod verify;
 
 pub use context::{Clock, Context};
 pub use error::Error;

@@ -258,6 +258,93 @@ impl Plugin {
         let exec = self.execution(name).await?;
         Ok(render_logs(&exec))
     }
+
+    /// Verifies Execution `name`'s attested result (see [`crate::verify`]).
+    ///
+    /// # Errors
+    /// When the Execution cannot be read.
+    pub async fn verify(
+        &self,
+        name: &str,
+        inputs: &crate::verify::Inputs<'_>,
+    ) -> Result<crate::verify::Verification, PluginError> {
+        let exec = self.execution(name).await?;
+        Ok(crate::verify::verify_execution(&exec, inputs))
+    }
+}
+
+/// Reads quote collateral (the JSON `dcap-qvl` and PCCS clients write: TCB info, QE
+/// identity, CRLs and their issuer chains).
+///
+/// # Errors
+/// [`PluginError::Usage`] naming the file and what is wrong.
+pub fn load_collateral(path: &std::path::Path) -> Result<dcap_qvl::QuoteCollateralV3, PluginError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| PluginError::Usage(format!("reading --collateral {}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| {
+        PluginError::Usage(format!(
+            "--collateral {}: not quote collateral JSON: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// Reads a measurement policy file (see [`crate::verify::policy`]).
+///
+/// # Errors
+/// [`PluginError::Usage`] naming the file, the field and the rule.
+pub fn load_policy(
+    path: &std::path::Path,
+) -> Result<crate::verify::MeasurementPolicy, PluginError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| PluginError::Usage(format!("reading --policy {}: {e}", path.display())))?;
+    crate::verify::MeasurementPolicy::parse(&text)
+        .map_err(|e| PluginError::Usage(format!("--policy {}: {e}", path.display())))
+}
+
+/// What `oauth3-sandbox-runner public-key --attest` prints.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyAttestation {
+    /// The X25519 public key, hex.
+    pub public_key: String,
+    /// Its quote.
+    pub attestation: oauth3_crds::Attestation,
+}
+
+/// Reads a key attestation file.
+///
+/// # Errors
+/// [`PluginError::Usage`] naming the file and what is wrong.
+pub fn load_key_attestation(path: &std::path::Path) -> Result<KeyAttestation, PluginError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        PluginError::Usage(format!("reading --attestation {}: {e}", path.display()))
+    })?;
+    serde_json::from_str(&text).map_err(|e| {
+        PluginError::Usage(format!(
+            "--attestation {}: not the output of `oauth3-sandbox-runner public-key --attest`: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// Parses `--at`: Unix seconds or an RFC 3339 time (`2025-07-01T00:00:00Z`).
+///
+/// # Errors
+/// [`PluginError::Usage`] naming the accepted forms.
+pub fn parse_time(text: &str) -> Result<u64, PluginError> {
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(secs);
+    }
+    text.parse::<Timestamp>()
+        .ok()
+        .and_then(|t| u64::try_from(t.as_second()).ok())
+        .ok_or_else(|| {
+            PluginError::Usage(format!(
+                "--at {text:?}: expected Unix seconds or an RFC 3339 time such as \
+                 2025-07-01T00:00:00Z"
+            ))
+        })
 }
 
 fn level_name(level: TrustLevel) -> &'static str {
@@ -560,6 +647,17 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn times_are_unix_seconds_or_rfc3339() {
+        assert_eq!(parse_time("1751328000").expect("secs"), 1_751_328_000);
+        assert_eq!(
+            parse_time("2025-07-01T00:00:00Z").expect("rfc3339"),
+            1_751_328_000
+        );
+        let err = parse_time("yesterday").expect_err("bad");
+        assert!(err.to_string().contains("RFC 3339"), "{err}");
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! The oauth3 run contract: what the operator hands a sandbox runner and what the runner hands
 //! back, shared by the operator, the runner, the kubectl plugin and the gateway.
 //!
-//! Modules: [`bundle`] (the run bundle and its validation), [`result`] (the run result and its
+//! Modules: [`attestation`] (the report data a quote binds), [`bundle`] (the run bundle and its validation), [`result`] (the run result and its
 //! statement digest), [`callback`] (where results are posted, which URLs may carry the token,
 //! and how the token is checked), [`envelope`] (sealing a secret to the enclave key and opening
 //! it), [`rate`] (the token bucket both sides count with), [`runner_args`] (the runner's
 //! command line as launchers write it). No JavaScript engine and no HTTP client here.
 
+pub mod attestation;
 pub mod bundle;
 pub mod callback;
 pub mod envelope;

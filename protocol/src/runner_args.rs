@@ -1,5 +1,6 @@
 //! The runner's command line as launchers write it: the flag names a Pod's `args` and the
-//! runner's own parser must agree on, and the key providers a runner in a TEE can use.
+//! runner's own parser must agree on, the key providers a runner in a TEE can use, and the
+//! quote providers that attest its results.
 
 /// The subcommand that runs a bundle.
 pub const RUN: &str = "run";
@@ -13,6 +14,16 @@ pub const KEY_PROVIDER: &str = "--key-provider";
 pub const KBS_URL: &str = "--kbs-url";
 /// Socket path of the dstack guest agent.
 pub const DSTACK_ENDPOINT: &str = "--dstack-endpoint";
+/// Which quote provider attests results (`none`, `dstack`, `coco`, `tsm`); always explicit.
+pub const ATTESTATION: &str = "--attestation";
+/// URL of Confidential Containers' in-guest API server (attestation agent evidence).
+pub const AA_URL: &str = "--aa-url";
+/// The configfs-tsm report directory (or one report entry in it).
+pub const TSM_REPORT_DIR: &str = "--tsm-report-dir";
+/// Where Confidential Containers' in-guest API server listens unless configured otherwise.
+pub const DEFAULT_AA_URL: &str = "http://127.0.0.1:8006";
+/// Where the kernel's configfs-tsm reports live unless configured otherwise.
+pub const DEFAULT_TSM_REPORT_DIR: &str = "/sys/kernel/config/tsm/report";
 /// Where the dstack guest agent listens unless configured otherwise.
 pub const DEFAULT_DSTACK_SOCKET: &str = "/var/run/dstack.sock";
 /// Where Confidential Containers' guest resource endpoint listens unless configured otherwise.
@@ -57,9 +68,67 @@ impl KeyProviderEndpoint {
     }
 }
 
+/// Where a runner gets the quote that attests its result (and its enclave key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuoteProviderEndpoint {
+    /// No quote: the result says `attestation.kind: none` (process launcher, development).
+    None,
+    /// The dstack guest agent's `GetQuote` (the runner has one dstack socket, shared with the
+    /// dstack key provider).
+    Dstack {
+        /// Socket path.
+        socket: String,
+    },
+    /// Confidential Containers' attestation agent (`/aa/evidence` of the in-guest API server).
+    Coco {
+        /// Base URL, e.g. `http://127.0.0.1:8006`.
+        url: String,
+    },
+    /// Linux configfs-tsm (`/sys/kernel/config/tsm/report`).
+    Tsm {
+        /// The report directory (or one report entry in it).
+        dir: String,
+    },
+}
+
+impl QuoteProviderEndpoint {
+    /// The provider's name as `--attestation` takes it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Dstack { .. } => "dstack",
+            Self::Coco { .. } => "coco",
+            Self::Tsm { .. } => "tsm",
+        }
+    }
+
+    /// The flags that select this provider, given the key provider already on the command
+    /// line (a dstack socket is passed once).
+    pub fn args(&self, key: Option<&KeyProviderEndpoint>) -> Vec<String> {
+        let mut args = vec![ATTESTATION.to_owned(), self.name().to_owned()];
+        match self {
+            Self::None => {}
+            Self::Dstack { socket } => {
+                if !matches!(key, Some(KeyProviderEndpoint::Dstack { .. })) {
+                    args.extend([DSTACK_ENDPOINT.to_owned(), socket.clone()]);
+                }
+            }
+            Self::Coco { url } => args.extend([AA_URL.to_owned(), url.clone()]),
+            Self::Tsm { dir } => args.extend([TSM_REPORT_DIR.to_owned(), dir.clone()]),
+        }
+        args
+    }
+}
+
 /// The arguments of `oauth3-sandbox-runner` that run the bundle at `bundle_path` with the
-/// sealed secrets projected under `sealed_dir`, opened with `key`.
-pub fn run_args(bundle_path: &str, sealed_dir: &str, key: &KeyProviderEndpoint) -> Vec<String> {
+/// sealed secrets projected under `sealed_dir`, opened with `key`, the result attested by
+/// `quote`.
+pub fn run_args(
+    bundle_path: &str,
+    sealed_dir: &str,
+    key: &KeyProviderEndpoint,
+    quote: &QuoteProviderEndpoint,
+) -> Vec<String> {
     let mut args = vec![
         RUN.to_owned(),
         BUNDLE.to_owned(),
@@ -68,6 +137,7 @@ pub fn run_args(bundle_path: &str, sealed_dir: &str, key: &KeyProviderEndpoint) 
         sealed_dir.to_owned(),
     ];
     args.extend(key.args());
+    args.extend(quote.args(Some(key)));
     args
 }
 
@@ -83,6 +153,9 @@ mod tests {
             &KeyProviderEndpoint::Dstack {
                 socket: DEFAULT_DSTACK_SOCKET.into(),
             },
+            &QuoteProviderEndpoint::Dstack {
+                socket: DEFAULT_DSTACK_SOCKET.into(),
+            },
         );
         assert_eq!(
             args,
@@ -95,8 +168,47 @@ mod tests {
                 "--key-provider",
                 "dstack",
                 "--dstack-endpoint",
-                "/var/run/dstack.sock"
+                "/var/run/dstack.sock",
+                "--attestation",
+                "dstack"
             ]
+        );
+    }
+
+    #[test]
+    fn every_quote_provider_is_named_explicitly_with_its_endpoint() {
+        let kbs = KeyProviderEndpoint::Kbs {
+            url: DEFAULT_KBS_URL.into(),
+        };
+        assert_eq!(
+            QuoteProviderEndpoint::None.args(Some(&kbs)),
+            ["--attestation", "none"]
+        );
+        assert_eq!(
+            QuoteProviderEndpoint::Coco {
+                url: DEFAULT_AA_URL.into()
+            }
+            .args(Some(&kbs)),
+            ["--attestation", "coco", "--aa-url", "http://127.0.0.1:8006"]
+        );
+        assert_eq!(
+            QuoteProviderEndpoint::Tsm {
+                dir: DEFAULT_TSM_REPORT_DIR.into()
+            }
+            .args(None),
+            [
+                "--attestation",
+                "tsm",
+                "--tsm-report-dir",
+                "/sys/kernel/config/tsm/report"
+            ]
+        );
+        assert_eq!(
+            QuoteProviderEndpoint::Dstack {
+                socket: "/s".into()
+            }
+            .args(Some(&kbs)),
+            ["--attestation", "dstack", "--dstack-endpoint", "/s"]
         );
     }
 }

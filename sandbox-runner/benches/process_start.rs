@@ -71,7 +71,7 @@ fn run_once(
     let before = up.requests().len();
     let start = Instant::now();
     let status = Command::new(RUNNER)
-        .args(["run", "--bundle"])
+        .args(["run", "--attestation", "none", "--bundle"])
         .arg(bundle)
         .arg("--ca-file")
         .arg(ca)

@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use oauth3_protocol::attestation::enclave_key_report_data;
+use oauth3_protocol::runner_args::{DEFAULT_AA_URL, DEFAULT_TSM_REPORT_DIR};
+use oauth3_sandbox_runner::attest::{CocoQuotes, DstackQuotes, QuoteProvider, TsmQuotes};
 use oauth3_sandbox_runner::bundle::{Bundle, sealed_secrets_from_dir};
 use oauth3_sandbox_runner::callback::post_result;
 use oauth3_sandbox_runner::run::{BackendOptions, RunnerDeps, run_bundle};
@@ -39,11 +42,17 @@ enum Command {
     },
     /// Print the X25519 public key (64 hex characters) of the key that opens sealed secrets,
     /// as the selected key provider yields it. Owners seal secrets to this key
-    /// (`kubectl oauth3 seal --public-key ...`); inside a TEE, compare it with the key the
-    /// attested runner reports before sealing anything.
+    /// (`kubectl oauth3 seal --public-key ...`). With --attest (and --attestation naming a
+    /// quote provider), print JSON instead: the key and a TDX quote whose report data binds it
+    /// (`kubectl oauth3 seal --attestation FILE --policy FILE` checks it before sealing).
     PublicKey {
         #[command(flatten)]
         keys: KeyProviderArgs,
+        #[command(flatten)]
+        quotes: QuoteProviderArgs,
+        /// Print the key with a quote over it, as JSON `{publicKey, attestation}`.
+        #[arg(long)]
+        attest: bool,
     },
 }
 
@@ -59,6 +68,9 @@ struct RunArgs {
 
     #[command(flatten)]
     keys: KeyProviderArgs,
+
+    #[command(flatten)]
+    quotes: QuoteProviderArgs,
 
     /// Directory with one file per sealed secret (file name = secret name, content = envelope),
     /// as projected into sandbox Pods; added to the bundle's `sealedSecrets`.
@@ -96,6 +108,59 @@ struct KeyProviderArgs {
     /// Never use outside development.
     #[arg(long)]
     insecure_dev_key: bool,
+}
+
+/// Where the quote that attests results comes from.
+#[derive(Debug, Args)]
+struct QuoteProviderArgs {
+    /// Quote provider that attests every result (required with `run`): `dstack` (the guest
+    /// agent's GetQuote over --dstack-endpoint), `coco` (Confidential Containers' attestation
+    /// agent at --aa-url), `tsm` (Linux configfs-tsm at --tsm-report-dir) or `none` (no TEE:
+    /// results say `attestation.kind: none`). A provider that cannot give a quote fails the
+    /// run; `none` is never chosen for you.
+    #[arg(long, value_enum, value_name = "PROVIDER")]
+    attestation: Option<Attestation>,
+
+    /// Base URL of the in-guest API server serving `/aa/evidence` (with --attestation coco).
+    #[arg(long, value_name = "URL", default_value = DEFAULT_AA_URL)]
+    aa_url: String,
+
+    /// The configfs-tsm report directory, or one report entry in it (with --attestation tsm).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_TSM_REPORT_DIR)]
+    tsm_report_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Attestation {
+    None,
+    Dstack,
+    Coco,
+    Tsm,
+}
+
+impl QuoteProviderArgs {
+    /// The quote provider the flags select (`None` for `--attestation none`).
+    fn provider(&self, dstack_endpoint: &Path) -> Result<Option<Box<dyn QuoteProvider>>, String> {
+        let Some(choice) = self.attestation else {
+            return Err(
+                "--attestation is required: name the quote provider (dstack, coco, tsm), or \
+                 `none` outside a TEE"
+                    .to_owned(),
+            );
+        };
+        Ok(match choice {
+            Attestation::None => None,
+            Attestation::Dstack => Some(Box::new(DstackQuotes {
+                endpoint: dstack_endpoint.to_string_lossy().into_owned(),
+            })),
+            Attestation::Coco => Some(Box::new(CocoQuotes {
+                base_url: self.aa_url.clone(),
+            })),
+            Attestation::Tsm => Some(Box::new(TsmQuotes {
+                dir: self.tsm_report_dir.clone(),
+            })),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -160,22 +225,56 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { bundle } => validate(&bundle),
         Command::Run(args) => runtime.block_on(run(args)),
-        Command::PublicKey { keys } => runtime.block_on(public_key(&keys)),
+        Command::PublicKey {
+            keys,
+            quotes,
+            attest,
+        } => runtime.block_on(public_key(&keys, &quotes, attest)),
     }
 }
 
-async fn public_key(keys: &KeyProviderArgs) -> ExitCode {
+async fn public_key(keys: &KeyProviderArgs, quotes: &QuoteProviderArgs, attest: bool) -> ExitCode {
     let provider = match keys.provider() {
         Ok(p) => p,
         Err(e) => return usage_error(e),
     };
-    match provider.secret_key().await {
-        Ok(key) => {
-            println!("{}", hex::encode(key.public_key().as_bytes()));
+    let quotes = if attest {
+        match quotes.provider(&keys.dstack_endpoint) {
+            Ok(Some(q)) => Some(q),
+            Ok(None) => return usage_error("--attest needs --attestation dstack, coco or tsm"),
+            Err(e) => return usage_error(e),
+        }
+    } else {
+        None
+    };
+    let public = match provider.secret_key().await {
+        Ok(key) => *key.public_key().as_bytes(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let Some(quotes) = quotes else {
+        println!("{}", hex::encode(public));
+        return ExitCode::SUCCESS;
+    };
+    let report_data = enclave_key_report_data(&public);
+    match quotes.quote(report_data).await {
+        Ok(evidence) => {
+            let attestation = oauth3_sandbox_runner::attest::attestation_of(
+                quotes.kind(),
+                &report_data,
+                evidence,
+            );
+            let out = serde_json::json!({
+                "publicKey": hex::encode(public),
+                "attestation": attestation,
+            });
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: attesting the public key: {e}");
             ExitCode::from(1)
         }
     }
@@ -219,6 +318,10 @@ async fn run(args: RunArgs) -> ExitCode {
     if let Err(e) = args.keys.check() {
         return usage_error(e);
     }
+    let quotes = match args.quotes.provider(&args.keys.dstack_endpoint) {
+        Ok(q) => q,
+        Err(e) => return usage_error(e),
+    };
     let mut bundle = match read_bundle(&args.bundle) {
         Ok(b) => b,
         Err(e) => return usage_error(e),
@@ -254,7 +357,8 @@ async fn run(args: RunArgs) -> ExitCode {
         BackendOptions {
             extra_root_certs_pem: ca_pems.clone(),
         },
-    );
+    )
+    .with_quotes(quotes);
     let result = run_bundle(&bundle, &deps).await;
 
     let text = match serde_json::to_string_pretty(&result) {

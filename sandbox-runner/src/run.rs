@@ -1,6 +1,6 @@
 //! One run of a bundle, end to end: validate, unseal, build the run's one [`Redactor`] and
-//! the enforcing host, run the sandbox, redact, and assemble the signed-off [`RunResult`]
-//! (posting it is [`crate::callback`]).
+//! the enforcing host, run the sandbox, redact, assemble the [`RunResult`] and attest its
+//! statement with the configured quote provider (posting it is [`crate::callback`]).
 //!
 //! How secrets are unsealed and how calls are enforced is plugged in through [`RunnerDeps`]
 //! ([`RunnerDeps::enforcing`] is the real thing). Redaction is not pluggable: one
@@ -16,6 +16,7 @@ use std::time::Instant;
 use oauth3_crds::{Attestation, CallDecision, CallRecord, ExecutionPhase};
 use zeroize::Zeroizing;
 
+use crate::attest::{QuoteProvider, attest_statement};
 use crate::bundle::Bundle;
 use crate::fetch::{FetchConfig, FetchError, ScopedFetch};
 use crate::host::{BoxFuture, CapabilityHost};
@@ -69,6 +70,8 @@ pub struct RunnerDeps {
     pub unsealer: Box<dyn Unsealer>,
     /// Builds the enforcing capability host.
     pub make_host: MakeHost,
+    /// Attests the result's statement; `None` is `--attestation none` (no TEE).
+    pub quotes: Option<Box<dyn QuoteProvider>>,
 }
 
 impl fmt::Debug for RunnerDeps {
@@ -102,7 +105,15 @@ impl RunnerDeps {
                     .map_err(SetupError::Fetch)?;
                 Ok(Arc::new(fetch) as Arc<dyn CapabilityHost>)
             }),
+            quotes: None,
         }
+    }
+
+    /// The same deps, attesting every result with `quotes` (`None`: unattested).
+    #[must_use]
+    pub fn with_quotes(mut self, quotes: Option<Box<dyn QuoteProvider>>) -> Self {
+        self.quotes = quotes;
+        self
     }
 }
 
@@ -214,7 +225,9 @@ impl Raw {
 }
 
 /// Runs one bundle and reports the outcome. Never fails: every failure is a phase with an
-/// error text. A bundle that does not validate is `Denied` and runs nothing.
+/// error text. A bundle that does not validate is `Denied` and runs nothing. With a quote
+/// provider, a result that cannot be attested ends `Failed` with the reason (its `result`
+/// withheld, its output and call log kept) and says `attestation.kind: none`.
 pub async fn run_bundle(bundle: &Bundle, deps: &RunnerDeps) -> RunResult {
     let started = Instant::now();
     let code_digest = oauth3_crds::code_digest(&bundle.code);
@@ -247,7 +260,7 @@ pub async fn run_bundle(bundle: &Bundle, deps: &RunnerDeps) -> RunResult {
             c
         })
         .collect::<Vec<_>>();
-    let mut result = RunResult {
+    let result = RunResult {
         execution: bundle.execution.clone(),
         phase: raw.phase,
         result: redactor.redact_json(&raw.result),
@@ -266,8 +279,22 @@ pub async fn run_bundle(bundle: &Bundle, deps: &RunnerDeps) -> RunResult {
         statement_digest: String::new(),
     };
     drop(redactor);
+    attest(result, deps.quotes.as_deref()).await
+}
+
+/// Seals `result` with its statement digest and the quote over it.
+async fn attest(mut result: RunResult, quotes: Option<&dyn QuoteProvider>) -> RunResult {
     result.statement_digest = result.compute_statement_digest();
-    result.attestation.statement_digest = Some(result.statement_digest.clone());
+    match attest_statement(quotes, &result.statement_digest).await {
+        Ok(attestation) => result.attestation = attestation,
+        Err(e) => {
+            result.phase = ExecutionPhase::Failed;
+            result.result = serde_json::Value::Null;
+            result.error = Some(format!("attesting the result: {e}"));
+            result.statement_digest = result.compute_statement_digest();
+            result.attestation.statement_digest = Some(result.statement_digest.clone());
+        }
+    }
     result
 }
 
@@ -385,6 +412,7 @@ mod tests {
                 );
                 Ok(Arc::new(LeakyHost) as Arc<dyn CapabilityHost>)
             }),
+            quotes: None,
         }
     }
 
@@ -452,6 +480,7 @@ mod tests {
         let deps = RunnerDeps {
             unsealer: Box::new(PinSecret),
             make_host: Box::new(|_, _, _| Ok(Arc::new(PinEchoHost) as Arc<dyn CapabilityHost>)),
+            quotes: None,
         };
         let code = "const r = await github('GET', '/x');
             return {r, n: r.pin, sum: Number(String(r.pin)), keys: Object.keys(r)}";
@@ -524,6 +553,74 @@ mod tests {
         assert_eq!(result.phase, ExecutionPhase::Failed);
         assert!(result.error.expect("error").contains("no key provider"));
         assert_eq!(result.result, serde_json::Value::Null);
+    }
+
+    /// A quote provider with a fixed answer.
+    struct FixedQuotes(Option<Vec<u8>>);
+
+    impl QuoteProvider for FixedQuotes {
+        fn kind(&self) -> oauth3_crds::AttestationProvider {
+            oauth3_crds::AttestationProvider::Tsm
+        }
+        fn quote(
+            &self,
+            _: [u8; 64],
+        ) -> BoxFuture<'_, Result<crate::attest::Evidence, crate::attest::AttestError>> {
+            let answer = self.0.clone();
+            Box::pin(async move {
+                answer
+                    .map(|quote| crate::attest::Evidence {
+                        quote,
+                        event_log: None,
+                    })
+                    .ok_or(crate::attest::AttestError::Response {
+                        provider: "tsm",
+                        reason: "no TDX module here".to_owned(),
+                    })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_quote_binds_the_statement_digest_of_the_result_as_reported() {
+        let deps = leaky_deps().with_quotes(Some(Box::new(FixedQuotes(Some(vec![7; 10])))));
+        let result = run_bundle(&test_bundle("return 5"), &deps).await;
+        assert_eq!(result.phase, ExecutionPhase::Succeeded, "{result:?}");
+        assert_eq!(result.statement_digest, result.compute_statement_digest());
+        let a = &result.attestation;
+        assert_eq!(a.kind, oauth3_crds::AttestationKind::Tdx);
+        assert_eq!(a.quote.as_deref(), Some("BwcHBwcHBwcHBw=="));
+        assert_eq!(
+            a.report_data.as_deref(),
+            Some(
+                hex::encode(oauth3_protocol::attestation::statement_report_data(
+                    &result.statement_digest
+                ))
+                .as_str()
+            )
+        );
+        assert_eq!(a.statement_digest.as_ref(), Some(&result.statement_digest));
+    }
+
+    #[tokio::test]
+    async fn a_configured_provider_without_a_quote_fails_the_run_and_says_why() {
+        let deps = leaky_deps().with_quotes(Some(Box::new(FixedQuotes(None))));
+        let result = run_bundle(&test_bundle("await github('GET', '/x'); return 5"), &deps).await;
+        assert_eq!(result.phase, ExecutionPhase::Failed);
+        let error = result.error.as_deref().expect("error");
+        assert!(
+            error.contains("attesting the result") && error.contains("no TDX module"),
+            "{error}"
+        );
+        assert_eq!(
+            result.result,
+            serde_json::Value::Null,
+            "no unattested result"
+        );
+        assert_eq!(result.calls.len(), 1, "the call log is kept");
+        assert_eq!(result.attestation.kind, oauth3_crds::AttestationKind::None);
+        assert_eq!(result.statement_digest, result.compute_statement_digest());
+        assert_eq!(result.exit_code(), 1);
     }
 
     fn call(capability: &str, decision: CallDecision) -> CallRecord {

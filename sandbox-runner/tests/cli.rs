@@ -81,7 +81,13 @@ async fn run_bundle(tag: &str, bundle: &Value) -> (Output, Value) {
     let dir = TempDir::new(tag);
     let path = dir.write("bundle.json", bundle);
     let out = runner(
-        &["run", "--bundle", path.to_str().expect("utf-8 path")],
+        &[
+            "run",
+            "--attestation",
+            "none",
+            "--bundle",
+            path.to_str().expect("utf-8 path"),
+        ],
         None,
     )
     .await;
@@ -139,6 +145,8 @@ async fn the_bundle_can_come_from_stdin_and_the_result_go_to_a_file() {
     let out = runner(
         &[
             "run",
+            "--attestation",
+            "none",
             "--bundle",
             "-",
             "--out",
@@ -227,6 +235,8 @@ async fn the_dev_key_provider_needs_the_insecure_flag() {
     let out = runner(
         &[
             "run",
+            "--attestation",
+            "none",
             "--bundle",
             path.to_str().expect("utf-8"),
             "--key-provider",

@@ -144,7 +144,7 @@ async fn run_with(
     let key_path = dir.file("dev.key", hex::encode(DEV_KEY).as_bytes());
     let ca_path = dir.file("ca.pem", &up.ca_pem);
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_oauth3-sandbox-runner"))
-        .arg("run")
+        .args(["run", "--attestation", "none"])
         .arg("--bundle")
         .arg(&bundle_path)
         .args(["--key-provider", "dev", "--insecure-dev-key"])
@@ -374,7 +374,14 @@ async fn without_the_insecure_flag_the_dev_key_provider_is_refused() {
     let bundle_path = dir.file("bundle.json", b.to_string().as_bytes());
     let key_path = dir.file("dev.key", hex::encode(DEV_KEY).as_bytes());
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_oauth3-sandbox-runner"))
-        .args(["run", "--key-provider", "dev", "--bundle"])
+        .args([
+            "run",
+            "--attestation",
+            "none",
+            "--key-provider",
+            "dev",
+            "--bundle",
+        ])
         .arg(&bundle_path)
         .arg("--dev-key-file")
         .arg(&key_path)
@@ -428,7 +435,7 @@ async fn run_without_ca_file(dir: &Dir, bundle: &Value) -> Output {
     let bundle_path = dir.file("bundle.json", bundle.to_string().as_bytes());
     let key_path = dir.file("dev.key", hex::encode(DEV_KEY).as_bytes());
     tokio::process::Command::new(env!("CARGO_BIN_EXE_oauth3-sandbox-runner"))
-        .arg("run")
+        .args(["run", "--attestation", "none"])
         .arg("--bundle")
         .arg(&bundle_path)
         .args(["--key-provider", "dev", "--insecure-dev-key"])

@@ -68,6 +68,11 @@ impl PermitFixture {
         self.spec_fields(json!({"codeReview": "perCode"}))
     }
 
+    /// Every result must be backed by a TDX quote (`requireAttestation: tdx`).
+    pub fn require_attestation(self) -> Self {
+        self.spec_fields(json!({"requireAttestation": "tdx"}))
+    }
+
     /// The spec.
     pub fn spec(&self) -> PermitSpec {
         serde_json::from_value(self.spec.clone()).expect("a PermitFixture is a valid spec")

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use oauth3_operator::config::Config;
-use oauth3_operator::launcher::pod::{PodKeyProvider, PodLaunchConfig};
+use oauth3_operator::launcher::pod::{PodKeyProvider, PodLaunchConfig, PodQuoteProvider};
 use oauth3_operator::launcher::process::ProcessLauncherConfig;
 use oauth3_operator::{Listeners, run};
 use tokio::sync::oneshot;
@@ -125,6 +125,7 @@ fn flags(
             flags.push("--launcher=process".into());
             flags.push(format!("--runner-binary={}", p.binary.display()));
             flags.extend(p.extra_args.iter().map(|a| format!("--runner-arg={a}")));
+            flags.extend(attestation_flags(&p.attestation));
         }
         Launcher::Pod(p) => {
             let defaults = PodLaunchConfig::default();
@@ -149,7 +150,21 @@ fn flags(
                 format!("--egress-policy={}", p.egress.as_str()),
                 format!("--callback-url=http://{callback}"),
             ]);
+            flags.extend(attestation_flags(&p.quote_provider));
         }
     }
+    flags
+}
+
+/// `--attestation` (and its endpoint) for `quotes`.
+fn attestation_flags(quotes: &PodQuoteProvider) -> Vec<String> {
+    let endpoint = match quotes {
+        PodQuoteProvider::None => None,
+        PodQuoteProvider::Dstack { socket } => Some(socket),
+        PodQuoteProvider::Coco { url } => Some(url),
+        PodQuoteProvider::Tsm { dir } => Some(dir),
+    };
+    let mut flags = vec![format!("--attestation={}", quotes.name())];
+    flags.extend(endpoint.map(|e| format!("--attestation-endpoint={e}")));
     flags
 }

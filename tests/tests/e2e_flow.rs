@@ -11,6 +11,7 @@ use oauth3_crds::{
     Execution, ExecutionPhase, ExecutionSpec, ExecutionStatus, Permit, PermitPhase, PermitSpec,
 };
 use oauth3_operator::launcher::pod::PodLaunchConfig;
+use oauth3_operator::launcher::pod::PodQuoteProvider as QuoteProviderEndpoint;
 use oauth3_operator::launcher::process::ProcessLauncherConfig;
 use oauth3_test_support::{PermitFixture, Upstream, wait_until};
 use oauth3_tests::operator::{InProcessOperator, Launcher};
@@ -107,6 +108,7 @@ impl Env {
                 "--ca-file".into(),
                 d("ca.pem"),
             ],
+            attestation: QuoteProviderEndpoint::None,
         }
     }
 
@@ -158,6 +160,7 @@ impl Env {
         let launcher = ProcessLauncherConfig {
             binary: script,
             extra_args: vec![],
+            attestation: QuoteProviderEndpoint::None,
         };
         let op = Operator::start(&self.client, &self.ns, listener().await, launcher, grace).await;
         self.approved_permit("issues").await;

@@ -76,6 +76,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if not (has .Values.sandbox.keyProvider (list "kbs" "dstack")) -}}
 {{- fail (printf "sandbox.keyProvider: must be kbs or dstack, got %q" .Values.sandbox.keyProvider) -}}
 {{- end -}}
+{{- if not (has .Values.sandbox.attestation (list "" "none" "dstack" "coco" "tsm")) -}}
+{{- fail (printf "sandbox.attestation: must be empty, none, dstack, coco or tsm, got %q" .Values.sandbox.attestation) -}}
+{{- end -}}
 {{- if and .Values.telegram.enabled (not .Values.telegram.existingSecret) -}}
 {{- fail "telegram.existingSecret: required when telegram.enabled is true (a Secret with the bot token under the key `token`)" -}}
 {{- end -}}

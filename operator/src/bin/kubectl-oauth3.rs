@@ -10,8 +10,10 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use oauth3_crds::TrustLevel;
 use oauth3_operator::plugin::{
-    Decision, PLUGIN_FIELD_MANAGER, Plugin, PluginError, parse_public_key, sealed_secret,
+    Decision, PLUGIN_FIELD_MANAGER, Plugin, PluginError, load_collateral, load_key_attestation,
+    load_policy, parse_public_key, parse_time, sealed_secret,
 };
+use oauth3_operator::verify::{Inputs, Verification, verify_key};
 
 /// Approve, deny and revoke oauth3 Permits, trust code, inspect Permits and Executions, and
 /// seal secrets for the enclave.
@@ -34,6 +36,66 @@ enum Level {
     Day,
     /// Trust the code until revoked.
     Always,
+}
+
+/// What quotes are verified against.
+#[derive(Debug, Clone, clap::Args)]
+struct CheckArgs {
+    /// Measurement policy (YAML or JSON): accepted MRTD/RTMR values, dstack compose hashes and
+    /// app ids, TCB statuses. Without it the measurements are not checked (and the verdict
+    /// is not "verified").
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Quote collateral as JSON (TCB info, QE identity, CRLs), e.g. fetched from a PCCS.
+    #[arg(long, value_name = "FILE", conflicts_with = "pccs_url")]
+    collateral: Option<PathBuf>,
+    /// Fetch the collateral from this PCCS. Not built into this version: fetch it with a PCCS
+    /// client and pass --collateral.
+    #[arg(long, value_name = "URL")]
+    pccs_url: Option<String>,
+    /// Check the collateral's validity at this time (Unix seconds or RFC 3339) instead of now.
+    #[arg(long, value_name = "TIME")]
+    at: Option<String>,
+}
+
+struct Loaded {
+    policy: Option<oauth3_operator::verify::MeasurementPolicy>,
+    collateral: Option<dcap_qvl::QuoteCollateralV3>,
+    now: u64,
+}
+
+impl CheckArgs {
+    fn load(&self) -> Result<Loaded, PluginError> {
+        if let Some(url) = &self.pccs_url {
+            return Err(PluginError::Usage(format!(
+                "--pccs-url {url}: fetching collateral is not built into kubectl-oauth3; fetch \
+                 it for the quote's FMSPC from the PCCS and pass --collateral FILE"
+            )));
+        }
+        Ok(Loaded {
+            policy: self.policy.as_deref().map(load_policy).transpose()?,
+            collateral: self
+                .collateral
+                .as_deref()
+                .map(load_collateral)
+                .transpose()?,
+            now: match &self.at {
+                Some(t) => parse_time(t)?,
+                None => u64::try_from(k8s_openapi::jiff::Timestamp::now().as_second())
+                    .unwrap_or_default(),
+            },
+        })
+    }
+}
+
+impl Loaded {
+    fn inputs(&self) -> Inputs<'_> {
+        Inputs {
+            collateral: self.collateral.as_ref(),
+            policy: self.policy.as_ref(),
+            now: self.now,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,6 +136,19 @@ enum Command {
         /// Execution name.
         execution: String,
     },
+    /// Verify an Execution's attested result, offline: the statement recomputed from its
+    /// status, the TDX quote's signature chain and TCB status (with dcap-qvl, against the
+    /// collateral), the report-data binding, and the measurements against your policy. Prints
+    /// one verdict per check; exits 0 only when every check passed, 1 otherwise.
+    Verify {
+        /// Execution name.
+        execution: String,
+        #[command(flatten)]
+        checks: CheckArgs,
+        /// Print the verdicts as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Seal a secret to the enclave's public key and print (or apply) the sealed Secret.
     /// The value is read from --from-literal, --from-file or standard input.
     Seal {
@@ -84,9 +159,17 @@ enum Command {
             long,
             value_name = "HEX",
             conflicts_with = "public_key_file",
-            required_unless_present = "public_key_file"
+            required_unless_present_any = ["public_key_file", "attestation"]
         )]
         public_key: Option<String>,
+        /// The output of `oauth3-sandbox-runner public-key --attest` (the key and a quote over
+        /// it). The key is verified before anything is sealed to it: its quote's signature
+        /// and TCB (needs --collateral), its binding, and its measurements (needs --policy);
+        /// any failure refuses to seal.
+        #[arg(long, value_name = "FILE", requires_all = ["policy", "collateral"])]
+        attestation: Option<PathBuf>,
+        #[command(flatten)]
+        checks: CheckArgs,
         /// File holding the enclave's public key (64 hex characters).
         #[arg(long, value_name = "PATH")]
         public_key_file: Option<PathBuf>,
@@ -114,6 +197,32 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Command::Verify {
+        execution,
+        checks,
+        json,
+    } = &cli.command
+    {
+        return match runtime.block_on(verify(cli.namespace.clone(), execution, checks)) {
+            Ok(v) => {
+                let text = if *json {
+                    serde_json::to_string_pretty(&v).unwrap_or_default()
+                } else {
+                    v.render()
+                };
+                println!("{}", text.trim_end());
+                if v.verified {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        };
+    }
     match runtime.block_on(run(cli)) {
         Ok(text) => {
             println!("{}", text.trim_end());
@@ -142,6 +251,18 @@ async fn connect(namespace: Option<String>) -> Result<(Client, String), PluginEr
     Ok((client, ns))
 }
 
+async fn verify(
+    namespace: Option<String>,
+    execution: &str,
+    checks: &CheckArgs,
+) -> Result<Verification, PluginError> {
+    let loaded = checks.load()?;
+    let (client, ns) = connect(namespace).await?;
+    Plugin::new(client, ns)
+        .verify(execution, &loaded.inputs())
+        .await
+}
+
 async fn run(cli: Cli) -> Result<String, PluginError> {
     match cli.command {
         Command::Seal {
@@ -151,6 +272,8 @@ async fn run(cli: Cli) -> Result<String, PluginError> {
             from_literal,
             from_file,
             apply,
+            attestation,
+            checks,
         } => {
             seal(
                 cli.namespace,
@@ -161,6 +284,8 @@ async fn run(cli: Cli) -> Result<String, PluginError> {
                     from_literal,
                     from_file,
                     apply,
+                    attestation,
+                    checks,
                 },
             )
             .await
@@ -179,6 +304,51 @@ struct SealArgs {
     from_literal: Option<String>,
     from_file: Option<PathBuf>,
     apply: bool,
+    attestation: Option<PathBuf>,
+    checks: CheckArgs,
+}
+
+/// The key to seal to: from --public-key(-file), or from a verified --attestation.
+fn seal_key(
+    public_key: Option<String>,
+    public_key_file: Option<PathBuf>,
+    attestation: Option<PathBuf>,
+    checks: &CheckArgs,
+) -> Result<[u8; 32], PluginError> {
+    let given = match (public_key, public_key_file) {
+        (Some(k), _) => Some(k),
+        (None, Some(f)) => Some(std::fs::read_to_string(&f).map_err(|e| {
+            PluginError::Local(format!("reading --public-key-file {}: {e}", f.display()))
+        })?),
+        (None, None) => None,
+    };
+    let Some(file) = attestation else {
+        let text = given.ok_or_else(|| {
+            PluginError::Usage(
+                "--public-key, --public-key-file or --attestation is required".into(),
+            )
+        })?;
+        return parse_public_key(&text);
+    };
+    let attested = load_key_attestation(&file)?;
+    let key = parse_public_key(&attested.public_key)?;
+    if let Some(text) = given
+        && parse_public_key(&text)? != key
+    {
+        return Err(PluginError::Usage(format!(
+            "--public-key is not the key in --attestation {}",
+            file.display()
+        )));
+    }
+    let loaded = checks.load()?;
+    let verdict = verify_key(&key, &attested.attestation, &loaded.inputs());
+    if !verdict.verified {
+        return Err(PluginError::Local(format!(
+            "refusing to seal to an enclave key that does not verify:\n{}",
+            verdict.render().trim_end()
+        )));
+    }
+    Ok(key)
 }
 
 async fn seal(namespace: Option<String>, args: SealArgs) -> Result<String, PluginError> {
@@ -189,20 +359,11 @@ async fn seal(namespace: Option<String>, args: SealArgs) -> Result<String, Plugi
         from_literal,
         from_file,
         apply,
+        attestation,
+        checks,
     } = args;
     {
-        let key_text = match (public_key, public_key_file) {
-            (Some(k), _) => k,
-            (None, Some(f)) => std::fs::read_to_string(&f).map_err(|e| {
-                PluginError::Local(format!("reading --public-key-file {}: {e}", f.display()))
-            })?,
-            (None, None) => {
-                return Err(PluginError::Usage(
-                    "--public-key or --public-key-file is required".into(),
-                ));
-            }
-        };
-        let key = parse_public_key(&key_text)?;
+        let key = seal_key(public_key, public_key_file, attestation, &checks)?;
         let value = match (from_literal, from_file) {
             (Some(v), _) => v,
             (None, Some(f)) => std::fs::read_to_string(&f)
@@ -284,6 +445,8 @@ async fn dispatch(plugin: Plugin, command: Command) -> Result<String, PluginErro
             code: Some(code),
         } => plugin.trust(&permit, &code, None).await,
         Command::Logs { execution } => plugin.logs(&execution).await,
-        Command::Seal { .. } => Err(PluginError::Usage("seal does not talk to a Permit".into())),
+        Command::Seal { .. } | Command::Verify { .. } => Err(PluginError::Usage(
+            "seal and verify are handled before a Permit is read".into(),
+        )),
     }
 }

@@ -605,6 +605,7 @@ mod tests {
             token_digest: "sha256:t".into(),
             launched_at: at(NOW - 20),
             deadline: at(NOW + 10),
+            require_attestation: None,
         });
         e.status = Some(oauth3_crds::ExecutionStatus {
             phase: Some(phase),

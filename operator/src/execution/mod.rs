@@ -309,7 +309,8 @@ async fn launch(
         return Ok(Action::requeue(Duration::from_secs(1)));
     };
     let token = Zeroizing::new(hex::encode(rand::random::<[u8; 32]>()));
-    let plan = launch_plan(exec, &ectx.config, &token, permit_digest, code_digest, now);
+    let mut plan = launch_plan(exec, &ectx.config, &token, permit_digest, code_digest, now);
+    plan.require_attestation = permit.spec.require_attestation;
     // The launch lock: only the writer that moves the Execution to Running launches. It is the
     // only write of a launch (the handle of a Pod is known before it exists; a process id is
     // logged and put in the Launched Event): each write per Execution costs the API server.
@@ -410,6 +411,7 @@ fn launch_plan(
         pod_name: config.launcher.pod_name(&exec.name_any()),
         permit_digest,
         code_digest,
+        require_attestation: None,
     }
 }
 

@@ -100,6 +100,8 @@ reasons! {
     TimedOut,
     /// The runner refused the bundle.
     RunnerRefused,
+    /// The Permit requires a TDX quote and the result carried none.
+    NotAttested,
     /// The code threw or the sandbox failed.
     CodeFailed,
 }
@@ -159,6 +161,8 @@ pub struct LaunchPlan {
     pub permit_digest: String,
     /// The code's digest.
     pub code_digest: String,
+    /// The attestation the Permit requires of the result.
+    pub require_attestation: Option<oauth3_crds::RequiredAttestation>,
 }
 
 fn cap(text: &str, max: usize) -> String {
@@ -299,6 +303,7 @@ pub fn running(exec: &Execution, plan: &LaunchPlan, now: Timestamp) -> Execution
             token_digest: plan.token_digest.clone(),
             launched_at: Time(now),
             deadline: Time(plan.deadline),
+            require_attestation: plan.require_attestation,
         }),
         ..ExecutionStatus::default()
     }
@@ -315,18 +320,55 @@ pub fn result_reason(result: &RunResult) -> (Reason, String) {
     }
 }
 
+/// Why `result` does not meet the attestation `exec`'s Permit required at launch, if it
+/// does not (pure).
+pub fn missing_attestation(exec: &Execution, result: &RunResult) -> Option<String> {
+    let required = exec.status.as_ref()?.launch.as_ref()?.require_attestation?;
+    match required {
+        oauth3_crds::RequiredAttestation::Tdx
+            if result.attestation.kind != oauth3_crds::AttestationKind::Tdx
+                || result.attestation.quote.is_none() =>
+        {
+            Some(format!(
+                "the Permit requires a TDX attestation (requireAttestation: tdx) and the result \
+                 carried none (attestation.kind: {}); the result is withheld{}",
+                match result.attestation.kind {
+                    oauth3_crds::AttestationKind::Tdx => "tdx, without a quote",
+                    oauth3_crds::AttestationKind::None => "none",
+                },
+                result
+                    .error
+                    .as_deref()
+                    .map(|e| format!("; the runner said: {e}"))
+                    .unwrap_or_default()
+            ))
+        }
+        oauth3_crds::RequiredAttestation::Tdx => None,
+    }
+}
+
 /// The status the runner's `result` gives `exec` at `now`: phase, reason, message, output,
-/// result, call log, timing, attestation and the `Completed` condition (outputs capped).
+/// result, call log, timing, attestation and the `Completed` condition (outputs capped). A
+/// result without the attestation the Permit required ends `Failed` (`NotAttested`) with its
+/// `result` withheld.
 pub fn completed(exec: &Execution, result: &RunResult, now: Timestamp) -> ExecutionStatus {
-    let (reason, message) = result_reason(result);
+    let (mut reason, mut message) = result_reason(result);
+    let mut phase = result.phase;
+    let mut value = result.result.clone();
+    if let Some(why) = missing_attestation(exec, result) {
+        (phase, reason, message) = (ExecutionPhase::Failed, Reason::NotAttested, why);
+        value = serde_json::Value::Null;
+    }
     let now = Time(now);
     ExecutionStatus {
-        phase: Some(result.phase),
+        phase: Some(phase),
         reason: Some(reason.as_str().to_owned()),
         message: Some(cap(&message, MAX_MESSAGE)),
         stdout: Some(cap(&result.stdout, MAX_STATUS_OUTPUT)),
         stderr: Some(cap(&result.stderr, MAX_STATUS_OUTPUT)),
-        result: Some(result.result.clone()),
+        result: Some(value),
+        error: result.error.as_deref().map(|e| cap(e, MAX_STATUS_OUTPUT)),
+        rate_budget: result.rate_budget.clone(),
         calls: result
             .calls
             .iter()
@@ -334,7 +376,11 @@ pub fn completed(exec: &Execution, result: &RunResult, now: Timestamp) -> Execut
             .cloned()
             .collect(),
         duration_ms: Some(result.duration_ms),
-        exit_code: Some(result.exit_code()),
+        exit_code: Some(if phase == ExecutionPhase::Succeeded {
+            0
+        } else {
+            1
+        }),
         completion_time: Some(now.clone()),
         usage_counted: Some(false),
         attestation: Some(result.attestation.clone()),
@@ -419,6 +465,7 @@ mod tests {
             pod_name: Some("pod/x".into()),
             permit_digest: "sha256:p".into(),
             code_digest: "sha256:c".into(),
+            require_attestation: None,
         };
         let s = running(&exec(), &plan, now());
         assert_eq!(s.phase, Some(ExecutionPhase::Running));
@@ -442,6 +489,61 @@ mod tests {
         let failed = completed(&exec(), &result(ExecutionPhase::Denied, ""), now());
         assert_eq!(failed.reason.as_deref(), Some("RunnerRefused"));
         assert_eq!(failed.exit_code, Some(1));
+    }
+
+    fn requiring(exec: Execution) -> Execution {
+        let plan = LaunchPlan {
+            launcher: LauncherKind::Process,
+            token_digest: "sha256:t".into(),
+            deadline: now(),
+            pod_name: None,
+            permit_digest: "sha256:p".into(),
+            code_digest: "sha256:c".into(),
+            require_attestation: Some(oauth3_crds::RequiredAttestation::Tdx),
+        };
+        let mut e = exec;
+        e.status = Some(running(&e, &plan, now()));
+        e
+    }
+
+    #[test]
+    fn an_unattested_result_under_a_permit_requiring_tdx_fails_not_attested_and_is_withheld() {
+        let e = requiring(exec());
+        let s = completed(&e, &result(ExecutionPhase::Succeeded, "out"), now());
+        assert_eq!(s.phase, Some(ExecutionPhase::Failed));
+        assert_eq!(s.reason.as_deref(), Some("NotAttested"));
+        assert!(
+            s.message
+                .expect("message")
+                .contains("requireAttestation: tdx")
+        );
+        assert_eq!(s.result, Some(serde_json::Value::Null));
+        assert_eq!(s.exit_code, Some(1));
+        assert_eq!(
+            s.stdout.as_deref(),
+            Some("out"),
+            "the output is still shown"
+        );
+
+        let mut attested = result(ExecutionPhase::Succeeded, "");
+        attested.attestation.kind = oauth3_crds::AttestationKind::Tdx;
+        attested.attestation.quote = Some("cXVvdGU=".into());
+        let s = completed(&e, &attested, now());
+        assert_eq!(s.phase, Some(ExecutionPhase::Succeeded));
+        assert_eq!(s.result, Some(serde_json::json!(42)));
+
+        let s = completed(&exec(), &result(ExecutionPhase::Succeeded, ""), now());
+        assert_eq!(s.phase, Some(ExecutionPhase::Succeeded), "nothing required");
+    }
+
+    #[test]
+    fn the_runner_error_and_rate_budget_are_kept_verbatim_for_the_statement() {
+        let mut r = result(ExecutionPhase::Failed, "");
+        r.error = Some("boom".into());
+        r.rate_budget.insert("github".into(), 1.5);
+        let s = completed(&exec(), &r, now());
+        assert_eq!(s.error.as_deref(), Some("boom"));
+        assert_eq!(s.rate_budget["github"], 1.5);
     }
 
     #[test]

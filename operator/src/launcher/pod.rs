@@ -44,6 +44,8 @@ pub const RUNNER_UID: i64 = 65_532;
 
 /// Where a sandbox's runner gets the key that opens sealed secrets (the run contract's type).
 pub use oauth3_protocol::runner_args::KeyProviderEndpoint as PodKeyProvider;
+/// Where a sandbox's runner gets the quote that attests its result (the run contract's type).
+pub use oauth3_protocol::runner_args::QuoteProviderEndpoint as PodQuoteProvider;
 
 /// Cluster-level settings of the pod launcher (Helm values / operator flags).
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +58,8 @@ pub struct PodLaunchConfig {
     pub image_pull_policy: String,
     /// Key provider of the runner.
     pub key_provider: PodKeyProvider,
+    /// Quote provider of the runner (`--attestation`).
+    pub quote_provider: PodQuoteProvider,
     /// CPU limit (and request) of the runner container.
     pub cpu: String,
     /// Memory limit (and request) of the runner container.
@@ -80,6 +84,9 @@ impl Default for PodLaunchConfig {
             image_pull_policy: "IfNotPresent".into(),
             key_provider: PodKeyProvider::Kbs {
                 url: oauth3_protocol::runner_args::DEFAULT_KBS_URL.into(),
+            },
+            quote_provider: PodQuoteProvider::Coco {
+                url: oauth3_protocol::runner_args::DEFAULT_AA_URL.into(),
             },
             cpu: "500m".into(),
             memory: "256Mi".into(),
@@ -199,6 +206,7 @@ pub fn desired_pod(
         &format!("{BUNDLE_DIR}/{BUNDLE_FILE}"),
         SEALED_DIR,
         &config.key_provider,
+        &config.quote_provider,
     );
     let mut volumes = vec![
         json!({"name": "bundle", "secret": {"secretName": object, "defaultMode": 0o440,
@@ -211,7 +219,13 @@ pub fn desired_pod(
         json!({"name": "sealed", "mountPath": SEALED_DIR, "readOnly": true}),
         json!({"name": "tmp", "mountPath": "/tmp"}),
     ];
-    if let PodKeyProvider::Dstack { socket } = &config.key_provider {
+    let dstack_socket = match (&config.key_provider, &config.quote_provider) {
+        (PodKeyProvider::Dstack { socket }, _) | (_, PodQuoteProvider::Dstack { socket }) => {
+            Some(socket)
+        }
+        _ => None,
+    };
+    if let Some(socket) = dstack_socket {
         volumes.push(json!({"name": "dstack", "hostPath": {"path": socket, "type": "Socket"}}));
         mounts.push(json!({"name": "dstack", "mountPath": socket}));
     }
@@ -887,6 +901,44 @@ mod tests {
                 .as_ref()
                 .and_then(|h| h.type_.as_deref()),
             Some("Socket")
+        );
+    }
+
+    #[test]
+    fn the_quote_provider_is_named_explicitly_and_a_dstack_one_gets_the_socket() {
+        let args = |pod: &Pod| {
+            pod.spec.as_ref().expect("spec").containers[0]
+                .args
+                .clone()
+                .expect("args")
+        };
+        let a = args(&pod());
+        assert!(
+            a.windows(4)
+                .any(|w| w == ["--attestation", "coco", "--aa-url", "http://127.0.0.1:8006"]),
+            "{a:?}"
+        );
+        let cfg = PodLaunchConfig {
+            quote_provider: PodQuoteProvider::Dstack {
+                socket: "/var/run/dstack.sock".into(),
+            },
+            ..Default::default()
+        };
+        let pod = desired_pod(&execution("count"), &permit(&[]), &cfg).expect("pod");
+        let a = args(&pod);
+        assert!(
+            a.windows(4).any(|w| w
+                == [
+                    "--attestation",
+                    "dstack",
+                    "--dstack-endpoint",
+                    "/var/run/dstack.sock"
+                ]),
+            "{a:?}"
+        );
+        assert!(
+            volume(&pod, "dstack").host_path.is_some(),
+            "the socket is mounted for quotes too"
         );
     }
 

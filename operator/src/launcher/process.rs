@@ -1,6 +1,7 @@
 //! The `process` launcher: runs the sandbox runner binary as a local child process with the
 //! same bundle a pod would get (development, `make demo`, end-to-end tests). It gives no TEE:
-//! results carry `attestation.kind: none`.
+//! results carry `attestation.kind: none` (`--attestation none`, passed explicitly) unless a
+//! quote provider is configured (a runner on a confidential VM, or a test's stand-in).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -10,6 +11,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::launcher::{LaunchError, Launched};
 use oauth3_protocol::Bundle;
+use oauth3_protocol::runner_args::QuoteProviderEndpoint;
 
 /// Settings of the process launcher.
 #[derive(Debug, Clone)]
@@ -19,6 +21,8 @@ pub struct ProcessLauncherConfig {
     /// Arguments placed before `run --bundle -` (e.g. a key provider for development:
     /// `--key-provider dev --dev-key-file F --insecure-dev-key`).
     pub extra_args: Vec<String>,
+    /// The runner's quote provider (`--attestation ...`, always passed).
+    pub attestation: QuoteProviderEndpoint,
 }
 
 /// Launches runners as child processes; the bundle goes over standard input, never to disk.
@@ -33,6 +37,21 @@ impl ProcessLauncher {
         Self {
             config: Arc::new(config),
         }
+    }
+
+    /// `--attestation ...` for the runner; a dstack socket already among the extra arguments
+    /// is not passed twice.
+    fn attestation_args(&self) -> Vec<String> {
+        use oauth3_protocol::runner_args::{DSTACK_ENDPOINT, KeyProviderEndpoint};
+        let socket_given = self
+            .config
+            .extra_args
+            .iter()
+            .any(|a| a == DSTACK_ENDPOINT || a.starts_with("--dstack-endpoint="));
+        let key = socket_given.then(|| KeyProviderEndpoint::Dstack {
+            socket: String::new(),
+        });
+        self.config.attestation.args(key.as_ref())
     }
 
     /// Starts the runner for `bundle` and returns at once; the child is reaped in the
@@ -61,6 +80,7 @@ impl ProcessLauncher {
         let mut child = tokio::process::Command::new(&self.config.binary)
             .arg("run")
             .args(&self.config.extra_args)
+            .args(self.attestation_args())
             .args(["--bundle", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())

@@ -5,7 +5,6 @@
 //! rendering or a log line: errors name the step that failed and the (non-secret) Secret,
 //! provider or endpoint involved.
 
-mod http;
 pub mod provider;
 
 use std::collections::BTreeMap;
@@ -120,6 +119,27 @@ pub enum SecretsError {
         /// The IO error.
         source: std::io::Error,
     },
+}
+
+impl SecretsError {
+    /// The error of a failed exchange with `provider`'s local endpoint.
+    pub(crate) fn exchange(provider: &'static str, e: crate::local_http::LocalHttpError) -> Self {
+        use crate::local_http::LocalHttpError as E;
+        match e {
+            E::Connect { endpoint, source } => Self::ProviderConnect {
+                provider,
+                endpoint,
+                source,
+            },
+            E::Exchange { step, source } => Self::ProviderExchange {
+                provider,
+                step,
+                source,
+            },
+            E::Timeout { seconds } => Self::ProviderTimeout { provider, seconds },
+            E::Response(reason) => Self::ProviderResponse { provider, reason },
+        }
+    }
 }
 
 /// One sealed Secret as projected into the runner: its name and its envelope string.

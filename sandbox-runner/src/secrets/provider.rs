@@ -12,8 +12,8 @@ use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
 use super::SecretsError;
-use super::http::{self, Endpoint, Request};
 use crate::host::BoxFuture;
+use crate::local_http::{self as http, Endpoint, Request};
 
 /// A source of the enclave's sealed-secret key.
 pub trait KeyProvider: Send + Sync {
@@ -123,14 +123,14 @@ impl DstackProvider {
         let response = http::exchange(
             &endpoint,
             &Request {
-                provider: DSTACK,
                 method: "POST",
                 path: "/GetKey",
                 unix_host: "dstack",
                 json_body: Some(&body),
             },
         )
-        .await?;
+        .await
+        .map_err(|e| SecretsError::exchange(DSTACK, e))?;
         if response.status != 200 {
             return Err(SecretsError::ProviderStatus {
                 provider: DSTACK,
@@ -224,14 +224,14 @@ impl KbsProvider {
         let response = http::exchange(
             &endpoint,
             &Request {
-                provider: KBS,
                 method: "GET",
                 path: &path,
                 unix_host: "localhost",
                 json_body: None,
             },
         )
-        .await?;
+        .await
+        .map_err(|e| SecretsError::exchange(KBS, e))?;
         if response.status != 200 {
             return Err(SecretsError::ProviderStatus {
                 provider: KBS,
@@ -338,7 +338,7 @@ fn endpoint_of(provider: &'static str, endpoint: &str) -> Result<Endpoint, Secre
 
 /// The message of an error answer: the `error` field of a JSON body, else a short, printable
 /// prefix of the body. Only ever applied to non-200 answers, which carry no key.
-fn error_message(body: &[u8]) -> String {
+pub(crate) fn error_message(body: &[u8]) -> String {
     #[derive(Deserialize)]
     struct ErrorBody {
         error: String,

@@ -1,10 +1,11 @@
-//! A minimal HTTP/1.1 client for local key-provider endpoints (unix socket or loopback TCP).
+//! A minimal HTTP/1.1 client for local key- and quote-provider endpoints (unix socket or
+//! loopback TCP).
 //!
-//! Key providers live on the same machine (dstack's guest agent socket, Confidential
-//! Containers' local resource endpoint), so this speaks just enough HTTP/1.1 to make one
-//! request with `Connection: close`, read the response to the end (bounded in size and time),
-//! and decode a `Content-Length` or chunked body. Response buffers may hold key material, so
-//! they are zeroized on drop.
+//! Providers live on the same machine (dstack's guest agent socket, Confidential Containers'
+//! in-guest API server), so this speaks just enough HTTP/1.1 to make one request with
+//! `Connection: close`, read the response to the end (bounded in size and time), and decode a
+//! `Content-Length` or chunked body. Response buffers may hold key material, so they are
+//! zeroized on drop. Errors never carry a response body.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,9 +13,38 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use zeroize::Zeroizing;
 
-use super::SecretsError;
+/// Why one exchange with a local provider failed (the caller names the provider).
+#[derive(Debug, thiserror::Error)]
+pub enum LocalHttpError {
+    /// Connecting failed.
+    #[error("connecting to {endpoint} failed: {source}")]
+    Connect {
+        /// The endpoint connected to.
+        endpoint: String,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// Sending the request or reading the response failed.
+    #[error("{step} failed: {source}")]
+    Exchange {
+        /// `sending the request` or `reading the response`.
+        step: &'static str,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// No complete answer in time.
+    #[error("no answer within {seconds}s")]
+    Timeout {
+        /// The time limit.
+        seconds: u64,
+    },
+    /// The answer is not a usable HTTP response.
+    #[error("reading the response: {0}")]
+    Response(&'static str),
+}
 
-/// Upper bound on a response (headers and body): a key answer is a few hundred bytes.
+/// Upper bound on a response (headers and body): a key answer is a few hundred bytes, a quote
+/// with its event log tens of KiB.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// How long one exchange may take before the provider is considered unavailable.
 pub(crate) const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,7 +102,6 @@ pub(crate) struct Response {
 
 /// One request to a provider.
 pub(crate) struct Request<'a> {
-    pub(crate) provider: &'static str,
     pub(crate) method: &'static str,
     /// Path below the endpoint's base path, starting with `/`.
     pub(crate) path: &'a str,
@@ -86,12 +115,10 @@ pub(crate) struct Request<'a> {
 pub(crate) async fn exchange(
     endpoint: &Endpoint,
     request: &Request<'_>,
-) -> Result<Response, SecretsError> {
-    let provider = request.provider;
+) -> Result<Response, LocalHttpError> {
     tokio::time::timeout(EXCHANGE_TIMEOUT, exchange_inner(endpoint, request))
         .await
-        .map_err(|_| SecretsError::ProviderTimeout {
-            provider,
+        .map_err(|_| LocalHttpError::Timeout {
             seconds: EXCHANGE_TIMEOUT.as_secs(),
         })?
 }
@@ -99,19 +126,17 @@ pub(crate) async fn exchange(
 async fn exchange_inner(
     endpoint: &Endpoint,
     request: &Request<'_>,
-) -> Result<Response, SecretsError> {
-    let provider = request.provider;
+) -> Result<Response, LocalHttpError> {
     match endpoint {
         Endpoint::Unix(path) => {
             let stream = tokio::net::UnixStream::connect(path)
                 .await
-                .map_err(|source| SecretsError::ProviderConnect {
-                    provider,
+                .map_err(|source| LocalHttpError::Connect {
                     endpoint: path.display().to_string(),
                     source,
                 })?;
             let head = request_head(request, request.unix_host, request.path);
-            over_stream(stream, provider, &head, request.json_body).await
+            over_stream(stream, &head, request.json_body).await
         }
         Endpoint::Tcp {
             authority,
@@ -119,14 +144,13 @@ async fn exchange_inner(
         } => {
             let stream = tokio::net::TcpStream::connect(authority.as_str())
                 .await
-                .map_err(|source| SecretsError::ProviderConnect {
-                    provider,
+                .map_err(|source| LocalHttpError::Connect {
                     endpoint: authority.clone(),
                     source,
                 })?;
             let path = format!("{base_path}{}", request.path);
             let head = request_head(request, authority, &path);
-            over_stream(stream, provider, &head, request.json_body).await
+            over_stream(stream, &head, request.json_body).await
         }
     }
 }
@@ -149,12 +173,10 @@ fn request_head(request: &Request<'_>, host: &str, path: &str) -> String {
 
 async fn over_stream<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
-    provider: &'static str,
     head: &str,
     body: Option<&[u8]>,
-) -> Result<Response, SecretsError> {
-    let send_err = |source| SecretsError::ProviderExchange {
-        provider,
+) -> Result<Response, LocalHttpError> {
+    let send_err = |source| LocalHttpError::Exchange {
         step: "sending the request",
         source,
     };
@@ -167,30 +189,27 @@ async fn over_stream<S: AsyncRead + AsyncWrite + Unpin>(
     let mut raw = Zeroizing::new(Vec::with_capacity(16 * 1024));
     let mut chunk = Zeroizing::new([0u8; 8192]);
     loop {
-        let n =
-            stream
-                .read(&mut chunk[..])
-                .await
-                .map_err(|source| SecretsError::ProviderExchange {
-                    provider,
-                    step: "reading the response",
-                    source,
-                })?;
+        let n = stream
+            .read(&mut chunk[..])
+            .await
+            .map_err(|source| LocalHttpError::Exchange {
+                step: "reading the response",
+                source,
+            })?;
         if n == 0 {
             break;
         }
         if raw.len() + n > MAX_RESPONSE_BYTES {
-            return Err(SecretsError::ProviderResponse {
-                provider,
-                reason: "the response is larger than 1 MiB",
-            });
+            return Err(LocalHttpError::Response(
+                "the response is larger than 1 MiB",
+            ));
         }
         raw.extend_from_slice(&chunk[..n]);
         if response_complete(&raw) {
             break;
         }
     }
-    parse_response(&raw).map_err(|reason| SecretsError::ProviderResponse { provider, reason })
+    parse_response(&raw).map_err(LocalHttpError::Response)
 }
 
 /// Whether a `Content-Length` response has fully arrived (lets us stop before EOF).
