@@ -285,7 +285,23 @@ pub async fn run_bundle(bundle: &Bundle, deps: &RunnerDeps) -> RunResult {
 /// Seals `result` with its statement digest and the quote over it.
 async fn attest(mut result: RunResult, quotes: Option<&dyn QuoteProvider>) -> RunResult {
     result.statement_digest = result.compute_statement_digest();
-    match attest_statement(quotes, &result.statement_digest).await {
+    // Evidence larger than the result endpoint reads (`max_result_bytes` reserves
+    // `MAX_ATTESTATION_BYTES` for it) would lose the whole result: refuse it here instead.
+    let attested = attest_statement(quotes, &result.statement_digest)
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|a| {
+            let size = serde_json::to_vec(&a).map(|v| v.len()).unwrap_or(usize::MAX);
+            if size > oauth3_protocol::result::MAX_ATTESTATION_BYTES {
+                Err(format!(
+                    "the evidence is {size} bytes, more than the {} a result may carry",
+                    oauth3_protocol::result::MAX_ATTESTATION_BYTES
+                ))
+            } else {
+                Ok(a)
+            }
+        });
+    match attested {
         Ok(attestation) => result.attestation = attestation,
         Err(e) => {
             result.phase = ExecutionPhase::Failed;
