@@ -164,7 +164,8 @@ pub fn app(gateway: Gateway) -> Router {
         .with_state(gateway)
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves.
+/// Serves `app` on `listener` until `shutdown` resolves. Answers are small and a held
+/// long-poll must leave at once when it wakes, so connections are `TCP_NODELAY`.
 ///
 /// # Errors
 /// When serving fails.
@@ -173,6 +174,12 @@ pub async fn serve(
     app: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt as _;
+    let listener = listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "setting TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
