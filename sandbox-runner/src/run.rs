@@ -291,7 +291,9 @@ async fn attest(mut result: RunResult, quotes: Option<&dyn QuoteProvider>) -> Ru
         .await
         .map_err(|e| e.to_string())
         .and_then(|a| {
-            let size = serde_json::to_vec(&a).map(|v| v.len()).unwrap_or(usize::MAX);
+            let size = serde_json::to_vec(&a)
+                .map(|v| v.len())
+                .unwrap_or(usize::MAX);
             if size > oauth3_protocol::result::MAX_ATTESTATION_BYTES {
                 Err(format!(
                     "the evidence is {size} bytes, more than the {} a result may carry",

@@ -80,6 +80,7 @@ fn operator(admin: &Client, ns: &str, listener: tokio::net::TcpListener) -> InPr
     let runner = ProcessLauncherConfig {
         binary: workspace_binary("oauth3-sandbox-runner", "oauth3-sandbox-runner"),
         extra_args: vec![],
+        attestation: oauth3_operator::launcher::pod::PodQuoteProvider::None,
     };
     InProcessOperator::start(
         admin,

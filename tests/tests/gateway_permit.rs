@@ -112,6 +112,7 @@ impl Env {
                     "--ca-file".into(),
                     d("ca.pem"),
                 ],
+                attestation: oauth3_operator::launcher::pod::PodQuoteProvider::None,
             };
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
