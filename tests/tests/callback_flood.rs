@@ -48,8 +48,31 @@ enum Kind {
     ImpossibleName,
 }
 
+/// How one client's connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ended {
+    /// Answered with this status code.
+    Answered(u16),
+    /// Closed (or reset) by the server well before the client stopped trickling, without an
+    /// answer it could read: a reset can discard an answer already sent.
+    CutEarly,
+    /// Still open, or closed late, without an answer.
+    Held,
+}
+
+/// Runs one client and says how its connection ended.
+async fn flood_client(addr: std::net::SocketAddr, ns: String, kind: Kind) -> Ended {
+    let started = Instant::now();
+    let code = flood_client_code(addr, ns, kind).await;
+    match code {
+        Some(c) => Ended::Answered(c),
+        None if started.elapsed() < TRICKLE / 2 => Ended::CutEarly,
+        None => Ended::Held,
+    }
+}
+
 /// Runs one client; returns the status code it was answered with, if any.
-async fn flood_client(addr: std::net::SocketAddr, ns: String, kind: Kind) -> Option<u16> {
+async fn flood_client_code(addr: std::net::SocketAddr, ns: String, kind: Kind) -> Option<u16> {
     let mut conn = TcpStream::connect(addr).await.ok()?;
     let (path, auth) = match kind {
         Kind::SlowBodyBadToken => (
@@ -249,15 +272,23 @@ async fn the_result_endpoint_stays_bounded_under_five_hundred_slow_unauthenticat
     // Every client that sent its headers was answered from them: 401 (wrong or no token),
     // 404 (no such name), 409 (not running); none was made to upload its body first.
     for (kind, expected) in [
-        ("SlowBodyBadToken", "Some(409)"),
-        ("SlowBodyNoToken", "Some(401)"),
-        ("ImpossibleName", "Some(404)"),
+        ("SlowBodyBadToken", 409),
+        ("SlowBodyNoToken", 401),
+        ("ImpossibleName", 404),
     ] {
-        let n = answers
-            .get(&format!("{kind} -> {expected}"))
-            .copied()
-            .unwrap_or(0);
-        assert_eq!(n, CLIENTS / 4, "{kind}: {answers:?}");
+        let count = |e: Ended| {
+            answers
+                .get(&format!("{kind} -> {e:?}"))
+                .copied()
+                .unwrap_or(0)
+        };
+        let answered = count(Ended::Answered(expected));
+        assert_eq!(
+            answered + count(Ended::CutEarly),
+            CLIENTS / 4,
+            "{kind}: every client answered from its headers or cut at once: {answers:?}"
+        );
+        assert!(answered >= CLIENTS / 4 - 5, "{kind}: {answers:?}");
     }
     // Logs to a file carry no colour codes.
     assert!(text.contains("serving the result callback"), "{text}");
