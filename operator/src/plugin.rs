@@ -355,11 +355,18 @@ fn level_name(level: TrustLevel) -> &'static str {
     }
 }
 
+/// How many times [`record_decision`] reads and writes before it reports a conflict.
+pub const DECISION_TRIES: usize = 5;
+
 /// Records `decision` on the current spec of Permit `name` in `namespace`, made by `by`
 /// through `via` (the identity the API server authenticated, never a name the caller chose),
-/// with the one guarded status write: a Permit changed since it was read fails with
-/// [`PluginError::Conflict`] instead of being overwritten. Every approval channel that is not
-/// the operator itself (this plugin, the gateway's web page) records decisions here.
+/// with the guarded status write. When another writer changed the Permit between the read
+/// and the write (409 Conflict, e.g. the operator updating its conditions), it reads again and
+/// retries, up to [`DECISION_TRIES`] times, but only while the spec is still the one first
+/// read: a decision is never moved onto a spec the decider did not see. A changed spec, or
+/// conflicts on every try, fail with [`PluginError::Conflict`] instead of overwriting. Every
+/// approval channel that is not the operator itself (this plugin, the gateway's web page)
+/// records decisions here.
 ///
 /// # Errors
 /// [`PluginError`] naming the Permit when it is missing, changed meanwhile, or the write fails.
@@ -372,40 +379,56 @@ pub async fn record_decision(
     via: ApprovalVia,
 ) -> Result<Approval, PluginError> {
     let permits: Api<Permit> = Api::namespaced(client.clone(), namespace);
-    let permit = permits
-        .get_opt(name)
-        .await
-        .map_err(api_err(format!("reading Permit {name}")))?
-        .ok_or_else(|| PluginError::NotFound {
-            kind: "Permit",
-            name: name.to_owned(),
-            namespace: namespace.to_owned(),
-        })?;
-    let approval = approval_for(&permit, decision, by, via, Timestamp::now())?;
     let field_manager = match via {
         ApprovalVia::Web => WEB_FIELD_MANAGER,
         _ => PLUGIN_FIELD_MANAGER,
     };
-    match write_status(
-        &permits,
-        &permit,
-        &json!({"approval": approval}),
-        Some(field_manager),
-    )
-    .await
-    {
-        Ok(Guarded::Written) => Ok(approval),
-        Ok(Guarded::Conflict) => Err(PluginError::Conflict(format!("Permit {name}"))),
-        Ok(Guarded::Gone) => Err(PluginError::NotFound {
-            kind: "Permit",
-            name: name.to_owned(),
-            namespace: namespace.to_owned(),
-        }),
-        Err(source) => Err(PluginError::Api {
-            step: format!("recording the decision on Permit {name}"),
-            source,
-        }),
+    let gone = || PluginError::NotFound {
+        kind: "Permit",
+        name: name.to_owned(),
+        namespace: namespace.to_owned(),
+    };
+    let mut seen_spec: Option<String> = None;
+    for _ in 0..DECISION_TRIES {
+        let permit = permits
+            .get_opt(name)
+            .await
+            .map_err(api_err(format!("reading Permit {name}")))?
+            .ok_or_else(gone)?;
+        let digest = spec_digest(&permit.spec)
+            .map_err(|e| PluginError::Local(format!("Permit {name}: {e}")))?;
+        match &seen_spec {
+            Some(first) if *first != digest => {
+                return Err(PluginError::Conflict(format!(
+                    "Permit {name} (its spec changed)"
+                )));
+            }
+            Some(_) => {}
+            None => seen_spec = Some(digest),
+        }
+        let approval = approval_for(&permit, decision, by, via, Timestamp::now())?;
+        match write_status(
+            &permits,
+            &permit,
+            &json!({"approval": approval}),
+            Some(field_manager),
+        )
+        .await
+        {
+            Ok(Guarded::Written) => return Ok(approval),
+            Ok(Guarded::Conflict) => {
+                tracing::debug!(permit = %name, "Permit changed while recording a decision; reading again");
+            }
+            Ok(Guarded::Gone) => return Err(gone()),
+            Err(source) => {
+                return Err(PluginError::Api {
+                    step: format!("recording the decision on Permit {name}"),
+                    source,
+                });
+            }
+        }
     }
+    Err(PluginError::Conflict(format!("Permit {name}")))
 }
 
 /// Trusts code `digest` at `level` under the perCode Permit `name` in `namespace`, as `by`

@@ -1233,3 +1233,202 @@ async fn code_under_a_per_code_permit_waits_until_the_owner_approves_it_on_the_p
     assert_eq!(done.body["result"]["value"], 5);
     env.stop().await;
 }
+
+/// A client that, before each of the first `conflicts` status writes to a Permit, has another
+/// writer change that Permit (an annotation: the spec stays as it was), so the guarded write
+/// the decision makes meets a real 409 Conflict from the API server.
+fn client_with_concurrent_writer(
+    client: kube::Client,
+    ns: &str,
+    conflicts: usize,
+) -> (kube::Client, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let provoked = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = provoked.clone();
+    let inner = client.clone();
+    let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+        let inner = inner.clone();
+        let count = count.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let path = parts.uri.path().to_owned();
+            if parts.method == http::Method::PATCH
+                && path.contains("/permits/")
+                && path.ends_with("/status")
+                && count.load(Ordering::SeqCst) < conflicts
+            {
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                let name = path
+                    .trim_end_matches("/status")
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let ns = path
+                    .split("/namespaces/")
+                    .nth(1)
+                    .and_then(|rest| rest.split('/').next())
+                    .unwrap_or_default()
+                    .to_owned();
+                let api: Api<Permit> = Api::namespaced(inner.clone(), &ns);
+                api.patch(
+                    &name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(
+                        json!({"metadata": {"annotations": {"test.oauth3.dev/other-writer": n.to_string()}}}),
+                    ),
+                )
+                .await?;
+            }
+            inner
+                .send(http::Request::from_parts(parts, body))
+                .await
+                .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
+        }
+    });
+    (kube::Client::new(service, ns.to_owned()), provoked)
+}
+
+async fn pending_permit(client: &kube::Client, ns: &str, name: &str) -> Api<Permit> {
+    let api: Api<Permit> = Api::namespaced(client.clone(), ns);
+    let permit: Permit = serde_json::from_value(json!({
+        "apiVersion": "oauth3.dev/v1alpha1",
+        "kind": "Permit",
+        "metadata": {"name": name},
+        "spec": {
+            "description": "List issues",
+            "capabilities": [{
+                "name": "github",
+                "baseUrl": "https://api.github.com",
+                "paths": ["/repos/o/r/issues"],
+                "methods": ["GET"]
+            }],
+            "validFor": "1h"
+        }
+    }))
+    .expect("a valid Permit");
+    api.create(&kube::api::PostParams::default(), &permit)
+        .await
+        .expect("creating the Permit");
+    api
+}
+
+#[tokio::test]
+async fn a_decision_survives_a_concurrent_status_writer_but_never_moves_to_another_spec() {
+    use oauth3_crds::{ApprovalDecision, ApprovalVia};
+    use oauth3_operator::plugin::{DECISION_TRIES, Decision, PluginError, record_decision};
+    let Some(client) = client_or_skip().await else {
+        return;
+    };
+    let ns = oauth3_tests::namespace(&client, "gw-conflict").await;
+
+    // Another writer changes the Permit before each of the first two writes: the decision is
+    // read again and recorded on the third try.
+    let api = pending_permit(&client, &ns, "p").await;
+    let (racing, provoked) = client_with_concurrent_writer(client.clone(), &ns, 2);
+    let approval = record_decision(
+        &racing,
+        &ns,
+        "p",
+        Decision::Approve,
+        "owner",
+        ApprovalVia::Web,
+    )
+    .await
+    .expect("the decision is recorded despite the concurrent writer");
+    assert_eq!(provoked.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let p = api.get("p").await.expect("reading the Permit");
+    let recorded = p
+        .status
+        .and_then(|s| s.approval)
+        .expect("an approval in status");
+    assert_eq!(recorded.decision, ApprovalDecision::Approved);
+    assert_eq!(recorded.spec_digest, approval.spec_digest);
+    assert_eq!(
+        p.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("test.oauth3.dev/other-writer"))
+            .map(String::as_str),
+        Some("1"),
+        "the other writer really wrote twice"
+    );
+
+    // A writer that never stops: bounded, then a clear conflict, and nothing recorded.
+    let api = pending_permit(&client, &ns, "q").await;
+    let (racing, provoked) = client_with_concurrent_writer(client.clone(), &ns, usize::MAX);
+    let err = record_decision(
+        &racing,
+        &ns,
+        "q",
+        Decision::Approve,
+        "owner",
+        ApprovalVia::Web,
+    )
+    .await
+    .expect_err("endless conflicts end in an error");
+    assert!(matches!(err, PluginError::Conflict(_)), "{err:?}");
+    assert!(err.to_string().contains("Permit q"), "{err}");
+    assert_eq!(
+        provoked.load(std::sync::atomic::Ordering::SeqCst),
+        DECISION_TRIES
+    );
+    let q = api.get("q").await.expect("reading the Permit");
+    assert!(
+        q.status.and_then(|s| s.approval).is_none(),
+        "no approval was written"
+    );
+
+    // The spec changes between the tries: the decision is not moved onto the new spec.
+    let api = pending_permit(&client, &ns, "r").await;
+    let spec_editor = client.clone();
+    let ns2 = ns.clone();
+    let inner = client.clone();
+    let edited = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = edited.clone();
+    let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+        let inner = inner.clone();
+        let spec_editor = spec_editor.clone();
+        let ns = ns2.clone();
+        let flag = flag.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            if parts.method == http::Method::PATCH
+                && parts.uri.path().ends_with("/permits/r/status")
+                && !flag.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                let api: Api<Permit> = Api::namespaced(spec_editor, &ns);
+                api.patch(
+                    "r",
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(
+                        json!({"spec": {"description": "Delete the repository"}}),
+                    ),
+                )
+                .await?;
+            }
+            inner
+                .send(http::Request::from_parts(parts, body))
+                .await
+                .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
+        }
+    });
+    let racing = kube::Client::new(service, ns.clone());
+    let err = record_decision(
+        &racing,
+        &ns,
+        "r",
+        Decision::Approve,
+        "owner",
+        ApprovalVia::Web,
+    )
+    .await
+    .expect_err("a changed spec is a conflict");
+    assert!(matches!(err, PluginError::Conflict(_)), "{err:?}");
+    assert!(err.to_string().contains("spec changed"), "{err}");
+    let r = api.get("r").await.expect("reading the Permit");
+    assert!(
+        r.status.and_then(|s| s.approval).is_none(),
+        "no approval on the edited spec"
+    );
+}
