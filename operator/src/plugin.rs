@@ -112,7 +112,11 @@ impl Plugin {
             })
     }
 
-    async fn execution(&self, name: &str) -> Result<Execution, PluginError> {
+    /// Reads an Execution of the plugin's namespace.
+    ///
+    /// # Errors
+    /// [`PluginError::NotFound`], or the API error.
+    pub async fn execution(&self, name: &str) -> Result<Execution, PluginError> {
         Api::<Execution>::namespaced(self.client.clone(), &self.namespace)
             .get_opt(name)
             .await
@@ -257,19 +261,6 @@ impl Plugin {
     pub async fn logs(&self, name: &str) -> Result<String, PluginError> {
         let exec = self.execution(name).await?;
         Ok(render_logs(&exec))
-    }
-
-    /// Verifies Execution `name`'s attested result (see [`crate::verify`]).
-    ///
-    /// # Errors
-    /// When the Execution cannot be read.
-    pub async fn verify(
-        &self,
-        name: &str,
-        inputs: &crate::verify::Inputs<'_>,
-    ) -> Result<crate::verify::Verification, PluginError> {
-        let exec = self.execution(name).await?;
-        Ok(crate::verify::verify_execution(&exec, inputs))
     }
 }
 

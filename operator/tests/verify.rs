@@ -398,5 +398,26 @@ fn seal_refuses_a_key_whose_attestation_does_not_verify() {
         Some(2),
         "--attestation needs --policy and --collateral"
     );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-oauth3"))
+        .args([
+            "seal",
+            "GITHUB_TOKEN",
+            "--from-literal",
+            "v",
+            "--attestation",
+        ])
+        .arg(&attestation)
+        .arg("--policy")
+        .arg(&policy)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "--attestation needs the quote's collateral: --collateral FILE or --pccs-url URL"
+        ),
+        "{stderr}"
+    );
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }

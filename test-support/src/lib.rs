@@ -1,12 +1,14 @@
 //! Test support shared by every oauth3 test crate (the runner's, the operator's and the
 //! cross-crate `tests/`): [`fixtures`] (Permit and Execution builders), [`upstream`] (a real HTTPS upstream on loopback that records what it
 //! received), [`tdx`] (a real TDX sample quote with its collateral, and stand-ins of the
-//! dstack, Confidential Containers and configfs-tsm quote providers), [`free_port`] and
+//! dstack, Confidential Containers and configfs-tsm quote providers), [`pccs`] (a stand-in PCCS
+//! serving that collateral), [`free_port`] and
 //! [`wait_until`] (the one polling waiter).
 
 #![allow(clippy::unwrap_used)]
 
 pub mod fixtures;
+pub mod pccs;
 pub mod tdx;
 pub mod upstream;
 

@@ -24,6 +24,11 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 pub const SAMPLE_QUOTE: &[u8] = include_bytes!("../fixtures/tdx/tdx_quote");
 /// Its collateral (JSON as `dcap-qvl` reads it).
 pub const SAMPLE_COLLATERAL: &str = include_str!("../fixtures/tdx/tdx_quote_collateral.json");
+/// The sample quote's platform as its PCK certificate says: FMSPC (upper-case hex) and the
+/// PCK CA that issued it, what a PCCS is asked for.
+pub const SAMPLE_FMSPC: &str = "B0C06F000000";
+/// See [`SAMPLE_FMSPC`].
+pub const SAMPLE_PCK_CA: &str = "platform";
 /// A time inside the collateral's validity: 2025-07-01T00:00:00Z.
 pub const SAMPLE_AT: u64 = 1_751_328_000;
 /// A time after the collateral expired: 2025-08-01T00:00:00Z.

@@ -69,65 +69,19 @@ pub struct Upstream {
 impl Upstream {
     /// Starts a server on 127.0.0.1:0 with a fresh CA and a leaf for 127.0.0.1 and localhost.
     pub async fn start() -> Upstream {
-        let ca_key = KeyPair::generate().expect("CA key");
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "oauth3 test CA");
-        let ca = ca_params.self_signed(&ca_key).expect("CA cert");
-        let leaf_key = KeyPair::generate().expect("leaf key");
-        let leaf_params = CertificateParams::new(vec![
-            "127.0.0.1".to_owned(),
-            "localhost".to_owned(),
-            "upstream.test".to_owned(),
-        ])
-        .expect("leaf params");
-        let leaf = leaf_params
-            .signed_by(&leaf_key, &ca, &ca_key)
-            .expect("leaf cert");
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
-        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_no_client_auth()
-        .with_single_cert(vec![leaf.der().clone()], key)
-        .expect("server cert");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let (acceptor, ca_pem) = test_tls(&["127.0.0.1", "localhost", "upstream.test"]);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let requests = Arc::new(Mutex::new(Vec::new()));
         let arrived = Arc::new(Notify::new());
         let recorded = requests.clone();
         let notify = arrived.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let acceptor = acceptor.clone();
-                let recorded = recorded.clone();
-                let notify = notify.clone();
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    let service = hyper::service::service_fn(move |req| {
-                        let recorded = recorded.clone();
-                        let notify = notify.clone();
-                        async move { Ok::<_, Infallible>(handle(req, recorded, notify).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                });
-            }
+        serve_tls(listener, acceptor, move |req| {
+            handle(req, recorded.clone(), notify.clone())
         });
         Upstream {
             addr,
-            ca_pem: ca.pem().into_bytes(),
+            ca_pem,
             requests,
             arrived,
         }
@@ -180,6 +134,70 @@ impl Upstream {
             notified.await;
         }
     }
+}
+
+/// Serves HTTP/1.1 over TLS on `listener` until the runtime ends, answering each request with
+/// `handler`.
+pub fn serve_tls<H, F>(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, handler: H)
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            // Answers go out at once, not after the client's delayed ACK.
+            let _ = stream.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |req| {
+                    let answer = handler(req);
+                    async move { Ok::<_, Infallible>(answer.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+}
+
+/// A TLS acceptor with a fresh CA and a leaf for `names` (IP addresses or DNS names), and
+/// that CA's certificate as PEM: what a client under test is told to trust.
+pub fn test_tls(names: &[&str]) -> (tokio_rustls::TlsAcceptor, Vec<u8>) {
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "oauth3 test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("CA cert");
+    let leaf_key = KeyPair::generate().expect("leaf key");
+    let leaf_params =
+        CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+            .expect("leaf params");
+    let leaf = leaf_params
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .expect("leaf cert");
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone()], key)
+    .expect("server cert");
+    (
+        tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+        ca.pem().into_bytes(),
+    )
 }
 
 fn response(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

@@ -12,6 +12,7 @@ use kube::api::{Api, PostParams};
 use oauth3_crds::{AttestationKind, Execution, ExecutionPhase, Permit, PermitPhase};
 use oauth3_operator::launcher::pod::PodQuoteProvider;
 use oauth3_operator::launcher::process::ProcessLauncherConfig;
+use oauth3_test_support::pccs::Pccs;
 use oauth3_test_support::tdx::{SAMPLE_COLLATERAL, SAMPLE_QUOTE, TsmDir, sample_mrtd};
 use oauth3_test_support::{ExecutionFixture, PermitFixture, wait_until};
 use oauth3_tests::operator::{InProcessOperator, Launcher};
@@ -122,7 +123,9 @@ fn permit() -> PermitFixture {
     PermitFixture::api("https://api.example.com/v1")
 }
 
-#[tokio::test]
+// Multi-threaded: the plugin runs as a blocking child process while the stand-in PCCS
+// answers it on this runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attested_result_carries_the_quote_and_verify_says_which_checks_pass() {
     let Some(env) = Env::new("attest-e2e").await else {
         return;
@@ -216,6 +219,39 @@ async fn an_attested_result_carries_the_quote_and_verify_says_which_checks_pass(
     );
     assert!(text.contains("pass         signature"), "{text}");
     assert!(text.contains("FAIL         binding"), "{text}");
+
+    // The same verdicts with the collateral fetched from a PCCS for the quote's platform.
+    let pccs = Pccs::start().await;
+    let ca = env.dir.join("pccs-ca.pem");
+    std::fs::write(&ca, &pccs.ca_pem).expect("pccs ca");
+    let (url, ca) = (pccs.url(), ca.to_string_lossy().into_owned());
+    let out = env.plugin(&[
+        "verify",
+        "answer",
+        "--pccs-url",
+        &url,
+        "--pccs-ca",
+        &ca,
+        "--policy",
+        &policy,
+        "--at",
+        "2025-07-01T00:00:00Z",
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let via_pccs: Value = serde_json::from_slice(&out.stdout).expect("json verdicts");
+    assert_eq!(via_pccs["checks"], report["checks"], "{via_pccs:#}");
+    assert_eq!(
+        pccs.requests().len(),
+        4,
+        "collateral fetched: {:?}",
+        pccs.requests()
+    );
 }
 
 #[tokio::test]

@@ -13,7 +13,8 @@ use oauth3_operator::plugin::{
     Decision, PLUGIN_FIELD_MANAGER, Plugin, PluginError, load_collateral, load_key_attestation,
     load_policy, parse_public_key, parse_time, sealed_secret,
 };
-use oauth3_operator::verify::{Inputs, Verification, verify_key};
+use oauth3_operator::verify::pccs::PccsClient;
+use oauth3_operator::verify::{Inputs, Verification, tdx_quote, verify_execution, verify_key};
 
 /// Approve, deny and revoke oauth3 Permits, trust code, inspect Permits and Executions, and
 /// seal secrets for the enclave.
@@ -46,13 +47,31 @@ struct CheckArgs {
     /// is not "verified").
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
-    /// Quote collateral as JSON (TCB info, QE identity, CRLs), e.g. fetched from a PCCS.
+    /// Quote collateral as JSON (TCB info, QE identity, CRLs), e.g. saved by a PCCS client.
     #[arg(long, value_name = "FILE", conflicts_with = "pccs_url")]
     collateral: Option<PathBuf>,
-    /// Fetch the collateral from this PCCS. Not built into this version: fetch it with a PCCS
-    /// client and pass --collateral.
+    /// Fetch the quote's collateral from this PCCS (Intel's caching service, API v4), e.g.
+    /// `https://pccs.example.com:8081`; plain http only to a loopback address. What it answers
+    /// is signed by Intel and checked like a file's: a PCCS can make verification fail, never
+    /// pass.
     #[arg(long, value_name = "URL")]
     pccs_url: Option<String>,
+    /// Trust this CA (PEM) for the PCCS's TLS certificate, besides the web PKI roots (a
+    /// private PCCS).
+    #[arg(long, value_name = "FILE", requires = "pccs_url")]
+    pccs_ca: Option<PathBuf>,
+    /// Keep collateral fetched from the PCCS in this directory (one file per platform) and
+    /// reuse it until its nextUpdate.
+    #[arg(long, value_name = "DIR", requires = "pccs_url")]
+    collateral_cache: Option<PathBuf>,
+    /// Time limit for each request to the PCCS, in seconds.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 10,
+        requires = "pccs_url"
+    )]
+    pccs_timeout: u64,
     /// Check the collateral's validity at this time (Unix seconds or RFC 3339) instead of now.
     #[arg(long, value_name = "TIME")]
     at: Option<String>,
@@ -65,26 +84,56 @@ struct Loaded {
 }
 
 impl CheckArgs {
-    fn load(&self) -> Result<Loaded, PluginError> {
-        if let Some(url) = &self.pccs_url {
-            return Err(PluginError::Usage(format!(
-                "--pccs-url {url}: fetching collateral is not built into kubectl-oauth3; fetch \
-                 it for the quote's FMSPC from the PCCS and pass --collateral FILE"
-            )));
-        }
-        Ok(Loaded {
-            policy: self.policy.as_deref().map(load_policy).transpose()?,
-            collateral: self
+    /// Reads the policy and the collateral; with --pccs-url, fetches the collateral for
+    /// `quote` (when there is a quote to check).
+    async fn load(&self, quote: Option<&[u8]>) -> Result<Loaded, PluginError> {
+        let now = match &self.at {
+            Some(t) => parse_time(t)?,
+            None => {
+                u64::try_from(k8s_openapi::jiff::Timestamp::now().as_second()).unwrap_or_default()
+            }
+        };
+        let policy = self.policy.as_deref().map(load_policy).transpose()?;
+        let collateral = match (&self.pccs_url, quote) {
+            (Some(url), Some(quote)) => Some(self.fetch_collateral(url, quote, now).await?),
+            _ => self
                 .collateral
                 .as_deref()
                 .map(load_collateral)
                 .transpose()?,
-            now: match &self.at {
-                Some(t) => parse_time(t)?,
-                None => u64::try_from(k8s_openapi::jiff::Timestamp::now().as_second())
-                    .unwrap_or_default(),
-            },
+        };
+        Ok(Loaded {
+            policy,
+            collateral,
+            now,
         })
+    }
+
+    async fn fetch_collateral(
+        &self,
+        url: &str,
+        quote: &[u8],
+        now: u64,
+    ) -> Result<dcap_qvl::QuoteCollateralV3, PluginError> {
+        let ca = match &self.pccs_ca {
+            Some(f) => Some(std::fs::read(f).map_err(|e| {
+                PluginError::Usage(format!("reading --pccs-ca {}: {e}", f.display()))
+            })?),
+            None => None,
+        };
+        let mut client = PccsClient::new(
+            url,
+            ca.as_deref(),
+            std::time::Duration::from_secs(self.pccs_timeout.max(1)),
+        )
+        .map_err(|e| PluginError::Usage(e.to_string()))?;
+        if let Some(dir) = &self.collateral_cache {
+            client = client.with_cache(dir);
+        }
+        client
+            .collateral_for(quote, now)
+            .await
+            .map_err(|e| PluginError::Local(format!("fetching the quote's collateral: {e}")))
     }
 }
 
@@ -164,9 +213,9 @@ enum Command {
         public_key: Option<String>,
         /// The output of `oauth3-sandbox-runner public-key --attest` (the key and a quote over
         /// it). The key is verified before anything is sealed to it: its quote's signature
-        /// and TCB (needs --collateral), its binding, and its measurements (needs --policy);
-        /// any failure refuses to seal.
-        #[arg(long, value_name = "FILE", requires_all = ["policy", "collateral"])]
+        /// and TCB (needs --collateral or --pccs-url), its binding, and its measurements
+        /// (needs --policy); any failure refuses to seal.
+        #[arg(long, value_name = "FILE", requires = "policy")]
         attestation: Option<PathBuf>,
         #[command(flatten)]
         checks: CheckArgs,
@@ -256,11 +305,15 @@ async fn verify(
     execution: &str,
     checks: &CheckArgs,
 ) -> Result<Verification, PluginError> {
-    let loaded = checks.load()?;
     let (client, ns) = connect(namespace).await?;
-    Plugin::new(client, ns)
-        .verify(execution, &loaded.inputs())
-        .await
+    let exec = Plugin::new(client, ns).execution(execution).await?;
+    let quote = exec
+        .status
+        .as_ref()
+        .and_then(|s| s.attestation.as_ref())
+        .and_then(tdx_quote);
+    let loaded = checks.load(quote.as_deref()).await?;
+    Ok(verify_execution(&exec, &loaded.inputs()))
 }
 
 async fn run(cli: Cli) -> Result<String, PluginError> {
@@ -309,7 +362,7 @@ struct SealArgs {
 }
 
 /// The key to seal to: from --public-key(-file), or from a verified --attestation.
-fn seal_key(
+async fn seal_key(
     public_key: Option<String>,
     public_key_file: Option<PathBuf>,
     attestation: Option<PathBuf>,
@@ -340,7 +393,14 @@ fn seal_key(
             file.display()
         )));
     }
-    let loaded = checks.load()?;
+    if checks.collateral.is_none() && checks.pccs_url.is_none() {
+        return Err(PluginError::Usage(
+            "--attestation needs the quote's collateral: --collateral FILE or --pccs-url URL"
+                .into(),
+        ));
+    }
+    let quote = tdx_quote(&attested.attestation);
+    let loaded = checks.load(quote.as_deref()).await?;
     let verdict = verify_key(&key, &attested.attestation, &loaded.inputs());
     if !verdict.verified {
         return Err(PluginError::Local(format!(
@@ -363,7 +423,7 @@ async fn seal(namespace: Option<String>, args: SealArgs) -> Result<String, Plugi
         checks,
     } = args;
     {
-        let key = seal_key(public_key, public_key_file, attestation, &checks)?;
+        let key = seal_key(public_key, public_key_file, attestation, &checks).await?;
         let value = match (from_literal, from_file) {
             (Some(v), _) => v,
             (None, Some(f)) => std::fs::read_to_string(&f)

@@ -21,6 +21,7 @@
 //! collateral, no policy) counts as not passed.
 
 pub mod eventlog;
+pub mod pccs;
 pub mod policy;
 
 use base64::Engine as _;
@@ -325,6 +326,18 @@ fn time_text(secs: u64) -> String {
         .map_or_else(|| secs.to_string(), |t| t.to_string())
 }
 
+/// The TDX quote an attestation carries, decoded (`None` for `kind: none` or a quote that is
+/// not base64): what collateral is fetched for.
+#[must_use]
+pub fn tdx_quote(attestation: &Attestation) -> Option<Vec<u8>> {
+    match (attestation.kind, attestation.quote.as_deref()) {
+        (AttestationKind::Tdx, Some(q)) => base64::engine::general_purpose::STANDARD
+            .decode(q.trim())
+            .ok(),
+        _ => None,
+    }
+}
+
 fn quote_checks(
     subject: String,
     attestation: &Attestation,
@@ -335,9 +348,9 @@ fn quote_checks(
 ) -> Verification {
     let rest = ["signature", "tcb", "binding", "measurements"];
     let raw = match (attestation.kind, attestation.quote.as_deref()) {
-        (AttestationKind::Tdx, Some(q)) => base64::engine::general_purpose::STANDARD
-            .decode(q.trim())
-            .map_err(|_| "the attestation's quote is not base64".to_owned()),
+        (AttestationKind::Tdx, Some(_)) => {
+            tdx_quote(attestation).ok_or_else(|| "the attestation's quote is not base64".to_owned())
+        }
         _ => Err(
             "the result carries no quote (attestation.kind: none): it was not run in a \
                   TEE, or not with a quote provider"
