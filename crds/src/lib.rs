@@ -5,6 +5,7 @@
 //! approvals to exact specs and code, and the small shared value types (durations, phases) that
 //! both the operator and the sandbox runner read.
 
+pub mod args;
 pub mod constants;
 pub mod digest;
 pub mod duration;
@@ -14,6 +15,7 @@ pub mod headers;
 pub mod permit;
 mod schema;
 
+pub use args::{check_args, describe_rule};
 pub use digest::{DigestError, code_digest, spec_digest};
 pub use duration::{DurationError, DurationUnit, parse_duration, split_duration};
 pub use execution::{
@@ -22,9 +24,9 @@ pub use execution::{
 };
 pub use glob::{GlobError, GlobSegment, PathGlob};
 pub use permit::{
-    Approval, ApprovalDecision, ApprovalVia, AuthSpec, BodyRules, Capability, CapabilityForm,
-    CodeReview, HttpMethod, ParamLocation, ParamSpec, Permit, PermitPhase, PermitSpec,
-    PermitStatus, PermitUsage, QueryRules, RateLimit, RequiredAttestation, TrustLevel,
+    Approval, ApprovalDecision, ApprovalVia, ArgOp, ArgRule, AuthSpec, BodyRules, Capability,
+    CapabilityForm, CodeReview, HttpMethod, ParamLocation, ParamSpec, Permit, PermitPhase,
+    PermitSpec, PermitStatus, PermitUsage, QueryRules, RateLimit, RequiredAttestation, TrustLevel,
 };
 pub use schema::{
     JS_RESERVED_WORDS, OBJECT_PROTOTYPE_NAMES, SANDBOX_GLOBALS, SANDBOX_REMOVED_GLOBALS,

@@ -94,6 +94,82 @@ pub struct PermitSpec {
     /// with reason `NotAttested`, its result withheld. Unset: results are kept either way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub require_attestation: Option<RequiredAttestation>,
+
+    /// The only code that may run under this Permit, by digest (`sha256:<64 hex>` of
+    /// `Execution.spec.code`, as `kubectl oauth3 logs` and `status.codeDigest` show it). Set:
+    /// the owner approves these exact pieces of code with the spec, and an Execution with any
+    /// other code ends `Denied` (`CodeNotPinned`) before a sandbox starts. Empty: any code
+    /// (subject to `codeReview`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(pattern(r"^sha256:[0-9a-f]{64}$")))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub pinned_code: Vec<String>,
+
+    /// Rules every Execution's `args` must satisfy, checked before a sandbox starts: an
+    /// Execution whose args break one ends `Failed` (`ArgsRefused`, naming the arg and the
+    /// rule). Each rule is about one top-level key of `args` and is either a `regex` the
+    /// whole value must match or an `op` with a `value`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub arg_rules: Vec<ArgRule>,
+
+    /// Constraints the agent stated that oauth3 cannot check (natural language, e.g. "only
+    /// public repositories"). Shown to the owner marked NOT ENFORCED; they change nothing
+    /// about what may run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 500)))]
+    pub unenforced_constraints: Vec<String>,
+}
+
+/// A rule on one argument of every Execution (`spec.argRules[]`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("has(self.regex) != has(self.op)").message("set exactly one of regex or op"),
+    validation = Rule::new("has(self.op) == has(self.value)").message("op needs a value, and value is only for op")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ArgRule {
+    /// The top-level key of `args` the rule is about. The arg must be present.
+    #[schemars(length(min = 1, max = 63), pattern(r"^[A-Za-z_][A-Za-z0-9_-]*$"))]
+    pub arg: String,
+
+    /// A regular expression (Rust `regex` syntax) the whole value must match: it is anchored at
+    /// both ends. Numbers and booleans are matched as their JSON text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub regex: Option<String>,
+
+    /// A comparison with `value`: `eq`, `ne`, `lt`, `le`, `gt`, `ge` (numbers, or strings
+    /// that are numbers), `in` / `notIn` (`value` is a list), `prefix` / `suffix` (strings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op: Option<ArgOp>,
+
+    /// What `op` compares with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::execution::any_json")]
+    pub value: Option<serde_json::Value>,
+
+    /// Why the rule exists, in the requester's words; shown to the owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 500))]
+    pub rationale: Option<String>,
+}
+
+/// The comparison of an [`ArgRule`].
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub enum ArgOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    In,
+    NotIn,
+    Prefix,
+    Suffix,
 }
 
 /// The attestation a Permit requires of every result.

@@ -210,6 +210,33 @@ pub fn describe_spec_with(spec: &PermitSpec, digest: &str, network: Option<&str>
         CodeReview::PerCode => "per code: every new piece of code needs your approval",
     };
     let _ = writeln!(out, "Code review: {review}");
+    if !spec.pinned_code.is_empty() {
+        let _ = writeln!(
+            out,
+            "Code: only this code may run (you approve it with this spec): {}",
+            spec.pinned_code.join(", ")
+        );
+    }
+    if !spec.arg_rules.is_empty() {
+        let _ = writeln!(out, "Argument rules (checked before every run):");
+        for rule in &spec.arg_rules {
+            let why = rule
+                .rationale
+                .as_deref()
+                .map(|r| format!(" (\"{r}\")"))
+                .unwrap_or_default();
+            let _ = writeln!(out, "  - {}{why}", oauth3_crds::describe_rule(rule));
+        }
+    }
+    if !spec.unenforced_constraints.is_empty() {
+        let _ = writeln!(
+            out,
+            "Constraints the agent states, NOT ENFORCED (oauth3 cannot check these; only the rules above bind):"
+        );
+        for c in &spec.unenforced_constraints {
+            let _ = writeln!(out, "  - NOT ENFORCED: \"{c}\"");
+        }
+    }
     if spec.require_attestation.is_some() {
         let _ = writeln!(
             out,
@@ -269,6 +296,33 @@ mod tests {
             "validFor": "7d", "maxExecutions": 5, "codeReview": "perCode"
         }))
         .expect("spec")
+    }
+
+    #[test]
+    fn pinned_code_arg_rules_and_unenforced_constraints_are_shown_for_what_they_are() {
+        let mut spec = spec();
+        let plain = describe_spec(&spec, "sha256:abc");
+        assert!(!plain.contains("NOT ENFORCED") && !plain.contains("Argument rules"));
+        spec.pinned_code = vec![oauth3_crds::code_digest("return 1")];
+        spec.arg_rules = serde_json::from_value(json!([
+            {"arg": "owner", "regex": "amiller", "rationale": "only my repos"},
+            {"arg": "count", "op": "le", "value": 10}
+        ]))
+        .expect("rules");
+        spec.unenforced_constraints = vec!["only public repositories".into()];
+        let text = describe_spec(&spec, "sha256:abc");
+        for needle in [
+            &format!(
+                "Code: only this code may run (you approve it with this spec): {}",
+                oauth3_crds::code_digest("return 1")
+            ),
+            "Argument rules (checked before every run):",
+            "  - args.owner must match ^(?:amiller)$ (the whole value) (\"only my repos\")",
+            "  - args.count must be a number <= 10",
+            "  - NOT ENFORCED: \"only public repositories\"",
+        ] {
+            assert!(text.contains(needle), "{needle:?} in\n{text}");
+        }
     }
 
     #[test]

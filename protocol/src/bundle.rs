@@ -277,6 +277,14 @@ pub enum BundleError {
     /// A rate budget is negative or not a number.
     #[error("rateBudget.{0}: must be a number of calls >= 0")]
     RateBudget(String),
+    /// The Permit pins its code and this code is not one of the pinned digests.
+    #[error(
+        "code: its digest {0} is not in permit.spec.pinnedCode; the owner did not approve this code"
+    )]
+    CodeNotPinned(String),
+    /// The args break one of the Permit's argument rules.
+    #[error("args: {0}")]
+    ArgsRefused(String),
 }
 
 impl Bundle {
@@ -315,6 +323,15 @@ impl Bundle {
         if self.code.is_empty() || self.code.len() > MAX_CODE_LEN {
             return Err(BundleError::CodeLength(self.code.len()));
         }
+        // The operator refuses these before it launches; the runner checks again, since the
+        // attested statement claims the run kept to this spec.
+        let code_digest = oauth3_crds::code_digest(&self.code);
+        let pinned = &self.permit.spec.pinned_code;
+        if !pinned.is_empty() && !pinned.contains(&code_digest) {
+            return Err(BundleError::CodeNotPinned(code_digest));
+        }
+        oauth3_crds::check_args(&self.permit.spec.arg_rules, Some(&self.args))
+            .map_err(BundleError::ArgsRefused)?;
         let l = &self.limits;
         for (field, value, (min, max)) in [
             ("timeoutSeconds", l.timeout_seconds, TIMEOUT_SECONDS_RANGE),
@@ -358,7 +375,7 @@ impl Bundle {
             return Err(BundleError::RateBudget(name.clone()));
         }
         Ok(BundleDigests {
-            code_digest: oauth3_crds::code_digest(&self.code),
+            code_digest,
             permit_digest: actual,
         })
     }
@@ -408,6 +425,58 @@ mod tests {
         let d = b.validate().expect("valid");
         assert_eq!(d.code_digest, oauth3_crds::code_digest("return 1"));
         assert_eq!(d.permit_digest, b.permit.spec_digest);
+    }
+
+    /// [`bundle`] with `extra` merged into the Permit spec (and its digest recomputed).
+    fn bundle_with_spec(extra: serde_json::Value) -> serde_json::Value {
+        let mut spec = spec();
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        let parsed: PermitSpec = serde_json::from_value(spec.clone()).expect("spec");
+        let mut b = bundle();
+        b["permit"]["spec"] = spec;
+        b["permit"]["specDigest"] = json!(oauth3_crds::spec_digest(&parsed).expect("digest"));
+        b
+    }
+
+    #[test]
+    fn the_runner_refuses_code_the_permit_does_not_pin() {
+        let pinned =
+            bundle_with_spec(json!({"pinnedCode": [oauth3_crds::code_digest("return 1")]}));
+        parse(pinned.clone())
+            .expect("parses")
+            .validate()
+            .expect("the pinned code");
+        let mut other = pinned;
+        other["code"] = json!("return 2");
+        let err = parse(other)
+            .expect("parses")
+            .validate()
+            .expect_err("not pinned");
+        assert!(matches!(err, BundleError::CodeNotPinned(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&oauth3_crds::code_digest("return 2")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_runner_refuses_args_that_break_the_permits_rules() {
+        let mut b = bundle_with_spec(json!({"argRules": [{"arg": "owner", "regex": "amiller"}]}));
+        b["args"] = json!({"owner": "amiller"});
+        parse(b.clone())
+            .expect("parses")
+            .validate()
+            .expect("args keep the rule");
+        b["args"] = json!({"owner": "amiller/../evil"});
+        let err = parse(b).expect("parses").validate().expect_err("refused");
+        assert!(
+            err.to_string()
+                .starts_with("args: argRules[0]: args.owner must match"),
+            "{err}"
+        );
     }
 
     #[test]

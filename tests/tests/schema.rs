@@ -388,6 +388,38 @@ fn bad_objects() -> Vec<Bad> {
             "Too long",
         ),
         bad(
+            "an arg rule with both regex and op",
+            set(
+                p(),
+                "/spec/argRules",
+                json!([{"arg": "owner", "regex": "a", "op": "eq", "value": "a"}]),
+            ),
+            "spec.argRules[0]",
+            "set exactly one of regex or op",
+        ),
+        bad(
+            "an arg rule with op and no value",
+            set(p(), "/spec/argRules", json!([{"arg": "count", "op": "le"}])),
+            "spec.argRules[0]",
+            "op needs a value",
+        ),
+        bad(
+            "an arg rule with an unknown op",
+            set(
+                p(),
+                "/spec/argRules",
+                json!([{"arg": "count", "op": ">=", "value": 1}]),
+            ),
+            "spec.argRules[0].op",
+            "Unsupported value",
+        ),
+        bad(
+            "a pinned code digest that is not sha256",
+            set(p(), "/spec/pinnedCode", json!(["md5:abc"])),
+            "spec.pinnedCode[0]",
+            "should match",
+        ),
+        bad(
             "missing permitRef",
             set(e(), "/spec/permitRef", Value::Null),
             "spec.permitRef",

@@ -168,6 +168,23 @@ pub fn admit(execution: &Execution, permit: Option<&Permit>, now: Timestamp) -> 
     if let Some(message) = rate_budget_exhausted(permit, name, now) {
         return refuse(Reason::RateBudgetExhausted, message);
     }
+    if !permit.spec.pinned_code.is_empty() && !permit.spec.pinned_code.contains(&code) {
+        return refuse(
+            Reason::CodeNotPinned,
+            format!(
+                "this code ({code}) is not code the owner approved with Permit {name}: it pins \
+                 {} (spec.pinnedCode); run that code, or ask for a Permit that pins this one",
+                permit.spec.pinned_code.join(", ")
+            ),
+        );
+    }
+    if let Err(why) = oauth3_crds::check_args(&permit.spec.arg_rules, execution.spec.args.as_ref())
+    {
+        return refuse(
+            Reason::ArgsRefused,
+            format!("the args break a rule of Permit {name}: {why}"),
+        );
+    }
     if permit.spec.code_review == CodeReview::PerCode {
         let trusted = status.trusted_code.iter().any(|t| {
             t.code_digest == code
@@ -393,6 +410,102 @@ mod tests {
             Admission::Launch { .. } => "Launch",
             Admission::AwaitApproval { .. } => "AwaitApproval",
         }
+    }
+
+    #[test]
+    fn pinned_code_admits_only_the_pinned_digests() {
+        let pinned = approved(json!({"pinnedCode": [oauth3_crds::code_digest("return 1")]}));
+        assert_eq!(
+            reason(&admit(&exec("return 1"), Some(&pinned), now())),
+            "Launch"
+        );
+        let other = admit(&exec("return 2"), Some(&pinned), now());
+        assert_eq!(reason(&other), "CodeNotPinned");
+        let Admission::Refuse { message, .. } = other else {
+            unreachable!()
+        };
+        assert!(
+            message.contains(&oauth3_crds::code_digest("return 2")) && message.contains("pins"),
+            "{message}"
+        );
+        // Unpinned Permits take any code.
+        assert_eq!(
+            reason(&admit(&exec("return 2"), Some(&approved(json!({}))), now())),
+            "Launch"
+        );
+    }
+
+    #[test]
+    fn the_pinned_code_example_runs_and_its_variations_are_refused() {
+        use serde::Deserialize as _;
+        let text = include_str!("../../../examples/permit-pinned-code.yaml");
+        let mut docs = serde_yaml::Deserializer::from_str(text);
+        let permit_doc =
+            serde_yaml::Value::deserialize(docs.next().expect("permit")).expect("yaml");
+        let exec_doc =
+            serde_yaml::Value::deserialize(docs.next().expect("execution")).expect("yaml");
+        let permit_spec: PermitSpec =
+            serde_yaml::from_value(permit_doc["spec"].clone()).expect("permit spec");
+        let exec_spec: ExecutionSpec =
+            serde_yaml::from_value(exec_doc["spec"].clone()).expect("execution spec");
+        let mut permit = approved(json!({}));
+        permit.spec = permit_spec;
+        let digest = spec_digest(&permit.spec).expect("digest");
+        if let Some(s) = permit.status.as_mut() {
+            s.spec_digest = Some(digest.clone());
+            if let Some(a) = s.approval.as_mut() {
+                a.spec_digest = digest;
+            }
+        }
+        let run = |spec: &ExecutionSpec| {
+            reason(&admit(
+                &Execution::new("e", spec.clone()),
+                Some(&permit),
+                now(),
+            ))
+        };
+        assert_eq!(run(&exec_spec), "Launch");
+        let mut other_owner = exec_spec.clone();
+        other_owner.args = Some(json!({"owner": "someone-else", "repo": "oauth3"}));
+        assert_eq!(run(&other_owner), "ArgsRefused");
+        let mut other_code = exec_spec.clone();
+        other_code.code.push_str("// one more line\n");
+        assert_eq!(run(&other_code), "CodeNotPinned");
+    }
+
+    #[test]
+    fn arg_rules_are_checked_before_launch() {
+        let permit = approved(json!({"argRules": [
+            {"arg": "owner", "regex": "amiller"},
+            {"arg": "count", "op": "le", "value": 10}
+        ]}));
+        let with = |args: serde_json::Value| {
+            let mut e = exec("return 1");
+            e.spec.args = Some(args);
+            admit(&e, Some(&permit), now())
+        };
+        assert_eq!(
+            reason(&with(json!({"owner": "amiller", "count": "3"}))),
+            "Launch"
+        );
+        let refused = with(json!({"owner": "amiller", "count": 11}));
+        assert_eq!(reason(&refused), "ArgsRefused");
+        let Admission::Refuse { message, .. } = refused else {
+            unreachable!()
+        };
+        assert!(
+            message.contains("argRules[1]: args.count must be a number <= 10: got 11"),
+            "{message}"
+        );
+        assert_eq!(
+            reason(&with(json!({"owner": "evil", "count": 1}))),
+            "ArgsRefused"
+        );
+        assert_eq!(
+            reason(&admit(&exec("return 1"), Some(&permit), now())),
+            "ArgsRefused",
+            "no args at all"
+        );
     }
 
     /// An approved Permit with two rate-limited capabilities (10 per minute and 1 per second)

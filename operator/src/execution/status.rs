@@ -79,6 +79,10 @@ reasons! {
     CodeDenied,
     /// The owner left the code unanswered past the approval timeout.
     CodeApprovalTimedOut,
+    /// The Permit pins its code (`pinnedCode`) and this code is not one of those.
+    CodeNotPinned,
+    /// The Execution's args break one of the Permit's `argRules`.
+    ArgsRefused,
     /// The runner was started.
     Launched,
     /// The runner could not be started.
