@@ -49,6 +49,11 @@ pub const ANNOTATION_APPROVAL_REF: &str = "oauth3.dev/approval-ref-sha256";
 /// Annotation on gateway-made Permits: the positional argument order (JSON object of
 /// capability name to parameter names) of capabilities requested in the `api-gateway` form.
 pub const ANNOTATION_POSITIONAL_PARAMS: &str = "oauth3.dev/positional-params";
+/// Annotation on a Permit with `spec.pinnedCode`: the text of the pinned code, so the owner can
+/// read what they approve. Shown only when its digest is one of the pinned ones.
+pub const ANNOTATION_PINNED_CODE: &str = "oauth3.dev/pinned-code";
+/// The most bytes of code kept in [`ANNOTATION_PINNED_CODE`].
+pub const MAX_PINNED_CODE_ANNOTATION: usize = 64 * 1024;
 /// Annotation on gateway-made Executions run from skill code: `sha256:` + hex SHA-256 of the
 /// skill's bytes exactly as the agent sent them (before its TypeScript types were removed).
 pub const ANNOTATION_SOURCE_DIGEST: &str = "oauth3.dev/source-digest";

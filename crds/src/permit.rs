@@ -46,6 +46,9 @@ use crate::schema::{
 #[x_kube(validation = Rule::new(
     "self.capabilities.all(c, !has(c.auth) || c.auth.value.findAll('\\\\{[^{}]*\\\\}').all(m, m.substring(1, m.size() - 1) in self.secrets))"
 ).message("every {NAME} placeholder in capabilities[].auth.value must be listed in spec.secrets").field_path(".secrets"))]
+#[x_kube(validation = Rule::new(
+    "size(self.capabilities) >= 1 || (has(self.pinnedCode) && size(self.pinnedCode) >= 1)"
+).message("at least one capability is required (none only with pinnedCode: approved code that calls nothing)").field_path(".capabilities"))]
 #[serde(rename_all = "camelCase")]
 pub struct PermitSpec {
     /// What the agent wants to do and why, in the agent's words. Shown to the approver
@@ -55,8 +58,10 @@ pub struct PermitSpec {
 
     /// The calls the agent may make. Each capability becomes one async JavaScript function
     /// (named `name`) inside the sandbox. Two forms: scoped fetch (`baseUrl` + `paths` +
-    /// `methods`) and typed endpoint (`endpoint` + `method` + `params`). Names are unique.
-    #[schemars(length(min = 1, max = 128))]
+    /// `methods`) and typed endpoint (`endpoint` + `method` + `params`). Names are unique. At
+    /// least one, except under `pinnedCode` (approved code that calls nothing, only computes
+    /// on its args).
+    #[schemars(length(max = 128))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub capabilities: Vec<Capability>,
 
@@ -124,8 +129,7 @@ pub struct PermitSpec {
 /// A rule on one argument of every Execution (`spec.argRules[]`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(
-    validation = Rule::new("has(self.regex) != has(self.op)").message("set exactly one of regex or op"),
-    validation = Rule::new("has(self.op) == has(self.value)").message("op needs a value, and value is only for op")
+    validation = Rule::new("has(self.regex) != has(self.op)").message("set exactly one of regex or op")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ArgRule {
@@ -144,7 +148,7 @@ pub struct ArgRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub op: Option<ArgOp>,
 
-    /// What `op` compares with.
+    /// What `op` compares with (required with `op`: a rule without it refuses every run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::execution::any_json")]
     pub value: Option<serde_json::Value>,

@@ -40,6 +40,7 @@ pub fn permit_answer(request_id: &str, permit: &Permit) -> Value {
         "request_id": request_id,
         "status": status,
         "permit_id": permit.metadata.name,
+        "session_id": permit.metadata.name,
         "created_at": millis(permit.metadata.creation_timestamp.as_ref()),
     });
     if status == "completed" {

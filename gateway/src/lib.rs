@@ -24,6 +24,7 @@ pub mod error;
 pub mod identity;
 pub mod ids;
 pub mod routes;
+pub mod scope;
 pub mod secrets;
 pub mod sessions;
 pub mod signup;
@@ -154,6 +155,7 @@ pub fn app(gateway: Gateway) -> Router {
         .route("/execute/{id}/stdout", get(routes::stdout))
         .route("/session/{id}/actions", get(routes::session_actions))
         .route("/approve/{id}", get(approve::page).post(approve::decide))
+        .route("/scope", post(scope::scope))
         .route("/secrets", post(secrets::store))
         .route("/signup", post(signup::signup))
         .route("/sessions", get(sessions::sessions))

@@ -19,7 +19,9 @@ use oauth3_crds::constants::{
     ANNOTATION_SOURCE_DIGEST, ANNOTATION_STATUS_TOKEN, LABEL_PERMIT, LABEL_REQUEST_ID,
     MAX_CODE_LEN,
 };
-use oauth3_crds::{CodeReview, Execution, ExecutionSpec, Permit, PermitPhase, spec_digest};
+use oauth3_crds::{
+    CodeReview, Execution, ExecutionSpec, Permit, PermitPhase, PermitSpec, spec_digest,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -119,7 +121,8 @@ pub async fn discovery() -> Json<Value> {
         ],
         "endpoints": {
             "POST /permit": "request a Permit (capabilities in the scoped-fetch or api-gateway form)",
-            "POST /execute": "run code under a Permit",
+            "POST /scope": "request a session for a skill: hosts, secrets, constraints, its code pinned",
+            "POST /execute": "run code under a Permit (or skill_code under a session)",
             "GET /execute/:id/status[?wait=true]": "a Permit request's or an Execution's status; wait=true holds until it changes",
             "GET /execute/:id/stdout": "an Execution's stdout as text/plain",
             "GET /session/:permit_id/actions": "the Executions under a Permit",
@@ -325,8 +328,8 @@ pub async fn execute(
             if req.skill_code.is_some() {
                 ApiError::bad(
                     "session_id",
-                    "required: skills run under an approved Permit (POST /permit); this gateway \
-                     does not make one-off skill Permits (POST /scope) yet",
+                    "required: skills run under an approved session: ask for one with POST \
+                     /scope (its skill_code is pinned), or a Permit with POST /permit",
                 )
             } else {
                 ApiError::bad("permit_id", "required: the Permit to run under")
@@ -381,7 +384,7 @@ pub async fn execute(
         ));
     }
     let skill = if field == "skill_code" {
-        match prepare_skill(code, &permit)? {
+        match prepare_skill(code, &permit.spec, permit_name)? {
             Ok(s) => Some(s),
             Err(Refusal(error)) => {
                 return Ok(Json(json!({
@@ -411,12 +414,7 @@ pub async fn execute(
         .unwrap_or_default();
     let (code, timeout, source_digest) = match &skill {
         Some(s) => (
-            format!(
-                "{}{}{}",
-                positional_prelude(&permit.spec, &positional),
-                skill::PRELUDE,
-                s.javascript
-            ),
+            skill_code_to_run(&permit.spec, &positional, &s.javascript),
             s.timeout.unwrap_or(gw.execution_timeout()),
             Some(oauth3_crds::code_digest(code)),
         ),
@@ -426,6 +424,27 @@ pub async fn execute(
             None,
         ),
     };
+    // Refused here rather than created to be refused: the operator and the runner check the
+    // same rules again.
+    let digest = oauth3_crds::code_digest(&code);
+    if !permit.spec.pinned_code.is_empty() && !permit.spec.pinned_code.contains(&digest) {
+        return Ok(Json(json!({
+            "status": "denied",
+            "permit_id": permit_name,
+            "error": format!(
+                "{field}: this is not the code the owner approved with session {permit_name} \
+                 (its digest {digest} is not pinned); send the approved code, or ask for a new \
+                 session (POST /scope) with this code"
+            ),
+        })));
+    }
+    if let Err(why) = oauth3_crds::check_args(&permit.spec.arg_rules, args.as_ref()) {
+        return Ok(Json(json!({
+            "status": "denied",
+            "permit_id": permit_name,
+            "error": format!("args: {why}"),
+        })));
+    }
     let id = RequestId::new(IdKind::Execution);
     let status_token = new_token();
     // Code the owner must review gets its own approval page.
@@ -482,28 +501,50 @@ pub async fn execute(
 }
 
 /// A policy refusal of a well-formed request: answered `200 {status: "denied", error}`.
-struct Refusal(String);
+pub(crate) struct Refusal(pub(crate) String);
 
 /// Skill code ready to run under `permit`.
-struct PreparedSkill {
-    javascript: String,
+pub(crate) struct PreparedSkill {
+    pub(crate) javascript: String,
     timeout: Option<i32>,
+}
+
+/// The code an Execution runs for skill `javascript` under `spec`: the positional prelude of
+/// its capabilities, the `Deno.env` prelude, then the skill. Deterministic, so a session can
+/// pin its digest before the Permit exists.
+pub(crate) fn skill_code_to_run(
+    spec: &PermitSpec,
+    positional: &BTreeMap<String, Vec<String>>,
+    javascript: &str,
+) -> String {
+    format!(
+        "{}{}{javascript}",
+        positional_prelude(spec, positional),
+        skill::PRELUDE
+    )
+}
+
+/// [`prepare_skill`] for a spec that is not stored yet (`POST /scope`).
+pub(crate) fn prepare_skill_code(
+    code: &str,
+    spec: &PermitSpec,
+) -> ApiResult<Result<PreparedSkill, Refusal>> {
+    prepare_skill(code, spec, "the session")
 }
 
 /// Checks skill code against `permit` and removes its types (pure). Code that does not parse
 /// is a malformed request (the outer error); code the sandbox cannot run as asked is a
 /// refusal.
-fn prepare_skill(code: &str, permit: &Permit) -> ApiResult<Result<PreparedSkill, Refusal>> {
+fn prepare_skill(
+    code: &str,
+    spec: &PermitSpec,
+    permit_name: &str,
+) -> ApiResult<Result<PreparedSkill, Refusal>> {
     let meta = skill::metadata(code);
-    if let Some(missing) = meta
-        .secrets
-        .iter()
-        .find(|s| !permit.spec.secrets.contains(s))
-    {
+    if let Some(missing) = meta.secrets.iter().find(|s| !spec.secrets.contains(s)) {
         return Ok(Err(Refusal(format!(
-            "@secrets {missing} is not a secret of Permit {} (it names: {}); ask for a Permit that names it",
-            permit.name_any(),
-            permit.spec.secrets.join(", ")
+            "@secrets {missing} is not a secret of Permit {permit_name} (it names: {}); ask for a Permit that names it",
+            spec.secrets.join(", ")
         ))));
     }
     let timeout = match meta.timeout {

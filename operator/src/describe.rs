@@ -266,11 +266,41 @@ pub fn describe_permit(permit: &Permit, digest: &str) -> String {
         .map(|t| format!(" until {}", t.0))
         .unwrap_or_default();
     format!(
-        "Permit {} (namespace {}): {phase}{until}\n\n{}",
+        "Permit {} (namespace {}): {phase}{until}\n\n{}{}",
         permit.metadata.name.as_deref().unwrap_or("?"),
         permit.metadata.namespace.as_deref().unwrap_or("?"),
-        describe_spec_with(&permit.spec, digest, status.network.as_deref())
+        describe_spec_with(&permit.spec, digest, status.network.as_deref()),
+        pinned_code_text(permit)
     )
+}
+
+/// The pinned code as it will run, when the Permit carries it (annotation
+/// `oauth3.dev/pinned-code`) and its digest is a pinned one; otherwise how to check it.
+fn pinned_code_text(permit: &Permit) -> String {
+    if permit.spec.pinned_code.is_empty() {
+        return String::new();
+    }
+    let attached = permit
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(oauth3_crds::constants::ANNOTATION_PINNED_CODE));
+    match attached {
+        Some(code) if permit.spec.pinned_code.contains(&oauth3_crds::code_digest(code)) => {
+            let mut out = format!(
+                "\nThe pinned code ({}), exactly as it will run:\n",
+                oauth3_crds::code_digest(code)
+            );
+            for line in code.lines() {
+                let _ = writeln!(out, "  | {line}");
+            }
+            out
+        }
+        Some(_) => "\nThe code attached to this Permit does not match its pinned digest: do not approve.\n"
+            .to_owned(),
+        None => "\nThe pinned code is not attached: get it from the agent and check its digest (sha256 of the code) before you approve.\n"
+            .to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -323,6 +353,40 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn the_pinned_code_is_shown_only_when_its_digest_matches() {
+        let mut spec = spec();
+        spec.pinned_code = vec![oauth3_crds::code_digest("return 1;\n")];
+        let mut permit = Permit::new("p", spec);
+        let text = describe_permit(&permit, "sha256:abc");
+        assert!(text.contains("The pinned code is not attached"), "{text}");
+        permit.metadata.annotations = Some(
+            [(
+                oauth3_crds::constants::ANNOTATION_PINNED_CODE.to_owned(),
+                "return 1;\n".to_owned(),
+            )]
+            .into(),
+        );
+        let text = describe_permit(&permit, "sha256:abc");
+        assert!(
+            text.contains("exactly as it will run:\n  | return 1;\n"),
+            "{text}"
+        );
+        permit.metadata.annotations = Some(
+            [(
+                oauth3_crds::constants::ANNOTATION_PINNED_CODE.to_owned(),
+                "return 2;\n".to_owned(),
+            )]
+            .into(),
+        );
+        let text = describe_permit(&permit, "sha256:abc");
+        assert!(
+            text.contains("does not match its pinned digest: do not approve"),
+            "{text}"
+        );
+        assert!(!text.contains("return 2"), "{text}");
     }
 
     #[test]

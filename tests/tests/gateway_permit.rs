@@ -971,6 +971,302 @@ return { greeted: name };
     env.stop().await;
 }
 
+/// `POST /scope` as the SDK/CLI send it: the skill's code is pinned, typed constraints become
+/// arg rules, the rest is shown as NOT ENFORCED; after the owner approves, exactly that code
+/// runs with args that keep the rules, and other code or other args are refused by the
+/// gateway and, when the gateway is bypassed, by the operator.
+#[tokio::test]
+async fn a_scope_session_pins_its_code_and_enforces_its_typed_constraints() {
+    let Some(env) = Env::new("gw-scope", true).await else {
+        return;
+    };
+    let (agent, owner) = (env.tenant.agent.clone(), env.tenant.owner.clone());
+    let mut seen = Seen::default();
+    let skill = r#"// @skill greet
+// @description Greets someone by name
+const name: string = Deno.env.get("NAME")!;
+console.log(`hello ${name}`);
+return { greeted: name };
+"#;
+    let before = env.permits().await.len();
+    for (body, field, why) in [
+        (json!({"constraints": []}), "description", "required"),
+        (
+            json!({"description": "d", "networks": ["https://api.github.com"]}),
+            "networks[0]",
+            "without scheme",
+        ),
+        (
+            json!({"description": "d", "networks": ["*.github.com"]}),
+            "networks[0]",
+            "wildcards",
+        ),
+        (json!({"description": "d"}), "networks", "at least one host"),
+        (
+            json!({"description": "d", "skill_code": skill,
+                   "constraints": [{"type": "predicate", "param": "n", "op": "eval", "value": 1}]}),
+            "constraints[0]",
+            "op must be one of",
+        ),
+        (
+            json!({"description": "d", "skill_code": skill, "session_id": "Not_A_Name"}),
+            "session_id",
+            "DNS label",
+        ),
+        (
+            json!({"description": "d", "skill_code": skill, "extra": 1}),
+            "extra",
+            "unknown field",
+        ),
+    ] {
+        let a = env.post("/scope", Some(&agent), &body).await;
+        assert_eq!(a.status, 400, "{body}: {}", a.text);
+        assert_eq!(a.body["field"], field, "{body}: {}", a.text);
+        assert!(a.text.contains(why), "{body}: {}", a.text);
+    }
+    assert_eq!(
+        env.permits().await.len(),
+        before,
+        "a refused scope created a Permit"
+    );
+
+    let a = seen.keep(
+        &env.post(
+            "/scope",
+            Some(&agent),
+            &json!({
+                "description": "Greet people by their first name",
+                "constraints": [
+                    {"type": "regex", "param": "NAME", "pattern": "[A-Z][a-z]{1,20}",
+                     "rationale": "first names only"},
+                    "never greet anyone rudely"
+                ],
+                "secrets": [],
+                "networks": [],
+                "skill_code": skill,
+                "session_id": "greeting-session"
+            }),
+        )
+        .await,
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body["status"], "pending_scope", "{}", a.text);
+    assert_eq!(a.body["session_id"], "greeting-session");
+    let id = a.body["request_id"]
+        .as_str()
+        .expect("request_id")
+        .to_owned();
+    let approval_url = a.body["approval_url"]
+        .as_str()
+        .expect("approval_url")
+        .to_owned();
+    let status_url = a.body["status_url"]
+        .as_str()
+        .expect("status_url")
+        .to_owned();
+    let permits: Api<Permit> = Api::namespaced(env.admin.clone(), &env.tenant.ns);
+    let stored = permits
+        .get("greeting-session")
+        .await
+        .expect("session Permit");
+    assert_eq!(stored.spec.pinned_code.len(), 1, "{:?}", stored.spec);
+    assert_eq!(stored.spec.arg_rules.len(), 1);
+    assert_eq!(
+        stored.spec.unenforced_constraints,
+        ["never greet anyone rudely"]
+    );
+    assert!(stored.spec.capabilities.is_empty());
+    // The same session name again is a conflict, never a silent change of what was asked.
+    let a = env
+        .post(
+            "/scope",
+            Some(&agent),
+            &json!({"description": "more", "skill_code": skill, "session_id": "greeting-session"}),
+        )
+        .await;
+    assert_eq!(a.status, 409, "{}", a.text);
+
+    // The owner's page shows the pinned code, the rule and what is not enforced.
+    let page = env.http.get(&approval_url, None).await;
+    for needle in [
+        "Code: only this code may run",
+        "exactly as it will run:",
+        "console.log(`hello ${name}`);",
+        "args.NAME must match ^(?:[A-Z][a-z]{1,20})$",
+        "NOT ENFORCED",
+        "never greet anyone rudely",
+    ] {
+        assert!(
+            page.text.contains(needle),
+            "{needle:?} on the page:\n{}",
+            page.text
+        );
+    }
+    let a = seen.keep(
+        &env.post(
+            &format!("/approve/{id}"),
+            Some(&owner),
+            &json!({"action": "approve"}),
+        )
+        .await,
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    let done = env.until_final(&status_url, &mut seen).await;
+    assert_eq!(done.body["status"], "completed", "{}", done.text);
+    assert_eq!(done.body["session_id"], "greeting-session");
+
+    // The pinned code with args that keep the rule runs.
+    let a = seen.keep(
+        &env.post(
+            "/execute",
+            Some(&agent),
+            &json!({"skill_id": "greet", "skill_code": skill, "session_id": "greeting-session",
+                    "args": {"NAME": "Ada"}}),
+        )
+        .await,
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    let done = env
+        .until_final(a.body["status_url"].as_str().expect("url"), &mut seen)
+        .await;
+    assert_eq!(done.body["status"], "completed", "{}", done.text);
+    assert_eq!(done.body["result"]["stdout"], "hello Ada\n");
+
+    // Other code, or args that break the rule, are refused and create nothing.
+    let execs: Api<Execution> = Api::namespaced(env.admin.clone(), &env.tenant.ns);
+    let count = || async {
+        execs
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .len()
+    };
+    let before = count().await;
+    for (code, args, needle) in [
+        (
+            format!("{skill}// one more line\n"),
+            json!({"NAME": "Ada"}),
+            "not the code the owner approved with session greeting-session",
+        ),
+        (
+            skill.to_owned(),
+            json!({"NAME": "Ada; rm -rf /"}),
+            "args: argRules[0]: args.NAME must match",
+        ),
+        (skill.to_owned(), json!({}), "args has no \"NAME\""),
+    ] {
+        let a = seen.keep(
+            &env.post(
+                "/execute",
+                Some(&agent),
+                &json!({"skill_id": "greet", "skill_code": code,
+                        "session_id": "greeting-session", "args": args}),
+            )
+            .await,
+        );
+        assert_eq!(a.status, 200, "{}", a.text);
+        assert_eq!(a.body["status"], "denied", "{}", a.text);
+        assert!(
+            a.body["error"].as_str().is_some_and(|e| e.contains(needle)),
+            "{needle:?}: {}",
+            a.text
+        );
+    }
+    assert_eq!(count().await, before, "a refused run created an Execution");
+
+    // Straight to the API server, past the gateway: the operator refuses the same.
+    let pinned_run = execs
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .next()
+        .expect("the run above");
+    for (name, code, args, reason) in [
+        (
+            "other-code",
+            "return 'not the approved code'".to_owned(),
+            json!({"NAME": "Ada"}),
+            "CodeNotPinned",
+        ),
+        (
+            "bad-args",
+            pinned_run.spec.code.clone(),
+            json!({"NAME": "x"}),
+            "ArgsRefused",
+        ),
+    ] {
+        let exec: Execution = serde_json::from_value(json!({
+            "apiVersion": "oauth3.dev/v1alpha1", "kind": "Execution",
+            "metadata": {"name": name},
+            "spec": {"permitRef": "greeting-session", "code": code, "args": args}
+        }))
+        .expect("execution");
+        execs
+            .create(&kube::api::PostParams::default(), &exec)
+            .await
+            .expect("create");
+        let ended = wait_until(
+            &format!("Execution {name} refused"),
+            Duration::from_secs(30),
+            || async {
+                let e = execs.get(name).await.map_err(|e| e.to_string())?;
+                match e.status.as_ref().and_then(|s| s.phase) {
+                    Some(p) if p.is_terminal() => Ok(e),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await;
+        let status = ended.status.expect("status");
+        assert_eq!(
+            status.phase,
+            Some(oauth3_crds::ExecutionPhase::Denied),
+            "{status:?}"
+        );
+        assert_eq!(status.reason.as_deref(), Some(reason), "{status:?}");
+        assert!(status.stdout.unwrap_or_default().is_empty(), "nothing ran");
+    }
+
+    // Hosts become one capability each; @network and @secrets of the code join the session.
+    let a = env
+        .post(
+            "/scope",
+            Some(&agent),
+            &json!({"description": "Read my repositories",
+                    "networks": ["api.github.com"], "secrets": ["GITHUB_TOKEN"],
+                    "skill_code": "// @network uploads.github.com\n// @secrets UPLOAD_TOKEN\nreturn 1;"}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let session = a.body["session_id"].as_str().expect("session").to_owned();
+    let stored = permits.get(&session).await.expect("Permit");
+    let caps: Vec<(String, String)> = stored
+        .spec
+        .capabilities
+        .iter()
+        .map(|c| (c.name.clone(), c.base_url.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        caps,
+        [
+            (
+                "api_github_com".to_owned(),
+                "https://api.github.com".to_owned()
+            ),
+            (
+                "uploads_github_com".to_owned(),
+                "https://uploads.github.com".to_owned()
+            )
+        ]
+    );
+    assert_eq!(stored.spec.secrets, ["GITHUB_TOKEN", "UPLOAD_TOKEN"]);
+    seen.assert_no_secret();
+    env.stop().await;
+}
+
 #[tokio::test]
 async fn signup_is_off_by_default_and_never_mints_an_owner() {
     let Some(env) = Env::new("gw-signup", false).await else {
