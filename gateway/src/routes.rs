@@ -32,6 +32,7 @@ use crate::capability::{client_signature, parse_json, positional_prelude, to_spe
 use crate::error::{ApiError, ApiResult};
 use crate::identity::{Caller, NAMESPACE_HEADER, Right, bearer};
 use crate::ids::{IdKind, RequestId, is_dns_label, new_token, token_digest, token_matches};
+use crate::scope::{ScopeRequest, create_session};
 use crate::store::Found;
 use crate::{Gateway, capability, skill};
 
@@ -320,27 +321,6 @@ pub async fn execute(
             "not supported: send the code itself in code (the gateway never fetches code)",
         ));
     }
-    let permit_name = req
-        .permit_id
-        .as_deref()
-        .or(req.session_id.as_deref())
-        .ok_or_else(|| {
-            if req.skill_code.is_some() {
-                ApiError::bad(
-                    "session_id",
-                    "required: skills run under an approved session: ask for one with POST \
-                     /scope (its skill_code is pinned), or a Permit with POST /permit",
-                )
-            } else {
-                ApiError::bad("permit_id", "required: the Permit to run under")
-            }
-        })?;
-    if !is_dns_label(permit_name) {
-        return Err(ApiError::bad(
-            "permit_id",
-            "must be a Permit name (a DNS label)",
-        ));
-    }
     let (code, field) = match (req.code.as_deref(), req.skill_code.as_deref()) {
         (Some(c), _) => (c, "code"),
         (None, Some(c)) => (c, "skill_code"),
@@ -371,7 +351,70 @@ pub async fn execute(
             "at most 253 characters, no control characters",
         ));
     }
-    let permit = gw.store().permit(&caller.namespace, permit_name).await?;
+    // Skill code without a session: a one-off Permit that pins it, for the owner to approve;
+    // the Execution waits for that decision.
+    let one_off = match (
+        req.permit_id.as_deref().or(req.session_id.as_deref()),
+        field,
+    ) {
+        (None, "skill_code") if req.dry_run == Some(true) => {
+            return Ok(Json(json!({
+                "dry_run": true,
+                "would_auto_approve": false,
+                "reason": "needs_approval",
+                "session_exists": false,
+            })));
+        }
+        (None, "skill_code") => {
+            gw.caller_with(&headers, Right::CreatePermits).await?;
+            let meta = skill::metadata(code);
+            let what = meta
+                .description
+                .clone()
+                .or(meta.skill.clone())
+                .unwrap_or_else(|| action_id.clone());
+            let ask = ScopeRequest {
+                description: Some(format!("Run the skill {what}")),
+                constraints: Vec::new(),
+                secrets: req.secrets.clone().unwrap_or_default(),
+                networks: Vec::new(),
+                skill_code: Some(code.to_owned()),
+                session_id: None,
+            };
+            match create_session(&gw, &caller, &ask).await? {
+                Ok(session) => Some(session),
+                Err(Refusal(error)) => {
+                    return Ok(Json(json!({
+                        "status": "denied",
+                        "error": format!("skill_code: {error}"),
+                    })));
+                }
+            }
+        }
+        (None, _) => {
+            return Err(ApiError::bad(
+                "permit_id",
+                "required: the Permit to run under",
+            ));
+        }
+        (Some(name), _) if !is_dns_label(name) => {
+            return Err(ApiError::bad(
+                "permit_id",
+                "must be a Permit name (a DNS label)",
+            ));
+        }
+        (Some(_), _) => None,
+    };
+    let session_name = one_off.as_ref().map(|s| s.permit.name_any());
+    let permit_name = session_name
+        .as_deref()
+        .or(req.permit_id.as_deref())
+        .or(req.session_id.as_deref())
+        .unwrap_or_default();
+    let permit = match &one_off {
+        Some(s) => s.permit.clone(),
+        None => gw.store().permit(&caller.namespace, permit_name).await?,
+    };
     if let Some(asked) = &req.secrets
         && let Some(extra) = asked.iter().find(|s| !permit.spec.secrets.contains(s))
     {
@@ -496,6 +539,16 @@ pub async fn execute(
         .and_then(|r| gw.approval_url(&caller.namespace, &id, r))
     {
         out["approval_url"] = json!(u);
+    }
+    if let Some(s) = &one_off {
+        // The owner approves the one-off Permit; the run waits for that decision.
+        out["session_id"] = json!(permit_name);
+        out["message"] = json!(
+            "A one-off Permit for this code was requested; the owner must approve it (approval_url). Poll status_url for the result."
+        );
+        if let Some(u) = gw.approval_url(&caller.namespace, &s.id, &s.approval_ref) {
+            out["approval_url"] = json!(u);
+        }
     }
     Ok(Json(out))
 }

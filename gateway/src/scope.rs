@@ -32,9 +32,9 @@ use serde_json::{Value, json};
 use crate::Gateway;
 use crate::capability::parse_json;
 use crate::error::{ApiError, ApiResult};
-use crate::identity::Right;
+use crate::identity::{Caller, Right};
 use crate::ids::{IdKind, RequestId, is_dns_label, new_token, token_digest};
-use crate::routes::{Body, body_bytes, prepare_skill_code, skill_code_to_run};
+use crate::routes::{Body, Refusal, body_bytes, prepare_skill_code, skill_code_to_run};
 
 /// The most hosts one scope may name.
 const MAX_NETWORKS: usize = 16;
@@ -194,6 +194,14 @@ fn constraint(i: usize, c: &Value, unenforced: &mut Vec<String>) -> ApiResult<Op
     }
 }
 
+/// A session Permit as created: the Permit, its request id and the tokens of its URLs.
+pub(crate) struct Session {
+    pub(crate) permit: Permit,
+    pub(crate) id: RequestId,
+    pub(crate) status_token: String,
+    pub(crate) approval_ref: String,
+}
+
 /// `POST /scope`: a session Permit request.
 ///
 /// # Errors
@@ -206,6 +214,46 @@ pub async fn scope(
     let caller = gw.caller_with(&headers, Right::CreatePermits).await?;
     let body = body_bytes(&gw, body)?;
     let req: ScopeRequest = parse_json(&body)?;
+    let session = match create_session(&gw, &caller, &req).await? {
+        Ok(s) => s,
+        Err(refusal) => {
+            return Ok(Json(json!({
+                "status": "denied",
+                "error": format!("skill_code: {}", refusal.0),
+            })));
+        }
+    };
+    let created = &session.permit;
+    let digest = spec_digest(&created.spec).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut out = json!({
+        "request_id": session.id.as_label(),
+        "status": "pending_scope",
+        "session_id": created.name_any(),
+        "permit_id": created.name_any(),
+        "capabilities": created.spec.capabilities.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
+        "secrets": created.spec.secrets,
+        "pinned_code": created.spec.pinned_code,
+        "spec_digest": digest,
+        "message": "Session requested; the owner must approve it. Poll status_url (or GET /execute/<request_id>/status?wait=true), then POST /execute with this session_id.",
+    });
+    if let Some(u) = gw.approval_url(&caller.namespace, &session.id, &session.approval_ref) {
+        out["approval_url"] = json!(u);
+    }
+    if let Some(u) = gw.status_url(&caller.namespace, &session.id, &session.status_token) {
+        out["status_url"] = json!(u);
+    }
+    Ok(Json(out))
+}
+
+/// Makes and creates the session Permit `req` asks for, in the caller's namespace.
+///
+/// # Errors
+/// 400 naming the field (nothing created), 409 for a session name in use.
+pub(crate) async fn create_session(
+    gw: &Gateway,
+    caller: &Caller,
+    req: &ScopeRequest,
+) -> ApiResult<Result<Session, Refusal>> {
     let description = req
         .description
         .as_deref()
@@ -283,12 +331,7 @@ pub async fn scope(
     if let Some(code) = &req.skill_code {
         let skill = match prepare_skill_code(code, &spec)? {
             Ok(s) => s,
-            Err(refusal) => {
-                return Ok(Json(json!({
-                    "status": "denied",
-                    "error": format!("skill_code: {}", refusal.0),
-                })));
-            }
+            Err(refusal) => return Ok(Err(refusal)),
         };
         let run = skill_code_to_run(&spec, &BTreeMap::new(), &skill.javascript);
         spec_json["pinnedCode"] = json!([oauth3_crds::code_digest(&run)]);
@@ -330,30 +373,17 @@ pub async fn scope(
         .chain(pinned_text.map(|c| (ANNOTATION_PINNED_CODE.to_owned(), c)))
         .collect(),
     );
-    let created = gw
+    let permit = gw
         .store()
         .create(&caller.namespace, &permit, "Permit")
         .await?;
-    tracing::info!(namespace = %caller.namespace, permit = %name, request = %id, by = %caller.user, "scope requested");
-    let digest = spec_digest(&created.spec).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let mut out = json!({
-        "request_id": id.as_label(),
-        "status": "pending_scope",
-        "session_id": created.name_any(),
-        "permit_id": created.name_any(),
-        "capabilities": created.spec.capabilities.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
-        "secrets": created.spec.secrets,
-        "pinned_code": created.spec.pinned_code,
-        "spec_digest": digest,
-        "message": "Session requested; the owner must approve it. Poll status_url (or GET /execute/<request_id>/status?wait=true), then POST /execute with this session_id.",
-    });
-    if let Some(u) = gw.approval_url(&caller.namespace, &id, &approval_ref) {
-        out["approval_url"] = json!(u);
-    }
-    if let Some(u) = gw.status_url(&caller.namespace, &id, &status_token) {
-        out["status_url"] = json!(u);
-    }
-    Ok(Json(out))
+    tracing::info!(namespace = %caller.namespace, permit = %name, request = %id, by = %caller.user, "session requested");
+    Ok(Ok(Session {
+        permit,
+        id,
+        status_token,
+        approval_ref,
+    }))
 }
 
 #[cfg(test)]

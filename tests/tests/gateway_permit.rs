@@ -940,11 +940,11 @@ return { greeted: name };
         .post(
             "/execute",
             Some(&agent),
-            &json!({"skill_id": "x", "skill_code": "console.log(1)"}),
+            &json!({"action_id": "x", "code": "console.log(1)"}),
         )
         .await;
     assert_eq!(a.status, 400, "{}", a.text);
-    assert_eq!(a.body["field"], "session_id");
+    assert_eq!(a.body["field"], "permit_id");
     let after = execs
         .list(&ListParams::default())
         .await
@@ -1229,6 +1229,66 @@ return { greeted: name };
         assert_eq!(status.reason.as_deref(), Some(reason), "{status:?}");
         assert!(status.stdout.unwrap_or_default().is_empty(), "nothing ran");
     }
+
+    // A skill without a session: a one-off Permit pins it and the run waits for the owner.
+    let oneoff = "// @description say hi\nconsole.log('hi ' + Deno.env.get('WHO'));\n";
+    let a = seen.keep(
+        &env.post(
+            "/execute",
+            Some(&agent),
+            &json!({"skill_id": "hi", "skill_code": oneoff, "args": {"WHO": "Bo"}}),
+        )
+        .await,
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    let one_permit = a.body["session_id"]
+        .as_str()
+        .expect("session_id")
+        .to_owned();
+    let exec_status = a.body["status_url"]
+        .as_str()
+        .expect("status_url")
+        .to_owned();
+    let one_approval = a.body["approval_url"]
+        .as_str()
+        .expect("approval_url")
+        .to_owned();
+    let stored = permits.get(&one_permit).await.expect("one-off Permit");
+    assert_eq!(stored.spec.pinned_code.len(), 1);
+    assert_eq!(stored.spec.description, "Run the skill say hi");
+    let waiting = wait_until(
+        "the run waits for the owner",
+        Duration::from_secs(30),
+        || async {
+            let a = env
+                .http
+                .get(&exec_status.replace("wait=true", "wait=false"), None)
+                .await;
+            let e = execs
+                .list(&ListParams::default().labels(&format!("oauth3.dev/permit={one_permit}")))
+                .await
+                .map_err(|e| e.to_string())?;
+            match e.items.first().and_then(|e| e.status.clone()) {
+                Some(s) if s.reason.as_deref() == Some("PermitPending") => Ok(a),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(waiting.body["status"], "pending", "{}", waiting.text);
+    let a = env
+        .http
+        .post(&one_approval, None, &json!({"action": "approve"}))
+        .await;
+    assert_ne!(a.status, 200, "the link alone cannot approve: {}", a.text);
+    let a = env
+        .http
+        .post(&one_approval, Some(&owner), &json!({"action": "approve"}))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let done = env.until_final(&exec_status, &mut seen).await;
+    assert_eq!(done.body["status"], "completed", "{}", done.text);
+    assert_eq!(done.body["result"]["stdout"], "hi Bo\n");
 
     // Hosts become one capability each; @network and @secrets of the code join the session.
     let a = env

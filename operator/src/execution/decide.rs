@@ -37,6 +37,11 @@ pub enum Admission {
         /// Digest of the code the owner must trust.
         code_digest: String,
     },
+    /// The Permit pins this code and has no decision yet: wait for the owner's.
+    AwaitPermit {
+        /// Digest of the (pinned) code.
+        code_digest: String,
+    },
     /// Refused for good.
     Refuse {
         /// `Reason` of the Denied condition.
@@ -115,6 +120,13 @@ pub fn admit(execution: &Execution, permit: Option<&Permit>, now: Timestamp) -> 
     // Decided from the owner's record itself, not from the derived `phase`, so a decision
     // takes effect (or a revocation bites) before the Permit controller has caught up.
     let Some(approval) = status.approval else {
+        // Code a pending Permit pins is the code its owner is deciding on (a one-off skill
+        // Permit): it waits for that decision rather than being refused.
+        if permit.spec.pinned_code.contains(&code)
+            && oauth3_crds::check_args(&permit.spec.arg_rules, execution.spec.args.as_ref()).is_ok()
+        {
+            return Admission::AwaitPermit { code_digest: code };
+        }
         return refuse(
             Reason::PermitNotApproved,
             format!("Permit {name} is waiting for the owner's approval"),
@@ -409,6 +421,7 @@ mod tests {
             Admission::Refuse { reason, .. } => reason.as_str(),
             Admission::Launch { .. } => "Launch",
             Admission::AwaitApproval { .. } => "AwaitApproval",
+            Admission::AwaitPermit { .. } => "AwaitPermit",
         }
     }
 
@@ -471,6 +484,40 @@ mod tests {
         let mut other_code = exec_spec.clone();
         other_code.code.push_str("// one more line\n");
         assert_eq!(run(&other_code), "CodeNotPinned");
+    }
+
+    #[test]
+    fn pinned_code_waits_for_a_pending_permit_and_other_code_is_refused() {
+        let mut pending = approved(json!({"pinnedCode": [oauth3_crds::code_digest("return 1")],
+            "argRules": [{"arg": "n", "op": "le", "value": 3}]}));
+        if let Some(s) = pending.status.as_mut() {
+            s.approval = None;
+            s.phase = Some(PermitPhase::Pending);
+        }
+        let mut e = exec("return 1");
+        e.spec.args = Some(json!({"n": 1}));
+        assert_eq!(reason(&admit(&e, Some(&pending), now())), "AwaitPermit");
+        e.spec.args = Some(json!({"n": 9}));
+        assert_eq!(
+            reason(&admit(&e, Some(&pending), now())),
+            "PermitNotApproved",
+            "args that break a rule do not wait"
+        );
+        assert_eq!(
+            reason(&admit(&exec("return 2"), Some(&pending), now())),
+            "PermitNotApproved"
+        );
+        let unpinned = {
+            let mut p = approved(json!({}));
+            if let Some(s) = p.status.as_mut() {
+                s.approval = None;
+            }
+            p
+        };
+        assert_eq!(
+            reason(&admit(&exec("return 1"), Some(&unpinned), now())),
+            "PermitNotApproved"
+        );
     }
 
     #[test]

@@ -256,10 +256,22 @@ async fn admit_and_launch(
             end(ctx, api, exec, &ending, "recording the refusal", None).await?;
             Ok(Action::requeue(Duration::from_secs(1)))
         }
-        Admission::AwaitApproval { code_digest } => {
-            let phase = exec.status.as_ref().and_then(|s| s.phase);
-            if phase != Some(ExecutionPhase::AwaitingApproval) {
-                let value = status::awaiting_approval(exec, &code_digest);
+        waiting @ (Admission::AwaitApproval { .. } | Admission::AwaitPermit { .. }) => {
+            let (value, message) = match &waiting {
+                Admission::AwaitPermit { code_digest } => (
+                    status::awaiting_permit(exec, &exec.spec.permit_ref, code_digest),
+                    status::awaiting_permit_message(&exec.spec.permit_ref),
+                ),
+                Admission::AwaitApproval { code_digest } => (
+                    status::awaiting_approval(exec, code_digest),
+                    status::awaiting_message(code_digest),
+                ),
+                _ => unreachable!("matched above"),
+            };
+            let current = exec.status.as_ref();
+            let unchanged = current.and_then(|s| s.phase) == Some(ExecutionPhase::AwaitingApproval)
+                && current.and_then(|s| s.reason.as_deref()) == value.reason.as_deref();
+            if !unchanged {
                 let written = write_status(api, exec, &value, None)
                     .await
                     .map_err(api_error("recording AwaitingApproval", exec))?;
@@ -269,7 +281,7 @@ async fn admit_and_launch(
                         exec,
                         EventType::Normal,
                         "AwaitingApproval",
-                        status::awaiting_message(&code_digest),
+                        message,
                     )
                     .await;
                 }

@@ -81,6 +81,8 @@ reasons! {
     CodeApprovalTimedOut,
     /// The Permit pins its code (`pinnedCode`) and this code is not one of those.
     CodeNotPinned,
+    /// The Permit pins this code and waits for its owner's decision.
+    PermitPending,
     /// The Execution's args break one of the Permit's `argRules`.
     ArgsRefused,
     /// The runner was started.
@@ -271,6 +273,23 @@ pub fn awaiting_approval(exec: &Execution, code_digest: &str) -> ExecutionStatus
         observed_generation: exec.metadata.generation,
         ..ExecutionStatus::default()
     }
+}
+
+/// `exec` waits for the owner's decision on Permit `permit`, which pins its code.
+pub fn awaiting_permit(exec: &Execution, permit: &str, code_digest: &str) -> ExecutionStatus {
+    ExecutionStatus {
+        phase: Some(ExecutionPhase::AwaitingApproval),
+        reason: Some(Reason::PermitPending.as_str().to_owned()),
+        message: Some(awaiting_permit_message(permit)),
+        code_digest: Some(code_digest.to_owned()),
+        observed_generation: exec.metadata.generation,
+        ..ExecutionStatus::default()
+    }
+}
+
+/// What an Execution waiting for its pinned Permit's decision says.
+pub fn awaiting_permit_message(permit: &str) -> String {
+    format!("waiting for the owner to approve Permit {permit}, which pins this code")
 }
 
 /// What an Execution waiting for code trust says.
