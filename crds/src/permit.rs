@@ -47,6 +47,9 @@ use crate::schema::{
     "self.capabilities.all(c, !has(c.auth) || c.auth.value.findAll('\\\\{[^{}]*\\\\}').all(m, m.substring(1, m.size() - 1) in self.secrets))"
 ).message("every {NAME} placeholder in capabilities[].auth.value must be listed in spec.secrets").field_path(".secrets"))]
 #[x_kube(validation = Rule::new(
+    "self.capabilities.all(c, !has(c.cookies) || c.cookies in self.secrets)"
+).message("every capabilities[].cookies must be listed in spec.secrets").field_path(".secrets"))]
+#[x_kube(validation = Rule::new(
     "size(self.capabilities) >= 1 || (has(self.pinnedCode) && size(self.pinnedCode) >= 1)"
 ).message("at least one capability is required (none only with pinnedCode: approved code that calls nothing)").field_path(".capabilities"))]
 #[serde(rename_all = "camelCase")]
@@ -199,7 +202,8 @@ fn default_valid_for() -> String {
     validation = Rule::new(TYPED_ENDPOINT_FIELDS).message("a typed-endpoint capability (endpoint) needs method and must not set paths, methods or query"),
     validation = Rule::new(ENDPOINT_PARAMS_DECLARED).message("every {placeholder} in endpoint must be declared in params with in: path").field_path(".endpoint"),
     validation = Rule::new(ENDPOINT_PATH_PARAMS_USED).message("every param with in: path must appear as {name} in endpoint").field_path(".params"),
-    validation = Rule::new(ENDPOINT_PARAMS_ONCE).message("each {placeholder} may appear only once in endpoint (a path param is one positional argument)").field_path(".endpoint")
+    validation = Rule::new(ENDPOINT_PARAMS_ONCE).message("each {placeholder} may appear only once in endpoint (a path param is one positional argument)").field_path(".endpoint"),
+    validation = Rule::new("!has(self.cookies) || !has(self.auth) || !has(self.auth.header) || self.auth.header.lowerAscii() != 'cookie'").message("set cookies or an auth.header of Cookie, not both").field_path(".cookies")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct Capability {
@@ -260,6 +264,19 @@ pub struct Capability {
     /// credential headers are always dropped, never merged with this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSpec>,
+
+    /// A secret holding a cookie jar (as `POST /cookies/upload` of the agent gateway seals
+    /// it): on every request the runner sends, as the `Cookie` header, only the jar's cookies
+    /// that RFC 6265 sends to that URL: domain-match (the cookie's domain or its subdomains,
+    /// never a mere suffix such as `evilexample.com` for `example.com`; host-only cookies to
+    /// their host alone), path-match, `Secure` ones only over https, none past its expiry.
+    /// Must be listed in `spec.secrets`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        pattern(r"^[A-Z]([A-Z0-9_]{0,61}[A-Z0-9])?$")
+    )]
+    pub cookies: Option<String>,
 
     /// At most `requests` calls per `perSeconds`, counted per Permit across Executions.
     #[serde(default, skip_serializing_if = "Option::is_none")]

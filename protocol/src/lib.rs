@@ -10,6 +10,7 @@
 pub mod attestation;
 pub mod bundle;
 pub mod callback;
+pub mod cookies;
 pub mod envelope;
 pub mod rate;
 pub mod result;

@@ -112,9 +112,24 @@ impl Redactor {
         Self::new([])
     }
 
-    /// A redactor for the values of a run's opened secrets.
+    /// A redactor for the values of a run's opened secrets, and of every cookie in those
+    /// that are cookie jars (a cookie echoed alone is as secret as the jar).
     pub fn for_secrets(secrets: &crate::run::Secrets) -> Self {
-        Self::new(secrets.values().map(|s| s.as_str()))
+        let jars: Vec<oauth3_protocol::cookies::CookieJar> = secrets
+            .values()
+            .filter(|s| s.trim_start().starts_with(['{', '[']))
+            .filter_map(|s| oauth3_protocol::cookies::CookieJar::parse(s).ok())
+            .collect();
+        let cookie_values: Vec<zeroize::Zeroizing<String>> = jars
+            .iter()
+            .flat_map(|j| j.values().map(|v| zeroize::Zeroizing::new(v.to_owned())))
+            .collect();
+        Self::new(
+            secrets
+                .values()
+                .map(|s| s.as_str())
+                .chain(cookie_values.iter().map(|v| v.as_str())),
+        )
     }
 
     /// Whether there is nothing to redact.

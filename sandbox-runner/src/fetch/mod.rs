@@ -511,6 +511,32 @@ impl ScopedFetch {
         Ok(headers)
     }
 
+    /// The `Cookie` header for `url` from the cookie-jar secret `jar` (RFC 6265 matching; a
+    /// redirect's next hop gets its own), `None` when no cookie goes there. The error never
+    /// carries a value.
+    fn cookie_header(&self, jar: &str, url: &url::Url) -> Result<Option<HeaderValue>, String> {
+        let text = self
+            .secrets
+            .get(jar)
+            .ok_or_else(|| format!("secret {jar} is not available"))?;
+        let jar_value = oauth3_protocol::cookies::CookieJar::parse(text).map_err(|e| {
+            format!(
+                "secret {jar} is not a cookie jar ({})",
+                e.split(':').next().unwrap_or("?")
+            )
+        })?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let Some(header) = jar_value.header_for(url, now) else {
+            return Ok(None);
+        };
+        let mut v = HeaderValue::from_str(&header)
+            .map_err(|_| format!("the cookies of {jar} do not form a Cookie header"))?;
+        v.set_sensitive(true);
+        Ok(Some(v))
+    }
+
     /// Sends one request (no redirect followed) and reads its body within the size cap.
     async fn send_once(
         &self,
@@ -536,10 +562,24 @@ impl ScopedFetch {
             &self.public_client
         };
         let mut url = req.url.clone();
-        let headers = match Self::request_headers(req, credential, &mut url) {
+        let mut headers = match Self::request_headers(req, credential, &mut url) {
             Ok(h) => h,
             Err(outcome) => return outcome,
         };
+        if let Some(jar) = &req.cookies {
+            match self.cookie_header(jar, &url) {
+                Ok(Some(v)) => {
+                    headers.insert(reqwest::header::COOKIE, v);
+                }
+                Ok(None) => {}
+                Err(reason) => {
+                    return SendOutcome::Failed {
+                        status: None,
+                        reason: format!("{cap}: {reason}; nothing was sent"),
+                    };
+                }
+            }
+        }
         let mut builder = client
             .request(to_reqwest_method(req.method), url)
             .headers(headers);

@@ -149,6 +149,8 @@ pub struct PreparedRequest {
     pub content_type: Option<String>,
     /// How to inject the credential; the fetch fills in the template.
     pub auth: Option<AuthSpec>,
+    /// The cookie-jar secret whose matching cookies go in the `Cookie` header.
+    pub cookies: Option<String>,
 }
 
 /// The body rules in force for a capability (the Permit's, or the defaults).
@@ -203,6 +205,7 @@ struct CompiledCapability {
     form: Form,
     body: CompiledBody,
     auth: Option<AuthSpec>,
+    cookies: Option<String>,
     rate_limit: Option<(f64, f64)>,
     /// Lower-cased header names the agent may not send for this capability.
     auth_header: Option<String>,
@@ -349,6 +352,7 @@ fn compile_capability(cap: &Capability) -> Result<CompiledCapability, PolicyErro
         form,
         body,
         auth: cap.auth.clone(),
+        cookies: cap.cookies.clone(),
         rate_limit: cap.rate_limit.as_ref().map(|r| {
             (
                 f64::from(r.requests.max(1)),
@@ -730,5 +734,6 @@ fn decide_scoped(
         body,
         content_type,
         auth: cap.auth.clone(),
+        cookies: cap.cookies.clone(),
     })
 }

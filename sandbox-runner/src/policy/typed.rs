@@ -407,6 +407,7 @@ impl TypedEndpoint {
             body,
             content_type,
             auth: cap.auth.clone(),
+            cookies: cap.cookies.clone(),
         })
     }
 }
