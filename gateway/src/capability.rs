@@ -2,7 +2,8 @@
 //!
 //! Two capability forms, as clients send them:
 //! - `type: "scoped-fetch"`: `name`, `base_url`, `scope` (path globs relative to `base_url`),
-//!   `methods` (absent: every method), `auth {header | query_param, value}`, `cookie_secret`,
+//!   `methods` (absent: every method), `auth {header | query_param, value}`, `cookie_secret` (a
+//!   cookie jar from `POST /cookies/upload`: capability `cookies`),
 //!   `body_schema {allow_keys, deny_keys, max_bytes}`, `rate_limit {max_calls,
 //!   window_seconds}`, and (an oauth3 addition) `query {allow}`. Becomes a scoped-fetch
 //!   capability: `paths` = `/` + each glob, called as `name(method, path, {query, body})`.
@@ -569,17 +570,20 @@ fn scoped_fetch(
         }
     };
     if let Some(secret) = &cap.cookie_secret {
-        if out.auth.is_some() {
+        if out
+            .auth
+            .as_ref()
+            .and_then(|a| a.header.as_deref())
+            .is_some_and(|h| h.eq_ignore_ascii_case("cookie"))
+        {
             return Err(ApiError::bad(
                 format!("{at}.cookie_secret"),
-                "a capability injects one credential: set auth or cookie_secret, not both",
+                "set cookie_secret or an auth header of Cookie, not both",
             ));
         }
-        out.auth = Some(AuthSpec {
-            header: Some("Cookie".into()),
-            query_param: None,
-            value: format!("{{{secret}}}"),
-        });
+        // A cookie jar (POST /cookies/upload): the runner sends each request only the cookies
+        // RFC 6265 sends to its URL.
+        out.cookies = Some(secret.clone());
     }
     out.base_url = Some(base.to_owned());
     out.paths = paths;
@@ -912,7 +916,7 @@ mod tests {
     }
 
     #[test]
-    fn absent_methods_allow_every_method_and_cookie_secret_is_the_cookie_header() {
+    fn absent_methods_allow_every_method_and_cookie_secret_is_a_cookie_jar() {
         let m = map(
             json!({"description": "d", "capabilities": [{"type": "scoped-fetch",
             "name": "site", "base_url": "https://example.com", "scope": ["**"],
@@ -921,9 +925,8 @@ mod tests {
         .expect("maps");
         let cap = &m.spec.capabilities[0];
         assert_eq!(cap.methods.len(), 7);
-        let auth = cap.auth.as_ref().expect("auth");
-        assert_eq!(auth.header.as_deref(), Some("Cookie"));
-        assert_eq!(auth.value, "{COOKIES_EXAMPLE_COM}");
+        assert_eq!(cap.cookies.as_deref(), Some("COOKIES_EXAMPLE_COM"));
+        assert!(cap.auth.is_none());
         assert_eq!(m.spec.secrets, ["COOKIES_EXAMPLE_COM"]);
     }
 

@@ -157,6 +157,7 @@ pub fn app(gateway: Gateway) -> Router {
         .route("/approve/{id}", get(approve::page).post(approve::decide))
         .route("/scope", post(scope::scope))
         .route("/secrets", post(secrets::store))
+        .route("/cookies/upload", post(secrets::upload_cookies))
         .route("/signup", post(signup::signup))
         .route("/sessions", get(sessions::sessions))
         .route("/me", get(sessions::me))

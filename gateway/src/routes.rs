@@ -130,6 +130,7 @@ pub async fn discovery() -> Json<Value> {
             "GET /approve/:id": "the owner's approval page",
             "POST /approve/:id": "approve or deny (owner credential required)",
             "POST /secrets": "store a secret, sealed on arrival (owner)",
+            "POST /cookies/upload": "store a site's cookies as a sealed cookie jar COOKIES_<DOMAIN> (owner)",
             "GET /plugins": "the capability forms",
             "GET /health": "liveness"
         },

@@ -16,8 +16,136 @@ use serde_json::{Value, json};
 use crate::Gateway;
 use crate::capability::is_secret_name;
 use crate::error::{ApiError, ApiResult};
-use crate::identity::Right;
+use crate::identity::{Caller, Right};
 use crate::routes::{Body, body_bytes};
+
+/// Seals `value` as secret `name` to `key` and stores only the sealed Secret in the owner's
+/// namespace; returns the Secret's object name. No error quotes the value.
+async fn seal_and_store(
+    gw: &Gateway,
+    owner: &Caller,
+    key: &[u8; 32],
+    name: &str,
+    value: &str,
+) -> ApiResult<String> {
+    let sealed = oauth3_operator::plugin::sealed_secret(&owner.namespace, name, value, key)
+        .map_err(|_| ApiError::Internal(format!("sealing {name} failed")))?;
+    let object_name = secret_object_name(name);
+    Api::<Secret>::namespaced(gw.store().client().clone(), &owner.namespace)
+        .patch(
+            &object_name,
+            &PatchParams::apply(GATEWAY_FIELD_MANAGER).force(),
+            &Patch::Apply(&sealed),
+        )
+        .await
+        .map_err(ApiError::kube(format!(
+            "storing the sealed Secret {object_name}"
+        )))?;
+    Ok(object_name)
+}
+
+fn enclave_key(gw: &Gateway) -> ApiResult<[u8; 32]> {
+    gw.enclave_key().copied().ok_or_else(|| {
+        ApiError::Unavailable(
+            "no enclave public key configured (--enclave-public-key); seal with kubectl oauth3 seal"
+                .into(),
+        )
+    })
+}
+
+/// The secret name of an upload for `domain`: `COOKIES_` + the domain without a leading
+/// `www.`, upper case, `.` and `-` as `_` (`www.example-site.com` ->
+/// `COOKIES_EXAMPLE_SITE_COM`).
+#[must_use]
+pub fn cookie_secret_name(domain: &str) -> String {
+    let d = domain.strip_prefix("www.").unwrap_or(domain);
+    format!(
+        "COOKIES_{}",
+        d.to_ascii_uppercase().replace(['.', '-'], "_")
+    )
+}
+
+/// `POST /cookies/upload {domain, cookies: [...], user_agent?}` (owner only): the cookies (as
+/// a browser's cookie exporter gives them) become a cookie jar, sealed on arrival as the secret
+/// `COOKIES_<DOMAIN>`, which a capability names in `cookies` (permit dialect:
+/// `cookie_secret`). Every cookie must belong to `domain` (the domain itself, a subdomain, or
+/// a parent domain of it); the runner later sends each only where RFC 6265 sends it.
+///
+/// # Errors
+/// 400 naming the field (never quoting a value), 401/403, 503 without an enclave key.
+pub async fn upload_cookies(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    let owner = gw.caller_with(&headers, Right::CreateSecrets).await?;
+    let key = enclave_key(&gw)?;
+    let body = body_bytes(&gw, body)?;
+    let object: serde_json::Map<String, Value> = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::bad(
+            "request body",
+            "must be a JSON object {domain, cookies, user_agent?}",
+        )
+    })?;
+    if let Some(k) = object
+        .keys()
+        .find(|k| !matches!(k.as_str(), "domain" | "cookies" | "user_agent"))
+    {
+        return Err(ApiError::bad(
+            k.clone(),
+            "unknown field; expected domain, cookies and user_agent",
+        ));
+    }
+    let domain = object
+        .get("domain")
+        .and_then(Value::as_str)
+        .map(|d| d.trim_start_matches('.').to_ascii_lowercase())
+        .filter(|d| {
+            d.contains('.')
+                && d.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                })
+        })
+        .ok_or_else(|| ApiError::bad("domain", "required: a host name such as example.com"))?;
+    let cookies = object
+        .get("cookies")
+        .filter(|c| c.is_array())
+        .ok_or_else(|| ApiError::bad("cookies", "required: a list of cookies"))?;
+    let jar = oauth3_protocol::cookies::CookieJar::parse(&cookies.to_string()).map_err(|e| {
+        let (field, why) = e.split_once(": ").unwrap_or(("cookies", e.as_str()));
+        ApiError::bad(field.to_owned(), why.to_owned())
+    })?;
+    let bare = domain.strip_prefix("www.").unwrap_or(&domain).to_owned();
+    if let Some((i, c)) = jar.cookies.iter().enumerate().find(|(_, c)| {
+        let d = c.domain.as_str();
+        !(d == bare || d.ends_with(&format!(".{bare}")) || bare.ends_with(&format!(".{d}")))
+    }) {
+        return Err(ApiError::bad(
+            format!("cookies[{i}].domain"),
+            format!(
+                "{} is not {bare}, a subdomain or a parent of it: upload each site's cookies on their own",
+                c.domain
+            ),
+        ));
+    }
+    let name = cookie_secret_name(&bare);
+    if !is_secret_name(&name) {
+        return Err(ApiError::bad(
+            "domain",
+            format!("makes the secret name {name}, which does not match {SECRET_NAME_PATTERN}"),
+        ));
+    }
+    let count = jar.cookies.len();
+    let object_name = seal_and_store(&gw, &owner, &key, &name, &jar.to_json()).await?;
+    drop(object);
+    tracing::info!(namespace = %owner.namespace, secret = %name, cookies = count, by = %owner.user, "cookie jar sealed and stored");
+    Ok(Json(json!({
+        "success": true, "secret_name": name, "name": name, "secret": object_name,
+        "sealed": true, "cookies": count,
+    })))
+}
 
 /// `POST /secrets`.
 ///
@@ -29,12 +157,7 @@ pub async fn store(
     body: Body,
 ) -> ApiResult<Json<Value>> {
     let owner = gw.caller_with(&headers, Right::CreateSecrets).await?;
-    let key = *gw.enclave_key().ok_or_else(|| {
-        ApiError::Unavailable(
-            "no enclave public key configured (--enclave-public-key); seal with kubectl oauth3 seal"
-                .into(),
-        )
-    })?;
+    let key = enclave_key(&gw)?;
     let body = body_bytes(&gw, body)?;
     // Read as a plain object so no parse error can quote the value.
     let object: serde_json::Map<String, Value> = serde_json::from_slice(&body)
@@ -62,20 +185,8 @@ pub async fn store(
         Some(Value::String(v)) if !v.is_empty() => v.as_str(),
         _ => return Err(ApiError::bad("value", "required: a non-empty string")),
     };
-    let sealed = oauth3_operator::plugin::sealed_secret(&owner.namespace, &name, value, &key)
-        .map_err(|_| ApiError::Internal(format!("sealing {name} failed")))?;
+    let object_name = seal_and_store(&gw, &owner, &key, &name, value).await?;
     drop(object);
-    let object_name = secret_object_name(&name);
-    Api::<Secret>::namespaced(gw.store().client().clone(), &owner.namespace)
-        .patch(
-            &object_name,
-            &PatchParams::apply(GATEWAY_FIELD_MANAGER).force(),
-            &Patch::Apply(&sealed),
-        )
-        .await
-        .map_err(ApiError::kube(format!(
-            "storing the sealed Secret {object_name}"
-        )))?;
     tracing::info!(namespace = %owner.namespace, secret = %name, by = %owner.user, "sealed secret stored");
     Ok(Json(
         json!({"success": true, "name": name, "secret": object_name, "sealed": true}),

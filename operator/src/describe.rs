@@ -159,9 +159,16 @@ pub fn describe_capability(cap: &Capability, out: &mut String) {
                 a.value
             );
         }
+        None if cap.cookies.is_some() => {}
         None => {
             let _ = writeln!(out, "    sends:   no credential");
         }
+    }
+    if let Some(jar) = &cap.cookies {
+        let _ = writeln!(
+            out,
+            "    cookies: from the cookie jar {jar}: each request gets only the cookies a browser would send to its URL (their own domain and its subdomains, path, https for Secure ones, not expired)"
+        );
     }
     if let Some(r) = &cap.rate_limit {
         let _ = writeln!(
@@ -353,6 +360,18 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn a_cookie_jar_is_named_with_what_it_sends_where() {
+        let mut spec = spec();
+        spec.capabilities[0].auth = None;
+        spec.capabilities[0].cookies = Some("COOKIES_EXAMPLE_COM".into());
+        let text = describe_spec(&spec, "sha256:abc");
+        assert!(
+            text.contains("    cookies: from the cookie jar COOKIES_EXAMPLE_COM: each request gets only the cookies a browser would send to its URL"),
+            "{text}"
+        );
     }
 
     #[test]

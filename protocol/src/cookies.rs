@@ -185,7 +185,7 @@ impl CookieJar {
         if chosen.is_empty() {
             return None;
         }
-        chosen.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+        chosen.sort_by_key(|c| std::cmp::Reverse(c.path.len()));
         Some(
             chosen
                 .iter()

@@ -1327,6 +1327,139 @@ return { greeted: name };
     env.stop().await;
 }
 
+/// `POST /cookies/upload` end to end: the owner's cookies are sealed on arrival as a cookie
+/// jar; a Permit's `cookie_secret` names it; the run's request to the upstream carries exactly
+/// the cookies RFC 6265 sends to that URL, and no cookie value is in any answer or Secret.
+#[tokio::test]
+async fn uploaded_cookies_reach_only_the_urls_they_belong_to() {
+    let Some(env) = Env::new("gw-cookies", true).await else {
+        return;
+    };
+    let (agent, owner) = (env.tenant.agent.clone(), env.tenant.owner.clone());
+    let mut seen = Seen::default();
+    const SID: &str = "sid-gw-4e8a1c0f";
+    const ADMIN: &str = "adm-gw-77b2d9e3";
+    let upload = json!({"domain": "127.0.0.1", "user_agent": "Mozilla/5.0", "cookies": [
+        {"name": "sid", "value": SID, "domain": "127.0.0.1", "path": "/", "secure": true,
+         "httpOnly": true, "hostOnly": true, "expirationDate": 4_102_444_800.0_f64},
+        {"name": "admin", "value": ADMIN, "domain": "127.0.0.1", "path": "/v1/admin"}
+    ]});
+    let a = env.post("/cookies/upload", Some(&agent), &upload).await;
+    assert_eq!(a.status, 403, "an agent may not upload cookies: {}", a.text);
+    for (body, field) in [
+        (json!({"cookies": []}), "domain"),
+        (json!({"domain": "127.0.0.1"}), "cookies"),
+        (
+            json!({"domain": "127.0.0.1", "cookies": [{"name": "a", "value": "x;evil=1", "domain": "127.0.0.1"}]}),
+            "cookies[0].value",
+        ),
+        (
+            json!({"domain": "example.com", "cookies": [{"name": "a", "value": "v", "domain": "evilexample.com"}]}),
+            "cookies[0].domain",
+        ),
+    ] {
+        let a = seen.keep(&env.post("/cookies/upload", Some(&owner), &body).await);
+        assert_eq!(a.status, 400, "{body}: {}", a.text);
+        assert_eq!(a.body["field"], field, "{body}: {}", a.text);
+        assert!(!a.text.contains("evil=1"), "{}", a.text);
+    }
+    let a = seen.keep(&env.post("/cookies/upload", Some(&owner), &upload).await);
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body["secret_name"], "COOKIES_127_0_0_1");
+    assert_eq!(a.body["cookies"], 2);
+    let stored = Api::<Secret>::namespaced(env.admin.clone(), &env.tenant.ns)
+        .get("cookies-127-0-0-1")
+        .await
+        .expect("sealed jar stored");
+    assert_eq!(stored.type_.as_deref(), Some("oauth3.dev/sealed"));
+    let stored_text = serde_json::to_string(&stored).expect("json");
+    assert!(!stored_text.contains(SID) && !stored_text.contains(ADMIN));
+
+    let origin = env.up.origin();
+    let a = seen.keep(
+        &env.post(
+            "/permit",
+            Some(&agent),
+            &json!({"description": "Read items as me", "capabilities": [{
+                "type": "scoped-fetch", "name": "site", "base_url": format!("{origin}/v1"),
+                "scope": ["items", "admin/**"], "methods": ["GET"],
+                "cookie_secret": "COOKIES_127_0_0_1"}]}),
+        )
+        .await,
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    let id = a.body["request_id"].as_str().expect("id").to_owned();
+    let permit = a.body["permit_id"].as_str().expect("permit").to_owned();
+    let a = env
+        .post(
+            &format!("/approve/{id}"),
+            Some(&owner),
+            &json!({"action": "approve"}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    wait_until(
+        "the Permit is Approved",
+        Duration::from_secs(30),
+        || async {
+            let p = Api::<Permit>::namespaced(env.admin.clone(), &env.tenant.ns)
+                .get(&permit)
+                .await
+                .map_err(|e| e.to_string())?;
+            match p.status.and_then(|s| s.phase) {
+                Some(PermitPhase::Approved) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    let a = seen.keep(
+        &env.post(
+            "/execute",
+            Some(&agent),
+            &json!({"permit_id": permit, "code":
+                "await site('GET', '/items'); await site('GET', '/admin/x'); return 'ok';"}),
+        )
+        .await,
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    let done = env
+        .until_final(a.body["status_url"].as_str().expect("url"), &mut seen)
+        .await;
+    assert_eq!(done.body["status"], "completed", "{}", done.text);
+    let got = env.up.requests();
+    let cookies: Vec<(String, Vec<String>)> = got
+        .iter()
+        .map(|r| {
+            (
+                r.path_and_query.clone(),
+                r.header_values("cookie")
+                    .iter()
+                    .map(|c| (*c).to_owned())
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        cookies,
+        [
+            ("/v1/items".to_owned(), vec![format!("sid={SID}")]),
+            (
+                "/v1/admin/x".to_owned(),
+                vec![format!("admin={ADMIN}; sid={SID}")]
+            ),
+        ]
+    );
+    for a in &seen.0 {
+        assert!(
+            !a.contains(SID) && !a.contains(ADMIN),
+            "a cookie in an answer: {a}"
+        );
+    }
+    seen.assert_no_secret();
+    env.stop().await;
+}
+
 #[tokio::test]
 async fn signup_is_off_by_default_and_never_mints_an_owner() {
     let Some(env) = Env::new("gw-signup", false).await else {

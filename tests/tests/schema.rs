@@ -408,6 +408,12 @@ fn bad_objects() -> Vec<Bad> {
             "Unsupported value",
         ),
         bad(
+            "a cookie jar not listed in secrets",
+            set(p(), &format!("{cap}/cookies"), json!("COOKIES_EXAMPLE_COM")),
+            "spec.secrets",
+            "every capabilities[].cookies must be listed in spec.secrets",
+        ),
+        bad(
             "a pinned code digest that is not sha256",
             set(p(), "/spec/pinnedCode", json!(["md5:abc"])),
             "spec.pinnedCode[0]",
