@@ -19,9 +19,7 @@ use oauth3_crds::constants::{
     ANNOTATION_SOURCE_DIGEST, ANNOTATION_STATUS_TOKEN, LABEL_PERMIT, LABEL_REQUEST_ID,
     MAX_CODE_LEN,
 };
-use oauth3_crds::{
-    CodeReview, Execution, ExecutionSpec, Permit, PermitPhase, PermitSpec, spec_digest,
-};
+use oauth3_crds::{CodeReview, Execution, ExecutionSpec, PermitPhase, PermitSpec, spec_digest};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -32,7 +30,7 @@ use crate::capability::{client_signature, parse_json, positional_prelude, to_spe
 use crate::error::{ApiError, ApiResult};
 use crate::identity::{Caller, NAMESPACE_HEADER, Right, bearer};
 use crate::ids::{IdKind, RequestId, is_dns_label, new_token, token_digest, token_matches};
-use crate::scope::{ScopeRequest, create_session};
+use crate::scope::{ScopeRequest, Session, create_session, permit_request};
 use crate::store::Found;
 use crate::{Gateway, capability, skill};
 
@@ -203,40 +201,26 @@ pub async fn create_permit(
     let body = body_bytes(&gw, body)?;
     let request = capability::parse_request(&body)?;
     let mapped = to_spec(&request)?;
-    let id = RequestId::new(IdKind::Permit);
-    let name = match &request.permit_id {
-        Some(p) if is_dns_label(p) => p.clone(),
-        Some(_) => {
-            return Err(ApiError::bad(
-                "permit_id",
-                "must be a DNS label: 1-63 lower-case letters, digits and -, not starting or ending with -",
-            ));
-        }
-        None => id.object_name(),
-    };
-    let status_token = new_token();
-    let approval_ref = new_token();
-    let mut permit = Permit::new(&name, mapped.spec.clone());
-    permit.metadata.labels = Some([(LABEL_REQUEST_ID.to_owned(), id.as_label())].into());
-    let mut annotations: BTreeMap<String, String> = [
-        (
-            ANNOTATION_STATUS_TOKEN.to_owned(),
-            token_digest(&status_token),
-        ),
-        (
-            ANNOTATION_APPROVAL_REF.to_owned(),
-            token_digest(&approval_ref),
-        ),
-    ]
-    .into();
+    let mut extra = BTreeMap::new();
     if !mapped.positional.is_empty() {
-        annotations.insert(
+        extra.insert(
             ANNOTATION_POSITIONAL_PARAMS.to_owned(),
             serde_json::to_string(&mapped.positional)
                 .map_err(|e| ApiError::Internal(format!("recording argument order: {e}")))?,
         );
     }
-    permit.metadata.annotations = Some(annotations);
+    let Session {
+        permit,
+        id,
+        status_token,
+        approval_ref,
+    } = permit_request(
+        "permit_id",
+        request.permit_id.as_deref(),
+        mapped.spec.clone(),
+        extra,
+    )?;
+    let name = permit.name_any();
     let created = gw
         .store()
         .create(&caller.namespace, &permit, "Permit")

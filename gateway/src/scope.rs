@@ -342,12 +342,38 @@ pub(crate) async fn create_session(
             .map_err(|e| ApiError::Internal(format!("pinning the code: {e}")))?;
         source_digest = Some(oauth3_crds::code_digest(code));
     }
+    let extra = source_digest
+        .map(|d| (ANNOTATION_SOURCE_DIGEST.to_owned(), d))
+        .into_iter()
+        .chain(pinned_text.map(|c| (ANNOTATION_PINNED_CODE.to_owned(), c)))
+        .collect();
+    let mut session = permit_request("session_id", req.session_id.as_deref(), spec, extra)?;
+    session.permit = gw
+        .store()
+        .create(&caller.namespace, &session.permit, "Permit")
+        .await?;
+    tracing::info!(namespace = %caller.namespace, permit = %session.permit.name_any(), request = %session.id, by = %caller.user, "session requested");
+    Ok(Ok(session))
+}
+
+/// A Permit request, not stored yet: the Permit named `asked` (a DNS label, else the request
+/// id's name), labelled with its request id and annotated with the digests of its status
+/// token and approval reference (and `extra`), with those tokens.
+///
+/// # Errors
+/// 400 naming `field` when `asked` is not a DNS label.
+pub(crate) fn permit_request(
+    field: &str,
+    asked: Option<&str>,
+    spec: PermitSpec,
+    extra: BTreeMap<String, String>,
+) -> ApiResult<Session> {
     let id = RequestId::new(IdKind::Permit);
-    let name = match &req.session_id {
-        Some(s) if is_dns_label(s) => s.clone(),
+    let name = match asked {
+        Some(s) if is_dns_label(s) => s.to_owned(),
         Some(_) => {
             return Err(ApiError::bad(
-                "session_id",
+                field,
                 "must be a DNS label: 1-63 lower-case letters, digits and -, not starting or ending with -",
             ));
         }
@@ -357,33 +383,22 @@ pub(crate) async fn create_session(
     let approval_ref = new_token();
     let mut permit = Permit::new(&name, spec);
     permit.metadata.labels = Some([(LABEL_REQUEST_ID.to_owned(), id.as_label())].into());
-    permit.metadata.annotations = Some(
-        [
-            (
-                ANNOTATION_STATUS_TOKEN.to_owned(),
-                token_digest(&status_token),
-            ),
-            (
-                ANNOTATION_APPROVAL_REF.to_owned(),
-                token_digest(&approval_ref),
-            ),
-        ]
-        .into_iter()
-        .chain(source_digest.map(|d| (ANNOTATION_SOURCE_DIGEST.to_owned(), d)))
-        .chain(pinned_text.map(|c| (ANNOTATION_PINNED_CODE.to_owned(), c)))
-        .collect(),
+    let mut annotations = extra;
+    annotations.insert(
+        ANNOTATION_STATUS_TOKEN.to_owned(),
+        token_digest(&status_token),
     );
-    let permit = gw
-        .store()
-        .create(&caller.namespace, &permit, "Permit")
-        .await?;
-    tracing::info!(namespace = %caller.namespace, permit = %name, request = %id, by = %caller.user, "session requested");
-    Ok(Ok(Session {
+    annotations.insert(
+        ANNOTATION_APPROVAL_REF.to_owned(),
+        token_digest(&approval_ref),
+    );
+    permit.metadata.annotations = Some(annotations);
+    Ok(Session {
         permit,
         id,
         status_token,
         approval_ref,
-    }))
+    })
 }
 
 #[cfg(test)]

@@ -53,6 +53,33 @@ fn enclave_key(gw: &Gateway) -> ApiResult<[u8; 32]> {
     })
 }
 
+/// The owner's request as a plain JSON object (so no parse error can quote a value) with no
+/// field outside `fields`, and the enclave key to seal to.
+async fn owner_request(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    body: Body,
+    fields: &[&str],
+) -> ApiResult<(Caller, [u8; 32], serde_json::Map<String, Value>)> {
+    let owner = gw.caller_with(headers, Right::CreateSecrets).await?;
+    let key = enclave_key(gw)?;
+    let body = body_bytes(gw, body)?;
+    let expected = fields.join(", ");
+    let object: serde_json::Map<String, Value> = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::bad(
+            "request body",
+            format!("must be a JSON object with {expected}"),
+        )
+    })?;
+    if let Some(k) = object.keys().find(|k| !fields.contains(&k.as_str())) {
+        return Err(ApiError::bad(
+            k.clone(),
+            format!("unknown field; expected {expected}"),
+        ));
+    }
+    Ok((owner, key, object))
+}
+
 /// The secret name of an upload for `domain`: `COOKIES_` + the domain without a leading
 /// `www.`, upper case, `.` and `-` as `_` (`www.example-site.com` ->
 /// `COOKIES_EXAMPLE_SITE_COM`).
@@ -78,24 +105,8 @@ pub async fn upload_cookies(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<Value>> {
-    let owner = gw.caller_with(&headers, Right::CreateSecrets).await?;
-    let key = enclave_key(&gw)?;
-    let body = body_bytes(&gw, body)?;
-    let object: serde_json::Map<String, Value> = serde_json::from_slice(&body).map_err(|_| {
-        ApiError::bad(
-            "request body",
-            "must be a JSON object {domain, cookies, user_agent?}",
-        )
-    })?;
-    if let Some(k) = object
-        .keys()
-        .find(|k| !matches!(k.as_str(), "domain" | "cookies" | "user_agent"))
-    {
-        return Err(ApiError::bad(
-            k.clone(),
-            "unknown field; expected domain, cookies and user_agent",
-        ));
-    }
+    let (owner, key, object) =
+        owner_request(&gw, &headers, body, &["domain", "cookies", "user_agent"]).await?;
     let domain = object
         .get("domain")
         .and_then(Value::as_str)
@@ -156,21 +167,7 @@ pub async fn store(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<Value>> {
-    let owner = gw.caller_with(&headers, Right::CreateSecrets).await?;
-    let key = enclave_key(&gw)?;
-    let body = body_bytes(&gw, body)?;
-    // Read as a plain object so no parse error can quote the value.
-    let object: serde_json::Map<String, Value> = serde_json::from_slice(&body)
-        .map_err(|_| ApiError::bad("request body", "must be a JSON object {name, value}"))?;
-    if let Some(k) = object
-        .keys()
-        .find(|k| !matches!(k.as_str(), "name" | "value"))
-    {
-        return Err(ApiError::bad(
-            k.clone(),
-            "unknown field; expected name and value",
-        ));
-    }
+    let (owner, key, object) = owner_request(&gw, &headers, body, &["name", "value"]).await?;
     let name = match object.get("name") {
         Some(Value::String(n)) if is_secret_name(n) => n.clone(),
         Some(Value::String(_)) => {

@@ -176,6 +176,25 @@ impl Env {
         }
     }
 
+    /// Waits until Permit `name` is `Approved`.
+    async fn wait_approved(&self, name: &str) {
+        wait_until(
+            "the Permit is Approved",
+            Duration::from_secs(30),
+            || async {
+                let p = Api::<Permit>::namespaced(self.admin.clone(), &self.tenant.ns)
+                    .get(name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match p.status.and_then(|s| s.phase) {
+                    Some(PermitPhase::Approved) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await;
+    }
+
     async fn permits(&self) -> Vec<Permit> {
         Api::<Permit>::namespaced(self.admin.clone(), &self.tenant.ns)
             .list(&ListParams::default())
@@ -827,21 +846,7 @@ async fn skill_code_in_typescript_runs_under_an_approved_permit_and_fetch_is_ref
         .await,
     );
     assert_eq!(a.status, 200, "{}", a.text);
-    wait_until(
-        "the Permit is Approved",
-        Duration::from_secs(30),
-        || async {
-            let p = Api::<Permit>::namespaced(env.admin.clone(), &env.tenant.ns)
-                .get(&permit)
-                .await
-                .map_err(|e| e.to_string())?;
-            match p.status.and_then(|s| s.phase) {
-                Some(PermitPhase::Approved) => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
+    env.wait_approved(&permit).await;
 
     // A TypeScript skill, as the SDK sends it: types removed by the parser, args through
     // Deno.env.get, secrets never.
@@ -1398,21 +1403,7 @@ async fn uploaded_cookies_reach_only_the_urls_they_belong_to() {
         )
         .await;
     assert_eq!(a.status, 200, "{}", a.text);
-    wait_until(
-        "the Permit is Approved",
-        Duration::from_secs(30),
-        || async {
-            let p = Api::<Permit>::namespaced(env.admin.clone(), &env.tenant.ns)
-                .get(&permit)
-                .await
-                .map_err(|e| e.to_string())?;
-            match p.status.and_then(|s| s.phase) {
-                Some(PermitPhase::Approved) => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
+    env.wait_approved(&permit).await;
     let a = seen.keep(
         &env.post(
             "/execute",
@@ -1630,21 +1621,7 @@ async fn code_under_a_per_code_permit_waits_until_the_owner_approves_it_on_the_p
         )
         .await;
     assert_eq!(a.status, 200, "{}", a.text);
-    wait_until(
-        "the Permit is Approved",
-        Duration::from_secs(30),
-        || async {
-            let p = Api::<Permit>::namespaced(env.admin.clone(), &env.tenant.ns)
-                .get(&permit)
-                .await
-                .map_err(|e| e.to_string())?;
-            match p.status.and_then(|s| s.phase) {
-                Some(PermitPhase::Approved) => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
+    env.wait_approved(&permit).await;
 
     let code = "return 5";
     let run = env
