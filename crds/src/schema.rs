@@ -74,6 +74,12 @@ pub const SANDBOX_GLOBALS: &[&str] = &[
     // Added by the runner.
     "args",
     "console",
+    "atob",
+    "btoa",
+    "TextEncoder",
+    "TextDecoder",
+    "structuredClone",
+    "crypto",
     // Value properties and functions of the global object.
     "globalThis",
     "undefined",

@@ -49,6 +49,11 @@ type Intrinsics = (
 /// which refuses them as capability names).
 const REMOVED_GLOBALS: &[&str] = oauth3_crds::SANDBOX_REMOVED_GLOBALS;
 
+/// atob, btoa, TextEncoder, TextDecoder, structuredClone and crypto (pure; see the file).
+const WEB_GLOBALS: &str = include_str!("js/web_globals.js");
+/// Installs [`WEB_GLOBALS`] to load on first use.
+const WEB_GLOBALS_LAZY: &str = include_str!("js/web_globals_lazy.js");
+
 /// Resource limits of one run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -367,6 +372,21 @@ impl Script {
             console.set(method, f).map_err(install)?;
         }
         globals.set("console", console).map_err(install)?;
+        let load = Function::new(
+            ctx.clone(),
+            |ctx: Ctx<'js>| -> rquickjs::Result<Value<'js>> {
+                let helpers: Function<'js> = ctx.eval(WEB_GLOBALS)?;
+                let random = Function::new(ctx.clone(), |n: usize| -> Vec<u8> {
+                    let mut bytes = vec![0u8; n.min(65_536)];
+                    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+                    bytes
+                })?;
+                helpers.call((random,))
+            },
+        )
+        .map_err(install)?;
+        let lazily: Function<'js> = ctx.eval(WEB_GLOBALS_LAZY).map_err(install)?;
+        lazily.call::<_, ()>((load,)).map_err(install)?;
 
         for name in self.host.capabilities() {
             let taken = globals.contains_key(name.as_str()).map_err(install)?;

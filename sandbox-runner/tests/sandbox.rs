@@ -588,3 +588,102 @@ async fn a_capability_named_like_a_sandbox_name_is_refused_at_install() {
         );
     }
 }
+
+/// The web-standard helpers every Execution has behave as the standards say on the cases code
+/// relies on, and carry no authority (nothing reaches a capability).
+#[tokio::test]
+async fn web_standard_helpers_work_like_the_standards_say() {
+    let got = returned(
+        r#"
+        const enc = new TextEncoder();
+        const bytes = enc.encode('héllo €𝄞');
+        const dec = new TextDecoder();
+        let fatal = null;
+        try { new TextDecoder('utf-8', {fatal: true}).decode(new Uint8Array([0xff])); }
+        catch (e) { fatal = e instanceof TypeError; }
+        let latin = null;
+        try { btoa('€'); } catch (e) { latin = e.name; }
+        let badB64 = null;
+        try { atob('a'); } catch (e) { badB64 = e.name; }
+        const original = {d: new Date(0), m: new Map([['k', [1, 2]]]), s: new Set([1]), n: {x: 1}};
+        original.self = original;
+        const copy = structuredClone(original);
+        let fn = null;
+        try { structuredClone({f() {}}); } catch (e) { fn = e.name; }
+        const r = crypto.getRandomValues(new Uint8Array(32));
+        const uuid = crypto.randomUUID();
+        let big = null;
+        try { crypto.getRandomValues(new Uint8Array(65537)); } catch (e) { big = e.name; }
+        return {
+            bytes: Array.from(bytes),
+            roundTrip: dec.decode(bytes),
+            replaced: dec.decode(new Uint8Array([0x61, 0xff, 0x62, 0xe2, 0x82])),
+            bom: dec.decode(new Uint8Array([0xef, 0xbb, 0xbf, 0x41])),
+            fatal,
+            b64: btoa('hello world'),
+            back: atob(' aGVs bG8g d29y bGQ= '),
+            basic: btoa('user:' + 'pa$$'),
+            latin, badB64,
+            cloned: copy !== original && copy.self === copy && copy.d.getTime() === 0
+                && copy.m.get('k')[1] === 2 && copy.m.get('k') !== original.m.get('k')
+                && copy.s.has(1) && copy.n.x === 1,
+            fn,
+            randomLen: r.length,
+            randomVaries: new Set(r).size > 4,
+            uuid: /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(uuid),
+            uuidsDiffer: uuid !== crypto.randomUUID(),
+            big,
+            hidden: typeof randomBytes,
+        };
+        "#,
+    )
+    .await;
+    assert_eq!(
+        got,
+        json!({
+            "bytes": [104, 195, 169, 108, 108, 111, 32, 226, 130, 172, 240, 157, 132, 158],
+            "roundTrip": "héllo €𝄞",
+            "replaced": "a\u{fffd}b\u{fffd}",
+            "bom": "A",
+            "fatal": true,
+            "b64": "aGVsbG8gd29ybGQ=",
+            "back": "hello world",
+            "basic": "dXNlcjpwYSQk",
+            "latin": "InvalidCharacterError",
+            "badB64": "InvalidCharacterError",
+            "cloned": true,
+            "fn": "DataCloneError",
+            "randomLen": 32,
+            "randomVaries": true,
+            "uuid": true,
+            "uuidsDiffer": true,
+            "big": "QuotaExceededError",
+            "hidden": "undefined",
+        })
+    );
+}
+
+/// The helpers load on first read and behave as plain globals: code may replace one before or
+/// after using it, and each run gets its own.
+#[tokio::test]
+async fn web_helpers_are_plain_replaceable_globals() {
+    let got = returned(
+        r#"
+        btoa = (s) => 'mine:' + s;
+        const replaced = btoa('x');
+        const first = typeof TextEncoder;
+        TextEncoder = 1;
+        globalThis.crypto.extra = 1;
+        return {replaced, first, after: TextEncoder, frozen: globalThis.crypto.extra === undefined};
+        "#,
+    )
+    .await;
+    assert_eq!(
+        got,
+        json!({"replaced": "mine:x", "first": "function", "after": 1, "frozen": true})
+    );
+    assert_eq!(
+        returned("return typeof TextEncoder").await,
+        json!("function")
+    );
+}
