@@ -214,6 +214,7 @@ pub async fn create_permit(
         id,
         status_token,
         approval_ref,
+        ..
     } = permit_request(
         "permit_id",
         request.permit_id.as_deref(),
@@ -338,7 +339,7 @@ pub async fn execute(
     }
     // Skill code without a session: a one-off Permit that pins it, for the owner to approve;
     // the Execution waits for that decision.
-    let one_off = match (
+    let mut one_off = match (
         req.permit_id.as_deref().or(req.session_id.as_deref()),
         field,
     ) {
@@ -411,7 +412,11 @@ pub async fn execute(
             ),
         ));
     }
-    let skill = if field == "skill_code" {
+    // A one-off session has removed the types already, to pin the result.
+    let prepared = one_off.as_mut().and_then(|s| s.skill.take());
+    let skill = if prepared.is_some() {
+        prepared
+    } else if field == "skill_code" {
         match prepare_skill(code, &permit.spec, permit_name)? {
             Ok(s) => Some(s),
             Err(Refusal(error)) => {

@@ -34,7 +34,9 @@ use crate::capability::parse_json;
 use crate::error::{ApiError, ApiResult};
 use crate::identity::{Caller, Right};
 use crate::ids::{IdKind, RequestId, is_dns_label, new_token, token_digest};
-use crate::routes::{Body, Refusal, body_bytes, prepare_skill_code, skill_code_to_run};
+use crate::routes::{
+    Body, PreparedSkill, Refusal, body_bytes, prepare_skill_code, skill_code_to_run,
+};
 
 /// The most hosts one scope may name.
 const MAX_NETWORKS: usize = 16;
@@ -200,6 +202,8 @@ pub(crate) struct Session {
     pub(crate) id: RequestId,
     pub(crate) status_token: String,
     pub(crate) approval_ref: String,
+    /// The skill code, its types removed, when the session pins one.
+    pub(crate) skill: Option<PreparedSkill>,
 }
 
 /// `POST /scope`: a session Permit request.
@@ -328,6 +332,7 @@ pub(crate) async fn create_session(
         .map_err(|e| ApiError::bad("request", format!("does not make a Permit: {e}")))?;
     let mut source_digest = None;
     let mut pinned_text = None;
+    let mut prepared = None;
     if let Some(code) = &req.skill_code {
         let skill = match prepare_skill_code(code, &spec)? {
             Ok(s) => s,
@@ -341,6 +346,7 @@ pub(crate) async fn create_session(
         spec = serde_json::from_value(spec_json)
             .map_err(|e| ApiError::Internal(format!("pinning the code: {e}")))?;
         source_digest = Some(oauth3_crds::code_digest(code));
+        prepared = Some(skill);
     }
     let extra = source_digest
         .map(|d| (ANNOTATION_SOURCE_DIGEST.to_owned(), d))
@@ -348,6 +354,7 @@ pub(crate) async fn create_session(
         .chain(pinned_text.map(|c| (ANNOTATION_PINNED_CODE.to_owned(), c)))
         .collect();
     let mut session = permit_request("session_id", req.session_id.as_deref(), spec, extra)?;
+    session.skill = prepared;
     session.permit = gw
         .store()
         .create(&caller.namespace, &session.permit, "Permit")
@@ -398,6 +405,7 @@ pub(crate) fn permit_request(
         id,
         status_token,
         approval_ref,
+        skill: None,
     })
 }
 
