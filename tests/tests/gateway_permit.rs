@@ -1265,16 +1265,16 @@ return { greeted: name };
         "the run waits for the owner",
         Duration::from_secs(30),
         || async {
-            let a = env
-                .http
-                .get(&exec_status.replace("wait=true", "wait=false"), None)
-                .await;
             let e = execs
                 .list(&ListParams::default().labels(&format!("oauth3.dev/permit={one_permit}")))
                 .await
                 .map_err(|e| e.to_string())?;
             match e.items.first().and_then(|e| e.status.clone()) {
-                Some(s) if s.reason.as_deref() == Some("PermitPending") => Ok(a),
+                // Asked only once it waits: before admission the answer is "approved".
+                Some(s) if s.reason.as_deref() == Some("PermitPending") => Ok(env
+                    .http
+                    .get(&exec_status.replace("wait=true", "wait=false"), None)
+                    .await),
                 other => Err(format!("{other:?}")),
             }
         },
