@@ -27,6 +27,7 @@ pub use permit::{
     Approval, ApprovalDecision, ApprovalVia, ArgOp, ArgRule, AuthSpec, BodyRules, Capability,
     CapabilityForm, CodeReview, HttpMethod, ParamLocation, ParamSpec, Permit, PermitPhase,
     PermitSpec, PermitStatus, PermitUsage, QueryRules, RateLimit, RequiredAttestation, TrustLevel,
+    WebSignIn, WebSignInRequest,
 };
 pub use schema::{
     JS_RESERVED_WORDS, OBJECT_PROTOTYPE_NAMES, SANDBOX_GLOBALS, SANDBOX_REMOVED_GLOBALS,

@@ -556,6 +556,11 @@ pub struct PermitStatus {
     /// Code digests the owner trusts (codeReview perCode), newest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_code: Vec<TrustedCode>,
+    /// The one-time web sign-in an owner asked for on Telegram, if one is outstanding: the
+    /// owner's link opens the gateway's approval page and decides without a Kubernetes
+    /// token. Only the code's SHA-256 is kept here; the code is only in the owner's chat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_sign_in: Option<WebSignIn>,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -647,6 +652,34 @@ pub struct TrustedCode {
     /// When the trust lapses (level `24h`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Time>,
+}
+
+/// A one-time sign-in link to the web approval page, minted by the Telegram bot for an owner
+/// who tapped "Open on the web". The gateway accepts the link's code once, before
+/// `expiresAt`, and only for the request it was made for; it records the decision as `by` and
+/// clears this record in the same guarded write.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebSignIn {
+    /// Lowercase hex SHA-256 of the link's code.
+    pub code_sha256: String,
+    /// Who asked for the link (`telegram:<user id>`); the decision is recorded as them.
+    pub by: String,
+    /// What the link decides: the Permit's spec, or a code digest under it.
+    pub request: WebSignInRequest,
+    /// The spec digest (`Permit`) or code digest (`Code`) the link was made for; a link for
+    /// anything else is refused.
+    pub digest: String,
+    /// When the link lapses.
+    pub expires_at: Time,
+}
+
+/// What a web sign-in decides.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum WebSignInRequest {
+    Permit,
+    Code,
 }
 
 /// Usage counters under the current approval.

@@ -38,7 +38,7 @@ use crate::store::Found;
 /// Name of the CSRF cookie.
 pub const CSRF_COOKIE: &str = "oauth3_csrf";
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:56rem;margin:2rem auto;padding:0 1rem;color:#111}\
+pub(crate) const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:56rem;margin:2rem auto;padding:0 1rem;color:#111}\
 pre{background:#f4f4f4;padding:1rem;overflow-x:auto;white-space:pre-wrap;border:1px solid #ddd}\
 label{display:block;margin:1rem 0 .25rem}input[type=password]{width:100%;padding:.5rem;font-family:monospace}\
 button{margin:1rem 1rem 0 0;padding:.5rem 1.5rem;font-size:1rem}.approve{background:#1a7f37;color:#fff}\
@@ -68,7 +68,7 @@ fn base64_std(bytes: &[u8]) -> String {
 }
 
 /// Adds the page's security headers.
-fn secure(mut response: Response) -> Response {
+pub(crate) fn secure(mut response: Response) -> Response {
     let h = response.headers_mut();
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     if let Ok(v) = HeaderValue::from_str(&csp()) {
@@ -128,7 +128,7 @@ async fn by_reference(
 }
 
 /// The trust level of a code approval: `once` (the default), `24h` or `always`.
-fn trust_level(level: Option<&str>) -> ApiResult<TrustLevel> {
+pub(crate) fn trust_level(level: Option<&str>) -> ApiResult<TrustLevel> {
     match level.unwrap_or("once") {
         "once" => Ok(TrustLevel::Once),
         "24h" => Ok(TrustLevel::Day),
@@ -140,7 +140,7 @@ fn trust_level(level: Option<&str>) -> ApiResult<TrustLevel> {
     }
 }
 
-fn wants_html(headers: &HeaderMap) -> bool {
+pub(crate) fn wants_html(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -159,23 +159,87 @@ pub async fn page(
 ) -> ApiResult<Response> {
     let id = RequestId::parse(&id, "id")?;
     let (ns, found) = by_reference(&gw, &id, &q).await?;
+    let form = Form {
+        action: format!(
+            "/approve/{}?tenant={}&token={}",
+            id.as_label(),
+            escape(&ns),
+            escape(q.token.as_deref().unwrap_or_default())
+        ),
+        credential: Credential::OwnerToken,
+        cookie_path: "/approve",
+    };
+    let head = json!({"id": id.as_label()});
     let exec = match found {
-        Found::Permit(p) => return permit_page(&gw, &id, &ns, &q, &p, &headers),
+        Found::Permit(p) => return permit_page(&gw, head, &ns, &p, &headers, &form),
         Found::Execution(e) => e,
     };
     let permit = gw.store().permit(&ns, &exec.spec.permit_ref).await?;
-    code_page(&gw, &id, &ns, &q, &permit, &exec, &headers)
+    code_page(&gw, head, &ns, &permit, &exec, &headers, &form)
 }
 
-/// The CSRF cookie for a page that carries `csrf`.
-fn with_csrf_cookie(gw: &Gateway, mut response: Response, csrf: &str) -> Response {
+/// How the page's form proves who decides.
+pub(crate) enum Credential<'a> {
+    /// The owner types a Kubernetes token with the owner's rights.
+    OwnerToken,
+    /// A one-time sign-in link from Telegram: the code rides in a hidden field.
+    SignIn {
+        /// The link's code.
+        code: &'a str,
+        /// Who the decision is recorded as.
+        by: &'a str,
+    },
+}
+
+/// Where the page's form posts and what it carries.
+pub(crate) struct Form<'a> {
+    /// The form's `action` (already escaped).
+    pub action: String,
+    /// How the decider is proven.
+    pub credential: Credential<'a>,
+    /// The path the CSRF cookie is scoped to.
+    pub cookie_path: &'static str,
+}
+
+impl Form<'_> {
+    /// The form fields that prove the decider.
+    fn credential_html(&self, ns: &str) -> String {
+        match &self.credential {
+            Credential::OwnerToken => format!(
+                "<label for=\"owner_token\">Your owner token (a Kubernetes token with the oauth3-owner role in {ns})</label>\
+<input type=\"password\" id=\"owner_token\" name=\"owner_token\" autocomplete=\"off\" required>",
+                ns = escape(ns)
+            ),
+            Credential::SignIn { code, by } => format!(
+                "<input type=\"hidden\" name=\"code\" value=\"{code}\">\
+<p class=\"note\" id=\"signed-in\">Signed in from Telegram as {by}. This link decides once; the decision is recorded as {by}.</p>",
+                code = escape(code),
+                by = escape(by)
+            ),
+        }
+    }
+
+    fn footer(&self) -> &'static str {
+        match self.credential {
+            Credential::OwnerToken => {
+                "The link you followed only opens this page; deciding needs your own credential."
+            }
+            Credential::SignIn { .. } => {
+                "The link works once and lapses 15 minutes after it was made; do not forward it."
+            }
+        }
+    }
+}
+
+/// The CSRF cookie (scoped to `path`) for a page that carries `csrf`.
+fn with_csrf_cookie(gw: &Gateway, mut response: Response, csrf: &str, path: &str) -> Response {
     let secure_flag = if gw.public_url().is_some_and(|u| u.starts_with("https://")) {
         "; Secure"
     } else {
         ""
     };
     if let Ok(v) = HeaderValue::from_str(&format!(
-        "{CSRF_COOKIE}={csrf}; Path=/approve; HttpOnly; SameSite=Strict{secure_flag}"
+        "{CSRF_COOKIE}={csrf}; Path={path}; HttpOnly; SameSite=Strict{secure_flag}"
     )) {
         response.headers_mut().insert(header::SET_COOKIE, v);
     }
@@ -184,34 +248,30 @@ fn with_csrf_cookie(gw: &Gateway, mut response: Response, csrf: &str) -> Respons
 
 /// The page for an Execution whose code waits for the owner (`codeReview: perCode`): what the
 /// Permit allows, then the code and its digest, and Approve once / 24h / always.
-fn code_page(
+pub(crate) fn code_page(
     gw: &Gateway,
-    id: &RequestId,
+    mut head: Value,
     ns: &str,
-    q: &ApproveQuery,
     permit: &Permit,
     exec: &oauth3_crds::Execution,
     headers: &HeaderMap,
+    form: &Form<'_>,
 ) -> ApiResult<Response> {
     let text = render_permit(permit).map_err(|e| ApiError::Internal(e.to_string()))?;
     let digest = code_digest(&exec.spec.code);
     let status = crate::answer::execution_status(exec);
     if !wants_html(headers) {
-        return Ok(secure(
-            Json(json!({
-                "id": id.as_label(), "status": status, "permit_id": permit.name_any(),
-                "namespace": ns, "code_digest": digest, "code": exec.spec.code, "text": text,
-            }))
-            .into_response(),
-        ));
+        head["status"] = json!(status);
+        head["permit_id"] = json!(permit.name_any());
+        head["namespace"] = json!(ns);
+        head["code_digest"] = json!(digest);
+        head["code"] = json!(exec.spec.code);
+        head["text"] = json!(text);
+        return Ok(secure(Json(head).into_response()));
     }
     let csrf = new_token();
-    let action = format!(
-        "/approve/{}?tenant={}&token={}",
-        id.as_label(),
-        escape(ns),
-        escape(q.token.as_deref().unwrap_or_default())
-    );
+    let action = &form.action;
+    let credential = form.credential_html(ns);
     let body = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
 <title>Approve code for {name}?</title><style>{STYLE}</style></head><body>\
@@ -221,8 +281,7 @@ fn code_page(
 <p>The code ({status}), digest <code id=\"digest\">{digest}</code>:</p><pre id=\"code\">{code}</pre>\
 <form method=\"post\" action=\"{action}\">\
 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"action\" value=\"approve\">\
-<label for=\"owner_token\">Your owner token (a Kubernetes token with the oauth3-owner role in {ns})</label>\
-<input type=\"password\" id=\"owner_token\" name=\"owner_token\" autocomplete=\"off\" required>\
+{credential}\
 <button type=\"submit\" name=\"level\" value=\"once\" class=\"approve\" id=\"approve\">Approve once</button>\
 <button type=\"submit\" name=\"level\" value=\"24h\" class=\"approve\" id=\"approve-24h\">Approve for 24h</button>\
 <button type=\"submit\" name=\"level\" value=\"always\" class=\"approve\" id=\"approve-always\">Always</button>\
@@ -235,41 +294,38 @@ fn code_page(
         digest = escape(&digest),
         code = escape(&exec.spec.code),
     );
-    Ok(with_csrf_cookie(gw, Html(body).into_response(), &csrf))
+    Ok(with_csrf_cookie(
+        gw,
+        Html(body).into_response(),
+        &csrf,
+        form.cookie_path,
+    ))
 }
 
 /// The page for a Permit request.
-fn permit_page(
+pub(crate) fn permit_page(
     gw: &Gateway,
-    id: &RequestId,
+    mut head: Value,
     ns: &str,
-    q: &ApproveQuery,
     permit: &Permit,
     headers: &HeaderMap,
+    form: &Form<'_>,
 ) -> ApiResult<Response> {
     let text = render_permit(permit).map_err(|e| ApiError::Internal(e.to_string()))?;
     let status = permit_status(permit);
     let ns = ns.to_owned();
     if !wants_html(headers) {
-        return Ok(secure(
-            Json(json!({
-                "id": id.as_label(),
-                "status": status,
-                "permit_id": permit.name_any(),
-                "namespace": ns,
-                "spec_digest": spec_digest(&permit.spec).ok(),
-                "text": text,
-            }))
-            .into_response(),
-        ));
+        head["status"] = json!(status);
+        head["permit_id"] = json!(permit.name_any());
+        head["namespace"] = json!(ns);
+        head["spec_digest"] = json!(spec_digest(&permit.spec).ok());
+        head["text"] = json!(text);
+        return Ok(secure(Json(head).into_response()));
     }
     let csrf = new_token();
-    let action = format!(
-        "/approve/{}?tenant={}&token={}",
-        id.as_label(),
-        escape(&ns),
-        escape(q.token.as_deref().unwrap_or_default())
-    );
+    let action = &form.action;
+    let credential = form.credential_html(&ns);
+    let footer = form.footer();
     let decided = if status == "pending" {
         String::new()
     } else {
@@ -286,30 +342,36 @@ fn permit_page(
 <pre id=\"permit\">{text}</pre>{decided}\
 <form method=\"post\" action=\"{action}\">\
 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-<label for=\"owner_token\">Your owner token (a Kubernetes token with the oauth3-owner role in {ns})</label>\
-<input type=\"password\" id=\"owner_token\" name=\"owner_token\" autocomplete=\"off\" required>\
+{credential}\
 <button type=\"submit\" name=\"action\" value=\"approve\" class=\"approve\" id=\"approve\">Approve</button>\
 <button type=\"submit\" name=\"action\" value=\"deny\" class=\"deny\" id=\"deny\">Deny</button>\
-</form><p class=\"note\">The link you followed only opens this page; deciding needs your own credential.</p>\
+</form><p class=\"note\">{footer}</p>\
 </body></html>",
         name = escape(&permit.name_any()),
         ns = escape(&ns),
         text = escape(&text),
     );
-    Ok(with_csrf_cookie(gw, Html(body).into_response(), &csrf))
+    Ok(with_csrf_cookie(
+        gw,
+        Html(body).into_response(),
+        &csrf,
+        form.cookie_path,
+    ))
 }
 
 /// What a decision request carries, from a form or JSON.
 #[derive(Debug, Default)]
-struct DecideRequest {
-    action: Option<String>,
-    level: Option<String>,
+pub(crate) struct DecideRequest {
+    pub(crate) action: Option<String>,
+    /// A sign-in link's code.
+    pub(crate) code: Option<String>,
+    pub(crate) level: Option<String>,
     owner_token: Option<String>,
     csrf: Option<String>,
-    from_form: bool,
+    pub(crate) from_form: bool,
 }
 
-fn parse_decide(headers: &HeaderMap, body: &[u8]) -> ApiResult<DecideRequest> {
+pub(crate) fn parse_decide(headers: &HeaderMap, body: &[u8]) -> ApiResult<DecideRequest> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -326,6 +388,7 @@ fn parse_decide(headers: &HeaderMap, body: &[u8]) -> ApiResult<DecideRequest> {
                 "owner_token" => out.owner_token = Some(v.into_owned()),
                 "csrf" => out.csrf = Some(v.into_owned()),
                 "level" => out.level = Some(v.into_owned()),
+                "code" => out.code = Some(v.into_owned()),
                 _ => {}
             }
         }
@@ -344,6 +407,7 @@ fn parse_decide(headers: &HeaderMap, body: &[u8]) -> ApiResult<DecideRequest> {
         level: Option<String>,
         owner_token: Option<String>,
         token: Option<String>,
+        code: Option<String>,
         secrets: Option<Value>,
     }
     let j: JsonDecide = crate::capability::parse_json(body)?;
@@ -358,6 +422,7 @@ fn parse_decide(headers: &HeaderMap, body: &[u8]) -> ApiResult<DecideRequest> {
         action: j.action,
         level: j.level,
         owner_token: j.owner_token,
+        code: j.code,
         csrf: None,
         from_form: false,
     })
@@ -375,7 +440,7 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 /// Refuses a form post that is not from the gateway's own page.
-fn check_csrf(gw: &Gateway, headers: &HeaderMap, req: &DecideRequest) -> ApiResult<()> {
+pub(crate) fn check_csrf(gw: &Gateway, headers: &HeaderMap, req: &DecideRequest) -> ApiResult<()> {
     let refused = |why: &str| ApiError::Forbidden(format!("CSRF check failed: {why}"));
     let field = req.csrf.as_deref().unwrap_or_default();
     let cookie = cookie(headers, CSRF_COOKIE).unwrap_or_default();

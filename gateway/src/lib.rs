@@ -27,6 +27,7 @@ pub mod routes;
 pub mod scope;
 pub mod secrets;
 pub mod sessions;
+pub mod signin;
 pub mod signup;
 pub mod skill;
 pub mod store;
@@ -155,6 +156,10 @@ pub fn app(gateway: Gateway) -> Router {
         .route("/execute/{id}/stdout", get(routes::stdout))
         .route("/session/{id}/actions", get(routes::session_actions))
         .route("/approve/{id}", get(approve::page).post(approve::decide))
+        .route(
+            "/signin/{namespace}/{permit}",
+            get(signin::page).post(signin::decide),
+        )
         .route("/scope", post(scope::scope))
         .route("/secrets", post(secrets::store))
         .route("/cookies/upload", post(secrets::upload_cookies))

@@ -127,6 +127,8 @@ pub async fn discovery() -> Json<Value> {
             "GET /session/:permit_id/actions": "the Executions under a Permit",
             "GET /approve/:id": "the owner's approval page",
             "POST /approve/:id": "approve or deny (owner credential required)",
+            "GET /signin/:namespace/:permit?code=": "the approval page opened by a one-time sign-in link the owner got on Telegram",
+            "POST /signin/:namespace/:permit": "approve or deny with that link (it decides once, for 15 minutes)",
             "POST /secrets": "store a secret, sealed on arrival (owner)",
             "POST /cookies/upload": "store a site's cookies as a sealed cookie jar COOKIES_<DOMAIN> (owner)",
             "GET /plugins": "the capability forms",

@@ -343,6 +343,12 @@ pub struct TelegramArgs {
         value_parser = parse_duration
     )]
     pub telegram_poll_interval: Duration,
+    /// The oauth3-gateway's public URL (its `--public-url`). When set, each request gets an
+    /// "Open on the web" button: the owner who taps it receives a one-time sign-in link (valid
+    /// 15 minutes) to the gateway's approval page, where the whole request is shown and
+    /// deciding needs no Kubernetes token. Default: none, no button.
+    #[arg(long, env = "OAUTH3_TELEGRAM_WEB_URL", value_name = "URL")]
+    pub telegram_web_url: Option<String>,
 }
 
 /// A duration flag's value does not follow the one grammar.

@@ -34,6 +34,7 @@ pub mod telegram;
 pub mod tls;
 pub mod usage;
 pub mod verify;
+pub mod web_sign_in;
 
 pub use context::{Clock, Context};
 pub use error::Error;

@@ -4,14 +4,16 @@
 //
 //   node approve-page.js <approval_url> <owner_token> <screenshot.png> <approve|deny>
 //
+// An owner token of `-` types nothing (a sign-in link's page carries its own credential).
+//
 // CHROMIUM overrides the browser binary (default /usr/bin/chromium).
 'use strict';
 const { chromium } = require('playwright-core');
 
 async function main() {
   const [url, token, screenshot, button] = process.argv.slice(2);
-  if (!url || token === undefined || !screenshot || !['approve', 'deny'].includes(button)) {
-    throw new Error('usage: approve-page.js <approval_url> <owner_token> <screenshot.png> <approve|deny>');
+  if (!url || token === undefined || !screenshot || !['approve', 'deny', 'approve-24h', 'approve-always'].includes(button)) {
+    throw new Error('usage: approve-page.js <approval_url> <owner_token> <screenshot.png> <approve|deny|approve-24h|approve-always>');
   }
   const browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -30,7 +32,9 @@ async function main() {
     await page.screenshot({ path: screenshot, fullPage: true });
     // Errors on the page itself (a CSP violation would be one), before the decision.
     const pageProblems = problems.slice();
-    await page.fill('#owner_token', token);
+    const tokenFields = await page.locator('#owner_token').count();
+    const signedIn = await page.locator('#signed-in').count() ? await page.innerText('#signed-in') : null;
+    if (token !== '-') await page.fill('#owner_token', token);
     const [answer] = await Promise.all([
       page.waitForNavigation({ waitUntil: 'load' }),
       page.click('#' + button),
@@ -43,6 +47,8 @@ async function main() {
       referrerPolicy: headers['referrer-policy'] || null,
       setCookie: await first.headerValue('set-cookie'),
       permitText,
+      tokenFields,
+      signedIn,
       styled,
       afterStatus: answer ? answer.status() : null,
       afterText,

@@ -53,7 +53,7 @@ pub struct BotMessage {
     pub chat_id: i64,
     /// Current text.
     pub text: String,
-    /// Current inline buttons: (label, callback_data).
+    /// Current inline buttons: (label, callback_data, or the URL of a link button).
     pub buttons: Vec<(String, String)>,
 }
 
@@ -205,7 +205,11 @@ impl Emulator {
                 .map(|b| {
                     (
                         b["text"].as_str().unwrap_or_default().to_owned(),
-                        b["callback_data"].as_str().unwrap_or_default().to_owned(),
+                        b["callback_data"]
+                            .as_str()
+                            .or_else(|| b["url"].as_str())
+                            .unwrap_or_default()
+                            .to_owned(),
                     )
                 })
                 .collect();

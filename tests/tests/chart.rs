@@ -246,6 +246,62 @@ fn bad_values_fail_rendering_with_a_message_naming_the_value() {
     }
 }
 
+/// The operator's "Open on the web" links point at the gateway: `telegram.webUrl`, else the
+/// gateway's `publicUrl` when the gateway is on; no flag (no button) otherwise.
+#[test]
+fn telegram_sign_in_links_point_at_the_gateways_public_url() {
+    let Some(helm) = helm_or_skip() else {
+        return;
+    };
+    let web_flag = |extra: &[&str]| -> Option<String> {
+        let objects = render(&helm, "tg", "oauth3-system", extra);
+        let operator = objects
+            .iter()
+            .filter(|o| kind(o) == "Deployment")
+            .map(|d| d["spec"]["template"]["spec"]["containers"][0]["args"].clone())
+            .find(|args| {
+                args.as_array().is_some_and(|a| {
+                    a.iter().any(|v| {
+                        v.as_str() == Some("--telegram-token-file=/etc/oauth3/telegram/token")
+                    })
+                })
+            })
+            .expect("the operator Deployment, with Telegram on");
+        operator
+            .as_array()
+            .expect("args")
+            .iter()
+            .filter_map(Value::as_str)
+            .find_map(|a| a.strip_prefix("--telegram-web-url=").map(str::to_owned))
+    };
+    let tg = [
+        "--set",
+        "telegram.enabled=true",
+        "--set",
+        "telegram.existingSecret=tg",
+    ];
+    assert_eq!(web_flag(&tg), None, "no gateway, no webUrl: no button");
+    let mut with_gateway = tg.to_vec();
+    with_gateway.extend([
+        "--set",
+        "gateway.enabled=true",
+        "--set",
+        "gateway.publicUrl=https://gw.example",
+    ]);
+    assert_eq!(
+        web_flag(&with_gateway).as_deref(),
+        Some("https://gw.example")
+    );
+    let mut explicit = with_gateway.clone();
+    explicit.extend(["--set", "telegram.webUrl=https://approve.example"]);
+    assert_eq!(
+        web_flag(&explicit).as_deref(),
+        Some("https://approve.example")
+    );
+    let binary = oauth3_tests::workspace_binary("oauth3-operator", "oauth3-operator");
+    assert!(operator_flags(&binary).contains("--telegram-web-url"));
+}
+
 /// With default values the operator's Pods accept ingress only on the callback port, only from
 /// Pods labelled as the operator labels sandbox Pods, and nothing on the metrics port.
 #[test]
@@ -934,6 +990,48 @@ async fn the_gateway_works_with_exactly_the_charts_rbac_and_cannot_read_secrets(
         )
         .await;
     assert_eq!(actions.status, 200, "{}", actions.text);
+    // A Telegram sign-in link decides under the gateway's own identity: its permits/status
+    // patch is what records the owner's decision and clears the link.
+    let second = http
+        .post(
+            &gw.url("/permit"),
+            Some(&tenant.agent),
+            &json!({"description": "read pulls", "capabilities": [{"type": "scoped-fetch",
+                "name": "github", "base_url": "https://api.github.com", "scope": ["repos/o/r/pulls"],
+                "methods": ["GET"]}]}),
+        )
+        .await;
+    assert_eq!(second.status, 200, "{}", second.text);
+    let second = second.body["permit_id"]
+        .as_str()
+        .expect("permit")
+        .to_owned();
+    let admin_permits: Api<Permit> = Api::namespaced(client.clone(), &tenant.ns);
+    let current = admin_permits.get(&second).await.expect("permit");
+    let digest = oauth3_crds::spec_digest(&current.spec).expect("digest");
+    let (code, record) = oauth3_operator::web_sign_in::mint(
+        "telegram:7",
+        oauth3_crds::WebSignInRequest::Permit,
+        &digest,
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    admin_permits
+        .patch_status(
+            &second,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"webSignIn": record}})),
+        )
+        .await
+        .expect("sign-in record");
+    let signed_in = http
+        .post(
+            &gw.url(&format!("/signin/{}/{second}", tenant.ns)),
+            None,
+            &json!({"action": "approve", "code": code}),
+        )
+        .await;
+    assert_eq!(signed_in.status, 200, "{}", signed_in.text);
+    assert_eq!(signed_in.body["by"], "telegram:7", "{}", signed_in.text);
     // What the gateway's identity must never do: read Secrets, or change a Permit's spec.
     let secrets: Api<Secret> = Api::namespaced(identity.clone(), &tenant.ns);
     assert!(forbidden(secrets.get("github-token").await));

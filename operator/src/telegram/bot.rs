@@ -16,7 +16,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use oauth3_crds::{
-    ApprovalDecision, ApprovalVia, CodeReview, Execution, ExecutionPhase, Permit, code_digest,
+    ApprovalDecision, ApprovalVia, CodeReview, Execution, ExecutionPhase, Permit, WebSignInRequest,
+    code_digest,
 };
 use serde_json::json;
 use teloxide::ApiError;
@@ -35,7 +36,7 @@ use super::decide::{
 };
 use super::message::{
     HELP, closed_text, code_keyboard, code_request_text, decided_note, pending_text,
-    permit_keyboard, permit_request_text, trust_note,
+    permit_keyboard, permit_request_text, sign_in_keyboard, sign_in_text, trust_note,
 };
 use super::state::{MAX_OPEN, Request, RequestKind, State};
 use super::{STATE_CONFIGMAP, TELEGRAM_FIELD_MANAGER, TelegramConfig, TelegramError};
@@ -43,6 +44,7 @@ use crate::approval::{Decision, approval_for};
 use crate::context::backoff_delay;
 use crate::execution::status::{self, Ending, Reason};
 use crate::status_write::{Guarded, write_status};
+use crate::web_sign_in;
 
 const STATE_KEY: &str = "state.json";
 /// Longest Bot API long poll; below the client's own request timeout.
@@ -342,6 +344,11 @@ impl TelegramBot {
             return;
         };
         let req = self.state.requests[i].clone();
+        if tap.action.is_open_web() {
+            let text = self.open_web(&req, user, chat).await;
+            self.answer(&q, &text, false).await;
+            return;
+        }
         let result = self.decide_tap(&req, tap.action, user).await;
         let note = match result {
             Ok(Some(note)) => note,
@@ -367,6 +374,90 @@ impl TelegramBot {
         }
         self.edit_closed(i).await;
         self.answer(&q, &note, false).await;
+    }
+
+    /// Sends `user` a one-time sign-in link to the web page of `req` (tapped in `chat`) and
+    /// records its hash on the Permit; returns what the tap's answer says. In a group the link
+    /// goes to the owner's private chat with the bot, never to the group.
+    async fn open_web(&mut self, req: &Request, user: u64, chat: i64) -> String {
+        let Some(base) = self.config.web_url.clone() else {
+            return "Web sign-in is not configured (--telegram-web-url). Nothing was changed."
+                .into();
+        };
+        let full = format!("{}/{}", req.namespace, req.name);
+        let permit = match self.permit(&req.namespace, &req.name).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, permit = %full, "reading the Permit for a sign-in link");
+                return "The link could not be made. Nothing was changed; tap again.".into();
+            }
+        };
+        let waiting = match req.kind {
+            RequestKind::Code => match self.waiting_for(req).await {
+                Ok(w) => !w.is_empty(),
+                Err(e) => {
+                    tracing::warn!(error = %e, permit = %full, "listing Executions for a sign-in link");
+                    return "The link could not be made. Nothing was changed; tap again.".into();
+                }
+            },
+            RequestKind::Permit => false,
+        };
+        if let Some(note) = still_open(permit.as_ref(), req, waiting, now()) {
+            return format!("No link: {note}");
+        }
+        let Some(permit) = permit else {
+            return "No link: the Permit was deleted.".into();
+        };
+        let kind = match req.kind {
+            RequestKind::Permit => WebSignInRequest::Permit,
+            RequestKind::Code => WebSignInRequest::Code,
+        };
+        let (code, record) = web_sign_in::mint(&telegram_by(user), kind, &req.digest, now());
+        let link = web_sign_in::link(&base, &req.namespace, &req.name, &code);
+        let Some(keyboard) = sign_in_keyboard(&link) else {
+            return "The configured --telegram-web-url does not make a valid link. Nothing was changed.".into();
+        };
+        if let Err(e) = self
+            .patch_permit(&permit, json!({"webSignIn": record}))
+            .await
+        {
+            tracing::warn!(error = %e, permit = %full, "recording a sign-in link");
+            return "The link could not be made (the Permit changed). Nothing was changed; tap again.".into();
+        }
+        // A private chat's id is the user's id; anywhere else, send it to the user alone.
+        let to = if chat > 0 {
+            chat
+        } else {
+            i64::try_from(user).unwrap_or(chat)
+        };
+        let minutes = web_sign_in::LINK_TTL.as_secs() / 60;
+        let text = sign_in_text(
+            &req.namespace,
+            &req.name,
+            req.kind == RequestKind::Code,
+            minutes,
+        );
+        match self
+            .bot
+            .send_message(ChatId(to), text)
+            .reply_markup(keyboard)
+            .await
+            .map_err(self.bot_err("sendMessage"))
+        {
+            Ok(_) => {
+                tracing::info!(permit = %full, by = %record.by, "web sign-in link sent to the owner");
+                if to == chat {
+                    format!("Sign-in link sent below (one use, {minutes} minutes).")
+                } else {
+                    format!("Sign-in link sent to you privately (one use, {minutes} minutes).")
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, permit = %full, "sending a sign-in link");
+                // The record stays but nobody has its code: it lapses unused.
+                "The link could not be sent. If this is a group, start a private chat with the bot first, then tap again.".into()
+            }
+        }
     }
 
     /// Computes and writes the outcome of a tap. `Ok(Some(note))` closes the request.
@@ -603,7 +694,12 @@ impl TelegramBot {
                 continue;
             }
             let text = permit_request_text(p, &digest);
-            let keyboard = permit_keyboard(&uid, &digest, &p.spec.valid_for);
+            let keyboard = permit_keyboard(
+                &uid,
+                &digest,
+                &p.spec.valid_for,
+                self.config.web_url.is_some(),
+            );
             if let Err(e) = self
                 .send_request(RequestKind::Permit, p, &digest, text, keyboard)
                 .await
@@ -632,7 +728,7 @@ impl TelegramBot {
                 .map(|e| e.spec.code.as_str())
                 .unwrap_or_default();
             let text = code_request_text(p, digest, code, &names);
-            let keyboard = code_keyboard(&uid, digest);
+            let keyboard = code_keyboard(&uid, digest, self.config.web_url.is_some());
             if let Err(e) = self
                 .send_request(RequestKind::Code, p, digest, text, keyboard)
                 .await

@@ -29,6 +29,10 @@ pub enum Action {
     TrustAlways,
     /// Refuse the code: the Executions waiting for it are denied.
     DenyCode,
+    /// Send the tapping owner a one-time sign-in link to the web page of a Permit request.
+    OpenWebPermit,
+    /// Send the tapping owner a one-time sign-in link to the web page of a code request.
+    OpenWebCode,
 }
 
 impl Action {
@@ -40,6 +44,8 @@ impl Action {
             Self::TrustDay => 'h',
             Self::TrustAlways => 'w',
             Self::DenyCode => 'x',
+            Self::OpenWebPermit => 'p',
+            Self::OpenWebCode => 'c',
         }
     }
 
@@ -51,13 +57,23 @@ impl Action {
             'h' => Self::TrustDay,
             'w' => Self::TrustAlways,
             'x' => Self::DenyCode,
+            'p' => Self::OpenWebPermit,
+            'c' => Self::OpenWebCode,
             _ => return None,
         })
     }
 
     /// Whether the action answers a code request (rather than a Permit request).
     pub fn is_code(self) -> bool {
-        !matches!(self, Self::ApprovePermit | Self::DenyPermit)
+        !matches!(
+            self,
+            Self::ApprovePermit | Self::DenyPermit | Self::OpenWebPermit
+        )
+    }
+
+    /// Whether the action asks for a web sign-in link (and decides nothing itself).
+    pub fn is_open_web(self) -> bool {
+        matches!(self, Self::OpenWebPermit | Self::OpenWebCode)
     }
 }
 
@@ -139,6 +155,8 @@ mod tests {
             Action::TrustDay,
             Action::TrustAlways,
             Action::DenyCode,
+            Action::OpenWebPermit,
+            Action::OpenWebCode,
         ] {
             let uid = "a-very-long-uid-".repeat(40);
             let data = encode(action, &uid, DIGEST);

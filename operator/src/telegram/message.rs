@@ -124,20 +124,35 @@ pub fn code_request_text(
     fit(&text, "", &see_code)
 }
 
-/// The buttons under a Permit request.
-pub fn permit_keyboard(uid: &str, digest: &str, valid_for: &str) -> InlineKeyboardMarkup {
-    InlineKeyboardMarkup::new([[
+/// The label of the button that asks for a web sign-in link.
+pub const OPEN_WEB_LABEL: &str = "Open on the web";
+
+/// The buttons under a Permit request; with `web`, a row asking for a sign-in link.
+pub fn permit_keyboard(
+    uid: &str,
+    digest: &str,
+    valid_for: &str,
+    web: bool,
+) -> InlineKeyboardMarkup {
+    let mut rows = vec![vec![
         InlineKeyboardButton::callback(
             format!("Approve ({valid_for})"),
             encode(Action::ApprovePermit, uid, digest),
         ),
         InlineKeyboardButton::callback("Deny", encode(Action::DenyPermit, uid, digest)),
-    ]])
+    ]];
+    if web {
+        rows.push(vec![InlineKeyboardButton::callback(
+            OPEN_WEB_LABEL,
+            encode(Action::OpenWebPermit, uid, digest),
+        )]);
+    }
+    InlineKeyboardMarkup::new(rows)
 }
 
-/// The buttons under a code request.
-pub fn code_keyboard(uid: &str, digest: &str) -> InlineKeyboardMarkup {
-    InlineKeyboardMarkup::new([
+/// The buttons under a code request; with `web`, a row asking for a sign-in link.
+pub fn code_keyboard(uid: &str, digest: &str, web: bool) -> InlineKeyboardMarkup {
+    let mut rows = vec![
         vec![
             InlineKeyboardButton::callback("Approve once", encode(Action::TrustOnce, uid, digest)),
             InlineKeyboardButton::callback("Approve 24h", encode(Action::TrustDay, uid, digest)),
@@ -146,7 +161,41 @@ pub fn code_keyboard(uid: &str, digest: &str) -> InlineKeyboardMarkup {
             InlineKeyboardButton::callback("Always", encode(Action::TrustAlways, uid, digest)),
             InlineKeyboardButton::callback("Deny", encode(Action::DenyCode, uid, digest)),
         ],
-    ])
+    ];
+    if web {
+        rows.push(vec![InlineKeyboardButton::callback(
+            OPEN_WEB_LABEL,
+            encode(Action::OpenWebCode, uid, digest),
+        )]);
+    }
+    InlineKeyboardMarkup::new(rows)
+}
+
+/// The label of the button that opens a sign-in link.
+pub const SIGN_IN_LABEL: &str = "Sign in and decide";
+
+/// The message carrying a one-time sign-in link for the request on Permit `namespace/name`.
+pub fn sign_in_text(namespace: &str, name: &str, code: bool, minutes: u64) -> String {
+    let what = if code {
+        "the code waiting under Permit"
+    } else {
+        "Permit request"
+    };
+    format!(
+        "oauth3: sign-in link for {what} {name} (namespace {namespace})\n\n\
+         It opens the whole request on the approval page and lets you decide there without a \
+         Kubernetes token. It works once, for {minutes} minutes, and only for this request; do \
+         not forward it. Tap \"{OPEN_WEB_LABEL}\" again for a new one."
+    )
+}
+
+/// The button that opens `link`, when it is a URL Telegram accepts.
+pub fn sign_in_keyboard(link: &str) -> Option<InlineKeyboardMarkup> {
+    let url = url::Url::parse(link).ok()?;
+    Some(InlineKeyboardMarkup::new([[InlineKeyboardButton::url(
+        SIGN_IN_LABEL,
+        url,
+    )]]))
 }
 
 fn via_word(v: ApprovalVia) -> &'static str {
@@ -350,12 +399,31 @@ mod tests {
                 .collect()
         };
         assert_eq!(
-            labels(permit_keyboard("u", digest, "7d")),
+            labels(permit_keyboard("u", digest, "7d", false)),
             ["Approve (7d)", "Deny"]
         );
         assert_eq!(
-            labels(code_keyboard("u", digest)),
+            labels(code_keyboard("u", digest, false)),
             ["Approve once", "Approve 24h", "Always", "Deny"]
+        );
+        assert_eq!(
+            labels(permit_keyboard("u", digest, "7d", true)),
+            ["Approve (7d)", "Deny", OPEN_WEB_LABEL]
+        );
+        assert_eq!(
+            labels(code_keyboard("u", digest, true))
+                .last()
+                .map(String::as_str),
+            Some(OPEN_WEB_LABEL)
+        );
+        let k = sign_in_keyboard("https://gw.example/signin/a/p?code=ab").expect("a URL button");
+        assert_eq!(labels(k), [SIGN_IN_LABEL]);
+        assert!(sign_in_keyboard("not a url").is_none());
+        let text = sign_in_text("agents", "triage", false, 15);
+        assert!(
+            text.contains("Permit request triage (namespace agents)")
+                && text.contains("once, for 15 minutes"),
+            "{text}"
         );
     }
 

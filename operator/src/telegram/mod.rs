@@ -106,6 +106,8 @@ pub struct TelegramConfig {
     pub approval_timeout: Duration,
     /// Poll interval.
     pub poll_interval: Duration,
+    /// The gateway's public URL, for one-time sign-in links to its approval page.
+    pub web_url: Option<url::Url>,
 }
 
 fn config_err(flag: &'static str, rule: impl Into<String>) -> TelegramError {
@@ -209,6 +211,29 @@ impl TelegramConfig {
                     "must be at least 100ms, such as 2s",
                 )
             })?;
+        let web_url = match args.telegram_web_url.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(raw) => Some(
+                url::Url::parse(raw)
+                    .ok()
+                    .filter(|u| {
+                        matches!(u.scheme(), "http" | "https")
+                            && u.host().is_some()
+                            && u.query().is_none()
+                            && u.fragment().is_none()
+                            && u.username().is_empty()
+                            && u.password().is_none()
+                    })
+                    .ok_or_else(|| {
+                        config_err(
+                            "--telegram-web-url",
+                            format!(
+                                "{raw:?} is not the gateway's public URL: an http(s) URL with a host and no credentials, query or fragment, e.g. https://oauth3.example.com"
+                            ),
+                        )
+                    })?,
+            ),
+        };
         Ok(Self {
             token,
             api_url,
@@ -216,6 +241,7 @@ impl TelegramConfig {
             owner_ids,
             approval_timeout,
             poll_interval,
+            web_url,
         })
     }
 
@@ -237,6 +263,7 @@ mod tests {
             telegram_owner_ids: Some("42, 43".into()),
             telegram_approval_timeout: Duration::from_secs(86_400),
             telegram_poll_interval: Duration::from_secs(2),
+            telegram_web_url: None,
         }
     }
 
@@ -250,6 +277,17 @@ mod tests {
         assert_eq!(c.chat_id, -1001);
         assert_eq!(c.owner_ids, [42, 43]);
         assert_eq!(c.approval_timeout, Duration::from_secs(86_400));
+        assert_eq!(
+            c.web_url, None,
+            "no sign-in links unless the gateway's URL is given"
+        );
+        let mut with_web = args();
+        with_web.telegram_web_url = Some("https://gw.example/".into());
+        let c2 = TelegramConfig::parse(token(), &with_web).expect("valid");
+        assert_eq!(
+            c2.web_url.map(String::from).as_deref(),
+            Some("https://gw.example/")
+        );
         assert!(c.is_owner(42, -1001));
         assert!(
             !c.is_owner(42, 5),
@@ -264,7 +302,19 @@ mod tests {
     #[test]
     fn bad_values_are_refused_naming_the_flag() {
         type Change = fn(&mut TelegramArgs);
-        let cases: [(Change, &str); 7] = [
+        let cases: [(Change, &str); 10] = [
+            (
+                |a| a.telegram_web_url = Some("ftp://gw.example".into()),
+                "--telegram-web-url",
+            ),
+            (
+                |a| a.telegram_web_url = Some("https://gw.example/?next=x".into()),
+                "--telegram-web-url",
+            ),
+            (
+                |a| a.telegram_web_url = Some("https://u:p@gw.example".into()),
+                "--telegram-web-url",
+            ),
             (
                 |a| a.telegram_api_url = "ftp://x".into(),
                 "--telegram-api-url",
