@@ -60,6 +60,25 @@ pub fn code_digest(code: &str) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(code.as_bytes())))
 }
 
+/// Prefix hashed before TypeScript code: the same bytes can mean another program as TypeScript
+/// (`a < b > (c)` is a generic call there, two comparisons in JavaScript), so trusting one
+/// never trusts the other.
+pub const TYPESCRIPT_CODE_DOMAIN: &str = "oauth3 code v1 typescript\n";
+
+/// The digest of code in `language`: [`code_digest`] of the bytes for JavaScript, and for
+/// TypeScript `sha256:<hex>` of [`TYPESCRIPT_CODE_DOMAIN`] followed by the bytes.
+pub fn code_digest_in(code: &str, language: crate::CodeLanguage) -> String {
+    match language {
+        crate::CodeLanguage::JavaScript => code_digest(code),
+        crate::CodeLanguage::TypeScript => {
+            let mut hasher = Sha256::new();
+            hasher.update(TYPESCRIPT_CODE_DOMAIN.as_bytes());
+            hasher.update(code.as_bytes());
+            format!("sha256:{}", hex::encode(hasher.finalize()))
+        }
+    }
+}
+
 /// Canonical JSON text of a value: keys sorted by UTF-8 bytes, no whitespace.
 pub fn canonical_json(value: &Value) -> String {
     let mut out = String::new();

@@ -41,13 +41,22 @@ pub struct ExecutionSpec {
     )]
     pub permit_ref: String,
 
-    /// JavaScript run as the body of an async function. It sees `args`, `console.log` /
+    /// JavaScript (or TypeScript, with `language: typescript`) run as the body of an async
+    /// function. It sees `args`, `console.log` /
     /// `console.error` and one async function per capability, nothing else (no fetch, require,
     /// process or timers). Its return value becomes `status.result`. At most 262144 bytes of
     /// UTF-8 (256 KiB; fewer characters when it is not ASCII).
     #[schemars(length(min = 1, max = 262_144))]
     #[x_kube(validation = Rule::new("bytes(self).size() <= 262144").message("must be at most 262144 bytes of UTF-8 (the limit counts bytes, not characters)"))]
     pub code: String,
+
+    /// The language of `code`: `javascript` (the default) or `typescript`. TypeScript types
+    /// are removed inside the sandbox runner by a real TypeScript parser; the code digest
+    /// (what the owner approves under `codeReview: perCode`) is always the digest of `code` as
+    /// written. `import`, `export`, `import()` and `require()` fail with an error saying there
+    /// is no module loader.
+    #[serde(default, skip_serializing_if = "CodeLanguage::is_default")]
+    pub language: CodeLanguage,
 
     /// JSON value visible to the code as `args`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -59,6 +68,40 @@ pub struct ExecutionSpec {
     #[serde(default = "default_timeout")]
     #[schemars(range(min = 1, max = 3600))]
     pub timeout_seconds: i32,
+}
+
+/// The language of an Execution's code.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CodeLanguage {
+    /// JavaScript, run as written.
+    #[default]
+    JavaScript,
+    /// TypeScript: types are removed before the code runs.
+    TypeScript,
+}
+
+impl CodeLanguage {
+    /// Whether this is the default (`javascript`), which is left out when serialised.
+    pub fn is_default(&self) -> bool {
+        *self == Self::JavaScript
+    }
+
+    /// The name as written in the spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::JavaScript => "javascript",
+            Self::TypeScript => "typescript",
+        }
+    }
+}
+
+impl ExecutionSpec {
+    /// The digest the owner's code approvals bind to: of `code` as written, in its language
+    /// ([`crate::code_digest_in`]).
+    pub fn code_digest(&self) -> String {
+        crate::code_digest_in(&self.code, self.language)
+    }
 }
 
 fn default_timeout() -> i32 {

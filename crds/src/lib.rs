@@ -16,11 +16,11 @@ pub mod permit;
 mod schema;
 
 pub use args::{check_args, describe_rule};
-pub use digest::{DigestError, code_digest, spec_digest};
+pub use digest::{DigestError, code_digest, code_digest_in, spec_digest};
 pub use duration::{DurationError, DurationUnit, parse_duration, split_duration};
 pub use execution::{
-    Attestation, AttestationKind, AttestationProvider, CallDecision, CallRecord, Execution,
-    ExecutionPhase, ExecutionSpec, ExecutionStatus, LaunchRecord, LauncherKind,
+    Attestation, AttestationKind, AttestationProvider, CallDecision, CallRecord, CodeLanguage,
+    Execution, ExecutionPhase, ExecutionSpec, ExecutionStatus, LaunchRecord, LauncherKind,
 };
 pub use glob::{GlobError, GlobSegment, PathGlob};
 pub use permit::{

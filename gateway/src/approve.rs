@@ -19,7 +19,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use kube::ResourceExt;
 use oauth3_crds::constants::ANNOTATION_APPROVAL_REF;
-use oauth3_crds::{ApprovalDecision, ApprovalVia, Permit, TrustLevel, code_digest, spec_digest};
+use oauth3_crds::{ApprovalDecision, ApprovalVia, Permit, TrustLevel, spec_digest};
 use oauth3_operator::plugin::{
     Decision, PluginError, record_decision, record_trust, render_permit,
 };
@@ -258,7 +258,7 @@ pub(crate) fn code_page(
     form: &Form<'_>,
 ) -> ApiResult<Response> {
     let text = render_permit(permit).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let digest = code_digest(&exec.spec.code);
+    let digest = exec.spec.code_digest();
     let status = crate::answer::execution_status(exec);
     if !wants_html(headers) {
         head["status"] = json!(status);
@@ -610,7 +610,7 @@ async fn trust(
     level: TrustLevel,
     from_form: bool,
 ) -> ApiResult<Response> {
-    let digest = code_digest(&exec.spec.code);
+    let digest = exec.spec.code_digest();
     let permit = &exec.spec.permit_ref;
     record_trust(
         gw.store().client(),

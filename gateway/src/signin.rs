@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
-use oauth3_crds::{Execution, TrustLevel, WebSignInRequest, code_digest};
+use oauth3_crds::{Execution, TrustLevel, WebSignInRequest};
 use oauth3_operator::web_sign_in::{self, Choice, Recorded, Refused, SignInError};
 use serde::Deserialize;
 use serde_json::json;
@@ -94,7 +94,7 @@ async fn waiting_execution(
         .map_err(ApiError::kube(format!("listing Executions in {ns}")))?;
     list.items
         .into_iter()
-        .filter(|e| e.spec.permit_ref == name && code_digest(&e.spec.code) == digest)
+        .filter(|e| e.spec.permit_ref == name && e.spec.code_digest() == digest)
         .find(|e| crate::answer::execution_status(e) == "pending")
         .ok_or_else(|| {
             ApiError::Conflict(format!(

@@ -7,20 +7,13 @@
 //! body of an async function). The result is checked before anything is created:
 //! - a reference to the global `fetch` is refused with an error naming `fetch`: the sandbox
 //!   calls APIs only through the Permit's capabilities (a fetch capability comes later);
-//! - `import` / `export` are refused: there is no module loader in the sandbox.
+//! - `import` / `export`, `import()` and `require()` are refused: there is no module loader in
+//!   the sandbox.
 //!
 //! `Deno.env.get(NAME)` of an arg returns the arg as a string (how skills read their
 //! arguments); of anything else, `undefined`: secrets never reach the code.
 
-use std::path::Path;
-
-use oxc::allocator::Allocator;
-use oxc::ast::ast::Statement;
-use oxc::codegen::Codegen;
-use oxc::parser::{ParseOptions, Parser};
-use oxc::semantic::SemanticBuilder;
-use oxc::span::SourceType;
-use oxc::transformer::{TransformOptions, Transformer};
+use oauth3_typescript::{Language, PrepareError, prepare};
 
 /// Why a skill cannot be run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -99,48 +92,15 @@ pub fn metadata(code: &str) -> SkillMeta {
 /// # Errors
 /// [`SkillError`] saying what is wrong.
 pub fn to_javascript(code: &str) -> Result<String, SkillError> {
-    let allocator = Allocator::default();
-    let source_type = SourceType::ts().with_module(true);
-    let parsed = Parser::new(&allocator, code, source_type)
-        .with_options(ParseOptions {
-            allow_return_outside_function: true,
-            ..ParseOptions::default()
-        })
-        .parse();
-    if let Some(e) = parsed.errors.first() {
-        return Err(SkillError::Syntax(e.to_string()));
-    }
-    let mut program = parsed.program;
-    if program.body.iter().any(is_module_item) {
-        return Err(SkillError::Module);
-    }
-    let semantic = SemanticBuilder::new().build(&program);
-    if let Some(e) = semantic.errors.first() {
-        return Err(SkillError::Syntax(e.to_string()));
-    }
-    let scoping = semantic.semantic.into_scoping();
-    if scoping.root_unresolved_references().contains_key("fetch") {
+    let prepared = prepare(code, Language::TypeScript).map_err(|e| match e {
+        PrepareError::Syntax { message, .. } => SkillError::Syntax(message),
+        PrepareError::Module(_) => SkillError::Module,
+        PrepareError::Transform(m) => SkillError::Transform(m),
+    })?;
+    if prepared.globals.contains("fetch") {
         return Err(SkillError::Fetch);
     }
-    let options = TransformOptions::from_target("esnext").map_err(SkillError::Transform)?;
-    let transformed = Transformer::new(&allocator, Path::new("skill.ts"), &options)
-        .build_with_scoping(scoping, &mut program);
-    if let Some(e) = transformed.errors.first() {
-        return Err(SkillError::Transform(e.to_string()));
-    }
-    Ok(Codegen::new().build(&program).code)
-}
-
-fn is_module_item(stmt: &Statement<'_>) -> bool {
-    matches!(
-        stmt,
-        Statement::ImportDeclaration(_)
-            | Statement::ExportAllDeclaration(_)
-            | Statement::ExportDefaultDeclaration(_)
-            | Statement::ExportNamedDeclaration(_)
-            | Statement::TSExportAssignment(_)
-            | Statement::TSNamespaceExportDeclaration(_)
-    )
+    Ok(prepared.code)
 }
 
 /// What skill code gets in front of it: `Deno.env.get` over `args` only (no authority).

@@ -23,6 +23,7 @@ fn receipt() -> Execution {
         ExecutionSpec {
             permit_ref: "p".into(),
             code: "return 1".into(),
+            language: Default::default(),
             args: None,
             timeout_seconds: 30,
         },

@@ -19,9 +19,7 @@ use kube::{Client, ResourceExt};
 use oauth3_crds::constants::{
     ANNOTATION_SECRET_NAME, SEALED_SECRET_KEY, SEALED_SECRET_TYPE, secret_object_name,
 };
-use oauth3_crds::{
-    Approval, ApprovalVia, CodeReview, Execution, Permit, TrustLevel, code_digest, spec_digest,
-};
+use oauth3_crds::{Approval, ApprovalVia, CodeReview, Execution, Permit, TrustLevel, spec_digest};
 use serde_json::json;
 
 pub use crate::approval::Decision;
@@ -204,7 +202,7 @@ impl Plugin {
             }
             return Ok(code.to_ascii_lowercase());
         }
-        Ok(code_digest(&self.execution(code).await?.spec.code))
+        Ok(self.execution(code).await?.spec.code_digest())
     }
 
     /// Trusts (or with `None`, stops trusting) a code digest under a perCode Permit.

@@ -36,6 +36,7 @@ fn attested(quote: &[u8]) -> Execution {
         ExecutionSpec {
             permit_ref: "p".into(),
             code: "return 1".into(),
+            language: Default::default(),
             args: None,
             timeout_seconds: 30,
         },

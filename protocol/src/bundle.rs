@@ -50,6 +50,10 @@ pub struct Bundle {
     /// The JavaScript to run, as the body of an async function (`Execution.spec.code`). At
     /// most 256 KiB.
     pub code: String,
+    /// The language of `code` (`Execution.spec.language`): `javascript` (the default) or
+    /// `typescript`, whose types the runner removes before it runs the code.
+    #[serde(default, skip_serializing_if = "oauth3_crds::CodeLanguage::is_default")]
+    pub language: oauth3_crds::CodeLanguage,
     /// The JSON value the code sees as `args` (`Execution.spec.args`). Defaults to `null`.
     #[serde(default)]
     pub args: serde_json::Value,
@@ -288,6 +292,11 @@ pub enum BundleError {
 }
 
 impl Bundle {
+    /// The digest of the code in its language, as the owner's approvals bind it.
+    pub fn code_digest(&self) -> String {
+        oauth3_crds::code_digest_in(&self.code, self.language)
+    }
+
     /// Parses a bundle from JSON text; errors name the path of the field at fault.
     ///
     /// # Errors
@@ -325,7 +334,7 @@ impl Bundle {
         }
         // The operator refuses these before it launches; the runner checks again, since the
         // attested statement claims the run kept to this spec.
-        let code_digest = oauth3_crds::code_digest(&self.code);
+        let code_digest = self.code_digest();
         let pinned = &self.permit.spec.pinned_code;
         if !pinned.is_empty() && !pinned.contains(&code_digest) {
             return Err(BundleError::CodeNotPinned(code_digest));

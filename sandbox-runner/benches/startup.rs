@@ -60,6 +60,42 @@ fn startup(c: &mut Criterion) {
         });
     });
 
+    // The same first call from TypeScript: the types are removed by the real parser and
+    // transformer first, as the runner does for `spec.language: typescript`.
+    let typescript = "interface Req { path: string }\n\
+        const req: Req = args as Req;\n\
+        const answer: unknown = await api('GET', req.path!);\n\
+        return answer;";
+    c.bench_function(
+        "typescript: prepare, then start to first capability call",
+        |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let (tx, mut rx) = mpsc::unbounded_channel();
+                    let host = Arc::new(TimingHost { arrived: tx });
+                    let start = Instant::now();
+                    let prepared = oauth3_typescript::prepare(
+                        typescript,
+                        oauth3_typescript::Language::TypeScript,
+                    )
+                    .expect("valid TypeScript");
+                    rt.block_on(sandbox::run(
+                        &prepared.code,
+                        &args,
+                        host,
+                        &limits,
+                        Arc::new(Redactor::none()),
+                    ))
+                    .expect("runs");
+                    let arrived = rx.try_recv().expect("the call reached the host");
+                    total += arrived - start;
+                }
+                total
+            });
+        },
+    );
+
     c.bench_function("trivial script total run", |b| {
         b.iter(|| {
             let (tx, _rx) = mpsc::unbounded_channel();

@@ -224,13 +224,26 @@ impl Raw {
     }
 }
 
+/// The code to evaluate: JavaScript as written; TypeScript with its types removed by the
+/// TypeScript parser (module use refused). The error names the field and what is wrong.
+fn prepared_code(bundle: &Bundle) -> Result<std::borrow::Cow<'_, str>, String> {
+    match bundle.language {
+        oauth3_crds::CodeLanguage::JavaScript => Ok(std::borrow::Cow::Borrowed(&bundle.code)),
+        oauth3_crds::CodeLanguage::TypeScript => {
+            oauth3_typescript::prepare(&bundle.code, oauth3_typescript::Language::TypeScript)
+                .map(|p| std::borrow::Cow::Owned(p.code))
+                .map_err(|e| format!("spec.code (language typescript): {e}"))
+        }
+    }
+}
+
 /// Runs one bundle and reports the outcome. Never fails: every failure is a phase with an
 /// error text. A bundle that does not validate is `Denied` and runs nothing. With a quote
 /// provider, a result that cannot be attested ends `Failed` with the reason (its `result`
 /// withheld, its output and call log kept) and says `attestation.kind: none`.
 pub async fn run_bundle(bundle: &Bundle, deps: &RunnerDeps) -> RunResult {
     let started = Instant::now();
-    let code_digest = oauth3_crds::code_digest(&bundle.code);
+    let code_digest = bundle.code_digest();
     let mut redactor = Arc::new(Redactor::none());
     let (raw, permit_digest) = match bundle.validate() {
         Err(e) => (
@@ -341,9 +354,13 @@ async fn execute(
             );
         }
     };
+    let code = match prepared_code(bundle) {
+        Ok(code) => code,
+        Err(message) => return Raw::refused(ExecutionPhase::Failed, message),
+    };
     let limits = sandbox::Limits::from_bundle(&bundle.limits);
     let output = sandbox::run(
-        &bundle.code,
+        &code,
         &bundle.args,
         Arc::clone(&host),
         &limits,
@@ -471,6 +488,54 @@ mod tests {
             assert!(!text.contains(SECRET), "secret leaked: {text}");
             assert!(text.contains("[REDACTED]"), "{text}");
             assert_eq!(result.rate_budget["github"], 2.0);
+        }
+    }
+
+    #[tokio::test]
+    async fn typescript_runs_with_its_types_removed_and_its_digest_bound_to_the_language() {
+        let ts = "interface Issue { title: string; n?: number }
+            function titles<T extends Issue>(xs: T[]): string[] { return xs.map((x) => x.title); }
+            const r = (await github('GET', '/x')) as unknown as Issue;
+            const list: Issue[] = [{ title: 'a' }, { title: 'b', n: 2 }];
+            return { t: titles(list)!.join(','), got: typeof r satisfies string };";
+        let mut bundle = test_bundle(ts);
+        bundle.language = oauth3_crds::CodeLanguage::TypeScript;
+        let result = run_bundle(&bundle, &leaky_deps()).await;
+        assert_eq!(result.phase, ExecutionPhase::Succeeded, "{result:?}");
+        assert_eq!(result.result["t"], "a,b");
+        assert_eq!(result.result["got"], "object");
+        assert_eq!(
+            result.code_digest,
+            oauth3_crds::code_digest_in(ts, oauth3_crds::CodeLanguage::TypeScript)
+        );
+        assert_ne!(result.code_digest, oauth3_crds::code_digest(ts));
+
+        // The same bytes as JavaScript do not parse: nothing runs, nothing is called.
+        let as_js = run_bundle(&test_bundle(ts), &leaky_deps()).await;
+        assert_eq!(as_js.phase, ExecutionPhase::Failed, "{as_js:?}");
+        assert!(as_js.result.is_null() && as_js.error.is_some(), "{as_js:?}");
+    }
+
+    #[tokio::test]
+    async fn typescript_that_imports_modules_fails_before_anything_runs() {
+        // Refused before the sandbox exists: the error comes from the preparation step (its
+        // prefix), not the JavaScript engine, and no call is on the record.
+        for code in [
+            "import { Octokit } from 'npm:octokit'; await github('GET', '/x');",
+            "const fs = require('fs'); await github('GET', '/x');",
+            "const m = await import('https://esm.sh/x'); await github('GET', '/x');",
+        ] {
+            let mut bundle = test_bundle(code);
+            bundle.language = oauth3_crds::CodeLanguage::TypeScript;
+            let result = run_bundle(&bundle, &leaky_deps()).await;
+            assert_eq!(result.phase, ExecutionPhase::Failed, "{code}: {result:?}");
+            let error = result.error.clone().unwrap_or_default();
+            assert!(
+                error.starts_with("spec.code (language typescript): uses")
+                    && error.contains("no module loader"),
+                "{code}: {error}"
+            );
+            assert!(result.calls.is_empty(), "{code}: nothing was called");
         }
     }
 

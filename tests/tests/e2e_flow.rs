@@ -454,6 +454,89 @@ async fn a_digits_only_secret_echoed_as_a_number_and_a_key_never_reaches_the_exe
 }
 
 #[tokio::test]
+async fn typescript_code_runs_with_its_types_removed_and_module_use_is_refused() {
+    let Some(env) = Env::new("e2e-ts").await else {
+        return;
+    };
+    let op = env.operator().await;
+    env.approved_permit("issues").await;
+    let code = r#"
+        interface Item { path: string; method?: string }
+        type Page<T> = { items: T[] };
+        async function get<T>(path: string): Promise<T> {
+            return (await api('GET', path)) as T;
+        }
+        const item = await get<Item>('/items');
+        const page: Page<Item> = { items: [item] };
+        console.log(`saw ${page.items.length} item(s)`);
+        return { path: page.items[0]!.path, kinds: page.items.map((i: Item) => typeof i) };
+    "#;
+    let spec: ExecutionSpec = serde_json::from_value(json!({
+        "permitRef": "issues", "code": code, "language": "typescript", "timeoutSeconds": 20
+    }))
+    .expect("spec");
+    let api: Api<Execution> = Api::namespaced(env.client.clone(), &env.ns);
+    api.create(&PostParams::default(), &Execution::new("ts-1", spec))
+        .await
+        .expect("execution");
+    let done = env.wait_exec("ts-1", "finished", finished).await;
+    let status = done.status.clone().expect("status");
+    assert_eq!(status.phase, Some(ExecutionPhase::Succeeded), "{status:?}");
+    let result = status.result.clone().expect("result");
+    assert_eq!(result["path"], "/v1/items", "{result}");
+    assert_eq!(result["kinds"], json!(["object"]));
+    assert_eq!(
+        status.code_digest.as_deref(),
+        Some(oauth3_crds::code_digest_in(code, oauth3_crds::CodeLanguage::TypeScript).as_str()),
+        "the digest is of the code as written, bound to its language"
+    );
+    assert_eq!(env.up.requests().len(), 1);
+
+    // import/require fail with a clear error, and nothing reaches the upstream.
+    let importing: ExecutionSpec = serde_json::from_value(json!({
+        "permitRef": "issues", "language": "typescript", "timeoutSeconds": 20,
+        "code": "import { Octokit } from 'npm:octokit';\nawait api('GET', '/items');"
+    }))
+    .expect("spec");
+    api.create(&PostParams::default(), &Execution::new("ts-2", importing))
+        .await
+        .expect("execution");
+    let refused = env.wait_exec("ts-2", "finished", finished).await;
+    let status = refused.status.expect("status");
+    assert_eq!(status.phase, Some(ExecutionPhase::Failed), "{status:?}");
+    assert!(
+        status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("no module loader")),
+        "{status:?}"
+    );
+    assert_eq!(env.up.requests().len(), 1, "the refused run sent nothing");
+
+    // A language the schema does not know is refused naming the field.
+    let bad = serde_json::from_value::<ExecutionSpec>(json!({
+        "permitRef": "issues", "code": "return 1", "language": "python"
+    }));
+    assert!(bad.is_err());
+    let raw =
+        kube::api::DynamicObject::new("ts-3", &kube::api::ApiResource::erase::<Execution>(&()))
+            .data(
+                json!({"spec": {"permitRef": "issues", "code": "return 1", "language": "python"}}),
+            );
+    let dynamic: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        env.client.clone(),
+        &env.ns,
+        &kube::api::ApiResource::erase::<Execution>(&()),
+    );
+    let err = dynamic
+        .create(&PostParams::default(), &raw)
+        .await
+        .expect_err("refused by the schema");
+    assert!(err.to_string().contains("spec.language"), "{err}");
+    op.stop().await;
+}
+
+#[tokio::test]
 async fn an_execution_under_an_unapproved_permit_is_denied_and_never_runs() {
     let Some(env) = Env::new("e2e-denied").await else {
         return;

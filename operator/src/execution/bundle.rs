@@ -55,6 +55,7 @@ pub fn build_bundle(
             spec_digest: permit_digest.to_owned(),
         },
         code: execution.spec.code.clone(),
+        language: execution.spec.language,
         args: execution
             .spec
             .args

@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use oauth3_crds::{
-    ApprovalDecision, CodeReview, Execution, ExecutionPhase, Permit, TrustLevel, code_digest,
-    spec_digest,
+    ApprovalDecision, CodeReview, Execution, ExecutionPhase, Permit, TrustLevel, spec_digest,
 };
 use oauth3_protocol::rate::TokenBucket;
 
@@ -116,7 +115,7 @@ pub fn admit(execution: &Execution, permit: Option<&Permit>, now: Timestamp) -> 
         );
     };
     let status = permit.status.clone().unwrap_or_default();
-    let code = code_digest(&execution.spec.code);
+    let code = execution.spec.code_digest();
     // Decided from the owner's record itself, not from the derived `phase`, so a decision
     // takes effect (or a revocation bites) before the Permit controller has caught up.
     let Some(approval) = status.approval else {
@@ -626,7 +625,7 @@ mod tests {
                 code_digest: c,
             } => {
                 assert_eq!(permit_digest, spec_digest(&p.spec).expect("digest"));
-                assert_eq!(c, code_digest("return 1"));
+                assert_eq!(c, oauth3_crds::code_digest("return 1"));
             }
             other => panic!("expected launch, got {other:?}"),
         }
@@ -720,7 +719,7 @@ mod tests {
             "AwaitApproval"
         );
         let trust = |level, expires| TrustedCode {
-            code_digest: code_digest("return 1"),
+            code_digest: oauth3_crds::code_digest("return 1"),
             level,
             by: "owner".into(),
             at: at(NOW - 10),

@@ -425,6 +425,7 @@ mod tests {
             ExecutionSpec {
                 permit_ref: "p".into(),
                 code: "return 1".into(),
+                language: Default::default(),
                 args: None,
                 timeout_seconds: 30,
             },

@@ -17,7 +17,6 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use oauth3_crds::{
     ApprovalDecision, ApprovalVia, CodeReview, Execution, ExecutionPhase, Permit, WebSignInRequest,
-    code_digest,
 };
 use serde_json::json;
 use teloxide::ApiError;
@@ -541,9 +540,7 @@ impl TelegramBot {
             .items
             .into_iter()
             .filter(|e| {
-                awaiting(e)
-                    && e.spec.permit_ref == req.name
-                    && code_digest(&e.spec.code) == req.digest
+                awaiting(e) && e.spec.permit_ref == req.name && e.spec.code_digest() == req.digest
             })
             .collect())
     }
@@ -640,7 +637,7 @@ impl TelegramBot {
             let key = (
                 e.namespace().unwrap_or_default(),
                 e.spec.permit_ref.clone(),
-                code_digest(&e.spec.code),
+                e.spec.code_digest(),
             );
             waiting
                 .entry(key)

@@ -568,6 +568,7 @@ mod tests {
             oauth3_crds::ExecutionSpec {
                 permit_ref: "p".into(),
                 code: "1".into(),
+                language: Default::default(),
                 args: None,
                 timeout_seconds: 30,
             },
