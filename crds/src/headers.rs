@@ -100,6 +100,18 @@ pub fn header_params_rule() -> String {
 /// The message of [`auth_header_rule`].
 pub const AUTH_HEADER_MESSAGE: &str = "must not be a header the runner sets itself (Host, Content-Length, Transfer-Encoding, Content-Type, Connection, Expect, method-override, forwarding and Proxy-* headers); use Authorization, Cookie or an API-specific header such as X-Api-Key";
 
+/// The CEL rule on a secret binding's `headers`: each may carry a credential
+/// ([`auth_header_refusal`] is `None` for it).
+pub fn binding_headers_rule() -> String {
+    format!(
+        "self.all(h, {})",
+        auth_header_rule().replace("self.lowerAscii()", "h.lowerAscii()")
+    )
+}
+
+/// The message of [`binding_headers_rule`].
+pub const BINDING_HEADERS_MESSAGE: &str = "secretBindings[].headers must not name a header the runner sets itself (Host, Content-Length, Transfer-Encoding, Content-Type, Connection, Expect, method-override, forwarding and Proxy-* headers); use Authorization, Cookie or an API-specific header such as X-Api-Key";
+
 /// The message of [`header_params_rule`].
 pub const HEADER_PARAMS_MESSAGE: &str = "a param with in: header must not name a header the runner sets itself (Authorization, Cookie, Host, Content-Length, Transfer-Encoding, Connection, method-override, forwarding and Proxy-* headers)";
 

@@ -26,8 +26,8 @@ pub use glob::{GlobError, GlobSegment, PathGlob};
 pub use permit::{
     Approval, ApprovalDecision, ApprovalVia, ArgOp, ArgRule, AuthSpec, BodyRules, Capability,
     CapabilityForm, CodeReview, HttpMethod, ParamLocation, ParamSpec, Permit, PermitPhase,
-    PermitSpec, PermitStatus, PermitUsage, QueryRules, RateLimit, RequiredAttestation, TrustLevel,
-    WebSignIn, WebSignInRequest,
+    PermitSpec, PermitStatus, PermitUsage, QueryRules, RateLimit, RequiredAttestation,
+    SecretBinding, SecretLocation, TrustLevel, WebSignIn, WebSignInRequest,
 };
 pub use schema::{
     JS_RESERVED_WORDS, OBJECT_PROTOTYPE_NAMES, SANDBOX_GLOBALS, SANDBOX_REMOVED_GLOBALS,

@@ -14,12 +14,14 @@ use serde::{Deserialize, Serialize};
 use crate::constants::{DEFAULT_BODY_MAX_BYTES, DEFAULT_VALID_FOR};
 use crate::glob::{GLOB_DOUBLE_STAR_MESSAGE, GLOB_DOUBLE_STAR_RULE};
 use crate::headers::{
-    AUTH_HEADER_MESSAGE, HEADER_PARAMS_MESSAGE, auth_header_rule, header_params_rule,
+    AUTH_HEADER_MESSAGE, BINDING_HEADERS_MESSAGE, HEADER_PARAMS_MESSAGE, auth_header_rule,
+    binding_headers_rule, header_params_rule,
 };
 use crate::schema::{
-    ENDPOINT_PARAMS_DECLARED, ENDPOINT_PARAMS_ONCE, ENDPOINT_PATH_PARAMS_USED, FORM_EXCLUSIVE,
+    BINDING_HOSTS_WITHIN, BINDINGS_NEED_HOSTS, ENDPOINT_PARAMS_DECLARED, ENDPOINT_PARAMS_ONCE,
+    ENDPOINT_PATH_PARAMS_USED, FETCH_FIELDS, FETCH_HOSTS_MESSAGE, FORM_EXCLUSIVE,
     NO_CONTROL_CHARACTERS, SCOPED_FETCH_FIELDS, TYPED_ENDPOINT_FIELDS, URL_ABSOLUTE, URL_HTTPS,
-    URL_NO_QUERY, URL_NO_USERINFO, VALID_FOR_AT_MOST_365D, js_name_rule,
+    URL_NO_QUERY, URL_NO_USERINFO, VALID_FOR_AT_MOST_365D, capability_name_rule, fetch_hosts_rule,
 };
 
 /// A request by an agent to call HTTP APIs with an owner's secrets. The owner approves or
@@ -50,6 +52,9 @@ use crate::schema::{
     "self.capabilities.all(c, !has(c.cookies) || c.cookies in self.secrets)"
 ).message("every capabilities[].cookies must be listed in spec.secrets").field_path(".secrets"))]
 #[x_kube(validation = Rule::new(
+    "self.capabilities.all(c, !has(c.secretBindings) || c.secretBindings.all(b, b.secret in self.secrets))"
+).message("every capabilities[].secretBindings[].secret must be listed in spec.secrets").field_path(".secrets"))]
+#[x_kube(validation = Rule::new(
     "size(self.capabilities) >= 1 || (has(self.pinnedCode) && size(self.pinnedCode) >= 1)"
 ).message("at least one capability is required (none only with pinnedCode: approved code that calls nothing)").field_path(".capabilities"))]
 #[serde(rename_all = "camelCase")]
@@ -59,9 +64,10 @@ pub struct PermitSpec {
     #[schemars(length(min = 1, max = 2000))]
     pub description: String,
 
-    /// The calls the agent may make. Each capability becomes one async JavaScript function
-    /// (named `name`) inside the sandbox. Two forms: scoped fetch (`baseUrl` + `paths` +
-    /// `methods`) and typed endpoint (`endpoint` + `method` + `params`). Names are unique. At
+    /// The calls the agent may make. Three forms: scoped fetch (`baseUrl` + `paths` +
+    /// `methods`) and typed endpoint (`endpoint` + `method` + `params`) each become one async
+    /// JavaScript function named `name`; fetch (`hosts` + `methods`, optional `paths` and
+    /// `secretBindings`) lets the code's own `fetch()` reach those hosts. Names are unique. At
     /// least one, except under `pinnedCode` (approved code that calls nothing, only computes
     /// on its args).
     #[schemars(length(max = 128))]
@@ -191,13 +197,18 @@ fn default_valid_for() -> String {
     DEFAULT_VALID_FOR.to_owned()
 }
 
-/// One capability: an async JavaScript function the sandboxed code may call.
+/// One capability: what the sandboxed code may call.
 ///
 /// Scoped fetch (`baseUrl` set) is called as `name(method, path, {query, body, headers})`;
-/// typed endpoint (`endpoint` set) as `name(pathParam1, pathParam2, ..., {otherParams})`.
+/// typed endpoint (`endpoint` set) as `name(pathParam1, pathParam2, ..., {otherParams})`;
+/// fetch (`hosts` set) through the global `fetch(url, init)` of the code, to those hosts.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(
-    validation = Rule::new(FORM_EXCLUSIVE).message("set exactly one of baseUrl (scoped fetch) or endpoint (typed endpoint)"),
+    validation = Rule::new(FORM_EXCLUSIVE).message("set exactly one of baseUrl (scoped fetch), endpoint (typed endpoint) or hosts (fetch)"),
+    validation = Rule::new(FETCH_FIELDS).message("a fetch capability (hosts) needs methods and must not set method, params, auth or cookies (its secrets are sent only where secretBindings allow)"),
+    validation = Rule::new(BINDINGS_NEED_HOSTS).message("secretBindings belong to fetch capabilities (hosts); scoped-fetch and typed-endpoint capabilities inject secrets with auth").field_path(".secretBindings"),
+    validation = Rule::new(BINDING_HOSTS_WITHIN).message("every secretBindings[].hosts entry must be one of the capability's hosts").field_path(".secretBindings"),
+    validation = Rule::new(capability_name_rule()).message("must not be a JavaScript reserved word or a name the sandbox defines (a global such as args, console, Object or parseInt, or an Object.prototype property such as __proto__, constructor or toString)").field_path(".name"),
     validation = Rule::new(SCOPED_FETCH_FIELDS).message("a scoped-fetch capability (baseUrl) needs paths and methods and must not set method or params"),
     validation = Rule::new(TYPED_ENDPOINT_FIELDS).message("a typed-endpoint capability (endpoint) needs method and must not set paths, methods or query"),
     validation = Rule::new(ENDPOINT_PARAMS_DECLARED).message("every {placeholder} in endpoint must be declared in params with in: path").field_path(".endpoint"),
@@ -209,9 +220,28 @@ fn default_valid_for() -> String {
 pub struct Capability {
     /// The JavaScript function name: a letter, `_` or `$` first, then letters, digits, `_`,
     /// `$`; not a JavaScript reserved word and not a sandbox global (`args`, `console`, ...).
+    /// A fetch capability is no function: its name labels its calls in the call log and rate
+    /// limits (`fetch` itself is a fine name for one).
     #[schemars(length(min = 1, max = 64), pattern(r"^[A-Za-z_$][A-Za-z0-9_$]*$"))]
-    #[x_kube(validation = Rule::new(js_name_rule()).message("must not be a JavaScript reserved word or a name the sandbox defines (a global such as args, console, Object or parseInt, or an Object.prototype property such as __proto__, constructor or toString)"))]
     pub name: String,
+
+    /// Fetch: the hosts the code's `fetch()` may reach, each a lower-case host name or IP
+    /// address with an optional `:port` (`api.github.com`, `127.0.0.1:8443`). Over https
+    /// (port 443 unless written); http only to loopback hosts. A request to any other host,
+    /// or to one of these written differently (a trailing dot, userinfo), is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 261)))]
+    #[x_kube(validation = Rule::new(fetch_hosts_rule()).message(FETCH_HOSTS_MESSAGE))]
+    pub hosts: Vec<String>,
+
+    /// Fetch: which of `spec.secrets` the code may send, to which of `hosts` and where in the
+    /// request. The code reads a secret as `Deno.env.get('NAME')` or `process.env.NAME` and
+    /// gets an opaque placeholder; the runner puts the real value in its place only in a
+    /// request the rest of the capability allowed, to a host and in a part (`in`) the binding
+    /// names. A placeholder anywhere else refuses the request before anything is sent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub secret_bindings: Vec<SecretBinding>,
 
     /// Scoped fetch: the origin (and optional path prefix) every call is resolved against,
     /// e.g. `https://api.github.com`. https only; http only for loopback (127.0.0.0/8, ::1,
@@ -226,7 +256,8 @@ pub struct Capability {
     )]
     pub base_url: Option<String>,
 
-    /// Scoped fetch: globs on the canonical request path (relative to the host). Each starts
+    /// Scoped fetch and fetch: globs on the canonical request path (relative to the host;
+    /// for fetch, unset means every path, `/**`). Each starts
     /// with `/`. A whole segment `**` matches any number of segments, including none
     /// (`/repos/o/r/issues/**` is `/repos/o/r/issues` and everything below it); a whole segment
     /// `*` exactly one segment; a `*` inside a segment (`*.json`) any characters within that one
@@ -245,14 +276,15 @@ pub struct Capability {
     )]
     pub paths: Vec<String>,
 
-    /// Scoped fetch: HTTP methods allowed, upper case.
+    /// Scoped fetch and fetch: HTTP methods allowed, upper case.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub methods: Vec<HttpMethod>,
 
-    /// Scoped fetch: which query parameters the code may send. Parameters not listed are
-    /// rejected. Unset: no query parameters at all.
+    /// Scoped fetch and fetch: which query parameters the code may send. Parameters not
+    /// listed are rejected. Unset: none at all for scoped fetch; any for fetch (whose code
+    /// writes its own URLs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<QueryRules>,
 
@@ -327,6 +359,17 @@ pub enum CapabilityForm<'a> {
         /// Allowed methods.
         methods: &'a [HttpMethod],
     },
+    /// The code's own `fetch()` to `hosts`, limited by methods and path globs.
+    Fetch {
+        /// Hosts (`host` or `host:port`).
+        hosts: &'a [String],
+        /// Path globs (empty: every path).
+        paths: &'a [String],
+        /// Allowed methods.
+        methods: &'a [HttpMethod],
+        /// Where each secret's placeholder may be replaced by the secret.
+        bindings: &'a [SecretBinding],
+    },
     /// `name(pathParams..., {others})` against a single URL template and method.
     TypedEndpoint {
         /// URL template with `{param}` placeholders.
@@ -339,9 +382,19 @@ pub enum CapabilityForm<'a> {
 }
 
 impl Capability {
-    /// The capability's form, or `None` if it has neither (or both) `baseUrl` and `endpoint`,
-    /// which the schema rejects.
+    /// The capability's form, or `None` if it has none or several of `baseUrl`, `endpoint`
+    /// and `hosts`, which the schema rejects.
     pub fn form(&self) -> Option<CapabilityForm<'_>> {
+        if !self.hosts.is_empty() {
+            return (self.base_url.is_none() && self.endpoint.is_none()).then_some(
+                CapabilityForm::Fetch {
+                    hosts: &self.hosts,
+                    paths: &self.paths,
+                    methods: &self.methods,
+                    bindings: &self.secret_bindings,
+                },
+            );
+        }
         match (&self.base_url, &self.endpoint, self.method) {
             (Some(base_url), None, _) => Some(CapabilityForm::ScopedFetch {
                 base_url,
@@ -354,6 +407,73 @@ impl Capability {
                 params: &self.params,
             }),
             _ => None,
+        }
+    }
+}
+
+/// Where a fetch capability may send one secret (`capabilities[].secretBindings[]`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretBinding {
+    /// The secret (listed in `spec.secrets`) whose placeholder the code may send.
+    #[schemars(
+        length(min = 1, max = 63),
+        pattern(r"^[A-Z]([A-Z0-9_]{0,61}[A-Z0-9])?$")
+    )]
+    pub secret: String,
+
+    /// The hosts it may be sent to, each one of the capability's `hosts`.
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 261)))]
+    pub hosts: Vec<String>,
+
+    /// The parts of the request the secret may be in: `header` (one of `headers`, including
+    /// `Authorization: Basic` built with `btoa`), `query` (a query parameter's value) and
+    /// `body`. Defaults to `[header]`. Never the URL path.
+    #[serde(rename = "in", default = "default_binding_in")]
+    #[schemars(length(min = 1, max = 3))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub locations: Vec<SecretLocation>,
+
+    /// With `in: header`, the request headers that may carry it (any case). Defaults to
+    /// `[Authorization]`; APIs that take a key in their own header name it
+    /// (`[X-Api-Key]`). Never a header the runner sets itself (`Host`, `Content-Length`,
+    /// forwarding, `Proxy-*`, ...).
+    #[serde(default = "default_binding_headers")]
+    #[schemars(
+        length(min = 1, max = 8),
+        inner(length(min = 1, max = 128), pattern(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"))
+    )]
+    #[x_kube(validation = Rule::new(binding_headers_rule()).message(BINDING_HEADERS_MESSAGE))]
+    pub headers: Vec<String>,
+}
+
+fn default_binding_in() -> Vec<SecretLocation> {
+    vec![SecretLocation::Header]
+}
+
+fn default_binding_headers() -> Vec<String> {
+    vec!["Authorization".to_owned()]
+}
+
+/// A part of a request a bound secret may be sent in.
+#[derive(
+    Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord,
+)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum SecretLocation {
+    Header,
+    Query,
+    Body,
+}
+
+impl SecretLocation {
+    /// The word in `in`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Header => "header",
+            Self::Query => "query",
+            Self::Body => "body",
         }
     }
 }

@@ -2,7 +2,32 @@
 //! where it is attached; the API server evaluates them on every create and update.
 
 /// Exactly one capability form.
-pub const FORM_EXCLUSIVE: &str = "has(self.baseUrl) != has(self.endpoint)";
+pub const FORM_EXCLUSIVE: &str =
+    "(has(self.baseUrl) ? 1 : 0) + (has(self.endpoint) ? 1 : 0) + (has(self.hosts) ? 1 : 0) == 1";
+
+/// A fetch capability has its fields and none of the other forms' (secrets travel only as
+/// bound placeholders, never through `auth` or `cookies`).
+pub const FETCH_FIELDS: &str = "!has(self.hosts) || (has(self.methods) && size(self.methods) > 0 && !has(self.method) && !has(self.params) && !has(self.auth) && !has(self.cookies))";
+
+/// Secret bindings belong to the fetch form only.
+pub const BINDINGS_NEED_HOSTS: &str = "!has(self.secretBindings) || has(self.hosts)";
+
+/// Every host of a secret binding is one of the capability's hosts.
+pub const BINDING_HOSTS_WITHIN: &str =
+    "!has(self.secretBindings) || self.secretBindings.all(b, b.hosts.all(h, h in self.hosts))";
+
+/// A host entry of the fetch form: a lower-case DNS name or an IP address (IPv6 in brackets),
+/// optionally `:port`; no scheme, path, wildcard, userinfo or trailing dot. (Written without
+/// backslashes so the same text is a valid CEL string and RE2 expression.)
+pub const FETCH_HOST_PATTERN: &str = "^([[][0-9a-f:.]+[]]|[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?([.][a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*)(:[0-9]{1,5})?$";
+
+/// The CEL rule on a list of fetch hosts: each matches [`FETCH_HOST_PATTERN`].
+pub fn fetch_hosts_rule() -> String {
+    format!("self.all(h, h.matches('{FETCH_HOST_PATTERN}'))")
+}
+
+/// What [`fetch_hosts_rule`] says when it fails.
+pub const FETCH_HOSTS_MESSAGE: &str = "each host must be a lower-case host name or IP address with an optional :port (api.github.com, 127.0.0.1:8443, [::1]:8443): no scheme, path, wildcard, userinfo or trailing dot";
 
 /// A scoped-fetch capability has its fields and none of the typed-endpoint ones.
 pub const SCOPED_FETCH_FIELDS: &str = "!has(self.baseUrl) || (has(self.paths) && size(self.paths) > 0 && has(self.methods) && size(self.methods) > 0 && !has(self.method) && !has(self.params))";
@@ -204,10 +229,11 @@ fn sandbox_names() -> impl Iterator<Item = &'static str> {
         .copied()
 }
 
-/// The CEL rule on a capability name: not a reserved word, not a sandbox name.
-pub fn js_name_rule() -> String {
+/// The CEL rule on a capability (its `name`): not a reserved word, not a sandbox name, unless
+/// it is a fetch capability (`hosts`), which installs no function.
+pub fn capability_name_rule() -> String {
     let names: Vec<String> = sandbox_names().map(|n| format!("'{n}'")).collect();
-    format!("!(self in [{}])", names.join(", "))
+    format!("has(self.hosts) || !(self.name in [{}])", names.join(", "))
 }
 
 /// Each path param's `{placeholder}` appears once in the endpoint (with

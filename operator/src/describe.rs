@@ -16,6 +16,9 @@ pub fn signature(cap: &Capability) -> String {
         Some(CapabilityForm::ScopedFetch { .. }) => {
             format!("{}(method, path, {{query, body, headers}})", cap.name)
         }
+        Some(CapabilityForm::Fetch { .. }) => {
+            format!("{}: the code's own fetch(url, init)", cap.name)
+        }
         Some(CapabilityForm::TypedEndpoint {
             endpoint, params, ..
         }) => {
@@ -141,8 +144,19 @@ pub fn describe_capability(cap: &Capability, out: &mut String) {
                 let _ = writeln!(out, "    param {name}: in {place}{req}{pat}");
             }
         }
+        Some(CapabilityForm::Fetch {
+            hosts,
+            paths,
+            methods,
+            bindings,
+        }) => {
+            describe_fetch(cap, hosts, paths, methods, bindings, out);
+        }
         None => {
-            let _ = writeln!(out, "    (invalid: neither baseUrl nor endpoint)");
+            let _ = writeln!(
+                out,
+                "    (invalid: not exactly one of baseUrl, endpoint or hosts)"
+            );
         }
     }
     let _ = writeln!(out, "    body:    {}", body_rules(cap.body.as_ref()));
@@ -159,7 +173,7 @@ pub fn describe_capability(cap: &Capability, out: &mut String) {
                 a.value
             );
         }
-        None if cap.cookies.is_some() => {}
+        None if cap.cookies.is_some() || !cap.hosts.is_empty() => {}
         None => {
             let _ = writeln!(out, "    sends:   no credential");
         }
@@ -179,6 +193,77 @@ pub fn describe_capability(cap: &Capability, out: &mut String) {
     }
     if let Some(d) = &cap.doc_url {
         let _ = writeln!(out, "    docs:    {d}");
+    }
+}
+
+/// The fetch form in plain words: "code may call GET/POST https://api.github.com/**" per
+/// host and path, the query rule, and each secret binding ("GITHUB_TOKEN may be sent to
+/// api.github.com in the Authorization header").
+fn describe_fetch(
+    cap: &Capability,
+    hosts: &[String],
+    paths: &[String],
+    methods: &[oauth3_crds::HttpMethod],
+    bindings: &[oauth3_crds::SecretBinding],
+    out: &mut String,
+) {
+    let methods: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
+    let all = ["/**".to_owned()];
+    let paths = if paths.is_empty() { &all[..] } else { paths };
+    for host in hosts {
+        for p in paths {
+            let _ = writeln!(
+                out,
+                "    code may call {} https://{host}{p}",
+                methods.join("/")
+            );
+            match PathGlob::parse(p) {
+                Ok(_) if !p.contains('*') => {}
+                Ok(glob) => {
+                    let _ = writeln!(out, "           = https://{host}{}", glob.explain());
+                }
+                Err(e) => {
+                    let _ = writeln!(
+                        out,
+                        "           (invalid, the runner refuses this Permit: {e})"
+                    );
+                }
+            }
+        }
+    }
+    match &cap.query {
+        Some(q) if q.allow.is_empty() => {
+            let _ = writeln!(out, "    query:   none allowed");
+        }
+        Some(q) => {
+            let _ = writeln!(out, "    query:   only {}", q.allow.join(", "));
+        }
+        None => {
+            let _ = writeln!(out, "    query:   any");
+        }
+    }
+    for b in bindings {
+        let locations: std::collections::BTreeSet<_> = b.locations.iter().collect();
+        let places: Vec<String> = locations
+            .into_iter()
+            .map(|l| match l {
+                oauth3_crds::SecretLocation::Header => {
+                    format!("the {} header", b.headers.join(" or "))
+                }
+                oauth3_crds::SecretLocation::Query => "a query parameter".to_owned(),
+                oauth3_crds::SecretLocation::Body => "the body".to_owned(),
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "    secret:  {} may be sent to {} in {} (the code sees only a placeholder)",
+            b.secret,
+            b.hosts.join(", "),
+            places.join(" or ")
+        );
+    }
+    if bindings.is_empty() {
+        let _ = writeln!(out, "    secret:  none may be sent");
     }
 }
 
@@ -360,6 +445,40 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn a_fetch_capability_reads_as_the_calls_and_where_each_secret_may_go() {
+        let spec: PermitSpec = serde_json::from_value(json!({
+            "description": "List repositories",
+            "capabilities": [{
+                "name": "fetch", "hosts": ["api.github.com", "uploads.github.com"],
+                "methods": ["GET", "POST"],
+                "secretBindings": [
+                    {"secret": "GITHUB_TOKEN", "hosts": ["api.github.com"]},
+                    {"secret": "UPLOAD_KEY", "hosts": ["uploads.github.com"], "in": ["query", "header"], "headers": ["X-Api-Key"]}
+                ]
+            }],
+            "secrets": ["GITHUB_TOKEN", "UPLOAD_KEY"]
+        }))
+        .expect("spec");
+        let text = describe_spec(&spec, "sha256:abc");
+        for line in [
+            "  fetch: the code's own fetch(url, init)",
+            "    code may call GET/POST https://api.github.com/**",
+            "    code may call GET/POST https://uploads.github.com/**",
+            "    query:   any",
+            "    secret:  GITHUB_TOKEN may be sent to api.github.com in the Authorization header (the code sees only a placeholder)",
+            "    secret:  UPLOAD_KEY may be sent to uploads.github.com in the X-Api-Key header or a query parameter",
+        ] {
+            assert!(text.contains(line), "{line:?} missing in:\n{text}");
+        }
+        assert!(!text.contains("no credential"), "{text}");
+        let targets: Vec<String> = crate::egress::targets(&spec)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(targets, ["api.github.com:443", "uploads.github.com:443"]);
     }
 
     #[test]

@@ -76,25 +76,34 @@ impl std::fmt::Display for Target {
 pub fn targets(spec: &PermitSpec) -> Vec<Target> {
     let mut out = BTreeSet::new();
     for cap in &spec.capabilities {
-        let url = match cap.form() {
-            Some(CapabilityForm::ScopedFetch { base_url, .. }) => base_url,
-            Some(CapabilityForm::TypedEndpoint { endpoint, .. }) => endpoint,
+        let urls: Vec<String> = match cap.form() {
+            Some(CapabilityForm::ScopedFetch { base_url, .. }) => vec![base_url.to_owned()],
+            // Typed endpoints hold `{placeholders}` only in the path; the authority parses.
+            Some(CapabilityForm::TypedEndpoint { endpoint, .. }) => {
+                vec![endpoint.replace(['{', '}'], "")]
+            }
+            // Fetch hosts are `host` or `host:port`, reached over https (443 by default).
+            Some(CapabilityForm::Fetch { hosts, .. }) => {
+                hosts.iter().map(|h| format!("https://{h}/")).collect()
+            }
             None => continue,
         };
-        // Typed endpoints hold `{placeholders}` only in the path; the authority parses.
-        let Ok(parsed) = url::Url::parse(&url.replace(['{', '}'], "")) else {
-            continue;
-        };
-        let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default()) else {
-            continue;
-        };
-        out.insert(Target {
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_ascii_lowercase(),
-            port,
-        });
+        for url in urls {
+            let Ok(parsed) = url::Url::parse(&url) else {
+                continue;
+            };
+            let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default())
+            else {
+                continue;
+            };
+            out.insert(Target {
+                host: host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_ascii_lowercase(),
+                port,
+            });
+        }
     }
     out.into_iter().collect()
 }

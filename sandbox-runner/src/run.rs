@@ -102,7 +102,8 @@ impl RunnerDeps {
                     ..FetchConfig::default()
                 };
                 let fetch = ScopedFetch::new(policy, secrets.clone(), Arc::clone(redactor), config)
-                    .map_err(SetupError::Fetch)?;
+                    .map_err(SetupError::Fetch)?
+                    .with_args(&bundle.args);
                 Ok(Arc::new(fetch) as Arc<dyn CapabilityHost>)
             }),
             quotes: None,

@@ -38,6 +38,17 @@ fn valid_typed_permit() -> Value {
     v
 }
 
+fn fetch_permit() -> Value {
+    let mut v = valid_permit();
+    v["spec"]["capabilities"][0] = json!({
+        "name": "fetch",
+        "hosts": ["api.github.com"],
+        "methods": ["GET"],
+        "secretBindings": [{"secret": "GITHUB_TOKEN", "hosts": ["api.github.com"]}]
+    });
+    v
+}
+
 fn valid_execution() -> Value {
     json!({
         "apiVersion": "oauth3.dev/v1alpha1",
@@ -420,6 +431,96 @@ fn bad_objects() -> Vec<Bad> {
             "should match",
         ),
         bad(
+            "a fetch capability that also sets baseUrl",
+            set(
+                fetch_permit(),
+                &format!("{cap}/baseUrl"),
+                json!("https://api.github.com"),
+            ),
+            "spec.capabilities[0]",
+            "set exactly one of baseUrl (scoped fetch), endpoint (typed endpoint) or hosts (fetch)",
+        ),
+        bad(
+            "a fetch host written as a URL",
+            set(
+                fetch_permit(),
+                &format!("{cap}/hosts/0"),
+                json!("https://api.github.com"),
+            ),
+            "spec.capabilities[0].hosts",
+            "each host must be a lower-case host name or IP address",
+        ),
+        bad(
+            "a fetch host with a trailing dot",
+            set(
+                fetch_permit(),
+                &format!("{cap}/hosts/0"),
+                json!("api.github.com."),
+            ),
+            "spec.capabilities[0].hosts",
+            "no scheme, path, wildcard, userinfo or trailing dot",
+        ),
+        bad(
+            "a fetch host in upper case",
+            set(
+                fetch_permit(),
+                &format!("{cap}/hosts/0"),
+                json!("API.github.com"),
+            ),
+            "spec.capabilities[0].hosts",
+            "lower-case host name",
+        ),
+        bad(
+            "a fetch capability with auth",
+            set(
+                fetch_permit(),
+                &format!("{cap}/auth"),
+                json!({"header": "Authorization", "value": "Bearer {GITHUB_TOKEN}"}),
+            ),
+            "spec.capabilities[0]",
+            "a fetch capability (hosts) needs methods and must not set method, params, auth or cookies",
+        ),
+        bad(
+            "a bound secret not listed in secrets",
+            set(
+                fetch_permit(),
+                &format!("{cap}/secretBindings/0/secret"),
+                json!("OTHER_TOKEN"),
+            ),
+            "spec.secrets",
+            "every capabilities[].secretBindings[].secret must be listed in spec.secrets",
+        ),
+        bad(
+            "a binding host that is not one of the capability's",
+            set(
+                fetch_permit(),
+                &format!("{cap}/secretBindings/0/hosts/0"),
+                json!("evil.example"),
+            ),
+            "spec.capabilities[0].secretBindings",
+            "every secretBindings[].hosts entry must be one of the capability's hosts",
+        ),
+        bad(
+            "a binding into the URL path",
+            set(
+                fetch_permit(),
+                &format!("{cap}/secretBindings/0/in"),
+                json!(["path"]),
+            ),
+            "spec.capabilities[0].secretBindings[0].in[0]",
+            "Unsupported value",
+        ),
+        bad(
+            "secret bindings on a scoped-fetch capability",
+            set(
+                p(),
+                &format!("{cap}/secretBindings"),
+                json!([{"secret": "GITHUB_TOKEN", "hosts": ["api.github.com"]}]),
+            ),
+            "spec.capabilities[0].secretBindings",
+            "secretBindings belong to fetch capabilities",
+        ),
+        bad(
             "missing permitRef",
             set(e(), "/spec/permitRef", Value::Null),
             "spec.permitRef",
@@ -616,6 +717,18 @@ async fn defaults_are_applied_by_the_api_server() {
         Some(65_536)
     );
 
+    // A secret binding goes in the Authorization header unless it says otherwise.
+    let mut f = fetch_permit();
+    f["metadata"]["name"] = json!("f");
+    let obj: DynamicObject = serde_json::from_value(f).expect("object");
+    apply(api_for(&client, &ns, "Permit"), &obj)
+        .await
+        .expect("created");
+    let stored = permits.get("f").await.expect("typed read");
+    let binding = &stored.spec.capabilities[0].secret_bindings[0];
+    assert_eq!(binding.locations, [oauth3_crds::SecretLocation::Header]);
+    assert_eq!(binding.headers, ["Authorization"]);
+
     let execs: Api<Execution> = Api::namespaced(client.clone(), &ns);
     let mut e = valid_execution();
     e["spec"] = json!({"permitRef": "p", "code": "return 1"});
@@ -654,7 +767,7 @@ fn runner_refuses(spec: &Value) -> Option<String> {
     }
     spec.capabilities
         .iter()
-        .find(|c| oauth3_crds::is_sandbox_name(&c.name))
+        .find(|c| c.hosts.is_empty() && oauth3_crds::is_sandbox_name(&c.name))
         .map(|c| format!("capability name {} is taken in the sandbox", c.name))
 }
 
@@ -698,6 +811,30 @@ fn probes() -> Vec<Probe> {
             ));
         }
     }
+    // secretBindings[].headers: the same rule as auth.header.
+    for h in RUNNER_SET_HEADERS
+        .iter()
+        .chain(["content-type", "proxy-authorization", "X-Api-Key"].iter())
+    {
+        let refused = !CREDENTIAL_HEADERS.contains(h) && *h != "X-Api-Key";
+        out.push(probe(
+            format!("secretBindings header {h}"),
+            set(
+                fetch_permit(),
+                &format!("{cap}/secretBindings/0/headers"),
+                json!([title_case(h)]),
+            ),
+            refused.then_some(
+                "secretBindings[].headers must not name a header the runner sets itself",
+            ),
+        ));
+    }
+    // A fetch capability installs no function: any name is fine.
+    out.push(probe(
+        "a fetch capability named console",
+        set(fetch_permit(), &format!("{cap}/name"), json!("console")),
+        None,
+    ));
     out.push(probe(
         "auth.header X-Api-Key",
         set(p(), &format!("{cap}/auth/header"), json!("X-Api-Key")),

@@ -24,10 +24,12 @@
 //! denial); the recorded URL never carries the credential.
 
 pub mod guard;
+pub mod placeholder;
 pub mod redirect;
 pub mod response;
 pub mod template;
 pub mod tls;
+mod web;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -171,6 +173,8 @@ enum SendOutcome {
         status: u16,
         /// The `Location` header, as sent.
         location: String,
+        /// The response headers (a `fetch()` with `redirect: 'manual'` sees them).
+        headers: Box<HeaderMap>,
     },
     /// The upstream answered and the whole body was read.
     Answered {
@@ -180,6 +184,8 @@ enum SendOutcome {
         content_type: Option<String>,
         /// The body, within `max_response_bytes`.
         body: Vec<u8>,
+        /// The response headers (a `fetch()` sees them).
+        headers: Box<HeaderMap>,
     },
     /// Refused before anything was sent (address rules, a header that is not valid HTTP).
     Refused(Denial),
@@ -205,6 +211,8 @@ pub struct ScopedFetch {
     limiter: Mutex<RateLimiter>,
     records: Mutex<Vec<CallRecord>>,
     attempts: AtomicUsize,
+    placeholders: placeholder::Placeholders,
+    environment: BTreeMap<String, String>,
 }
 
 fn build_client(
@@ -245,6 +253,16 @@ impl ScopedFetch {
         let public_client = build_client(&tls, &config, false)?;
         let private_client = build_client(&tls, &config, true)?;
         let limiter = RateLimiter::new(&policy, &config.rate_budget, Instant::now());
+        let bound = policy.bound_secrets();
+        let placeholders = if bound.is_empty() {
+            placeholder::Placeholders::none()
+        } else {
+            placeholder::Placeholders::generate(bound.iter().map(String::as_str))
+        };
+        let environment = placeholders
+            .environment()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
         Ok(Self {
             policy,
             secrets,
@@ -256,7 +274,28 @@ impl ScopedFetch {
             limiter: Mutex::new(limiter),
             records: Mutex::new(Vec::new()),
             attempts: AtomicUsize::new(0),
+            placeholders,
+            environment,
         })
+    }
+
+    /// The same host with the run's arguments in its environment: each top-level arg whose
+    /// value is a string, number or boolean, as a string (a bound secret's placeholder wins
+    /// over an arg of the same name).
+    #[must_use]
+    pub fn with_args(mut self, args: &Value) -> Self {
+        if let Value::Object(args) = args {
+            for (k, v) in args {
+                let text = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    _ => continue,
+                };
+                self.environment.entry(k.clone()).or_insert(text);
+            }
+        }
+        self
     }
 
     /// Remaining rate-limit tokens per capability now, to carry over to the next Execution.
@@ -331,6 +370,13 @@ impl ScopedFetch {
             Ok(r) => r,
             Err(d) => return self.deny(d, started),
         };
+        let sent = Value::Array(call.args.clone()).to_string();
+        if let Err(reason) = self
+            .placeholders
+            .check_free(&sent, &format!("{}()", call.capability))
+        {
+            return self.deny(denial_for(&req, reason), started);
+        }
         if let Err(reason) = lock(&self.limiter).try_acquire(&req.capability, Instant::now()) {
             return self.deny(denial_for(&req, reason), started);
         }
@@ -376,7 +422,9 @@ impl ScopedFetch {
                 SendOutcome::Failed { status, reason } => {
                     return self.fail(&req, status, reason, hop_started);
                 }
-                SendOutcome::Redirect { status, location } => {
+                SendOutcome::Redirect {
+                    status, location, ..
+                } => {
                     self.record(call_record(
                         &req.capability,
                         req.method.as_str(),
@@ -396,6 +444,7 @@ impl ScopedFetch {
                     status,
                     content_type,
                     body,
+                    ..
                 } => return self.answer(&req, status, content_type.as_deref(), &body, hop_started),
             }
         }
@@ -455,7 +504,10 @@ impl ScopedFetch {
                 HeaderName::from_bytes(k.as_bytes()),
                 HeaderValue::from_str(v),
             ) {
-                (Ok(n), Ok(v)) => {
+                (Ok(n), Ok(mut v)) => {
+                    if n == reqwest::header::AUTHORIZATION || n == reqwest::header::COOKIE {
+                        v.set_sensitive(true);
+                    }
                     headers.append(n, v);
                 }
                 _ => {
@@ -544,7 +596,7 @@ impl ScopedFetch {
         credential: Option<&Zeroizing<String>>,
     ) -> SendOutcome {
         let cap = req.capability.as_str();
-        let allow_private = self.policy.allows_private_addresses(cap);
+        let allow_private = self.policy.allows_private_addresses(cap, &req.url);
         if let Some(ip) = guard::literal_ip(&req.url)
             && !allow_private
             && is_restricted(ip)
@@ -638,6 +690,7 @@ impl ScopedFetch {
                 Ok(location) => SendOutcome::Redirect {
                     status,
                     location: location.to_owned(),
+                    headers: Box::new(resp.headers().clone()),
                 },
                 Err(_) => SendOutcome::Refused(denial_for(
                     req,
@@ -645,6 +698,7 @@ impl ScopedFetch {
                 )),
             };
         }
+        let headers = Box::new(resp.headers().clone());
         let content_type = resp
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -685,13 +739,14 @@ impl ScopedFetch {
             status,
             content_type,
             body,
+            headers,
         }
     }
 }
 
 impl CapabilityHost for ScopedFetch {
     fn capabilities(&self) -> Vec<String> {
-        self.policy.capability_names()
+        self.policy.function_names()
     }
 
     fn call(&self, call: CapabilityCall) -> BoxFuture<'_, CallOutcome> {
@@ -700,5 +755,17 @@ impl CapabilityHost for ScopedFetch {
 
     fn calls(&self) -> Vec<CallRecord> {
         lock(&self.records).clone()
+    }
+
+    fn has_fetch(&self) -> bool {
+        self.policy.has_fetch()
+    }
+
+    fn fetch(&self, request: Value) -> BoxFuture<'_, CallOutcome> {
+        Box::pin(self.run_fetch(request))
+    }
+
+    fn environment(&self) -> BTreeMap<String, String> {
+        self.environment.clone()
     }
 }

@@ -44,6 +44,7 @@ mod headers;
 mod path;
 mod rate;
 mod typed;
+mod web;
 
 #[cfg(test)]
 mod tests;
@@ -60,6 +61,8 @@ pub use rate::RateLimiter;
 
 use path::Glob;
 use typed::TypedEndpoint;
+use web::FetchRules;
+pub(crate) use web::{CompiledBinding, authority};
 
 /// Why a Permit could not be compiled into a [`Policy`].
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -197,6 +200,7 @@ struct ScopedFetchRules {
 enum Form {
     Scoped(ScopedFetchRules),
     Typed(TypedEndpoint),
+    Fetch(FetchRules),
 }
 
 #[derive(Debug, Clone)]
@@ -213,10 +217,13 @@ struct CompiledCapability {
 }
 
 impl CompiledCapability {
-    fn origin_url(&self) -> &Url {
+    /// The one origin of a scoped-fetch or typed-endpoint capability (a fetch capability has
+    /// several hosts and none).
+    fn origin_url(&self) -> Option<&Url> {
         match &self.form {
-            Form::Scoped(s) => &s.base,
-            Form::Typed(t) => t.base(),
+            Form::Scoped(s) => Some(&s.base),
+            Form::Typed(t) => Some(t.base()),
+            Form::Fetch(_) => None,
         }
     }
 }
@@ -345,6 +352,19 @@ fn compile_capability(cap: &Capability) -> Result<CompiledCapability, PolicyErro
             params,
             auth_header.as_deref(),
         )?),
+        Some(CapabilityForm::Fetch {
+            hosts,
+            paths,
+            methods,
+            bindings,
+        }) => Form::Fetch(FetchRules::compile(
+            &cap.name,
+            hosts,
+            paths,
+            methods,
+            cap.query.as_ref(),
+            bindings,
+        )?),
         None => return Err(PolicyError::NoForm(cap.name.clone())),
     };
     let mut compiled = CompiledCapability {
@@ -362,7 +382,7 @@ fn compile_capability(cap: &Capability) -> Result<CompiledCapability, PolicyErro
         auth_header,
         loopback: false,
     };
-    compiled.loopback = host_is_loopback(compiled.origin_url());
+    compiled.loopback = compiled.origin_url().is_some_and(host_is_loopback);
     Ok(compiled)
 }
 
@@ -450,6 +470,61 @@ impl Policy {
         self.caps.iter().map(|c| c.name.clone()).collect()
     }
 
+    /// The names that become JavaScript functions (every form but fetch), in the Permit's
+    /// order.
+    pub fn function_names(&self) -> Vec<String> {
+        self.caps
+            .iter()
+            .filter(|c| !matches!(c.form, Form::Fetch(_)))
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
+    /// Whether the Permit has a fetch capability (the code gets a global `fetch`).
+    pub fn has_fetch(&self) -> bool {
+        self.caps.iter().any(|c| matches!(c.form, Form::Fetch(_)))
+    }
+
+    /// The secrets fetch capabilities bind (each gets a placeholder), sorted.
+    pub fn bound_secrets(&self) -> BTreeSet<String> {
+        self.caps
+            .iter()
+            .filter_map(|c| match &c.form {
+                Form::Fetch(f) => Some(f.bindings.iter().map(|b| b.secret.clone())),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    /// The secret bindings of fetch capability `capability` (none for other forms).
+    pub(crate) fn bindings(&self, capability: &str) -> &[web::CompiledBinding] {
+        match self.get(capability).map(|c| &c.form) {
+            Some(Form::Fetch(f)) => &f.bindings,
+            _ => &[],
+        }
+    }
+
+    /// Decides a `fetch()` of the code (see [`web`]). `Ok` is exactly what will be sent,
+    /// before placeholders are replaced by secrets.
+    pub fn decide_fetch(
+        &self,
+        request: &crate::host::FetchRequest,
+    ) -> Result<PreparedRequest, Denial> {
+        web::decide(&self.caps, request)
+    }
+
+    /// The next hop of a redirect that a `fetch()` follows, decided again in full.
+    pub fn fetch_redirect(
+        &self,
+        req: &PreparedRequest,
+        method: HttpMethod,
+        keep_body: bool,
+        location: &str,
+    ) -> Result<PreparedRequest, Denial> {
+        web::redirect(&self.caps, req, method, keep_body, location)
+    }
+
     fn get(&self, capability: &str) -> Option<&CompiledCapability> {
         self.index.get(capability).map(|&i| &self.caps[i])
     }
@@ -465,6 +540,7 @@ impl Policy {
         match self.get(capability).map(|c| &c.form) {
             Some(Form::Scoped(s)) => s.methods.contains(&method),
             Some(Form::Typed(t)) => t.method() == method,
+            Some(Form::Fetch(f)) => f.allows_method(method),
             None => false,
         }
     }
@@ -486,6 +562,14 @@ impl Policy {
         match &cap.form {
             Form::Scoped(rules) => decide_scoped(cap, rules, args),
             Form::Typed(t) => t.decide(cap, args),
+            Form::Fetch(_) => Err(denial(
+                capability,
+                "",
+                "",
+                format!(
+                    "{capability} is a fetch capability: call fetch(url, init), not {capability}()"
+                ),
+            )),
         }
     }
 
@@ -521,7 +605,12 @@ impl Policy {
             ))
         })?;
         next.set_fragment(None);
-        let origin = cap.origin_url();
+        let Some(origin) = cap.origin_url() else {
+            return Err(deny(format!(
+                "{} is a fetch capability: its redirects are decided as fetches",
+                cap.name
+            )));
+        };
         if next.scheme() != origin.scheme()
             || next.host() != origin.host()
             || next.port_or_known_default() != origin.port_or_known_default()
@@ -544,6 +633,7 @@ impl Policy {
             Form::Scoped(s) => path::check_canonical(&next, &s.base_path)
                 .is_ok_and(|rel| s.globs.iter().any(|g| g.matches(&rel))),
             Form::Typed(t) => t.matches_path(next.path()),
+            Form::Fetch(_) => false,
         };
         if !allowed {
             return Err(deny(format!(
@@ -557,8 +647,14 @@ impl Policy {
 
     /// True when the capability's baseUrl/endpoint host is loopback (development), which
     /// alone permits DNS answers in loopback and private ranges.
-    pub fn allows_private_addresses(&self, capability: &str) -> bool {
-        self.get(capability).is_some_and(|c| c.loopback)
+    ///
+    /// For a fetch capability it is the host of the request (`url`): a loopback entry never
+    /// lets a request to one of its other hosts resolve to a private address.
+    pub fn allows_private_addresses(&self, capability: &str, url: &Url) -> bool {
+        self.get(capability).is_some_and(|c| match &c.form {
+            Form::Fetch(f) => host_is_loopback(url) && f.has_host(url),
+            _ => c.loopback,
+        })
     }
 }
 

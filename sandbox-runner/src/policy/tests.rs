@@ -715,9 +715,17 @@ fn redirects_stay_on_origin_and_inside_the_allowed_paths() {
 #[test]
 fn only_loopback_capabilities_allow_private_addresses() {
     let p = github();
-    assert!(p.allows_private_addresses("dev"));
-    assert!(!p.allows_private_addresses("github"));
-    assert!(!p.allows_private_addresses("unknown"));
+    assert!(
+        p.allows_private_addresses("dev", &url::Url::parse("https://127.0.0.1/").expect("url"))
+    );
+    assert!(!p.allows_private_addresses(
+        "github",
+        &url::Url::parse("https://127.0.0.1/").expect("url")
+    ));
+    assert!(!p.allows_private_addresses(
+        "unknown",
+        &url::Url::parse("https://127.0.0.1/").expect("url")
+    ));
 }
 
 // --- rate limits ---
