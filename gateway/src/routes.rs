@@ -449,7 +449,7 @@ pub async fn execute(
         .unwrap_or_default();
     let (code, timeout, source_digest) = match &skill {
         Some(s) => (
-            skill_code_to_run(&permit.spec, &positional, &s.javascript),
+            skill_code_to_run(&permit.spec, &positional, &s.source),
             s.timeout.unwrap_or(gw.execution_timeout()),
             Some(oauth3_crds::code_digest(code)),
         ),
@@ -459,9 +459,14 @@ pub async fn execute(
             None,
         ),
     };
+    let language = if skill.is_some() {
+        oauth3_crds::CodeLanguage::TypeScript
+    } else {
+        oauth3_crds::CodeLanguage::JavaScript
+    };
     // Refused here rather than created to be refused: the operator and the runner check the
     // same rules again.
-    let digest = oauth3_crds::code_digest(&code);
+    let digest = oauth3_crds::code_digest_in(&code, language);
     if !permit.spec.pinned_code.is_empty() && !permit.spec.pinned_code.contains(&digest) {
         return Ok(Json(json!({
             "status": "denied",
@@ -487,6 +492,7 @@ pub async fn execute(
     let spec: ExecutionSpec = serde_json::from_value(json!({
         "permitRef": permit_name,
         "code": code,
+        "language": language,
         "args": args,
         "timeoutSeconds": timeout,
     }))
@@ -548,25 +554,27 @@ pub async fn execute(
 /// A policy refusal of a well-formed request: answered `200 {status: "denied", error}`.
 pub(crate) struct Refusal(pub(crate) String);
 
-/// Skill code ready to run under `permit`.
+/// Skill code checked to run under `permit`.
 pub(crate) struct PreparedSkill {
-    pub(crate) javascript: String,
+    /// The skill as written (TypeScript).
+    pub(crate) source: String,
     timeout: Option<i32>,
 }
 
-/// The code an Execution runs for skill `javascript` under `spec`: the positional prelude of
-/// its capabilities, the `Deno.env` prelude, then the skill. Deterministic, so a session can
-/// pin its digest before the Permit exists.
+/// The code an Execution runs for skill `source` under `spec` (TypeScript, run with
+/// `language: typescript`): the positional prelude of its capabilities, then the skill as
+/// written. Deterministic, so a session can pin its digest before the Permit exists.
 pub(crate) fn skill_code_to_run(
     spec: &PermitSpec,
     positional: &BTreeMap<String, Vec<String>>,
-    javascript: &str,
+    source: &str,
 ) -> String {
-    format!(
-        "{}{}{javascript}",
-        positional_prelude(spec, positional),
-        skill::PRELUDE
-    )
+    format!("{}{source}", positional_prelude(spec, positional))
+}
+
+/// The digest a skill's code to run is pinned and approved by (TypeScript's).
+pub(crate) fn skill_digest(code: &str) -> String {
+    oauth3_crds::code_digest_in(code, oauth3_crds::CodeLanguage::TypeScript)
 }
 
 /// [`prepare_skill`] for a spec that is not stored yet (`POST /scope`).
@@ -602,9 +610,13 @@ fn prepare_skill(
         }
         None => None,
     };
-    match skill::to_javascript(code) {
-        Ok(javascript) => Ok(Ok(PreparedSkill {
-            javascript,
+    let has_fetch = spec
+        .capabilities
+        .iter()
+        .any(|c| matches!(c.form(), Some(oauth3_crds::CapabilityForm::Fetch { .. })));
+    match skill::check(code, has_fetch) {
+        Ok(()) => Ok(Ok(PreparedSkill {
+            source: code.to_owned(),
             timeout,
         })),
         Err(e @ skill::SkillError::Syntax(_)) => Err(ApiError::bad("skill_code", e.to_string())),

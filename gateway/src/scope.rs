@@ -35,7 +35,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::identity::{Caller, Right};
 use crate::ids::{IdKind, RequestId, is_dns_label, new_token, token_digest};
 use crate::routes::{
-    Body, PreparedSkill, Refusal, body_bytes, prepare_skill_code, skill_code_to_run,
+    Body, PreparedSkill, Refusal, body_bytes, prepare_skill_code, skill_code_to_run, skill_digest,
 };
 
 /// The most hosts one scope may name.
@@ -314,6 +314,24 @@ pub(crate) async fn create_session(
                    "methods": ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]})
         })
         .collect();
+    // The same hosts for the code's own fetch(), with each secret bound to them: in the
+    // Authorization header, the only place a placeholder becomes the secret.
+    let mut capabilities = capabilities;
+    if !hosts.is_empty() {
+        let mut name = "fetch".to_owned();
+        let mut n = 2;
+        while names.contains(&name) {
+            name = format!("fetch_{n}");
+            n += 1;
+        }
+        let bindings: Vec<Value> = secrets
+            .iter()
+            .map(|s| json!({"secret": s, "hosts": hosts, "in": ["header"], "headers": ["Authorization"]}))
+            .collect();
+        capabilities.push(json!({"name": name, "hosts": hosts,
+            "methods": ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
+            "secretBindings": bindings}));
+    }
     if capabilities.is_empty() && req.skill_code.is_none() {
         return Err(ApiError::bad(
             "networks",
@@ -338,8 +356,8 @@ pub(crate) async fn create_session(
             Ok(s) => s,
             Err(refusal) => return Ok(Err(refusal)),
         };
-        let run = skill_code_to_run(&spec, &BTreeMap::new(), &skill.javascript);
-        spec_json["pinnedCode"] = json!([oauth3_crds::code_digest(&run)]);
+        let run = skill_code_to_run(&spec, &BTreeMap::new(), &skill.source);
+        spec_json["pinnedCode"] = json!([skill_digest(&run)]);
         if run.len() <= MAX_PINNED_CODE_ANNOTATION {
             pinned_text = Some(run);
         }

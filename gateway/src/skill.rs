@@ -1,17 +1,19 @@
-//! Skill code (the SDK/CLI dialect's `skill_code`) made into sandbox JavaScript (pure).
+//! Skill code (the SDK/CLI dialect's `skill_code`), checked before anything is created (pure).
 //!
 //! A skill is TypeScript with `// @name value` metadata comments (`@skill`, `@description`,
 //! `@secrets NAME`, `@network host`, `@timeout seconds`; the repeatable ones may appear many
-//! times). The types are removed by a real TypeScript parser and transformer (oxc), never by
-//! patterns on the text. Top-level `await` and `return` work (the sandbox runs the code as the
-//! body of an async function). The result is checked before anything is created:
-//! - a reference to the global `fetch` is refused with an error naming `fetch`: the sandbox
-//!   calls APIs only through the Permit's capabilities (a fetch capability comes later);
+//! times). It runs as written: the Execution says `language: typescript` and the runner removes
+//! the types with a real TypeScript parser (oxc) inside the sandbox, so the owner approves the
+//! skill as its author wrote it. Top-level `await` and `return` work (the sandbox runs the code
+//! as the body of an async function). Checked here with the same parser:
+//! - a call of the global `fetch` needs a fetch capability in the Permit (a session made from
+//!   `@network` hosts has one); without one it is refused with an error naming `fetch`;
 //! - `import` / `export`, `import()` and `require()` are refused: there is no module loader in
 //!   the sandbox.
 //!
-//! `Deno.env.get(NAME)` of an arg returns the arg as a string (how skills read their
-//! arguments); of anything else, `undefined`: secrets never reach the code.
+//! `Deno.env.get(NAME)` and `process.env.NAME` are the sandbox's: an arg as a string, or, for a
+//! secret the fetch capability binds, a placeholder the runner replaces by the secret only in
+//! requests to the bound hosts; the code never holds a secret.
 
 use oauth3_typescript::{Language, PrepareError, prepare};
 
@@ -21,10 +23,11 @@ pub enum SkillError {
     /// The TypeScript does not parse; the first error, with its position.
     #[error("does not parse as TypeScript: {0}")]
     Syntax(String),
-    /// The code uses the global `fetch`.
+    /// The code uses the global `fetch`, but the Permit has no fetch capability.
     #[error(
-        "calls fetch, which the oauth3 sandbox does not provide: call the Permit's capability \
-         functions instead (e.g. github('GET', '/repos/o/r/issues'))"
+        "calls fetch, but the Permit has no fetch capability: name the hosts the skill calls \
+         with // @network host (a session made from them lets fetch reach them), or call the \
+         Permit's capability functions (e.g. github('GET', '/repos/o/r/issues'))"
     )]
     Fetch,
     /// The code imports or exports modules.
@@ -87,91 +90,72 @@ pub fn metadata(code: &str) -> SkillMeta {
     meta
 }
 
-/// The TypeScript `code` as JavaScript for the sandbox, after the checks above.
+/// Checks the TypeScript `code` as above; `has_fetch` is whether the Permit it runs under has
+/// a fetch capability.
 ///
 /// # Errors
 /// [`SkillError`] saying what is wrong.
-pub fn to_javascript(code: &str) -> Result<String, SkillError> {
+pub fn check(code: &str, has_fetch: bool) -> Result<(), SkillError> {
     let prepared = prepare(code, Language::TypeScript).map_err(|e| match e {
         PrepareError::Syntax { message, .. } => SkillError::Syntax(message),
         PrepareError::Module(_) => SkillError::Module,
         PrepareError::Transform(m) => SkillError::Transform(m),
     })?;
-    if prepared.globals.contains("fetch") {
+    if prepared.globals.contains("fetch") && !has_fetch {
         return Err(SkillError::Fetch);
     }
-    Ok(prepared.code)
+    Ok(())
 }
-
-/// What skill code gets in front of it: `Deno.env.get` over `args` only (no authority).
-pub const PRELUDE: &str = "// oauth3-gateway: Deno.env.get reads args (never secrets)\n\
-const Deno = Object.freeze({ env: Object.freeze({ get: (name) => (args !== null && typeof args === 'object' && Object.prototype.hasOwnProperty.call(args, name)) ? String(args[name]) : undefined }) });\n";
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn types_are_removed_by_the_parser_not_by_patterns() {
+    fn typescript_with_types_is_accepted_as_written() {
         let ts = r#"// @skill greet
-// @description Say hello
 interface Greeting { text: string }
 const name: string = Deno.env.get("NAME")!;
 const g = { text: `hello ${name}` } as Greeting;
 function shout<T extends string>(s: T): T { return s.toUpperCase() as T; }
-// a comment that says : string and <T> stays harmless
 console.log(shout(g.text satisfies string));
 await Promise.resolve(1);
 return g.text;
 "#;
-        let js = to_javascript(ts).expect("strips");
-        for gone in [
-            "interface Greeting",
-            "name: string",
-            " as Greeting",
-            "<T extends",
-            "(s: T)",
-            "!;",
-            "satisfies",
-        ] {
-            assert!(!js.contains(gone), "{gone:?} left in:\n{js}");
-        }
-        for kept in [
-            "Deno.env.get(\"NAME\")",
-            "await Promise.resolve(1)",
-            "return g.text",
-            "// a comment that says : string and <T> stays harmless",
-        ] {
-            assert!(js.contains(kept), "{kept:?} missing in:\n{js}");
-        }
+        assert_eq!(check(ts, false), Ok(()));
+        assert!(matches!(
+            check("const x: = 1;", false),
+            Err(SkillError::Syntax(_))
+        ));
     }
 
     #[test]
-    fn fetch_is_refused_naming_fetch_but_a_local_fetch_is_fine() {
-        let e = to_javascript("const r = await fetch('https://api.github.com/user');")
-            .expect_err("refused");
+    fn fetch_needs_a_fetch_capability_but_a_local_fetch_is_fine() {
+        let code = "const r = await fetch('https://api.github.com/user');";
+        let e = check(code, false).expect_err("refused");
         assert_eq!(e, SkillError::Fetch);
-        assert!(e.to_string().contains("fetch"));
+        assert!(e.to_string().contains("@network"), "{e}");
+        assert_eq!(check(code, true), Ok(()));
         assert_eq!(
-            to_javascript("const f = globalThis.fetch;").map(|_| ()),
+            check("const f = globalThis.fetch;", false),
             Ok(()),
-            "a property read is not a call of the global (and finds nothing in the sandbox)"
+            "a property read is not a reference to the global"
         );
-        assert!(to_javascript("const fetch = (u: string) => u; fetch('x');").is_ok());
+        assert_eq!(
+            check("const fetch = (u: string) => u; fetch('x');", false),
+            Ok(())
+        );
     }
 
     #[test]
     fn modules_and_bad_syntax_are_refused() {
         assert_eq!(
-            to_javascript("import x from 'npm:lodash'; x();"),
+            check("import x from 'npm:lodash'; x();", true),
             Err(SkillError::Module)
         );
-        assert_eq!(
-            to_javascript("export const a = 1;"),
-            Err(SkillError::Module)
-        );
+        assert_eq!(check("export const a = 1;", true), Err(SkillError::Module));
         assert!(matches!(
-            to_javascript("const = ;"),
+            check("const = ;", true),
             Err(SkillError::Syntax(_))
         ));
     }

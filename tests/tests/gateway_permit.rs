@@ -848,8 +848,8 @@ async fn skill_code_in_typescript_runs_under_an_approved_permit_and_fetch_is_ref
     assert_eq!(a.status, 200, "{}", a.text);
     env.wait_approved(&permit).await;
 
-    // A TypeScript skill, as the SDK sends it: types removed by the parser, args through
-    // Deno.env.get, secrets never.
+    // A TypeScript skill, as the SDK sends it: run as TypeScript, args through Deno.env.get,
+    // a secret no fetch capability binds: undefined.
     let skill = r#"// @skill greet
 // @description Greets and counts items
 // @secrets API_TOKEN
@@ -891,7 +891,9 @@ return { greeted: name };
         Some(&oauth3_crds::code_digest(skill)),
         "the digest of the bytes the agent sent is recorded"
     );
-    assert!(!stored.spec.code.contains("interface Item"));
+    // The skill runs as its author wrote it; the runner removes the types.
+    assert!(stored.spec.code.contains("interface Item"));
+    assert_eq!(stored.spec.language, oauth3_crds::CodeLanguage::TypeScript);
     assert_eq!(
         stored
             .annotations()
@@ -1206,7 +1208,8 @@ return { greeted: name };
         let exec: Execution = serde_json::from_value(json!({
             "apiVersion": "oauth3.dev/v1alpha1", "kind": "Execution",
             "metadata": {"name": name},
-            "spec": {"permitRef": "greeting-session", "code": code, "args": args}
+            "spec": {"permitRef": "greeting-session", "code": code, "args": args,
+                     "language": pinned_run.spec.language}
         }))
         .expect("execution");
         execs
@@ -1897,4 +1900,123 @@ async fn a_decision_survives_a_concurrent_status_writer_but_never_moves_to_anoth
         r.status.and_then(|s| s.approval).is_none(),
         "no approval on the edited spec"
     );
+}
+
+/// A skill as the SDK sends it, calling `fetch` with `Deno.env.get` of a secret: the session
+/// made from its `@network` and `@secrets` has a fetch capability binding the secret to that
+/// host; once the owner approves, the skill runs as TypeScript, the upstream sees the real
+/// credential and the agent sees none.
+#[tokio::test]
+async fn a_fetch_skill_with_a_secret_runs_end_to_end_and_the_agent_never_sees_it() {
+    let Some(env) = Env::new("gw-fetch", true).await else {
+        return;
+    };
+    let (agent, owner) = (env.tenant.agent.clone(), env.tenant.owner.clone());
+    let mut seen = Seen::default();
+    let a = seen.keep(
+        &env.post(
+            "/secrets",
+            Some(&owner),
+            &json!({"name": "API_TOKEN", "value": SECRET}),
+        )
+        .await,
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    let host = format!("127.0.0.1:{}", env.up.addr.port());
+    let skill = format!(
+        r#"// @skill echo
+// @description Ask the upstream who we are
+// @network {host}
+// @secrets API_TOKEN
+interface Echo {{ authorization: string[] }}
+const token: string = Deno.env.get("API_TOKEN")!;
+const res = await fetch("https://{host}/v1/echo-auth", {{ headers: {{ Authorization: `Bearer ${{token}}` }} }});
+const echo: Echo = await res.json();
+return {{ status: res.status, echoed: echo.authorization[0], token }};
+"#
+    );
+    let a = seen.keep(
+        &env.post(
+            "/scope",
+            Some(&agent),
+            &json!({"description": "Ask the upstream who we are", "skill_code": skill,
+                    "session_id": "echo-session"}),
+        )
+        .await,
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    let id = a.body["request_id"].as_str().expect("id").to_owned();
+    let status_url = a.body["status_url"]
+        .as_str()
+        .expect("status_url")
+        .to_owned();
+    let permits: Api<Permit> = Api::namespaced(env.admin.clone(), &env.tenant.ns);
+    let stored = permits.get("echo-session").await.expect("session Permit");
+    let fetch = stored
+        .spec
+        .capabilities
+        .iter()
+        .find(|c| !c.hosts.is_empty())
+        .expect("a fetch capability");
+    assert_eq!(fetch.hosts, [host.clone()]);
+    assert_eq!(fetch.secret_bindings[0].secret, "API_TOKEN");
+    assert_eq!(fetch.secret_bindings[0].hosts, [host.clone()]);
+    // The owner's page reads the binding in plain words.
+    let page = env
+        .http
+        .get(a.body["approval_url"].as_str().expect("approval_url"), None)
+        .await;
+    let said = format!("API_TOKEN may be sent to {host} in the Authorization header");
+    assert!(
+        page.text.contains(&said),
+        "{said:?} on the page:\n{}",
+        page.text
+    );
+    let a = seen.keep(
+        &env.post(
+            &format!("/approve/{id}"),
+            Some(&owner),
+            &json!({"action": "approve"}),
+        )
+        .await,
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    let done = env.until_final(&status_url, &mut seen).await;
+    assert_eq!(done.body["status"], "completed", "{}", done.text);
+
+    let a = seen.keep(
+        &env.post(
+            "/execute",
+            Some(&agent),
+            &json!({"skill_id": "echo", "skill_code": skill, "session_id": "echo-session"}),
+        )
+        .await,
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    let done = env
+        .until_final(a.body["status_url"].as_str().expect("url"), &mut seen)
+        .await;
+    assert_eq!(done.body["status"], "completed", "{}", done.text);
+    let value = &done.body["result"]["value"];
+    assert_eq!(value["status"], 200, "{}", done.text);
+    assert_eq!(value["echoed"], "Bearer [REDACTED]", "{}", done.text);
+    assert!(
+        value["token"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("OAUTH3_SECRET_API_TOKEN_")),
+        "the code held a placeholder: {}",
+        done.text
+    );
+    let sent = env.up.requests();
+    let echo: Vec<_> = sent
+        .iter()
+        .filter(|r| r.path_and_query == "/v1/echo-auth")
+        .collect();
+    assert_eq!(echo.len(), 1, "{sent:?}");
+    assert_eq!(
+        echo[0].header_values("authorization"),
+        [format!("Bearer {SECRET}")]
+    );
+    seen.assert_no_secret();
+    env.stop().await;
 }
