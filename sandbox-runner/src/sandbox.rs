@@ -29,6 +29,9 @@ use rquickjs::{AsyncContext, AsyncRuntime, Ctx, Exception, Function, Object, Pro
 use crate::host::{CallOutcome, CapabilityCall, CapabilityHost};
 use crate::redact::Redactor;
 
+#[cfg(test)]
+mod web_tests;
+
 /// The built-ins a sandbox context gets: the ECMAScript standard library and nothing that
 /// reaches outside the context (no `performance` timer source either).
 type Intrinsics = (
