@@ -93,8 +93,9 @@ pub const JS_RESERVED_WORDS: &[&str] = &[
 ];
 
 /// The global names the sandbox has: the JavaScript built-ins it installs and what the runner
-/// adds (`args`, `console`). The sandbox's tests check its global scope holds nothing else
-/// (besides capabilities).
+/// adds (`args`, `console`, the web-standard helpers and classes). The sandbox's tests check
+/// its global scope holds nothing else (besides capabilities, and the `fetch`, `Deno` and
+/// `process` it installs itself in place of the engine's, see [`SANDBOX_REMOVED_GLOBALS`]).
 pub const SANDBOX_GLOBALS: &[&str] = &[
     // Added by the runner.
     "args",
@@ -105,6 +106,11 @@ pub const SANDBOX_GLOBALS: &[&str] = &[
     "TextDecoder",
     "structuredClone",
     "crypto",
+    "URL",
+    "URLSearchParams",
+    "Headers",
+    "Request",
+    "Response",
     // Value properties and functions of the global object.
     "globalThis",
     "undefined",
@@ -192,7 +198,8 @@ pub const OBJECT_PROTOTYPE_NAMES: &[&str] = &[
 
 /// Globals some JavaScript engines or runtimes add that the sandbox removes (no network, no
 /// process, no timers, no engine internals); refused as capability names too, so code never
-/// mistakes a capability for them.
+/// mistakes a capability for them. The sandbox then installs its own `fetch` (only with a
+/// fetch capability, through the policy), `Deno` and `process` (a read-only `env` each).
 pub const SANDBOX_REMOVED_GLOBALS: &[&str] = &[
     "fetch",
     "require",

@@ -3,16 +3,27 @@
 //! The script runs as the body of `(async (args) => { <code> })(args)`. Its global scope holds
 //! only the standard ECMAScript built-ins (JSON, Math, Date, Object, Array, Promise, RegExp,
 //! Map/Set, typed arrays, Proxy, Reflect, WeakRef), `args`, a `console` whose output is
-//! captured, and one async function per capability of the [`CapabilityHost`]. There is no
-//! `fetch`, `require`, `process`, `Deno`, timer, `std`/`os` module or module loader (dynamic
-//! `import()` rejects). The only way out of the sandbox is [`CapabilityHost::call`].
+//! captured, one async function per capability of the [`CapabilityHost`], the pure web
+//! helpers and classes (`atob`, `btoa`, `TextEncoder`, `TextDecoder`, `structuredClone`,
+//! `crypto`, `URL`, `URLSearchParams`, `Headers`, `Request`, `Response`), a read-only
+//! environment (`Deno.env`, `process.env`, nothing else of `Deno` or `process`) and, only when
+//! [`CapabilityHost::has_fetch`], a `fetch` that hands a normalised
+//! [`FetchRequest`](crate::host::FetchRequest) to [`CapabilityHost::fetch`]. There is no
+//! `require`, timer, `std`/`os` module or module loader (dynamic `import()` rejects). The only
+//! ways out of the sandbox are [`CapabilityHost::call`] and [`CapabilityHost::fetch`], and both
+//! count toward [`Limits::max_calls`].
+//!
+//! The web globals are loaded the first time code reads one (see `js/web_globals_lazy.js`), so
+//! code that uses none of them pays only for installing the accessors. `URL` parses with the
+//! `url` crate's WHATWG implementation; that parser, the fetch bridge and the environment are
+//! Rust functions captured by the JavaScript that uses them, never globals (see `web`).
 //!
 //! `eval` and `Function` are kept: they evaluate JavaScript inside this same context, with the
 //! same globals, so they grant nothing the script could not already write directly.
 //!
 //! Limits: wall time (an interrupt handler stops busy loops; a timeout on the async drive ends
 //! scripts waiting on promises that never settle), memory (QuickJS allocator limit), stack
-//! depth, captured output size and the number of capability calls.
+//! depth, captured output size and the number of capability and `fetch` calls.
 //!
 //! Console output is redacted by the run's [`Redactor`] as it is captured, before the output
 //! cap cuts it (see [`append_capped`]), so a secret straddling the cap is replaced whole.
@@ -28,6 +39,10 @@ use rquickjs::{AsyncContext, AsyncRuntime, Ctx, Exception, Function, Object, Pro
 
 use crate::host::{CallOutcome, CapabilityCall, CapabilityHost};
 use crate::redact::Redactor;
+
+mod web;
+#[cfg(test)]
+mod web_tests;
 
 /// The built-ins a sandbox context gets: the ECMAScript standard library and nothing that
 /// reaches outside the context (no `performance` timer source either).
@@ -51,7 +66,8 @@ const REMOVED_GLOBALS: &[&str] = oauth3_crds::SANDBOX_REMOVED_GLOBALS;
 
 /// atob, btoa, TextEncoder, TextDecoder, structuredClone and crypto (pure; see the file).
 const WEB_GLOBALS: &str = include_str!("js/web_globals.js");
-/// Installs [`WEB_GLOBALS`] to load on first use.
+/// Installs [`WEB_GLOBALS`], the fetch classes and the environment (see [`web`]) to load on
+/// first use.
 const WEB_GLOBALS_LAZY: &str = include_str!("js/web_globals_lazy.js");
 
 /// Resource limits of one run.
@@ -385,8 +401,27 @@ impl Script {
             },
         )
         .map_err(install)?;
+        let bridge = self.host.has_fetch().then(|| {
+            Arc::new(web::FetchBridge {
+                host: Arc::clone(&self.host),
+                calls: Arc::clone(&self.calls),
+                max_calls: self.max_calls,
+            })
+        });
+        let with_fetch = bridge.is_some();
+        let load_web = Function::new(ctx.clone(), move |ctx: Ctx<'js>, helpers: Function<'js>| {
+            web::load_fetch_classes(&ctx, helpers, bridge.clone())
+        })
+        .map_err(install)?;
+        let host = Arc::clone(&self.host);
+        let load_env = Function::new(ctx.clone(), move |ctx: Ctx<'js>| {
+            web::load_environment(&ctx, host.environment())
+        })
+        .map_err(install)?;
         let lazily: Function<'js> = ctx.eval(WEB_GLOBALS_LAZY).map_err(install)?;
-        lazily.call::<_, ()>((load,)).map_err(install)?;
+        lazily
+            .call::<_, ()>((load, load_web, load_env, with_fetch))
+            .map_err(install)?;
 
         for name in self.host.capabilities() {
             let taken = globals.contains_key(name.as_str()).map_err(install)?;

@@ -232,8 +232,6 @@ async fn no_ambient_authority_is_reachable() {
     let names = [
         "fetch",
         "require",
-        "process",
-        "Deno",
         "Bun",
         "setTimeout",
         "setInterval",
@@ -259,6 +257,26 @@ async fn no_ambient_authority_is_reachable() {
     let out = run_with(&code, Value::Null, Arc::clone(&host), &limits()).await;
     let expected: Vec<String> = names.iter().map(|n| format!("{n}:undefined")).collect();
     assert_eq!(out.outcome, Outcome::Returned(json!(expected)));
+    // `Deno` and `process` are the sandbox's own: a read-only `env` and nothing else.
+    let out = run_with(
+        "return [Object.getOwnPropertyNames(Deno), Object.getOwnPropertyNames(process), \
+         typeof Deno.readFile, typeof Deno.run, typeof process.exit, typeof process.binding]",
+        Value::Null,
+        Arc::clone(&host),
+        &limits(),
+    )
+    .await;
+    assert_eq!(
+        out.outcome,
+        Outcome::Returned(json!([
+            ["env"],
+            ["env"],
+            "undefined",
+            "undefined",
+            "undefined",
+            "undefined"
+        ]))
+    );
     assert!(host.received().is_empty(), "no call may reach the host");
 }
 
@@ -285,7 +303,7 @@ async fn dynamic_import_fails() {
 #[tokio::test]
 async fn eval_runs_inside_the_same_sandbox_only() {
     assert_eq!(
-        returned("return [eval('typeof fetch'), new Function('return typeof process')()]").await,
+        returned("return [eval('typeof fetch'), new Function('return typeof setTimeout')()]").await,
         json!(["undefined", "undefined"])
     );
 }
@@ -531,10 +549,11 @@ async fn runs_are_isolated_from_each_other() {
 }
 
 /// The global scope, own and inherited, holds only the built-ins and what the runner adds
-/// (`oauth3_crds::SANDBOX_GLOBALS`), `Object.prototype`'s properties and the capabilities:
-/// no `fetch`, `process`, timers or engine internals. The same lists are what the schema
-/// refuses as capability names, so a built-in added by a QuickJS upgrade fails this test
-/// instead of failing Permits at launch.
+/// (`oauth3_crds::SANDBOX_GLOBALS`), `Object.prototype`'s properties, the capabilities and
+/// the sandbox's own read-only `Deno` and `process` (names it first removes from the engine,
+/// see `SANDBOX_REMOVED_GLOBALS`): no `fetch` without a fetch capability, no timers or engine
+/// internals. The same lists are what the schema refuses as capability names, so a built-in
+/// added by a QuickJS upgrade fails this test instead of failing Permits at launch.
 #[tokio::test]
 async fn the_global_scope_holds_only_builtins_console_and_capabilities() {
     let names = returned(
@@ -556,10 +575,17 @@ async fn the_global_scope_holds_only_builtins_console_and_capabilities() {
         .filter(|n| {
             !oauth3_crds::SANDBOX_GLOBALS.contains(&n.as_str())
                 && !oauth3_crds::OBJECT_PROTOTYPE_NAMES.contains(&n.as_str())
+                && !["Deno", "process"].contains(&n.as_str())
         })
         .collect();
     assert!(unexpected.is_empty(), "unexpected globals: {unexpected:?}");
-    for expected in ["console", "echo", "JSON", "toString"] {
+    for replaced in ["Deno", "process"] {
+        assert!(
+            oauth3_crds::SANDBOX_REMOVED_GLOBALS.contains(&replaced),
+            "{replaced} is removed from the engine before the sandbox installs its own"
+        );
+    }
+    for expected in ["console", "echo", "JSON", "toString", "URL", "Deno"] {
         assert!(names.iter().any(|n| n == expected), "{expected} missing");
     }
 }

@@ -46,20 +46,22 @@
 
   function utf8(input) {
     const s = String(input);
-    const out = [];
+    // At most three bytes per UTF-16 code unit; written in place, then cut to length.
+    const out = new Uint8Array(s.length * 3);
+    let n = 0;
     for (let i = 0; i < s.length; i++) {
       let c = s.charCodeAt(i);
+      if (c < 0x80) { out[n++] = c; continue; }
       if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length) {
         const d = s.charCodeAt(i + 1);
         if (d >= 0xdc00 && d <= 0xdfff) { c = 0x10000 + ((c - 0xd800) << 10) + (d - 0xdc00); i++; }
         else c = 0xfffd;
       } else if (c >= 0xd800 && c <= 0xdfff) c = 0xfffd;
-      if (c < 0x80) out.push(c);
-      else if (c < 0x800) out.push(0xc0 | (c >> 6), 0x80 | (c & 63));
-      else if (c < 0x10000) out.push(0xe0 | (c >> 12), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
-      else out.push(0xf0 | (c >> 18), 0x80 | ((c >> 12) & 63), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+      if (c < 0x800) { out[n++] = 0xc0 | (c >> 6); out[n++] = 0x80 | (c & 63); }
+      else if (c < 0x10000) { out[n++] = 0xe0 | (c >> 12); out[n++] = 0x80 | ((c >> 6) & 63); out[n++] = 0x80 | (c & 63); }
+      else { out[n++] = 0xf0 | (c >> 18); out[n++] = 0x80 | ((c >> 12) & 63); out[n++] = 0x80 | ((c >> 6) & 63); out[n++] = 0x80 | (c & 63); }
     }
-    return new Uint8Array(out);
+    return out.slice(0, n);
   }
   class TextEncoder {
     get encoding() { return 'utf-8'; }
@@ -78,6 +80,20 @@
     if (ArrayBuffer.isView(input)) return new Uint8Array(input.buffer, input.byteOffset, input.byteLength);
     throw new TypeError('TextDecoder.decode: expected an ArrayBuffer or a typed array');
   }
+  // Bytes as a string of code units 0-255, built a chunk at a time by the engine.
+  function latin1(b) {
+    let s = '';
+    for (let i = 0; i < b.length; i += 8192) s += String.fromCharCode.apply(null, b.subarray(i, i + 8192));
+    return s;
+  }
+  // Valid UTF-8 decoded by the engine's own URI decoder (byte-by-byte JavaScript is slow in
+  // QuickJS); null when the bytes are not valid UTF-8 (the URI decoder refuses exactly the
+  // sequences the exact decoder below replaces), so that decoder handles them.
+  function decodeValid(b) {
+    const s = latin1(b);
+    if (!/[\x80-\xff]/.test(s)) return s;
+    try { return decodeURIComponent(escape(s)); } catch { return null; }
+  }
   class TextDecoder {
     #fatal; #ignoreBOM;
     constructor(label = 'utf-8', options = {}) {
@@ -92,34 +108,62 @@
     get ignoreBOM() { return this.#ignoreBOM; }
     decode(input) {
       const b = bytesOf(input);
+      // Code units are collected and turned into text a chunk at a time (appending one
+      // character at a time is slow in QuickJS); runs of ASCII are copied straight.
+      const CHUNK = 8192;
       let out = '';
+      let units = [];
+      const unit = (u) => {
+        units.push(u);
+        if (units.length >= CHUNK) { out += String.fromCharCode.apply(null, units); units = []; }
+      };
       let i = 0;
       const bad = () => {
         if (this.#fatal) throw new TypeError('TextDecoder.decode: the data is not valid UTF-8');
-        out += '\ufffd';
+        unit(0xfffd);
       };
       if (!this.#ignoreBOM && b[0] === 0xef && b[1] === 0xbb && b[2] === 0xbf) i = 3;
+      const valid = decodeValid(i === 0 ? b : b.subarray(i));
+      if (valid !== null) return valid;
       while (i < b.length) {
         const c = b[i];
-        let need = 0, cp = 0, min = 0;
-        if (c < 0x80) { out += String.fromCharCode(c); i++; continue; }
-        else if (c >= 0xc2 && c <= 0xdf) { need = 1; cp = c & 31; min = 0x80; }
-        else if (c >= 0xe0 && c <= 0xef) { need = 2; cp = c & 15; min = 0x800; }
-        else if (c >= 0xf0 && c <= 0xf4) { need = 3; cp = c & 7; min = 0x10000; }
+        // The standard's bounds on the second byte rule out overlong forms, surrogates and
+        // code points past U+10FFFF.
+        let need = 0, cp = 0, lower = 0x80, upper = 0xbf;
+        if (c < 0x80) {
+          let j = i + 1;
+          while (j < b.length && b[j] < 0x80 && j - i < CHUNK) j++;
+          if (units.length > 0) { out += String.fromCharCode.apply(null, units); units = []; }
+          out += String.fromCharCode.apply(null, b.subarray(i, j));
+          i = j;
+          continue;
+        }
+        else if (c >= 0xc2 && c <= 0xdf) { need = 1; cp = c & 31; }
+        else if (c >= 0xe0 && c <= 0xef) {
+          need = 2; cp = c & 15;
+          if (c === 0xe0) lower = 0xa0;
+          if (c === 0xed) upper = 0x9f;
+        }
+        else if (c >= 0xf0 && c <= 0xf4) {
+          need = 3; cp = c & 7;
+          if (c === 0xf0) lower = 0x90;
+          if (c === 0xf4) upper = 0x8f;
+        }
         else { bad(); i++; continue; }
         let j = 1;
         for (; j <= need; j++) {
           const d = b[i + j];
-          if (d === undefined || (d & 0xc0) !== 0x80) break;
+          if (d === undefined || d < lower || d > upper) break;
+          lower = 0x80; upper = 0xbf;
           cp = (cp << 6) | (d & 63);
         }
-        // A cut sequence: one U+FFFD for what was read, the next byte read again.
+        // A cut sequence: one U+FFFD for what was read, the byte that cut it read again.
         if (j <= need) { bad(); i += j; continue; }
-        // Overlong, a surrogate or past U+10FFFF.
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) { bad(); i += need + 1; continue; }
-        out += String.fromCodePoint(cp);
+        if (cp < 0x10000) unit(cp);
+        else { unit(0xd800 + ((cp - 0x10000) >> 10)); unit(0xdc00 + ((cp - 0x10000) & 0x3ff)); }
         i += need + 1;
       }
+      if (units.length > 0) out += String.fromCharCode.apply(null, units);
       return out;
     }
   }
