@@ -13,8 +13,8 @@
 //! ways out of the sandbox are [`CapabilityHost::call`] and [`CapabilityHost::fetch`], and both
 //! count toward [`Limits::max_calls`].
 //!
-//! The web globals are loaded the first time code reads one (see `js/web_globals_lazy.js`), so
-//! code that uses none of them pays only for installing the accessors. `URL` parses with the
+//! The web globals are loaded the first time code reads one (see [`web`]), so code that uses
+//! none of them pays only for installing the accessors. `URL` parses with the
 //! `url` crate's WHATWG implementation; that parser, the fetch bridge and the environment are
 //! Rust functions captured by the JavaScript that uses them, never globals (see `web`).
 //!
@@ -63,12 +63,6 @@ type Intrinsics = (
 /// global scope holds only what the module docs list (the list is shared with the schema,
 /// which refuses them as capability names).
 const REMOVED_GLOBALS: &[&str] = oauth3_crds::SANDBOX_REMOVED_GLOBALS;
-
-/// atob, btoa, TextEncoder, TextDecoder, structuredClone and crypto (pure; see the file).
-const WEB_GLOBALS: &str = include_str!("js/web_globals.js");
-/// Installs [`WEB_GLOBALS`], the fetch classes and the environment (see [`web`]) to load on
-/// first use.
-const WEB_GLOBALS_LAZY: &str = include_str!("js/web_globals_lazy.js");
 
 /// Resource limits of one run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -388,19 +382,6 @@ impl Script {
             console.set(method, f).map_err(install)?;
         }
         globals.set("console", console).map_err(install)?;
-        let load = Function::new(
-            ctx.clone(),
-            |ctx: Ctx<'js>| -> rquickjs::Result<Value<'js>> {
-                let helpers: Function<'js> = ctx.eval(WEB_GLOBALS)?;
-                let random = Function::new(ctx.clone(), |n: usize| -> Vec<u8> {
-                    let mut bytes = vec![0u8; n.min(65_536)];
-                    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
-                    bytes
-                })?;
-                helpers.call((random,))
-            },
-        )
-        .map_err(install)?;
         let bridge = self.host.has_fetch().then(|| {
             Arc::new(web::FetchBridge {
                 host: Arc::clone(&self.host),
@@ -408,20 +389,14 @@ impl Script {
                 max_calls: self.max_calls,
             })
         });
-        let with_fetch = bridge.is_some();
-        let load_web = Function::new(ctx.clone(), move |ctx: Ctx<'js>, helpers: Function<'js>| {
-            web::load_fetch_classes(&ctx, helpers, bridge.clone())
-        })
+        web::install_lazily(
+            ctx,
+            web::Loaders {
+                host: Arc::clone(&self.host),
+                bridge,
+            },
+        )
         .map_err(install)?;
-        let host = Arc::clone(&self.host);
-        let load_env = Function::new(ctx.clone(), move |ctx: Ctx<'js>| {
-            web::load_environment(&ctx, host.environment())
-        })
-        .map_err(install)?;
-        let lazily: Function<'js> = ctx.eval(WEB_GLOBALS_LAZY).map_err(install)?;
-        lazily
-            .call::<_, ()>((load, load_web, load_env, with_fetch))
-            .map_err(install)?;
 
         for name in self.host.capabilities() {
             let taken = globals.contains_key(name.as_str()).map_err(install)?;

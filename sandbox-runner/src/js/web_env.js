@@ -1,6 +1,6 @@
 // `Deno.env` and `process.env`: the run's environment as the runner's host gives it (string
 // args, and an opaque placeholder for each secret a fetch capability binds), read-only.
-// Evaluated the first time code reads `Deno` or `process` (see web_globals_lazy.js); `pairs`
+// Evaluated the first time code reads `Deno` or `process` (see src/sandbox/web.rs); `pairs`
 // is [[name, value]] in name order. These objects have nothing else: no other `Deno` or
 // `process` member exists in the sandbox.
 (function environment(pairs) {

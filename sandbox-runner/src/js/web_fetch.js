@@ -1,6 +1,6 @@
 // The WHATWG fetch classes every Execution has: URL, URLSearchParams, Headers, Request and
 // Response, and `fetch` when the Permit has a fetch capability. Evaluated by the runner the
-// first time code reads one of them (see web_globals_lazy.js). The classes are pure; what they
+// first time code reads one of them (see src/sandbox/web.rs). The classes are pure; what they
 // get from the runner stays captured here and is never put on the global object:
 // - `urlOp(op, a, b)`: the runner's WHATWG URL parser (`op` 'parse': input `a` against base
 //   `b` or none; any other `op` names a setter applied to href `a` with value `b`). Returns

@@ -1,7 +1,7 @@
 // Web-standard helpers every Execution has (pure: no authority, no I/O): atob, btoa,
 // TextEncoder, TextDecoder (UTF-8), structuredClone, crypto.getRandomValues and
 // crypto.randomUUID. Evaluated by the runner the first time code touches one of them (see
-// web_globals_lazy.js); `randomBytes` is the runner's source of randomness, captured here and
+// src/sandbox/web.rs); `randomBytes` is the runner's source of randomness, captured here and
 // never on the global object. Returns the helpers by name.
 (function helpers(randomBytes) {
   'use strict';

@@ -1,9 +1,19 @@
-//! The Rust half of the sandbox's web globals: the WHATWG URL parser behind `URL`, the bridge
-//! from the `fetch` shim to [`CapabilityHost::fetch`], and the environment behind `Deno.env`
-//! and `process.env`.
+//! The web globals of the sandbox: installing them to load on first use, the WHATWG URL
+//! parser behind `URL`, the bridge from the `fetch` shim to [`CapabilityHost::fetch`], and the
+//! environment behind `Deno.env` and `process.env`.
 //!
-//! Each piece is a function handed to the JavaScript that needs it when that JavaScript is
-//! first evaluated (see `js/web_globals_lazy.js`), captured there and never put on the global
+//! **Loading on first use.** Each global name starts as an accessor on the global object. The
+//! first read evaluates its group's source (helpers `js/web_globals.js`, classes
+//! `js/web_fetch.js`, environment `js/web_env.js`), once per group, and turns the name into a
+//! plain writable, configurable, non-enumerable data property, as in browsers; a write before
+//! any read does the same with the written value. The accessors are installed from Rust with
+//! no JavaScript compiled: one Rust function, bound (with `Function.prototype.bind`, before
+//! any code runs) to a cache object and the name, serves as both getter and setter of each
+//! name. The cache holds the loaded groups; only those bound functions reach it, and it lives
+//! in the JavaScript heap, so the engine's collector sees every reference.
+//!
+//! The URL parser, the environment and the fetch bridge are Rust functions handed to the
+//! JavaScript that needs them when it is evaluated, captured there and never put on the global
 //! object. The URL parser and the environment carry no authority; the fetch bridge is the only
 //! way a `fetch()` leaves the sandbox, and it goes nowhere but the host.
 
@@ -12,17 +22,176 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use base64::Engine as _;
-use rquickjs::{ArrayBuffer, Ctx, Function, Object, Promise, Value};
+use rquickjs::function::{Rest, This};
+use rquickjs::object::{AsProperty, Property, PropertyFlags};
+use rquickjs::{ArrayBuffer, Ctx, Function, Object, Promise, Value, qjs};
 use url::{Url, quirks};
 
 use crate::host::{
     CallOutcome, CapabilityHost, FetchBody, FetchRequest, FetchResponse, RedirectMode,
 };
 
+/// atob, btoa, TextEncoder, TextDecoder, structuredClone and crypto (see the file).
+const WEB_GLOBALS: &str = include_str!("../js/web_globals.js");
 /// URL, URLSearchParams, Headers, Request, Response and the `fetch` shim (see the file).
 const WEB_FETCH: &str = include_str!("../js/web_fetch.js");
 /// `Deno.env` and `process.env` (see the file).
 const WEB_ENV: &str = include_str!("../js/web_env.js");
+
+/// The globals of each group, in the order they are installed.
+const HELPERS: &[&str] = &[
+    "atob",
+    "btoa",
+    "TextEncoder",
+    "TextDecoder",
+    "structuredClone",
+    "crypto",
+];
+const CLASSES: &[&str] = &["URL", "URLSearchParams", "Headers", "Request", "Response"];
+const ENVIRONMENT: &[&str] = &["Deno", "process"];
+
+/// Keys in the cache object (never global names: they start with `#`): the loaded groups, and
+/// the bound function that returns the helpers (handed to the classes, which use them for
+/// UTF-8).
+const HELPERS_KEY: &str = "#helpers";
+const CLASSES_KEY: &str = "#classes";
+const ENVIRONMENT_KEY: &str = "#environment";
+const HELPERS_LOADER_KEY: &str = "#loadHelpers";
+
+/// What loading the groups needs from the run (no JavaScript values: those stay in the cache).
+pub(super) struct Loaders {
+    pub(super) host: Arc<dyn CapabilityHost>,
+    /// The fetch bridge, when the Permit has a fetch capability; then `fetch` is a global.
+    pub(super) bridge: Option<Arc<FetchBridge>>,
+}
+
+/// An accessor whose getter and setter are one existing function.
+struct LazyAccessor<'js>(Function<'js>);
+
+/// Marks [`LazyAccessor`]'s [`AsProperty`] implementation.
+struct LazyAccessorKind;
+
+impl<'js> AsProperty<'js, LazyAccessorKind> for LazyAccessor<'js> {
+    fn config(
+        self,
+        ctx: &Ctx<'js>,
+    ) -> rquickjs::Result<(PropertyFlags, Value<'js>, Value<'js>, Value<'js>)> {
+        let flags = qjs::JS_PROP_CONFIGURABLE
+            | qjs::JS_PROP_HAS_CONFIGURABLE
+            | qjs::JS_PROP_HAS_ENUMERABLE
+            | qjs::JS_PROP_HAS_GET
+            | qjs::JS_PROP_HAS_SET;
+        let flags = PropertyFlags::try_from(flags).unwrap_or(PropertyFlags::MAX);
+        let accessor = self.0.into_value();
+        Ok((
+            flags,
+            Value::new_undefined(ctx.clone()),
+            accessor.clone(),
+            accessor,
+        ))
+    }
+}
+
+/// Puts every web global on the global object as an accessor that loads its group on first
+/// use (see the module docs).
+pub(super) fn install_lazily<'js>(ctx: &Ctx<'js>, loaders: Loaders) -> rquickjs::Result<()> {
+    let with_fetch = loaders.bridge.is_some();
+    let cache = Object::new(ctx.clone())?;
+    cache.set_prototype(None)?;
+    let lazy = Function::new(
+        ctx.clone(),
+        move |ctx: Ctx<'js>, cache: This<Object<'js>>, args: Rest<Value<'js>>| {
+            loaders.access(&ctx, &cache.0, args.0)
+        },
+    )?;
+    // No code has run yet, so this is the engine's own bind.
+    let bind: Function<'js> = lazy.get("bind")?;
+    let bound = |key: &str| -> rquickjs::Result<Function<'js>> {
+        bind.call((This(lazy.clone()), cache.clone(), key))
+    };
+    cache.set(HELPERS_LOADER_KEY, bound(HELPERS_KEY)?)?;
+    let globals = ctx.globals();
+    let fetch = with_fetch.then_some(&"fetch");
+    for name in HELPERS
+        .iter()
+        .chain(CLASSES)
+        .chain(fetch)
+        .chain(ENVIRONMENT)
+    {
+        globals.prop(*name, LazyAccessor(bound(name)?))?;
+    }
+    Ok(())
+}
+
+impl Loaders {
+    /// One call of a bound accessor: `args` is the bound name, then the written value for a
+    /// write. A read loads the name's group, a write takes the value; both leave a plain data
+    /// property. A `#` key returns that group (the helpers loader).
+    fn access<'js>(
+        &self,
+        ctx: &Ctx<'js>,
+        cache: &Object<'js>,
+        args: Vec<Value<'js>>,
+    ) -> rquickjs::Result<Value<'js>> {
+        let mut args = args.into_iter();
+        let name: String = match args.next().and_then(|v| v.as_string().cloned()) {
+            Some(name) => name.to_string()?,
+            None => return Ok(Value::new_undefined(ctx.clone())),
+        };
+        if name.starts_with('#') {
+            return self.group(ctx, cache, &name).map(Object::into_value);
+        }
+        let value = match args.next() {
+            Some(written) => written,
+            None => {
+                let key = if HELPERS.contains(&name.as_str()) {
+                    HELPERS_KEY
+                } else if ENVIRONMENT.contains(&name.as_str()) {
+                    ENVIRONMENT_KEY
+                } else {
+                    CLASSES_KEY
+                };
+                self.group(ctx, cache, key)?.get(name.as_str())?
+            }
+        };
+        let plain = Property::from(value.clone()).writable().configurable();
+        ctx.globals().prop(name.as_str(), plain)?;
+        Ok(value)
+    }
+
+    /// The group under `key`, loaded (once) into the cache.
+    fn group<'js>(
+        &self,
+        ctx: &Ctx<'js>,
+        cache: &Object<'js>,
+        key: &str,
+    ) -> rquickjs::Result<Object<'js>> {
+        if let Some(loaded) = cache.get::<_, Option<Object<'js>>>(key)? {
+            return Ok(loaded);
+        }
+        let loaded = match key {
+            HELPERS_KEY => load_helpers(ctx)?,
+            CLASSES_KEY => {
+                let helpers: Function<'js> = cache.get(HELPERS_LOADER_KEY)?;
+                load_fetch_classes(ctx, helpers, self.bridge.clone())?
+            }
+            _ => load_environment(ctx, self.host.environment())?,
+        };
+        cache.set(key, loaded.clone())?;
+        Ok(loaded)
+    }
+}
+
+/// Evaluates `web_globals.js` with the OS's random source and returns its helpers.
+fn load_helpers<'js>(ctx: &Ctx<'js>) -> rquickjs::Result<Object<'js>> {
+    let helpers: Function<'js> = ctx.eval(WEB_GLOBALS)?;
+    let random = Function::new(ctx.clone(), |n: usize| -> Vec<u8> {
+        let mut bytes = vec![0u8; n.min(65_536)];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+        bytes
+    })?;
+    helpers.call((random,))
+}
 
 /// What a run's `fetch()` needs from the runner: the host, and the call count it shares with
 /// the capability functions.
@@ -33,12 +202,12 @@ pub(super) struct FetchBridge {
 }
 
 /// Evaluates `web_fetch.js` and returns its classes (and `fetch` when `bridge` is given).
-/// `helpers` loads `web_globals.js`'s helpers (for UTF-8).
-pub(super) fn load_fetch_classes<'js>(
+/// `helpers` returns `web_globals.js`'s helpers (for UTF-8), loading them once.
+fn load_fetch_classes<'js>(
     ctx: &Ctx<'js>,
     helpers: Function<'js>,
     bridge: Option<Arc<FetchBridge>>,
-) -> rquickjs::Result<Value<'js>> {
+) -> rquickjs::Result<Object<'js>> {
     let factory: Function<'js> = ctx.eval(WEB_FETCH)?;
     let url_op = Function::new(ctx.clone(), url_op)?;
     let host_fetch = match bridge {
@@ -52,10 +221,10 @@ pub(super) fn load_fetch_classes<'js>(
 }
 
 /// Evaluates `web_env.js` over `environment` and returns `{Deno, process}`.
-pub(super) fn load_environment<'js>(
+fn load_environment<'js>(
     ctx: &Ctx<'js>,
     environment: BTreeMap<String, String>,
-) -> rquickjs::Result<Value<'js>> {
+) -> rquickjs::Result<Object<'js>> {
     let factory: Function<'js> = ctx.eval(WEB_ENV)?;
     let pairs: Vec<Vec<String>> = environment.into_iter().map(|(k, v)| vec![k, v]).collect();
     factory.call((pairs,))

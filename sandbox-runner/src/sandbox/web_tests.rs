@@ -862,12 +862,28 @@ async fn web_classes_are_lazy_plain_globals_and_leak_no_host_function() {
         const u = new URL('https://h/');
         const after = Object.getOwnPropertyDescriptor(globalThis, 'URL');
         Headers = 'mine';
+        TextDecoder = undefined;
+        const writtenUndefined = 'TextDecoder' in globalThis && TextDecoder === undefined;
+        const hiddenKeys = Object.keys(globalThis).filter((k) => ['URL', 'Request', 'Deno', 'fetch', 'atob'].includes(k));
+        delete globalThis.structuredClone;
+        const deleted = typeof structuredClone;
+        Function.prototype.bind = null;
+        Object.prototype['#classes'] = {URLSearchParams: 'polluted'};
+        Object.prototype['#loadHelpers'] = () => ({TextEncoder: 'polluted'});
+        const sameGroup = new URL('https://h/?a=1').searchParams instanceof URLSearchParams;
+        const encoded = new URLSearchParams({k: 'é'}).toString();
+        delete Object.prototype['#classes'];
+        delete Object.prototype['#loadHelpers'];
+        const accessor = Object.getOwnPropertyDescriptor(globalThis, 'process');
         const names = new Set();
         for (let o = globalThis; o; o = Object.getPrototypeOf(o)) {
             for (const n of Object.getOwnPropertyNames(o)) names.add(n);
         }
         return {
             before, afterIsValue: typeof after.value, writable: after.writable,
+            enumerable: after.enumerable, configurable: after.configurable,
+            writtenUndefined, hiddenKeys, deleted, sameGroup, encoded,
+            processAccessor: [typeof accessor.get, accessor.enumerable, accessor.configurable],
             replaced: Headers, url: u.href,
             hidden: [typeof urlOp, typeof hostFetch, typeof helpers, typeof INTERNAL],
             instance: new Request('https://h/') instanceof Request && new Response() instanceof Response,
@@ -882,6 +898,14 @@ async fn web_classes_are_lazy_plain_globals_and_leak_no_host_function() {
             "before": "function",
             "afterIsValue": "function",
             "writable": true,
+            "enumerable": false,
+            "configurable": true,
+            "writtenUndefined": true,
+            "hiddenKeys": [],
+            "deleted": "undefined",
+            "sameGroup": true,
+            "encoded": "k=%C3%A9",
+            "processAccessor": ["function", false, true],
             "replaced": "mine",
             "url": "https://h/",
             "hidden": ["undefined", "undefined", "undefined", "undefined"],
