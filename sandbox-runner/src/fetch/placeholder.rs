@@ -55,6 +55,24 @@ impl std::fmt::Debug for Placeholders {
     }
 }
 
+/// The request being sent and what decides where its placeholders may go.
+struct Place<'a> {
+    req: &'a PreparedRequest,
+    bindings: &'a [CompiledBinding],
+    secrets: &'a BTreeMap<String, Zeroizing<String>>,
+}
+
+/// The secret as it is.
+fn raw(s: &str) -> Zeroizing<String> {
+    Zeroizing::new(s.to_owned())
+}
+
+/// The secret as a JSON string's content.
+fn json_escaped(s: &str) -> Zeroizing<String> {
+    let quoted = Zeroizing::new(serde_json::to_string(s).unwrap_or_default());
+    Zeroizing::new(quoted[1..quoted.len() - 1].to_owned())
+}
+
 /// How a placeholder was found in one part of a request.
 #[derive(Debug, PartialEq, Eq)]
 enum Found {
@@ -238,7 +256,11 @@ impl Placeholders {
         if self.is_empty() {
             return Ok(None);
         }
-        let value = |i: usize| self.value(i, secrets);
+        let place = Place {
+            req,
+            bindings,
+            secrets,
+        };
         let mut out: Option<PreparedRequest> = None;
         if self.scan(req.url.path()).is_some() {
             return Err(
@@ -246,28 +268,20 @@ impl Placeholders {
             );
         }
         if let Some(query) = req.url.query() {
-            match self.scan(query) {
-                None => {}
-                Some(Found::Disguised) => return Err(format!("the query: {DISGUISED}")),
-                Some(Found::Tokens(found)) => {
-                    let mut q = Zeroizing::new(query.to_owned());
-                    for i in found {
-                        Self::allowed(
-                            req,
-                            bindings,
-                            &self.entries[i].secret,
-                            SecretLocation::Query,
-                            None,
-                        )?;
-                        let encoded: Zeroizing<String> = Zeroizing::new(
-                            url::form_urlencoded::byte_serialize(value(i)?.as_bytes()).collect(),
-                        );
-                        q = Zeroizing::new(q.replace(&self.entries[i].token, &encoded));
-                    }
-                    let mut next = req.clone();
-                    next.url.set_query(Some(&q));
-                    out = Some(next);
-                }
+            let form = |s: &str| {
+                Zeroizing::new(url::form_urlencoded::byte_serialize(s.as_bytes()).collect())
+            };
+            if let Some(q) = self.replace(
+                &place,
+                "the query",
+                query,
+                SecretLocation::Query,
+                None,
+                &form,
+            )? {
+                let mut next = req.clone();
+                next.url.set_query(Some(&q));
+                out = Some(next);
             }
         }
         let mut headers = Vec::with_capacity(req.headers.len());
@@ -276,30 +290,17 @@ impl Placeholders {
             if self.scan(name).is_some() {
                 return Err("a secret placeholder is in a header name".to_owned());
             }
-            if let Some(basic) = self.basic(req, bindings, name, v, secrets)? {
-                headers.push((name.clone(), basic.to_string()));
-                changed = true;
-                continue;
-            }
-            match self.scan(v) {
-                None => headers.push((name.clone(), v.clone())),
-                Some(Found::Disguised) => return Err(format!("header {name}: {DISGUISED}")),
-                Some(Found::Tokens(found)) => {
-                    let mut text = Zeroizing::new(v.clone());
-                    for i in found {
-                        Self::allowed(
-                            req,
-                            bindings,
-                            &self.entries[i].secret,
-                            SecretLocation::Header,
-                            Some(name),
-                        )
-                        .map_err(|e| format!("header {name}: {e}"))?;
-                        text = Zeroizing::new(text.replace(&self.entries[i].token, value(i)?));
-                    }
+            let what = format!("header {name}");
+            let replaced = match self.basic(&place, name, v)? {
+                Some(basic) => Some(basic),
+                None => self.replace(&place, &what, v, SecretLocation::Header, Some(name), &raw)?,
+            };
+            match replaced {
+                Some(text) => {
                     headers.push((name.clone(), text.to_string()));
                     changed = true;
                 }
+                None => headers.push((name.clone(), v.clone())),
             }
         }
         if changed {
@@ -307,63 +308,77 @@ impl Placeholders {
         }
         if let Some(body) = &req.body {
             let text = String::from_utf8_lossy(body);
-            match self.scan(&text) {
-                None => {}
-                Some(Found::Disguised) => return Err(format!("the body: {DISGUISED}")),
-                Some(Found::Tokens(found)) => {
-                    let std::borrow::Cow::Borrowed(text) = text else {
-                        return Err(
-                            "a secret placeholder is in a body that is not UTF-8 text".to_owned()
-                        );
-                    };
-                    let json = req
-                        .content_type
-                        .as_deref()
-                        .is_some_and(|ct| ct.to_ascii_lowercase().contains("json"));
-                    let form = req.content_type.as_deref().is_some_and(|ct| {
-                        ct.to_ascii_lowercase()
-                            .starts_with("application/x-www-form-urlencoded")
-                    });
-                    let mut text = Zeroizing::new(text.to_owned());
-                    for i in found {
-                        Self::allowed(
-                            req,
-                            bindings,
-                            &self.entries[i].secret,
-                            SecretLocation::Body,
-                            None,
-                        )?;
-                        let secret = value(i)?;
-                        let encoded = if json {
-                            let quoted = Zeroizing::new(
-                                serde_json::to_string(secret.as_str()).unwrap_or_default(),
-                            );
-                            Zeroizing::new(quoted[1..quoted.len() - 1].to_owned())
-                        } else if form {
-                            Zeroizing::new(
-                                url::form_urlencoded::byte_serialize(secret.as_bytes()).collect(),
-                            )
-                        } else {
-                            secret.clone()
-                        };
-                        text = Zeroizing::new(text.replace(&self.entries[i].token, &encoded));
-                    }
-                    out.get_or_insert_with(|| req.clone()).body = Some(text.as_bytes().to_vec());
+            if let std::borrow::Cow::Owned(lossy) = &text {
+                if self.scan(lossy).is_some() {
+                    return Err(
+                        "a secret placeholder is in a body that is not UTF-8 text".to_owned()
+                    );
                 }
+                return Ok(out);
+            }
+            let ct = req
+                .content_type
+                .as_deref()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            let encode: &dyn Fn(&str) -> Zeroizing<String> = if ct.contains("json") {
+                &json_escaped
+            } else if ct.starts_with("application/x-www-form-urlencoded") {
+                &|s: &str| {
+                    Zeroizing::new(url::form_urlencoded::byte_serialize(s.as_bytes()).collect())
+                }
+            } else {
+                &raw
+            };
+            if let Some(text) = self.replace(
+                &place,
+                "the body",
+                &text,
+                SecretLocation::Body,
+                None,
+                encode,
+            )? {
+                out.get_or_insert_with(|| req.clone()).body = Some(text.as_bytes().to_vec());
             }
         }
         Ok(out)
+    }
+
+    /// `text` (one part of the request, `what`) with each placeholder in it replaced by
+    /// `encode(secret)`, once the binding of its secret allows `location` (`header`) toward
+    /// the request's host; `None` when it holds none.
+    fn replace(
+        &self,
+        place: &Place<'_>,
+        what: &str,
+        text: &str,
+        location: SecretLocation,
+        header: Option<&str>,
+        encode: &dyn Fn(&str) -> Zeroizing<String>,
+    ) -> Result<Option<Zeroizing<String>>, String> {
+        let found = match self.scan(text) {
+            None => return Ok(None),
+            Some(Found::Disguised) => return Err(format!("{what}: {DISGUISED}")),
+            Some(Found::Tokens(found)) => found,
+        };
+        let mut out = Zeroizing::new(text.to_owned());
+        for i in found {
+            let entry = &self.entries[i];
+            Self::allowed(place.req, place.bindings, &entry.secret, location, header)
+                .map_err(|e| format!("{what}: {e}"))?;
+            let secret = self.value(i, place.secrets)?;
+            out = Zeroizing::new(out.replace(&entry.token, &encode(secret)));
+        }
+        Ok(Some(out))
     }
 
     /// `Authorization: Basic <base64(user:password)>` whose decoding carries placeholders:
     /// the header with them replaced, re-encoded. `None` when it is not such a header.
     fn basic(
         &self,
-        req: &PreparedRequest,
-        bindings: &[CompiledBinding],
+        place: &Place<'_>,
         name: &str,
         value: &str,
-        secrets: &BTreeMap<String, Zeroizing<String>>,
     ) -> Result<Option<Zeroizing<String>>, String> {
         if !name.eq_ignore_ascii_case("authorization") {
             return Ok(None);
@@ -381,23 +396,18 @@ impl Placeholders {
             return Ok(None);
         };
         let decoded = Zeroizing::new(decoded);
-        let found = match self.scan(&decoded) {
-            None => return Ok(None),
-            Some(Found::Disguised) => return Err(format!("header {name}: {DISGUISED}")),
-            Some(Found::Tokens(found)) => found,
+        let what = format!("header {name}");
+        let Some(text) = self.replace(
+            place,
+            &what,
+            &decoded,
+            SecretLocation::Header,
+            Some(name),
+            &raw,
+        )?
+        else {
+            return Ok(None);
         };
-        let mut text = decoded;
-        for i in found {
-            Self::allowed(
-                req,
-                bindings,
-                &self.entries[i].secret,
-                SecretLocation::Header,
-                Some(name),
-            )
-            .map_err(|e| format!("header {name}: {e}"))?;
-            text = Zeroizing::new(text.replace(&self.entries[i].token, self.value(i, secrets)?));
-        }
         Ok(Some(Zeroizing::new(format!(
             "{scheme} {}",
             STANDARD.encode(text.as_bytes())
