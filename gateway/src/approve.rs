@@ -260,12 +260,17 @@ pub(crate) fn code_page(
     let text = render_permit(permit).map_err(|e| ApiError::Internal(e.to_string()))?;
     let digest = exec.spec.code_digest();
     let status = crate::answer::execution_status(exec);
+    let language = match exec.spec.language {
+        oauth3_crds::CodeLanguage::JavaScript => "javascript",
+        oauth3_crds::CodeLanguage::TypeScript => "typescript",
+    };
     if !wants_html(headers) {
         head["status"] = json!(status);
         head["permit_id"] = json!(permit.name_any());
         head["namespace"] = json!(ns);
         head["code_digest"] = json!(digest);
         head["code"] = json!(exec.spec.code);
+        head["language"] = json!(language);
         head["text"] = json!(text);
         return Ok(secure(Json(head).into_response()));
     }
@@ -278,7 +283,7 @@ pub(crate) fn code_page(
 <h1>Code waiting under Permit {name}</h1>\
 <p class=\"note\">The Permit, exactly as <code>kubectl oauth3 -n {ns} get {name}</code> shows it:</p>\
 <pre id=\"permit\">{text}</pre>\
-<p>The code ({status}), digest <code id=\"digest\">{digest}</code>:</p><pre id=\"code\">{code}</pre>\
+<p>The code ({status}, {language}), digest <code id=\"digest\">{digest}</code>:</p><pre id=\"code\">{code}</pre>\
 <form method=\"post\" action=\"{action}\">\
 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"action\" value=\"approve\">\
 {credential}\

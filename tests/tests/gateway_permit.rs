@@ -1677,6 +1677,7 @@ async fn code_under_a_per_code_permit_waits_until_the_owner_approves_it_on_the_p
     let shown = page.body["code"].as_str().expect("code");
     assert!(shown.ends_with(code), "{shown}");
     assert_eq!(page.body["code_digest"], oauth3_crds::code_digest(shown));
+    assert_eq!(page.body["language"], "javascript");
 
     // Not the agent, not the link alone, and code is never "denied" here.
     let a = env

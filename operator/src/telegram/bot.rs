@@ -719,12 +719,10 @@ impl TelegramBot {
                 continue;
             }
             let names: Vec<String> = w.executions.iter().map(ResourceExt::name_any).collect();
-            let code = w
-                .executions
-                .first()
-                .map(|e| e.spec.code.as_str())
-                .unwrap_or_default();
-            let text = code_request_text(p, digest, code, &names);
+            let first = w.executions.first().map(|e| &e.spec);
+            let code = first.map(|s| s.code.as_str()).unwrap_or_default();
+            let language = first.map(|s| s.language).unwrap_or_default();
+            let text = code_request_text(p, digest, code, language, &names);
             let keyboard = code_keyboard(&uid, digest, self.config.web_url.is_some());
             if let Err(e) = self
                 .send_request(RequestKind::Code, p, digest, text, keyboard)

@@ -88,13 +88,19 @@ pub fn permit_request_text(permit: &Permit, digest: &str) -> String {
     fit(&text, "", &get_command(ns, name))
 }
 
-/// The message asking the owner to trust a piece of code under a perCode Permit.
+/// The message asking the owner to trust a piece of code (in `language`) under a perCode
+/// Permit.
 pub fn code_request_text(
     permit: &Permit,
     code_digest: &str,
     code: &str,
+    language: oauth3_crds::CodeLanguage,
     executions: &[String],
 ) -> String {
+    let language = match language {
+        oauth3_crds::CodeLanguage::JavaScript => "JavaScript",
+        oauth3_crds::CodeLanguage::TypeScript => "TypeScript",
+    };
     let ns = permit.metadata.namespace.as_deref().unwrap_or("?");
     let name = permit.metadata.name.as_deref().unwrap_or("?");
     let lines: Vec<&str> = code.lines().collect();
@@ -108,11 +114,11 @@ pub fn code_request_text(
     );
     if shown < lines.len() {
         text.push_str(&format!(
-            "Code (first {shown} of {} lines; all of it: {see_code}):\n",
+            "Code ({language}, first {shown} of {} lines; all of it: {see_code}):\n",
             lines.len()
         ));
     } else {
-        text.push_str(&format!("Code ({} lines):\n", lines.len()));
+        text.push_str(&format!("Code ({language}, {} lines):\n", lines.len()));
     }
     text.push_str("-----\n");
     text.push_str(&lines[..shown].join("\n"));
@@ -378,14 +384,26 @@ mod tests {
             .map(|i| format!("line{i}();"))
             .collect::<Vec<_>>()
             .join("\n");
-        let text = code_request_text(&permit(), "sha256:c0de", &code, &["run-1".into()]);
+        let text = code_request_text(
+            &permit(),
+            "sha256:c0de",
+            &code,
+            oauth3_crds::CodeLanguage::JavaScript,
+            &["run-1".into()],
+        );
         assert!(text.contains("Code digest: sha256:c0de"));
         assert!(text.contains("line1();\nline2();"));
         assert!(text.contains("line40();") && !text.contains("line41();"));
         assert!(text.contains("first 40 of 100 lines"));
         assert!(text.contains("kubectl get execution run-1 -n agents -o jsonpath='{.spec.code}'"));
-        let short = code_request_text(&permit(), "sha256:c0de", "a();", &["run-1".into()]);
-        assert!(short.contains("Code (1 lines):\n-----\na();\n-----"));
+        let short = code_request_text(
+            &permit(),
+            "sha256:c0de",
+            "a();",
+            oauth3_crds::CodeLanguage::TypeScript,
+            &["run-1".into()],
+        );
+        assert!(short.contains("Code (TypeScript, 1 lines):\n-----\na();\n-----"));
     }
 
     #[test]
