@@ -323,6 +323,25 @@ impl ScopedFetch {
         CallOutcome::Error(reason)
     }
 
+    /// Records `req` as allowed (and sent), with the status it got and a note.
+    fn record_sent(
+        &self,
+        req: &PreparedRequest,
+        status: Option<u16>,
+        reason: Option<String>,
+        started: Instant,
+    ) {
+        self.record(call_record(
+            &req.capability,
+            req.method.as_str(),
+            req.url.as_str(),
+            status,
+            CallDecision::Allowed,
+            reason,
+            started,
+        ));
+    }
+
     fn fail(
         &self,
         req: &PreparedRequest,
@@ -331,15 +350,7 @@ impl ScopedFetch {
         started: Instant,
     ) -> CallOutcome {
         let reason = self.redactor.redact(&reason);
-        self.record(call_record(
-            &req.capability,
-            req.method.as_str(),
-            req.url.as_str(),
-            status,
-            CallDecision::Allowed,
-            Some(reason.clone()),
-            started,
-        ));
+        self.record_sent(req, status, Some(reason.clone()), started);
         CallOutcome::Error(reason)
     }
 
@@ -425,15 +436,12 @@ impl ScopedFetch {
                 SendOutcome::Redirect {
                     status, location, ..
                 } => {
-                    self.record(call_record(
-                        &req.capability,
-                        req.method.as_str(),
-                        req.url.as_str(),
+                    self.record_sent(
+                        &req,
                         Some(status),
-                        CallDecision::Allowed,
                         Some(format!("redirect {status}")),
                         hop_started,
-                    ));
+                    );
                     redirects += 1;
                     match redirect::next_hop(&self.policy, &req, status, &location, redirects) {
                         Ok(next) => req = next,
@@ -470,15 +478,7 @@ impl ScopedFetch {
         }
         match response::response_value(content_type, body) {
             Ok(v) => {
-                self.record(call_record(
-                    &req.capability,
-                    req.method.as_str(),
-                    req.url.as_str(),
-                    Some(status),
-                    CallDecision::Allowed,
-                    None,
-                    started,
-                ));
+                self.record_sent(req, Some(status), None, started);
                 CallOutcome::Value(self.redactor.redact_json(&v))
             }
             Err(e) => self.fail(

@@ -15,12 +15,11 @@ use std::time::Instant;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use oauth3_crds::CallDecision;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
 use super::redirect::{MAX_REDIRECTS, method_after_redirect};
-use super::{ScopedFetch, SendOutcome, call_record, denial_for};
+use super::{ScopedFetch, SendOutcome, denial_for};
 use crate::host::{CallOutcome, FetchRequest, FetchResponse, RedirectMode};
 use crate::policy::{Denial, PreparedRequest};
 use crate::redact::REDACTED;
@@ -117,15 +116,12 @@ impl ScopedFetch {
                         );
                     }
                     RedirectMode::Follow => {
-                        self.record(call_record(
-                            &req.capability,
-                            req.method.as_str(),
-                            req.url.as_str(),
+                        self.record_sent(
+                            &req,
                             Some(status),
-                            CallDecision::Allowed,
                             Some(format!("redirect {status}")),
                             hop_started,
-                        ));
+                        );
                         hops += 1;
                         if hops > MAX_REDIRECTS {
                             return self.deny(
@@ -168,15 +164,7 @@ impl ScopedFetch {
         redirected: bool,
         started: Instant,
     ) -> CallOutcome {
-        self.record(call_record(
-            &req.capability,
-            req.method.as_str(),
-            req.url.as_str(),
-            Some(status),
-            CallDecision::Allowed,
-            None,
-            started,
-        ));
+        self.record_sent(req, Some(status), None, started);
         let headers = headers
             .iter()
             .filter(|(k, _)| *k != reqwest::header::SET_COOKIE && k.as_str() != "set-cookie2")
