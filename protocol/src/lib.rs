@@ -4,7 +4,8 @@
 //! Modules: [`attestation`] (the report data a quote binds), [`bundle`] (the run bundle and its validation), [`result`] (the run result and its
 //! statement digest), [`callback`] (where results are posted, which URLs may carry the token,
 //! and how the token is checked), [`envelope`] (sealing a secret to the enclave key and opening
-//! it), [`rate`] (the token bucket both sides count with), [`runner_args`] (the runner's
+//! it), [`oauth2`] (the oauth2 token-set credential, its token endpoint rule and the
+//! re-sealed updates a run hands back), [`rate`] (the token bucket both sides count with), [`runner_args`] (the runner's
 //! command line as launchers write it). No JavaScript engine and no HTTP client here.
 
 pub mod attestation;
@@ -12,6 +13,7 @@ pub mod bundle;
 pub mod callback;
 pub mod cookies;
 pub mod envelope;
+pub mod oauth2;
 pub mod rate;
 pub mod result;
 pub mod runner_args;

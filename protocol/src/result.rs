@@ -76,10 +76,14 @@ pub struct RunResult {
     pub permit_digest: String,
     /// Rate budget left per capability: the bundle's budget minus the allowed calls made.
     pub rate_budget: BTreeMap<String, f64>,
+    /// oauth2 credentials the run refreshed, re-sealed to the runner's enclave key; the
+    /// operator writes each back to its sealed Secret. Absent when nothing was refreshed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sealed_updates: Vec<crate::oauth2::SealedUpdate>,
     /// Evidence of where the code ran (`kind: none` outside a TEE).
     pub attestation: Attestation,
-    /// `sha256:<hex>` of the canonical JSON of this result without `attestation` and
-    /// `statementDigest`: the statement an attestation quote commits to.
+    /// `sha256:<hex>` of the canonical JSON of this result without `attestation`,
+    /// `sealedUpdates` and `statementDigest`: the statement an attestation quote commits to.
     pub statement_digest: String,
 }
 
@@ -90,6 +94,9 @@ impl RunResult {
         if let Some(map) = value.as_object_mut() {
             map.remove("attestation");
             map.remove("statementDigest");
+            // Ciphertext for the enclave's own key, written back to Secrets, not to the
+            // Execution's status that `kubectl oauth3 verify` recomputes the digest from.
+            map.remove("sealedUpdates");
         }
         format!(
             "sha256:{}",
@@ -124,6 +131,7 @@ mod tests {
             code_digest: "sha256:c".into(),
             permit_digest: "sha256:p".into(),
             rate_budget: BTreeMap::new(),
+            sealed_updates: Vec::new(),
             attestation: Attestation::none(),
             statement_digest: String::new(),
         }

@@ -49,6 +49,11 @@ pub trait CapabilityHost: Send + Sync {
     /// Every call attempted so far, allowed or denied, in order.
     fn calls(&self) -> Vec<CallRecord>;
 
+    /// oauth2 credentials refreshed during the run, re-sealed to the enclave key.
+    fn sealed_updates(&self) -> Vec<oauth3_protocol::oauth2::SealedUpdate> {
+        Vec::new()
+    }
+
     /// Whether the sandbox gets a global `fetch` (the Permit has a fetch-form capability).
     fn has_fetch(&self) -> bool {
         false

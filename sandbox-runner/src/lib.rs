@@ -6,7 +6,7 @@
 //! policy and sends requests), `host` (the seam between sandbox and enforcement), `sandbox`
 //! (QuickJS with no ambient authority), `secrets` (sealed-secret envelopes and key providers),
 //! `redact` (the one redaction engine, built once per run, that scrubs secret values from
-//! every output), `local_http` (the small HTTP client for local providers), `run` (one run
+//! every output), `oauth` (oauth2 credentials refreshed inside the TEE and re-sealed), `local_http` (the small HTTP client for local providers), `run` (one run
 //! end to end) and `callback` (posting its result).
 
 pub mod attest;
@@ -15,6 +15,7 @@ pub mod callback;
 pub mod fetch;
 pub mod host;
 pub mod local_http;
+pub mod oauth;
 pub mod policy;
 pub mod redact;
 pub mod run;

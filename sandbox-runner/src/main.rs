@@ -81,6 +81,11 @@ struct RunArgs {
     /// of the web PKI roots built into the runner. Repeatable.
     #[arg(long = "ca-file", value_name = "PEM")]
     ca_files: Vec<PathBuf>,
+
+    /// Refresh an oauth2 credential's access token before a call when it expires within this
+    /// many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = oauth3_sandbox_runner::oauth::DEFAULT_REFRESH_LEAD_SECONDS)]
+    oauth_refresh_lead: i64,
 }
 
 /// Where the key that opens sealed secrets comes from.
@@ -356,6 +361,8 @@ async fn run(args: RunArgs) -> ExitCode {
         provider,
         BackendOptions {
             extra_root_certs_pem: ca_pems.clone(),
+            oauth_refresh_lead_seconds: Some(args.oauth_refresh_lead),
+            refresh_coordinator: None,
         },
     )
     .with_quotes(quotes);

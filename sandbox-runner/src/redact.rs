@@ -35,8 +35,8 @@ const MARKERS: [&str; 3] = [REDACTED, "<redacted>", "***"];
 /// Replacement rounds before giving up and withholding the whole text.
 const MAX_ROUNDS: usize = 4;
 
-/// Replaces secret values (in all their encodings) in text and JSON. Built once per run.
-pub struct Redactor {
+/// The compiled patterns of one set of secrets.
+struct Table {
     matcher: Option<AhoCorasick>,
     patterns: Vec<Zeroizing<String>>,
     /// The secrets that read as finite numbers, as numbers (matched against JSON numbers).
@@ -44,6 +44,14 @@ pub struct Redactor {
     /// Length in bytes of the longest form searched for.
     longest: usize,
     marker: &'static str,
+}
+
+/// Replaces secret values (in all their encodings) in text and JSON. Built once per run; a
+/// secret that appears during the run (an access token refreshed inside the TEE) is added with
+/// [`Redactor::add_secrets`], after which every text is redacted for it too.
+pub struct Redactor {
+    table: std::sync::RwLock<std::sync::Arc<Table>>,
+    sources: std::sync::Mutex<Vec<Zeroizing<String>>>,
 }
 
 /// Text redacted and then cut to a size (see [`Redactor::redact_capped`]).
@@ -58,7 +66,7 @@ pub struct Capped {
 impl std::fmt::Debug for Redactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Redactor")
-            .field("patterns", &self.patterns.len())
+            .field("patterns", &self.table().patterns.len())
             .finish_non_exhaustive()
     }
 }
@@ -66,6 +74,117 @@ impl std::fmt::Debug for Redactor {
 impl Redactor {
     /// Builds a redactor for `secrets`; values shorter than [`MIN_SECRET_LEN`] are ignored.
     pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Self {
+        let sources: Vec<Zeroizing<String>> = secrets
+            .into_iter()
+            .map(|s| Zeroizing::new(s.to_owned()))
+            .collect();
+        Self {
+            table: std::sync::RwLock::new(std::sync::Arc::new(Table::new(
+                sources.iter().map(|s| s.as_str()),
+            ))),
+            sources: std::sync::Mutex::new(sources),
+        }
+    }
+
+    fn table(&self) -> std::sync::Arc<Table> {
+        let guard = self
+            .table
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::sync::Arc::clone(&guard)
+    }
+
+    /// Adds secrets that appeared during the run: every later text is redacted for them too.
+    pub fn add_secrets<'a>(&self, secrets: impl IntoIterator<Item = &'a str>) {
+        let mut sources = self
+            .sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        sources.extend(secrets.into_iter().map(|s| Zeroizing::new(s.to_owned())));
+        let table = Table::new(sources.iter().map(|s| s.as_str()));
+        *self
+            .table
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(table);
+    }
+
+    /// A redactor with no secrets: every text passes unchanged.
+    pub fn none() -> Self {
+        Self::new([])
+    }
+
+    /// A redactor for the values of a run's opened secrets, of every cookie in those that are
+    /// cookie jars (a cookie echoed alone is as secret as the jar), and of every token of
+    /// those that are oauth2 token sets.
+    pub fn for_secrets(secrets: &crate::run::Secrets) -> Self {
+        let jars: Vec<oauth3_protocol::cookies::CookieJar> = secrets
+            .values()
+            .filter(|s| s.trim_start().starts_with(['{', '[']))
+            .filter_map(|s| oauth3_protocol::cookies::CookieJar::parse(s).ok())
+            .collect();
+        let cookie_values: Vec<zeroize::Zeroizing<String>> = jars
+            .iter()
+            .flat_map(|j| j.values().map(|v| zeroize::Zeroizing::new(v.to_owned())))
+            .collect();
+        let token_sets: Vec<oauth3_protocol::oauth2::TokenSet> = secrets
+            .values()
+            .filter(|s| oauth3_protocol::oauth2::TokenSet::looks_like(s))
+            .filter_map(|s| oauth3_protocol::oauth2::TokenSet::parse(s).ok())
+            .collect();
+        Self::new(
+            secrets
+                .values()
+                .map(|s| s.as_str())
+                .chain(cookie_values.iter().map(|v| v.as_str()))
+                .chain(token_sets.iter().flat_map(|t| t.secret_values())),
+        )
+    }
+
+    /// Whether there is nothing to redact.
+    pub fn is_empty(&self) -> bool {
+        self.table().is_empty()
+    }
+
+    /// Length in bytes of the longest form searched for (0 when there is nothing to redact):
+    /// any occurrence of a secret in any form is at most this long.
+    pub fn longest_form(&self) -> usize {
+        self.table().longest
+    }
+
+    /// Replaces every form of every secret in `text` with `[REDACTED]`.
+    ///
+    /// Replacement is repeated until no form remains (a replacement can join its neighbours
+    /// into a new occurrence); if that does not settle, the whole text is withheld.
+    pub fn redact(&self, text: &str) -> String {
+        self.table().redact(text)
+    }
+
+    /// Redacts `text`, then cuts the result to at most `max_bytes` bytes (at a character
+    /// boundary). Redacting first means a secret straddling the cut is replaced whole: the
+    /// kept part never ends in a prefix of a secret that the uncut text held complete.
+    pub fn redact_capped(&self, text: &str, max_bytes: usize) -> Capped {
+        let mut text = self.redact(text);
+        if text.len() <= max_bytes {
+            return Capped { text, cut: false };
+        }
+        let mut end = max_bytes;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        Capped { text, cut: true }
+    }
+
+    /// Redacts every string, object key and number in a JSON value. A number whose decimal
+    /// text contains a secret, or that equals a secret read as a number, becomes the string
+    /// `[REDACTED]`.
+    pub fn redact_json(&self, value: &serde_json::Value) -> serde_json::Value {
+        self.table().redact_json(value)
+    }
+}
+
+impl Table {
+    fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Self {
         let mut patterns: Vec<Zeroizing<String>> = Vec::new();
         let mut numbers = Zeroizing::new(Vec::new());
         for secret in secrets {
@@ -107,47 +226,15 @@ impl Redactor {
         }
     }
 
-    /// A redactor with no secrets: every text passes unchanged.
-    pub fn none() -> Self {
-        Self::new([])
-    }
-
-    /// A redactor for the values of a run's opened secrets, and of every cookie in those
-    /// that are cookie jars (a cookie echoed alone is as secret as the jar).
-    pub fn for_secrets(secrets: &crate::run::Secrets) -> Self {
-        let jars: Vec<oauth3_protocol::cookies::CookieJar> = secrets
-            .values()
-            .filter(|s| s.trim_start().starts_with(['{', '[']))
-            .filter_map(|s| oauth3_protocol::cookies::CookieJar::parse(s).ok())
-            .collect();
-        let cookie_values: Vec<zeroize::Zeroizing<String>> = jars
-            .iter()
-            .flat_map(|j| j.values().map(|v| zeroize::Zeroizing::new(v.to_owned())))
-            .collect();
-        Self::new(
-            secrets
-                .values()
-                .map(|s| s.as_str())
-                .chain(cookie_values.iter().map(|v| v.as_str())),
-        )
-    }
-
-    /// Whether there is nothing to redact.
-    pub fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.patterns.is_empty()
-    }
-
-    /// Length in bytes of the longest form searched for (0 when there is nothing to redact):
-    /// any occurrence of a secret in any form is at most this long.
-    pub fn longest_form(&self) -> usize {
-        self.longest
     }
 
     /// Replaces every form of every secret in `text` with `[REDACTED]`.
     ///
     /// Replacement is repeated until no form remains (a replacement can join its neighbours
     /// into a new occurrence); if that does not settle, the whole text is withheld.
-    pub fn redact(&self, text: &str) -> String {
+    fn redact(&self, text: &str) -> String {
         let Some(matcher) = &self.matcher else {
             if self.patterns.is_empty() {
                 return text.to_owned();
@@ -169,26 +256,10 @@ impl Redactor {
         }
     }
 
-    /// Redacts `text`, then cuts the result to at most `max_bytes` bytes (at a character
-    /// boundary). Redacting first means a secret straddling the cut is replaced whole: the
-    /// kept part never ends in a prefix of a secret that the uncut text held complete.
-    pub fn redact_capped(&self, text: &str, max_bytes: usize) -> Capped {
-        let mut text = self.redact(text);
-        if text.len() <= max_bytes {
-            return Capped { text, cut: false };
-        }
-        let mut end = max_bytes;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        Capped { text, cut: true }
-    }
-
     /// Redacts every string, object key and number in a JSON value. A number whose decimal
     /// text contains a secret, or that equals a secret read as a number, becomes the string
     /// `[REDACTED]`.
-    pub fn redact_json(&self, value: &serde_json::Value) -> serde_json::Value {
+    fn redact_json(&self, value: &serde_json::Value) -> serde_json::Value {
         use serde_json::Value;
         if self.is_empty() {
             return value.clone();
@@ -339,6 +410,21 @@ mod tests {
                 form.as_str()
             );
         }
+    }
+
+    #[test]
+    fn a_secret_added_during_the_run_is_redacted_from_then_on_beside_the_first_ones() {
+        let r = Redactor::new(["first-secret-1"]);
+        assert_eq!(r.redact("x new-token-2 y"), "x new-token-2 y");
+        r.add_secrets(["new-token-2"]);
+        assert_eq!(
+            r.redact("first-secret-1 new-token-2"),
+            "[REDACTED] [REDACTED]"
+        );
+        assert_eq!(
+            r.longest_form(),
+            Redactor::new(["first-secret-1", "new-token-2"]).longest_form()
+        );
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub enum SetupError {
     /// The scoped fetch could not be built.
     #[error("building the scoped fetch: {0}")]
     Fetch(#[source] FetchError),
+    /// An oauth2 credential is unusable (the message names it and the rule).
+    #[error("{0}")]
+    OAuth(String),
 }
 
 /// Opens the bundle's sealed secrets.
@@ -81,19 +84,60 @@ impl fmt::Debug for RunnerDeps {
 }
 
 /// Settings of the enforcing deps that come from the command line, not the bundle.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct BackendOptions {
     /// Extra PEM roots trusted for upstream TLS (development and tests).
     pub extra_root_certs_pem: Vec<Vec<u8>>,
+    /// Seconds before expiry an oauth2 access token is refreshed (default
+    /// [`crate::oauth::DEFAULT_REFRESH_LEAD_SECONDS`]).
+    pub oauth_refresh_lead_seconds: Option<i64>,
+    /// Serialises oauth2 refreshes across runs (the operator's refresh lease).
+    pub refresh_coordinator: Option<Arc<dyn crate::oauth::RefreshCoordinator>>,
+}
+
+impl fmt::Debug for BackendOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackendOptions")
+            .field("extra_root_certs_pem", &self.extra_root_certs_pem.len())
+            .field(
+                "oauth_refresh_lead_seconds",
+                &self.oauth_refresh_lead_seconds,
+            )
+            .field("refresh_coordinator", &self.refresh_coordinator.is_some())
+            .finish()
+    }
 }
 
 impl RunnerDeps {
     /// The real deps: `provider` opens the secrets the Permit names, and a [`ScopedFetch`]
     /// compiled from the Permit decides, injects and sends every call.
     pub fn enforcing(provider: Box<dyn KeyProvider>, options: BackendOptions) -> Self {
+        let provider: Arc<dyn KeyProvider> = Arc::from(provider);
+        let keys = Arc::clone(&provider);
         Self {
             unsealer: Box::new(ProviderUnsealer { provider }),
             make_host: Box::new(move |bundle, secrets, redactor| {
+                let envelopes: BTreeMap<String, String> = bundle
+                    .sealed_secrets
+                    .iter()
+                    .map(|s| (s.name.clone(), s.envelope.clone()))
+                    .collect();
+                let oauth = crate::oauth::OAuthCredentials::from_secrets(
+                    &bundle.execution.namespace,
+                    secrets,
+                    &envelopes,
+                    Arc::clone(&keys),
+                    Arc::clone(redactor),
+                    &options.extra_root_certs_pem,
+                )
+                .map_err(SetupError::OAuth)?
+                .map(|o| {
+                    let o = o.with_coordinator(options.refresh_coordinator.clone());
+                    Arc::new(match options.oauth_refresh_lead_seconds {
+                        Some(lead) => o.with_lead(lead),
+                        None => o,
+                    })
+                });
                 let policy = Policy::compile(&bundle.permit.spec).map_err(SetupError::Policy)?;
                 let config = FetchConfig {
                     extra_root_certs_pem: options.extra_root_certs_pem.clone(),
@@ -103,7 +147,8 @@ impl RunnerDeps {
                 };
                 let fetch = ScopedFetch::new(policy, secrets.clone(), Arc::clone(redactor), config)
                     .map_err(SetupError::Fetch)?
-                    .with_args(&bundle.args);
+                    .with_args(&bundle.args)
+                    .with_oauth(oauth);
                 Ok(Arc::new(fetch) as Arc<dyn CapabilityHost>)
             }),
             quotes: None,
@@ -120,7 +165,7 @@ impl RunnerDeps {
 
 /// Opens sealed secrets with a [`KeyProvider`], and only those the Permit names.
 struct ProviderUnsealer {
-    provider: Box<dyn KeyProvider>,
+    provider: Arc<dyn KeyProvider>,
 }
 
 impl Unsealer for ProviderUnsealer {
@@ -210,6 +255,7 @@ struct Raw {
     stderr: String,
     error: Option<String>,
     calls: Vec<CallRecord>,
+    sealed_updates: Vec<oauth3_protocol::oauth2::SealedUpdate>,
 }
 
 impl Raw {
@@ -221,6 +267,7 @@ impl Raw {
             stderr: String::new(),
             error: Some(error),
             calls: Vec::new(),
+            sealed_updates: Vec::new(),
         }
     }
 }
@@ -289,6 +336,7 @@ pub async fn run_bundle(bundle: &Bundle, deps: &RunnerDeps) -> RunResult {
         duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
         code_digest,
         permit_digest,
+        sealed_updates: raw.sealed_updates,
         attestation: Attestation::none(),
         statement_digest: String::new(),
     };
@@ -369,9 +417,11 @@ async fn execute(
     )
     .await;
     let calls = host.calls();
+    let sealed_updates = host.sealed_updates();
     match output {
         Err(e) => Raw {
             calls,
+            sealed_updates,
             ..Raw::refused(ExecutionPhase::Failed, e.to_string())
         },
         Ok(out) => {
@@ -392,6 +442,7 @@ async fn execute(
                 stderr,
                 error,
                 calls,
+                sealed_updates,
             }
         }
     }

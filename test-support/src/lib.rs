@@ -2,12 +2,14 @@
 //! cross-crate `tests/`): [`fixtures`] (Permit and Execution builders), [`upstream`] (a real HTTPS upstream on loopback that records what it
 //! received), [`tdx`] (a real TDX sample quote with its collateral, and stand-ins of the
 //! dstack, Confidential Containers and configfs-tsm quote providers), [`pccs`] (a stand-in PCCS
-//! serving that collateral), [`free_port`] and
+//! serving that collateral), [`oidc`] (a real OpenID provider on loopback with the device grant
+//! and rotating refresh tokens), [`free_port`] and
 //! [`wait_until`] (the one polling waiter).
 
 #![allow(clippy::unwrap_used)]
 
 pub mod fixtures;
+pub mod oidc;
 pub mod pccs;
 pub mod tdx;
 pub mod upstream;
@@ -17,6 +19,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub use fixtures::{ExecutionFixture, PermitFixture};
+pub use oidc::OidcProvider;
 pub use upstream::{Recorded, Upstream};
 
 /// A loopback TCP port that was free a moment ago (for a child process to bind).

@@ -456,6 +456,7 @@ mod tests {
             code_digest: "sha256:c".into(),
             permit_digest: "sha256:p".into(),
             rate_budget: Default::default(),
+            sealed_updates: Vec::new(),
             attestation: Attestation::none(),
             statement_digest: String::new(),
         }

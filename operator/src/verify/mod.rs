@@ -218,6 +218,7 @@ pub fn statement_of(exec: &Execution) -> Result<RunResult, String> {
             .clone()
             .ok_or_else(|| need("permitDigest"))?,
         rate_budget: status.rate_budget.clone(),
+        sealed_updates: Vec::new(),
         attestation: Attestation::none(),
         statement_digest: String::new(),
     })

@@ -47,7 +47,7 @@ fn restricted_v4(ip: Ipv4Addr) -> bool {
 
 /// The address of a URL whose host is an IP literal (those are never resolved, so the
 /// resolver cannot judge them).
-pub(super) fn literal_ip(url: &url::Url) -> Option<IpAddr> {
+pub(crate) fn literal_ip(url: &url::Url) -> Option<IpAddr> {
     match url.host() {
         Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
         Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
@@ -56,11 +56,11 @@ pub(super) fn literal_ip(url: &url::Url) -> Option<IpAddr> {
 }
 
 /// Resolves with the system resolver (or a fixed override) and refuses restricted answers.
-pub(super) struct GuardedResolver {
+pub(crate) struct GuardedResolver {
     /// Whether restricted answers are accepted (a capability whose own host is loopback).
-    pub(super) allow_private: bool,
+    pub(crate) allow_private: bool,
     /// Fixed answers by host name (tests); judged like real answers.
-    pub(super) overrides: Arc<Vec<(String, SocketAddr)>>,
+    pub(crate) overrides: Arc<Vec<(String, SocketAddr)>>,
 }
 
 impl reqwest::dns::Resolve for GuardedResolver {

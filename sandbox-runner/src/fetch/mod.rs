@@ -213,6 +213,7 @@ pub struct ScopedFetch {
     attempts: AtomicUsize,
     placeholders: placeholder::Placeholders,
     environment: BTreeMap<String, String>,
+    oauth: Option<Arc<crate::oauth::OAuthCredentials>>,
 }
 
 fn build_client(
@@ -276,7 +277,48 @@ impl ScopedFetch {
             attempts: AtomicUsize::new(0),
             placeholders,
             environment,
+            oauth: None,
         })
+    }
+
+    /// The same host with the run's oauth2 credentials: a `{NAME}` of one of them (and its
+    /// placeholder) is its current access token, refreshed before the call when it is due.
+    #[must_use]
+    pub fn with_oauth(mut self, oauth: Option<Arc<crate::oauth::OAuthCredentials>>) -> Self {
+        if let Some(o) = &oauth {
+            // Never the token set itself: until the first call, nothing of it is rendered.
+            for name in o.names() {
+                self.secrets.remove(name);
+            }
+        }
+        self.oauth = oauth;
+        self
+    }
+
+    /// The secrets a call to `capability` renders from: the opened secrets plus, for each
+    /// oauth2 credential the capability uses, its current access token (refreshed first when
+    /// due). The error names the credential and is safe to show.
+    async fn call_secrets(
+        &self,
+        capability: &str,
+    ) -> Result<std::borrow::Cow<'_, BTreeMap<String, Zeroizing<String>>>, String> {
+        let Some(oauth) = &self.oauth else {
+            return Ok(std::borrow::Cow::Borrowed(&self.secrets));
+        };
+        let used: Vec<String> = oauth
+            .names()
+            .filter(|n| self.policy.uses_secret(capability, n))
+            .map(str::to_owned)
+            .collect();
+        if used.is_empty() {
+            return Ok(std::borrow::Cow::Borrowed(&self.secrets));
+        }
+        let mut secrets = self.secrets.clone();
+        for name in used {
+            let token = oauth.access_token(&name).await.map_err(|e| e.to_string())?;
+            secrets.insert(name, token);
+        }
+        Ok(std::borrow::Cow::Owned(secrets))
     }
 
     /// The same host with the run's arguments in its environment: each top-level arg whose
@@ -391,10 +433,19 @@ impl ScopedFetch {
         if let Err(reason) = lock(&self.limiter).try_acquire(&req.capability, Instant::now()) {
             return self.deny(denial_for(&req, reason), started);
         }
+        let secrets = match self.call_secrets(&req.capability).await {
+            Ok(s) => s,
+            Err(reason) => {
+                return self.deny(
+                    denial_for(&req, format!("{reason}; nothing was sent")),
+                    started,
+                );
+            }
+        };
         let credential = match req
             .auth
             .as_ref()
-            .map(|a| template::render_template(&a.value, &self.secrets))
+            .map(|a| template::render_template(&a.value, &secrets))
         {
             None => None,
             Some(Ok(c)) => Some(c),
@@ -755,6 +806,10 @@ impl CapabilityHost for ScopedFetch {
 
     fn calls(&self) -> Vec<CallRecord> {
         lock(&self.records).clone()
+    }
+
+    fn sealed_updates(&self) -> Vec<oauth3_protocol::oauth2::SealedUpdate> {
+        self.oauth.as_ref().map(|o| o.updates()).unwrap_or_default()
     }
 
     fn has_fetch(&self) -> bool {

@@ -36,7 +36,7 @@ pub fn web_pki_roots_and(extra_pems: &[&[u8]]) -> Result<rustls::RootCertStore, 
 ///
 /// # Errors
 /// [`FetchError::RootCert`] for an unusable extra root, [`FetchError::Tls`] otherwise.
-pub(super) fn client_config(extra_pems: &[Vec<u8>]) -> Result<rustls::ClientConfig, FetchError> {
+pub(crate) fn client_config(extra_pems: &[Vec<u8>]) -> Result<rustls::ClientConfig, FetchError> {
     let extra: Vec<&[u8]> = extra_pems.iter().map(Vec::as_slice).collect();
     let roots = web_pki_roots_and(&extra)
         .map_err(|(index, reason)| FetchError::RootCert { index, reason })?;

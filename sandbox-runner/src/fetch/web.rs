@@ -71,7 +71,16 @@ impl ScopedFetch {
         loop {
             let hop_started = if hops == 0 { started } else { Instant::now() };
             let bindings = self.policy.bindings(&req.capability);
-            let substituted = match self.placeholders.substitute(&req, bindings, &self.secrets) {
+            let secrets = match self.call_secrets(&req.capability).await {
+                Ok(s) => s,
+                Err(reason) => {
+                    return self.deny(
+                        denial_for(&req, format!("{reason}; nothing was sent")),
+                        hop_started,
+                    );
+                }
+            };
+            let substituted = match self.placeholders.substitute(&req, bindings, &secrets) {
                 Ok(s) => s,
                 Err(reason) => {
                     return self.deny(

@@ -497,6 +497,19 @@ impl Policy {
             .collect()
     }
 
+    /// Whether calls of `capability` can carry the secret `name`: its `auth` template has a
+    /// `{name}` placeholder, or one of its fetch bindings names it.
+    pub fn uses_secret(&self, capability: &str, name: &str) -> bool {
+        let Some(cap) = self.get(capability) else {
+            return false;
+        };
+        let in_template = cap
+            .auth
+            .as_ref()
+            .is_some_and(|a| a.value.contains(&format!("{{{name}}}")));
+        in_template || self.bindings(capability).iter().any(|b| b.secret == name)
+    }
+
     /// The secret bindings of fetch capability `capability` (none for other forms).
     pub(crate) fn bindings(&self, capability: &str) -> &[web::CompiledBinding] {
         match self.get(capability).map(|c| &c.form) {
