@@ -35,6 +35,10 @@ control-plane: ## Build (once, cached) kube-apiserver, etcd and kwok from the Go
 helm: ## Build (once, cached) helm from its Go module
 	bash .ci/k8s/build-helm.sh
 
+.PHONY: oidc-provider
+oidc-provider: ## Build (once, cached) the tests' OpenID provider from github.com/zitadel/oidc/v3
+	bash .ci/oidc/build.sh
+
 .PHONY: chart-check
 chart-check: helm ## helm lint --strict and helm template of the chart (default and everything-on values)
 	@helm=$$(bash .ci/k8s/build-helm.sh | tail -n1) && set -x && \
@@ -44,7 +48,7 @@ chart-check: helm ## helm lint --strict and helm template of the chart (default 
 	"$$helm" template oauth3 $(CHART) -n oauth3-system --include-crds -f $(CHART)/ci/everything-values.yaml >/dev/null
 
 .PHONY: test
-test: lint control-plane chart-check ## Every test tier: lint, chart, unit, schema + controller tests on a real kube-apiserver, pods on kwok
+test: lint control-plane oidc-provider chart-check ## Every test tier: lint, chart, unit, schema + controller tests on a real kube-apiserver, pods on kwok
 	OAUTH3_HELM=$$(bash .ci/k8s/build-helm.sh | tail -n1) OAUTH3_CILIUM_CRD=$$(bash .ci/k8s/cilium-crd.sh | tail -n1) REQUIRE_K8S=1 bash $(CLUSTER) run $(CARGO) test --workspace --all-targets
 
 .PHONY: cluster-up

@@ -11,6 +11,10 @@ sum=$(sha256sum "$here/main.go" | cut -c1-12)
 BIN=$CACHE/bin/oidc-provider-$OIDC_VERSION-$sum
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOMODCACHE=$CACHE/gomod GOCACHE=$CACHE/gobuild GOFLAGS= GOPATH=$CACHE/gopath
 command -v go >/dev/null || { echo "oidc build: no Go toolchain on PATH" >&2; exit 1; }
+mkdir -p "$CACHE/bin"
+# Tests call this script too: one build at a time, the others wait for its binary.
+exec 9>"$CACHE/bin/.oidc-provider.lock"
+flock 9
 if [ ! -x "$BIN" ]; then
   echo "oidc build: building the OpenID provider from github.com/zitadel/oidc/v3@$OIDC_VERSION" >&2
   w=$CACHE/src/oidc-provider-$OIDC_VERSION; rm -rf "$w"; mkdir -p "$w" "$(dirname "$BIN")"; cd "$w"

@@ -1,10 +1,28 @@
-//! The result callback's rules: the URL a run posts its result to, which URLs may carry the
+//! The result callback's rules: the URL a run posts its result to (and the credential endpoints
+//! beside it), which URLs may carry the
 //! bearer token, and how the operator checks the token (only its digest is ever stored).
 
 use sha2::{Digest, Sha256};
 
 /// Path of one Execution's result endpoint, below the callback's base URL.
 pub const RESULTS_PATH: &str = "/v1/results";
+
+/// Path of one run's oauth2 credential endpoints (refresh lease and immediate write-back),
+/// below the callback's base URL: `{CREDENTIALS_PATH}/{namespace}/{name}/{SECRET}/{action}`.
+pub const CREDENTIALS_PATH: &str = "/v1/credentials";
+/// Action: ask for a credential's refresh lease.
+pub const ACTION_LEASE: &str = "lease";
+/// Action: hand over a refreshed, re-sealed credential.
+pub const ACTION_SEALED: &str = "sealed";
+
+/// The credential endpoint of `secret` for the run whose result URL is `result_url` (as the
+/// bundle's callback carries it), or `None` when that is not a result URL.
+pub fn credential_url(result_url: &str, secret: &str, action: &str) -> Option<String> {
+    let at = result_url.rfind(RESULTS_PATH)?;
+    let (base, run) = result_url.split_at(at);
+    let run = run.strip_prefix(RESULTS_PATH)?;
+    Some(format!("{base}{CREDENTIALS_PATH}{run}/{secret}/{action}"))
+}
 
 /// The result URL of the Execution `namespace/name` under `base_url`.
 pub fn result_url(base_url: &str, namespace: &str, name: &str) -> String {
@@ -83,6 +101,23 @@ mod tests {
         assert!(d.starts_with("sha256:") && d.len() == 71);
         assert!(token_matches("t0k3n", &d));
         assert!(!token_matches("t0k3n ", &d));
+    }
+
+    #[test]
+    fn credential_urls_sit_beside_the_result_url_of_the_same_run() {
+        assert_eq!(
+            credential_url(
+                "https://op:8443/v1/results/ns/run-1",
+                "GITHUB",
+                ACTION_LEASE
+            )
+            .as_deref(),
+            Some("https://op:8443/v1/credentials/ns/run-1/GITHUB/lease")
+        );
+        assert_eq!(
+            credential_url("https://op:8443/other", "G", ACTION_LEASE),
+            None
+        );
     }
 
     #[test]

@@ -191,6 +191,35 @@ pub struct SealedUpdate {
     pub replaces: String,
 }
 
+/// A run's request for a credential's refresh lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LeaseRequest {
+    /// `sha256:<hex>` of the envelope the run holds.
+    pub held: String,
+}
+
+/// The operator's answer to a [`LeaseRequest`]: exactly one of the three.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LeaseResponse {
+    /// This run holds the lease until `untilUnixMs`: refresh and hand the result over.
+    Granted {
+        /// When the lease lapses.
+        until_unix_ms: i64,
+    },
+    /// The Secret holds a newer envelope than the run's (another run refreshed): use it.
+    Newer {
+        /// The newest envelope (ciphertext).
+        envelope: String,
+    },
+    /// Another run holds the lease: ask again after this many milliseconds.
+    Wait {
+        /// Milliseconds to wait.
+        retry_after_ms: u64,
+    },
+}
+
 /// `sha256:<hex>` of an envelope string (what [`SealedUpdate::replaces`] names).
 pub fn envelope_digest(envelope: &str) -> String {
     use sha2::Digest as _;

@@ -51,27 +51,7 @@ pub async fn post_result(
     result: &RunResult,
     ca_pems: &[Vec<u8>],
 ) -> Result<(), CallbackError> {
-    if !callback_url_allowed(&callback.url) {
-        return Err(CallbackError::InsecureUrl(callback.url.clone()));
-    }
-    let own = callback.ca_pem.as_ref().map(|p| p.as_bytes());
-    let pems: Vec<&[u8]> = ca_pems.iter().map(Vec::as_slice).chain(own).collect();
-    let roots = crate::fetch::web_pki_roots_and(&pems).map_err(|(index, reason)| {
-        CallbackError::CaCertificates(format!("bundle {index}: {reason}"))
-    })?;
-    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| CallbackError::Client(e.to_string()))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let client = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| CallbackError::Client(e.to_string()))?;
+    let client = callback_client(callback, ca_pems, Duration::from_secs(30))?;
     let body = serde_json::to_vec(result).map_err(|e| CallbackError::Send(e.to_string()))?;
     let until = retry_until(callback);
     // Transport failures, 5xx, 408 and 429 answers are retried with backoff until the
@@ -112,6 +92,125 @@ pub async fn post_result(
         eprintln!("offering the result again in {delay:?} (attempt {attempt}: {last})");
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(MAX_RETRY_DELAY);
+    }
+}
+
+/// The client that talks to the run's callback: the web PKI roots plus `ca_pems` plus the
+/// bundle's own `callback.caPem`, no redirects (the token goes nowhere else), `timeout`.
+fn callback_client(
+    callback: &Callback,
+    ca_pems: &[Vec<u8>],
+    timeout: Duration,
+) -> Result<reqwest::Client, CallbackError> {
+    if !callback_url_allowed(&callback.url) {
+        return Err(CallbackError::InsecureUrl(callback.url.clone()));
+    }
+    let own = callback.ca_pem.as_ref().map(|p| p.as_bytes());
+    let pems: Vec<&[u8]> = ca_pems.iter().map(Vec::as_slice).chain(own).collect();
+    let roots = crate::fetch::web_pki_roots_and(&pems).map_err(|(index, reason)| {
+        CallbackError::CaCertificates(format!("bundle {index}: {reason}"))
+    })?;
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| CallbackError::Client(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .build()
+        .map_err(|e| CallbackError::Client(e.to_string()))
+}
+
+/// Serialises oauth2 refreshes through the operator, over the run's callback channel (the
+/// credential endpoints beside its result URL, with the run's bearer token).
+pub struct CallbackCoordinator {
+    client: reqwest::Client,
+    result_url: String,
+    token: zeroize::Zeroizing<String>,
+}
+
+impl CallbackCoordinator {
+    /// A coordinator for the run whose callback is `callback`.
+    ///
+    /// # Errors
+    /// A refused URL or bad CA material.
+    pub fn new(callback: &Callback, ca_pems: &[Vec<u8>]) -> Result<Self, CallbackError> {
+        Ok(Self {
+            client: callback_client(callback, ca_pems, Duration::from_secs(20))?,
+            result_url: callback.url.clone(),
+            token: callback.token.clone(),
+        })
+    }
+
+    async fn post(&self, secret: &str, action: &str, body: Vec<u8>) -> Result<Vec<u8>, String> {
+        let url = oauth3_protocol::callback::credential_url(&self.result_url, secret, action)
+            .ok_or_else(|| "the callback URL is not a result URL".to_owned())?;
+        let response = self
+            .client
+            .post(url)
+            .bearer_auth(self.token.as_str())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
+            return Err(format!(
+                "the operator answered HTTP {}: {text}",
+                status.as_u16()
+            ));
+        }
+        Ok(bytes.to_vec())
+    }
+}
+
+impl crate::oauth::RefreshCoordinator for CallbackCoordinator {
+    fn lease<'a>(
+        &'a self,
+        name: &'a str,
+        held: &'a str,
+    ) -> crate::host::BoxFuture<'a, Result<crate::oauth::LeaseAnswer, String>> {
+        Box::pin(async move {
+            use oauth3_protocol::oauth2::{LeaseRequest, LeaseResponse};
+            let body = serde_json::to_vec(&LeaseRequest {
+                held: held.to_owned(),
+            })
+            .map_err(|e| e.to_string())?;
+            let answer = self
+                .post(name, oauth3_protocol::callback::ACTION_LEASE, body)
+                .await?;
+            let answer: LeaseResponse =
+                serde_json::from_slice(&answer).map_err(|_| "the lease answer is malformed")?;
+            Ok(match answer {
+                LeaseResponse::Granted { .. } => crate::oauth::LeaseAnswer::Granted,
+                LeaseResponse::Newer { envelope } => crate::oauth::LeaseAnswer::Newer(envelope),
+                LeaseResponse::Wait { retry_after_ms } => crate::oauth::LeaseAnswer::Wait(
+                    Duration::from_millis(retry_after_ms.clamp(50, 5000)),
+                ),
+            })
+        })
+    }
+
+    fn publish<'a>(
+        &'a self,
+        update: &'a oauth3_protocol::oauth2::SealedUpdate,
+    ) -> crate::host::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let body = serde_json::to_vec(update).map_err(|e| e.to_string())?;
+            self.post(&update.name, oauth3_protocol::callback::ACTION_SEALED, body)
+                .await
+                .map(|_| ())
+        })
     }
 }
 

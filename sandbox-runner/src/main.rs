@@ -357,12 +357,25 @@ async fn run(args: RunArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return usage_error(e),
     };
+    let refresh_coordinator = match bundle
+        .callback
+        .as_ref()
+        .map(|c| oauth3_sandbox_runner::callback::CallbackCoordinator::new(c, &ca_pems))
+    {
+        Some(Ok(c)) => Some(std::sync::Arc::new(c)
+            as std::sync::Arc<dyn oauth3_sandbox_runner::oauth::RefreshCoordinator>),
+        Some(Err(e)) => {
+            eprintln!("error: the callback cannot coordinate oauth2 refreshes: {e}");
+            None
+        }
+        None => None,
+    };
     let deps = RunnerDeps::enforcing(
         provider,
         BackendOptions {
             extra_root_certs_pem: ca_pems.clone(),
             oauth_refresh_lead_seconds: Some(args.oauth_refresh_lead),
-            refresh_coordinator: None,
+            refresh_coordinator,
         },
     )
     .with_quotes(quotes);

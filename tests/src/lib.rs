@@ -207,6 +207,34 @@ pub async fn apply_dev_sealed_secret(
         .expect("sealed secret applied");
 }
 
+/// Applies the sealed Secret of the oauth2 credential `name` (object name `secret`): the token
+/// set `token_set` sealed to the public key of the development key `dev_key`.
+///
+/// # Panics
+/// When the token set does not check out or the API server refuses it.
+pub async fn apply_dev_oauth2_secret(
+    client: &Client,
+    ns: &str,
+    secret: &str,
+    name: &str,
+    token_set: &str,
+    dev_key: [u8; 32],
+) {
+    let public = crypto_box::SecretKey::from(dev_key).public_key();
+    let mut sealed =
+        oauth3_operator::plugin::sealed_oauth2_secret(ns, name, token_set, public.as_bytes())
+            .expect("sealed");
+    sealed.metadata.name = Some(secret.to_owned());
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
+        .patch(
+            secret,
+            &PatchParams::apply(TEST_FIELD_MANAGER),
+            &Patch::Apply(&sealed),
+        )
+        .await
+        .expect("sealed secret applied");
+}
+
 /// Applies (server-side, forced) a RuntimeClass `name` whose handler is `name`, so Pods naming
 /// it are admitted.
 ///

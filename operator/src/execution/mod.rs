@@ -4,7 +4,8 @@
 //!
 //! Modules: [`decide`] (the next step, pure; admission), [`status`] (every status value, pure),
 //! [`reserve`] (serialised budget reservations on the Permit), [`bundle`] (the run bundle,
-//! pure), [`result`] (the result endpoint). Sandbox IO lives in [`crate::launcher`].
+//! pure), [`result`] (the result endpoint), [`credentials`] (oauth2 credentials written back
+//! sealed, refresh leases across runs). Sandbox IO lives in [`crate::launcher`].
 //!
 //! Reconcile shape: observe (the Execution; its sandbox while Running; its Permit while
 //! Pending) -> decide ([`decide::next_step`], [`decide::admit`]) -> act -> write status. Every
@@ -16,6 +17,7 @@
 //! ends `TimedOut` at its deadline.
 
 pub mod bundle;
+pub mod credentials;
 pub mod decide;
 pub mod reserve;
 pub mod result;

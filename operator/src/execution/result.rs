@@ -14,6 +14,10 @@
 //! result caps ([`oauth3_protocol::result::max_result_bytes`]), a time limit, and at most
 //! [`MAX_CONCURRENT_BODIES`] at once; connections are bounded by [`crate::conn_guard`].
 //!
+//! The same router serves the run's oauth2 credential endpoints (refresh lease and immediate
+//! write-back, see [`super::credentials`]); a result's `sealedUpdates` are written back once
+//! it is recorded.
+//!
 //! A result that arrives after the deadline ended the Execution `TimedOut` (the callback was
 //! unreachable for longer than the runner's retries could wait) still carries calls that
 //! happened: it is counted in the Permit's usage and rate budget and its call log is kept,
@@ -31,7 +35,9 @@ use axum::routing::post;
 use kube::api::Api;
 use kube::runtime::events::EventType;
 use oauth3_crds::{Execution, ExecutionPhase};
-use oauth3_protocol::callback::{RESULTS_PATH, token_matches};
+use oauth3_protocol::callback::{
+    ACTION_LEASE, ACTION_SEALED, CREDENTIALS_PATH, RESULTS_PATH, token_matches,
+};
 use oauth3_protocol::result::max_result_bytes;
 use oauth3_protocol::{BundleLimits, RunResult};
 use tokio::sync::Semaphore;
@@ -101,6 +107,14 @@ pub fn router(state: Arc<CallbackState>) -> Router {
             &format!("{RESULTS_PATH}/{{namespace}}/{{name}}"),
             post(accept_result),
         )
+        .route(
+            &format!("{CREDENTIALS_PATH}/{{namespace}}/{{name}}/{{secret}}/{ACTION_LEASE}"),
+            post(super::credentials::lease),
+        )
+        .route(
+            &format!("{CREDENTIALS_PATH}/{{namespace}}/{{name}}/{{secret}}/{ACTION_SEALED}"),
+            post(super::credentials::sealed),
+        )
         // The body is read by the handler, after the token check, with its own limit.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
@@ -168,9 +182,10 @@ pub enum CallbackError {
     Api(#[from] kube::Error),
 }
 
-impl IntoResponse for CallbackError {
-    fn into_response(self) -> Response {
-        let status = match &self {
+impl CallbackError {
+    /// The HTTP status this error answers with.
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
             Self::Unauthenticated | Self::BadToken => StatusCode::UNAUTHORIZED,
             Self::BadResult(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
@@ -178,12 +193,17 @@ impl IntoResponse for CallbackError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyRead(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Busy | Self::Api(_) => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        (status, self.to_string()).into_response()
+        }
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+impl IntoResponse for CallbackError {
+    fn into_response(self) -> Response {
+        (self.status(), self.to_string()).into_response()
+    }
+}
+
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)?
         .to_str()
@@ -195,7 +215,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// Whether `name` could be the name of an object in `namespace`: a DNS-1123 label namespace
 /// and a DNS-1123 subdomain name. Anything else (`%2e%2e`, `..`, upper case) cannot exist.
-fn could_exist(namespace: &str, name: &str) -> bool {
+pub(crate) fn could_exist(namespace: &str, name: &str) -> bool {
     fn label(s: &str) -> bool {
         !s.is_empty()
             && s.len() <= 63
@@ -271,6 +291,18 @@ fn accepting(exec: &Execution, token: &str, key: &str) -> Result<Accepting, Call
     Ok(how)
 }
 
+/// Checks the request comes from the run of `exec` (its token) and that the run is `Running`.
+pub(crate) fn accepting_running(
+    exec: &Execution,
+    token: &str,
+    key: &str,
+) -> Result<(), CallbackError> {
+    match accepting(exec, token, key)? {
+        Accepting::Result => Ok(()),
+        Accepting::Late => Err(CallbackError::NotRunning(key.to_owned())),
+    }
+}
+
 async fn accept_result(
     State(state): State<Arc<CallbackState>>,
     Path((namespace, name)): Path<(String, String)>,
@@ -320,6 +352,7 @@ async fn accept_result(
             Guarded::Gone => return Err(CallbackError::NotFound(key)),
         }
     };
+    super::credentials::write_back_all(&state, &exec, &result.sealed_updates).await;
     let fresh_budget = (!late).then_some(&result.rate_budget);
     record_usage(
         &state.ctx,
