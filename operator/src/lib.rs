@@ -6,7 +6,8 @@
 //! one duration grammar, enums for kinds), `conditions` (the one condition helper), `context` (shared reconcile state),
 //! `describe` (a Permit in plain words), `error`, `execution` (the Execution driver, its
 //! decisions and status, the result endpoint), `http` (metrics and health), `launcher` (pod and
-//! process launchers: all sandbox IO), `leader` (Lease election), `metrics`, `permit` (the
+//! process launchers: all sandbox IO), `leader` (Lease election), `login`
+//! (the device-flow sign-in of `kubectl oauth3 login`), `metrics`, `permit` (the
 //! Permit controller), `plugin` (`kubectl oauth3`), `status_write` (the one guarded status
 //! write), `telegram` (owner approvals on Telegram), `tls` (the result endpoint's HTTPS),
 //! `usage` (the batched usage ledger), `verify` (offline verification of attested results
@@ -25,6 +26,7 @@ pub mod execution;
 pub mod http;
 pub mod launcher;
 pub mod leader;
+pub mod login;
 pub mod metrics;
 pub mod permit;
 pub mod plugin;

@@ -590,21 +590,7 @@ pub fn sealed_secret(
     value: &str,
     public_key: &[u8; 32],
 ) -> Result<Secret, PluginError> {
-    let pattern_ok = name.bytes().next().is_some_and(|b| b.is_ascii_uppercase())
-        && name
-            .bytes()
-            .last()
-            .is_some_and(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-        && name.len() <= 63;
-    if !pattern_ok {
-        return Err(PluginError::Usage(format!(
-            "secret name {name:?} must match {} (e.g. GITHUB_TOKEN)",
-            oauth3_crds::constants::SECRET_NAME_PATTERN
-        )));
-    }
+    check_secret_name(name)?;
     let envelope = oauth3_protocol::envelope::seal(public_key, namespace, name, value)
         .map_err(|e| PluginError::Local(format!("sealing {name}: {e}")))?;
     serde_json::from_value(json!({
@@ -620,6 +606,29 @@ pub fn sealed_secret(
         "stringData": {SEALED_SECRET_KEY: envelope},
     }))
     .map_err(|e| PluginError::Local(e.to_string()))
+}
+
+/// Checks a Permit secret name against the schema's pattern.
+///
+/// # Errors
+/// [`PluginError::Usage`] naming the rule.
+pub fn check_secret_name(name: &str) -> Result<(), PluginError> {
+    let pattern_ok = name.bytes().next().is_some_and(|b| b.is_ascii_uppercase())
+        && name
+            .bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        && name.len() <= 63;
+    if !pattern_ok {
+        return Err(PluginError::Usage(format!(
+            "secret name {name:?} must match {} (e.g. GITHUB_TOKEN)",
+            oauth3_crds::constants::SECRET_NAME_PATTERN
+        )));
+    }
+    Ok(())
 }
 
 /// The sealed Secret of an oauth2 credential `name`: `token_set` (the token set's JSON, checked

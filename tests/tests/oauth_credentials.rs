@@ -267,3 +267,100 @@ async fn two_concurrent_runs_refresh_a_rotating_credential_once_and_the_newest_t
     assert_eq!(idp.refresh(&live).await.0, 200);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_login_applied_to_the_cluster_is_the_credential_the_next_run_calls_with() {
+    use tokio::io::AsyncBufReadExt;
+    let Some(client) = client_or_skip().await else {
+        return;
+    };
+    let ns = namespace(&client, "oauth-login").await;
+    let idp = OidcProvider::start().await;
+    let up = Upstream::start().await;
+    let dir: PathBuf = std::env::temp_dir().join(format!("oauth3-oauth-{ns}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("dev.key"), hex::encode(DEV_KEY)).expect("key");
+    std::fs::write(dir.join("ca.pem"), &up.ca_pem).expect("ca");
+
+    // The owner signs in from a terminal; the plugin applies the sealed Secret.
+    let public = hex::encode(crypto_box::SecretKey::from(DEV_KEY).public_key().as_bytes());
+    let mut child =
+        tokio::process::Command::new(workspace_binary("oauth3-operator", "kubectl-oauth3"))
+            .env(
+                "KUBECONFIG",
+                std::env::var("TEST_KUBECONFIG").expect("kubeconfig"),
+            )
+            .args([
+                "-n",
+                &ns,
+                "login",
+                NAME,
+                "--client-id",
+                CLIENT_ID,
+                "--apply",
+            ])
+            .args(["--issuer", &idp.issuer, "--public-key", &public])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("plugin starts");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    while let Some(line) = lines.next_line().await.expect("stderr") {
+        if let Some(code) = line.split("enter the code ").nth(1) {
+            idp.approve(code.trim(), true).await;
+            break;
+        }
+    }
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("login ends")
+        .expect("output");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sealed Secret github applied"));
+
+    let secret = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get(OBJECT)
+        .await
+        .expect("the login applied the Secret");
+    let opened = oauth3_protocol::envelope::unseal(
+        &crypto_box::SecretKey::from(DEV_KEY),
+        &envelope(&secret),
+        &ns,
+        NAME,
+    )
+    .expect("sealed to the enclave key");
+    let set = TokenSet::parse(&opened).expect("token set");
+
+    let op = InProcessOperator::start(
+        &client,
+        &ns,
+        tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind"),
+        Launcher::Process(runner(&dir)),
+        Duration::from_secs(30),
+        Duration::from_secs(3600),
+    );
+    approved_permit(&client, &ns, &up).await;
+    execution(&client, &ns, "run-1").await;
+    let done = finished(&client, &ns, "run-1").await;
+    op.stop().await;
+    assert_eq!(
+        done.status.as_ref().and_then(|s| s.phase),
+        Some(ExecutionPhase::Succeeded),
+        "{:?}",
+        done.status
+    );
+    let reqs = up.assert_received(1, "the run's call");
+    assert_eq!(
+        reqs[0].header_values("authorization"),
+        [format!("Bearer {}", set.access_token.as_str()).as_str()],
+        "the fresh token from the login, not refreshed"
+    );
+    let shown = serde_json::to_string(&done).expect("json");
+    for token in set.secret_values() {
+        assert!(!shown.contains(token), "a token reached the Execution");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -198,6 +198,59 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Sign in to an OAuth provider with the device flow (RFC 8628) and seal the token set to
+    /// the enclave's public key as an oauth2 credential; print (or apply) the sealed Secret.
+    /// The user code and the verification URL are shown on standard error; the tokens never
+    /// touch disk in the clear and are never printed.
+    Login {
+        /// Secret name as Permits list it, e.g. GITHUB.
+        name: String,
+        /// The OpenID issuer; its endpoints come from OIDC discovery.
+        #[arg(
+            long,
+            value_name = "URL",
+            conflicts_with = "provider",
+            required_unless_present = "provider"
+        )]
+        issuer: Option<String>,
+        /// A provider whose endpoints are built in.
+        #[arg(long, value_enum)]
+        provider: Option<oauth3_operator::login::Preset>,
+        /// The OAuth client id (a client allowed to use the device flow).
+        #[arg(long, value_name = "ID")]
+        client_id: String,
+        /// File holding the client secret, for providers that require one (sealed with the
+        /// tokens: the runner needs it to refresh).
+        #[arg(long, value_name = "PATH")]
+        client_secret_file: Option<PathBuf>,
+        /// A scope to ask for (repeatable; default: the provider's, `openid offline_access`
+        /// for an issuer).
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// The enclave's X25519 public key, 64 hex characters.
+        #[arg(
+            long,
+            value_name = "HEX",
+            conflicts_with = "public_key_file",
+            required_unless_present_any = ["public_key_file", "attestation"]
+        )]
+        public_key: Option<String>,
+        /// File holding the enclave's public key (64 hex characters).
+        #[arg(long, value_name = "PATH")]
+        public_key_file: Option<PathBuf>,
+        /// The output of `oauth3-sandbox-runner public-key --attest`; verified (as for `seal`)
+        /// before anyone signs in.
+        #[arg(long, value_name = "FILE", requires = "policy")]
+        attestation: Option<PathBuf>,
+        #[command(flatten)]
+        checks: CheckArgs,
+        /// Extra CA certificates (PEM) trusted for the provider's TLS (a private issuer).
+        #[arg(long, value_name = "PEM")]
+        ca_file: Option<PathBuf>,
+        /// Apply the Secret to the cluster (server-side apply) instead of printing it.
+        #[arg(long)]
+        apply: bool,
+    },
     /// Seal a secret to the enclave's public key and print (or apply) the sealed Secret.
     /// The value is read from --from-literal, --from-file or standard input.
     Seal {
@@ -343,6 +396,36 @@ async fn run(cli: Cli) -> Result<String, PluginError> {
             )
             .await
         }
+        Command::Login {
+            name,
+            issuer,
+            provider,
+            client_id,
+            client_secret_file,
+            scopes,
+            public_key,
+            public_key_file,
+            attestation,
+            checks,
+            ca_file,
+            apply,
+        } => {
+            login(
+                cli.namespace,
+                LoginArgs {
+                    name,
+                    issuer,
+                    provider,
+                    client_id,
+                    client_secret_file,
+                    scopes,
+                    ca_file,
+                    apply,
+                },
+                seal_key(public_key, public_key_file, attestation, &checks).await?,
+            )
+            .await
+        }
         other => {
             let (client, ns) = connect(cli.namespace).await?;
             dispatch(Plugin::new(client, ns), other).await
@@ -443,34 +526,145 @@ async fn seal(namespace: Option<String>, args: SealArgs) -> Result<String, Plugi
         if value.is_empty() {
             return Err(PluginError::Usage("the secret value is empty".into()));
         }
-        let (client, ns) = if apply {
-            let (c, ns) = connect(namespace).await?;
-            (Some(c), ns)
-        } else {
-            (None, namespace.unwrap_or_else(|| "default".into()))
-        };
+        let (client, ns) = target(namespace, apply).await?;
         let secret = sealed_secret(&ns, &name, &value, &key)?;
-        match client {
-            Some(client) => {
-                let secret_name = secret.metadata.name.clone().unwrap_or_default();
-                Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client, &ns)
-                    .patch(
-                        &secret_name,
-                        &PatchParams::apply(PLUGIN_FIELD_MANAGER),
-                        &Patch::Apply(&secret),
-                    )
-                    .await
-                    .map_err(|source| PluginError::Api {
-                        step: format!("applying Secret {secret_name}"),
-                        source,
-                    })?;
-                Ok(format!(
-                    "sealed Secret {secret_name} applied in namespace {ns}"
-                ))
-            }
-            None => serde_yaml::to_string(&secret).map_err(|e| PluginError::Local(e.to_string())),
-        }
+        emit(client, &ns, &secret).await
     }
+}
+
+/// Where the Secret goes: the cluster (with --apply) or standard output.
+async fn target(
+    namespace: Option<String>,
+    apply: bool,
+) -> Result<(Option<Client>, String), PluginError> {
+    if apply {
+        let (c, ns) = connect(namespace).await?;
+        Ok((Some(c), ns))
+    } else {
+        Ok((None, namespace.unwrap_or_else(|| "default".into())))
+    }
+}
+
+/// Applies the sealed Secret (server-side apply) or prints it as YAML.
+async fn emit(
+    client: Option<Client>,
+    ns: &str,
+    secret: &k8s_openapi::api::core::v1::Secret,
+) -> Result<String, PluginError> {
+    match client {
+        Some(client) => {
+            let secret_name = secret.metadata.name.clone().unwrap_or_default();
+            Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client, ns)
+                .patch(
+                    &secret_name,
+                    &PatchParams::apply(PLUGIN_FIELD_MANAGER),
+                    &Patch::Apply(secret),
+                )
+                .await
+                .map_err(|source| PluginError::Api {
+                    step: format!("applying Secret {secret_name}"),
+                    source,
+                })?;
+            Ok(format!(
+                "sealed Secret {secret_name} applied in namespace {ns}"
+            ))
+        }
+        None => serde_yaml::to_string(secret).map_err(|e| PluginError::Local(e.to_string())),
+    }
+}
+
+struct LoginArgs {
+    name: String,
+    issuer: Option<String>,
+    provider: Option<oauth3_operator::login::Preset>,
+    client_id: String,
+    client_secret_file: Option<PathBuf>,
+    scopes: Vec<String>,
+    ca_file: Option<PathBuf>,
+    apply: bool,
+}
+
+/// The device flow, then the token set sealed to `key` as an oauth2 credential.
+async fn login(
+    namespace: Option<String>,
+    args: LoginArgs,
+    key: [u8; 32],
+) -> Result<String, PluginError> {
+    use oauth3_operator::login as l;
+    let local = |e: l::LoginError| PluginError::Local(format!("login {}: {e}", args.name));
+    // The name is checked before anyone signs in.
+    oauth3_operator::plugin::check_secret_name(&args.name)?;
+    let ca =
+        match &args.ca_file {
+            Some(f) => Some(std::fs::read(f).map_err(|e| {
+                PluginError::Local(format!("reading --ca-file {}: {e}", f.display()))
+            })?),
+            None => None,
+        };
+    let client_secret = match &args.client_secret_file {
+        Some(f) => Some(zeroize::Zeroizing::new(
+            std::fs::read_to_string(f)
+                .map_err(|e| {
+                    PluginError::Local(format!("reading --client-secret-file {}: {e}", f.display()))
+                })?
+                .trim()
+                .to_owned(),
+        )),
+        None => None,
+    };
+    let http = l::client(ca.as_deref()).map_err(local)?;
+    let endpoints = match (&args.issuer, args.provider) {
+        (Some(issuer), _) => l::discover(&http, issuer).await.map_err(local)?,
+        (None, Some(p)) => p.endpoints(),
+        (None, None) => {
+            return Err(PluginError::Usage(
+                "--issuer or --provider is required".into(),
+            ));
+        }
+    };
+    l::check_endpoints(&endpoints).map_err(local)?;
+    let scopes = if args.scopes.is_empty() {
+        endpoints.default_scopes.clone()
+    } else {
+        args.scopes.clone()
+    };
+    // Connect before the sign-in, so a missing cluster fails before the user is asked.
+    let (cluster, ns) = target(namespace, args.apply).await?;
+    let device = l::start(
+        &http,
+        &endpoints,
+        &args.client_id,
+        client_secret.as_ref(),
+        &scopes,
+    )
+    .await
+    .map_err(local)?;
+    eprint!("{}", l::instructions(&device, &args.name));
+    if let Some(qr) = device
+        .verification_uri_complete
+        .as_deref()
+        .and_then(l::terminal_qr)
+    {
+        eprintln!("{qr}");
+    }
+    let set = l::poll(
+        &http,
+        &endpoints,
+        &device,
+        &args.client_id,
+        client_secret.as_ref(),
+        &scopes,
+        &mut |note| eprintln!("{note}"),
+    )
+    .await
+    .map_err(local)?;
+    eprintln!(
+        "signed in: {} (sealing the token set to the enclave key; it is not shown)",
+        args.name
+    );
+    let secret =
+        oauth3_operator::plugin::sealed_oauth2_secret(&ns, &args.name, &set.to_json(), &key)?;
+    emit(cluster, &ns, &secret).await
 }
 
 async fn dispatch(plugin: Plugin, command: Command) -> Result<String, PluginError> {
@@ -505,8 +699,8 @@ async fn dispatch(plugin: Plugin, command: Command) -> Result<String, PluginErro
             code: Some(code),
         } => plugin.trust(&permit, &code, None).await,
         Command::Logs { execution } => plugin.logs(&execution).await,
-        Command::Seal { .. } | Command::Verify { .. } => Err(PluginError::Usage(
-            "seal and verify are handled before a Permit is read".into(),
-        )),
+        Command::Seal { .. } | Command::Verify { .. } | Command::Login { .. } => Err(
+            PluginError::Usage("seal, login and verify are handled before a Permit is read".into()),
+        ),
     }
 }
