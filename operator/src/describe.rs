@@ -3,7 +3,10 @@
 //! runner enforces, never from free text other than the agent's own `description`, which is
 //! shown quoted and labelled as the agent's words.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+
+use k8s_openapi::jiff::Timestamp;
 
 use oauth3_crds::{
     BodyRules, Capability, CapabilityForm, CodeReview, ParamLocation, PathGlob, Permit, PermitSpec,
@@ -272,9 +275,108 @@ pub fn describe_spec(spec: &PermitSpec, digest: &str) -> String {
     describe_spec_with(spec, digest, None)
 }
 
+/// What the sealed Secret of a Permit secret says of itself (its non-secret annotations).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretFacts {
+    /// An oauth2 credential.
+    OAuth2 {
+        /// When the sealed access token expires, if known.
+        expires_at: Option<Timestamp>,
+        /// Whether the runner refreshed it inside the TEE (else it is as signed in).
+        refreshed_in_tee: bool,
+    },
+}
+
+impl SecretFacts {
+    /// The facts of a sealed Secret, from its annotations (pure); `None` for a plain secret.
+    pub fn of(secret: &k8s_openapi::api::core::v1::Secret) -> Option<Self> {
+        use oauth3_protocol::oauth2 as o;
+        let ann = secret.metadata.annotations.as_ref()?;
+        if ann.get(o::ANNOTATION_CREDENTIAL_KIND).map(String::as_str) != Some(o::OAUTH2_TYPE) {
+            return None;
+        }
+        Some(Self::OAuth2 {
+            expires_at: ann
+                .get(o::ANNOTATION_EXPIRES_AT)
+                .and_then(|t| t.parse().ok()),
+            refreshed_in_tee: ann.get(o::ANNOTATION_REFRESHED_BY).map(String::as_str)
+                == Some("tee"),
+        })
+    }
+}
+
+/// A secret's name as the owner reads it (pure): `GITHUB (OAuth, expires in 41 min, refreshed
+/// in the TEE)` for an oauth2 credential, the bare name otherwise.
+pub fn secret_label(name: &str, facts: Option<&SecretFacts>, now: Timestamp) -> String {
+    let Some(SecretFacts::OAuth2 {
+        expires_at,
+        refreshed_in_tee,
+    }) = facts
+    else {
+        return name.to_owned();
+    };
+    let mut parts = vec!["OAuth".to_owned()];
+    if let Some(at) = expires_at {
+        let secs = at.as_second() - now.as_second();
+        let human = |s: i64| {
+            if s >= 2 * 3600 {
+                format!("{} h", s / 3600)
+            } else {
+                format!("{} min", (s + 59) / 60)
+            }
+        };
+        parts.push(if secs > 0 {
+            format!("expires in {}", human(secs))
+        } else {
+            format!("expired {} ago", human(-secs))
+        });
+    }
+    parts.push(if *refreshed_in_tee {
+        "refreshed in the TEE".to_owned()
+    } else {
+        "as signed in".to_owned()
+    });
+    format!("{name} ({})", parts.join(", "))
+}
+
+/// The capabilities whose calls can carry secret `name` (its `auth` template names `{name}`,
+/// or a fetch binding does), pure.
+fn capabilities_using(spec: &PermitSpec, name: &str) -> Vec<String> {
+    let needle = format!("{{{name}}}");
+    spec.capabilities
+        .iter()
+        .filter(|c| {
+            c.auth.as_ref().is_some_and(|a| a.value.contains(&needle))
+                || serde_json::to_value(c).is_ok_and(|v| {
+                    v["secretBindings"]
+                        .as_array()
+                        .is_some_and(|b| b.iter().any(|b| b["secret"] == name))
+                })
+        })
+        .map(|c| c.name.clone())
+        .collect()
+}
+
 /// [`describe_spec`] with the network rule as the operator enforces it (`status.network`);
 /// without it, the hosts the rule is made of.
 pub fn describe_spec_with(spec: &PermitSpec, digest: &str, network: Option<&str>) -> String {
+    describe_spec_facts(
+        spec,
+        digest,
+        network,
+        &BTreeMap::new(),
+        Timestamp::UNIX_EPOCH,
+    )
+}
+
+/// [`describe_spec_with`] with what the sealed Secrets say of themselves at `now`.
+pub fn describe_spec_facts(
+    spec: &PermitSpec,
+    digest: &str,
+    network: Option<&str>,
+    facts: &BTreeMap<String, SecretFacts>,
+    now: Timestamp,
+) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "The agent says: \"{}\"", spec.description);
     let _ = writeln!(out);
@@ -286,11 +388,28 @@ pub fn describe_spec_with(spec: &PermitSpec, digest: &str, network: Option<&str>
     if spec.secrets.is_empty() {
         let _ = writeln!(out, "Secrets: none");
     } else {
+        let labels: Vec<String> = spec
+            .secrets
+            .iter()
+            .map(|n| secret_label(n, facts.get(n), now))
+            .collect();
         let _ = writeln!(
             out,
             "Secrets: {} (never visible to the agent or its code)",
-            spec.secrets.join(", ")
+            labels.join(", ")
         );
+        for name in spec.secrets.iter().filter(|n| facts.contains_key(*n)) {
+            let users = capabilities_using(spec, name);
+            let _ = writeln!(
+                out,
+                "  {name} is an OAuth access token, refreshed inside the TEE when it expires; used by: {}",
+                if users.is_empty() {
+                    "no capability".to_owned()
+                } else {
+                    users.join(", ")
+                }
+            );
+        }
     }
     let max = spec
         .max_executions
@@ -345,6 +464,16 @@ pub fn describe_spec_with(spec: &PermitSpec, digest: &str, network: Option<&str>
 
 /// Describes a stored Permit: header with name, namespace and phase, then [`describe_spec`].
 pub fn describe_permit(permit: &Permit, digest: &str) -> String {
+    describe_permit_facts(permit, digest, &BTreeMap::new(), Timestamp::UNIX_EPOCH)
+}
+
+/// [`describe_permit`] with what the Permit's sealed Secrets say of themselves at `now`.
+pub fn describe_permit_facts(
+    permit: &Permit,
+    digest: &str,
+    facts: &BTreeMap<String, SecretFacts>,
+    now: Timestamp,
+) -> String {
     let status = permit.status.clone().unwrap_or_default();
     let phase = status
         .phase
@@ -361,7 +490,7 @@ pub fn describe_permit(permit: &Permit, digest: &str) -> String {
         "Permit {} (namespace {}): {phase}{until}\n\n{}{}",
         permit.metadata.name.as_deref().unwrap_or("?"),
         permit.metadata.namespace.as_deref().unwrap_or("?"),
-        describe_spec_with(&permit.spec, digest, status.network.as_deref()),
+        describe_spec_facts(&permit.spec, digest, status.network.as_deref(), facts, now),
         pinned_code_text(permit)
     )
 }
@@ -500,6 +629,46 @@ mod tests {
             text.contains("    cookies: from the cookie jar COOKIES_EXAMPLE_COM: each request gets only the cookies a browser would send to its URL"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn an_oauth2_secret_reads_as_oauth_with_its_expiry_and_where_it_was_refreshed() {
+        let now: Timestamp = "2026-12-03T12:00:00Z".parse().expect("time");
+        let facts = SecretFacts::OAuth2 {
+            expires_at: Some("2026-12-03T12:41:00Z".parse().expect("time")),
+            refreshed_in_tee: true,
+        };
+        assert_eq!(
+            secret_label("GITHUB", Some(&facts), now),
+            "GITHUB (OAuth, expires in 41 min, refreshed in the TEE)"
+        );
+        let login = SecretFacts::OAuth2 {
+            expires_at: Some("2026-12-03T11:57:00Z".parse().expect("time")),
+            refreshed_in_tee: false,
+        };
+        assert_eq!(
+            secret_label("GITHUB", Some(&login), now),
+            "GITHUB (OAuth, expired 3 min ago, as signed in)"
+        );
+        assert_eq!(secret_label("API_TOKEN", None, now), "API_TOKEN");
+        let spec: PermitSpec = serde_json::from_value(serde_json::json!({
+            "description": "d", "secrets": ["GITHUB", "API_TOKEN"],
+            "capabilities": [{"name": "github", "baseUrl": "https://api.github.com", "paths": ["/x"],
+                "methods": ["GET"], "auth": {"header": "Authorization", "value": "Bearer {GITHUB}"}}]
+        }))
+        .expect("spec");
+        let text = describe_spec_facts(
+            &spec,
+            "d",
+            None,
+            &BTreeMap::from([("GITHUB".to_owned(), facts)]),
+            now,
+        );
+        assert!(
+            text.contains("Secrets: GITHUB (OAuth, expires in 41 min, refreshed in the TEE), API_TOKEN (never visible"),
+            "{text}"
+        );
+        assert!(text.contains("GITHUB is an OAuth access token, refreshed inside the TEE when it expires; used by: github"), "{text}");
     }
 
     #[test]

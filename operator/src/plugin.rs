@@ -24,7 +24,6 @@ use serde_json::json;
 
 pub use crate::approval::Decision;
 use crate::approval::{approval_for, trust_code};
-use crate::describe::describe_permit;
 use crate::status_write::{Guarded, write_status};
 
 /// Field manager of status writes made by the plugin.
@@ -252,7 +251,9 @@ impl Plugin {
 
     /// A readable summary of exactly what the Permit allows, with its decision state.
     pub async fn get(&self, name: &str) -> Result<String, PluginError> {
-        render_permit(&self.permit(name).await?)
+        let permit = self.permit(name).await?;
+        let facts = secret_facts(&self.client, &self.namespace, &permit.spec.secrets).await;
+        render_permit_facts(&permit, &facts, Timestamp::now())
     }
 
     /// An Execution's phase, output, result and call log.
@@ -485,8 +486,43 @@ pub async fn record_trust(
 /// # Errors
 /// [`PluginError::Local`] when the spec cannot be digested (the schema prevents it).
 pub fn render_permit(permit: &Permit) -> Result<String, PluginError> {
+    render_permit_facts(
+        permit,
+        &std::collections::BTreeMap::new(),
+        Timestamp::UNIX_EPOCH,
+    )
+}
+
+/// What the sealed Secrets named in `secrets` say of themselves (an oauth2 credential's kind,
+/// expiry and where it was refreshed); a Secret that cannot be read is left out.
+pub async fn secret_facts(
+    client: &Client,
+    namespace: &str,
+    secrets: &[String],
+) -> std::collections::BTreeMap<String, crate::describe::SecretFacts> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut facts = std::collections::BTreeMap::new();
+    for name in secrets {
+        if let Ok(Some(secret)) = api.get_opt(&secret_object_name(name)).await
+            && let Some(f) = crate::describe::SecretFacts::of(&secret)
+        {
+            facts.insert(name.clone(), f);
+        }
+    }
+    facts
+}
+
+/// [`render_permit`] with what the Permit's sealed Secrets say of themselves at `now`.
+///
+/// # Errors
+/// The spec digest cannot be computed.
+pub fn render_permit_facts(
+    permit: &Permit,
+    facts: &std::collections::BTreeMap<String, crate::describe::SecretFacts>,
+    now: Timestamp,
+) -> Result<String, PluginError> {
     let digest = spec_digest(&permit.spec).map_err(|e| PluginError::Local(e.to_string()))?;
-    let mut out = describe_permit(permit, &digest);
+    let mut out = crate::describe::describe_permit_facts(permit, &digest, facts, now);
     let status = permit.status.clone().unwrap_or_default();
     if let Some(a) = &status.approval {
         let current = if a.spec_digest == digest {

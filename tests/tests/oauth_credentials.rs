@@ -252,6 +252,15 @@ async fn two_concurrent_runs_refresh_a_rotating_credential_once_and_the_newest_t
         "an Event says the credential was refreshed"
     );
 
+    // The owner sees what the credential is, how long it lasts and who refreshed it.
+    let got = plugin(&ns, &["get", "gh"]);
+    let text = String::from_utf8_lossy(&got.stdout);
+    assert!(
+        text.contains("GITHUB (OAuth, expires in ") && text.contains(" min, refreshed in the TEE)"),
+        "{text}"
+    );
+    assert!(text.contains("used by: api"), "{text}");
+
     // The credential endpoints answer only a run's own token: a stranger changes nothing.
     let lease = format!("{callback}/v1/credentials/{ns}/run-a/{NAME}/lease");
     assert_eq!(

@@ -527,7 +527,12 @@ async fn seal(namespace: Option<String>, args: SealArgs) -> Result<String, Plugi
             return Err(PluginError::Usage("the secret value is empty".into()));
         }
         let (client, ns) = target(namespace, apply).await?;
-        let secret = sealed_secret(&ns, &name, &value, &key)?;
+        // A token set (e.g. from another OAuth client) is sealed as an oauth2 credential.
+        let secret = if oauth3_protocol::oauth2::TokenSet::looks_like(&value) {
+            oauth3_operator::plugin::sealed_oauth2_secret(&ns, &name, &value, &key)?
+        } else {
+            sealed_secret(&ns, &name, &value, &key)?
+        };
         emit(client, &ns, &secret).await
     }
 }

@@ -89,6 +89,25 @@ pub enum CredentialError {
     /// The Secret kept changing.
     #[error("secret {0} kept changing; retry")]
     Busy(String),
+    /// The operator may not read or update sealed Secrets.
+    #[error(
+        "the operator may not read and update the sealed Secret of {0}: install the chart with oauth2.writeBack=true to keep oauth2 credentials alive"
+    )]
+    NotAllowed(String),
+}
+
+/// The Kubernetes API refused the operator's identity.
+fn is_forbidden(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(ae) if ae.reason == "Forbidden")
+}
+
+/// An API error of a step on the Secret of `name`.
+fn api_error(name: &str, e: kube::Error) -> CredentialError {
+    if is_forbidden(&e) {
+        CredentialError::NotAllowed(name.to_owned())
+    } else {
+        CallbackError::Api(e).into()
+    }
 }
 
 impl IntoResponse for CredentialError {
@@ -98,7 +117,7 @@ impl IntoResponse for CredentialError {
             Self::NotPermitted(_) => StatusCode::FORBIDDEN,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Stale(_) => StatusCode::CONFLICT,
-            Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Busy(_) | Self::NotAllowed(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         (status, self.to_string()).into_response()
     }
@@ -238,7 +257,7 @@ pub async fn write_back(
         {
             Ok(_) => return Ok(WriteBack::Written),
             Err(e) if crate::status_write::is_conflict(&e) => {}
-            Err(e) => return Err(CallbackError::Api(e).into()),
+            Err(e) => return Err(api_error(&update.name, e)),
         }
     }
     Err(CredentialError::Busy(update.name.clone()))
@@ -252,7 +271,7 @@ async fn read_credential(
     let secret = api
         .get_opt(object)
         .await
-        .map_err(CallbackError::Api)?
+        .map_err(|e| api_error(name, e))?
         .ok_or_else(|| CredentialError::NotPermitted(name.to_owned()))?;
     if !is_oauth2_credential(&secret, name) {
         return Err(CredentialError::NotPermitted(name.to_owned()));
@@ -382,7 +401,7 @@ pub(crate) async fn lease(
                 return Ok(axum::Json(answer));
             }
             Err(e) if crate::status_write::is_conflict(&e) => {}
-            Err(e) => return Err(CallbackError::Api(e).into()),
+            Err(e) => return Err(api_error(&secret, e)),
         }
     }
     Err(CredentialError::Busy(secret))

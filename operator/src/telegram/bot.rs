@@ -35,7 +35,7 @@ use super::decide::{
 };
 use super::message::{
     HELP, closed_text, code_keyboard, code_request_text, decided_note, pending_text,
-    permit_keyboard, permit_request_text, sign_in_keyboard, sign_in_text, trust_note,
+    permit_keyboard, permit_request_text_facts, sign_in_keyboard, sign_in_text, trust_note,
 };
 use super::state::{MAX_OPEN, Request, RequestKind, State};
 use super::{STATE_CONFIGMAP, TELEGRAM_FIELD_MANAGER, TelegramConfig, TelegramError};
@@ -690,7 +690,13 @@ impl TelegramBot {
             {
                 continue;
             }
-            let text = permit_request_text(p, &digest);
+            let facts = crate::plugin::secret_facts(
+                &self.client,
+                p.namespace().as_deref().unwrap_or_default(),
+                &p.spec.secrets,
+            )
+            .await;
+            let text = permit_request_text_facts(p, &digest, &facts, t);
             let keyboard = permit_keyboard(
                 &uid,
                 &digest,

@@ -9,7 +9,7 @@ use teloxide::types::{InlineKeyboardButton, InlineKeyboardMarkup};
 
 use super::callback_data::{Action, encode};
 use super::state::{Request, RequestKind};
-use crate::describe::describe_permit;
+use crate::describe::{SecretFacts, describe_permit_facts};
 
 /// Telegram's limit on a message's text, in UTF-16 code units.
 pub const MAX_MESSAGE_LEN: usize = 4096;
@@ -58,10 +58,10 @@ pub fn get_command(namespace: &str, name: &str) -> String {
     format!("kubectl oauth3 get {name} -n {namespace}")
 }
 
-fn permit_text(permit: &Permit, digest: &str) -> String {
+fn permit_text(permit: &Permit, digest: &str, facts: &SecretFactsAt<'_>) -> String {
     format!(
         "oauth3: approval requested\n\n{}\nApprove to allow exactly this for {}; Deny to refuse it.",
-        describe_permit(permit, digest).trim_end(),
+        describe_permit_facts(permit, digest, facts.0, facts.1).trim_end(),
         permit.spec.valid_for
     )
 }
@@ -70,9 +70,32 @@ fn permit_text(permit: &Permit, digest: &str) -> String {
 /// for Telegram, the agent's description is shortened first, so the rules that will be
 /// enforced stay visible; only then is the tail cut.
 pub fn permit_request_text(permit: &Permit, digest: &str) -> String {
+    permit_request_text_facts(
+        permit,
+        digest,
+        &std::collections::BTreeMap::new(),
+        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+    )
+}
+
+/// What the sealed Secrets say of themselves, and when.
+type SecretFactsAt<'a> = (
+    &'a std::collections::BTreeMap<String, SecretFacts>,
+    k8s_openapi::jiff::Timestamp,
+);
+
+/// [`permit_request_text`] with what the Permit's sealed Secrets say of themselves at `now`
+/// (an oauth2 credential reads "GITHUB (OAuth, expires in 41 min, refreshed in the TEE)").
+pub fn permit_request_text_facts(
+    permit: &Permit,
+    digest: &str,
+    facts: &std::collections::BTreeMap<String, SecretFacts>,
+    now: k8s_openapi::jiff::Timestamp,
+) -> String {
+    let facts = (facts, now);
     let ns = permit.metadata.namespace.as_deref().unwrap_or("?");
     let name = permit.metadata.name.as_deref().unwrap_or("?");
-    let mut text = permit_text(permit, digest);
+    let mut text = permit_text(permit, digest, &facts);
     let over = len16(&text).saturating_sub(MAX_MESSAGE_LEN - 200);
     if over > 0 {
         let mut shorter = permit.clone();
@@ -83,7 +106,7 @@ pub fn permit_request_text(permit: &Permit, digest: &str) -> String {
             cut(description, keep),
             get_command(ns, name)
         );
-        text = permit_text(&shorter, digest);
+        text = permit_text(&shorter, digest, &facts);
     }
     fit(&text, "", &get_command(ns, name))
 }
@@ -322,6 +345,23 @@ mod tests {
         let mut p = Permit::new("triage", spec);
         p.metadata.namespace = Some("agents".into());
         p
+    }
+
+    #[test]
+    fn the_request_shows_an_oauth2_secret_with_its_expiry_and_where_it_was_refreshed() {
+        let now: k8s_openapi::jiff::Timestamp = "2026-12-03T12:00:00Z".parse().expect("time");
+        let facts = std::collections::BTreeMap::from([(
+            "GITHUB_TOKEN".to_owned(),
+            SecretFacts::OAuth2 {
+                expires_at: Some("2026-12-03T12:41:00Z".parse().expect("time")),
+                refreshed_in_tee: true,
+            },
+        )]);
+        let text = permit_request_text_facts(&permit(), "sha256:abc", &facts, now);
+        assert!(
+            text.contains("GITHUB_TOKEN (OAuth, expires in 41 min, refreshed in the TEE)"),
+            "{text}"
+        );
     }
 
     #[test]
