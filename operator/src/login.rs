@@ -478,11 +478,6 @@ pub async fn poll(
     }
 }
 
-/// `url` as a QR code for the terminal (not drawn yet: no QR encoder is linked).
-pub fn terminal_qr(_url: &str) -> Option<String> {
-    None
-}
-
 /// The terminal lines that tell the user where to go (pure).
 pub fn instructions(device: &DeviceAuthorization, name: &str) -> String {
     let mut text = format!(
