@@ -478,6 +478,22 @@ pub async fn poll(
     }
 }
 
+/// `url` as a QR code drawn with Unicode half blocks (two modules per character, light modules
+/// drawn, for a dark terminal), with the quiet zone, for a phone to scan; `None` when it is too
+/// long for a QR code (pure).
+pub fn terminal_qr(url: &str) -> Option<String> {
+    use qrcode::render::unicode::Dense1x2;
+    let code =
+        qrcode::QrCode::with_error_correction_level(url.as_bytes(), qrcode::EcLevel::L).ok()?;
+    Some(
+        code.render::<Dense1x2>()
+            .dark_color(Dense1x2::Light)
+            .light_color(Dense1x2::Dark)
+            .quiet_zone(true)
+            .build(),
+    )
+}
+
 /// The terminal lines that tell the user where to go (pure).
 pub fn instructions(device: &DeviceAuthorization, name: &str) -> String {
     let mut text = format!(
@@ -557,6 +573,40 @@ mod tests {
         assert!(
             TokenSet::parse(&set.to_json()).is_ok(),
             "what is sealed parses back"
+        );
+    }
+
+    #[test]
+    fn the_terminal_qr_code_draws_exactly_the_modules_of_the_url() {
+        let url = "https://github.com/login/device?user_code=WDJB-MJHT";
+        let drawn = terminal_qr(url).expect("fits");
+        let code = qrcode::QrCode::with_error_correction_level(url.as_bytes(), qrcode::EcLevel::L)
+            .expect("code");
+        let (w, quiet) = (code.width(), 4);
+        let colors = code.to_colors();
+        // Back from half blocks to modules: upper and lower halves are one row each; a drawn
+        // (filled) half is a light module.
+        let rows: Vec<Vec<char>> = drawn.lines().map(|l| l.chars().collect()).collect();
+        assert_eq!(rows.len(), (w + 2 * quiet).div_ceil(2));
+        for y in 0..w {
+            for x in 0..w {
+                let (row, col) = ((y + quiet) / 2, x + quiet);
+                let ch = rows[row][col];
+                let upper = (y + quiet) % 2 == 0;
+                let filled = match ch {
+                    '█' => true,
+                    '▀' => upper,
+                    '▄' => !upper,
+                    ' ' => false,
+                    other => panic!("unexpected {other:?}"),
+                };
+                let dark = colors[y * w + x] == qrcode::Color::Dark;
+                assert_eq!(filled, !dark, "module {x},{y}");
+            }
+        }
+        assert!(
+            terminal_qr(&"x".repeat(8000)).is_none(),
+            "too long for any QR code"
         );
     }
 

@@ -2,7 +2,8 @@
 //! real OpenID provider on loopback (built from `github.com/zitadel/oidc/v3`), the test plays
 //! the user at the provider's verification pages, and what comes out is only the sealed Secret
 //! of an oauth2 credential whose refresh token works. `slow_down`, a denial and an expired code
-//! are honoured; no token reaches the terminal.
+//! are honoured; the complete verification URL is drawn as a terminal QR code; no token
+//! reaches the terminal.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};

@@ -645,6 +645,13 @@ async fn login(
     .await
     .map_err(local)?;
     eprint!("{}", l::instructions(&device, &args.name));
+    if let Some(qr) = device
+        .verification_uri_complete
+        .as_deref()
+        .and_then(l::terminal_qr)
+    {
+        eprintln!("{qr}");
+    }
     let set = l::poll(
         &http,
         &endpoints,
