@@ -25,6 +25,10 @@ pub enum Launcher {
     /// namespace; runners are told the callback's `http://` loopback address. The other fields
     /// must be the defaults (no flag sets them); the deadline grace comes from `grace`.
     Pod(PodLaunchConfig),
+    /// The operator's flags for the launcher, as given (the real-node tier: the pod launcher
+    /// with a dstack socket, callback TLS and egress settings no [`PodLaunchConfig`] field
+    /// maps to alone). The callback address comes from the listener.
+    Flags(Vec<String>),
 }
 
 /// A running operator (both controllers + callback server + metrics) that can be stopped.
@@ -152,6 +156,7 @@ fn flags(
             ]);
             flags.extend(attestation_flags(&p.quote_provider));
         }
+        Launcher::Flags(extra) => flags.extend(extra.iter().cloned()),
     }
     flags
 }

@@ -249,7 +249,17 @@ async fn launch_pod(
             ..Default::default()
         },
         type_: Some("Opaque".into()),
-        string_data: Some([(pod::BUNDLE_FILE.to_owned(), body)].into()),
+        string_data: Some(
+            [(pod::BUNDLE_FILE.to_owned(), body)]
+                .into_iter()
+                .chain(
+                    config
+                        .upstream_ca_pem
+                        .clone()
+                        .map(|pem| (pod::UPSTREAM_CA_FILE.to_owned(), pem)),
+                )
+                .collect(),
+        ),
         ..Default::default()
     };
     let pp = PatchParams::apply(FIELD_MANAGER).force();
