@@ -2,7 +2,10 @@
  * what the container really is, as one JSON line on stdout and in /dev/termination-log:
  * its uid and gid, whether the root filesystem takes a write, whether a service-account token
  * is mounted, its effective capabilities and no_new_privs, and for each HOST:PORT argument
- * whether a TCP connection opens within 3 s ("open", "refused", "timeout" or an errno). */
+ * whether a TCP connection opens within 3 s ("open", "refused", "timeout" or an errno), once
+ * at start ("connect") and again after the seconds of a first argument "wait=N"
+ * ("connectAfter"): a NetworkPolicy controller programs a new Pod's rules a moment after it
+ * starts, and both moments are worth knowing. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -85,12 +88,27 @@ int main(int argc, char **argv) {
   status_field("CapEff:", caps, sizeof caps);
   status_field("NoNewPrivs:", nnp, sizeof nnp);
   put(",\"capEff\":\"%s\",\"noNewPrivs\":\"%s\"", caps, nnp);
+  int first = 1, wait = 0;
+  if (argc > 1 && strncmp(argv[1], "wait=", 5) == 0) {
+    wait = atoi(argv[1] + 5);
+    first = 2;
+  }
   put(",\"connect\":{%s%s", "", "");
-  for (int i = 1; i < argc; i++) {
-    put("%s\"%s\":", i > 1 ? "," : "", argv[i]);
+  for (int i = first; i < argc; i++) {
+    put("%s\"%s\":", i > first ? "," : "", argv[i]);
     put("\"%s\"%s", tcp(argv[i]), "");
   }
-  put("}}\n%s%s", "", "");
+  put("}%s%s", "", "");
+  if (wait > 0) {
+    sleep((unsigned)wait);
+    put(",\"connectAfter\":{%s%s", "", "");
+    for (int i = first; i < argc; i++) {
+      put("%s\"%s\":", i > first ? "," : "", argv[i]);
+      put("\"%s\"%s", tcp(argv[i]), "");
+    }
+    put("}%s%s", "", "");
+  }
+  put("}\n%s%s", "", "");
   fputs(out, stdout);
   fflush(stdout);
   int t = open("/dev/termination-log", O_WRONLY | O_TRUNC);
