@@ -25,7 +25,7 @@ pub use execution::{
 pub use glob::{GlobError, GlobSegment, PathGlob};
 pub use permit::{
     Approval, ApprovalDecision, ApprovalVia, ArgOp, ArgRule, AuthSpec, BodyRules, Capability,
-    CapabilityForm, CodeReview, HttpMethod, ParamLocation, ParamSpec, Permit, PermitPhase,
+    CapabilityForm, CodeReview, Draft, DraftDocument, DraftSource, HttpMethod, Intent, ParamLocation, ParamSpec, Permit, PermitPhase,
     PermitSpec, PermitStatus, PermitUsage, QueryRules, RateLimit, RequiredAttestation,
     SecretBinding, SecretLocation, TrustLevel, WebSignIn, WebSignInRequest,
 };

@@ -419,7 +419,7 @@ pub async fn execute(
     let skill = if prepared.is_some() {
         prepared
     } else if field == "skill_code" {
-        match prepare_skill(code, &permit.spec, permit_name)? {
+        match prepare_skill(code, &permit.effective_spec(), permit_name)? {
             Ok(s) => Some(s),
             Err(Refusal(error)) => {
                 return Ok(Json(json!({
@@ -449,12 +449,12 @@ pub async fn execute(
         .unwrap_or_default();
     let (code, timeout, source_digest) = match &skill {
         Some(s) => (
-            skill_code_to_run(&permit.spec, &positional, &s.source),
+            skill_code_to_run(&permit.effective_spec(), &positional, &s.source),
             s.timeout.unwrap_or(gw.execution_timeout()),
             Some(oauth3_crds::code_digest(code)),
         ),
         None => (
-            format!("{}{code}", positional_prelude(&permit.spec, &positional)),
+            format!("{}{code}", positional_prelude(&permit.effective_spec(), &positional)),
             gw.execution_timeout(),
             None,
         ),
