@@ -189,8 +189,7 @@ pub struct Intent {
     /// Fixed values of path parameters (`owner: amiller`): each becomes a literal path segment
     /// of the drafted endpoint, so the code cannot choose another.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 16))]
-    #[x_kube(validation = Rule::new("self.all(k, self[k].matches('^[A-Za-z0-9._~-]{1,200}$'))").message("each constraints value must be 1 to 200 URL-safe characters (letters, digits, . _ ~ -): it becomes a literal path segment"))]
+    #[schemars(extend("maxProperties" = 16, "additionalProperties" = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[A-Za-z0-9._~-]+$"}))]
     pub constraints: BTreeMap<String, String>,
 }
 
@@ -207,22 +206,27 @@ pub struct Draft {
     pub source_digest: String,
     /// The proposed capabilities; empty when the draft failed (see `errors`).
     #[serde(default)]
+    #[schemars(length(max = 128))]
     pub capabilities: Vec<Capability>,
     /// Which document (and operation) each capability came from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
     pub sources: Vec<DraftSource>,
     /// The documents the drafter read, with the SHA-256 of their bytes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
     pub documents: Vec<DraftDocument>,
     /// Why the drafter proposed what it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rationale: Option<String>,
     /// What the drafter chose not to allow (narrowed or refused), in words.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
     pub not_allowed: Vec<String>,
     /// Why the draft failed, each naming the field and the rule; a draft with errors is
     /// never approved.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
     pub errors: Vec<String>,
     /// When the draft was made.
     pub at: Time,
@@ -261,7 +265,10 @@ impl Permit {
             return std::borrow::Cow::Borrowed(&self.spec);
         }
         let mut spec = self.spec.clone();
-        spec.capabilities = self.usable_draft().map(|d| d.capabilities.clone()).unwrap_or_default();
+        spec.capabilities = self
+            .usable_draft()
+            .map(|d| d.capabilities.clone())
+            .unwrap_or_default();
         std::borrow::Cow::Owned(spec)
     }
 
@@ -269,8 +276,10 @@ impl Permit {
     pub fn usable_draft(&self) -> Option<&Draft> {
         let draft = self.status.as_ref()?.draft.as_ref()?;
         let current = crate::digest::spec_digest(&self.spec).ok()?;
-        (draft.source_digest == current && draft.errors.is_empty() && !draft.capabilities.is_empty())
-            .then_some(draft)
+        (draft.source_digest == current
+            && draft.errors.is_empty()
+            && !draft.capabilities.is_empty())
+        .then_some(draft)
     }
 }
 

@@ -547,7 +547,8 @@ pub async fn decide(
         }
     };
     let name = permit.name_any();
-    let digest = spec_digest(&permit.effective_spec()).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let digest =
+        spec_digest(&permit.effective_spec()).map_err(|e| ApiError::Internal(e.to_string()))?;
     let already = permit
         .status
         .as_ref()

@@ -454,7 +454,10 @@ pub async fn execute(
             Some(oauth3_crds::code_digest(code)),
         ),
         None => (
-            format!("{}{code}", positional_prelude(&permit.effective_spec(), &positional)),
+            format!(
+                "{}{code}",
+                positional_prelude(&permit.effective_spec(), &positional)
+            ),
             gw.execution_timeout(),
             None,
         ),

@@ -23,7 +23,9 @@ pub enum ApprovalError {
     #[error("spec.validFor: {0} is out of range")]
     ValidForRange(String),
     /// The spec states an intent and no successful draft for it is in status yet.
-    #[error("status.draft: the intent has no successful draft for the current spec yet; nothing can be approved (see kubectl oauth3 get)")]
+    #[error(
+        "status.draft: the intent has no successful draft for the current spec yet; nothing can be approved (see kubectl oauth3 get)"
+    )]
     NoDraft,
     /// A path glob the runner would refuse (stored before the schema refused it): approving
     /// it would show the owner a reading that no run can have.

@@ -81,7 +81,12 @@ pub struct DraftArgs {
     /// `host:port`). An intent's doc URL elsewhere is refused before any request, as is any
     /// host that resolves to a private, loopback, link-local (metadata) or other non-public
     /// address. Default: none, drafting is off.
-    #[arg(long, env = "OAUTH3_DRAFT_DOC_HOSTS", value_name = "HOST,HOST", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "OAUTH3_DRAFT_DOC_HOSTS",
+        value_name = "HOST,HOST",
+        value_delimiter = ','
+    )]
     pub draft_doc_hosts: Vec<String>,
     /// The largest document fetched, in bytes (GitHub's description is about 13 MB).
     #[arg(long, env = "OAUTH3_DRAFT_DOC_MAX_BYTES", default_value_t = 32 << 20)]
@@ -110,7 +115,11 @@ pub struct DraftArgs {
     #[arg(long, env = "OAUTH3_DRAFT_LLM_KEY_FILE", value_name = "PATH")]
     pub draft_llm_key_file: Option<PathBuf>,
     /// `--drafter llm`: how many bytes of each document go into the prompt.
-    #[arg(long, env = "OAUTH3_DRAFT_LLM_MAX_DOC_BYTES", default_value_t = 200_000)]
+    #[arg(
+        long,
+        env = "OAUTH3_DRAFT_LLM_MAX_DOC_BYTES",
+        default_value_t = 200_000
+    )]
     pub draft_llm_max_doc_bytes: usize,
 }
 
@@ -126,7 +135,10 @@ impl DraftArgs {
         }
         let bad = |flag: &'static str, why: String| ConfigError::Draft { flag, why };
         let extra_ca_pem = match &self.draft_ca_file {
-            Some(p) => Some(std::fs::read(p).map_err(|e| bad("--draft-ca-file", format!("{}: {e}", p.display())))?),
+            Some(p) => Some(
+                std::fs::read(p)
+                    .map_err(|e| bad("--draft-ca-file", format!("{}: {e}", p.display())))?,
+            ),
             None => None,
         };
         let config = fetch::FetchConfig {
@@ -145,9 +157,16 @@ impl DraftArgs {
         let drafter = match self.drafter {
             DrafterChoice::Openapi => AnyDrafter::OpenApi(OpenApiDrafter),
             DrafterChoice::Llm => {
-                let url = self.draft_llm_url.clone().ok_or_else(|| bad("--draft-llm-url", "required with --drafter llm".into()))?;
-                let model = self.draft_llm_model.clone().ok_or_else(|| bad("--draft-llm-model", "required with --drafter llm".into()))?;
-                let path = self.draft_llm_key_file.as_ref().ok_or_else(|| bad("--draft-llm-key-file", "required with --drafter llm".into()))?;
+                let url = self
+                    .draft_llm_url
+                    .clone()
+                    .ok_or_else(|| bad("--draft-llm-url", "required with --drafter llm".into()))?;
+                let model = self.draft_llm_model.clone().ok_or_else(|| {
+                    bad("--draft-llm-model", "required with --drafter llm".into())
+                })?;
+                let path = self.draft_llm_key_file.as_ref().ok_or_else(|| {
+                    bad("--draft-llm-key-file", "required with --drafter llm".into())
+                })?;
                 let key = std::fs::read_to_string(path)
                     .map_err(|e| bad("--draft-llm-key-file", format!("{}: {e}", path.display())))?;
                 let http = reqwest::Client::builder()

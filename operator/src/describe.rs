@@ -375,14 +375,21 @@ fn intent_text(permit: &Permit) -> String {
         return String::new();
     }
     let mut out = String::new();
-    let _ = writeln!(out, "\nThe agent's intent (the rules above were drafted from it, not written by the agent):");
+    let _ = writeln!(
+        out,
+        "\nThe agent's intent (the rules above were drafted from it, not written by the agent):"
+    );
     for i in &spec.intent {
         let _ = writeln!(out, "  - {}: \"{}\"", i.name, i.goal);
         if !i.operations.is_empty() {
             let _ = writeln!(out, "    operations asked for: {}", i.operations.join(", "));
         }
         if !i.constraints.is_empty() {
-            let fixed: Vec<String> = i.constraints.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+            let fixed: Vec<String> = i
+                .constraints
+                .iter()
+                .map(|(k, v)| format!("{k} = {v}"))
+                .collect();
             let _ = writeln!(out, "    fixed: {}", fixed.join(", "));
         }
     }
@@ -390,15 +397,31 @@ fn intent_text(permit: &Permit) -> String {
     let current = oauth3_crds::spec_digest(spec).unwrap_or_default();
     match draft.filter(|d| d.source_digest == current) {
         None => {
-            let _ = writeln!(out, "Draft: not made yet; nothing can be approved until it is.");
+            let _ = writeln!(
+                out,
+                "Draft: not made yet; nothing can be approved until it is."
+            );
         }
         Some(d) => {
-            let docs: Vec<String> = d.documents.iter().map(|x| format!("{} ({})", x.url, x.digest)).collect();
-            let _ = writeln!(out, "Drafted by the {} drafter from: {}", d.drafter, docs.join(", "));
+            let docs: Vec<String> = d
+                .documents
+                .iter()
+                .map(|x| format!("{} ({})", x.url, x.digest))
+                .collect();
+            let _ = writeln!(
+                out,
+                "Drafted by the {} drafter from: {}",
+                d.drafter,
+                docs.join(", ")
+            );
             if !d.sources.is_empty() {
                 let _ = writeln!(out, "Where each rule came from:");
                 for src in &d.sources {
-                    let op = src.operation.as_deref().map(|o| format!(", operation {o}")).unwrap_or_default();
+                    let op = src
+                        .operation
+                        .as_deref()
+                        .map(|o| format!(", operation {o}"))
+                        .unwrap_or_default();
                     let _ = writeln!(out, "  - {}: {}{op}", src.capability, src.document);
                 }
             }

@@ -485,7 +485,8 @@ pub async fn record_trust(
 /// # Errors
 /// [`PluginError::Local`] when the spec cannot be digested (the schema prevents it).
 pub fn render_permit(permit: &Permit) -> Result<String, PluginError> {
-    let digest = spec_digest(&permit.effective_spec()).map_err(|e| PluginError::Local(e.to_string()))?;
+    let digest =
+        spec_digest(&permit.effective_spec()).map_err(|e| PluginError::Local(e.to_string()))?;
     let mut out = describe_permit(permit, &digest);
     let status = permit.status.clone().unwrap_or_default();
     if let Some(a) = &status.approval {

@@ -60,24 +60,28 @@ impl DocServer {
         );
         let requests = Arc::new(Mutex::new(Vec::new()));
         let seen = requests.clone();
-        serve_tls(listener, acceptor, move |req: Request<hyper::body::Incoming>| {
-            let docs = docs.clone();
-            let seen = seen.clone();
-            async move {
-                let path = req.uri().path().to_owned();
-                seen.lock().expect("lock").push(path.clone());
-                match docs.get(&path) {
-                    Some(b) => Response::builder()
-                        .header("content-type", "application/json")
-                        .body(Full::new(b.clone()))
-                        .expect("response"),
-                    None => Response::builder()
-                        .status(404)
-                        .body(Full::new(Bytes::new()))
-                        .expect("response"),
+        serve_tls(
+            listener,
+            acceptor,
+            move |req: Request<hyper::body::Incoming>| {
+                let docs = docs.clone();
+                let seen = seen.clone();
+                async move {
+                    let path = req.uri().path().to_owned();
+                    seen.lock().expect("lock").push(path.clone());
+                    match docs.get(&path) {
+                        Some(b) => Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(b.clone()))
+                            .expect("response"),
+                        None => Response::builder()
+                            .status(404)
+                            .body(Full::new(Bytes::new()))
+                            .expect("response"),
+                    }
                 }
-            }
-        });
+            },
+        );
         DocServer {
             addr,
             ca_pem,
@@ -129,40 +133,50 @@ impl MessagesServer {
         let answer = Arc::new(Mutex::new(answer));
         let prompts = Arc::new(Mutex::new(Vec::new()));
         let (a, p) = (answer.clone(), prompts.clone());
-        serve_tls(listener, acceptor, move |req: Request<hyper::body::Incoming>| {
-            let (a, p) = (a.clone(), p.clone());
-            async move {
-                let ok_path = req.method() == hyper::Method::POST && req.uri().path() == "/v1/messages";
-                let keyed = req.headers().get("x-api-key").is_some()
-                    && req.headers().get("anthropic-version").is_some();
-                let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                if !ok_path || !keyed || body["model"].as_str().is_none() {
-                    return Response::builder()
-                        .status(400)
-                        .body(Full::new(Bytes::from_static(b"{\"type\":\"error\"}")))
-                        .expect("response");
-                }
-                p.lock().expect("lock").push(body);
-                let answer = a.lock().expect("lock").clone();
-                let text = match answer {
-                    ModelAnswer::Stall(d) => {
-                        tokio::time::sleep(d).await;
-                        String::new()
+        serve_tls(
+            listener,
+            acceptor,
+            move |req: Request<hyper::body::Incoming>| {
+                let (a, p) = (a.clone(), p.clone());
+                async move {
+                    let ok_path =
+                        req.method() == hyper::Method::POST && req.uri().path() == "/v1/messages";
+                    let keyed = req.headers().get("x-api-key").is_some()
+                        && req.headers().get("anthropic-version").is_some();
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    if !ok_path || !keyed || body["model"].as_str().is_none() {
+                        return Response::builder()
+                            .status(400)
+                            .body(Full::new(Bytes::from_static(b"{\"type\":\"error\"}")))
+                            .expect("response");
                     }
-                    ModelAnswer::Text(t) => t,
-                };
-                let message = serde_json::json!({
-                    "id": "msg_test", "type": "message", "role": "assistant", "model": "test",
-                    "content": [{"type": "text", "text": text}],
-                    "stop_reason": "end_turn", "usage": {"input_tokens": 1, "output_tokens": 1}
-                });
-                Response::builder()
-                    .header("content-type", "application/json")
-                    .body(Full::new(Bytes::from(message.to_string())))
-                    .expect("response")
-            }
-        });
+                    p.lock().expect("lock").push(body);
+                    let answer = a.lock().expect("lock").clone();
+                    let text = match answer {
+                        ModelAnswer::Stall(d) => {
+                            tokio::time::sleep(d).await;
+                            String::new()
+                        }
+                        ModelAnswer::Text(t) => t,
+                    };
+                    let message = serde_json::json!({
+                        "id": "msg_test", "type": "message", "role": "assistant", "model": "test",
+                        "content": [{"type": "text", "text": text}],
+                        "stop_reason": "end_turn", "usage": {"input_tokens": 1, "output_tokens": 1}
+                    });
+                    Response::builder()
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(message.to_string())))
+                        .expect("response")
+                }
+            },
+        );
         MessagesServer {
             addr,
             ca_pem,

@@ -41,7 +41,9 @@ pub enum FetchError {
         allowed: String,
     },
     /// The host resolves to an address the drafter never reaches.
-    #[error("{url}: {host} resolves to {ip}, which is {why}; documents are fetched only from public addresses")]
+    #[error(
+        "{url}: {host} resolves to {ip}, which is {why}; documents are fetched only from public addresses"
+    )]
     PrivateAddress {
         /// The URL.
         url: String,
@@ -181,10 +183,7 @@ pub fn check_url(raw: &str, config: &FetchConfig) -> Result<CheckedUrl, FetchErr
 }
 
 fn is_loopback_name(host: &str) -> bool {
-    host == "localhost"
-        || host
-            .parse::<IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Whether the drafter may connect to `ip` (pure): public unicast only, or loopback under the
@@ -291,7 +290,11 @@ impl DocFetcher {
             .map(|(_, f)| f.clone())
     }
 
-    async fn resolve(&self, raw: &str, checked: &CheckedUrl) -> Result<Vec<SocketAddr>, FetchError> {
+    async fn resolve(
+        &self,
+        raw: &str,
+        checked: &CheckedUrl,
+    ) -> Result<Vec<SocketAddr>, FetchError> {
         let addrs: Vec<SocketAddr> = match checked.host.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, checked.port)],
             Err(_) => tokio::net::lookup_host((checked.host.as_str(), checked.port))
@@ -403,7 +406,10 @@ mod tests {
         check_url("https://127.0.0.1:8443/api.json", &c).expect("allowed with port");
         for (url, want) in [
             ("https://evil.example/api.json", "not an allowed doc host"),
-            ("https://raw.githubusercontent.com:444/x", "not an allowed doc host"),
+            (
+                "https://raw.githubusercontent.com:444/x",
+                "not an allowed doc host",
+            ),
             ("https://127.0.0.1:8444/api.json", "not an allowed doc host"),
             ("http://raw.githubusercontent.com/x", "must use https"),
             ("https://u:p@raw.githubusercontent.com/x", "userinfo"),
@@ -416,7 +422,14 @@ mod tests {
 
     #[test]
     fn private_loopback_and_metadata_addresses_are_refused_unless_loopback_is_allowed_for_dev() {
-        for ip in ["127.0.0.1", "10.0.0.1", "169.254.169.254", "192.168.1.1", "::1", "fd00::1"] {
+        for ip in [
+            "127.0.0.1",
+            "10.0.0.1",
+            "169.254.169.254",
+            "192.168.1.1",
+            "::1",
+            "fd00::1",
+        ] {
             let ip: IpAddr = ip.parse().expect("ip");
             assert!(check_doc_address(ip, false).is_err(), "{ip}");
         }

@@ -92,7 +92,11 @@ pub fn prompt(spec: &PermitSpec, docs: &Documents, max_doc_bytes: usize) -> Stri
                 "<document url={:?} digest={:?}{}>\n{}\n</document>\n",
                 f.url,
                 f.digest,
-                if cut < text.len() { " truncated=true" } else { "" },
+                if cut < text.len() {
+                    " truncated=true"
+                } else {
+                    ""
+                },
                 &text[..cut]
             ));
         }
@@ -111,9 +115,8 @@ pub fn parse_answer(text: &str) -> Result<Proposal, String> {
         .or_else(|| trimmed.strip_prefix("```"))
         .and_then(|t| t.strip_suffix("```"))
         .map_or(trimmed, str::trim);
-    let answer: Answer = serde_json::from_str(trimmed).map_err(|e| {
-        format!("llm: the answer is not one JSON object of capabilities: {e}")
-    })?;
+    let answer: Answer = serde_json::from_str(trimmed)
+        .map_err(|e| format!("llm: the answer is not one JSON object of capabilities: {e}"))?;
     Ok(Proposal {
         sources: Vec::new(),
         capabilities: answer.capabilities,
@@ -216,7 +219,9 @@ impl Drafter for LlmDrafter {
                 operation: None,
             });
         }
-        proposal.rationale.insert(0, format!("drafted by the model {}", self.model));
+        proposal
+            .rationale
+            .insert(0, format!("drafted by the model {}", self.model));
         Ok(proposal)
     }
 }
@@ -232,9 +237,16 @@ mod tests {
 ```"#)
         .expect("answer");
         assert_eq!(p.capabilities[0].name, "a");
-        for bad in ["Sure! Here is the permit.", "[1, 2]", r#"{"capabilities": [], "approve": true}"#] {
+        for bad in [
+            "Sure! Here is the permit.",
+            "[1, 2]",
+            r#"{"capabilities": [], "approve": true}"#,
+        ] {
             let err = parse_answer(bad).expect_err(bad);
-            assert!(err.starts_with("llm: the answer is not one JSON object of capabilities"), "{err}");
+            assert!(
+                err.starts_with("llm: the answer is not one JSON object of capabilities"),
+                "{err}"
+            );
         }
     }
 }

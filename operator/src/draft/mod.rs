@@ -76,7 +76,8 @@ impl Drafter for OpenApiDrafter {
                     Err(e) => errors.push(format!("intent[{i}].docUrls: {e}")),
                 }
             }
-            let views: Vec<(&str, &openapi::ApiDoc)> = parsed.iter().map(|(u, d)| (*u, d)).collect();
+            let views: Vec<(&str, &openapi::ApiDoc)> =
+                parsed.iter().map(|(u, d)| (*u, d)).collect();
             match openapi::draft_intent(i, intent, &views) {
                 Ok(p) => {
                     all.capabilities.extend(p.capabilities);
@@ -87,7 +88,11 @@ impl Drafter for OpenApiDrafter {
                 Err(e) => errors.push(e.0),
             }
         }
-        if errors.is_empty() { Ok(all) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(all)
+        } else {
+            Err(errors)
+        }
     }
 }
 

@@ -193,7 +193,9 @@ pub fn server_origin(url: &str, bytes: &[u8]) -> Option<String> {
         ..ApiDoc::default()
     };
     let base = server_base(url, &doc).ok()?;
-    url::Url::parse(&base).ok().map(|u| u.origin().ascii_serialization())
+    url::Url::parse(&base)
+        .ok()
+        .map(|u| u.origin().ascii_serialization())
 }
 
 /// One resolved operation.
@@ -215,10 +217,7 @@ impl Resolved<'_> {
     }
 }
 
-fn resolve<'a>(
-    doc: &'a ApiDoc,
-    wanted: &str,
-) -> Vec<Resolved<'a>> {
+fn resolve<'a>(doc: &'a ApiDoc, wanted: &str) -> Vec<Resolved<'a>> {
     let all = doc.paths.iter().flat_map(|(path, item)| {
         item.operations()
             .map(move |(method, op)| (path.as_str(), method, item, op))
@@ -226,7 +225,13 @@ fn resolve<'a>(
     if let Some(tag) = wanted.strip_prefix("tag:") {
         return all
             .filter(|(_, _, _, op)| op.tags.iter().any(|t| t == tag))
-            .map(|(path, method, item, op)| Resolved { path, method, item, op, named: false })
+            .map(|(path, method, item, op)| Resolved {
+                path,
+                method,
+                item,
+                op,
+                named: false,
+            })
             .collect();
     }
     if let Some((m, p)) = wanted.split_once(' ')
@@ -235,11 +240,23 @@ fn resolve<'a>(
         let p = p.trim();
         return all
             .filter(|(path, meth, _, _)| *path == p && *meth == method)
-            .map(|(path, method, item, op)| Resolved { path, method, item, op, named: true })
+            .map(|(path, method, item, op)| Resolved {
+                path,
+                method,
+                item,
+                op,
+                named: true,
+            })
             .collect();
     }
     all.filter(|(_, _, _, op)| op.operation_id.as_deref() == Some(wanted))
-        .map(|(path, method, item, op)| Resolved { path, method, item, op, named: true })
+        .map(|(path, method, item, op)| Resolved {
+            path,
+            method,
+            item,
+            op,
+            named: true,
+        })
         .collect()
 }
 
@@ -280,7 +297,10 @@ pub fn draft_intent(
                 ));
                 continue;
             }
-            if !chosen.iter().any(|(_, _, c)| c.path == r.path && c.method == r.method) {
+            if !chosen
+                .iter()
+                .any(|(_, _, c)| c.path == r.path && c.method == r.method)
+            {
                 chosen.push((url, doc, r));
             }
         }
@@ -304,7 +324,16 @@ pub fn draft_intent(
                 "{field}: two operations give the capability name {name}"
             )));
         }
-        let cap = capability(&field, intent, url, doc, r, name.clone(), &mut used_constraints, &mut proposal)?;
+        let cap = capability(
+            &field,
+            intent,
+            url,
+            doc,
+            r,
+            name.clone(),
+            &mut used_constraints,
+            &mut proposal,
+        )?;
         proposal.sources.push(DraftSource {
             capability: name,
             document: (*url).to_owned(),
@@ -312,7 +341,11 @@ pub fn draft_intent(
         });
         proposal.capabilities.push(cap);
     }
-    if let Some(unused) = intent.constraints.keys().find(|k| !used_constraints.contains(*k)) {
+    if let Some(unused) = intent
+        .constraints
+        .keys()
+        .find(|k| !used_constraints.contains(*k))
+    {
         return Err(OpenApiError(format!(
             "{field}.constraints.{unused}: no drafted operation has a path parameter {unused}"
         )));
@@ -320,23 +353,33 @@ pub fn draft_intent(
     proposal.rationale.push(format!(
         "{}: from the OpenAPI description{}, the operations {}",
         intent.name,
-        if chosen.iter().any(|(u, _, _)| *u != chosen[0].0) { "s" } else { "" },
-        chosen.iter().map(|(_, _, r)| r.label()).collect::<Vec<_>>().join("; ")
+        if chosen.iter().any(|(u, _, _)| *u != chosen[0].0) {
+            "s"
+        } else {
+            ""
+        },
+        chosen
+            .iter()
+            .map(|(_, _, r)| r.label())
+            .collect::<Vec<_>>()
+            .join("; ")
     ));
     Ok(proposal)
 }
 
 fn is_read(method: HttpMethod) -> bool {
-    matches!(method, HttpMethod::GET | HttpMethod::HEAD | HttpMethod::OPTIONS)
+    matches!(
+        method,
+        HttpMethod::GET | HttpMethod::HEAD | HttpMethod::OPTIONS
+    )
 }
 
 /// `IssuesCreate` from `issues/create`, or from the method and path.
 fn pascal(r: &Resolved) -> String {
-    let source = r
-        .op
-        .operation_id
-        .clone()
-        .unwrap_or_else(|| format!("{} {}", r.method.as_str().to_ascii_lowercase(), r.path));
+    let source =
+        r.op.operation_id
+            .clone()
+            .unwrap_or_else(|| format!("{} {}", r.method.as_str().to_ascii_lowercase(), r.path));
     source
         .split(|c: char| !c.is_ascii_alphanumeric())
         .filter(|w| !w.is_empty())
@@ -427,12 +470,15 @@ fn capability(
             continue;
         }
         if params.len() >= MAX_PARAMS {
-            proposal
-                .not_allowed
-                .push(format!("{label}: body property {key} (past {MAX_PARAMS} parameters)"));
+            proposal.not_allowed.push(format!(
+                "{label}: body property {key} (past {MAX_PARAMS} parameters)"
+            ));
             continue;
         }
-        params.insert(key.clone(), param(ParamLocation::Body, body_required.contains(&key)));
+        params.insert(
+            key.clone(),
+            param(ParamLocation::Body, body_required.contains(&key)),
+        );
         allowed_body.push(key);
     }
     if path.contains('{') {
@@ -516,7 +562,10 @@ fn deref_param<'a>(doc: &'a ApiDoc, p: &'a Parameter) -> &'a Parameter {
     let found = r
         .strip_prefix("#/components/parameters/")
         .and_then(|n| doc.components.parameters.get(n))
-        .or_else(|| r.strip_prefix("#/parameters/").and_then(|n| doc.parameters.get(n)));
+        .or_else(|| {
+            r.strip_prefix("#/parameters/")
+                .and_then(|n| doc.parameters.get(n))
+        });
     found.unwrap_or(p)
 }
 
@@ -531,7 +580,10 @@ fn deref_schema<'a>(doc: &'a ApiDoc, s: &'a Schema) -> &'a Schema {
     let Some(r) = &s.reference else { return s };
     r.strip_prefix("#/components/schemas/")
         .and_then(|n| doc.components.schemas.get(n))
-        .or_else(|| r.strip_prefix("#/definitions/").and_then(|n| doc.definitions.get(n)))
+        .or_else(|| {
+            r.strip_prefix("#/definitions/")
+                .and_then(|n| doc.definitions.get(n))
+        })
         .unwrap_or(s)
 }
 
@@ -572,8 +624,16 @@ fn auth(
         .collect();
     let required = op.security.as_ref().or(doc.security.as_ref());
     let scheme = required
-        .and_then(|reqs| reqs.iter().flat_map(|r| r.keys()).find_map(|k| schemes.get(k)))
-        .or_else(|| (schemes.len() == 1).then(|| schemes.values().next()).flatten());
+        .and_then(|reqs| {
+            reqs.iter()
+                .flat_map(|r| r.keys())
+                .find_map(|k| schemes.get(k))
+        })
+        .or_else(|| {
+            (schemes.len() == 1)
+                .then(|| schemes.values().next())
+                .flatten()
+        });
     let bearer = || AuthSpec {
         header: Some("Authorization".to_owned()),
         query_param: None,
@@ -641,7 +701,10 @@ mod tests {
             doc_urls: vec!["https://docs.example/api.json".into()],
             secret_hints: vec!["PET_KEY".into()],
             operations: ops.iter().map(|s| (*s).to_owned()).collect(),
-            constraints: constraints.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            constraints: constraints
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         }
     }
 
@@ -655,32 +718,58 @@ mod tests {
     fn a_named_write_gets_its_body_keys_and_the_api_key_scheme() {
         let p = run(&intent(&["createPet"], &[])).expect("draft");
         let c = &p.capabilities[0];
-        assert_eq!(c.endpoint.as_deref(), Some("https://api.example.com/v1/pets"));
+        assert_eq!(
+            c.endpoint.as_deref(),
+            Some("https://api.example.com/v1/pets")
+        );
         assert_eq!(c.method, Some(HttpMethod::POST));
-        assert_eq!(c.body.as_ref().and_then(|b| b.allow_keys.clone()), Some(vec!["name".into(), "tag".into()]));
+        assert_eq!(
+            c.body.as_ref().and_then(|b| b.allow_keys.clone()),
+            Some(vec!["name".into(), "tag".into()])
+        );
         assert!(c.params["name"].required && !c.params["tag"].required);
         let auth = c.auth.as_ref().expect("auth");
-        assert_eq!((auth.header.as_deref(), auth.value.as_str()), (Some("X-Api-Key"), "{PET_KEY}"));
+        assert_eq!(
+            (auth.header.as_deref(), auth.value.as_str()),
+            (Some("X-Api-Key"), "{PET_KEY}")
+        );
     }
 
     #[test]
     fn a_tag_allows_only_its_reads_and_says_which_writes_it_left_out() {
         let p = run(&intent(&["tag:pets"], &[])).expect("draft");
         let methods: Vec<_> = p.capabilities.iter().map(|c| c.method).collect();
-        assert!(methods.iter().all(|m| *m == Some(HttpMethod::GET)), "{methods:?}");
+        assert!(
+            methods.iter().all(|m| *m == Some(HttpMethod::GET)),
+            "{methods:?}"
+        );
         assert_eq!(p.capabilities.len(), 2);
-        assert!(p.not_allowed.iter().any(|n| n.contains("deletePet")), "{:?}", p.not_allowed);
-        assert!(p.not_allowed.iter().any(|n| n.contains("createPet")), "{:?}", p.not_allowed);
+        assert!(
+            p.not_allowed.iter().any(|n| n.contains("deletePet")),
+            "{:?}",
+            p.not_allowed
+        );
+        assert!(
+            p.not_allowed.iter().any(|n| n.contains("createPet")),
+            "{:?}",
+            p.not_allowed
+        );
         assert_eq!(p.capabilities[0].name, "petsListPets");
     }
 
     #[test]
     fn constraints_become_literal_segments_and_unused_ones_are_errors() {
         let p = run(&intent(&["GET /pets/{petId}"], &[("petId", "42")])).expect("draft");
-        assert_eq!(p.capabilities[0].endpoint.as_deref(), Some("https://api.example.com/v1/pets/42"));
+        assert_eq!(
+            p.capabilities[0].endpoint.as_deref(),
+            Some("https://api.example.com/v1/pets/42")
+        );
         assert!(p.capabilities[0].params.is_empty());
         let err = run(&intent(&["listPets"], &[("owner", "x")])).expect_err("unused");
-        assert_eq!(err.0, "intent[0].constraints.owner: no drafted operation has a path parameter owner");
+        assert_eq!(
+            err.0,
+            "intent[0].constraints.owner: no drafted operation has a path parameter owner"
+        );
     }
 
     #[test]
@@ -688,7 +777,11 @@ mod tests {
         let err = run(&intent(&["pets/fly"], &[])).expect_err("unknown");
         assert!(err.0.starts_with("intent[0].operations[0]: \"pets/fly\" is not an operation of https://docs.example/api.json"), "{err}");
         let err = run(&intent(&[], &[])).expect_err("none");
-        assert!(err.0.starts_with("intent[0].operations: the openapi drafter needs"), "{err}");
+        assert!(
+            err.0
+                .starts_with("intent[0].operations: the openapi drafter needs"),
+            "{err}"
+        );
         assert!(parse("u", b"{\"openapi\": \"1.0\"}").is_err());
         assert!(parse("u", b"<html>").is_err());
     }

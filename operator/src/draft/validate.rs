@@ -44,8 +44,9 @@ pub fn allowed_methods(spec: &PermitSpec) -> BTreeSet<HttpMethod> {
         let goal = words(&intent.goal);
         let has = |list: &[&str]| {
             goal.iter().any(|w| {
-                list.iter()
-                    .any(|l| w == l || w.strip_suffix('s') == Some(l) || w.strip_suffix("es") == Some(l))
+                list.iter().any(|l| {
+                    w == l || w.strip_suffix('s') == Some(l) || w.strip_suffix("es") == Some(l)
+                })
             })
         };
         if has(WRITE_WORDS) {
@@ -59,10 +60,7 @@ pub fn allowed_methods(spec: &PermitSpec) -> BTreeSet<HttpMethod> {
                 && m != HttpMethod::DELETE
             {
                 allowed.insert(m);
-            } else if op
-                .split_whitespace()
-                .next()
-                .and_then(HttpMethod::parse)
+            } else if op.split_whitespace().next().and_then(HttpMethod::parse)
                 == Some(HttpMethod::DELETE)
                 && has(DELETE_WORDS)
             {
@@ -131,7 +129,14 @@ pub fn narrow(
     let mut names = BTreeSet::new();
     for (i, mut cap) in proposal.capabilities.into_iter().enumerate() {
         let at = format!("draft.capabilities[{i}] ({})", cap.name);
-        match check_one(&mut cap, &methods, double_star, &hints, origins, &mut out.not_allowed) {
+        match check_one(
+            &mut cap,
+            &methods,
+            double_star,
+            &hints,
+            origins,
+            &mut out.not_allowed,
+        ) {
             Ok(true) => {}
             Ok(false) => continue,
             Err(why) => {
@@ -155,9 +160,15 @@ pub fn narrow(
         ));
     }
     if errors.is_empty() && out.capabilities.is_empty() {
-        errors.push("draft.capabilities: nothing is left to allow once narrowed to the intent".to_owned());
+        errors.push(
+            "draft.capabilities: nothing is left to allow once narrowed to the intent".to_owned(),
+        );
     }
-    if errors.is_empty() { Ok(out) } else { Err((out, errors)) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err((out, errors))
+    }
 }
 
 /// Checks one capability, narrowing it in place: `Ok(false)` drops it (noted), `Err` names
@@ -191,15 +202,25 @@ fn check_one(
         Some(CapabilityForm::ScopedFetch { base_url, .. }) => base_url.to_owned(),
         Some(CapabilityForm::TypedEndpoint { endpoint, .. }) => endpoint.to_owned(),
     };
-    let field = if cap.endpoint.is_some() { "endpoint" } else { "baseUrl" };
+    let field = if cap.endpoint.is_some() {
+        "endpoint"
+    } else {
+        "baseUrl"
+    };
     let o = origin(&url).map_err(|why| format!("{field}: {why}"))?;
     if !origins.contains(&o) {
         return Err(format!(
             "{field}: {o} is not a server the intent's documents declare ({})",
-            if origins.is_empty() { "none".to_owned() } else { origins.join(", ") }
+            if origins.is_empty() {
+                "none".to_owned()
+            } else {
+                origins.join(", ")
+            }
         ));
     }
-    if url.split('/').any(|s| s == "." || s == ".." || s.eq_ignore_ascii_case("%2e") || s.eq_ignore_ascii_case("%2e%2e")) {
+    if url.split('/').any(|s| {
+        s == "." || s == ".." || s.eq_ignore_ascii_case("%2e") || s.eq_ignore_ascii_case("%2e%2e")
+    }) {
         return Err(format!("{field}: must not contain . or .. segments"));
     }
     if let Some(auth) = &cap.auth {
@@ -211,9 +232,12 @@ fn check_one(
             return Err("auth.value: must not contain control characters".to_owned());
         }
         if let Some(h) = &auth.header
-            && !(h.eq_ignore_ascii_case("authorization") || h.to_ascii_lowercase().starts_with("x-"))
+            && !(h.eq_ignore_ascii_case("authorization")
+                || h.to_ascii_lowercase().starts_with("x-"))
         {
-            return Err(format!("auth.header: {h} is neither Authorization nor an X- header"));
+            return Err(format!(
+                "auth.header: {h} is neither Authorization nor an X- header"
+            ));
         }
     }
     if let Some(method) = cap.method {
@@ -224,7 +248,9 @@ fn check_one(
         let placeholders = crate::describe::path_placeholders(&url);
         for p in &placeholders {
             if cap.params.get(p).map(|s| s.location) != Some(ParamLocation::Path) {
-                return Err(format!("endpoint: {{{p}}} must be declared in params with in: path"));
+                return Err(format!(
+                    "endpoint: {{{p}}} must be declared in params with in: path"
+                ));
             }
         }
         let mut dropped = Vec::new();
@@ -249,12 +275,17 @@ fn check_one(
         let before: Vec<HttpMethod> = cap.methods.clone();
         cap.methods.retain(|m| methods.contains(m));
         for m in before.iter().filter(|m| !cap.methods.contains(m)) {
-            notes.push(format!("{name}: {m} is not allowed (the intent's goal does not ask for it)"));
+            notes.push(format!(
+                "{name}: {m} is not allowed (the intent's goal does not ask for it)"
+            ));
         }
         let before = cap.paths.clone();
-        cap.paths.retain(|p| double_star || !p.split('/').any(|s| s == "**"));
+        cap.paths
+            .retain(|p| double_star || !p.split('/').any(|s| s == "**"));
         for p in before.iter().filter(|p| !cap.paths.contains(p)) {
-            notes.push(format!("{name}: the path {p} (** matches everything below; the intent did not ask for it)"));
+            notes.push(format!(
+                "{name}: the path {p} (** matches everything below; the intent did not ask for it)"
+            ));
         }
         for (k, p) in cap.paths.iter().enumerate() {
             PathGlob::parse(p).map_err(|e| format!("paths[{k}]: {e}"))?;
@@ -291,36 +322,57 @@ mod tests {
     #[test]
     fn writes_and_double_star_beyond_the_goal_are_narrowed_away() {
         let p = Proposal {
-            capabilities: vec![cap(json!({"name": "api", "baseUrl": "https://api.example.com",
+            capabilities: vec![cap(
+                json!({"name": "api", "baseUrl": "https://api.example.com",
                 "paths": ["/repos/a/b/issues", "/**"], "methods": ["GET", "DELETE", "POST"],
-                "auth": {"header": "Authorization", "value": "Bearer {TOKEN}"}}))],
+                "auth": {"header": "Authorization", "value": "Bearer {TOKEN}"}}),
+            )],
             ..Proposal::default()
         };
         let out = narrow(&spec("list my repositories"), &origins(), p).expect("narrowed");
         let c = &out.capabilities[0];
         assert_eq!(c.methods, vec![HttpMethod::GET]);
         assert_eq!(c.paths, vec!["/repos/a/b/issues".to_owned()]);
-        assert!(out.not_allowed.iter().any(|n| n.contains("DELETE")), "{:?}", out.not_allowed);
-        assert!(out.not_allowed.iter().any(|n| n.contains("/**")), "{:?}", out.not_allowed);
+        assert!(
+            out.not_allowed.iter().any(|n| n.contains("DELETE")),
+            "{:?}",
+            out.not_allowed
+        );
+        assert!(
+            out.not_allowed.iter().any(|n| n.contains("/**")),
+            "{:?}",
+            out.not_allowed
+        );
     }
 
     #[test]
     fn other_hosts_secrets_and_fetch_forms_are_refused() {
         let other = Proposal {
-            capabilities: vec![cap(json!({"name": "api", "endpoint": "https://evil.example/x", "method": "GET"}))],
+            capabilities: vec![cap(
+                json!({"name": "api", "endpoint": "https://evil.example/x", "method": "GET"}),
+            )],
             ..Proposal::default()
         };
         let (_, errs) = narrow(&spec("read"), &origins(), other).expect_err("refused");
-        assert!(errs[0].contains("endpoint: https://evil.example is not a server the intent's documents declare"), "{errs:?}");
+        assert!(
+            errs[0].contains(
+                "endpoint: https://evil.example is not a server the intent's documents declare"
+            ),
+            "{errs:?}"
+        );
         let secret = Proposal {
-            capabilities: vec![cap(json!({"name": "api", "endpoint": "https://api.example.com/x", "method": "GET",
-                "auth": {"header": "Authorization", "value": "Bearer {OTHER}"}}))],
+            capabilities: vec![cap(
+                json!({"name": "api", "endpoint": "https://api.example.com/x", "method": "GET",
+                "auth": {"header": "Authorization", "value": "Bearer {OTHER}"}}),
+            )],
             ..Proposal::default()
         };
         let (_, errs) = narrow(&spec("read"), &origins(), secret).expect_err("refused");
         assert!(errs[0].contains("auth.value"), "{errs:?}");
         let fetch = Proposal {
-            capabilities: vec![cap(json!({"name": "f", "hosts": ["api.example.com"], "methods": ["GET"]}))],
+            capabilities: vec![cap(
+                json!({"name": "f", "hosts": ["api.example.com"], "methods": ["GET"]}),
+            )],
             ..Proposal::default()
         };
         let (_, errs) = narrow(&spec("read"), &origins(), fetch).expect_err("nothing left");

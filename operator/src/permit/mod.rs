@@ -79,7 +79,13 @@ pub async fn reconcile(permit: Arc<Permit>, ctx: Arc<Context>) -> Result<Action,
     let spec = resolved.effective_spec();
     let mut desired = desired_status(&spec, current, permit.metadata.generation, now);
     desired.status.network = Some(crate::egress::network_text(&spec, ctx.egress));
-    status::apply_draft(&mut desired, &permit.spec, draft, permit.metadata.generation, now);
+    status::apply_draft(
+        &mut desired,
+        &permit.spec,
+        draft,
+        permit.metadata.generation,
+        now,
+    );
 
     if desired.voided.is_some() {
         // Server-side apply cannot remove a field that another manager (the approver) also

@@ -306,9 +306,23 @@ pub fn apply_draft(
         .is_some_and(|c| c.reason == reason::AWAITING_DECISION || c.reason == reason::SPEC_CHANGED);
     match &draft {
         Some(d) if !d.errors.is_empty() => {
-            let why = format!("the {} drafter could not draft the intent: {}", d.drafter, d.errors.join("; "));
-            set_condition(&mut status.conditions, NewCondition::new(CONDITION_READY, false, reason::DRAFT_FAILED, why.clone()), generation, now.clone());
-            set_condition(&mut status.conditions, NewCondition::new(CONDITION_APPROVED, false, reason::DRAFT_FAILED, why), generation, now);
+            let why = format!(
+                "the {} drafter could not draft the intent: {}",
+                d.drafter,
+                d.errors.join("; ")
+            );
+            set_condition(
+                &mut status.conditions,
+                NewCondition::new(CONDITION_READY, false, reason::DRAFT_FAILED, why.clone()),
+                generation,
+                now.clone(),
+            );
+            set_condition(
+                &mut status.conditions,
+                NewCondition::new(CONDITION_APPROVED, false, reason::DRAFT_FAILED, why),
+                generation,
+                now,
+            );
         }
         Some(d) if awaiting => {
             let docs: Vec<&str> = d.documents.iter().map(|x| x.url.as_str()).collect();
