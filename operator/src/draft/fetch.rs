@@ -260,14 +260,13 @@ impl DocFetcher {
         let addrs = self.resolve(raw, &checked).await?;
         let fetched = self.download(raw, &checked, &addrs).await?;
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= CACHE_ENTRIES {
-            if let Some(oldest) = cache
+        if cache.len() >= CACHE_ENTRIES
+            && let Some(oldest) = cache
                 .iter()
                 .min_by_key(|(_, (at, _))| *at)
                 .map(|(k, _)| k.clone())
-            {
-                cache.remove(&oldest);
-            }
+        {
+            cache.remove(&oldest);
         }
         // Same bytes under another URL share one copy (the cache is by digest too).
         let shared = cache

@@ -281,7 +281,7 @@ pub fn draft_intent(
     for (j, wanted) in intent.operations.iter().enumerate() {
         let found = docs.iter().find_map(|(url, doc)| {
             let r = resolve(doc, wanted);
-            (!r.is_empty()).then(|| (*url, *doc, r))
+            (!r.is_empty()).then_some((*url, *doc, r))
         });
         let Some((url, doc, resolved)) = found else {
             return Err(OpenApiError(format!(
