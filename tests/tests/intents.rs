@@ -643,3 +643,116 @@ async fn an_agent_can_state_an_intent_but_never_write_its_draft() {
         .expect("get");
     assert!(stored.usable_draft().is_none() && stored.effective_spec().capabilities.is_empty());
 }
+
+/// The gateway: `POST /draft` previews a draft (creating nothing), `POST /permit {intent}`
+/// creates a Permit that the operator drafts; the agent's token is all it takes, and neither
+/// lets the agent write the draft.
+#[tokio::test]
+async fn the_gateway_previews_a_draft_and_requests_a_permit_from_an_intent() {
+    use oauth3_tests::gateway::{Http, InProcessGateway, Tenant};
+    let Some(admin) = client_or_skip().await else {
+        return;
+    };
+    let tenant = Tenant::new(&admin, "intent-gw").await;
+    let docs = github_docs().await;
+    let dir = tempdir();
+    std::fs::write(dir.join("docs-ca.pem"), &docs.ca_pem).expect("ca");
+    let draft_flags = [
+        format!("--draft-doc-hosts={}", docs.host()),
+        "--insecure-draft-docs-on-loopback".to_owned(),
+        format!("--draft-ca-file={}", dir.join("docs-ca.pem").display()),
+    ];
+    let flags: Vec<&str> = draft_flags
+        .iter()
+        .map(String::as_str)
+        .chain(["--auth-cache-ttl=0s"])
+        .collect();
+    let gw = InProcessGateway::start(&admin, &flags).await;
+    let runner = ProcessLauncherConfig {
+        binary: workspace_binary("oauth3-sandbox-runner", "oauth3-sandbox-runner"),
+        extra_args: vec![],
+        attestation: PodQuoteProvider::None,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let op = InProcessOperator::start_with_flags(
+        &admin,
+        &tenant.ns,
+        listener,
+        Launcher::Process(runner),
+        Duration::from_secs(30),
+        Duration::from_secs(3600),
+        &draft_flags,
+    );
+    let http = Http::new();
+    let intent = json!({
+        "name": "createIssue", "goal": "create issues on amiller/test",
+        "docUrls": [docs.url("/github.json")], "secretHints": ["GITHUB_TOKEN"],
+        "operations": ["issues/create"], "constraints": {"owner": "amiller", "repo": "test"}
+    });
+
+    let preview = http
+        .post(
+            &gw.url("/draft"),
+            Some(&tenant.agent),
+            &json!({"intent": [intent]}),
+        )
+        .await;
+    assert_eq!(preview.status, 200, "{}", preview.text);
+    assert_eq!(preview.body["ok"], true, "{}", preview.text);
+    assert_eq!(
+        preview.body["capabilities"][0]["endpoint"],
+        "https://api.github.com/repos/amiller/test/issues"
+    );
+    assert_eq!(
+        preview.body["sources"][0]["document"],
+        docs.url("/github.json")
+    );
+    let permits: Api<Permit> = Api::namespaced(admin.clone(), &tenant.ns);
+    assert!(
+        permits
+            .list(&Default::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty(),
+        "a preview creates nothing"
+    );
+    let anonymous = http
+        .post(&gw.url("/draft"), None, &json!({"intent": [intent]}))
+        .await;
+    assert_eq!(anonymous.status, 401, "{}", anonymous.text);
+
+    let asked = http
+        .post(
+            &gw.url("/permit"),
+            Some(&tenant.agent),
+            &json!({"intent": [intent], "permit_id": "gh"}),
+        )
+        .await;
+    assert_eq!(asked.status, 200, "{}", asked.text);
+    assert_eq!(asked.body["status"], "pending_draft");
+    assert_eq!(asked.body["secrets"], json!(["GITHUB_TOKEN"]));
+    let drafted = wait_until("Permit gh drafted", WAIT, || async {
+        match permits.get("gh").await {
+            Ok(p) if p.usable_draft().is_some() => Ok(p),
+            Ok(p) => Err(format!("{:?}", p.status)),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+    assert_eq!(
+        drafted.status.as_ref().and_then(|s| s.phase),
+        Some(PermitPhase::Pending)
+    );
+    assert_eq!(
+        drafted.effective_spec().capabilities[0].endpoint.as_deref(),
+        Some("https://api.github.com/repos/amiller/test/issues")
+    );
+    let both = http
+        .post(&gw.url("/permit"), Some(&tenant.agent), &json!({"intent": [intent], "capabilities": [{"name": "x", "base_url": "https://api.github.com", "paths": ["/**"]}]}))
+        .await;
+    assert_eq!(both.status, 400, "{}", both.text);
+    op.stop().await;
+}
