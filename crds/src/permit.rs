@@ -1016,6 +1016,60 @@ mod tests {
     }
 
     #[test]
+    fn the_effective_spec_of_an_intent_holds_only_a_successful_draft_made_for_this_spec() {
+        let spec: PermitSpec = serde_json::from_value(serde_json::json!({
+            "description": "d", "capabilities": [], "secrets": ["T"],
+            "intent": [{"name": "gh", "goal": "list", "docUrls": ["https://d.example/a.json"], "secretHints": ["T"]}]
+        }))
+        .expect("spec");
+        let cap: Capability = serde_json::from_value(serde_json::json!({
+            "name": "gh", "endpoint": "https://api.example.com/x", "method": "GET"
+        }))
+        .expect("cap");
+        let draft = |source: String, errors: Vec<String>| Draft {
+            drafter: "openapi".into(),
+            source_digest: source,
+            capabilities: vec![cap.clone()],
+            sources: vec![],
+            documents: vec![],
+            rationale: None,
+            not_allowed: vec![],
+            errors,
+            at: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+        };
+        let mut p = Permit::new("p", spec.clone());
+        assert!(p.effective_spec().capabilities.is_empty(), "no draft yet");
+        let digest = crate::spec_digest(&spec).expect("digest");
+        p.status = Some(PermitStatus {
+            draft: Some(draft(digest.clone(), vec![])),
+            ..Default::default()
+        });
+        assert_eq!(p.effective_spec().capabilities, vec![cap.clone()]);
+        p.status = Some(PermitStatus {
+            draft: Some(draft(digest, vec!["bad".into()])),
+            ..Default::default()
+        });
+        assert!(p.effective_spec().capabilities.is_empty(), "a failed draft");
+        p.status = Some(PermitStatus {
+            draft: Some(draft("sha256:other".into(), vec![])),
+            ..Default::default()
+        });
+        assert!(
+            p.effective_spec().capabilities.is_empty(),
+            "a draft of another spec"
+        );
+        let plain = Permit::new(
+            "q",
+            PermitSpec {
+                intent: vec![],
+                capabilities: vec![cap.clone()],
+                ..spec
+            },
+        );
+        assert_eq!(plain.effective_spec().capabilities, vec![cap]);
+    }
+
+    #[test]
     fn permit_spec_defaults_are_applied_on_deserialise() {
         let spec: PermitSpec = serde_json::from_value(serde_json::json!({
             "description": "d",

@@ -198,6 +198,13 @@ pub fn server_origin(url: &str, bytes: &[u8]) -> Option<String> {
         .map(|u| u.origin().ascii_serialization())
 }
 
+/// A resolved operation with the document it is in.
+struct Chosen<'a> {
+    url: &'a str,
+    doc: &'a ApiDoc,
+    op: Resolved<'a>,
+}
+
 /// One resolved operation.
 struct Resolved<'a> {
     path: &'a str,
@@ -276,7 +283,7 @@ pub fn draft_intent(
             "{field}.operations: the openapi drafter needs the operations wanted (an operationId such as issues/create, METHOD /path as the document writes it, or tag:NAME)"
         )));
     }
-    let mut chosen: Vec<(&str, &ApiDoc, Resolved)> = Vec::new();
+    let mut chosen: Vec<Chosen> = Vec::new();
     let mut proposal = Proposal::default();
     for (j, wanted) in intent.operations.iter().enumerate() {
         let found = docs.iter().find_map(|(url, doc)| {
@@ -299,9 +306,9 @@ pub fn draft_intent(
             }
             if !chosen
                 .iter()
-                .any(|(_, _, c)| c.path == r.path && c.method == r.method)
+                .any(|c| c.op.path == r.path && c.op.method == r.method)
             {
-                chosen.push((url, doc, r));
+                chosen.push(Chosen { url, doc, op: r });
             }
         }
     }
@@ -313,7 +320,8 @@ pub fn draft_intent(
     let mut used_constraints = BTreeSet::new();
     let single = chosen.len() == 1;
     let mut names = BTreeSet::new();
-    for (url, doc, r) in &chosen {
+    for c in &chosen {
+        let r = &c.op;
         let name = if single {
             intent.name.clone()
         } else {
@@ -327,16 +335,14 @@ pub fn draft_intent(
         let cap = capability(
             &field,
             intent,
-            url,
-            doc,
-            r,
+            c,
             name.clone(),
             &mut used_constraints,
             &mut proposal,
         )?;
         proposal.sources.push(DraftSource {
             capability: name,
-            document: (*url).to_owned(),
+            document: c.url.to_owned(),
             operation: Some(r.label()),
         });
         proposal.capabilities.push(cap);
@@ -353,14 +359,14 @@ pub fn draft_intent(
     proposal.rationale.push(format!(
         "{}: from the OpenAPI description{}, the operations {}",
         intent.name,
-        if chosen.iter().any(|(u, _, _)| *u != chosen[0].0) {
+        if chosen.iter().any(|c| c.url != chosen[0].url) {
             "s"
         } else {
             ""
         },
         chosen
             .iter()
-            .map(|(_, _, r)| r.label())
+            .map(|c| c.op.label())
             .collect::<Vec<_>>()
             .join("; ")
     ));
@@ -392,17 +398,15 @@ fn pascal(r: &Resolved) -> String {
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
 fn capability(
     field: &str,
     intent: &Intent,
-    url: &str,
-    doc: &ApiDoc,
-    r: &Resolved,
+    chosen: &Chosen,
     name: String,
     used_constraints: &mut BTreeSet<String>,
     proposal: &mut Proposal,
 ) -> Result<Capability, OpenApiError> {
+    let (url, doc, r) = (chosen.url, chosen.doc, &chosen.op);
     let base = server_base(url, doc)
         .map_err(|why| OpenApiError(format!("{field}.docUrls: {url}: {why}")))?;
     let label = r.label();
