@@ -55,6 +55,139 @@ pub struct Config {
     /// The Telegram approval channel.
     #[command(flatten)]
     pub telegram: TelegramArgs,
+    /// Drafting capabilities from a Permit's intent.
+    #[command(flatten)]
+    pub draft: DraftArgs,
+}
+
+/// Which drafter turns an intent into capabilities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DrafterChoice {
+    /// Deterministic, from the API's OpenAPI 3.x or Swagger 2 description.
+    Openapi,
+    /// A language model behind an Anthropic Messages or OpenAI Chat Completions compatible
+    /// endpoint (`--draft-llm-url`, `--draft-llm-model`, `--draft-llm-key-file`).
+    Llm,
+}
+
+/// Flags of intent drafting. Off (intents wait, `AwaitingDraft`) until `--draft-doc-hosts`
+/// names at least one host.
+#[derive(Debug, Clone, Args)]
+pub struct DraftArgs {
+    /// Which drafter proposes the capabilities of an intent.
+    #[arg(long, value_enum, env = "OAUTH3_DRAFTER", default_value_t = DrafterChoice::Openapi)]
+    pub drafter: DrafterChoice,
+    /// The only hosts API documents are fetched from (comma-separated `host` for port 443 or
+    /// `host:port`). An intent's doc URL elsewhere is refused before any request, as is any
+    /// host that resolves to a private, loopback, link-local (metadata) or other non-public
+    /// address. Default: none, drafting is off.
+    #[arg(
+        long,
+        env = "OAUTH3_DRAFT_DOC_HOSTS",
+        value_name = "HOST,HOST",
+        value_delimiter = ','
+    )]
+    pub draft_doc_hosts: Vec<String>,
+    /// The largest document fetched, in bytes (GitHub's description is about 13 MB).
+    #[arg(long, env = "OAUTH3_DRAFT_DOC_MAX_BYTES", default_value_t = 32 << 20)]
+    pub draft_doc_max_bytes: u64,
+    /// How long fetching one document, or one model answer, may take.
+    #[arg(long, env = "OAUTH3_DRAFT_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub draft_timeout: Duration,
+    /// Extra CA certificates (PEM) trusted for doc hosts and the model endpoint, besides
+    /// the web PKI roots.
+    #[arg(long, env = "OAUTH3_DRAFT_CA_FILE", value_name = "PEM")]
+    pub draft_ca_file: Option<PathBuf>,
+    /// Development and tests only: also fetch documents from loopback addresses (still only
+    /// from `--draft-doc-hosts`), plain http allowed there. Never in production.
+    #[arg(long, env = "OAUTH3_INSECURE_DRAFT_DOCS_ON_LOOPBACK")]
+    pub insecure_draft_docs_on_loopback: bool,
+    /// `--drafter llm`: the endpoint's base URL.
+    #[arg(long, env = "OAUTH3_DRAFT_LLM_URL", value_name = "URL")]
+    pub draft_llm_url: Option<String>,
+    /// `--drafter llm`: the protocol it speaks.
+    #[arg(long, value_enum, env = "OAUTH3_DRAFT_LLM_API", default_value_t = crate::draft::llm::LlmApi::Anthropic)]
+    pub draft_llm_api: crate::draft::llm::LlmApi,
+    /// `--drafter llm`: the model.
+    #[arg(long, env = "OAUTH3_DRAFT_LLM_MODEL")]
+    pub draft_llm_model: Option<String>,
+    /// `--drafter llm`: the file holding the API key (a mounted Secret).
+    #[arg(long, env = "OAUTH3_DRAFT_LLM_KEY_FILE", value_name = "PATH")]
+    pub draft_llm_key_file: Option<PathBuf>,
+    /// `--drafter llm`: how many bytes of each document go into the prompt.
+    #[arg(
+        long,
+        env = "OAUTH3_DRAFT_LLM_MAX_DOC_BYTES",
+        default_value_t = 200_000
+    )]
+    pub draft_llm_max_doc_bytes: usize,
+}
+
+impl DraftArgs {
+    /// The drafting these flags configure, or `None` when no doc host is allowed.
+    ///
+    /// # Errors
+    /// [`ConfigError::Draft`] naming the flag at fault.
+    pub fn drafting(&self) -> Result<Option<crate::draft::Drafting>, ConfigError> {
+        use crate::draft::{AnyDrafter, Drafting, OpenApiDrafter, fetch, llm};
+        if self.draft_doc_hosts.iter().all(|h| h.trim().is_empty()) {
+            return Ok(None);
+        }
+        let bad = |flag: &'static str, why: String| ConfigError::Draft { flag, why };
+        let extra_ca_pem = match &self.draft_ca_file {
+            Some(p) => Some(
+                std::fs::read(p)
+                    .map_err(|e| bad("--draft-ca-file", format!("{}: {e}", p.display())))?,
+            ),
+            None => None,
+        };
+        let config = fetch::FetchConfig {
+            allowed_hosts: self
+                .draft_doc_hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
+            insecure_loopback: self.insecure_draft_docs_on_loopback,
+            max_bytes: self.draft_doc_max_bytes,
+            timeout: self.draft_timeout,
+            extra_ca_pem,
+        };
+        let fetcher = fetch::DocFetcher::new(config).map_err(|why| bad("--draft-ca-file", why))?;
+        let drafter = match self.drafter {
+            DrafterChoice::Openapi => AnyDrafter::OpenApi(OpenApiDrafter),
+            DrafterChoice::Llm => {
+                let url = self
+                    .draft_llm_url
+                    .clone()
+                    .ok_or_else(|| bad("--draft-llm-url", "required with --drafter llm".into()))?;
+                let model = self.draft_llm_model.clone().ok_or_else(|| {
+                    bad("--draft-llm-model", "required with --drafter llm".into())
+                })?;
+                let path = self.draft_llm_key_file.as_ref().ok_or_else(|| {
+                    bad("--draft-llm-key-file", "required with --drafter llm".into())
+                })?;
+                let key = std::fs::read_to_string(path)
+                    .map_err(|e| bad("--draft-llm-key-file", format!("{}: {e}", path.display())))?;
+                let http = reqwest::Client::builder()
+                    .tls_backend_preconfigured(fetcher.tls_config())
+                    .redirect(reqwest::redirect::Policy::none())
+                    .no_proxy()
+                    .build()
+                    .map_err(|e| bad("--draft-llm-url", format!("HTTP client set-up: {e}")))?;
+                AnyDrafter::Llm(llm::LlmDrafter {
+                    url,
+                    model,
+                    api: self.draft_llm_api,
+                    key: zeroize::Zeroizing::new(key.trim().to_owned()),
+                    timeout: self.draft_timeout,
+                    max_doc_bytes: self.draft_llm_max_doc_bytes,
+                    http,
+                })
+            }
+        };
+        Ok(Some(Drafting { fetcher, drafter }))
+    }
 }
 
 /// Flags of leader election.
@@ -438,6 +571,14 @@ pub enum ConfigError {
     /// The callback's certificate or key cannot be used.
     #[error("--callback-tls-cert: {0}")]
     CallbackTls(#[source] crate::tls::TlsError),
+    /// A drafting flag has a bad value.
+    #[error("{flag}: {why}")]
+    Draft {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong.
+        why: String,
+    },
     /// A duration flag that must be positive is zero.
     #[error("{flag}: must be more than zero")]
     ZeroDuration {

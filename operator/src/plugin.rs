@@ -384,7 +384,7 @@ pub async fn record_decision(
             .await
             .map_err(api_err(format!("reading Permit {name}")))?
             .ok_or_else(gone)?;
-        let digest = spec_digest(&permit.spec)
+        let digest = spec_digest(&permit.effective_spec())
             .map_err(|e| PluginError::Local(format!("Permit {name}: {e}")))?;
         match &seen_spec {
             Some(first) if *first != digest => {
@@ -485,7 +485,8 @@ pub async fn record_trust(
 /// # Errors
 /// [`PluginError::Local`] when the spec cannot be digested (the schema prevents it).
 pub fn render_permit(permit: &Permit) -> Result<String, PluginError> {
-    let digest = spec_digest(&permit.spec).map_err(|e| PluginError::Local(e.to_string()))?;
+    let digest =
+        spec_digest(&permit.effective_spec()).map_err(|e| PluginError::Local(e.to_string()))?;
     let mut out = describe_permit(permit, &digest);
     let status = permit.status.clone().unwrap_or_default();
     if let Some(a) = &status.approval {

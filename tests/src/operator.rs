@@ -53,8 +53,26 @@ impl InProcessOperator {
         grace: Duration,
         ttl: Duration,
     ) -> Self {
+        Self::start_with_flags(client, ns, listener, launcher, grace, ttl, &[])
+    }
+
+    /// [`InProcessOperator::start`] with more operator flags (`--draft-doc-hosts=...`).
+    ///
+    /// # Panics
+    /// As [`InProcessOperator::start`].
+    pub fn start_with_flags(
+        client: &kube::Client,
+        ns: &str,
+        listener: tokio::net::TcpListener,
+        launcher: Launcher,
+        grace: Duration,
+        ttl: Duration,
+        extra: &[String],
+    ) -> Self {
         let callback = listener.local_addr().expect("callback listener address");
-        let config = Config::try_parse_from(flags(ns, callback, &launcher, grace, ttl))
+        let mut all = flags(ns, callback, &launcher, grace, ttl);
+        all.extend(extra.iter().cloned());
+        let config = Config::try_parse_from(all)
             .unwrap_or_else(|e| panic!("in-process operator flags: {e}"));
         let metrics = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.set_nonblocking(true).map(|()| l))

@@ -230,7 +230,7 @@ async fn launch_pod(
     let namespace = exec.namespace().unwrap_or_default();
     let name = run_object_name(&exec.name_any());
     let pod = desired_pod(exec, permit, config)?;
-    let targets = egress::targets(&permit.spec);
+    let targets = egress::targets(&permit.effective_spec());
     // Decided before anything is created: a Permit whose hosts point inside the cluster or at
     // the metadata service gets no Pod at all.
     let rules = match config.egress {
