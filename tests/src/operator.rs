@@ -24,7 +24,7 @@ pub enum Launcher {
     /// `--launcher pod` with this runtime class, image, key provider, resources and operator
     /// namespace; runners are told the callback's `http://` loopback address. The other fields
     /// must be the defaults (no flag sets them); the deadline grace comes from `grace`.
-    Pod(PodLaunchConfig),
+    Pod(Box<PodLaunchConfig>),
     /// The operator's flags for the launcher, as given (the real-node tier: the pod launcher
     /// with a dstack socket, callback TLS and egress settings no [`PodLaunchConfig`] field
     /// maps to alone). The callback address comes from the listener.
