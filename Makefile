@@ -47,9 +47,18 @@ chart-check: helm ## helm lint --strict and helm template of the chart (default 
 	"$$helm" template oauth3 $(CHART) -n oauth3-system --include-crds >/dev/null && \
 	"$$helm" template oauth3 $(CHART) -n oauth3-system --include-crds -f $(CHART)/ci/everything-values.yaml >/dev/null
 
+.PHONY: node
+node: ## Build (once, cached) the real-node tier: kubelet, kube-proxy, kube-scheduler, containerd, runc, CNI plugins, kube-router
+	bash .ci/k8s/build-node.sh
+
 .PHONY: test
-test: lint control-plane oidc-provider chart-check ## Every test tier: lint, chart, unit, schema + controller tests on a real kube-apiserver, pods on kwok
+test: lint control-plane oidc-provider node chart-check ## Every test tier: lint, chart, unit, schema + controller tests on a real kube-apiserver, pods on kwok, sandbox Pods on a real node
 	OAUTH3_HELM=$$(bash .ci/k8s/build-helm.sh | tail -n1) OAUTH3_CILIUM_CRD=$$(bash .ci/k8s/cilium-crd.sh | tail -n1) REQUIRE_K8S=1 bash $(CLUSTER) run $(CARGO) test --workspace --all-targets
+	$(MAKE) --no-print-directory test-node
+
+.PHONY: test-node
+test-node: control-plane node ## The real-node tier alone: its own control plane, a real node (tests/cluster/node.sh), tests/tests/node_pods.rs
+	OAUTH3_CLUSTER_DIR=$(CURDIR)/.cluster-node REQUIRE_K8S=1 REQUIRE_NODE=1 bash $(CLUSTER) run bash tests/cluster/node.sh run $(CARGO) test -p oauth3-tests --test node_pods
 
 .PHONY: cluster-up
 cluster-up: ## Start etcd + kube-apiserver on loopback; prints the KUBECONFIG to use

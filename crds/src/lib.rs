@@ -25,9 +25,10 @@ pub use execution::{
 pub use glob::{GlobError, GlobSegment, PathGlob};
 pub use permit::{
     Approval, ApprovalDecision, ApprovalVia, ArgOp, ArgRule, AuthSpec, BodyRules, Capability,
-    CapabilityForm, CodeReview, HttpMethod, ParamLocation, ParamSpec, Permit, PermitPhase,
-    PermitSpec, PermitStatus, PermitUsage, QueryRules, RateLimit, RequiredAttestation,
-    SecretBinding, SecretLocation, TrustLevel, WebSignIn, WebSignInRequest,
+    CapabilityForm, CodeReview, Draft, DraftDocument, DraftSource, HttpMethod, Intent,
+    ParamLocation, ParamSpec, Permit, PermitPhase, PermitSpec, PermitStatus, PermitUsage,
+    QueryRules, RateLimit, RequiredAttestation, SecretBinding, SecretLocation, TrustLevel,
+    WebSignIn, WebSignInRequest,
 };
 pub use schema::{
     JS_RESERVED_WORDS, OBJECT_PROTOTYPE_NAMES, SANDBOX_GLOBALS, SANDBOX_REMOVED_GLOBALS,

@@ -55,8 +55,14 @@ use crate::schema::{
     "self.capabilities.all(c, !has(c.secretBindings) || c.secretBindings.all(b, b.secret in self.secrets))"
 ).message("every capabilities[].secretBindings[].secret must be listed in spec.secrets").field_path(".secrets"))]
 #[x_kube(validation = Rule::new(
-    "size(self.capabilities) >= 1 || (has(self.pinnedCode) && size(self.pinnedCode) >= 1)"
-).message("at least one capability is required (none only with pinnedCode: approved code that calls nothing)").field_path(".capabilities"))]
+    "size(self.capabilities) >= 1 || (has(self.pinnedCode) && size(self.pinnedCode) >= 1) || (has(self.intent) && size(self.intent) >= 1)"
+).message("at least one capability is required (none only with pinnedCode: approved code that calls nothing, or with intent: capabilities the operator drafts)").field_path(".capabilities"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.intent) || size(self.intent) == 0 || size(self.capabilities) == 0"
+).message("set intent or capabilities, not both: the operator drafts the capabilities of an intent into status.draft for the owner to approve").field_path(".intent"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.intent) || self.intent.all(i, !has(i.secretHints) || i.secretHints.all(s, s in self.secrets))"
+).message("every intent[].secretHints entry must be listed in spec.secrets").field_path(".secrets"))]
 #[serde(rename_all = "camelCase")]
 pub struct PermitSpec {
     /// What the agent wants to do and why, in the agent's words. Shown to the approver
@@ -133,6 +139,148 @@ pub struct PermitSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), inner(length(min = 1, max = 500)))]
     pub unenforced_constraints: Vec<String>,
+
+    /// What the agent wants to do, instead of `capabilities`: each intent states a goal, the
+    /// API's documentation and the secrets it needs. The operator's drafter (trusted: it reads
+    /// only the goal and the documents, fetched from the admin's allowed doc hosts) proposes
+    /// the capabilities in `status.draft`; the owner approves the Permit with the drafted
+    /// capabilities, and the sandbox runs exactly those. The agent never writes the draft.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub intent: Vec<Intent>,
+}
+
+/// One goal of an agent (`spec.intent[]`), drafted into capabilities by the operator.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Intent {
+    /// The capability name (a JavaScript identifier) the drafted capability gets; with several
+    /// operations, each capability is this name followed by the operation's own name.
+    #[schemars(length(min = 1, max = 40), pattern(r"^[A-Za-z_$][A-Za-z0-9_$]*$"))]
+    pub name: String,
+
+    /// What the agent wants to do, in its words (`create issues on amiller/test`). Shown to
+    /// the owner; the `llm` drafter reads it, the `openapi` drafter uses it only to allow
+    /// write methods when `operations` names none.
+    #[schemars(length(min = 1, max = 1000))]
+    pub goal: String,
+
+    /// The API's machine-readable description (OpenAPI 3.x or Swagger 2 JSON), by https URL.
+    /// Fetched only from the doc hosts the cluster admin allows (`--draft-doc-hosts`), never
+    /// from private, loopback or metadata addresses.
+    #[schemars(length(min = 1, max = 4), inner(length(min = 1, max = 1024)))]
+    #[x_kube(validation = Rule::new("self.all(u, u.startsWith('https://') || u.startsWith('http://'))").message("each docUrls entry must be an http(s) URL"))]
+    pub doc_urls: Vec<String>,
+
+    /// The secrets (listed in `spec.secrets`) the drafted capabilities may inject as their
+    /// credential; the first is used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4), inner(pattern(r"^[A-Z]([A-Z0-9_]{0,61}[A-Z0-9])?$")))]
+    pub secret_hints: Vec<String>,
+
+    /// The operations wanted, each an operationId (`issues/create`), `METHOD /path` as the
+    /// document writes it (`POST /repos/{owner}/{repo}/issues`) or `tag:NAME` (every
+    /// operation with that tag). The `openapi` drafter needs them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 300)))]
+    pub operations: Vec<String>,
+
+    /// Fixed values of path parameters (`owner: amiller`): each becomes a literal path segment
+    /// of the drafted endpoint, so the code cannot choose another.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16, "additionalProperties" = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[A-Za-z0-9._~-]+$"}))]
+    pub constraints: BTreeMap<String, String>,
+}
+
+/// The capabilities the operator's drafter proposed for `spec.intent` (`status.draft`),
+/// written only by the operator. The owner approves the Permit with these capabilities in
+/// place of `spec.capabilities`; `status.specDigest` covers them.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Draft {
+    /// Which drafter proposed it: `openapi` or `llm`.
+    pub drafter: String,
+    /// The digest of the spec (with its intent) the draft was made for; a spec change makes a
+    /// new draft.
+    pub source_digest: String,
+    /// The proposed capabilities; empty when the draft failed (see `errors`).
+    #[serde(default)]
+    #[schemars(length(max = 128))]
+    pub capabilities: Vec<Capability>,
+    /// Which document (and operation) each capability came from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub sources: Vec<DraftSource>,
+    /// The documents the drafter read, with the SHA-256 of their bytes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub documents: Vec<DraftDocument>,
+    /// Why the drafter proposed what it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rationale: Option<String>,
+    /// What the drafter chose not to allow (narrowed or refused), in words.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub not_allowed: Vec<String>,
+    /// Why the draft failed, each naming the field and the rule; a draft with errors is
+    /// never approved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub errors: Vec<String>,
+    /// When the draft was made.
+    pub at: Time,
+}
+
+/// Where one drafted capability came from.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DraftSource {
+    /// The drafted capability's name.
+    pub capability: String,
+    /// The document's URL.
+    pub document: String,
+    /// The operation in it (`issues/create: POST /repos/{owner}/{repo}/issues`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+}
+
+/// A document a drafter read.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DraftDocument {
+    /// Its URL.
+    pub url: String,
+    /// `sha256:<hex>` of its bytes.
+    pub digest: String,
+}
+
+impl Permit {
+    /// The spec the owner approves and the runner enforces: the spec itself, or for a spec
+    /// with `intent`, the spec with the capabilities of a successful `status.draft` made for
+    /// this very spec (none otherwise: nothing can be approved or run until a draft is made).
+    /// Every digest, description and bundle is computed from this.
+    pub fn effective_spec(&self) -> std::borrow::Cow<'_, PermitSpec> {
+        if self.spec.intent.is_empty() {
+            return std::borrow::Cow::Borrowed(&self.spec);
+        }
+        let mut spec = self.spec.clone();
+        spec.capabilities = self
+            .usable_draft()
+            .map(|d| d.capabilities.clone())
+            .unwrap_or_default();
+        std::borrow::Cow::Owned(spec)
+    }
+
+    /// The draft in status if it was made for the current spec and succeeded.
+    pub fn usable_draft(&self) -> Option<&Draft> {
+        let draft = self.status.as_ref()?.draft.as_ref()?;
+        let current = crate::digest::spec_digest(&self.spec).ok()?;
+        (draft.source_digest == current
+            && draft.errors.is_empty()
+            && !draft.capabilities.is_empty())
+        .then_some(draft)
+    }
 }
 
 /// A rule on one argument of every Execution (`spec.argRules[]`).
@@ -681,6 +829,10 @@ pub struct PermitStatus {
     /// token. Only the code's SHA-256 is kept here; the code is only in the owner's chat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web_sign_in: Option<WebSignIn>,
+    /// The capabilities drafted for `spec.intent`, written only by the operator (an agent
+    /// has no access to status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draft: Option<Draft>,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -861,6 +1013,60 @@ mod tests {
         let neither: Capability =
             serde_json::from_value(serde_json::json!({"name": "x"})).expect("parses");
         assert_eq!(neither.form(), None);
+    }
+
+    #[test]
+    fn the_effective_spec_of_an_intent_holds_only_a_successful_draft_made_for_this_spec() {
+        let spec: PermitSpec = serde_json::from_value(serde_json::json!({
+            "description": "d", "capabilities": [], "secrets": ["T"],
+            "intent": [{"name": "gh", "goal": "list", "docUrls": ["https://d.example/a.json"], "secretHints": ["T"]}]
+        }))
+        .expect("spec");
+        let cap: Capability = serde_json::from_value(serde_json::json!({
+            "name": "gh", "endpoint": "https://api.example.com/x", "method": "GET"
+        }))
+        .expect("cap");
+        let draft = |source: String, errors: Vec<String>| Draft {
+            drafter: "openapi".into(),
+            source_digest: source,
+            capabilities: vec![cap.clone()],
+            sources: vec![],
+            documents: vec![],
+            rationale: None,
+            not_allowed: vec![],
+            errors,
+            at: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+        };
+        let mut p = Permit::new("p", spec.clone());
+        assert!(p.effective_spec().capabilities.is_empty(), "no draft yet");
+        let digest = crate::spec_digest(&spec).expect("digest");
+        p.status = Some(PermitStatus {
+            draft: Some(draft(digest.clone(), vec![])),
+            ..Default::default()
+        });
+        assert_eq!(p.effective_spec().capabilities, vec![cap.clone()]);
+        p.status = Some(PermitStatus {
+            draft: Some(draft(digest, vec!["bad".into()])),
+            ..Default::default()
+        });
+        assert!(p.effective_spec().capabilities.is_empty(), "a failed draft");
+        p.status = Some(PermitStatus {
+            draft: Some(draft("sha256:other".into(), vec![])),
+            ..Default::default()
+        });
+        assert!(
+            p.effective_spec().capabilities.is_empty(),
+            "a draft of another spec"
+        );
+        let plain = Permit::new(
+            "q",
+            PermitSpec {
+                intent: vec![],
+                capabilities: vec![cap.clone()],
+                ..spec
+            },
+        );
+        assert_eq!(plain.effective_spec().capabilities, vec![cap]);
     }
 
     #[test]

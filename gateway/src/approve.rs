@@ -323,7 +323,7 @@ pub(crate) fn permit_page(
         head["status"] = json!(status);
         head["permit_id"] = json!(permit.name_any());
         head["namespace"] = json!(ns);
-        head["spec_digest"] = json!(spec_digest(&permit.spec).ok());
+        head["spec_digest"] = json!(spec_digest(&permit.effective_spec()).ok());
         head["text"] = json!(text);
         return Ok(secure(Json(head).into_response()));
     }
@@ -547,7 +547,8 @@ pub async fn decide(
         }
     };
     let name = permit.name_any();
-    let digest = spec_digest(&permit.spec).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let digest =
+        spec_digest(&permit.effective_spec()).map_err(|e| ApiError::Internal(e.to_string()))?;
     let already = permit
         .status
         .as_ref()

@@ -42,9 +42,10 @@ pub struct PermitRequest {
     /// The capabilities, in either form.
     #[serde(default)]
     pub capabilities: Option<Vec<CapabilityRequest>>,
-    /// Goals to draft capabilities from (needs a drafter; none is configured).
+    /// Goals to draft capabilities from, instead of `capabilities`: the operator's drafter
+    /// proposes them (`status.draft`) and the owner approves the draft.
     #[serde(default)]
-    pub intent: Option<serde_json::Value>,
+    pub intent: Option<Vec<oauth3_crds::Intent>>,
     /// The Permit's name (a DNS label); generated when absent.
     #[serde(default)]
     pub permit_id: Option<String>,
@@ -265,6 +266,57 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
     Ok(value)
 }
 
+fn intent_spec(
+    req: &PermitRequest,
+    intent: &[oauth3_crds::Intent],
+) -> Result<MappedPermit, ApiError> {
+    if req.capabilities.as_ref().is_some_and(|c| !c.is_empty()) {
+        return Err(ApiError::bad(
+            "intent",
+            "send intent or capabilities, not both: the capabilities of an intent are drafted by the operator",
+        ));
+    }
+    if intent.is_empty() || intent.len() > 8 {
+        return Err(ApiError::bad("intent", "1 to 8 intents"));
+    }
+    let description = req
+        .description
+        .as_deref()
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map_or_else(
+            || {
+                intent
+                    .iter()
+                    .map(|i| i.goal.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            },
+            str::to_owned,
+        );
+    let description: String = description.chars().take(2000).collect();
+    let mut secrets: Vec<String> = intent.iter().flat_map(|i| i.secret_hints.clone()).collect();
+    secrets.sort();
+    secrets.dedup();
+    let spec: PermitSpec = serde_json::from_value(serde_json::json!({
+        "description": description, "capabilities": [], "secrets": secrets,
+        "intent": intent,
+    }))
+    .map_err(|e| ApiError::bad("intent", e.to_string()))?;
+    let mut spec = spec;
+    if let Some(v) = &req.valid_for {
+        spec.valid_for = v.clone();
+    }
+    spec.max_executions = req.max_executions;
+    if let Some(c) = req.code_review {
+        spec.code_review = c;
+    }
+    Ok(MappedPermit {
+        spec,
+        positional: BTreeMap::new(),
+    })
+}
+
 /// A Permit spec built from a request, with what the gateway must remember about it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MappedPermit {
@@ -284,17 +336,14 @@ const ALL_METHODS: [HttpMethod; 7] = [
     HttpMethod::OPTIONS,
 ];
 
-/// Maps a parsed request to a Permit spec (pure). `intent` without a drafter is the caller's
-/// concern ([`ApiError::Unavailable`] is returned here too, so nothing is created).
+/// Maps a parsed request to a Permit spec (pure). With `intent`, the spec states the intent
+/// and no capabilities (the operator drafts them); its secrets are the intents' secret hints.
 ///
 /// # Errors
-/// [`ApiError::BadRequest`] naming the field and the rule; [`ApiError::Unavailable`] for
-/// `intent`.
+/// [`ApiError::BadRequest`] naming the field and the rule.
 pub fn to_spec(req: &PermitRequest) -> Result<MappedPermit, ApiError> {
-    if req.intent.is_some() {
-        return Err(ApiError::Unavailable(
-            "intent: no drafter configured on this gateway; send capabilities instead".into(),
-        ));
+    if let Some(intent) = &req.intent {
+        return intent_spec(req, intent);
     }
     let description = req
         .description
@@ -1032,10 +1081,34 @@ mod tests {
     }
 
     #[test]
-    fn intent_without_a_drafter_is_unavailable() {
+    fn an_intent_maps_to_a_spec_without_capabilities_whose_secrets_are_its_hints() {
+        let m = map(
+            json!({"intent": [{"name": "github", "goal": "list my repos",
+            "docUrls": ["https://docs.example/api.json"], "secretHints": ["GITHUB_TOKEN"],
+            "operations": ["GET /user/repos"]}]}),
+        )
+        .expect("mapped");
+        assert!(m.spec.capabilities.is_empty());
+        assert_eq!(m.spec.secrets, vec!["GITHUB_TOKEN".to_owned()]);
+        assert_eq!(m.spec.description, "list my repos");
+        assert_eq!(
+            m.spec.intent[0].operations,
+            vec!["GET /user/repos".to_owned()]
+        );
         let e = map(json!({"description": "d", "intent": [{"name": "github", "goal": "list"}]}))
-            .expect_err("refused");
-        assert!(matches!(e, ApiError::Unavailable(_)));
-        assert!(e.to_string().contains("no drafter configured"));
+            .expect_err("no docUrls");
+        assert!(
+            e.to_string()
+                .starts_with("intent[0]: missing field `docUrls`"),
+            "{e}"
+        );
+        let e = map(json!({"description": "d", "capabilities": [{"name": "a"}],
+            "intent": [{"name": "g", "goal": "l", "docUrls": ["https://d.example/a"]}]}))
+        .expect_err("both");
+        assert!(
+            e.to_string()
+                .starts_with("intent: send intent or capabilities, not both"),
+            "{e}"
+        );
     }
 }

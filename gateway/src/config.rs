@@ -80,6 +80,11 @@ pub struct Config {
     /// Log filter (`info`, `oauth3_gateway=debug`, ...).
     #[arg(long, env = "OAUTH3_GATEWAY_LOG", default_value = "info")]
     pub log: String,
+
+    /// Drafting for `POST /draft` (a preview; the operator drafts the Permits themselves): the
+    /// operator's `--draft-*` flags. Off (503) until `--draft-doc-hosts` names a host.
+    #[command(flatten)]
+    pub draft: oauth3_operator::config::DraftArgs,
 }
 
 fn long_poll(value: &str) -> Result<Duration, String> {

@@ -60,6 +60,7 @@ struct Inner {
     max_body_bytes: usize,
     signup: Option<signup::SignupConfig>,
     enclave_key: Option<[u8; 32]>,
+    drafting: Option<Arc<oauth3_operator::draft::Drafting>>,
 }
 
 /// Why the gateway could not be set up from its flags.
@@ -68,6 +69,9 @@ pub enum SetupError {
     /// `--enclave-public-key` is not 64 hex characters.
     #[error("--enclave-public-key: {0}")]
     EnclaveKey(String),
+    /// A `--draft-*` flag has a bad value.
+    #[error(transparent)]
+    Draft(#[from] oauth3_operator::config::ConfigError),
 }
 
 impl Gateway {
@@ -98,6 +102,7 @@ impl Gateway {
                         token_lifetime: config.signup_token_lifetime,
                     }),
                 enclave_key,
+                drafting: config.draft.drafting()?.map(Arc::new),
             }),
         })
     }
@@ -141,6 +146,11 @@ impl Gateway {
     pub fn enclave_key(&self) -> Option<&[u8; 32]> {
         self.inner.enclave_key.as_ref()
     }
+
+    /// The drafter `POST /draft` previews with, if configured.
+    pub fn drafting(&self) -> Option<&oauth3_operator::draft::Drafting> {
+        self.inner.drafting.as_deref()
+    }
 }
 
 /// The gateway's routes, with request bodies capped at `--max-body-bytes`.
@@ -151,6 +161,7 @@ pub fn app(gateway: Gateway) -> Router {
         .route("/health", get(routes::health))
         .route("/plugins", get(routes::plugins))
         .route("/permit", post(routes::create_permit))
+        .route("/draft", post(routes::draft))
         .route("/execute", post(routes::execute))
         .route("/execute/{id}/status", get(routes::status))
         .route("/execute/{id}/stdout", get(routes::stdout))

@@ -119,7 +119,8 @@ pub async fn discovery() -> Json<Value> {
             "GET <status_url> -> {status: completed|failed|denied, result: {success, stdout, stderr, exitCode, duration}}"
         ],
         "endpoints": {
-            "POST /permit": "request a Permit (capabilities in the scoped-fetch or api-gateway form)",
+            "POST /permit": "request a Permit (capabilities in the scoped-fetch or api-gateway form, or intent: [{name, goal, docUrls, secretHints, operations, constraints}] for the operator to draft)",
+            "POST /draft": "preview what the drafter proposes for intent: [...] (creates nothing)",
             "POST /scope": "request a session for a skill: hosts, secrets, constraints, its code pinned",
             "POST /execute": "run code under a Permit (or skill_code under a session)",
             "GET /execute/:id/status[?wait=true]": "a Permit request's or an Execution's status; wait=true holds until it changes",
@@ -229,6 +230,23 @@ pub async fn create_permit(
         .create(&caller.namespace, &permit, "Permit")
         .await?;
     tracing::info!(namespace = %caller.namespace, permit = %name, request = %id, by = %caller.user, "permit requested");
+    if !created.spec.intent.is_empty() {
+        let mut out = json!({
+            "request_id": id.as_label(),
+            "status": "pending_draft",
+            "permit_id": name,
+            "capabilities": [],
+            "secrets": created.spec.secrets,
+            "message": "Permit requested from an intent: the operator drafts its capabilities from the documents, then the owner approves the draft. Poll status_url (or GET /execute/<request_id>/status?wait=true).",
+        });
+        if let Some(u) = gw.approval_url(&caller.namespace, &id, &approval_ref) {
+            out["approval_url"] = json!(u);
+        }
+        if let Some(u) = gw.status_url(&caller.namespace, &id, &status_token) {
+            out["status_url"] = json!(u);
+        }
+        return Ok(Json(out));
+    }
     let digest = spec_digest(&created.spec).map_err(|e| ApiError::Internal(e.to_string()))?;
     let capabilities: Vec<Value> = created
         .spec
@@ -252,6 +270,59 @@ pub async fn create_permit(
         out["status_url"] = json!(u);
     }
     Ok(Json(out))
+}
+
+/// The body of `POST /draft`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DraftRequest {
+    /// The intents to draft, as in `POST /permit`.
+    pub intent: Vec<oauth3_crds::Intent>,
+}
+
+/// `POST /draft {intent: [...]}`: what the drafter would propose for these intents (the
+/// capabilities, where each came from, what it left out, or why it failed), creating nothing.
+/// A preview for the agent: a Permit's own draft is made by the operator and approved by the
+/// owner.
+///
+/// # Errors
+/// 400 naming the field, 401/403, 503 without a drafter (`--draft-doc-hosts`).
+pub async fn draft(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    let _caller = gw.caller_with(&headers, Right::CreatePermits).await?;
+    let body = body_bytes(&gw, body)?;
+    let request: DraftRequest = parse_json(&body)?;
+    let Some(drafting) = gw.drafting() else {
+        return Err(ApiError::Unavailable(
+            "draft: no drafter configured on this gateway (--draft-doc-hosts)".into(),
+        ));
+    };
+    let permit = capability::PermitRequest {
+        description: None,
+        capabilities: None,
+        intent: Some(request.intent),
+        permit_id: None,
+        networks: None,
+        valid_for: None,
+        max_executions: None,
+        code_review: None,
+    };
+    let spec = to_spec(&permit)?.spec;
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let d = drafting.draft(&spec, now).await;
+    Ok(Json(json!({
+        "drafter": d.drafter,
+        "ok": d.errors.is_empty(),
+        "capabilities": d.capabilities,
+        "sources": d.sources,
+        "documents": d.documents,
+        "rationale": d.rationale,
+        "not_allowed": d.not_allowed,
+        "errors": d.errors,
+    })))
 }
 
 /// The body of `POST /execute` (the permit dialect; `session_id`, `skill_code` and `skill_id`
@@ -419,7 +490,7 @@ pub async fn execute(
     let skill = if prepared.is_some() {
         prepared
     } else if field == "skill_code" {
-        match prepare_skill(code, &permit.spec, permit_name)? {
+        match prepare_skill(code, &permit.effective_spec(), permit_name)? {
             Ok(s) => Some(s),
             Err(Refusal(error)) => {
                 return Ok(Json(json!({
@@ -449,12 +520,15 @@ pub async fn execute(
         .unwrap_or_default();
     let (code, timeout, source_digest) = match &skill {
         Some(s) => (
-            skill_code_to_run(&permit.spec, &positional, &s.source),
+            skill_code_to_run(&permit.effective_spec(), &positional, &s.source),
             s.timeout.unwrap_or(gw.execution_timeout()),
             Some(oauth3_crds::code_digest(code)),
         ),
         None => (
-            format!("{}{code}", positional_prelude(&permit.spec, &positional)),
+            format!(
+                "{}{code}",
+                positional_prelude(&permit.effective_spec(), &positional)
+            ),
             gw.execution_timeout(),
             None,
         ),

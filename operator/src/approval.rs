@@ -22,6 +22,11 @@ pub enum ApprovalError {
     /// `spec.validFor` reaches past the representable time.
     #[error("spec.validFor: {0} is out of range")]
     ValidForRange(String),
+    /// The spec states an intent and no successful draft for it is in status yet.
+    #[error(
+        "status.draft: the intent has no successful draft for the current spec yet; nothing can be approved (see kubectl oauth3 get)"
+    )]
+    NoDraft,
     /// A path glob the runner would refuse (stored before the schema refused it): approving
     /// it would show the owner a reading that no run can have.
     #[error("spec.capabilities[{capability}].paths[{path}]: {source}")]
@@ -59,10 +64,14 @@ pub fn approval_for(
     via: ApprovalVia,
     now: Timestamp,
 ) -> Result<Approval, ApprovalError> {
-    let digest = spec_digest(&permit.spec)?;
+    let spec = permit.effective_spec();
+    let digest = spec_digest(&spec)?;
     let expires_at = match decision {
         Decision::Approve => {
-            for (capability, cap) in permit.spec.capabilities.iter().enumerate() {
+            if !permit.spec.intent.is_empty() && permit.usable_draft().is_none() {
+                return Err(ApprovalError::NoDraft);
+            }
+            for (capability, cap) in spec.capabilities.iter().enumerate() {
                 for (path, glob) in cap.paths.iter().enumerate() {
                     PathGlob::parse(glob).map_err(|source| ApprovalError::Glob {
                         capability,

@@ -55,6 +55,139 @@ pub struct Config {
     /// The Telegram approval channel.
     #[command(flatten)]
     pub telegram: TelegramArgs,
+    /// Drafting capabilities from a Permit's intent.
+    #[command(flatten)]
+    pub draft: DraftArgs,
+}
+
+/// Which drafter turns an intent into capabilities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DrafterChoice {
+    /// Deterministic, from the API's OpenAPI 3.x or Swagger 2 description.
+    Openapi,
+    /// A language model behind an Anthropic Messages or OpenAI Chat Completions compatible
+    /// endpoint (`--draft-llm-url`, `--draft-llm-model`, `--draft-llm-key-file`).
+    Llm,
+}
+
+/// Flags of intent drafting. Off (intents wait, `AwaitingDraft`) until `--draft-doc-hosts`
+/// names at least one host.
+#[derive(Debug, Clone, Args)]
+pub struct DraftArgs {
+    /// Which drafter proposes the capabilities of an intent.
+    #[arg(long, value_enum, env = "OAUTH3_DRAFTER", default_value_t = DrafterChoice::Openapi)]
+    pub drafter: DrafterChoice,
+    /// The only hosts API documents are fetched from (comma-separated `host` for port 443 or
+    /// `host:port`). An intent's doc URL elsewhere is refused before any request, as is any
+    /// host that resolves to a private, loopback, link-local (metadata) or other non-public
+    /// address. Default: none, drafting is off.
+    #[arg(
+        long,
+        env = "OAUTH3_DRAFT_DOC_HOSTS",
+        value_name = "HOST,HOST",
+        value_delimiter = ','
+    )]
+    pub draft_doc_hosts: Vec<String>,
+    /// The largest document fetched, in bytes (GitHub's description is about 13 MB).
+    #[arg(long, env = "OAUTH3_DRAFT_DOC_MAX_BYTES", default_value_t = 32 << 20)]
+    pub draft_doc_max_bytes: u64,
+    /// How long fetching one document, or one model answer, may take.
+    #[arg(long, env = "OAUTH3_DRAFT_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub draft_timeout: Duration,
+    /// Extra CA certificates (PEM) trusted for doc hosts and the model endpoint, besides
+    /// the web PKI roots.
+    #[arg(long, env = "OAUTH3_DRAFT_CA_FILE", value_name = "PEM")]
+    pub draft_ca_file: Option<PathBuf>,
+    /// Development and tests only: also fetch documents from loopback addresses (still only
+    /// from `--draft-doc-hosts`), plain http allowed there. Never in production.
+    #[arg(long, env = "OAUTH3_INSECURE_DRAFT_DOCS_ON_LOOPBACK")]
+    pub insecure_draft_docs_on_loopback: bool,
+    /// `--drafter llm`: the endpoint's base URL.
+    #[arg(long, env = "OAUTH3_DRAFT_LLM_URL", value_name = "URL")]
+    pub draft_llm_url: Option<String>,
+    /// `--drafter llm`: the protocol it speaks.
+    #[arg(long, value_enum, env = "OAUTH3_DRAFT_LLM_API", default_value_t = crate::draft::llm::LlmApi::Anthropic)]
+    pub draft_llm_api: crate::draft::llm::LlmApi,
+    /// `--drafter llm`: the model.
+    #[arg(long, env = "OAUTH3_DRAFT_LLM_MODEL")]
+    pub draft_llm_model: Option<String>,
+    /// `--drafter llm`: the file holding the API key (a mounted Secret).
+    #[arg(long, env = "OAUTH3_DRAFT_LLM_KEY_FILE", value_name = "PATH")]
+    pub draft_llm_key_file: Option<PathBuf>,
+    /// `--drafter llm`: how many bytes of each document go into the prompt.
+    #[arg(
+        long,
+        env = "OAUTH3_DRAFT_LLM_MAX_DOC_BYTES",
+        default_value_t = 200_000
+    )]
+    pub draft_llm_max_doc_bytes: usize,
+}
+
+impl DraftArgs {
+    /// The drafting these flags configure, or `None` when no doc host is allowed.
+    ///
+    /// # Errors
+    /// [`ConfigError::Draft`] naming the flag at fault.
+    pub fn drafting(&self) -> Result<Option<crate::draft::Drafting>, ConfigError> {
+        use crate::draft::{AnyDrafter, Drafting, OpenApiDrafter, fetch, llm};
+        if self.draft_doc_hosts.iter().all(|h| h.trim().is_empty()) {
+            return Ok(None);
+        }
+        let bad = |flag: &'static str, why: String| ConfigError::Draft { flag, why };
+        let extra_ca_pem = match &self.draft_ca_file {
+            Some(p) => Some(
+                std::fs::read(p)
+                    .map_err(|e| bad("--draft-ca-file", format!("{}: {e}", p.display())))?,
+            ),
+            None => None,
+        };
+        let config = fetch::FetchConfig {
+            allowed_hosts: self
+                .draft_doc_hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
+            insecure_loopback: self.insecure_draft_docs_on_loopback,
+            max_bytes: self.draft_doc_max_bytes,
+            timeout: self.draft_timeout,
+            extra_ca_pem,
+        };
+        let fetcher = fetch::DocFetcher::new(config).map_err(|why| bad("--draft-ca-file", why))?;
+        let drafter = match self.drafter {
+            DrafterChoice::Openapi => AnyDrafter::OpenApi(OpenApiDrafter),
+            DrafterChoice::Llm => {
+                let url = self
+                    .draft_llm_url
+                    .clone()
+                    .ok_or_else(|| bad("--draft-llm-url", "required with --drafter llm".into()))?;
+                let model = self.draft_llm_model.clone().ok_or_else(|| {
+                    bad("--draft-llm-model", "required with --drafter llm".into())
+                })?;
+                let path = self.draft_llm_key_file.as_ref().ok_or_else(|| {
+                    bad("--draft-llm-key-file", "required with --drafter llm".into())
+                })?;
+                let key = std::fs::read_to_string(path)
+                    .map_err(|e| bad("--draft-llm-key-file", format!("{}: {e}", path.display())))?;
+                let http = reqwest::Client::builder()
+                    .tls_backend_preconfigured(fetcher.tls_config())
+                    .redirect(reqwest::redirect::Policy::none())
+                    .no_proxy()
+                    .build()
+                    .map_err(|e| bad("--draft-llm-url", format!("HTTP client set-up: {e}")))?;
+                AnyDrafter::Llm(llm::LlmDrafter {
+                    url,
+                    model,
+                    api: self.draft_llm_api,
+                    key: zeroize::Zeroizing::new(key.trim().to_owned()),
+                    timeout: self.draft_timeout,
+                    max_doc_bytes: self.draft_llm_max_doc_bytes,
+                    http,
+                })
+            }
+        };
+        Ok(Some(Drafting { fetcher, drafter }))
+    }
 }
 
 /// Flags of leader election.
@@ -141,14 +274,14 @@ pub enum KeyProviderChoice {
 
 impl KeyProviderChoice {
     /// The key provider runners in Pods are told about: where each kind is reached inside the
-    /// TEE.
-    pub fn pod_key_provider(self) -> PodKeyProvider {
+    /// TEE (`dstack_socket`: the dstack guest agent's socket, on the node and in the Pod).
+    pub fn pod_key_provider(self, dstack_socket: &str) -> PodKeyProvider {
         match self {
             Self::Kbs => PodKeyProvider::Kbs {
                 url: "http://127.0.0.1:8006".into(),
             },
             Self::Dstack => PodKeyProvider::Dstack {
-                socket: "/var/run/dstack.sock".into(),
+                socket: dstack_socket.to_owned(),
             },
         }
     }
@@ -249,6 +382,27 @@ pub struct ExecutionArgs {
     /// pod launcher: namespace of the operator (for the sandbox NetworkPolicy's callback rule).
     #[arg(long, env = "POD_NAMESPACE", default_value = "oauth3-system")]
     pub operator_namespace: String,
+    /// pod launcher: where the dstack guest agent's socket is, on the node and in the Pod
+    /// (with `--key-provider dstack`, and the default endpoint of `--attestation dstack`).
+    #[arg(
+        long,
+        env = "OAUTH3_DSTACK_SOCKET",
+        value_name = "PATH",
+        default_value = oauth3_protocol::runner_args::DEFAULT_DSTACK_SOCKET
+    )]
+    pub dstack_socket: String,
+    /// pod launcher: allow sandbox Pods to reach the result callback at these addresses (an
+    /// IPv4 or IPv6 CIDR, repeatable) instead of at the operator's Pods: for an operator that
+    /// runs with hostNetwork or outside the cluster's Pod network. Default: the operator's Pods
+    /// (namespace `--operator-namespace`, label `app.kubernetes.io/name=oauth3-operator`).
+    #[arg(long = "callback-egress-cidr", value_name = "CIDR", value_parser = cidr_arg)]
+    pub callback_egress_cidrs: Vec<String>,
+    /// pod launcher: PEM CA certificate(s) sandbox runners trust for upstream APIs besides the
+    /// web PKI roots built into the runner (a private PKI). Handed to each run in its bundle
+    /// Secret. Whoever controls this file can intercept every sandbox's upstream TLS,
+    /// credentials included: in a confidential deployment leave it unset. Default: none.
+    #[arg(long, env = "OAUTH3_SANDBOX_CA_FILE", value_name = "PEM")]
+    pub sandbox_ca_file: Option<PathBuf>,
     /// Address the result callback listens on (`127.0.0.1:0` picks a free port).
     #[arg(long, env = "OAUTH3_CALLBACK_ADDR", default_value = DEFAULT_CALLBACK_ADDR)]
     pub callback_addr: String,
@@ -394,6 +548,20 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The sandbox CA file could not be read.
+    #[error("--sandbox-ca-file {}: {source}", path.display())]
+    ReadSandboxCa {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The sandbox CA file holds no certificate.
+    #[error("--sandbox-ca-file {}: no PEM CERTIFICATE block", path.display())]
+    NoSandboxCa {
+        /// The file.
+        path: PathBuf,
+    },
     /// The callback CA file holds no certificate.
     #[error("--callback-ca-file {}: no PEM CERTIFICATE block", path.display())]
     NoCallbackCa {
@@ -403,6 +571,14 @@ pub enum ConfigError {
     /// The callback's certificate or key cannot be used.
     #[error("--callback-tls-cert: {0}")]
     CallbackTls(#[source] crate::tls::TlsError),
+    /// A drafting flag has a bad value.
+    #[error("{flag}: {why}")]
+    Draft {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong.
+        why: String,
+    },
     /// A duration flag that must be positive is zero.
     #[error("{flag}: must be more than zero")]
     ZeroDuration {
@@ -429,8 +605,16 @@ impl ExecutionArgs {
                 flag: "--execution-ttl",
             });
         }
+        let mut launcher = self.launcher_for(bound.port(), egress);
+        if let (Launcher::Pod(pod), Some(path)) = (&mut launcher, &self.sandbox_ca_file) {
+            pod.upstream_ca_pem = Some(read_pem(
+                path,
+                |path, source| ConfigError::ReadSandboxCa { path, source },
+                |path| ConfigError::NoSandboxCa { path },
+            )?);
+        }
         Ok(ExecutionConfig {
-            launcher: self.launcher_for(bound.port(), egress),
+            launcher,
             callback_base_url: callback_url(self, bound, tls)?,
             callback_ca_pem: callback_ca_pem(self)?,
             deadline_grace: self.deadline_grace,
@@ -447,7 +631,12 @@ impl ExecutionArgs {
                 (LauncherChoice::Pod, KeyProviderChoice::Kbs) => AttestationChoice::Coco,
                 (LauncherChoice::Pod, KeyProviderChoice::Dstack) => AttestationChoice::Dstack,
             });
-        choice.endpoint(self.attestation_endpoint.as_deref())
+        let endpoint = match (choice, &self.attestation_endpoint) {
+            (_, Some(e)) => Some(e.as_str()),
+            (AttestationChoice::Dstack, None) => Some(self.dstack_socket.as_str()),
+            (_, None) => None,
+        };
+        choice.endpoint(endpoint)
     }
 
     /// The launcher the flags choose; sandbox Pods reach the callback on `callback_port` and
@@ -464,10 +653,11 @@ impl ExecutionArgs {
             LauncherChoice::Pod => Launcher::Pod(Box::new(PodLaunchConfig {
                 runtime_class_name: self.runtime_class.clone(),
                 image: self.runner_image.clone(),
-                key_provider: self.key_provider.pod_key_provider(),
+                key_provider: self.key_provider.pod_key_provider(&self.dstack_socket),
                 quote_provider: self.quote_provider(),
                 operator_namespace: self.operator_namespace.clone(),
                 callback_port: i32::from(callback_port),
+                callback_cidrs: self.callback_egress_cidrs.clone(),
                 cpu: self.sandbox_cpu.clone(),
                 memory: self.sandbox_memory.clone(),
                 deadline_grace_seconds: i64::try_from(self.deadline_grace.as_secs())
@@ -527,14 +717,48 @@ fn callback_ca_pem(args: &ExecutionArgs) -> Result<Option<String>, ConfigError> 
         }
         (None, None) => return Ok(None),
     };
-    let pem = std::fs::read_to_string(&path).map_err(|source| ConfigError::ReadCallbackCa {
-        path: path.clone(),
-        source,
-    })?;
+    read_pem(
+        &path,
+        |path, source| ConfigError::ReadCallbackCa { path, source },
+        |path| ConfigError::NoCallbackCa { path },
+    )
+    .map(Some)
+}
+
+/// A PEM file that must hold at least one certificate, with the flag's own errors.
+fn read_pem(
+    path: &std::path::Path,
+    unreadable: impl FnOnce(PathBuf, std::io::Error) -> ConfigError,
+    empty: impl FnOnce(PathBuf) -> ConfigError,
+) -> Result<String, ConfigError> {
+    let pem =
+        std::fs::read_to_string(path).map_err(|source| unreadable(path.to_owned(), source))?;
     if !pem.contains("-----BEGIN CERTIFICATE-----") {
-        return Err(ConfigError::NoCallbackCa { path });
+        return Err(empty(path.to_owned()));
     }
-    Ok(Some(pem))
+    Ok(pem)
+}
+
+/// A CIDR as `--callback-egress-cidr` takes it: an IP address with a prefix length that fits
+/// it (`10.88.0.1/32`, `fd00::/64`); a bare address means the address alone.
+///
+/// # Errors
+/// What is wrong, in words.
+pub fn cidr_arg(value: &str) -> Result<String, String> {
+    let (ip, len) = value.split_once('/').unwrap_or((value, ""));
+    let ip: std::net::IpAddr = ip
+        .parse()
+        .map_err(|_| format!("{value:?} is not an IP address with an optional /prefix"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len: u8 = if len.is_empty() {
+        max
+    } else {
+        len.parse()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("{value:?}: the prefix length must be 0 to {max}"))?
+    };
+    Ok(format!("{ip}/{len}"))
 }
 
 /// A Kubernetes resource quantity as Pods take it: a decimal number and an optional suffix
@@ -778,7 +1002,7 @@ mod tests {
             KeyProviderChoice::Dstack
         );
         assert_eq!(
-            KeyProviderChoice::Dstack.pod_key_provider(),
+            KeyProviderChoice::Dstack.pod_key_provider("/var/run/dstack.sock"),
             PodKeyProvider::Dstack {
                 socket: "/var/run/dstack.sock".into()
             }

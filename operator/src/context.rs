@@ -33,6 +33,8 @@ pub struct Context {
     /// How sandbox egress is walled in (the pod launcher's resolved `--egress-policy`); `None`
     /// with the process launcher, which runs no sandbox Pod. Shown to owners on each Permit.
     pub egress: Option<crate::egress::EgressMode>,
+    /// Drafts the capabilities of intents (`--draft-*`); `None`: drafting is off.
+    pub drafting: Option<Arc<crate::draft::Drafting>>,
     clock: Clock,
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -53,6 +55,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             usage: Arc::new(UsageLedger::new(client.clone())),
             egress: None,
+            drafting: None,
             client,
             clock,
             failures: Mutex::new(HashMap::new()),

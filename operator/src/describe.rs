@@ -487,12 +487,94 @@ pub fn describe_permit_facts(
         .map(|t| format!(" until {}", t.0))
         .unwrap_or_default();
     format!(
-        "Permit {} (namespace {}): {phase}{until}\n\n{}{}",
+        "Permit {} (namespace {}): {phase}{until}\n\n{}{}{}",
         permit.metadata.name.as_deref().unwrap_or("?"),
         permit.metadata.namespace.as_deref().unwrap_or("?"),
-        describe_spec_facts(&permit.spec, digest, status.network.as_deref(), facts, now),
+        describe_spec_facts(&permit.effective_spec(), digest, status.network.as_deref(), facts, now),
+        intent_text(permit),
         pinned_code_text(permit)
     )
+}
+
+/// The agent's intent and the operator's draft of it: the goals, which document each drafted
+/// rule came from, what the drafter chose not to allow, and why a draft failed.
+fn intent_text(permit: &Permit) -> String {
+    let spec = &permit.spec;
+    if spec.intent.is_empty() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nThe agent's intent (the rules above were drafted from it, not written by the agent):"
+    );
+    for i in &spec.intent {
+        let _ = writeln!(out, "  - {}: \"{}\"", i.name, i.goal);
+        if !i.operations.is_empty() {
+            let _ = writeln!(out, "    operations asked for: {}", i.operations.join(", "));
+        }
+        if !i.constraints.is_empty() {
+            let fixed: Vec<String> = i
+                .constraints
+                .iter()
+                .map(|(k, v)| format!("{k} = {v}"))
+                .collect();
+            let _ = writeln!(out, "    fixed: {}", fixed.join(", "));
+        }
+    }
+    let draft = permit.status.as_ref().and_then(|s| s.draft.as_ref());
+    let current = oauth3_crds::spec_digest(spec).unwrap_or_default();
+    match draft.filter(|d| d.source_digest == current) {
+        None => {
+            let _ = writeln!(
+                out,
+                "Draft: not made yet; nothing can be approved until it is."
+            );
+        }
+        Some(d) => {
+            let docs: Vec<String> = d
+                .documents
+                .iter()
+                .map(|x| format!("{} ({})", x.url, x.digest))
+                .collect();
+            let _ = writeln!(
+                out,
+                "Drafted by the {} drafter from: {}",
+                d.drafter,
+                docs.join(", ")
+            );
+            if !d.sources.is_empty() {
+                let _ = writeln!(out, "Where each rule came from:");
+                for src in &d.sources {
+                    let op = src
+                        .operation
+                        .as_deref()
+                        .map(|o| format!(", operation {o}"))
+                        .unwrap_or_default();
+                    let _ = writeln!(out, "  - {}: {}{op}", src.capability, src.document);
+                }
+            }
+            if let Some(r) = &d.rationale {
+                let _ = writeln!(out, "Why:");
+                for line in r.lines() {
+                    let _ = writeln!(out, "  - {line}");
+                }
+            }
+            if !d.not_allowed.is_empty() {
+                let _ = writeln!(out, "Not allowed (the drafter left these out):");
+                for n in &d.not_allowed {
+                    let _ = writeln!(out, "  - {n}");
+                }
+            }
+            if !d.errors.is_empty() {
+                let _ = writeln!(out, "The draft FAILED, nothing can be approved:");
+                for e in &d.errors {
+                    let _ = writeln!(out, "  - {e}");
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The pinned code as it will run, when the Permit carries it (annotation

@@ -4,7 +4,7 @@
 //!
 //! Modules: `approval` (the approval rules, pure), `cache` (lean watch caches), `config` (flags,
 //! one duration grammar, enums for kinds), `conditions` (the one condition helper), `context` (shared reconcile state),
-//! `describe` (a Permit in plain words), `error`, `execution` (the Execution driver, its
+//! `describe` (a Permit in plain words), `draft` (drafting capabilities from an intent), `error`, `execution` (the Execution driver, its
 //! decisions and status, the result endpoint), `http` (metrics and health), `launcher` (pod and
 //! process launchers: all sandbox IO), `leader` (Lease election), `login`
 //! (the device-flow sign-in of `kubectl oauth3 login`), `metrics`, `permit` (the
@@ -20,6 +20,7 @@ pub mod config;
 pub mod conn_guard;
 pub mod context;
 pub mod describe;
+pub mod draft;
 pub mod egress;
 pub mod error;
 pub mod execution;

@@ -385,7 +385,7 @@ pub async fn record_decision(
             .await
             .map_err(api_err(format!("reading Permit {name}")))?
             .ok_or_else(gone)?;
-        let digest = spec_digest(&permit.spec)
+        let digest = spec_digest(&permit.effective_spec())
             .map_err(|e| PluginError::Local(format!("Permit {name}: {e}")))?;
         match &seen_spec {
             Some(first) if *first != digest => {
@@ -521,7 +521,8 @@ pub fn render_permit_facts(
     facts: &std::collections::BTreeMap<String, crate::describe::SecretFacts>,
     now: Timestamp,
 ) -> Result<String, PluginError> {
-    let digest = spec_digest(&permit.spec).map_err(|e| PluginError::Local(e.to_string()))?;
+    let digest =
+        spec_digest(&permit.effective_spec()).map_err(|e| PluginError::Local(e.to_string()))?;
     let mut out = crate::describe::describe_permit_facts(permit, &digest, facts, now);
     let status = permit.status.clone().unwrap_or_default();
     if let Some(a) = &status.approval {

@@ -132,6 +132,7 @@ pub async fn run(
     };
     let metrics = Arc::new(Metrics::new());
     let mut context = Context::new(client.clone());
+    context.drafting = config.draft.drafting()?.map(Arc::new);
     let egress = crate::egress::resolve(config.execution.egress_policy, &client).await;
     if config.execution.launcher == crate::config::LauncherChoice::Pod {
         tracing::info!(egress = egress.as_str(), "sandbox egress policy");

@@ -115,7 +115,8 @@ pub fn check<'a>(permit: &'a Permit, code: &str, now: Timestamp) -> Result<&'a W
         return Err(Refused::Expired(record.expires_at.0.to_string()));
     }
     if record.request == WebSignInRequest::Permit {
-        let current = spec_digest(&permit.spec).map_err(|e| Refused::Outdated(e.to_string()))?;
+        let current =
+            spec_digest(&permit.effective_spec()).map_err(|e| Refused::Outdated(e.to_string()))?;
         if current != record.digest {
             return Err(Refused::Outdated(
                 "the Permit's spec changed after this link was made; the new spec is sent on Telegram separately"

@@ -1,6 +1,6 @@
 //! Test support shared by every oauth3 test crate (the runner's, the operator's and the
 //! cross-crate `tests/`): [`fixtures`] (Permit and Execution builders), [`upstream`] (a real HTTPS upstream on loopback that records what it
-//! received), [`tdx`] (a real TDX sample quote with its collateral, and stand-ins of the
+//! received), [`docs`] (a doc server and a Messages API server for the intent drafter), [`tdx`] (a real TDX sample quote with its collateral, and stand-ins of the
 //! dstack, Confidential Containers and configfs-tsm quote providers), [`pccs`] (a stand-in PCCS
 //! serving that collateral), [`oidc`] (a real OpenID provider on loopback with the device grant
 //! and rotating refresh tokens), [`free_port`] and
@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod docs;
 pub mod fixtures;
 pub mod oidc;
 pub mod pccs;
@@ -18,6 +19,7 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+pub use docs::{DocServer, MessagesServer, ModelAnswer, github_openapi};
 pub use fixtures::{ExecutionFixture, PermitFixture};
 pub use oidc::OidcProvider;
 pub use upstream::{Recorded, Upstream};

@@ -46,7 +46,14 @@ pub const REPORT_DATA_OFFSET: usize = 48 + 584 - 64;
 
 type Log = Arc<Mutex<Vec<String>>>;
 
-async fn serve_http<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, log: Log, reply: String) {
+/// Answers one HTTP request with `reply`, or with `other.1` when the request line holds
+/// `other.0` (a path), and records it.
+async fn serve_http<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    log: Log,
+    reply: String,
+    other: Option<(&'static str, String)>,
+) {
     let mut raw = Vec::new();
     let mut buf = [0u8; 4096];
     let head_end = loop {
@@ -80,6 +87,10 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, log: Log, 
     let body = String::from_utf8_lossy(&raw[head_end + 4..]).into_owned();
     let line = head.lines().next().unwrap_or_default().to_owned();
     log.lock().unwrap().push(format!("{line}\n{body}"));
+    let reply = match other {
+        Some((path, answer)) if line.contains(path) => answer,
+        _ => reply,
+    };
     let answer = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
         reply.len()
@@ -89,7 +100,9 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, log: Log, 
 }
 
 /// A dstack guest agent stand-in on a unix socket: answers `GetQuote` with the sample quote
-/// and `event_log`, and records each request (request line, newline, body).
+/// and `event_log` (and, when started [`DstackAgent::with_key`], `GetKey` with that key), and
+/// records each request (request line, newline, body). The socket is open to every local user,
+/// as dstack's is, so a non-root runner in a Pod can use it.
 pub struct DstackAgent {
     /// The socket path.
     pub socket: PathBuf,
@@ -100,8 +113,22 @@ pub struct DstackAgent {
 impl DstackAgent {
     /// Listens on `socket`, answering with `event_log`.
     pub fn start(socket: &Path, event_log: &str) -> Self {
+        Self::serve(socket, event_log, None)
+    }
+
+    /// [`DstackAgent::start`], also answering `GetKey` with `key` (what the runner's dstack key
+    /// provider opens sealed secrets with).
+    pub fn with_key(socket: &Path, event_log: &str, key: [u8; 32]) -> Self {
+        let answer = serde_json::json!({"key": hex::encode(key), "signature_chain": []});
+        Self::serve(socket, event_log, Some(("/GetKey", answer.to_string())))
+    }
+
+    fn serve(socket: &Path, event_log: &str, key: Option<(&'static str, String)>) -> Self {
+        use std::os::unix::fs::PermissionsExt as _;
         let _ = std::fs::remove_file(socket);
         let listener = tokio::net::UnixListener::bind(socket).expect("bind the dstack socket");
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
+            .expect("open the dstack socket to every user");
         let log = Log::default();
         let reply = serde_json::json!({
             "quote": hex::encode(SAMPLE_QUOTE),
@@ -114,7 +141,7 @@ impl DstackAgent {
             let log = log.clone();
             tokio::spawn(async move {
                 while let Ok((stream, _)) = listener.accept().await {
-                    tokio::spawn(serve_http(stream, log.clone(), reply.clone()));
+                    tokio::spawn(serve_http(stream, log.clone(), reply.clone(), key.clone()));
                 }
             })
         };
@@ -165,7 +192,7 @@ impl CocoAgent {
             let log = log.clone();
             tokio::spawn(async move {
                 while let Ok((stream, _)) = listener.accept().await {
-                    tokio::spawn(serve_http(stream, log.clone(), reply.clone()));
+                    tokio::spawn(serve_http(stream, log.clone(), reply.clone(), None));
                 }
             })
         };

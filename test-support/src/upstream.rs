@@ -69,8 +69,14 @@ pub struct Upstream {
 impl Upstream {
     /// Starts a server on 127.0.0.1:0 with a fresh CA and a leaf for 127.0.0.1 and localhost.
     pub async fn start() -> Upstream {
-        let (acceptor, ca_pem) = test_tls(&["127.0.0.1", "localhost", "upstream.test"]);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::start_on(listener, &["127.0.0.1", "localhost", "upstream.test"])
+    }
+
+    /// Starts a server on `listener` (bound anywhere, e.g. inside a network namespace) with a
+    /// fresh CA and a leaf for `names`.
+    pub fn start_on(listener: TcpListener, names: &[&str]) -> Upstream {
+        let (acceptor, ca_pem) = test_tls(names);
         let addr = listener.local_addr().expect("local addr");
         let requests = Arc::new(Mutex::new(Vec::new()));
         let arrived = Arc::new(Notify::new());
@@ -87,9 +93,9 @@ impl Upstream {
         }
     }
 
-    /// `https://127.0.0.1:<port>`.
+    /// `https://<address>:<port>` (`https://127.0.0.1:<port>` for [`Upstream::start`]).
     pub fn origin(&self) -> String {
-        format!("https://127.0.0.1:{}", self.addr.port())
+        format!("https://{}", self.addr)
     }
 
     /// Every request received so far.

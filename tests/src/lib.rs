@@ -17,6 +17,7 @@ use tokio::sync::OnceCell;
 
 pub mod gateway;
 pub mod kwok;
+pub mod node;
 pub mod operator;
 pub mod telegram;
 
@@ -160,6 +161,14 @@ pub fn workspace_binary(package: &str, bin: &str) -> std::path::PathBuf {
 /// # Panics
 /// When the files cannot be written.
 pub fn callback_certificate(dir: &std::path::Path) {
+    callback_certificate_for(dir, "127.0.0.1");
+}
+
+/// [`callback_certificate`] for the address or name `name`.
+///
+/// # Panics
+/// When the files cannot be written.
+pub fn callback_certificate_for(dir: &std::path::Path, name: &str) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
     let ca_key = KeyPair::generate().expect("CA key");
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
@@ -169,7 +178,7 @@ pub fn callback_certificate(dir: &std::path::Path) {
         .push(DnType::CommonName, "oauth3 callback CA");
     let ca = ca_params.self_signed(&ca_key).expect("CA cert");
     let leaf_key = KeyPair::generate().expect("leaf key");
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+    let leaf = CertificateParams::new(vec![name.to_owned()])
         .expect("leaf params")
         .signed_by(&leaf_key, &ca, &ca_key)
         .expect("leaf cert");

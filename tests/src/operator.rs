@@ -24,7 +24,11 @@ pub enum Launcher {
     /// `--launcher pod` with this runtime class, image, key provider, resources and operator
     /// namespace; runners are told the callback's `http://` loopback address. The other fields
     /// must be the defaults (no flag sets them); the deadline grace comes from `grace`.
-    Pod(PodLaunchConfig),
+    Pod(Box<PodLaunchConfig>),
+    /// The operator's flags for the launcher, as given (the real-node tier: the pod launcher
+    /// with a dstack socket, callback TLS and egress settings no [`PodLaunchConfig`] field
+    /// maps to alone). The callback address comes from the listener.
+    Flags(Vec<String>),
 }
 
 /// A running operator (both controllers + callback server + metrics) that can be stopped.
@@ -49,8 +53,26 @@ impl InProcessOperator {
         grace: Duration,
         ttl: Duration,
     ) -> Self {
+        Self::start_with_flags(client, ns, listener, launcher, grace, ttl, &[])
+    }
+
+    /// [`InProcessOperator::start`] with more operator flags (`--draft-doc-hosts=...`).
+    ///
+    /// # Panics
+    /// As [`InProcessOperator::start`].
+    pub fn start_with_flags(
+        client: &kube::Client,
+        ns: &str,
+        listener: tokio::net::TcpListener,
+        launcher: Launcher,
+        grace: Duration,
+        ttl: Duration,
+        extra: &[String],
+    ) -> Self {
         let callback = listener.local_addr().expect("callback listener address");
-        let config = Config::try_parse_from(flags(ns, callback, &launcher, grace, ttl))
+        let mut all = flags(ns, callback, &launcher, grace, ttl);
+        all.extend(extra.iter().cloned());
+        let config = Config::try_parse_from(all)
             .unwrap_or_else(|e| panic!("in-process operator flags: {e}"));
         let metrics = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -152,6 +174,7 @@ fn flags(
             ]);
             flags.extend(attestation_flags(&p.quote_provider));
         }
+        Launcher::Flags(extra) => flags.extend(extra.iter().cloned()),
     }
     flags
 }

@@ -10,7 +10,6 @@ use kube::api::{Api, PostParams};
 use oauth3_crds::{
     Execution, ExecutionPhase, ExecutionSpec, ExecutionStatus, Permit, PermitPhase, PermitSpec,
 };
-use oauth3_operator::launcher::pod::PodLaunchConfig;
 use oauth3_operator::launcher::pod::PodQuoteProvider as QuoteProviderEndpoint;
 use oauth3_operator::launcher::process::ProcessLauncherConfig;
 use oauth3_test_support::{PermitFixture, Upstream, wait_until};
@@ -992,7 +991,7 @@ async fn the_pod_launcher_creates_the_sandbox_once_and_cleans_up_after_the_resul
         &env.client,
         &env.ns,
         l,
-        Launcher::Pod(PodLaunchConfig::default()),
+        Launcher::Pod(Box::default()),
         Duration::from_secs(30),
         Duration::from_secs(3600),
     );

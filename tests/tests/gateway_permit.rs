@@ -601,8 +601,15 @@ async fn bad_input_is_refused_naming_the_field_and_creates_nothing() {
         (json!({"description": "d"}), 400, "capabilities: required"),
         (
             json!({"description": "d", "intent": [{"name": "github", "goal": "list issues"}]}),
-            503,
-            "no drafter configured",
+            400,
+            "intent[0]: missing field `docUrls`",
+        ),
+        (
+            json!({"description": "d", "intent": [{"name": "github", "goal": "list issues",
+                "docUrls": ["https://docs.example/a.json"]}], "capabilities": [{"name": "x",
+                "base_url": "https://api.github.com"}]}),
+            400,
+            "send intent or capabilities, not both",
         ),
     ] {
         let a = env.post("/permit", Some(&agent), &body).await;

@@ -155,7 +155,7 @@ async fn fixture_with(
         &client,
         &ns,
         listener,
-        Launcher::Pod(config.clone()),
+        Launcher::Pod(Box::new(config.clone())),
         Duration::from_secs(grace),
         Duration::from_secs(3600),
     );
@@ -617,7 +617,7 @@ async fn a_permit_pointing_inside_the_cluster_or_at_the_metadata_address_gets_no
         &client,
         &ns,
         listener,
-        Launcher::Pod(config),
+        Launcher::Pod(Box::new(config)),
         Duration::from_secs(30),
         Duration::from_secs(3600),
     );

@@ -105,7 +105,45 @@ fn bad_objects() -> Vec<Bad> {
     let t = valid_typed_permit;
     let e = valid_execution;
     let cap = "/spec/capabilities/0";
+    let intent = || {
+        json!({"name": "gh", "goal": "list my repos", "docUrls": ["https://docs.example/api.json"],
+               "secretHints": ["GITHUB_TOKEN"], "operations": ["GET /user/repos"]})
+    };
+    let intent_only = || {
+        let mut v = set(p(), "/spec/capabilities", json!([]));
+        v["spec"]["intent"] = json!([intent()]);
+        v["spec"]["secrets"] = json!(["GITHUB_TOKEN"]);
+        v
+    };
     vec![
+        bad(
+            "intent and capabilities together",
+            set(p(), "/spec/intent", json!([intent()])),
+            "spec.intent",
+            "set intent or capabilities, not both",
+        ),
+        bad(
+            "an intent's secret hint not listed in secrets",
+            set(intent_only(), "/spec/secrets", json!([])),
+            "spec.secrets",
+            "every intent[].secretHints entry must be listed in spec.secrets",
+        ),
+        bad(
+            "an intent constraint that is no path segment",
+            set(
+                intent_only(),
+                "/spec/intent/0/constraints",
+                json!({"owner": "a/../b"}),
+            ),
+            "spec.intent[0].constraints.owner",
+            "should match",
+        ),
+        bad(
+            "an intent without docUrls",
+            set(intent_only(), "/spec/intent/0/docUrls", json!([])),
+            "spec.intent[0].docUrls",
+            "should have at least 1 items",
+        ),
         bad(
             "capability name not a JS identifier",
             set(p(), &format!("{cap}/name"), json!("my-api")),

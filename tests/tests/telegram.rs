@@ -651,3 +651,60 @@ async fn a_permit_and_its_code_approved_on_telegram_run_end_to_end() {
     assert!(t.expires_at.is_some());
     assert_eq!(up.requests().len(), 3);
 }
+
+#[tokio::test]
+async fn an_intent_is_shown_to_the_owner_with_its_draft_only_once_drafted_and_approve_binds_it() {
+    use oauth3_test_support::{DocServer, github_openapi};
+    let Some(env) = Env::new("tg-intent").await else {
+        return;
+    };
+    let docs = DocServer::start(vec![("/github.json", github_openapi())]).await;
+    std::fs::write(env.dir.join("docs-ca.pem"), &docs.ca_pem).expect("ca");
+    let _op = env.operator(
+        "24h",
+        &[
+            format!("--draft-doc-hosts={}", docs.host()),
+            "--insecure-draft-docs-on-loopback".into(),
+            format!("--draft-ca-file={}", env.dir.join("docs-ca.pem").display()),
+        ],
+    );
+    env.permit(
+        "issues",
+        json!({"description": "file bug reports", "capabilities": [], "secrets": ["GITHUB_TOKEN"],
+            "intent": [{"name": "createIssue", "goal": "create issues on amiller/test",
+                "docUrls": [docs.url("/github.json")], "secretHints": ["GITHUB_TOKEN"],
+                "operations": ["issues/create"], "constraints": {"owner": "amiller", "repo": "test"}}]}),
+    )
+    .await;
+    let m = env.request_for("issues").await;
+    let drafted = env.get("issues").await;
+    let digest = spec_digest(&drafted.effective_spec()).expect("digest");
+    for needle in [
+        "The agent says: \"file bug reports\"",
+        "POST https://api.github.com/repos/amiller/test/issues",
+        "createIssue: \"create issues on amiller/test\"",
+        "Drafted by the openapi drafter from",
+        &format!(
+            "createIssue: {}, operation issues/create: POST /repos/{{owner}}/{{repo}}/issues",
+            docs.url("/github.json")
+        ),
+        &format!("Spec digest: {digest}"),
+    ] {
+        assert!(
+            m.text.contains(needle),
+            "missing {needle:?} in:\n{}",
+            m.text
+        );
+    }
+    env.tap(OWNER, &m, "Approve (24h)").await;
+    let p = env
+        .wait_permit("issues", "Approved", |p| {
+            phase(p) == Some(PermitPhase::Approved)
+        })
+        .await;
+    assert_eq!(approval(&p).expect("approval").spec_digest, digest);
+    assert!(
+        p.spec.capabilities.is_empty(),
+        "approving copies nothing into the agent's spec"
+    );
+}

@@ -51,7 +51,7 @@ pub fn build_bundle(
         },
         permit: PermitRef {
             name: permit.metadata.name.clone().unwrap_or_default(),
-            spec: permit.spec.clone(),
+            spec: permit.effective_spec().into_owned(),
             spec_digest: permit_digest.to_owned(),
         },
         code: execution.spec.code.clone(),

@@ -82,7 +82,7 @@ pub(crate) fn refilled_budget(permit: &Permit, now: Timestamp) -> BTreeMap<Strin
 fn rate_budget_exhausted(permit: &Permit, name: &str, now: Timestamp) -> Option<String> {
     let budget = refilled_budget(permit, now);
     let mut wait = f64::INFINITY;
-    for c in &permit.spec.capabilities {
+    for c in &permit.effective_spec().capabilities {
         let limit = c.rate_limit.as_ref()?;
         let tokens = *budget.get(&c.name)?;
         if tokens >= 1.0 {
@@ -90,7 +90,7 @@ fn rate_budget_exhausted(permit: &Permit, name: &str, now: Timestamp) -> Option<
         }
         wait = wait.min(TokenBucket::of(limit).wait_for_one(tokens));
     }
-    if permit.spec.capabilities.is_empty() {
+    if permit.effective_spec().capabilities.is_empty() {
         return None;
     }
     Some(format!(
@@ -131,7 +131,7 @@ pub fn admit(execution: &Execution, permit: Option<&Permit>, now: Timestamp) -> 
             format!("Permit {name} is waiting for the owner's approval"),
         );
     };
-    let current = match spec_digest(&permit.spec) {
+    let current = match spec_digest(&permit.effective_spec()) {
         Ok(d) => d,
         Err(e) => return refuse(Reason::PermitInvalid, format!("Permit {name}: {e}")),
     };

@@ -230,7 +230,7 @@ async fn launch_pod(
     let namespace = exec.namespace().unwrap_or_default();
     let name = run_object_name(&exec.name_any());
     let pod = desired_pod(exec, permit, config)?;
-    let targets = egress::targets(&permit.spec);
+    let targets = egress::targets(&permit.effective_spec());
     // Decided before anything is created: a Permit whose hosts point inside the cluster or at
     // the metadata service gets no Pod at all.
     let rules = match config.egress {
@@ -249,7 +249,17 @@ async fn launch_pod(
             ..Default::default()
         },
         type_: Some("Opaque".into()),
-        string_data: Some([(pod::BUNDLE_FILE.to_owned(), body)].into()),
+        string_data: Some(
+            [(pod::BUNDLE_FILE.to_owned(), body)]
+                .into_iter()
+                .chain(
+                    config
+                        .upstream_ca_pem
+                        .clone()
+                        .map(|pem| (pod::UPSTREAM_CA_FILE.to_owned(), pem)),
+                )
+                .collect(),
+        ),
         ..Default::default()
     };
     let pp = PatchParams::apply(FIELD_MANAGER).force();

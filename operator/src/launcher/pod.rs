@@ -35,6 +35,9 @@ use serde_json::json;
 pub const BUNDLE_DIR: &str = "/var/run/oauth3/bundle";
 /// File name of the bundle in the bundle Secret and directory.
 pub const BUNDLE_FILE: &str = "bundle.json";
+/// File name, in the bundle Secret and directory, of the CA certificates runners trust for
+/// upstream TLS besides the web PKI (`--sandbox-ca-file`; absent without it).
+pub const UPSTREAM_CA_FILE: &str = "upstream-ca.pem";
 /// Where the projected sealed Secrets appear inside the Pod, one file per secret name.
 pub const SEALED_DIR: &str = "/var/run/oauth3/sealed";
 /// Name of the runner container.
@@ -72,6 +75,12 @@ pub struct PodLaunchConfig {
     pub operator_pod_labels: BTreeMap<String, String>,
     /// TCP port of the result callback.
     pub callback_port: i32,
+    /// Addresses (CIDRs) at which sandbox Pods reach the callback, instead of the operator's
+    /// Pods (`--callback-egress-cidr`: an operator outside the Pod network).
+    pub callback_cidrs: Vec<String>,
+    /// CA certificates runners trust for upstream TLS besides the web PKI
+    /// (`--sandbox-ca-file`), delivered in the bundle Secret.
+    pub upstream_ca_pem: Option<String>,
     /// How the sandbox's egress is walled in (`--egress-policy`, resolved).
     pub egress: EgressMode,
 }
@@ -98,6 +107,8 @@ impl Default for PodLaunchConfig {
             )]
             .into(),
             callback_port: 8443,
+            callback_cidrs: Vec::new(),
+            upstream_ca_pem: None,
             egress: EgressMode::Open,
         }
     }
@@ -202,15 +213,23 @@ pub fn desired_pod(
             }})
         })
         .collect();
-    let args = run_args(
+    let mut args = run_args(
         &format!("{BUNDLE_DIR}/{BUNDLE_FILE}"),
         SEALED_DIR,
         &config.key_provider,
         &config.quote_provider,
     );
+    let mut bundle_items = vec![json!({"key": BUNDLE_FILE, "path": BUNDLE_FILE})];
+    if config.upstream_ca_pem.is_some() {
+        bundle_items.push(json!({"key": UPSTREAM_CA_FILE, "path": UPSTREAM_CA_FILE}));
+        args.extend([
+            "--ca-file".to_owned(),
+            format!("{BUNDLE_DIR}/{UPSTREAM_CA_FILE}"),
+        ]);
+    }
     let mut volumes = vec![
         json!({"name": "bundle", "secret": {"secretName": object, "defaultMode": 0o440,
-            "items": [{"key": BUNDLE_FILE, "path": BUNDLE_FILE}]}}),
+            "items": bundle_items}}),
         json!({"name": "sealed", "projected": {"defaultMode": 0o440, "sources": sealed_sources}}),
         json!({"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}),
     ];
@@ -308,18 +327,27 @@ pub enum EgressRules {
 }
 
 /// The egress rules every sandbox Pod gets: DNS (to the cluster DNS, and only there) and the
-/// operator's result callback.
+/// operator's result callback (its Pods, or the `callback_cidrs`).
 fn base_egress(config: &PodLaunchConfig) -> Vec<serde_json::Value> {
+    let callback: Vec<serde_json::Value> = if config.callback_cidrs.is_empty() {
+        vec![json!({
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": config.operator_namespace}},
+            "podSelector": {"matchLabels": config.operator_pod_labels},
+        })]
+    } else {
+        config
+            .callback_cidrs
+            .iter()
+            .map(|cidr| json!({"ipBlock": {"cidr": cidr}}))
+            .collect()
+    };
     vec![
         json!({
             "to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
             "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
         }),
         json!({
-            "to": [{
-                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": config.operator_namespace}},
-                "podSelector": {"matchLabels": config.operator_pod_labels},
-            }],
+            "to": callback,
             "ports": [{"protocol": "TCP", "port": config.callback_port}],
         }),
     ]
@@ -400,22 +428,26 @@ pub fn desired_cilium_policy(
         .filter(|t| t.host.parse::<IpAddr>().is_err())
         .map(|t| json!({"matchName": t.host}))
         .collect();
-    let mut egress = vec![
-        json!({
-            "toEndpoints": [{"matchLabels": {"k8s:io.kubernetes.pod.namespace": "kube-system", "k8s:k8s-app": "kube-dns"}}],
-            "toPorts": [{
-                "ports": [{"port": "53", "protocol": "ANY"}],
-                "rules": {"dns": names.clone()},
-            }],
-        }),
-        json!({
+    let mut egress = vec![json!({
+        "toEndpoints": [{"matchLabels": {"k8s:io.kubernetes.pod.namespace": "kube-system", "k8s:k8s-app": "kube-dns"}}],
+        "toPorts": [{
+            "ports": [{"port": "53", "protocol": "ANY"}],
+            "rules": {"dns": names.clone()},
+        }],
+    })];
+    let callback_ports =
+        json!([{"ports": [{"port": config.callback_port.to_string(), "protocol": "TCP"}]}]);
+    if config.callback_cidrs.is_empty() {
+        egress.push(json!({
             "toEndpoints": [{"matchLabels": {
                 "k8s:io.kubernetes.pod.namespace": config.operator_namespace,
                 "app.kubernetes.io/name": config.operator_pod_labels.get("app.kubernetes.io/name").cloned().unwrap_or_default(),
             }}],
-            "toPorts": [{"ports": [{"port": config.callback_port.to_string(), "protocol": "TCP"}]}],
-        }),
-    ];
+            "toPorts": callback_ports,
+        }));
+    } else {
+        egress.push(json!({"toCIDR": config.callback_cidrs, "toPorts": callback_ports}));
+    }
     for target in targets {
         let ports = json!([{"ports": [{"port": target.port.to_string(), "protocol": "TCP"}]}]);
         match target.host.parse::<IpAddr>() {

@@ -35,6 +35,10 @@ use status::{
 /// How often a Permit is looked at when nothing changes and no approval is about to lapse.
 pub const RESYNC: Duration = Duration::from_secs(600);
 
+/// How long a failed draft stands before the operator drafts again (a document host may
+/// have been down).
+pub const DRAFT_RETRY: Duration = Duration::from_secs(300);
+
 /// The body of the status server-side apply: only the fields the operator owns.
 #[derive(Serialize, Debug)]
 #[serde(rename_all = "camelCase")]
@@ -57,8 +61,31 @@ pub async fn reconcile(permit: Arc<Permit>, ctx: Arc<Context>) -> Result<Action,
     let api: Api<Permit> = Api::namespaced(ctx.client.clone(), &namespace);
     let now = ctx.now();
     let current = permit.status.as_ref();
-    let mut desired = desired_status(&permit.spec, current, permit.metadata.generation, now);
-    desired.status.network = Some(crate::egress::network_text(&permit.spec, ctx.egress));
+    let draft = match &ctx.drafting {
+        Some(drafting)
+            if crate::draft::needs_draft(
+                &permit.spec,
+                current.and_then(|s| s.draft.as_ref()),
+                now,
+                DRAFT_RETRY,
+            ) =>
+        {
+            Some(drafting.draft(&permit.spec, now).await)
+        }
+        _ => current.and_then(|s| s.draft.clone()),
+    };
+    let mut resolved = (*permit).clone();
+    resolved.status.get_or_insert_with(Default::default).draft = draft.clone();
+    let spec = resolved.effective_spec();
+    let mut desired = desired_status(&spec, current, permit.metadata.generation, now);
+    desired.status.network = Some(crate::egress::network_text(&spec, ctx.egress));
+    status::apply_draft(
+        &mut desired,
+        &permit.spec,
+        draft,
+        permit.metadata.generation,
+        now,
+    );
 
     if desired.voided.is_some() {
         // Server-side apply cannot remove a field that another manager (the approver) also

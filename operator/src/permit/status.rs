@@ -51,6 +51,12 @@ pub mod reason {
     pub const SPEC_CHANGED: &str = "SpecChanged";
     /// Approved=False: the spec is invalid, so no approval can be in force.
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// Approved=False: the intent was drafted; the owner decides on the draft.
+    pub const DRAFTED: &str = "Drafted";
+    /// Ready=False, Approved=False: the draft failed (the reasons are in `status.draft.errors`).
+    pub const DRAFT_FAILED: &str = "DraftFailed";
+    /// Approved=False: the intent waits for the operator's drafter.
+    pub const AWAITING_DRAFT: &str = "AwaitingDraft";
     /// Event: a decision was voided by a spec change.
     pub const APPROVAL_VOIDED: &str = "ApprovalVoided";
 }
@@ -279,6 +285,82 @@ pub fn desired_status(
     }
 }
 
+/// Records the draft of an intent spec in `desired` (pure): `status.draft`, and while no
+/// decision is in force, why: `Drafted` (the owner decides on it), `DraftFailed` (with the
+/// reasons; `Ready=False`) or `AwaitingDraft`. A spec without intent is left as it is.
+pub fn apply_draft(
+    desired: &mut DesiredStatus,
+    spec: &PermitSpec,
+    draft: Option<oauth3_crds::Draft>,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    if spec.intent.is_empty() {
+        return;
+    }
+    let source = spec_digest(spec).unwrap_or_default();
+    let draft = draft.filter(|d| d.source_digest == source);
+    let now = Time(now);
+    let status = &mut desired.status;
+    let awaiting = find_condition(&status.conditions, CONDITION_APPROVED)
+        .is_some_and(|c| c.reason == reason::AWAITING_DECISION || c.reason == reason::SPEC_CHANGED);
+    match &draft {
+        Some(d) if !d.errors.is_empty() => {
+            let why = format!(
+                "the {} drafter could not draft the intent: {}",
+                d.drafter,
+                d.errors.join("; ")
+            );
+            set_condition(
+                &mut status.conditions,
+                NewCondition::new(CONDITION_READY, false, reason::DRAFT_FAILED, why.clone()),
+                generation,
+                now.clone(),
+            );
+            set_condition(
+                &mut status.conditions,
+                NewCondition::new(CONDITION_APPROVED, false, reason::DRAFT_FAILED, why),
+                generation,
+                now,
+            );
+        }
+        Some(d) if awaiting => {
+            let docs: Vec<&str> = d.documents.iter().map(|x| x.url.as_str()).collect();
+            set_condition(
+                &mut status.conditions,
+                NewCondition::new(
+                    CONDITION_APPROVED,
+                    false,
+                    reason::DRAFTED,
+                    format!(
+                        "the {} drafter proposed {} capabilities from {}; waiting for the owner's decision",
+                        d.drafter,
+                        d.capabilities.len(),
+                        docs.join(", ")
+                    ),
+                ),
+                generation,
+                now,
+            );
+        }
+        Some(_) => {}
+        None => {
+            set_condition(
+                &mut status.conditions,
+                NewCondition::new(
+                    CONDITION_APPROVED,
+                    false,
+                    reason::AWAITING_DRAFT,
+                    "the intent waits for the operator's drafter (is drafting configured: --draft-doc-hosts?)",
+                ),
+                generation,
+                now,
+            );
+        }
+    }
+    status.draft = draft;
+}
+
 /// The Events that announce the change from `current` to `desired`: one for a voided decision
 /// and one for a phase transition. Nothing when the phase is unchanged and nothing was voided.
 pub fn planned_events(
@@ -355,6 +437,7 @@ pub fn is_up_to_date(current: Option<&PermitStatus>, desired: &DesiredStatus) ->
         && current.spec_digest == want.spec_digest
         && current.capability_count == want.capability_count
         && current.network == want.network
+        && current.draft == want.draft
         && current.observed_generation == want.observed_generation
         && current.conditions == want.conditions
 }

@@ -50,8 +50,12 @@ pub fn telegram_by(user_id: u64) -> String {
 }
 
 /// The Permit's current spec digest if it has no decision for it (it waits for the owner).
+/// An intent with no successful draft yet asks the owner nothing.
 pub fn pending_digest(permit: &Permit) -> Option<String> {
-    let digest = spec_digest(&permit.spec).ok()?;
+    if !permit.spec.intent.is_empty() && permit.usable_draft().is_none() {
+        return None;
+    }
+    let digest = spec_digest(&permit.effective_spec()).ok()?;
     let decided = permit
         .status
         .as_ref()
@@ -91,7 +95,7 @@ pub fn still_open(
     };
     match req.kind {
         RequestKind::Permit => {
-            let current = spec_digest(&permit.spec).ok()?;
+            let current = spec_digest(&permit.effective_spec()).ok()?;
             if current != req.digest {
                 return Some(
                     "Outdated: the Permit's spec changed after this message; the new spec is sent separately."

@@ -101,11 +101,19 @@ pub fn permit_request_text_facts(
         let mut shorter = permit.clone();
         let description = &permit.spec.description;
         let keep = len16(description).saturating_sub(over + 64);
+        let usable = permit.usable_draft().is_some();
         shorter.spec.description = format!(
             "{} [... description shortened; see everything with: {}]",
             cut(description, keep),
             get_command(ns, name)
         );
+        // The shortened copy is only shown: its draft still describes the same rules.
+        if usable
+            && let Some(d) = shorter.status.as_mut().and_then(|s| s.draft.as_mut())
+            && let Ok(digest) = oauth3_crds::spec_digest(&shorter.spec)
+        {
+            d.source_digest = digest;
+        }
         text = permit_text(&shorter, digest, &facts);
     }
     fit(&text, "", &get_command(ns, name))
