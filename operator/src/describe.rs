@@ -490,7 +490,13 @@ pub fn describe_permit_facts(
         "Permit {} (namespace {}): {phase}{until}\n\n{}{}{}",
         permit.metadata.name.as_deref().unwrap_or("?"),
         permit.metadata.namespace.as_deref().unwrap_or("?"),
-        describe_spec_facts(&permit.effective_spec(), digest, status.network.as_deref(), facts, now),
+        describe_spec_facts(
+            &permit.effective_spec(),
+            digest,
+            status.network.as_deref(),
+            facts,
+            now
+        ),
         intent_text(permit),
         pinned_code_text(permit)
     )
