@@ -9,13 +9,25 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsFd as _;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
+use oauth3_crds::constants::secret_object_name;
+use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec, Permit, PermitPhase};
+use oauth3_operator::launcher::pod::{PodLaunchConfig, desired_pod};
+use oauth3_test_support::fixtures::PermitFixture;
+use oauth3_test_support::tdx::DstackAgent;
 use oauth3_test_support::upstream::Upstream;
-use serde_json::json;
+use serde_json::{Value, json};
+
+use crate::operator::{InProcessOperator, Launcher};
+use crate::{
+    apply_dev_sealed_secret, callback_certificate_for, client_or_skip, ensure_runtime_class,
+    namespace, workspace_binary,
+};
 
 /// The node the harness started.
 #[derive(Debug, Clone)]
@@ -136,4 +148,260 @@ pub async fn publish_callback(client: &Client, ns: &str, callback: SocketAddr) -
         .expect("a ClusterIP")
         .parse()
         .expect("an IPv4 ClusterIP")
+}
+
+/// The secret the owner sealed; it must reach the upstream and nothing else.
+pub const SECRET: &str = "sk-node-4f1b9c27";
+/// The enclave key the dstack stand-in hands the runner (and the secret is sealed to).
+pub const ENCLAVE_KEY: [u8; 32] = [0x3c; 32];
+
+/// Polls `what` every 250 ms for up to `secs` until it returns `Some`.
+pub async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..secs * 4 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("{what} did not happen within {secs}s");
+}
+
+/// An operator with the pod launcher on the real node, an approved Permit `issues` whose one
+/// capability reaches the permitted upstream, and a second upstream the Permit does not name.
+pub struct NodeFixture {
+    /// The node.
+    pub env: NodeEnv,
+    /// Admin client of the control plane.
+    pub client: kube::Client,
+    /// The fixture's namespace (the operator's too).
+    pub ns: String,
+    op: InProcessOperator,
+    /// The upstream the Permit's capability `api` reaches.
+    pub permitted: Upstream,
+    /// An upstream the Permit does not name.
+    pub other: Upstream,
+    /// The dstack guest agent stand-in the runner gets its key and quote from.
+    pub dstack: DstackAgent,
+    dir: std::path::PathBuf,
+}
+
+impl NodeFixture {
+    /// The fixture, with the runner's memory limit `memory` (a Kubernetes quantity).
+    pub async fn start(prefix: &str, memory: &str) -> Option<Self> {
+        let env = NodeEnv::from_env_or_skip()?;
+        let client = client_or_skip().await?;
+        let ns = namespace(&client, prefix).await;
+        ensure_runtime_class(&client, &env.runtime_class).await;
+        let dir = std::env::temp_dir().join(format!("oauth3-{ns}"));
+        std::fs::create_dir_all(&dir).expect("fixture dir");
+        let dstack = DstackAgent::with_key(&dir.join("dstack.sock"), "[]", ENCLAVE_KEY);
+        apply_dev_sealed_secret(
+            &client,
+            &ns,
+            &secret_object_name("API_TOKEN"),
+            "API_TOKEN",
+            SECRET,
+            ENCLAVE_KEY,
+        )
+        .await;
+
+        let permitted = env.upstream(env.upstreams[0]);
+        let other = env.upstream(env.upstreams[1]);
+        let mut cas = permitted.ca_pem.clone();
+        cas.extend_from_slice(&other.ca_pem);
+        std::fs::write(dir.join("upstream-ca.pem"), cas).expect("upstream CAs");
+
+        // The callback: this process on the node's bridge, published as a Service whose
+        // ClusterIP the runner dials (kube-proxy routes it here) with a certificate for it.
+        let listener = tokio::net::TcpListener::bind((env.node_ip, 0))
+            .await
+            .expect("bind the callback on the bridge");
+        let bound = listener.local_addr().expect("callback address");
+        let cluster_ip = publish_callback(&client, &ns, bound).await;
+        callback_certificate_for(&dir.join("tls"), &cluster_ip.to_string());
+        let path = |p: &str| dir.join(p).display().to_string();
+        let flags = vec![
+            "--launcher=pod".to_owned(),
+            format!("--runtime-class={}", env.runtime_class),
+            format!("--runner-image={}", env.runner_image),
+            "--key-provider=dstack".to_owned(),
+            format!("--dstack-socket={}", path("dstack.sock")),
+            "--attestation=dstack".to_owned(),
+            "--sandbox-cpu=500m".to_owned(),
+            format!("--sandbox-memory={memory}"),
+            format!("--operator-namespace={ns}"),
+            "--egress-policy=kubernetes".to_owned(),
+            format!("--callback-url=https://{cluster_ip}:8443"),
+            format!("--callback-tls-cert={}", path("tls/tls.crt")),
+            format!("--callback-tls-key={}", path("tls/tls.key")),
+            format!("--callback-egress-cidr={}/32", env.node_ip),
+            format!("--sandbox-ca-file={}", path("upstream-ca.pem")),
+        ];
+        let op = InProcessOperator::start(
+            &client,
+            &ns,
+            listener,
+            Launcher::Flags(flags),
+            Duration::from_secs(30),
+            Duration::from_secs(3600),
+        );
+
+        let permit = PermitFixture::api(&format!("{}/v1", permitted.origin()))
+            .with(json!({"paths": ["/items", "/echo-auth"],
+                "auth": {"header": "Authorization", "value": "Bearer {API_TOKEN}"}}))
+            .secret("API_TOKEN")
+            .spec_fields(json!({"description": "node tier", "validFor": "1h"}))
+            .permit("issues");
+        let permits: Api<Permit> = Api::namespaced(client.clone(), &ns);
+        permits
+            .create(&PostParams::default(), &permit)
+            .await
+            .expect("permit");
+        let fixture = Self {
+            env,
+            client,
+            ns,
+            op,
+            permitted,
+            other,
+            dstack,
+            dir,
+        };
+        fixture.wait_permit(PermitPhase::Pending).await;
+        let out = std::process::Command::new(workspace_binary("oauth3-operator", "kubectl-oauth3"))
+            .env(
+                "KUBECONFIG",
+                std::env::var("TEST_KUBECONFIG").expect("kubeconfig"),
+            )
+            .args(["-n", &fixture.ns, "approve", "issues"])
+            .output()
+            .expect("plugin runs");
+        assert!(
+            out.status.success(),
+            "approve: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        fixture.wait_permit(PermitPhase::Approved).await;
+        Some(fixture)
+    }
+
+    /// Waits until the Permit `issues` is in phase `want`.
+    pub async fn wait_permit(&self, want: PermitPhase) {
+        let permits: Api<Permit> = Api::namespaced(self.client.clone(), &self.ns);
+        eventually(&format!("Permit {want:?}"), 30, || {
+            let permits = permits.clone();
+            async move {
+                let p = permits.get("issues").await.ok()?;
+                (p.status.as_ref().and_then(|s| s.phase) == Some(want)).then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// Creates Execution `name` of `code` under the Permit `issues`.
+    pub async fn execute(&self, name: &str, code: &str, timeout: u32) -> Execution {
+        let spec: ExecutionSpec = serde_json::from_value(json!({
+            "permitRef": "issues", "code": code, "timeoutSeconds": timeout
+        }))
+        .expect("execution spec");
+        Api::<Execution>::namespaced(self.client.clone(), &self.ns)
+            .create(&PostParams::default(), &Execution::new(name, spec))
+            .await
+            .expect("execution")
+    }
+
+    /// Waits (up to `secs`) until Execution `name` has finished, and returns it.
+    pub async fn finished(&self, name: &str, secs: u64) -> Execution {
+        let execs: Api<Execution> = Api::namespaced(self.client.clone(), &self.ns);
+        eventually(&format!("Execution {name} finished"), secs, || {
+            let execs = execs.clone();
+            async move {
+                let e = execs.get(name).await.ok()?;
+                let phase = e.status.as_ref().and_then(|s| s.phase)?;
+                matches!(
+                    phase,
+                    ExecutionPhase::Succeeded
+                        | ExecutionPhase::Failed
+                        | ExecutionPhase::TimedOut
+                        | ExecutionPhase::Denied
+                )
+                .then_some(e)
+            }
+        })
+        .await
+    }
+
+    /// Runs a probe Pod `name` with `labels` and the sandbox Pod's own spec for `exec` (image
+    /// and arguments swapped for the probe's), and returns what it reported.
+    pub async fn probe(
+        &self,
+        name: &str,
+        exec: &Execution,
+        sandbox_labels: bool,
+        args: &[String],
+    ) -> Value {
+        let permits: Api<Permit> = Api::namespaced(self.client.clone(), &self.ns);
+        let permit = permits.get("issues").await.expect("permit");
+        let config = PodLaunchConfig {
+            runtime_class_name: self.env.runtime_class.clone(),
+            image: PROBE_IMAGE.to_owned(),
+            ..PodLaunchConfig::default()
+        };
+        let mut pod = desired_pod(exec, &permit, &config).expect("the sandbox Pod's spec");
+        pod.metadata.name = Some(name.to_owned());
+        pod.metadata.owner_references = None;
+        if !sandbox_labels {
+            pod.metadata.labels = Some([("app".to_owned(), "not-a-sandbox".to_owned())].into());
+        }
+        let spec = pod.spec.as_mut().expect("spec");
+        // The bundle Secret is the Execution's; the probe needs none of its volumes' contents
+        // but mounts them like the runner does (so the spec stays the sandbox's).
+        spec.containers[0].args = Some(args.to_vec());
+        spec.containers[0].image_pull_policy = Some("Never".to_owned());
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .expect("probe pod");
+        let done = eventually(&format!("probe {name} finished"), 90, || {
+            let pods = pods.clone();
+            async move {
+                let p = pods.get(name).await.ok()?;
+                let phase = p.status.as_ref()?.phase.clone()?;
+                matches!(phase.as_str(), "Succeeded" | "Failed").then_some(p)
+            }
+        })
+        .await;
+        let message = done
+            .status
+            .and_then(|s| s.container_statuses)
+            .and_then(|c| c.into_iter().next())
+            .and_then(|c| c.state?.terminated?.message)
+            .unwrap_or_else(|| panic!("probe {name} left no termination message"));
+        serde_json::from_str(message.trim())
+            .unwrap_or_else(|e| panic!("probe {name} said {message:?}: {e}"))
+    }
+
+    /// Asserts nothing of the secret appears in `text`.
+    pub fn assert_no_secret(&self, what: &str, text: &str) {
+        assert!(!text.contains(SECRET), "{what} holds the secret: {text}");
+    }
+
+    /// Stops the operator and the stand-in, and deletes the namespace.
+    pub async fn stop(self) {
+        self.op.stop().await;
+        drop(self.dstack);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(self.client.clone())
+            .delete(&self.ns, &DeleteParams::default())
+            .await;
+    }
+}
+
+/// `ip:port` of `upstream` (listening at `ip`).
+pub fn target(ip: Ipv4Addr, upstream: &Upstream) -> String {
+    format!("{ip}:{}", upstream.addr.port())
 }

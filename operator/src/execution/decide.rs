@@ -228,6 +228,12 @@ pub(crate) enum Step {
     Admit,
     /// Running and nothing to do: look again at the deadline.
     WaitUntil(Timestamp),
+    /// Running, and the sandbox noted as waiting runs now: replace the note, wait for the
+    /// deadline.
+    NoteRunning {
+        /// The deadline.
+        until: Timestamp,
+    },
     /// Running, its sandbox does not run yet: note why (phase unchanged), wait for the deadline.
     NoteWaiting {
         /// Why the sandbox does not run.
@@ -273,6 +279,11 @@ pub(crate) fn next_step(
                         message: message.clone(),
                         until: deadline,
                     }
+                }
+                Sandbox::Alive
+                    if status.reason.as_deref() == Some(Reason::SandboxWaiting.as_str()) =>
+                {
+                    Step::NoteRunning { until: deadline }
                 }
                 _ => Step::WaitUntil(deadline),
             }
@@ -872,6 +883,23 @@ mod tests {
         let noted = in_phase(ExecutionPhase::Running, Some("not scheduled"));
         assert_eq!(
             next_step(&noted, &waiting, now(), TTL),
+            Step::WaitUntil(later(10))
+        );
+    }
+
+    #[test]
+    fn a_sandbox_noted_as_waiting_that_runs_now_replaces_the_note_once() {
+        let mut noted = in_phase(ExecutionPhase::Running, Some("not scheduled"));
+        if let Some(s) = noted.status.as_mut() {
+            s.reason = Some(Reason::SandboxWaiting.as_str().to_owned());
+        }
+        assert_eq!(
+            next_step(&noted, &Sandbox::Alive, now(), TTL),
+            Step::NoteRunning { until: later(10) }
+        );
+        let replaced = in_phase(ExecutionPhase::Running, Some("the sandbox runs"));
+        assert_eq!(
+            next_step(&replaced, &Sandbox::Alive, now(), TTL),
             Step::WaitUntil(later(10))
         );
     }

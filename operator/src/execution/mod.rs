@@ -186,6 +186,12 @@ pub async fn reconcile(
             Ok(Action::await_change())
         }
         Step::KeepUntil(t) | Step::WaitUntil(t) => Ok(Action::requeue(until(now, t))),
+        Step::NoteRunning { until: t } => {
+            write_status(&api, &exec, &status::sandbox_running(t), None)
+                .await
+                .map_err(api_error("noting the running sandbox", &exec))?;
+            Ok(Action::requeue(until(now, t)))
+        }
         Step::NoteWaiting { message, until: t } => {
             let written = write_status(&api, &exec, &status::sandbox_waiting(&message), None)
                 .await

@@ -306,6 +306,17 @@ pub fn sandbox_waiting(message: &str) -> ExecutionStatus {
     }
 }
 
+/// The note on a `Running` Execution whose sandbox was noted as waiting and runs now.
+pub fn sandbox_running(deadline: Timestamp) -> ExecutionStatus {
+    ExecutionStatus {
+        reason: Some(Reason::Launched.as_str().to_owned()),
+        message: Some(format!(
+            "the sandbox runs; its result is awaited until {deadline}"
+        )),
+        ..ExecutionStatus::default()
+    }
+}
+
 /// The launch lock: `exec` is `Running` under `plan` from `now`.
 pub fn running(exec: &Execution, plan: &LaunchPlan, now: Timestamp) -> ExecutionStatus {
     ExecutionStatus {
