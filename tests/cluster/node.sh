@@ -83,6 +83,12 @@ preflight() {
     command -v "$t" >/dev/null || { log "needs $t (apt-get install iproute2 iptables ipset curl python3)"; exit 1; }
   done
   [ -f "$CLUSTER/apiserver.port" ] || { log "no control plane in $CLUSTER: start it with control-plane.sh up"; exit 1; }
+  local free
+  free=$(df -Pk "$repo" | awk 'NR==2 {print $4}')
+  if [ "${free:-0}" -lt $((4 * 1024 * 1024)) ]; then
+    log "only $((free / 1024)) MiB free under $repo: the kubelet evicts Pods under disk pressure; free at least 4 GiB"
+    exit 1
+  fi
   if ip link show "$BRIDGE" >/dev/null 2>&1 && ! running kubelet; then
     log "bridge $BRIDGE exists but no node of this checkout runs: another node.sh (or a stale one) owns it; run 'node.sh down' where it was started, or remove it with 'ip link del $BRIDGE'"
     exit 1

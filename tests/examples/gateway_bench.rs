@@ -28,29 +28,11 @@ use kube::{Client, ResourceExt};
 use oauth3_crds::{ApprovalVia, Execution, ExecutionPhase, ExecutionSpec, Permit, PermitPhase};
 use oauth3_operator::launcher::process::ProcessLauncherConfig;
 use oauth3_operator::plugin::{Decision, record_decision};
+use oauth3_tests::bench::{percentile, report};
 use oauth3_tests::gateway::{Http, InProcessGateway, Tenant};
 use oauth3_tests::operator::{InProcessOperator, Launcher};
 use oauth3_tests::{client_or_skip, workspace_binary};
 use serde_json::json;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-fn report(label: &str, mut samples: Vec<Duration>) {
-    samples.sort();
-    println!(
-        "{label:<46} n={:<4} p50={:>8.2} ms  p99={:>8.2} ms  max={:>8.2} ms",
-        samples.len(),
-        percentile(&samples, 50.0).as_secs_f64() * 1e3,
-        percentile(&samples, 99.0).as_secs_f64() * 1e3,
-        samples.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
-    );
-}
 
 fn permit_body() -> serde_json::Value {
     json!({"description": "bench", "capabilities": [{"type": "scoped-fetch", "name": "api",

@@ -23,26 +23,8 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::watcher;
 use oauth3_crds::{Execution, ExecutionPhase};
+use oauth3_tests::bench::report;
 use oauth3_tests::node::NodeFixture;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-fn report(label: &str, mut samples: Vec<Duration>) {
-    samples.sort();
-    println!(
-        "{label:<40} n={:<4} p50={:>8.1} ms  p99={:>8.1} ms  max={:>8.1} ms",
-        samples.len(),
-        percentile(&samples, 50.0).as_secs_f64() * 1e3,
-        percentile(&samples, 99.0).as_secs_f64() * 1e3,
-        samples.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
-    );
-}
 
 type Seen = Arc<Mutex<BTreeMap<String, Instant>>>;
 

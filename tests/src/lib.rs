@@ -15,6 +15,7 @@ use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config};
 use tokio::sync::OnceCell;
 
+pub mod bench;
 pub mod gateway;
 pub mod kwok;
 pub mod node;
