@@ -191,3 +191,22 @@ fn attestation_flags(quotes: &PodQuoteProvider) -> Vec<String> {
     flags.extend(endpoint.map(|e| format!("--attestation-endpoint={e}")));
     flags
 }
+
+/// The process launcher's runner for tests: the workspace's runner binary with the development
+/// key in `dir/dev.key` (hex) and the upstream CA in `dir/ca.pem`, no quote provider.
+pub fn dev_runner(dir: &std::path::Path) -> ProcessLauncherConfig {
+    let d = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    ProcessLauncherConfig {
+        binary: crate::workspace_binary("oauth3-sandbox-runner", "oauth3-sandbox-runner"),
+        extra_args: vec![
+            "--key-provider".into(),
+            "dev".into(),
+            "--dev-key-file".into(),
+            d("dev.key"),
+            "--insecure-dev-key".into(),
+            "--ca-file".into(),
+            d("ca.pem"),
+        ],
+        attestation: PodQuoteProvider::None,
+    }
+}

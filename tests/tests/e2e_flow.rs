@@ -95,20 +95,7 @@ impl Env {
     }
 
     fn runner(&self) -> ProcessLauncherConfig {
-        let d = |f: &str| self.dir.join(f).to_string_lossy().into_owned();
-        ProcessLauncherConfig {
-            binary: workspace_binary("oauth3-sandbox-runner", "oauth3-sandbox-runner"),
-            extra_args: vec![
-                "--key-provider".into(),
-                "dev".into(),
-                "--dev-key-file".into(),
-                d("dev.key"),
-                "--insecure-dev-key".into(),
-                "--ca-file".into(),
-                d("ca.pem"),
-            ],
-            attestation: QuoteProviderEndpoint::None,
-        }
+        oauth3_tests::operator::dev_runner(&self.dir)
     }
 
     async fn permit(&self, name: &str) {

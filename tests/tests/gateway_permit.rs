@@ -11,11 +11,10 @@ use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use oauth3_crds::{Execution, Permit, PermitPhase};
-use oauth3_operator::launcher::process::ProcessLauncherConfig;
 use oauth3_test_support::{Upstream, wait_until};
+use oauth3_tests::client_or_skip;
 use oauth3_tests::gateway::{Answer, Http, InProcessGateway, Tenant};
 use oauth3_tests::operator::{InProcessOperator, Launcher};
-use oauth3_tests::{client_or_skip, workspace_binary};
 use serde_json::{Value, json};
 
 const SECRET: &str = "tok-gateway-e2e-5f3a9c";
@@ -100,20 +99,7 @@ impl Env {
             std::fs::create_dir_all(&dir).expect("dir");
             std::fs::write(dir.join("dev.key"), hex::encode(DEV_KEY)).expect("key");
             std::fs::write(dir.join("ca.pem"), &up.ca_pem).expect("ca");
-            let d = |f: &str| dir.join(f).to_string_lossy().into_owned();
-            let runner = ProcessLauncherConfig {
-                binary: workspace_binary("oauth3-sandbox-runner", "oauth3-sandbox-runner"),
-                extra_args: vec![
-                    "--key-provider".into(),
-                    "dev".into(),
-                    "--dev-key-file".into(),
-                    d("dev.key"),
-                    "--insecure-dev-key".into(),
-                    "--ca-file".into(),
-                    d("ca.pem"),
-                ],
-                attestation: oauth3_operator::launcher::pod::PodQuoteProvider::None,
-            };
+            let runner = oauth3_tests::operator::dev_runner(&dir);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind");

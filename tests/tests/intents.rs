@@ -419,20 +419,7 @@ async fn an_intent_is_drafted_approved_by_the_owner_and_run_against_the_drafted_
         DEV_KEY,
     )
     .await;
-    let d = |f: &str| dir.join(f).to_string_lossy().into_owned();
-    let runner = ProcessLauncherConfig {
-        binary: workspace_binary("oauth3-sandbox-runner", "oauth3-sandbox-runner"),
-        extra_args: vec![
-            "--key-provider".into(),
-            "dev".into(),
-            "--dev-key-file".into(),
-            d("dev.key"),
-            "--insecure-dev-key".into(),
-            "--ca-file".into(),
-            d("ca.pem"),
-        ],
-        attestation: PodQuoteProvider::None,
-    };
+    let runner = oauth3_tests::operator::dev_runner(&dir);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -446,7 +433,7 @@ async fn an_intent_is_drafted_approved_by_the_owner_and_run_against_the_drafted_
         &[
             format!("--draft-doc-hosts={}", docs.host()),
             "--insecure-draft-docs-on-loopback".into(),
-            format!("--draft-ca-file={}", d("docs-ca.pem")),
+            format!("--draft-ca-file={}", dir.join("docs-ca.pem").display()),
         ],
     );
     let spec = intent_spec(json!({

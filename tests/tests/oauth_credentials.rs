@@ -12,7 +12,6 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::api::{Api, ListParams, PostParams};
 use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec, Permit, PermitPhase};
-use oauth3_operator::launcher::pod::PodQuoteProvider as QuoteProviderEndpoint;
 use oauth3_operator::launcher::process::ProcessLauncherConfig;
 use oauth3_protocol::oauth2::{ANNOTATION_GENERATION, ANNOTATION_REFRESHED_BY, TokenSet};
 use oauth3_test_support::oidc::CLIENT_ID;
@@ -38,20 +37,7 @@ fn now() -> i64 {
 }
 
 fn runner(dir: &std::path::Path) -> ProcessLauncherConfig {
-    let d = |f: &str| dir.join(f).to_string_lossy().into_owned();
-    ProcessLauncherConfig {
-        binary: workspace_binary("oauth3-sandbox-runner", "oauth3-sandbox-runner"),
-        extra_args: vec![
-            "--key-provider".into(),
-            "dev".into(),
-            "--dev-key-file".into(),
-            d("dev.key"),
-            "--insecure-dev-key".into(),
-            "--ca-file".into(),
-            d("ca.pem"),
-        ],
-        attestation: QuoteProviderEndpoint::None,
-    }
+    oauth3_tests::operator::dev_runner(dir)
 }
 
 fn plugin(ns: &str, args: &[&str]) -> std::process::Output {
