@@ -1040,6 +1040,88 @@ mod tests {
     }
 
     #[test]
+    fn callback_egress_cidrs_are_addresses_with_a_fitting_prefix() {
+        assert_eq!(cidr_arg("10.88.0.1").as_deref(), Ok("10.88.0.1/32"));
+        assert_eq!(cidr_arg("10.88.0.0/16").as_deref(), Ok("10.88.0.0/16"));
+        assert_eq!(cidr_arg("fd00::/64").as_deref(), Ok("fd00::/64"));
+        for bad in [
+            "10.88.0.1/33",
+            "fd00::/129",
+            "oauth3-callback",
+            "10.88.0.1/x",
+            "",
+        ] {
+            assert!(cidr_arg(bad).is_err(), "{bad:?} accepted");
+        }
+        let a = args(&[
+            "--callback-egress-cidr",
+            "10.88.0.1",
+            "--dstack-socket",
+            "/run/d.sock",
+            "--key-provider",
+            "dstack",
+            "--attestation",
+            "dstack",
+        ]);
+        let Launcher::Pod(pod) = a.launcher_for(9443, EgressMode::Kubernetes) else {
+            panic!("the pod launcher");
+        };
+        assert_eq!(pod.callback_cidrs, ["10.88.0.1/32"]);
+        assert_eq!(
+            pod.key_provider,
+            PodKeyProvider::Dstack {
+                socket: "/run/d.sock".into()
+            }
+        );
+        assert_eq!(
+            pod.quote_provider,
+            PodQuoteProvider::Dstack {
+                socket: "/run/d.sock".into()
+            }
+        );
+        let err = refused(&["--callback-egress-cidr", "10.0.0.0/40"]);
+        assert!(err.contains("--callback-egress-cidr"), "{err}");
+    }
+
+    #[test]
+    fn a_sandbox_ca_file_is_read_into_the_pod_launcher_or_refused_naming_the_flag() {
+        let dir = std::env::temp_dir().join(format!("oauth3-sandbox-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (good, empty) = (dir.join("ca.pem"), dir.join("empty.pem"));
+        std::fs::write(
+            &good,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .expect("ca");
+        std::fs::write(&empty, "not a certificate").expect("empty");
+        let flags = |path: &std::path::Path| {
+            args(&[
+                "--callback-url",
+                "https://cb.example:8443",
+                "--sandbox-ca-file",
+                path.to_str().expect("utf-8"),
+            ])
+        };
+        let config = flags(&good)
+            .execution_config(bound(), true, EgressMode::Kubernetes)
+            .expect("config");
+        let Launcher::Pod(pod) = config.launcher else {
+            panic!("the pod launcher");
+        };
+        assert!(
+            pod.upstream_ca_pem
+                .is_some_and(|p| p.contains("BEGIN CERTIFICATE"))
+        );
+        for bad in [empty, dir.join("missing.pem")] {
+            let err = flags(&bad)
+                .execution_config(bound(), true, EgressMode::Kubernetes)
+                .expect_err("refused");
+            assert!(err.to_string().starts_with("--sandbox-ca-file"), "{err}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_zero_execution_ttl_is_refused_naming_the_flag() {
         let a = args(&["--launcher", "process", "--execution-ttl", "0s"]);
         let err = a

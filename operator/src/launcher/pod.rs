@@ -867,6 +867,75 @@ mod tests {
     }
 
     #[test]
+    fn callback_cidrs_replace_the_operator_pods_in_the_callback_rule() {
+        let config = PodLaunchConfig {
+            callback_cidrs: vec!["10.88.0.1/32".into()],
+            callback_port: 41_234,
+            ..PodLaunchConfig::default()
+        };
+        let policy =
+            desired_network_policy(&execution("c"), &config, &EgressRules::Open).expect("policy");
+        let v = serde_json::to_value(&policy).expect("json");
+        assert_eq!(
+            v["spec"]["egress"][1],
+            json!({"to": [{"ipBlock": {"cidr": "10.88.0.1/32"}}],
+                   "ports": [{"protocol": "TCP", "port": 41_234}]})
+        );
+        let cilium = desired_cilium_policy(&execution("c"), &config, &[]).expect("cilium");
+        assert_eq!(
+            cilium["spec"]["egress"][1],
+            json!({"toCIDR": ["10.88.0.1/32"],
+                   "toPorts": [{"ports": [{"port": "41234", "protocol": "TCP"}]}]})
+        );
+        let default = desired_network_policy(
+            &execution("c"),
+            &PodLaunchConfig::default(),
+            &EgressRules::Open,
+        )
+        .expect("policy");
+        let v = serde_json::to_value(&default).expect("json");
+        assert!(
+            v["spec"]["egress"][1]["to"][0]["podSelector"].is_object(),
+            "by default the operator's Pods: {v}"
+        );
+    }
+
+    #[test]
+    fn a_sandbox_ca_travels_in_the_bundle_secret_and_is_passed_to_the_runner() {
+        let with = PodLaunchConfig {
+            upstream_ca_pem: Some("-----BEGIN CERTIFICATE-----".into()),
+            ..PodLaunchConfig::default()
+        };
+        let pod = desired_pod(&execution("ca"), &permit(&[]), &with).expect("pod");
+        let v = serde_json::to_value(&pod).expect("json");
+        let args = v["spec"]["containers"][0]["args"].as_array().expect("args");
+        let at = args
+            .iter()
+            .position(|a| a == "--ca-file")
+            .expect("--ca-file passed");
+        assert_eq!(args[at + 1], format!("{BUNDLE_DIR}/{UPSTREAM_CA_FILE}"));
+        let bundle = v["spec"]["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .find(|vol| vol["name"] == "bundle")
+            .expect("bundle volume")
+            .clone();
+        assert_eq!(
+            bundle["secret"]["items"][1],
+            json!({"key": UPSTREAM_CA_FILE, "path": UPSTREAM_CA_FILE})
+        );
+        let without =
+            desired_pod(&execution("ca"), &permit(&[]), &PodLaunchConfig::default()).expect("pod");
+        assert!(
+            !serde_json::to_string(&without)
+                .expect("json")
+                .contains("--ca-file"),
+            "no CA, no flag"
+        );
+    }
+
+    #[test]
     fn a_cilium_policy_allows_the_hosts_by_name_and_lets_the_dns_proxy_see_them() {
         let targets = vec![
             Target {
