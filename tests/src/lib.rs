@@ -204,17 +204,9 @@ pub async fn apply_dev_sealed_secret(
     dev_key: [u8; 32],
 ) {
     let public = crypto_box::SecretKey::from(dev_key).public_key();
-    let mut sealed =
+    let sealed =
         oauth3_operator::plugin::sealed_secret(ns, name, value, public.as_bytes()).expect("sealed");
-    sealed.metadata.name = Some(secret.to_owned());
-    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
-        .patch(
-            secret,
-            &PatchParams::apply(TEST_FIELD_MANAGER),
-            &Patch::Apply(&sealed),
-        )
-        .await
-        .expect("sealed secret applied");
+    apply_secret_as(client, ns, secret, sealed).await;
 }
 
 /// Applies the sealed Secret of the oauth2 credential `name` (object name `secret`): the token
@@ -231,9 +223,19 @@ pub async fn apply_dev_oauth2_secret(
     dev_key: [u8; 32],
 ) {
     let public = crypto_box::SecretKey::from(dev_key).public_key();
-    let mut sealed =
+    let sealed =
         oauth3_operator::plugin::sealed_oauth2_secret(ns, name, token_set, public.as_bytes())
             .expect("sealed");
+    apply_secret_as(client, ns, secret, sealed).await;
+}
+
+/// Applies `sealed` as the Secret `secret` of `ns` (server-side, as the test harness).
+async fn apply_secret_as(
+    client: &Client,
+    ns: &str,
+    secret: &str,
+    mut sealed: k8s_openapi::api::core::v1::Secret,
+) {
     sealed.metadata.name = Some(secret.to_owned());
     Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
         .patch(
