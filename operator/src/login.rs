@@ -10,6 +10,7 @@
 //! end the flow with what to do. Each answer is classified by the pure [`classify`]. Token
 //! values live in zeroize-on-drop strings and appear in no message.
 
+use oauth3_protocol::oauth2::TokenAnswer;
 use std::time::Duration;
 
 use oauth3_protocol::oauth2::{OAUTH2_TYPE, TokenSet, check_token_endpoint};
@@ -129,17 +130,6 @@ pub struct DeviceAuthorization {
     /// Seconds between polls.
     #[serde(default)]
     pub interval: Option<u64>,
-}
-
-/// A token endpoint answer (success or error). No `Debug`.
-#[derive(Deserialize)]
-struct TokenAnswer {
-    access_token: Option<Zeroizing<String>>,
-    refresh_token: Option<Zeroizing<String>>,
-    expires_in: Option<i64>,
-    scope: Option<String>,
-    error: Option<String>,
-    error_description: Option<String>,
 }
 
 /// What one poll of the token endpoint means (pure classification of [`classify`]).

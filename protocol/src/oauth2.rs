@@ -130,6 +130,24 @@ impl TokenSet {
     }
 }
 
+/// A token endpoint's answer, success or error (RFC 6749 §5.1 / §5.2; the device grant's
+/// polls, RFC 8628 §3.5, answer the same way). No `Debug`: it holds tokens.
+#[derive(Deserialize)]
+pub struct TokenAnswer {
+    /// The access token (success).
+    pub access_token: Option<Zeroizing<String>>,
+    /// The refresh token (success, when the server issues one).
+    pub refresh_token: Option<Zeroizing<String>>,
+    /// Seconds the access token lives.
+    pub expires_in: Option<i64>,
+    /// The scopes granted.
+    pub scope: Option<String>,
+    /// The error code (error).
+    pub error: Option<String>,
+    /// The server's words about the error.
+    pub error_description: Option<String>,
+}
+
 /// The token endpoint rule: an absolute `https://` URL with a host, no user info and no
 /// fragment; `http://` only for a loopback host (development, like a capability's `baseUrl`).
 ///

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use oauth3_protocol::envelope::seal;
+use oauth3_protocol::oauth2::TokenAnswer;
 use oauth3_protocol::oauth2::{SealedUpdate, TokenSet, envelope_digest, is_loopback_endpoint};
-use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use crate::fetch::guard::{GuardedResolver, is_restricted, literal_ip};
@@ -125,16 +125,6 @@ pub struct OAuthCredentials {
     loopback_client: reqwest::Client,
     coordinator: Option<Arc<dyn RefreshCoordinator>>,
     updates: std::sync::Mutex<Vec<SealedUpdate>>,
-}
-
-/// The token endpoint's answer (RFC 6749 §5.1 / §5.2). No `Debug`.
-#[derive(Deserialize)]
-struct TokenAnswer {
-    access_token: Option<Zeroizing<String>>,
-    refresh_token: Option<Zeroizing<String>>,
-    expires_in: Option<i64>,
-    scope: Option<String>,
-    error: Option<String>,
 }
 
 fn now_unix() -> i64 {
