@@ -19,6 +19,7 @@
 #   OAUTH3_CLUSTER_DIR  the control plane's state directory (default: <repo>/.cluster)
 #   OAUTH3_NODE_DIR     this node's state directory (default: <repo>/.node): config, logs, pids,
 #                       containerd's and the kubelet's data
+#   OAUTH3_NODE_LOCK    the lock `run` holds, one node per machine (default: /tmp/oauth3-node.lock)
 #
 # Network (fixed names: one such node per machine): bridge oauth3br0 10.88.0.1/16 (Pods get
 # 10.88.0.2 and up; the node's own address is 10.88.0.1), network namespace oauth3-up reached
@@ -286,6 +287,9 @@ case "${1:-}" in
   status) if running kubelet && node_ready; then echo "running: node $NODE (state in $DIR)"; else echo "not running"; exit 1; fi ;;
   run)
     shift
+    # One such node per machine (fixed names): a second checkout's run waits for the first.
+    exec 9>"${OAUTH3_NODE_LOCK:-/tmp/oauth3-node.lock}"
+    if ! flock -n 9; then log "another node tier runs on this machine; waiting for it"; flock 9; fi
     started=
     if ! (running kubelet && node_ready); then started=1; fi
     env_file=$(up | tail -n1)
@@ -297,5 +301,5 @@ case "${1:-}" in
     set +e
     "$@"
     exit $? ;;
-  *) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
