@@ -270,7 +270,11 @@ fn spawn_pod_watch(
                 }
                 first
             };
-            let unbound = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none();
+            let unbound = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_ref())
+                .is_none();
             if first && unbound {
                 let (client, ns, node) = (client.clone(), ns.clone(), node.clone());
                 tokio::spawn(async move { bind_pod(&client, &ns, &name, &node).await });
