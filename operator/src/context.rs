@@ -37,8 +37,6 @@ pub struct Context {
     pub drafting: Option<Arc<crate::draft::Drafting>>,
     clock: Clock,
     failures: Mutex<HashMap<String, u32>>,
-    /// The Permit controller's watch cache, once it runs (see [`Context::cached_permit`]).
-    permits: std::sync::OnceLock<kube::runtime::reflector::Store<oauth3_crds::Permit>>,
 }
 
 impl Context {
@@ -61,30 +59,7 @@ impl Context {
             client,
             clock,
             failures: Mutex::new(HashMap::new()),
-            permits: std::sync::OnceLock::new(),
         }
-    }
-
-    /// Hands the Permit controller's watch cache to the Execution wing (the first one given
-    /// stays).
-    pub(crate) fn share_permits(
-        &self,
-        store: kube::runtime::reflector::Store<oauth3_crds::Permit>,
-    ) {
-        let _ = self.permits.set(store);
-    }
-
-    /// Permit `name` in `namespace` as the Permit controller's watch last saw it; `None` when
-    /// no Permit controller runs in this process, or its cache has not seen it. A hint only:
-    /// every launch still reads the Permit from the API server (a quorum read) before its
-    /// sandbox is created.
-    pub(crate) fn cached_permit(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Option<Arc<oauth3_crds::Permit>> {
-        let key = kube::runtime::reflector::ObjectRef::new(name).within(namespace);
-        self.permits.get()?.get(&key)
     }
 
     /// The current time, truncated to whole seconds (the precision the API stores).

@@ -342,40 +342,6 @@ pub(crate) fn launch_failed(why: &crate::launcher::LaunchError) -> Ending {
     }
 }
 
-/// Whether a launch admitted on the Permit as the watch cache had it may go on, given the
-/// Permit as the API server has it now (`fresh`, read with a quorum read concurrently with the
-/// launch lock; usage already overlaid): `Ok` when the fresh Permit admits the same code under
-/// the same approval; otherwise how the Execution ends (before any sandbox Pod exists): the
-/// fresh refusal itself (revoked, expired, denied, changed), or `PermitChanged` when the
-/// approval the launch was built on is no longer the current one.
-///
-/// # Errors
-/// The [`Ending`] of a launch the fresh Permit does not admit.
-pub(crate) fn confirm_launch(
-    execution: &Execution,
-    fresh: Option<&Permit>,
-    permit_digest: &str,
-    code_digest: &str,
-    now: Timestamp,
-) -> Result<(), Ending> {
-    match admit(execution, fresh, now) {
-        Admission::Launch {
-            permit_digest: p,
-            code_digest: c,
-        } if p == permit_digest && c == code_digest => Ok(()),
-        Admission::Refuse { reason, message } => Err(Ending::denied(reason, message)),
-        _ => Err(Ending::denied(
-            Reason::PermitChanged,
-            format!(
-                "Permit {} changed while this Execution was being launched (its approval is \
-                 no longer the one the launch was built on); no sandbox was started: create \
-                 the Execution again",
-                execution.spec.permit_ref
-            ),
-        )),
-    }
-}
-
 /// How a run whose bundle the runner would refuse ends (it never starts): `Denied`, with the
 /// runner's own reason, as the runner itself would report it.
 pub(crate) fn bundle_refused(why: &oauth3_protocol::BundleError) -> Ending {
@@ -467,52 +433,6 @@ mod tests {
             Admission::AwaitApproval { .. } => "AwaitApproval",
             Admission::AwaitPermit { .. } => "AwaitPermit",
         }
-    }
-
-    #[test]
-    fn a_launch_built_on_the_cached_permit_goes_on_only_under_the_same_approval() {
-        let cached = approved(json!({}));
-        let e = exec("return 1");
-        let Admission::Launch {
-            permit_digest,
-            code_digest,
-        } = admit(&e, Some(&cached), now())
-        else {
-            panic!("the cached Permit admits");
-        };
-        let confirm =
-            |fresh: Option<&Permit>| confirm_launch(&e, fresh, &permit_digest, &code_digest, now());
-        assert_eq!(confirm(Some(&cached)), Ok(()));
-        // Revoked since the cache saw it: the revocation wins, with its own words.
-        let mut revoked = cached.clone();
-        if let Some(a) = revoked.status.as_mut().and_then(|s| s.approval.as_mut()) {
-            a.decision = ApprovalDecision::Revoked;
-        }
-        let ending = confirm(Some(&revoked)).expect_err("revoked");
-        assert_eq!(
-            (ending.phase, ending.reason),
-            (ExecutionPhase::Denied, Reason::PermitRevoked)
-        );
-        // Deleted since.
-        let ending = confirm(None).expect_err("gone");
-        assert_eq!(ending.reason, Reason::PermitNotFound);
-        // Changed and approved again: admitted, but not under the approval the bundle was
-        // built on.
-        let reapproved = approved(json!({"description": "other"}));
-        assert!(matches!(
-            admit(&e, Some(&reapproved), now()),
-            Admission::Launch { .. }
-        ));
-        let ending = confirm(Some(&reapproved)).expect_err("another approval");
-        assert_eq!(
-            (ending.phase, ending.reason),
-            (ExecutionPhase::Denied, Reason::PermitChanged)
-        );
-        assert!(
-            ending.message.contains("Permit gh changed"),
-            "{}",
-            ending.message
-        );
     }
 
     #[test]

@@ -243,29 +243,8 @@ async fn admit_and_launch(
     now: Timestamp,
 ) -> Result<Action, ExecutionError> {
     let ctx = &ectx.ctx;
-    let namespace = exec.namespace().unwrap_or_default();
-    // The common case takes one round trip less: a launch the cached Permit admits (and that
-    // needs no reservation, which reads and writes the Permit itself) is built on it, and the
-    // Permit's quorum read goes out together with the launch lock; the sandbox Pod is created
-    // only if the Permit read then still admits it under the same approval.
-    if let Some(cached) = ctx.cached_permit(&namespace, &exec.spec.permit_ref) {
-        let mut seen = (*cached).clone();
-        ctx.usage.overlay(&mut seen);
-        if let Admission::Launch {
-            permit_digest,
-            code_digest,
-        } = admit(exec, Some(&seen), now)
-            && !reserve::needs_reservation(&cached, &code_digest)
-        {
-            let admitted = Admitted {
-                permit_digest,
-                code_digest,
-                read: PermitRead::WithTheLock,
-            };
-            return launch(exec, &cached, admitted, ectx, api, now).await;
-        }
-    }
-    let permits: Api<Permit> = Api::namespaced(ctx.client.clone(), &namespace);
+    let permits: Api<Permit> =
+        Api::namespaced(ctx.client.clone(), &exec.namespace().unwrap_or_default());
     let permit = permits
         .get_opt(&exec.spec.permit_ref)
         .await
@@ -318,14 +297,7 @@ async fn admit_and_launch(
             permit_digest,
             code_digest,
         } => match permit {
-            Some(permit) => {
-                let admitted = Admitted {
-                    permit_digest,
-                    code_digest,
-                    read: PermitRead::Done,
-                };
-                launch(exec, &permit, admitted, ectx, api, now).await
-            }
+            Some(permit) => launch(exec, &permit, permit_digest, code_digest, ectx, api, now).await,
             None => Ok(Action::requeue(Duration::from_secs(1))),
         },
     }
@@ -348,17 +320,13 @@ struct Cleared {
 async fn launch(
     exec: &Execution,
     permit: &Permit,
-    admitted: Admitted,
+    permit_digest: String,
+    code_digest: String,
     ectx: &ExecutionContext,
     api: &Api<Execution>,
     now: Timestamp,
 ) -> Result<Action, ExecutionError> {
     let ctx = &ectx.ctx;
-    let Admitted {
-        permit_digest,
-        code_digest,
-        read,
-    } = admitted;
     let Some(cleared) = clear_launch(exec, permit, &code_digest, ectx, api).await? else {
         return Ok(Action::requeue(Duration::from_secs(1)));
     };
@@ -370,26 +338,11 @@ async fn launch(
     // only write of a launch on the Execution (the handle of a Pod is known before it exists;
     // a process id is logged and put in the Launched Event): each write costs the API server.
     let running = status::running(exec, &plan, now);
-    let lock = async {
-        let fresh = async {
-            match read {
-                PermitRead::Done => None,
-                PermitRead::WithTheLock => Some(
-                    Api::<Permit>::namespaced(
-                        ctx.client.clone(),
-                        &exec.namespace().unwrap_or_default(),
-                    )
-                    .get_opt(&exec.spec.permit_ref)
-                    .await,
-                ),
-            }
-        };
-        tokio::join!(write_status(api, exec, &running, None), fresh)
-    };
-    let ((locked, fresh), ready) = match prepared {
+    let lock = write_status(api, exec, &running, None);
+    let (locked, ready) = match prepared {
         Ok(Prepared::Pod(objects)) => {
             let (locked, staging) = tokio::join!(lock, objects.stage(&ctx.client));
-            if !matches!(locked.0, Ok(Guarded::Written))
+            if !matches!(locked, Ok(Guarded::Written))
                 && let Ok(staged) = &staging
             {
                 objects.withdraw(&ctx.client, staged).await;
@@ -407,18 +360,6 @@ async fn launch(
             return Ok(Action::requeue(Duration::from_millis(200)));
         }
     }
-    if let Some(fresh) = fresh
-        && let Err(ending) = confirm(exec, fresh, &plan, ctx, now)
-    {
-        // The lock is taken and nothing runs: the Execution ends as the fresh Permit says,
-        // and its staged objects go with the cleanup of the ending.
-        let current = api
-            .get(&exec.name_any())
-            .await
-            .map_err(api_error("re-reading after the Permit changed", exec))?;
-        end(ctx, api, &current, &ending, "recording the refusal", None).await?;
-        return Ok(Action::requeue(Duration::from_secs(1)));
-    }
     if !cleared.reserved {
         let delta = UsageDelta {
             executions: 1,
@@ -433,51 +374,6 @@ async fn launch(
     let deadline = plan.deadline;
     start_runner(exec, ready, &plan, ectx, api, now).await?;
     Ok(Action::requeue(until(now, deadline)))
-}
-
-/// An admitted launch: the digests it runs under and whether the Permit's quorum read is done.
-struct Admitted {
-    permit_digest: String,
-    code_digest: String,
-    read: PermitRead,
-}
-
-/// Where a launch's quorum read of the Permit (the one that makes a revocation apply to every
-/// later launch) is made.
-enum PermitRead {
-    /// Before admission: the launch is built on it.
-    Done,
-    /// Concurrently with the launch lock: the launch was built on the watch cache's Permit and
-    /// goes on only if this read admits it the same way ([`decide::confirm_launch`]).
-    WithTheLock,
-}
-
-/// [`decide::confirm_launch`] on the Permit as read with the lock (a failed read ends the
-/// launch: fail closed).
-fn confirm(
-    exec: &Execution,
-    fresh: Result<Option<Permit>, kube::Error>,
-    plan: &LaunchPlan,
-    ctx: &Context,
-    now: Timestamp,
-) -> Result<(), Ending> {
-    let fresh = fresh.map_err(|e| {
-        Ending::failed(
-            status::Reason::LaunchFailed,
-            format!("reading Permit {}: {e}", exec.spec.permit_ref),
-        )
-    })?;
-    let seen = fresh.map(|mut p| {
-        ctx.usage.overlay(&mut p);
-        p
-    });
-    decide::confirm_launch(
-        exec,
-        seen.as_ref(),
-        &plan.permit_digest,
-        &plan.code_digest,
-        now,
-    )
 }
 
 /// A launch built before its lock is taken.

@@ -154,7 +154,6 @@ pub fn permit_controller(
 ) -> impl Stream<Item = Result<(ObjectRef<Permit>, Action), controller::Error<Error, watcher::Error>>>
 {
     let (store, stream) = crate::cache::lean_watch(api);
-    ctx.share_permits(store.clone());
     Controller::for_stream(stream, store)
         .graceful_shutdown_on(shutdown)
         .run(
