@@ -26,14 +26,17 @@
 //! with `isError: true` and the reason, so a model can correct itself; protocol failures
 //! (unknown method or tool, malformed message) are JSON-RPC errors.
 //!
-//! Sessions live in the memory of the gateway replica that opened them: behind several
-//! replicas, route `/mcp` with session affinity on `Mcp-Session-Id`; a client sent to another
-//! replica is answered 404 and, as the protocol requires, starts a new session.
+//! Stateless like the rest of the gateway: a session id carries the identity, namespace and
+//! revision it was opened with (plus 128 random bits), so any replica serves any session, and
+//! an id is refused (404) with any other identity's credential. The stream of `GET /mcp` is a
+//! watch of the namespace's Permits held by whichever replica serves it. What a replica
+//! remembers is only a convenience: sessions ended there (`DELETE`), and the approval links it
+//! handed out (which `permit_status` repeats to the session that asked).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -45,7 +48,6 @@ use futures::{Stream, StreamExt};
 use kube::ResourceExt;
 use oauth3_crds::{Execution, ExecutionSpec, Permit, PermitSpec, spec_digest};
 use serde_json::{Map, Value, json};
-use tokio::sync::broadcast;
 
 use crate::answer::{execution_answer, execution_status, permit_answer, permit_status};
 use crate::error::ApiError;
@@ -69,10 +71,8 @@ pub const SESSION_HEADER: &str = "mcp-session-id";
 /// The protocol-version header clients send after `initialize`.
 pub const VERSION_HEADER: &str = "mcp-protocol-version";
 
-/// Most sessions one replica holds; the least recently used goes first.
-const MAX_SESSIONS: usize = 10_000;
-/// A session unused this long is forgotten (its client starts a new one on 404).
-const SESSION_IDLE: Duration = Duration::from_secs(3600);
+/// Most ended sessions and handed-out links one replica remembers.
+const MAX_REMEMBERED: usize = 10_000;
 
 // JSON-RPC error codes.
 const PARSE_ERROR: i64 = -32700;
@@ -81,82 +81,122 @@ const METHOD_NOT_FOUND: i64 = -32601;
 const INVALID_PARAMS: i64 = -32602;
 const INTERNAL_ERROR: i64 = -32603;
 
-/// One client's session: who opened it, in which namespace, in which revision.
+/// One client's session, carried in its id: who opened it, in which namespace, in which
+/// revision. Any replica reads it from the id, so nothing is shared between replicas; the
+/// identity in it must be the caller's on every request, so an id is worth nothing without
+/// that identity's own credential (and a forged one names only its forger).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct McpSession {
+    /// The id's random part (128 bits, hex).
+    key: String,
     user: String,
     namespace: String,
     version: String,
-    last_used: Mutex<Instant>,
-    notify: broadcast::Sender<Value>,
-    watching: std::sync::atomic::AtomicBool,
-    /// The approval links of the Permits this session asked for (the gateway keeps only
-    /// their digests, so only the asker can be given a link again).
-    links: Mutex<HashMap<String, String>>,
 }
 
-/// The sessions of this replica.
-#[derive(Default)]
-pub struct Sessions {
-    map: Mutex<HashMap<String, Arc<McpSession>>>,
-}
-
-impl Sessions {
-    fn open(&self, caller: &Caller, version: &str) -> (String, Arc<McpSession>) {
-        let id = crate::ids::new_token();
-        let (notify, _) = broadcast::channel(16);
-        let session = Arc::new(McpSession {
+impl McpSession {
+    fn new(caller: &Caller, version: &str) -> Self {
+        Self {
+            key: crate::ids::new_token(),
             user: caller.user.clone(),
             namespace: caller.namespace.clone(),
             version: version.to_owned(),
-            last_used: Mutex::new(Instant::now()),
-            notify,
-            watching: std::sync::atomic::AtomicBool::new(false),
-            links: Mutex::new(HashMap::new()),
-        });
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, s| lock(&s.last_used).elapsed() < SESSION_IDLE);
-        if map.len() >= MAX_SESSIONS
-            && let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, s)| *lock(&s.last_used))
-                .map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
         }
-        map.insert(id.clone(), Arc::clone(&session));
-        (id, session)
     }
 
-    /// The session `id`, if it is open and was opened by `caller` in its namespace.
-    fn find(&self, id: &str, caller: &Caller) -> Option<Arc<McpSession>> {
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let s = map.get(id)?;
-        if lock(&s.last_used).elapsed() >= SESSION_IDLE
-            || s.user != caller.user
-            || s.namespace != caller.namespace
-        {
+    /// `<random>.<base64url of {"u": user, "n": namespace, "v": version}>`.
+    fn id(&self) -> String {
+        use base64::Engine as _;
+        let claims = json!({"u": self.user, "n": self.namespace, "v": self.version});
+        format!(
+            "{}.{}",
+            self.key,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims.to_string())
+        )
+    }
+
+    fn parse(id: &str) -> Option<Self> {
+        use base64::Engine as _;
+        let (key, claims) = id.split_once('.')?;
+        if key.len() < 32 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
-        *lock(&s.last_used) = Instant::now();
-        Some(Arc::clone(s))
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(claims)
+            .ok()?;
+        let claims: Value = serde_json::from_slice(&claims).ok()?;
+        let field = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
+        let version = field("v")?;
+        let (user, namespace) = (field("u")?, field("n")?);
+        SUPPORTED_VERSIONS
+            .contains(&version.as_str())
+            .then(|| Self {
+                key: key.to_owned(),
+                user,
+                namespace,
+                version,
+            })
     }
+}
 
-    fn close(&self, id: &str, caller: &Caller) -> bool {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(id) {
-            Some(s) if s.user == caller.user && s.namespace == caller.namespace => {
-                map.remove(id);
-                true
-            }
-            _ => false,
+/// What one replica remembers of sessions: the ids ended here (`DELETE /mcp`) and the
+/// approval links it handed out, both bounded. Neither is needed for a session to work on
+/// another replica.
+#[derive(Default)]
+pub struct Sessions {
+    ended: Mutex<Bounded<()>>,
+    links: Mutex<Bounded<String>>,
+}
+
+/// A map that forgets its oldest entries past [`MAX_REMEMBERED`].
+struct Bounded<V> {
+    map: HashMap<String, V>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl<V> Default for Bounded<V> {
+    fn default() -> Self {
+        Self {
+            map: HashMap::new(),
+            order: std::collections::VecDeque::new(),
         }
     }
+}
 
-    fn is_open(&self, id: &str) -> bool {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(id)
+impl<V> Bounded<V> {
+    fn insert(&mut self, key: String, value: V) {
+        if self.map.insert(key.clone(), value).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > MAX_REMEMBERED {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+    }
+}
+
+impl Sessions {
+    /// The session `id`, if it is well formed, not ended here, and `caller`'s own.
+    fn find(&self, id: &str, caller: &Caller) -> Option<McpSession> {
+        let s = McpSession::parse(id)?;
+        let ended = lock(&self.ended).map.contains_key(&s.key);
+        (!ended && s.user == caller.user && s.namespace == caller.namespace).then_some(s)
+    }
+
+    fn end(&self, session: &McpSession) {
+        lock(&self.ended).insert(session.key.clone(), ());
+    }
+
+    fn remember_link(&self, session: &McpSession, permit: &str, url: String) {
+        lock(&self.links).insert(format!("{}/{permit}", session.key), url);
+    }
+
+    fn link(&self, session: &McpSession, permit: &str) -> Option<String> {
+        lock(&self.links)
+            .map
+            .get(&format!("{}/{permit}", session.key))
+            .cloned()
     }
 }
 
@@ -229,7 +269,7 @@ fn session_of(
     headers: &HeaderMap,
     caller: &Caller,
     id: &Value,
-) -> Result<(String, Arc<McpSession>), Box<Response>> {
+) -> Result<McpSession, Box<Response>> {
     let Some(sid) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
         return Err(Box::new(http_rpc_error(
             StatusCode::BAD_REQUEST,
@@ -239,12 +279,12 @@ fn session_of(
         )));
     };
     match gw.mcp_sessions().find(sid, caller) {
-        Some(s) => Ok((sid.to_owned(), s)),
+        Some(s) => Ok(s),
         None => Err(Box::new(http_rpc_error(
             StatusCode::NOT_FOUND,
             id,
             INVALID_REQUEST,
-            "session not found: it ended or belongs to another replica; initialize a new one",
+            "session not found: it ended, or was opened by another identity; initialize a new one",
         ))),
     }
 }
@@ -308,7 +348,7 @@ pub async fn post(State(gw): State<Gateway>, headers: HeaderMap, body: Body) -> 
         );
     }
     if method == Some("initialize") {
-        return initialize(&gw, &caller, &id, message.get("params"));
+        return initialize(&caller, &id, message.get("params"));
     }
     if let Some(v) = headers.get(VERSION_HEADER) {
         let v = v.to_str().unwrap_or_default();
@@ -324,7 +364,7 @@ pub async fn post(State(gw): State<Gateway>, headers: HeaderMap, body: Body) -> 
             );
         }
     }
-    let (_, session) = match session_of(&gw, &headers, &caller, &id) {
+    let session = match session_of(&gw, &headers, &caller, &id) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -362,7 +402,7 @@ pub async fn post(State(gw): State<Gateway>, headers: HeaderMap, body: Body) -> 
     Json(answer).into_response()
 }
 
-fn initialize(gw: &Gateway, caller: &Caller, id: &Value, params: Option<&Value>) -> Response {
+fn initialize(caller: &Caller, id: &Value, params: Option<&Value>) -> Response {
     if id.is_null() {
         return http_rpc_error(
             StatusCode::BAD_REQUEST,
@@ -380,7 +420,7 @@ fn initialize(gw: &Gateway, caller: &Caller, id: &Value, params: Option<&Value>)
     } else {
         LATEST_VERSION
     };
-    let (sid, _) = gw.mcp_sessions().open(caller, version);
+    let sid = McpSession::new(caller, version).id();
     tracing::info!(namespace = %caller.namespace, by = %caller.user, version, "mcp session opened");
     let result = json!({
         "protocolVersion": version,
@@ -422,23 +462,11 @@ pub async fn stream(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
         )
             .into_response();
     }
-    let (sid, session) = match session_of(&gw, &headers, &caller, &Value::Null) {
+    let session = match session_of(&gw, &headers, &caller, &Value::Null) {
         Ok(s) => s,
         Err(r) => return *r,
     };
-    watch_tools(&gw, &sid, &session);
-    let rx = session.notify.subscribe();
-    let events = futures::stream::unfold(rx, |mut rx| async move {
-        let message = match rx.recv().await {
-            Ok(message) => message,
-            // Coalesced: one list_changed says all a lagging client needs.
-            Err(broadcast::error::RecvError::Lagged(_)) => list_changed(),
-            Err(broadcast::error::RecvError::Closed) => return None,
-        };
-        let event = Event::default().data(message.to_string());
-        Some((Ok::<Event, Infallible>(event), rx))
-    });
-    sse(events)
+    sse(tool_changes(gw, session.namespace))
 }
 
 fn sse(events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -> Response {
@@ -460,7 +488,8 @@ pub async fn delete(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
         )
             .into_response();
     };
-    if gw.mcp_sessions().close(sid, &caller) {
+    if let Some(session) = gw.mcp_sessions().find(sid, &caller) {
+        gw.mcp_sessions().end(&session);
         StatusCode::NO_CONTENT.into_response()
     } else {
         (
@@ -475,76 +504,66 @@ fn list_changed() -> Value {
     json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
 }
 
-/// Starts (once per session) the watch that tells the session's streams when its tool list
-/// changes: a Permit of its namespace approved, revoked, expired or deleted.
-fn watch_tools(gw: &Gateway, sid: &str, session: &Arc<McpSession>) {
-    use std::sync::atomic::Ordering;
-    if session.watching.swap(true, Ordering::SeqCst) {
-        return;
-    }
-    let gw = gw.clone();
-    let sid = sid.to_owned();
-    let weak = Arc::downgrade(session);
-    let ns = session.namespace.clone();
-    tokio::spawn(async move {
-        use kube::runtime::watcher;
-        let api = gw.store().permits(&ns);
-        let mut events = std::pin::pin!(watcher::watcher(api, watcher::Config::default()));
-        let mut permits: HashMap<String, Permit> = HashMap::new();
-        let mut initial: Option<HashMap<String, Permit>> = Some(HashMap::new());
-        let mut shown = None;
-        loop {
-            let next = tokio::time::timeout(Duration::from_secs(30), events.next()).await;
-            let Some(session) = weak.upgrade().filter(|_| gw.mcp_sessions().is_open(&sid)) else {
-                return;
-            };
-            let event = match next {
-                Err(_) => continue,
-                Ok(None) => return,
-                Ok(Some(Err(e))) => {
+/// `notifications/tools/list_changed` whenever the capability tools of namespace `ns` change
+/// (a Permit approved, revoked, expired or deleted): a watch of its Permits for as long as the
+/// client holds the stream.
+fn tool_changes(
+    gw: Gateway,
+    ns: String,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
+    use kube::runtime::watcher;
+    let events = watcher::watcher(gw.store().permits(&ns), watcher::Config::default());
+    let state = (
+        HashMap::<String, Permit>::new(),
+        Some(HashMap::<String, Permit>::new()),
+        None::<Vec<String>>,
+    );
+    events
+        .scan(state, move |(permits, initial, shown), event| {
+            let changed = match event {
+                Err(e) => {
                     tracing::debug!(error = %e, namespace = %ns, "mcp tool watch");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+                    false
                 }
-                Ok(Some(Ok(e))) => e,
-            };
-            match event {
-                watcher::Event::Init => initial = Some(HashMap::new()),
-                watcher::Event::InitApply(p) => {
-                    if let Some(m) = initial.as_mut() {
-                        m.insert(p.name_any(), p);
+                Ok(event) => {
+                    match event {
+                        watcher::Event::Init => *initial = Some(HashMap::new()),
+                        watcher::Event::InitApply(p) => {
+                            if let Some(m) = initial.as_mut() {
+                                m.insert(p.name_any(), p);
+                            }
+                        }
+                        watcher::Event::InitDone => {
+                            if let Some(m) = initial.take() {
+                                *permits = m;
+                            }
+                        }
+                        watcher::Event::Apply(p) => {
+                            permits.insert(p.name_any(), p);
+                        }
+                        watcher::Event::Delete(p) => {
+                            permits.remove(&p.name_any());
+                        }
+                    }
+                    if initial.is_some() {
+                        false
+                    } else {
+                        let mut now: Vec<String> = permits
+                            .values()
+                            .flat_map(capability_tools)
+                            .map(|t| t.name)
+                            .collect();
+                        now.sort();
+                        let changed = shown.as_ref().is_some_and(|s| *s != now);
+                        *shown = Some(now);
+                        changed
                     }
                 }
-                watcher::Event::InitDone => {
-                    if let Some(m) = initial.take() {
-                        permits = m;
-                    }
-                }
-                watcher::Event::Apply(p) => {
-                    permits.insert(p.name_any(), p);
-                }
-                watcher::Event::Delete(p) => {
-                    permits.remove(&p.name_any());
-                }
-            }
-            if initial.is_some() {
-                continue;
-            }
-            let now: Vec<String> = {
-                let mut names: Vec<String> = permits
-                    .values()
-                    .flat_map(capability_tools)
-                    .map(|t| t.name)
-                    .collect();
-                names.sort();
-                names
             };
-            if shown.as_ref().is_some_and(|s| *s != now) {
-                let _ = session.notify.send(list_changed());
-            }
-            shown = Some(now);
-        }
-    });
+            futures::future::ready(Some(changed))
+        })
+        .filter(|changed| futures::future::ready(*changed))
+        .map(|_| Ok(Event::default().data(list_changed().to_string())))
 }
 
 /// A tool backed by one capability of an approved Permit.
@@ -788,7 +807,8 @@ async fn request_permit(
             json!(spec_digest(&created.spec).map_err(|e| ApiError::Internal(e.to_string()))?);
     }
     if let Some(u) = gw.approval_url(&caller.namespace, &asked.id, &asked.approval_ref) {
-        lock(&session.links).insert(created.name_any(), u.clone());
+        gw.mcp_sessions()
+            .remember_link(session, &created.name_any(), u.clone());
         out["approval_url"] = json!(u);
     }
     out["message"] = json!(
@@ -861,7 +881,7 @@ async fn permit_status_tool(
     if status == "pending" {
         out["message"] =
             json!("Waiting for the owner's decision; call permit_status again to keep waiting.");
-        if let Some(u) = lock(&session.links).get(&permit.name_any()) {
+        if let Some(u) = gw.mcp_sessions().link(session, &permit.name_any()) {
             out["approval_url"] = json!(u);
         }
     }
@@ -1056,6 +1076,59 @@ mod tests {
             );
             assert_eq!(t["inputSchema"]["type"], "object", "{t}");
         }
+    }
+
+    fn caller(user: &str, ns: &str) -> Caller {
+        Caller {
+            user: user.into(),
+            uid: None,
+            groups: Vec::new(),
+            extra: Default::default(),
+            namespace: ns.into(),
+        }
+    }
+
+    #[test]
+    fn a_session_id_works_only_with_the_identity_that_opened_it() {
+        let alice = caller("system:serviceaccount:a:agent", "a");
+        let sessions = Sessions::default();
+        let s = McpSession::new(&alice, "2025-06-18");
+        let id = s.id();
+        assert_eq!(sessions.find(&id, &alice), Some(s.clone()));
+        assert_eq!(
+            sessions.find(&id, &alice).map(|s| s.version),
+            Some("2025-06-18".into())
+        );
+        // Another identity, or the same one acting in another namespace: not found.
+        assert_eq!(
+            sessions.find(&id, &caller("system:serviceaccount:b:agent", "b")),
+            None
+        );
+        assert_eq!(
+            sessions.find(&id, &caller("system:serviceaccount:a:agent", "b")),
+            None
+        );
+        // Forged or damaged ids.
+        let (key, _) = id.split_once('.').expect("two parts");
+        for bad in [
+            String::new(),
+            key.to_owned(),
+            format!("{key}.not-base64!"),
+            format!("short.{}", id.split_once('.').expect("parts").1),
+            McpSession {
+                version: "1999-01-01".into(),
+                ..s.clone()
+            }
+            .id(),
+        ] {
+            assert_eq!(sessions.find(&bad, &alice), None, "{bad}");
+        }
+        // Ended here: gone here.
+        sessions.end(&s);
+        assert_eq!(sessions.find(&id, &alice), None);
+        let other = McpSession::new(&alice, LATEST_VERSION);
+        assert_ne!(other.key, s.key);
+        assert!(sessions.find(&other.id(), &alice).is_some());
     }
 
     #[test]
