@@ -132,6 +132,8 @@ pub async fn discovery() -> Json<Value> {
             "POST /signin/:namespace/:permit": "approve or deny with that link (it decides once, for 15 minutes)",
             "POST /secrets": "store a secret, sealed on arrival (owner)",
             "POST /cookies/upload": "store a site's cookies as a sealed cookie jar COOKIES_<DOMAIN> (owner)",
+            "POST|GET|DELETE /mcp": "the Model Context Protocol (Streamable HTTP): tools request_permit, permit_status, execute, execution_status",
+            "GET /.well-known/oauth-protected-resource/mcp": "the MCP endpoint's OAuth protected-resource metadata",
             "GET /plugins": "the capability forms",
             "GET /health": "liveness"
         },
