@@ -217,16 +217,18 @@ async fn one_run(
         })
         .collect();
     let sent = sent.lock().unwrap().clone();
-    let seen = seen.lock().unwrap();
-    let since = |at: &BTreeMap<String, Instant>| -> Vec<Duration> {
-        sent.iter()
-            .filter_map(|(pod, t0)| at.get(pod).map(|t| t.saturating_duration_since(*t0)))
-            .collect()
-    };
-    let result = RunResult {
-        to_created: since(&seen.created),
-        to_ready: since(&seen.ready),
-        requests,
+    let result = {
+        let seen = seen.lock().unwrap();
+        let since = |at: &BTreeMap<String, Instant>| -> Vec<Duration> {
+            sent.iter()
+                .filter_map(|(pod, t0)| at.get(pod).map(|t| t.saturating_duration_since(*t0)))
+                .collect()
+        };
+        RunResult {
+            to_created: since(&seen.created),
+            to_ready: since(&seen.ready),
+            requests,
+        }
     };
     let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
         .delete(&ns, &DeleteParams::default())
