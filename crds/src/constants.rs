@@ -15,6 +15,10 @@ pub const EXECUTION_FINALIZER: &str = "oauth3.dev/execution-cleanup";
 pub const LABEL_EXECUTION: &str = "oauth3.dev/execution";
 /// Label on objects created for an Execution, naming its Permit.
 pub const LABEL_PERMIT: &str = "oauth3.dev/permit";
+/// Annotation on a sandbox's bundle Secret and egress policy: the digest of the callback token
+/// of the launch that wrote them (the launch record's `tokenDigest`), so a launch that lost the
+/// lock can tell its own objects from the winner's.
+pub const ANNOTATION_LAUNCH: &str = "oauth3.dev/launch-token-sha256";
 /// Label `app.kubernetes.io/managed-by` value of objects the operator creates.
 pub const MANAGED_BY: &str = "oauth3-operator";
 /// Kubernetes Secret `type` of a sealed secret (a sealed box only a TEE key can open).

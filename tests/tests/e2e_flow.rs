@@ -556,6 +556,40 @@ async fn an_execution_under_an_unapproved_permit_is_denied_and_never_runs() {
     op.stop().await;
 }
 
+/// A revocation applies to the very next launch, even one submitted the moment the owner
+/// revokes: every launch reads the Permit from the API server (a quorum read, never the
+/// operator's watch cache) before it takes the launch lock or creates anything, so the
+/// Execution is Denied for the revocation and no request reaches the upstream.
+#[tokio::test]
+async fn a_revocation_refuses_the_very_next_execution_and_nothing_reaches_the_upstream() {
+    let Some(env) = Env::new("e2e-revoked").await else {
+        return;
+    };
+    let op = env.operator().await;
+    env.approved_permit("issues").await;
+    env.execution("before", "issues", "return await api('GET', '/items')", 20)
+        .await;
+    let before = env.wait_exec("before", "finished", finished).await;
+    assert_eq!(phase(&before), Some(ExecutionPhase::Succeeded));
+    env.up.assert_received(1, "the run before the revocation");
+
+    let out = env.plugin(&["revoke", "issues"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.execution("after", "issues", "return await api('GET', '/items')", 20)
+        .await;
+    let after = env.wait_exec("after", "finished", finished).await;
+    let s = after.status.expect("status");
+    assert_eq!(s.phase, Some(ExecutionPhase::Denied), "{s:?}");
+    assert_eq!(s.reason.as_deref(), Some("PermitRevoked"), "{s:?}");
+    env.up
+        .assert_received(1, "nothing after the revocation reaches the upstream");
+    op.stop().await;
+}
+
 #[tokio::test]
 async fn a_missing_or_foreign_sealed_secret_is_refused_before_anything_runs() {
     let Some(env) = Env::new("e2e-unsealed").await else {

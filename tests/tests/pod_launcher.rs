@@ -244,3 +244,146 @@ async fn the_cilium_policy_is_accepted_by_ciliums_own_crd_and_auto_picks_it() {
         "stored as designed"
     );
 }
+
+/// The bundle token a stored bundle Secret carries.
+fn bundle_token(secret: &k8s_openapi::api::core::v1::Secret) -> String {
+    let raw = &secret.data.as_ref().expect("data")["bundle.json"].0;
+    let bundle: serde_json::Value = serde_json::from_slice(raw).expect("bundle json");
+    bundle["callback"]["token"]
+        .as_str()
+        .expect("token")
+        .to_owned()
+}
+
+/// Two launches of one Execution racing for the launch lock (an operator that lost its lease
+/// and its successor): each stages its bundle Secret and NetworkPolicy concurrently with its
+/// lock write. The loser takes back only what is still as it created it; the winner overwrites
+/// what it found with its own bundle, and only the winner creates the Pod, which then mounts
+/// the winner's bundle under the winner's policy. A lone loser leaves nothing behind.
+#[tokio::test]
+async fn a_launch_that_loses_the_lock_takes_back_only_its_own_objects_and_the_winner_keeps_its_bundle()
+ {
+    use k8s_openapi::api::core::v1::Secret;
+    use k8s_openapi::jiff::Timestamp;
+    use kube::ResourceExt;
+    use oauth3_crds::constants::ANNOTATION_LAUNCH;
+    use oauth3_operator::execution::bundle::{CallbackTarget, build_bundle};
+    use oauth3_operator::launcher::pod_launch;
+
+    let Some(client) = client_or_skip().await else {
+        return;
+    };
+    let ns = namespace(&client, "pod-race").await;
+    let config = PodLaunchConfig::default();
+    ensure_runtime_class(&client, &config.runtime_class_name).await;
+    let permit_spec: PermitSpec = serde_json::from_value(json!({
+        "description": "issues",
+        "capabilities": [{"name": "github", "baseUrl": "https://api.github.com",
+            "paths": ["/repos/o/r/issues"], "methods": ["GET"],
+            "auth": {"header": "Authorization", "value": "Bearer {GITHUB_TOKEN}"}}],
+        "secrets": ["GITHUB_TOKEN"]
+    }))
+    .expect("permit spec");
+    let permit = Api::<Permit>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &Permit::new("issues", permit_spec))
+        .await
+        .expect("permit");
+    let exec_spec: ExecutionSpec = serde_json::from_value(json!({
+        "permitRef": "issues", "code": "return 1", "timeoutSeconds": 20
+    }))
+    .expect("execution spec");
+    let execs: Api<Execution> = Api::namespaced(client.clone(), &ns);
+    let launch_of = |exec: Execution, token: &'static str| {
+        let (permit, config) = (permit.clone(), config.clone());
+        async move {
+            let callback = CallbackTarget {
+                base_url: "http://127.0.0.1:1".into(),
+                ca_pem: None,
+                token: zeroize::Zeroizing::new(token.to_owned()),
+                deadline: Timestamp::now(),
+            };
+            let bundle = build_bundle(
+                &exec,
+                &permit,
+                "sha256:x",
+                Vec::new(),
+                Some(&callback),
+                Timestamp::now(),
+            );
+            let digest = oauth3_protocol::callback::token_digest(token);
+            pod_launch(&exec, &permit, &config, &bundle, &digest)
+                .await
+                .expect("sandbox objects")
+        }
+    };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let mark = |annotations: &std::collections::BTreeMap<String, String>| {
+        annotations.get(ANNOTATION_LAUNCH).cloned()
+    };
+
+    // The race: the loser's create lands first, the winner finds its objects there.
+    let exec = execs
+        .create(
+            &PostParams::default(),
+            &Execution::new("raced", exec_spec.clone()),
+        )
+        .await
+        .expect("execution");
+    let name = oauth3_operator::launcher::pod::run_object_name("raced");
+    let loser = launch_of(exec.clone(), "loser-token").await;
+    let winner = launch_of(exec, "winner-token").await;
+    let lost = loser.stage(&client).await.expect("loser staged");
+    let won = winner.stage(&client).await.expect("winner staged");
+    assert_eq!(
+        bundle_token(&secrets.get(&name).await.expect("secret")),
+        "loser-token",
+        "staging creates, never overwrites"
+    );
+    assert!(
+        pods.get_opt(&name).await.expect("read pod").is_none(),
+        "staging starts nothing"
+    );
+    winner.start(&client, &won).await.expect("winner started");
+    loser.withdraw(&client, &lost).await;
+    let secret = secrets.get(&name).await.expect("the winner's Secret stays");
+    assert_eq!(bundle_token(&secret), "winner-token");
+    let winner_mark = Some(oauth3_protocol::callback::token_digest("winner-token"));
+    assert_eq!(mark(secret.annotations()), winner_mark);
+    let policy = policies
+        .get(&name)
+        .await
+        .expect("the winner's policy stays");
+    assert_eq!(mark(policy.annotations()), winner_mark);
+    let pod = pods.get(&name).await.expect("the winner's Pod");
+    let mounted = pod
+        .spec
+        .and_then(|s| s.volumes)
+        .into_iter()
+        .flatten()
+        .find_map(|v| v.secret.and_then(|s| s.secret_name));
+    assert_eq!(mounted.as_deref(), Some(name.as_str()));
+
+    // A lone loser (a stale attempt after the Execution ran and was cleaned up).
+    execs
+        .create(&PostParams::default(), &Execution::new("stale", exec_spec))
+        .await
+        .expect("execution");
+    let exec = execs.get("stale").await.expect("stored");
+    let stale = launch_of(exec, "stale-token").await;
+    let name = oauth3_operator::launcher::pod::run_object_name("stale");
+    let staged = stale.stage(&client).await.expect("staged");
+    assert!(secrets.get_opt(&name).await.expect("read").is_some());
+    assert!(policies.get_opt(&name).await.expect("read").is_some());
+    stale.withdraw(&client, &staged).await;
+    assert!(
+        secrets.get_opt(&name).await.expect("read").is_none(),
+        "the stale bundle Secret is taken back"
+    );
+    assert!(
+        policies.get_opt(&name).await.expect("read").is_none(),
+        "the stale policy is taken back"
+    );
+    assert!(pods.get_opt(&name).await.expect("read").is_none());
+}

@@ -34,7 +34,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use oauth3_crds::constants::LABEL_EXECUTION;
 use oauth3_crds::{Execution, ExecutionPhase, Permit};
@@ -42,6 +42,7 @@ use oauth3_protocol::callback::token_digest;
 use zeroize::Zeroizing;
 
 use crate::Context;
+use crate::launcher::process::ProcessLauncher;
 use crate::launcher::{self, ExitWatch, Launcher, Sandbox, SealedEnvelopes};
 use crate::metrics::Metrics;
 use crate::status_write::{Guarded, is_not_found, publish, write_status};
@@ -152,13 +153,14 @@ pub(crate) async fn end(
     Ok(written)
 }
 
-/// Reconciles one Execution.
+/// Reconciles one Execution; `pods` is the controller's store of sandbox Pods (pod launcher).
 ///
 /// # Errors
 /// [`ExecutionError`] naming the failed step; retried with backoff.
 pub async fn reconcile(
     exec: Arc<Execution>,
     ectx: Arc<ExecutionContext>,
+    pods: Option<Store<Pod>>,
 ) -> Result<Action, ExecutionError> {
     let ctx = &ectx.ctx;
     let api: Api<Execution> =
@@ -166,12 +168,7 @@ pub async fn reconcile(
     let now = ctx.now();
     let running = exec.status.as_ref().and_then(|s| s.phase) == Some(ExecutionPhase::Running);
     let sandbox = if running {
-        // Not seeing the Pod (RBAC without pods get/watch, API trouble) must not keep the
-        // deadline from ending the run.
-        launcher::observe(&ctx.client, &exec).await.unwrap_or_else(|e| {
-            tracing::warn!(execution = %key(&exec), error = %e, "observing the sandbox Pod; the deadline still applies");
-            Sandbox::Unobserved
-        })
+        launcher::observe(pods.as_ref(), &exec)
     } else {
         Sandbox::Unobserved
     };
@@ -314,7 +311,12 @@ struct Cleared {
 }
 
 /// Launches `exec` under `permit`: clear it (sealed envelopes, the reservation a limit needs),
-/// take the launch lock, then start the runner.
+/// build the bundle and the sandbox objects, take the launch lock, then start the runner.
+///
+/// With the pod launcher the bundle Secret and the egress policy are created concurrently with
+/// the lock write (they start nothing: no Pod exists yet, and only the lock's winner creates
+/// it); a launch that loses the lock takes back what it created. With the process launcher
+/// the lock is written first and the runner started after it.
 async fn launch(
     exec: &Execution,
     permit: &Permit,
@@ -331,13 +333,28 @@ async fn launch(
     let token = Zeroizing::new(hex::encode(rand::random::<[u8; 32]>()));
     let mut plan = launch_plan(exec, &ectx.config, &token, permit_digest, code_digest, now);
     plan.require_attestation = permit.spec.require_attestation;
+    let prepared = prepare(exec, permit, &plan, token, cleared.sealed, ectx, now).await;
     // The launch lock: only the writer that moves the Execution to Running launches. It is the
-    // only write of a launch (the handle of a Pod is known before it exists; a process id is
-    // logged and put in the Launched Event): each write per Execution costs the API server.
-    match write_status(api, exec, &status::running(exec, &plan, now), None)
-        .await
-        .map_err(api_error("recording the launch", exec))?
-    {
+    // only write of a launch on the Execution (the handle of a Pod is known before it exists;
+    // a process id is logged and put in the Launched Event): each write costs the API server.
+    let running = status::running(exec, &plan, now);
+    let lock = write_status(api, exec, &running, None);
+    let (locked, ready) = match prepared {
+        Ok(Prepared::Pod(objects)) => {
+            let (locked, staging) = tokio::join!(lock, objects.stage(&ctx.client));
+            if !matches!(locked, Ok(Guarded::Written))
+                && let Ok(staged) = &staging
+            {
+                objects.withdraw(&ctx.client, staged).await;
+            }
+            (locked, Ok(Ready::Pod { objects, staging }))
+        }
+        Ok(Prepared::Process { launcher, bundle }) => {
+            (lock.await, Ok(Ready::Process { launcher, bundle }))
+        }
+        Err(refused) => (lock.await, Err(refused)),
+    };
+    match locked.map_err(api_error("recording the launch", exec))? {
         Guarded::Written => {}
         Guarded::Conflict | Guarded::Gone => {
             return Ok(Action::requeue(Duration::from_millis(200)));
@@ -355,20 +372,76 @@ async fn launch(
         );
     }
     let deadline = plan.deadline;
-    let locked = Locked {
-        plan,
-        token,
-        sealed: cleared.sealed,
-    };
-    start_runner(exec, permit, locked, ectx, api, now).await?;
+    start_runner(exec, ready, &plan, ectx, api, now).await?;
     Ok(Action::requeue(until(now, deadline)))
 }
 
-/// A launch whose lock is taken: what the runner gets.
-struct Locked {
-    plan: LaunchPlan,
+/// A launch built before its lock is taken.
+enum Prepared {
+    /// The process runner and the bundle it gets.
+    Process {
+        launcher: ProcessLauncher,
+        bundle: Box<oauth3_protocol::Bundle>,
+    },
+    /// The sandbox Pod's objects (the bundle is in its Secret).
+    Pod(Box<launcher::PodLaunch>),
+}
+
+/// A launch whose lock is taken, ready to start the runner.
+enum Ready {
+    /// The process runner and the bundle it gets.
+    Process {
+        launcher: ProcessLauncher,
+        bundle: Box<oauth3_protocol::Bundle>,
+    },
+    /// The sandbox Pod's objects and how staging them went.
+    Pod {
+        objects: Box<launcher::PodLaunch>,
+        staging: Result<launcher::Staging, launcher::LaunchError>,
+    },
+}
+
+/// The bundle of a launch (from the rate budget the previous runs left, including what is not
+/// written to the Permit yet) and, for the pod launcher, the sandbox objects; or why the runner
+/// would refuse it (a bundle that does not validate: an object stored before the schema
+/// refused it, say) or the sandbox cannot be built.
+async fn prepare(
+    exec: &Execution,
+    permit: &Permit,
+    plan: &LaunchPlan,
     token: Zeroizing<String>,
     sealed: Vec<SealedSecretRef>,
+    ectx: &ExecutionContext,
+    now: Timestamp,
+) -> Result<Prepared, Refused> {
+    let config = &ectx.config;
+    let callback = CallbackTarget {
+        base_url: config.callback_base_url.clone(),
+        ca_pem: config.callback_ca_pem.clone(),
+        token,
+        deadline: plan.deadline,
+    };
+    let mut counted = permit.clone();
+    ectx.ctx.usage.overlay(&mut counted);
+    let bundle = build_bundle(
+        exec,
+        &counted,
+        &plan.permit_digest,
+        sealed,
+        Some(&callback),
+        now,
+    );
+    bundle.validate().map_err(Refused::Bundle)?;
+    match &config.launcher {
+        Launcher::Process(launcher) => Ok(Prepared::Process {
+            launcher: launcher.clone(),
+            bundle: Box::new(bundle),
+        }),
+        Launcher::Pod(pod) => launcher::pod_launch(exec, permit, pod, &bundle, &plan.token_digest)
+            .await
+            .map(|objects| Prepared::Pod(Box::new(objects)))
+            .map_err(Refused::Launch),
+    }
 }
 
 /// Whether `exec` may launch now: its sealed Secrets are usable (process runner) and, where a
@@ -443,49 +516,32 @@ enum Refused {
     Launch(crate::launcher::LaunchError),
 }
 
-/// Starts the runner of a locked launch: the bundle (from the rate budget the previous runs
-/// left, including what is not written to the Permit yet), the launcher, the `Launched` Event;
-/// a launch that fails ends the Execution.
+/// Starts the runner of a locked launch and publishes the `Launched` Event; a launch that
+/// fails ends the Execution.
 async fn start_runner(
     exec: &Execution,
-    permit: &Permit,
-    locked: Locked,
+    ready: Result<Ready, Refused>,
+    plan: &LaunchPlan,
     ectx: &ExecutionContext,
     api: &Api<Execution>,
     now: Timestamp,
 ) -> Result<(), ExecutionError> {
     let ctx = &ectx.ctx;
-    let config = &ectx.config;
-    let Locked {
-        plan,
-        token,
-        sealed,
-    } = locked;
-    let callback = CallbackTarget {
-        base_url: config.callback_base_url.clone(),
-        ca_pem: config.callback_ca_pem.clone(),
-        token,
-        deadline: plan.deadline,
-    };
-    let mut counted = permit.clone();
-    ctx.usage.overlay(&mut counted);
-    let bundle = build_bundle(
-        exec,
-        &counted,
-        &plan.permit_digest,
-        sealed,
-        Some(&callback),
-        now,
-    );
-    // The runner validates the bundle before it runs anything; a bundle it would refuse (an
-    // object stored before the schema refused it, say) ends here with the runner's reason.
-    let launched = match bundle.validate() {
-        Err(refusal) => Err(Refused::Bundle(refusal)),
-        Ok(_) => config
-            .launcher
-            .launch(&ctx.client, exec, permit, &bundle)
+    let launched = match ready {
+        Err(refused) => Err(refused),
+        Ok(Ready::Process { launcher, bundle }) => launcher
+            .launch_watched(&bundle)
             .await
+            .map(|(launched, exited)| (launched, Some(exited)))
             .map_err(Refused::Launch),
+        Ok(Ready::Pod { objects, staging }) => match staging {
+            Ok(staging) => objects
+                .start(&ctx.client, &staging)
+                .await
+                .map(|launched| (launched, None))
+                .map_err(Refused::Launch),
+            Err(e) => Err(Refused::Launch(e)),
+        },
     };
     match launched {
         Ok((launched, exited)) => {
@@ -625,10 +681,15 @@ pub fn execution_controller(
     });
     let (store, stream) = crate::cache::lean_watch(api);
     let mut controller = Controller::for_stream(stream, store.clone());
+    let mut pod_store = None;
     if let Some(pods) = pods {
         // A sandbox Pod's changes wake its Execution, so a Pod the node ended without a result
-        // ends the Execution at once instead of at its deadline.
-        controller = controller.owns(pods, watcher::Config::default().labels(LABEL_EXECUTION));
+        // ends the Execution at once instead of at its deadline; the same watch is the store
+        // the reconcile reads the Pod from (no GET per reconcile).
+        let (reader, trigger) =
+            crate::cache::lean_watch_with(pods, watcher::Config::default().labels(LABEL_EXECUTION));
+        controller = controller.owns_stream(trigger);
+        pod_store = Some(reader);
     }
     let counter = count_phases(store, ectx.metrics.clone());
     controller
@@ -637,9 +698,14 @@ pub fn execution_controller(
             counter.abort();
         })
         .run(
-            |exec, ectx: Arc<ExecutionContext>| async move {
-                let metrics = ectx.metrics.clone();
-                metrics.instrument("execution", reconcile(exec, ectx)).await
+            move |exec, ectx: Arc<ExecutionContext>| {
+                let pods = pod_store.clone();
+                async move {
+                    let metrics = ectx.metrics.clone();
+                    metrics
+                        .instrument("execution", reconcile(exec, ectx, pods))
+                        .await
+                }
             },
             error_policy,
             ectx,

@@ -9,16 +9,17 @@ pub mod process;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use std::net::IpAddr;
 
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use oauth3_crds::constants::{
-    FIELD_MANAGER, SEALED_SECRET_KEY, SEALED_SECRET_TYPE, secret_object_name,
+    ANNOTATION_LAUNCH, FIELD_MANAGER, SEALED_SECRET_KEY, SEALED_SECRET_TYPE, secret_object_name,
 };
 use oauth3_crds::{Execution, LauncherKind, Permit};
 use oauth3_protocol::{Bundle, SealedSecretRef};
 
 use crate::egress::{self, EgressMode, Target};
-use crate::status_write::is_not_found;
+use crate::status_write::{is_conflict, is_not_found};
 use pod::{
     EgressRules, PodLaunchConfig, desired_cilium_policy, desired_network_policy, desired_pod,
     run_object_name,
@@ -159,26 +160,6 @@ impl Launcher {
             Self::Process(_) => read_sealed_envelopes(client, namespace, permit).await,
         }
     }
-
-    /// Starts the runner of `exec` under `permit` with `bundle`. A process runner also comes
-    /// with a watch on its exit.
-    pub(crate) async fn launch(
-        &self,
-        client: &Client,
-        exec: &Execution,
-        permit: &Permit,
-        bundle: &Bundle,
-    ) -> Result<(Launched, Option<ExitWatch>), LaunchError> {
-        match self {
-            Self::Process(p) => p
-                .launch_watched(bundle)
-                .await
-                .map(|(launched, exited)| (launched, Some(exited))),
-            Self::Pod(config) => launch_pod(client, exec, permit, config, bundle)
-                .await
-                .map(|l| (l, None)),
-        }
-    }
 }
 
 /// Reads the envelopes (ciphertext) of the Permit's sealed Secrets.
@@ -218,26 +199,90 @@ async fn read_sealed_envelopes(
     Ok(SealedEnvelopes::Found(out))
 }
 
-/// Applies the bundle Secret, the NetworkPolicy and the Pod of an Execution (server-side
-/// apply, one field manager; all owned by the Execution).
-async fn launch_pod(
-    client: &Client,
+/// The objects of one pod launch, built (and the Permit's hosts resolved) before anything is
+/// written: the bundle Secret, the egress policy and the Pod, all named
+/// [`run_object_name`], labelled with the Execution's uid and owned by it.
+///
+/// Order that matters for safety, and is kept: the Pod is created last, and only after the
+/// launch lock is written and both the bundle Secret and its egress policy are stored (a Pod
+/// never exists without its policy). Order that does not: the Secret and the policy are
+/// written together, and together with the launch lock ([`PodLaunch::stage`]); only the lock's
+/// winner finishes ([`PodLaunch::start`]), a loser takes back what it created
+/// ([`PodLaunch::withdraw`]).
+#[derive(Debug)]
+pub struct PodLaunch {
+    namespace: String,
+    name: String,
+    secret: Secret,
+    policy: EgressPolicy,
+    pod: Pod,
+}
+
+/// The egress wall of a sandbox Pod.
+#[derive(Debug)]
+enum EgressPolicy {
+    /// `--egress-policy open` or `kubernetes`.
+    Kubernetes(k8s_openapi::api::networking::v1::NetworkPolicy),
+    /// `--egress-policy cilium`.
+    Cilium(DynamicObject),
+}
+
+/// What staging did to one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Staged {
+    /// This launch created it, at this resourceVersion.
+    Created(String),
+    /// One of that name was there already (a launch racing this one for the lock, or the
+    /// leftover of an earlier Execution of the same name): only the lock's winner overwrites
+    /// it, with its own content.
+    Existed,
+}
+
+/// What [`PodLaunch::stage`] left: the bundle Secret and the egress policy.
+#[derive(Debug)]
+pub struct Staging {
+    secret: Staged,
+    policy: Staged,
+}
+
+/// Builds the sandbox objects of `exec` under `permit` with `bundle` (pod launcher); the
+/// Secret and the policy carry [`ANNOTATION_LAUNCH`] = `token_digest`, the launch's own mark.
+///
+/// # Errors
+/// [`LaunchError::Egress`] when a Permit host resolves inside the cluster or to the metadata
+/// address (decided before anything is created: such a Permit gets no Pod at all), or a
+/// desired object could not be built.
+pub async fn pod_launch(
     exec: &Execution,
     permit: &Permit,
     config: &PodLaunchConfig,
     bundle: &Bundle,
-) -> Result<Launched, LaunchError> {
+    token_digest: &str,
+) -> Result<PodLaunch, LaunchError> {
     let namespace = exec.namespace().unwrap_or_default();
     let name = run_object_name(&exec.name_any());
     let pod = desired_pod(exec, permit, config)?;
     let targets = egress::targets(&permit.effective_spec());
-    // Decided before anything is created: a Permit whose hosts point inside the cluster or at
-    // the metadata service gets no Pod at all.
     let rules = match config.egress {
         EgressMode::Open => EgressRules::Open,
         EgressMode::Kubernetes | EgressMode::Cilium => {
             EgressRules::Addresses(resolve_targets(&targets).await?)
         }
+    };
+    let mark = || Some([(ANNOTATION_LAUNCH.to_owned(), token_digest.to_owned())].into());
+    let policy = if config.egress == EgressMode::Cilium {
+        let policy = desired_cilium_policy(exec, config, &targets)?;
+        let mut policy: DynamicObject =
+            serde_json::from_value(policy).map_err(|source| pod::DesiredError::Build {
+                what: "CiliumNetworkPolicy",
+                source,
+            })?;
+        policy.metadata.annotations = mark();
+        EgressPolicy::Cilium(policy)
+    } else {
+        let mut policy = desired_network_policy(exec, config, &rules)?;
+        policy.metadata.annotations = mark();
+        EgressPolicy::Kubernetes(policy)
     };
     let body = serde_json::to_string(bundle).map_err(LaunchError::Bundle)?;
     let secret = Secret {
@@ -246,6 +291,7 @@ async fn launch_pod(
             namespace: Some(namespace.clone()),
             owner_references: pod.metadata.owner_references.clone(),
             labels: pod.metadata.labels.clone(),
+            annotations: mark(),
             ..Default::default()
         },
         type_: Some("Opaque".into()),
@@ -262,47 +308,175 @@ async fn launch_pod(
         ),
         ..Default::default()
     };
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
-    let apply_error = |what: &'static str| {
-        let name = name.clone();
-        move |source| LaunchError::Apply { what, name, source }
-    };
-    Api::<Secret>::namespaced(client.clone(), &namespace)
-        .patch(&name, &pp, &Patch::Apply(&secret))
-        .await
-        .map_err(apply_error("bundle Secret"))?;
-    if config.egress == EgressMode::Cilium {
-        let policy = desired_cilium_policy(exec, config, &targets)?;
-        let policy: DynamicObject =
-            serde_json::from_value(policy).map_err(|source| pod::DesiredError::Build {
-                what: "CiliumNetworkPolicy",
-                source,
-            })?;
-        Api::<DynamicObject>::namespaced_with(
-            client.clone(),
-            &namespace,
-            &cilium_policy_resource(),
-        )
-        .patch(&name, &pp, &Patch::Apply(&policy))
-        .await
-        .map_err(apply_error("CiliumNetworkPolicy"))?;
-    } else {
-        let policy = desired_network_policy(exec, config, &rules)?;
-        Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(
-            client.clone(),
-            &namespace,
-        )
-        .patch(&name, &pp, &Patch::Apply(&policy))
-        .await
-        .map_err(apply_error("NetworkPolicy"))?;
-    }
-    Api::<Pod>::namespaced(client.clone(), &namespace)
-        .patch(&name, &pp, &Patch::Apply(&pod))
-        .await
-        .map_err(apply_error("Pod"))?;
-    Ok(Launched {
-        handle: format!("pod/{name}"),
+    Ok(PodLaunch {
+        namespace,
+        name,
+        secret,
+        policy,
+        pod,
     })
+}
+
+impl PodLaunch {
+    fn secrets(&self, client: &Client) -> Api<Secret> {
+        Api::namespaced(client.clone(), &self.namespace)
+    }
+
+    fn network_policies(
+        &self,
+        client: &Client,
+    ) -> Api<k8s_openapi::api::networking::v1::NetworkPolicy> {
+        Api::namespaced(client.clone(), &self.namespace)
+    }
+
+    fn cilium_policies(&self, client: &Client) -> Api<DynamicObject> {
+        Api::namespaced_with(client.clone(), &self.namespace, &cilium_policy_resource())
+    }
+
+    fn apply_error(&self, what: &'static str) -> impl FnOnce(kube::Error) -> LaunchError {
+        let name = self.name.clone();
+        move |source| LaunchError::Apply { what, name, source }
+    }
+
+    /// Creates the bundle Secret and the egress policy, concurrently (and concurrently with
+    /// the launch lock: nothing runs until [`PodLaunch::start`]). Creates, never overwrites:
+    /// an object of the same name is left as it is and noted [`Staged::Existed`].
+    pub async fn stage(&self, client: &Client) -> Result<Staging, LaunchError> {
+        let secret = async {
+            create(&self.secrets(client), &self.secret)
+                .await
+                .map_err(self.apply_error("bundle Secret"))
+        };
+        let policy = async {
+            match &self.policy {
+                EgressPolicy::Kubernetes(np) => create(&self.network_policies(client), np)
+                    .await
+                    .map_err(self.apply_error("NetworkPolicy")),
+                EgressPolicy::Cilium(cnp) => create(&self.cilium_policies(client), cnp)
+                    .await
+                    .map_err(self.apply_error("CiliumNetworkPolicy")),
+            }
+        };
+        let (secret, policy) = tokio::try_join!(secret, policy)?;
+        Ok(Staging { secret, policy })
+    }
+
+    /// Finishes the launch of the lock's winner: what staging found already there is
+    /// overwritten with this launch's content (server-side apply, one field manager), then the
+    /// Pod is created.
+    pub async fn start(&self, client: &Client, staging: &Staging) -> Result<Launched, LaunchError> {
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        let secret = async {
+            if staging.secret != Staged::Existed {
+                return Ok(());
+            }
+            self.secrets(client)
+                .patch(&self.name, &pp, &Patch::Apply(&self.secret))
+                .await
+                .map(drop)
+                .map_err(self.apply_error("bundle Secret"))
+        };
+        let policy = async {
+            if staging.policy != Staged::Existed {
+                return Ok(());
+            }
+            match &self.policy {
+                EgressPolicy::Kubernetes(np) => self
+                    .network_policies(client)
+                    .patch(&self.name, &pp, &Patch::Apply(np))
+                    .await
+                    .map(drop)
+                    .map_err(self.apply_error("NetworkPolicy")),
+                EgressPolicy::Cilium(cnp) => self
+                    .cilium_policies(client)
+                    .patch(&self.name, &pp, &Patch::Apply(cnp))
+                    .await
+                    .map(drop)
+                    .map_err(self.apply_error("CiliumNetworkPolicy")),
+            }
+        };
+        tokio::try_join!(secret, policy)?;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &self.namespace);
+        pods.create(&post_params(), &self.pod)
+            .await
+            .map_err(self.apply_error("Pod"))?;
+        Ok(Launched {
+            handle: format!("pod/{}", self.name),
+        })
+    }
+
+    /// Takes back what staging created, for a launch that lost the lock: each object is
+    /// deleted only if it is still as this launch created it (its resourceVersion), so the
+    /// winner's overwrite is never deleted. Best effort: the owner reference collects what
+    /// is left with the Execution.
+    pub async fn withdraw(&self, client: &Client, staging: &Staging) {
+        let dp = |staged: &Staged| match staged {
+            Staged::Created(rv) => Some(DeleteParams {
+                preconditions: Some(kube::api::Preconditions {
+                    resource_version: Some(rv.clone()),
+                    uid: None,
+                }),
+                ..DeleteParams::default()
+            }),
+            Staged::Existed => None,
+        };
+        let secret = async {
+            match dp(&staging.secret) {
+                Some(dp) => self.secrets(client).delete(&self.name, &dp).await.map(drop),
+                None => Ok(()),
+            }
+        };
+        let policy = async {
+            let Some(dp) = dp(&staging.policy) else {
+                return Ok(());
+            };
+            match &self.policy {
+                EgressPolicy::Kubernetes(_) => self
+                    .network_policies(client)
+                    .delete(&self.name, &dp)
+                    .await
+                    .map(drop),
+                EgressPolicy::Cilium(_) => self
+                    .cilium_policies(client)
+                    .delete(&self.name, &dp)
+                    .await
+                    .map(drop),
+            }
+        };
+        let (secret, policy) = tokio::join!(secret, policy);
+        for result in [secret, policy] {
+            match result {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) || is_conflict(&e) => {}
+                Err(e) => {
+                    tracing::warn!(object = %format!("{}/{}", self.namespace, self.name), error = %e, "withdrawing a launch that lost the lock");
+                }
+            }
+        }
+    }
+}
+
+/// Creates made by the launcher, under its field manager.
+fn post_params() -> PostParams {
+    PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    }
+}
+
+/// Creates `object`: [`Staged::Created`] at its resourceVersion, or [`Staged::Existed`] when
+/// one of that name is there.
+async fn create<K>(api: &Api<K>, object: &K) -> Result<Staged, kube::Error>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.create(&post_params(), object).await {
+        Ok(created) => Ok(Staged::Created(
+            created.resource_version().unwrap_or_default(),
+        )),
+        Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(Staged::Existed),
+        Err(e) => Err(e),
+    }
 }
 
 /// The API resource of Cilium's `CiliumNetworkPolicy` (`cilium.io/v2`).
@@ -365,20 +539,21 @@ fn launched_by(exec: &Execution) -> Option<LauncherKind> {
     Some(exec.status.as_ref()?.launch.as_ref()?.launcher)
 }
 
-/// What the sandbox Pod of a pod-launched `exec` shows; [`Sandbox::Unobserved`] for a process
-/// runner.
-///
-/// # Errors
-/// Reading the Pod failed.
-pub(crate) async fn observe(client: &Client, exec: &Execution) -> Result<Sandbox, kube::Error> {
-    if launched_by(exec) != Some(LauncherKind::Pod) {
-        return Ok(Sandbox::Unobserved);
-    }
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &exec.namespace().unwrap_or_default());
-    let Some(pod) = pods.get_opt(&run_object_name(&exec.name_any())).await? else {
-        return Ok(Sandbox::Alive);
+/// What the sandbox Pod of a pod-launched `exec` shows, as the controller's watch of sandbox
+/// Pods has it (`pods`: no API request; a change of the Pod wakes the Execution again once
+/// the store has it); [`Sandbox::Unobserved`] for a process runner or without a store.
+pub(crate) fn observe(pods: Option<&Store<Pod>>, exec: &Execution) -> Sandbox {
+    let Some(pods) = pods.filter(|_| launched_by(exec) == Some(LauncherKind::Pod)) else {
+        return Sandbox::Unobserved;
     };
-    Ok(pod::observe(&pod))
+    let key = ObjectRef::new(&run_object_name(&exec.name_any()))
+        .within(&exec.namespace().unwrap_or_default());
+    match pods.get(&key) {
+        Some(pod) => pod::observe(&pod),
+        // Not seen yet (just created) or already gone: a result may still come, and the
+        // deadline applies either way.
+        None => Sandbox::Alive,
+    }
 }
 
 /// Deletes the Pod and the bundle Secret (which holds the spent callback token) of a finished
