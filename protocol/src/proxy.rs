@@ -449,11 +449,15 @@ mod tests {
             }
         );
         assert_eq!(parse_target("/createIssue").expect("ok").rest, "");
-        assert!(parse_target("/").unwrap_err().contains("/<capability>"));
+        assert!(
+            parse_target("/")
+                .expect_err("refused")
+                .contains("/<capability>")
+        );
         assert!(parse_target("github").is_err());
         assert!(
             parse_target("/gi%74hub/x")
-                .unwrap_err()
+                .expect_err("refused")
                 .contains("not a capability name")
         );
     }
@@ -524,17 +528,24 @@ mod tests {
         assert_eq!(ok.limits, ServeLimits::default());
         let forged = serve_bundle(serde_json::json!({"permit": {"name": "p",
             "specDigest": "sha256:00", "spec": ok.permit.spec}}));
-        assert!(forged.unwrap_err().contains("does not match the spec"));
+        assert!(
+            forged
+                .expect_err("refused")
+                .contains("does not match the spec")
+        );
         let zero = serve_bundle(serde_json::json!({"limits": {"maxConcurrentCalls": 0}}));
-        assert!(zero.unwrap_err().contains("limits.maxConcurrentCalls is 0"));
+        assert!(
+            zero.expect_err("refused")
+                .contains("limits.maxConcurrentCalls is 0")
+        );
         let other =
             serve_bundle(serde_json::json!({"sealedSecrets": [{"name": "X", "envelope": "e"}]}));
         assert!(
             other
-                .unwrap_err()
+                .expect_err("refused")
                 .contains("sealedSecrets[0] (X) is not listed")
         );
         let typo = serve_bundle(serde_json::json!({"limit": {}}));
-        assert!(typo.unwrap_err().contains("unknown field `limit`"));
+        assert!(typo.expect_err("refused").contains("unknown field `limit`"));
     }
 }
