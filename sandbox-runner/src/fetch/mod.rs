@@ -364,6 +364,11 @@ impl ScopedFetch {
         self
     }
 
+    /// The compiled policy this host enforces.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
     /// Remaining rate-limit tokens per capability now, to carry over to the next Execution.
     pub fn rate_budget(&self) -> BTreeMap<String, f64> {
         lock(&self.limiter).budget(Instant::now())
