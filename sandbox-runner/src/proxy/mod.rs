@@ -502,6 +502,40 @@ impl Proxy {
     }
 }
 
+/// The TLS acceptor of the proxy's HTTPS endpoint from PEM files (ring, safe protocol
+/// versions, HTTP/1.1). The error names the file and what is wrong with it.
+///
+/// # Errors
+/// An unreadable file, no certificate, no key, or a key that does not fit the certificate.
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("reading --tls-cert {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "--tls-cert {}: no CERTIFICATE block",
+            cert.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("reading --tls-key {}: {e}", key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS protocol versions: {e}"))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("--tls-cert and --tls-key do not form a usable pair: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
 /// Serves `proxy` on `listener` (over TLS with `tls`, else plain HTTP) until it stops, then
 /// waits for calls in flight (at most the stop grace and a second) and returns why it stopped.
 pub async fn serve(
