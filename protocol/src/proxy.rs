@@ -218,14 +218,15 @@ impl Default for ServeLimits {
 }
 
 /// The code-free bundle of a proxied Permit: what `oauth3-sandbox-runner serve --bundle`
-/// reads. Like a run [`crate::Bundle`] without code, args or per-run limits.
+/// reads. Like a run [`crate::Bundle`] without code, args or per-run limits. Its limits and
+/// callers come from `permit.spec.proxy`, bound to the approval by the spec digest; a spec
+/// without `proxy.enabled` is refused.
 ///
 /// ```json
 /// {
 ///   "namespace": "default",
 ///   "permit": {"name": "openai", "spec": {...}, "specDigest": "sha256:..."},
 ///   "sealedSecrets": [{"name": "OPENAI_KEY", "envelope": "..."}],
-///   "limits": {"maxConcurrentCalls": 64, "idleTimeoutSeconds": 900},
 ///   "rateBudget": {"chat": 30},
 ///   "notAfter": 1764806400000,
 ///   "callback": {"url": "https://oauth3-operator.oauth3:8443/v1/results/default/openai", "token": "..."}
@@ -242,9 +243,6 @@ pub struct ServeBundle {
     /// The sealed secrets the capabilities use, each listed in the Permit.
     #[serde(default)]
     pub sealed_secrets: Vec<crate::SealedSecretRef>,
-    /// Concurrency and idle limits.
-    #[serde(default)]
-    pub limits: ServeLimits,
     /// Rate-limit tokens each capability starts with (as a run bundle's).
     #[serde(default)]
     pub rate_budget: std::collections::BTreeMap<String, f64>,
@@ -275,7 +273,9 @@ pub enum ServeBundleError {
     #[error("computing the spec digest: {0}")]
     Digest(#[from] oauth3_crds::DigestError),
     /// A limit is out of range.
-    #[error("limits.{field} is {value}; allowed: {min} to {max}")]
+    #[error(
+        "permit.spec.proxy.{field} is {value}; allowed: {min} to {max} (seconds for idleTimeout)"
+    )]
     LimitOutOfRange {
         /// The field.
         field: &'static str,
@@ -286,6 +286,12 @@ pub enum ServeBundleError {
         /// Highest allowed.
         max: u64,
     },
+    /// The approved spec does not enable the proxy.
+    #[error("permit.spec.proxy.enabled is not true: the owner approved no calls without code")]
+    ProxyNotEnabled,
+    /// `spec.proxy.idleTimeout` is not a duration.
+    #[error("permit.spec.proxy.idleTimeout: {0}")]
+    IdleTimeout(#[from] oauth3_crds::DurationError),
     /// A sealed secret is not one of the Permit's.
     #[error("sealedSecrets[{index}] ({name}) is not listed in permit.spec.secrets")]
     UnlistedSecret {
@@ -311,8 +317,35 @@ impl ServeBundle {
         serde_path_to_error::deserialize(de)
     }
 
+    /// The proxy's limits from `permit.spec.proxy`.
+    ///
+    /// # Errors
+    /// The spec does not enable the proxy, or its idle timeout is not a duration.
+    pub fn limits(&self) -> Result<ServeLimits, ServeBundleError> {
+        let proxy = self
+            .permit
+            .spec
+            .proxy
+            .as_ref()
+            .filter(|p| p.enabled)
+            .ok_or(ServeBundleError::ProxyNotEnabled)?;
+        Ok(ServeLimits {
+            max_concurrent_calls: proxy.max_concurrent_calls,
+            idle_timeout_seconds: oauth3_crds::parse_duration(&proxy.idle_timeout)?.as_secs(),
+        })
+    }
+
+    /// The identities the owner approved as callers.
+    pub fn callers(&self) -> &[String] {
+        self.permit
+            .spec
+            .proxy
+            .as_ref()
+            .map_or(&[], |p| p.callers.as_slice())
+    }
+
     /// Checks the bundle before anything is unsealed: the spec matches the approved digest,
-    /// the limits are in range and every sealed secret is the Permit's.
+    /// the spec enables the proxy within the limits, and every sealed secret is the Permit's.
     ///
     /// # Errors
     /// The first rule broken, naming the field.
@@ -324,15 +357,16 @@ impl ServeBundle {
                 actual,
             });
         }
+        let limits = self.limits()?;
         for (field, value, (min, max)) in [
             (
                 "maxConcurrentCalls",
-                u64::from(self.limits.max_concurrent_calls),
+                u64::from(limits.max_concurrent_calls),
                 MAX_CONCURRENT_CALLS_RANGE,
             ),
             (
-                "idleTimeoutSeconds",
-                self.limits.idle_timeout_seconds,
+                "idleTimeout",
+                limits.idle_timeout_seconds,
                 IDLE_TIMEOUT_SECONDS_RANGE,
             ),
         ] {
@@ -499,11 +533,15 @@ mod tests {
         assert!(!format!("{r:?}").contains("eyJ"));
     }
 
-    fn serve_bundle(extra: serde_json::Value) -> Result<ServeBundle, String> {
+    fn serve_bundle(
+        proxy: serde_json::Value,
+        extra: serde_json::Value,
+    ) -> Result<ServeBundle, String> {
         let spec: oauth3_crds::PermitSpec = serde_json::from_value(serde_json::json!({
             "description": "d", "secrets": ["KEY"],
             "capabilities": [{"name": "api", "baseUrl": "https://api.example", "paths": ["/**"],
-                "methods": ["GET"], "auth": {"header": "Authorization", "value": "Bearer {KEY}"}}]
+                "methods": ["GET"], "auth": {"header": "Authorization", "value": "Bearer {KEY}"}}],
+            "proxy": proxy
         }))
         .expect("spec");
         let mut doc = serde_json::json!({
@@ -523,29 +561,43 @@ mod tests {
     }
 
     #[test]
-    fn serve_bundles_are_checked_against_the_approved_digest_and_their_limits() {
-        let ok = serve_bundle(serde_json::json!({})).expect("valid");
-        assert_eq!(ok.limits, ServeLimits::default());
-        let forged = serve_bundle(serde_json::json!({"permit": {"name": "p",
-            "specDigest": "sha256:00", "spec": ok.permit.spec}}));
+    fn serve_bundles_are_checked_against_the_approved_digest_and_the_approved_proxy() {
+        let enabled = serde_json::json!({"enabled": true, "callers": ["agent"]});
+        let none = serde_json::json!({});
+        let ok = serve_bundle(enabled.clone(), none.clone()).expect("valid");
+        assert_eq!(ok.limits().expect("limits"), ServeLimits::default());
+        assert_eq!(ok.callers(), ["agent"]);
+        let forged = serve_bundle(
+            enabled.clone(),
+            serde_json::json!({"permit": {"name": "p", "specDigest": "sha256:00",
+                "spec": ok.permit.spec}}),
+        );
         assert!(
             forged
                 .expect_err("refused")
                 .contains("does not match the spec")
         );
-        let zero = serve_bundle(serde_json::json!({"limits": {"maxConcurrentCalls": 0}}));
+        let off = serve_bundle(serde_json::json!({"enabled": false}), none.clone());
         assert!(
-            zero.expect_err("refused")
-                .contains("limits.maxConcurrentCalls is 0")
+            off.expect_err("refused")
+                .contains("proxy.enabled is not true")
         );
-        let other =
-            serve_bundle(serde_json::json!({"sealedSecrets": [{"name": "X", "envelope": "e"}]}));
+        let short = serde_json::json!({"enabled": true, "callers": ["a"], "idleTimeout": "5s"});
+        assert!(
+            serve_bundle(short, none.clone())
+                .expect_err("refused")
+                .contains("permit.spec.proxy.idleTimeout is 5")
+        );
+        let other = serve_bundle(
+            enabled.clone(),
+            serde_json::json!({"sealedSecrets": [{"name": "X", "envelope": "e"}]}),
+        );
         assert!(
             other
                 .expect_err("refused")
                 .contains("sealedSecrets[0] (X) is not listed")
         );
-        let typo = serve_bundle(serde_json::json!({"limit": {}}));
+        let typo = serve_bundle(enabled, serde_json::json!({"limit": {}}));
         assert!(typo.expect_err("refused").contains("unknown field `limit`"));
     }
 }

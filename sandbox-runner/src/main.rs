@@ -585,12 +585,16 @@ async fn serve_setup(
     )
     .map_err(|e| failed(e.to_string()))?
     .without_call_log();
+    let limits = bundle
+        .limits()
+        .map_err(|e| usage(format!("invalid serve bundle: {e}")))?;
     let proxy = Proxy::new(
         fetch,
         redactor,
         Box::new(auth),
         ProxyOptions {
-            limits: bundle.limits.clone(),
+            limits,
+            callers: bundle.callers().to_vec(),
             not_after: bundle.not_after.and_then(|ms| {
                 u64::try_from(ms)
                     .ok()

@@ -33,6 +33,8 @@ const SECRET: &str = "sk-test-7f3a9c";
 /// The client's Kubernetes token: accepted by the proxy, never sent upstream.
 const CLIENT_TOKEN: &str = "eyJhbGciOi.client-token.sig";
 const IDENTITY: &str = "system:serviceaccount:agents:coder";
+/// A token the review accepts for an identity the owner did not approve as a caller.
+const OTHER_TOKEN: &str = "eyJhbGciOi.other-token.sig";
 
 fn permit(origin: &str) -> PermitSpec {
     serde_json::from_value(json!({
@@ -108,9 +110,15 @@ async fn start_proxy(
     let fetch = ScopedFetch::new(policy, secrets, Arc::clone(&redactor), config)
         .expect("fetch builds")
         .without_call_log();
-    let tokens = TokenFile::parse(&TokenFile::line_for(CLIENT_TOKEN, IDENTITY)).expect("tokens");
+    let tokens = TokenFile::parse(&format!(
+        "{}\n{}",
+        TokenFile::line_for(CLIENT_TOKEN, IDENTITY),
+        TokenFile::line_for(OTHER_TOKEN, "system:serviceaccount:agents:other")
+    ))
+    .expect("tokens");
     let mut options = ProxyOptions {
         stop_grace: Duration::ZERO,
+        callers: vec![IDENTITY.to_owned()],
         ..ProxyOptions::default()
     };
     tweak(&mut options);
@@ -382,6 +390,25 @@ async fn unknown_missing_and_malformed_tokens_are_refused_and_nothing_is_sent() 
     }
     up.assert_nothing_received("unauthenticated clients");
     assert!(h.audit().is_empty(), "no call was made");
+}
+
+#[tokio::test]
+async fn an_identity_the_owner_did_not_approve_is_forbidden_and_nothing_is_sent() {
+    let up = Upstream::start().await;
+    let h = start_proxy(&up.origin(), &up.ca_pem, |_| {}).await;
+    let bearer = format!("Bearer {OTHER_TOKEN}");
+    let answer = h
+        .call_as("GET", "/api/items", &[("authorization", &bearer)], "")
+        .await;
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    let refusal = answer.refusal();
+    assert_eq!(refusal.error, RefusalKind::Forbidden);
+    assert!(
+        refusal.reason.contains("spec.proxy.callers"),
+        "{}",
+        refusal.reason
+    );
+    up.assert_nothing_received("a caller the owner did not approve");
 }
 
 #[tokio::test]

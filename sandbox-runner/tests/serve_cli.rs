@@ -54,7 +54,8 @@ fn serve_bundle(up: &Upstream) -> Value {
             "paths": ["/items", "/echo-auth"],
             "methods": ["GET"],
             "auth": {"header": "Authorization", "value": "Bearer {API_TOKEN}"}
-        }]
+        }],
+        "proxy": {"enabled": true, "callers": ["agent-1"], "maxConcurrentCalls": 8}
     }))
     .expect("spec");
     let provider = DevProvider::new(DevKey::Hex(Zeroizing::new(hex::encode(DEV_KEY))), true)
@@ -64,8 +65,7 @@ fn serve_bundle(up: &Upstream) -> Value {
         "namespace": NAMESPACE,
         "permit": {"name": "p", "specDigest": oauth3_crds::spec_digest(&spec).expect("digest"),
                    "spec": spec},
-        "sealedSecrets": [{"name": "API_TOKEN", "envelope": envelope}],
-        "limits": {"maxConcurrentCalls": 8, "idleTimeoutSeconds": 600}
+        "sealedSecrets": [{"name": "API_TOKEN", "envelope": envelope}]
     })
 }
 

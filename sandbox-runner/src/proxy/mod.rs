@@ -5,7 +5,8 @@
 //!
 //! Per request: refuse when stopping; take the client's token (`Authorization: Bearer` or
 //! `X-Api-Key`) and review it ([`auth::ClientAuth`], answers cached by token digest for at most
-//! [`oauth3_protocol::proxy::MAX_REVIEW_TTL_SECONDS`]); take one of `maxConcurrentCalls` slots;
+//! [`oauth3_protocol::proxy::MAX_REVIEW_TTL_SECONDS`]) and require the identity to be one of
+//! the approved `spec.proxy.callers`; take one of `maxConcurrentCalls` slots;
 //! translate the request into the call it stands for ([`request`]); then the same
 //! [`ScopedFetch`] a run uses decides, injects the credential (refreshing oauth2 tokens) and
 //! sends it ([`ScopedFetch::forward`]). The upstream's answer is streamed back chunk by chunk
@@ -90,6 +91,9 @@ pub struct ProxyOptions {
     pub max_request_bytes: usize,
     /// The spec digest enforced (reported in call batches).
     pub permit_digest: String,
+    /// The identities the owner approved (`spec.proxy.callers`); any other identity is
+    /// refused as `forbidden`, whatever the review said. Empty: nobody.
+    pub callers: Vec<String>,
 }
 
 impl Default for ProxyOptions {
@@ -100,6 +104,7 @@ impl Default for ProxyOptions {
             stop_grace: Duration::from_secs(5),
             max_request_bytes: 4 * 1024 * 1024,
             permit_digest: String::new(),
+            callers: Vec::new(),
         }
     }
 }
@@ -317,6 +322,15 @@ impl Proxy {
             Ok(identity) => identity,
             Err(refusal) => return self.refusal(refusal.kind, &refusal.reason, None),
         };
+        if !self.options.callers.iter().any(|c| *c == identity) {
+            return self.refusal(
+                RefusalKind::Forbidden,
+                &format!(
+                    "{identity} is not one of the callers the owner approved for this Permit (spec.proxy.callers)"
+                ),
+                None,
+            );
+        }
         headers.retain(|(k, _)| k != token_header);
         let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
             return self.refusal(
