@@ -322,7 +322,7 @@ impl Proxy {
             Ok(identity) => identity,
             Err(refusal) => return self.refusal(refusal.kind, &refusal.reason, None),
         };
-        if !self.options.callers.iter().any(|c| *c == identity) {
+        if !self.options.callers.contains(&identity) {
             return self.refusal(
                 RefusalKind::Forbidden,
                 &format!(
