@@ -266,6 +266,25 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
     Ok(value)
 }
 
+/// `value` as a `T`, or a 400 naming the JSON path of the first field that does not fit
+/// (`arguments` for the value itself), as [`parse_json`] does for a body.
+///
+/// # Errors
+/// [`ApiError::BadRequest`] naming the field and the rule.
+pub fn from_value_at<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." || path.is_empty() {
+            "arguments".to_owned()
+        } else {
+            path
+        };
+        ApiError::bad(field, e.into_inner().to_string())
+    })
+}
+
 fn intent_spec(
     req: &PermitRequest,
     intent: &[oauth3_crds::Intent],

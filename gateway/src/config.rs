@@ -77,6 +77,15 @@ pub struct Config {
     )]
     pub signup_token_lifetime: Duration,
 
+    /// An authorization server whose tokens `/mcp` accepts, named in its OAuth
+    /// protected-resource metadata (`/.well-known/oauth-protected-resource/mcp`) for MCP
+    /// clients to sign in with: the issuer of the cluster's OIDC sign-in, for example.
+    /// Repeatable (comma-separated in the environment). Unset: the issuer of the cluster's
+    /// service-account tokens, as the API server announces it.
+    #[arg(long = "mcp-authorization-server", env = "OAUTH3_GATEWAY_MCP_AUTHORIZATION_SERVERS",
+          value_delimiter = ',', value_parser = public_url)]
+    pub mcp_authorization_servers: Vec<String>,
+
     /// Log filter (`info`, `oauth3_gateway=debug`, ...).
     #[arg(long, env = "OAUTH3_GATEWAY_LOG", default_value = "info")]
     pub log: String,

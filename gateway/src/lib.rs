@@ -23,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod identity;
 pub mod ids;
+pub mod mcp;
 pub mod routes;
 pub mod scope;
 pub mod secrets;
@@ -61,6 +62,9 @@ struct Inner {
     signup: Option<signup::SignupConfig>,
     enclave_key: Option<[u8; 32]>,
     drafting: Option<Arc<oauth3_operator::draft::Drafting>>,
+    mcp_sessions: mcp::Sessions,
+    mcp_authorization_servers: Vec<String>,
+    service_account_issuer: tokio::sync::OnceCell<Option<String>>,
 }
 
 /// Why the gateway could not be set up from its flags.
@@ -103,6 +107,9 @@ impl Gateway {
                     }),
                 enclave_key,
                 drafting: config.draft.drafting()?.map(Arc::new),
+                mcp_sessions: mcp::Sessions::default(),
+                mcp_authorization_servers: config.mcp_authorization_servers.clone(),
+                service_account_issuer: tokio::sync::OnceCell::new(),
             }),
         })
     }
@@ -147,6 +154,39 @@ impl Gateway {
         self.inner.enclave_key.as_ref()
     }
 
+    /// The MCP sessions of this replica.
+    pub fn mcp_sessions(&self) -> &mcp::Sessions {
+        &self.inner.mcp_sessions
+    }
+
+    /// `--mcp-authorization-server`, or else the issuer of the cluster's service-account
+    /// tokens (asked of the API server once: `/.well-known/openid-configuration`).
+    pub async fn mcp_authorization_servers(&self) -> Vec<String> {
+        if !self.inner.mcp_authorization_servers.is_empty() {
+            return self.inner.mcp_authorization_servers.clone();
+        }
+        let issuer = self
+            .inner
+            .service_account_issuer
+            .get_or_init(|| async {
+                let request = match axum::http::Request::get("/.well-known/openid-configuration")
+                    .body(Vec::new())
+                {
+                    Ok(r) => r,
+                    Err(_) => return None,
+                };
+                match self.store().client().request::<serde_json::Value>(request).await {
+                    Ok(doc) => doc.get("issuer").and_then(|i| i.as_str()).map(str::to_owned),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the service-account issuer for the MCP metadata");
+                        None
+                    }
+                }
+            })
+            .await;
+        issuer.iter().cloned().collect()
+    }
+
     /// The drafter `POST /draft` previews with, if configured.
     pub fn drafting(&self) -> Option<&oauth3_operator::draft::Drafting> {
         self.inner.drafting.as_deref()
@@ -178,6 +218,15 @@ pub fn app(gateway: Gateway) -> Router {
         .route("/sessions", get(sessions::sessions))
         .route("/me", get(sessions::me))
         .route("/history", get(sessions::history))
+        .route(
+            mcp::PATH,
+            post(mcp::post).get(mcp::stream).delete(mcp::delete),
+        )
+        .route(mcp::METADATA_PATH, get(mcp::resource_metadata))
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(mcp::resource_metadata),
+        )
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(gateway)

@@ -132,6 +132,8 @@ pub async fn discovery() -> Json<Value> {
             "POST /signin/:namespace/:permit": "approve or deny with that link (it decides once, for 15 minutes)",
             "POST /secrets": "store a secret, sealed on arrival (owner)",
             "POST /cookies/upload": "store a site's cookies as a sealed cookie jar COOKIES_<DOMAIN> (owner)",
+            "POST|GET|DELETE /mcp": "the Model Context Protocol (Streamable HTTP): tools request_permit, permit_status, execute, execution_status",
+            "GET /.well-known/oauth-protected-resource/mcp": "the MCP endpoint's OAuth protected-resource metadata",
             "GET /plugins": "the capability forms",
             "GET /health": "liveness"
         },
@@ -538,24 +540,93 @@ pub async fn execute(
     } else {
         oauth3_crds::CodeLanguage::JavaScript
     };
+    let mut out = match submit(
+        &gw,
+        &caller,
+        &permit,
+        Submission {
+            code,
+            language,
+            timeout,
+            args,
+            action_id,
+            source_digest,
+            field,
+        },
+    )
+    .await?
+    {
+        Ok(out) => out,
+        Err(denied) => return Ok(Json(denied)),
+    };
+    if let Some(s) = &one_off {
+        // The owner approves the one-off Permit; the run waits for that decision.
+        out["session_id"] = json!(permit_name);
+        out["message"] = json!(
+            "A one-off Permit for this code was requested; the owner must approve it (approval_url). Poll status_url for the result."
+        );
+        if let Some(u) = gw.approval_url(&caller.namespace, &s.id, &s.approval_ref) {
+            out["approval_url"] = json!(u);
+        }
+    }
+    Ok(Json(out))
+}
+
+/// What [`submit`] creates an Execution from: the code to run (prelude included), checked
+/// already for size and form by the caller.
+pub(crate) struct Submission {
+    pub(crate) code: String,
+    pub(crate) language: oauth3_crds::CodeLanguage,
+    pub(crate) timeout: i32,
+    pub(crate) args: Option<Value>,
+    pub(crate) action_id: String,
+    pub(crate) source_digest: Option<String>,
+    /// The request field the code came in, for refusals.
+    pub(crate) field: &'static str,
+}
+
+/// Creates an Execution of `sub` under `permit` in the caller's namespace and answers it
+/// (`Ok(answer)` with `status_url` and, for code the owner reviews, `approval_url`), or the
+/// policy refusal (`Err(answer)`, nothing created) for code that is not pinned or args that
+/// break the Permit's rules.
+///
+/// # Errors
+/// When the Execution cannot be created.
+pub(crate) async fn submit(
+    gw: &Gateway,
+    caller: &Caller,
+    permit: &oauth3_crds::Permit,
+    sub: Submission,
+) -> ApiResult<Result<Value, Value>> {
+    let Submission {
+        code,
+        language,
+        timeout,
+        args,
+        action_id,
+        source_digest,
+        field,
+    } = sub;
+    let name = permit.name_any();
+    let name = name.as_str();
     // Refused here rather than created to be refused: the operator and the runner check the
     // same rules again.
     let digest = oauth3_crds::code_digest_in(&code, language);
     if !permit.spec.pinned_code.is_empty() && !permit.spec.pinned_code.contains(&digest) {
-        return Ok(Json(json!({
+        return Ok(Err(json!({
             "status": "denied",
-            "permit_id": permit_name,
+            "permit_id": name,
             "error": format!(
-                "{field}: this is not the code the owner approved with session {permit_name} \
+                "{field}: this is not the code the owner approved with session {name} \
                  (its digest {digest} is not pinned); send the approved code, or ask for a new \
                  session (POST /scope) with this code"
             ),
         })));
     }
     if let Err(why) = oauth3_crds::check_args(&permit.spec.arg_rules, args.as_ref()) {
-        return Ok(Json(json!({
+        return Ok(Err(json!({
             "status": "denied",
-            "permit_id": permit_name,
+            "permit_id": name,
             "error": format!("args: {why}"),
         })));
     }
@@ -564,7 +635,7 @@ pub async fn execute(
     // Code the owner must review gets its own approval page.
     let approval_ref = (permit.spec.code_review == CodeReview::PerCode).then(new_token);
     let spec: ExecutionSpec = serde_json::from_value(json!({
-        "permitRef": permit_name,
+        "permitRef": name,
         "code": code,
         "language": language,
         "args": args,
@@ -575,7 +646,7 @@ pub async fn execute(
     exec.metadata.labels = Some(
         [
             (LABEL_REQUEST_ID.to_owned(), id.as_label()),
-            (LABEL_PERMIT.to_owned(), permit_name.to_owned()),
+            (LABEL_PERMIT.to_owned(), name.to_owned()),
         ]
         .into(),
     );
@@ -600,7 +671,7 @@ pub async fn execute(
         .store()
         .create(&caller.namespace, &exec, "Execution")
         .await?;
-    tracing::info!(namespace = %caller.namespace, execution = %created.name_any(), permit = %permit_name, by = %caller.user, "execution submitted");
+    tracing::info!(namespace = %caller.namespace, execution = %created.name_any(), permit = %name, by = %caller.user, "execution submitted");
     let mut out = execution_answer(&id.as_label(), &created);
     out["message"] = json!("Submitted; poll status_url for the result.");
     if let Some(u) = gw.status_url(&caller.namespace, &id, &status_token) {
@@ -612,17 +683,7 @@ pub async fn execute(
     {
         out["approval_url"] = json!(u);
     }
-    if let Some(s) = &one_off {
-        // The owner approves the one-off Permit; the run waits for that decision.
-        out["session_id"] = json!(permit_name);
-        out["message"] = json!(
-            "A one-off Permit for this code was requested; the owner must approve it (approval_url). Poll status_url for the result."
-        );
-        if let Some(u) = gw.approval_url(&caller.namespace, &s.id, &s.approval_ref) {
-            out["approval_url"] = json!(u);
-        }
-    }
-    Ok(Json(out))
+    Ok(Ok(out))
 }
 
 /// A policy refusal of a well-formed request: answered `200 {status: "denied", error}`.
