@@ -17,7 +17,7 @@ use oauth3_protocol::runner_args::{DEFAULT_AA_URL, DEFAULT_TSM_REPORT_DIR};
 use oauth3_sandbox_runner::attest::{CocoQuotes, DstackQuotes, QuoteProvider, TsmQuotes};
 use oauth3_sandbox_runner::bundle::{Bundle, sealed_secrets_from_dir};
 use oauth3_sandbox_runner::callback::post_result;
-use oauth3_sandbox_runner::proxy::auth::TokenFile;
+use oauth3_sandbox_runner::proxy::auth::{OperatorReview, TokenFile};
 use oauth3_sandbox_runner::proxy::{Proxy, ProxyOptions, StopReason};
 use oauth3_sandbox_runner::redact::Redactor;
 use oauth3_sandbox_runner::run::{
@@ -127,7 +127,9 @@ struct ServeArgs {
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
     insecure_plain_http: bool,
 
-    /// File of accepted client tokens, one `sha256:<hex of the token> <identity>` per line.
+    /// File of accepted client tokens, one `sha256:<hex of the token> <identity>` per line
+    /// (development). Without it, the operator reviews each client token over the bundle's
+    /// callback (TokenReview and SubjectAccessReview on `permits/proxy`).
     #[arg(long, value_name = "PATH")]
     client_token_file: Option<PathBuf>,
 
@@ -522,12 +524,6 @@ async fn serve_setup(
                 .to_owned(),
         ));
     }
-    let Some(token_file) = &args.client_token_file else {
-        return Err(usage(
-            "serve needs --client-token-file: the file of accepted client token digests".to_owned(),
-        ));
-    };
-    let auth = TokenFile::read(token_file).map_err(|e| usage(e.to_string()))?;
     let text = read_text(&args.bundle, "serve bundle").map_err(usage)?;
     let mut bundle =
         ServeBundle::from_json(&text).map_err(|e| usage(format!("invalid serve bundle: {e}")))?;
@@ -546,6 +542,23 @@ async fn serve_setup(
                 .map_err(|e| usage(format!("reading --ca-file {}: {e}", path.display())))?,
         );
     }
+    // Who may call: a local token file (development) or, without one, the operator's review
+    // over the bundle's callback channel.
+    let auth: Box<dyn oauth3_sandbox_runner::proxy::auth::ClientAuth> =
+        match (&args.client_token_file, &bundle.callback) {
+            (Some(file), _) => Box::new(TokenFile::read(file).map_err(|e| usage(e.to_string()))?),
+            (None, Some(callback)) => Box::new(
+                OperatorReview::new(callback, &bundle.namespace, &bundle.permit.name, &ca_pems)
+                    .map_err(|e| usage(format!("invalid serve bundle: {e}")))?,
+            ),
+            (None, None) => {
+                return Err(usage(
+                    "serve needs --client-token-file (the file of accepted client token \
+                     digests) or a bundle with a callback (the operator reviews tokens)"
+                        .to_owned(),
+                ));
+            }
+        };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             Some(oauth3_sandbox_runner::proxy::tls_acceptor(cert, key).map_err(usage)?)
@@ -591,7 +604,7 @@ async fn serve_setup(
     let proxy = Proxy::new(
         fetch,
         redactor,
-        Box::new(auth),
+        auth,
         ProxyOptions {
             limits,
             callers: bundle.callers().to_vec(),

@@ -18,7 +18,7 @@ use oauth3_protocol::proxy::{
 };
 use oauth3_sandbox_runner::fetch::{FetchConfig, ScopedFetch};
 use oauth3_sandbox_runner::policy::Policy;
-use oauth3_sandbox_runner::proxy::auth::TokenFile;
+use oauth3_sandbox_runner::proxy::auth::{ClientAuth, OperatorReview, TokenFile};
 use oauth3_sandbox_runner::proxy::{Proxy, ProxyOptions, StopReason, serve};
 use oauth3_sandbox_runner::redact::Redactor;
 use oauth3_test_support::Upstream;
@@ -99,6 +99,21 @@ async fn start_proxy(
     upstream_ca: &[u8],
     tweak: impl FnOnce(&mut ProxyOptions),
 ) -> Harness {
+    let tokens = TokenFile::parse(&format!(
+        "{}\n{}",
+        TokenFile::line_for(CLIENT_TOKEN, IDENTITY),
+        TokenFile::line_for(OTHER_TOKEN, "system:serviceaccount:agents:other")
+    ))
+    .expect("tokens");
+    start_proxy_with(origin, upstream_ca, Box::new(tokens), tweak).await
+}
+
+async fn start_proxy_with(
+    origin: &str,
+    upstream_ca: &[u8],
+    tokens: Box<dyn ClientAuth>,
+    tweak: impl FnOnce(&mut ProxyOptions),
+) -> Harness {
     let policy = Policy::compile(&permit(origin)).expect("policy compiles");
     let secrets = BTreeMap::from([("API_TOKEN".to_owned(), Zeroizing::new(SECRET.to_owned()))]);
     let redactor = Arc::new(Redactor::for_secrets(&secrets));
@@ -110,12 +125,6 @@ async fn start_proxy(
     let fetch = ScopedFetch::new(policy, secrets, Arc::clone(&redactor), config)
         .expect("fetch builds")
         .without_call_log();
-    let tokens = TokenFile::parse(&format!(
-        "{}\n{}",
-        TokenFile::line_for(CLIENT_TOKEN, IDENTITY),
-        TokenFile::line_for(OTHER_TOKEN, "system:serviceaccount:agents:other")
-    ))
-    .expect("tokens");
     let mut options = ProxyOptions {
         stop_grace: Duration::ZERO,
         callers: vec![IDENTITY.to_owned()],
@@ -125,7 +134,7 @@ async fn start_proxy(
     let audit = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&audit);
     let proxy = Arc::new(
-        Proxy::new(fetch, redactor, Box::new(tokens), options).with_audit(Box::new(move |c| {
+        Proxy::new(fetch, redactor, tokens, options).with_audit(Box::new(move |c| {
             seen.lock().expect("audit").push(c.clone());
         })),
     );
@@ -409,6 +418,162 @@ async fn an_identity_the_owner_did_not_approve_is_forbidden_and_nothing_is_sent(
         refusal.reason
     );
     up.assert_nothing_received("a caller the owner did not approve");
+}
+
+/// The callback token the runner authenticates to the operator with.
+const CALLBACK_TOKEN: &str = "callback-token-0a1b2c";
+
+/// Review requests the operator stand-in saw: (path, authorization, body).
+type Reviews = Arc<Mutex<Vec<(String, String, Value)>>>;
+
+/// An HTTPS stand-in for the operator's review endpoint that answers by the contract
+/// (`ReviewAnswer`) and records each request: `CLIENT_TOKEN` is the approved caller,
+/// `OTHER_TOKEN` authenticates without the `permits/proxy` permission, anything else is
+/// unknown.
+async fn operator_review() -> (String, Vec<u8>, Reviews) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let (acceptor, ca_pem) = test_tls(&["127.0.0.1"]);
+    let (origin, seen) = operator_review_on(listener, acceptor);
+    (origin, ca_pem, seen)
+}
+
+/// [`operator_review`] on `listener` with `acceptor`.
+fn operator_review_on(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> (String, Reviews) {
+    let origin = format!("https://{}", listener.local_addr().expect("addr"));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    oauth3_test_support::upstream::serve_tls(listener, acceptor, move |req| {
+        let record = Arc::clone(&record);
+        async move {
+            let path = req.uri().path().to_owned();
+            let bearer = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let body = req.into_body().collect().await.expect("body").to_bytes();
+            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let answer = match body["token"].as_str() {
+                Some(CLIENT_TOKEN) => {
+                    json!({"allowed": true, "identity": IDENTITY, "ttlSeconds": 10})
+                }
+                Some(OTHER_TOKEN) => json!({"allowed": false, "refusal": "forbidden",
+                    "reason": "system:serviceaccount:agents:other may not create permits/proxy"}),
+                _ => json!({"allowed": false, "refusal": "unauthenticated",
+                    "reason": "the API server did not accept the token"}),
+            };
+            record.lock().expect("seen").push((path, bearer, body));
+            hyper::Response::new(Full::new(Bytes::from(answer.to_string())))
+        }
+    });
+    (origin, seen)
+}
+
+fn callback(origin: &str, ca_pem: &[u8]) -> oauth3_protocol::Callback {
+    oauth3_protocol::Callback {
+        url: format!("{origin}/v1/results/agents/openai"),
+        token: Zeroizing::new(CALLBACK_TOKEN.to_owned()),
+        ca_pem: Some(String::from_utf8(ca_pem.to_vec()).expect("pem")),
+        deadline_unix_ms: None,
+    }
+}
+
+#[tokio::test]
+async fn the_operator_reviews_client_tokens_over_the_callback_and_its_answer_is_cached() {
+    let up = Upstream::start().await;
+    let (origin, ca_pem, seen) = operator_review().await;
+    let review =
+        OperatorReview::new(&callback(&origin, &ca_pem), "agents", "openai", &[]).expect("review");
+    let h = start_proxy_with(&up.origin(), &up.ca_pem, Box::new(review), |_| {}).await;
+
+    let answer = h.call("GET", "/api/items", &[], "").await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let answer = h.call("GET", "/api/items", &[], "").await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    up.assert_received(2, "two allowed calls");
+    assert_eq!(
+        h.audit()[0].identity,
+        IDENTITY,
+        "the operator named the caller"
+    );
+    {
+        let seen = seen.lock().expect("seen");
+        assert_eq!(seen.len(), 1, "the second call used the cached answer");
+        let (path, bearer, body) = &seen[0];
+        assert_eq!(path, "/v1/proxy-review/agents/openai");
+        assert_eq!(bearer, &format!("Bearer {CALLBACK_TOKEN}"));
+        assert_eq!(body, &json!({"token": CLIENT_TOKEN}));
+    }
+
+    let unknown = h
+        .call_as(
+            "GET",
+            "/api/items",
+            &[("authorization", "Bearer not-the-token")],
+            "",
+        )
+        .await;
+    assert_eq!(unknown.status, 401, "{}", unknown.body);
+    assert_eq!(unknown.refusal().error, RefusalKind::Unauthenticated);
+    assert!(
+        unknown.refusal().reason.contains("did not accept"),
+        "{}",
+        unknown.body
+    );
+    let bearer = format!("Bearer {OTHER_TOKEN}");
+    let other = h
+        .call_as("GET", "/api/items", &[("authorization", &bearer)], "")
+        .await;
+    assert_eq!(other.status, 403, "{}", other.body);
+    assert_eq!(other.refusal().error, RefusalKind::Forbidden);
+    assert!(
+        other.refusal().reason.contains("permits/proxy"),
+        "{}",
+        other.body
+    );
+    assert!(!other.body.contains(OTHER_TOKEN) && !other.body.contains(CALLBACK_TOKEN));
+    up.assert_received(2, "refused clients sent nothing upstream");
+}
+
+#[tokio::test]
+async fn an_unreachable_operator_refuses_the_call_as_failed_and_is_asked_again_next_call() {
+    let up = Upstream::start().await;
+    // The operator's port, nothing listening on it yet.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = closed.local_addr().expect("addr");
+    drop(closed);
+    let (acceptor, ca_pem) = test_tls(&["127.0.0.1"]);
+    let origin = format!("https://{addr}");
+    let review =
+        OperatorReview::new(&callback(&origin, &ca_pem), "agents", "openai", &[]).expect("review");
+    let h = start_proxy_with(&up.origin(), &up.ca_pem, Box::new(review), |_| {}).await;
+    let answer = h.call("GET", "/api/items", &[], "").await;
+    assert_eq!(answer.status, 502, "{}", answer.body);
+    let refusal = answer.refusal();
+    assert_eq!(refusal.error, RefusalKind::Failed);
+    assert!(
+        refusal.reason.contains("could not be reviewed"),
+        "{}",
+        refusal.reason
+    );
+    assert!(!answer.body.contains(CALLBACK_TOKEN) && !answer.body.contains(CLIENT_TOKEN));
+    up.assert_nothing_received("no call without a review");
+
+    // The operator is back: the failure was not cached, the next call is reviewed and sent.
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
+    let (_, seen) = operator_review_on(listener, acceptor);
+    let answer = h.call("GET", "/api/items", &[], "").await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(seen.lock().expect("seen").len(), 1);
+    up.assert_received(1, "the reviewed call");
 }
 
 #[tokio::test]

@@ -286,6 +286,10 @@ impl Proxy {
             return answer.clone();
         }
         let answer = self.auth.review(token).await;
+        // A review that could not be made (the operator away) is asked again next time.
+        if matches!(&answer, Err(r) if r.kind == RefusalKind::Failed) {
+            return answer;
+        }
         let mut reviews = lock(&self.reviews);
         reviews.retain(|_, (_, at)| at.elapsed() < ttl);
         reviews.insert(key, (answer.clone(), Instant::now()));
