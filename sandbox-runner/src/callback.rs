@@ -97,7 +97,7 @@ pub async fn post_result(
 
 /// The client that talks to the run's callback: the web PKI roots plus `ca_pems` plus the
 /// bundle's own `callback.caPem`, no redirects (the token goes nowhere else), `timeout`.
-fn callback_client(
+pub(crate) fn callback_client(
     callback: &Callback,
     ca_pems: &[Vec<u8>],
     timeout: Duration,
