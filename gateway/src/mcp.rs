@@ -4,8 +4,7 @@
 //! - `POST /mcp`: one JSON-RPC message. `initialize` opens a session (`Mcp-Session-Id` in the
 //!   answer); every later request names it. Requests are answered with one
 //!   `application/json` JSON-RPC response; notifications and responses are taken with 202.
-//! - `GET /mcp`: the session's server-to-client stream (`text/event-stream`), which carries
-//!   `notifications/tools/list_changed` when the tools the caller may call change.
+//! - `GET /mcp`: 405: the server sends no messages of its own (its tools do not change).
 //! - `DELETE /mcp`: ends the session.
 //!
 //! Authorization as the protocol describes it: the gateway is an OAuth 2.0 protected resource
@@ -28,13 +27,11 @@
 //!
 //! Stateless like the rest of the gateway: a session id carries the identity, namespace and
 //! revision it was opened with (plus 128 random bits), so any replica serves any session, and
-//! an id is refused (404) with any other identity's credential. The stream of `GET /mcp` is a
-//! watch of the namespace's Permits held by whichever replica serves it. What a replica
+//! an id is refused (404) with any other identity's credential. What a replica
 //! remembers is only a convenience: sessions ended there (`DELETE`), and the approval links it
 //! handed out (which `permit_status` repeats to the session that asked).
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -42,11 +39,9 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::{Stream, StreamExt};
 use kube::ResourceExt;
-use oauth3_crds::{Execution, ExecutionSpec, Permit, PermitSpec, spec_digest};
+use oauth3_crds::{Execution, ExecutionSpec, PermitSpec, spec_digest};
 use serde_json::{Map, Value, json};
 
 use crate::answer::{execution_answer, execution_status, permit_answer, permit_status};
@@ -392,7 +387,7 @@ pub async fn post(State(gw): State<Gateway>, headers: HeaderMap, body: Body) -> 
     let params = message.get("params").cloned().unwrap_or(Value::Null);
     let answer = match method {
         "ping" => rpc_result(&id, json!({})),
-        "tools/list" => rpc_result(&id, json!({"tools": tools(&gw, &session).await})),
+        "tools/list" => rpc_result(&id, json!({"tools": tools()})),
         "tools/call" => match call_tool(&gw, &caller, &session, &params).await {
             Ok(result) => rpc_result(&id, result),
             Err((code, message)) => rpc_error(&id, code, message),
@@ -424,7 +419,7 @@ fn initialize(caller: &Caller, id: &Value, params: Option<&Value>) -> Response {
     tracing::info!(namespace = %caller.namespace, by = %caller.user, version, "mcp session opened");
     let result = json!({
         "protocolVersion": version,
-        "capabilities": {"tools": {"listChanged": true}},
+        "capabilities": {"tools": {"listChanged": false}},
         "serverInfo": {
             "name": "oauth3-gateway",
             "title": "oauth3",
@@ -442,37 +437,23 @@ fn initialize(caller: &Caller, id: &Value, params: Option<&Value>) -> Response {
 const INSTRUCTIONS: &str = "oauth3 lets you call HTTP APIs with an owner's credentials without \
 ever seeing them. Ask for a Permit with request_permit (the capabilities you need, or an \
 intent), give the owner its approval_url, and wait with permit_status. Once approved, run code \
-that calls only the approved capabilities with execute, or call a capability tool directly \
-when the Permit allows calls without code.";
+that calls only the approved capabilities with execute.";
 
-/// `GET /mcp`: the session's stream of server notifications.
+/// `GET /mcp`: 405, as the transport provides for a server that sends no messages of its own
+/// (the tools of oauth3 itself do not change, so there is nothing to notify).
 pub async fn stream(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
-    let caller = match authenticate(&gw, &headers).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let accepts = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("text/event-stream"));
-    if !accepts {
-        return (
-            StatusCode::NOT_ACCEPTABLE,
-            Json(json!({"error": "Accept: text/event-stream is required for GET /mcp"})),
-        )
-            .into_response();
+    if let Err(r) = authenticate(&gw, &headers).await {
+        return r;
     }
-    let session = match session_of(&gw, &headers, &caller, &Value::Null) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    sse(tool_changes(gw, session.namespace))
-}
-
-fn sse(events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -> Response {
-    Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response()
+    let mut response = (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(json!({"error": "GET /mcp: this server sends no messages of its own; POST requests to /mcp"})),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
+    response
 }
 
 /// `DELETE /mcp`: ends the session.
@@ -500,111 +481,9 @@ pub async fn delete(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
     }
 }
 
-fn list_changed() -> Value {
-    json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
-}
-
-/// `notifications/tools/list_changed` whenever the capability tools of namespace `ns` change
-/// (a Permit approved, revoked, expired or deleted): a watch of its Permits for as long as the
-/// client holds the stream.
-fn tool_changes(
-    gw: Gateway,
-    ns: String,
-) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
-    use kube::runtime::watcher;
-    let events = watcher::watcher(gw.store().permits(&ns), watcher::Config::default());
-    let state = (
-        HashMap::<String, Permit>::new(),
-        Some(HashMap::<String, Permit>::new()),
-        None::<Vec<String>>,
-    );
-    events
-        .scan(state, move |(permits, initial, shown), event| {
-            let changed = match event {
-                Err(e) => {
-                    tracing::debug!(error = %e, namespace = %ns, "mcp tool watch");
-                    false
-                }
-                Ok(event) => {
-                    match event {
-                        watcher::Event::Init => *initial = Some(HashMap::new()),
-                        watcher::Event::InitApply(p) => {
-                            if let Some(m) = initial.as_mut() {
-                                m.insert(p.name_any(), p);
-                            }
-                        }
-                        watcher::Event::InitDone => {
-                            if let Some(m) = initial.take() {
-                                *permits = m;
-                            }
-                        }
-                        watcher::Event::Apply(p) => {
-                            permits.insert(p.name_any(), p);
-                        }
-                        watcher::Event::Delete(p) => {
-                            permits.remove(&p.name_any());
-                        }
-                    }
-                    if initial.is_some() {
-                        false
-                    } else {
-                        let mut now: Vec<String> = permits
-                            .values()
-                            .flat_map(capability_tools)
-                            .map(|t| t.name)
-                            .collect();
-                        now.sort();
-                        let changed = shown.as_ref().is_some_and(|s| *s != now);
-                        *shown = Some(now);
-                        changed
-                    }
-                }
-            };
-            futures::future::ready(Some(changed))
-        })
-        .filter(|changed| futures::future::ready(*changed))
-        .map(|_| Ok(Event::default().data(list_changed().to_string())))
-}
-
-/// A tool backed by one capability of an approved Permit.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CapabilityTool {
-    /// `<permit>__<capability>`.
-    pub name: String,
-    /// The Permit.
-    pub permit: String,
-    /// The capability.
-    pub capability: String,
-    /// The tool's `tools/list` entry.
-    pub listing: Value,
-}
-
-/// The capability tools a Permit offers: none yet (calls without code come with the
-/// credential proxy).
-pub fn capability_tools(_permit: &Permit) -> Vec<CapabilityTool> {
-    Vec::new()
-}
-
-/// The tools of a session: oauth3's own, then those of the namespace's approved Permits.
-async fn tools(gw: &Gateway, session: &McpSession) -> Vec<Value> {
-    let mut out = own_tools();
-    match gw
-        .store()
-        .permits(&session.namespace)
-        .list(&kube::api::ListParams::default())
-        .await
-    {
-        Ok(list) => out.extend(
-            list.items
-                .iter()
-                .flat_map(capability_tools)
-                .map(|t| t.listing),
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, namespace = %session.namespace, "listing Permits for mcp tools")
-        }
-    }
-    out
+/// The tools of a session: oauth3's own.
+fn tools() -> Vec<Value> {
+    own_tools()
 }
 
 /// A JSON Schema of a CRD type, as JSON Schema 2020-12 with every subschema inline.
@@ -676,7 +555,7 @@ pub fn own_tools() -> Vec<Value> {
         json!({
             "name": "permit_status",
             "title": "A Permit's status",
-            "description": "The status of a Permit request: pending (waiting for the owner; approval_url is where the owner decides), completed (approved: run code with execute, or call its capability tools), denied (denied, revoked or expired, with the reason). Waits for the owner by default.",
+            "description": "The status of a Permit request: pending (waiting for the owner; approval_url is where the owner decides), completed (approved: run code with execute), denied (denied, revoked or expired, with the reason). Waits for the owner by default.",
             "inputSchema": {
                 "type": "object",
                 "properties": {

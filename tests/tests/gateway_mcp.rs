@@ -11,11 +11,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use kube::api::{Api, ListParams};
-use oauth3_crds::{Execution, Permit};
-use oauth3_test_support::Upstream;
-use oauth3_tests::gateway::{Http, InProcessGateway, Tenant};
-use oauth3_tests::operator::{InProcessOperator, Launcher};
-use oauth3_tests::{client_or_skip, repo_root};
+use oauth3_crds::Execution;
+use oauth3_tests::gateway::{GatewayEnv, Http, InProcessGateway, Tenant};
+use oauth3_tests::repo_root;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
@@ -29,19 +27,7 @@ fn client_dir() -> PathBuf {
 
 /// Installs the SDK from the lock file unless it is there.
 fn ensure_sdk() {
-    let dir = client_dir();
-    if dir
-        .join("node_modules/@modelcontextprotocol/sdk/package.json")
-        .exists()
-    {
-        return;
-    }
-    let status = std::process::Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(&dir)
-        .status()
-        .expect("running npm ci (node and npm must be installed)");
-    assert!(status.success(), "npm ci in {} failed", dir.display());
+    oauth3_tests::npm_ci_once(&client_dir(), "@modelcontextprotocol/sdk");
 }
 
 /// One MCP client process (`tests/mcp-client/driver.mjs`), a command per line.
@@ -125,68 +111,9 @@ impl Mcp {
     }
 }
 
-struct Env {
-    admin: kube::Client,
-    tenant: Tenant,
-    up: Upstream,
-    gw: InProcessGateway,
-    http: Http,
-    op: Option<InProcessOperator>,
-}
-
-impl Env {
-    async fn new(prefix: &str, operator: bool) -> Option<Self> {
-        let admin = client_or_skip().await?;
-        let tenant = Tenant::new(&admin, prefix).await;
-        let up = Upstream::start().await;
-        let key = format!(
-            "--enclave-public-key={}",
-            hex::encode(crypto_box::SecretKey::from(DEV_KEY).public_key().as_bytes())
-        );
-        let gw = InProcessGateway::start(&admin, &["--long-poll=20s", &key, "--auth-cache-ttl=0s"])
-            .await;
-        let op = if operator {
-            let dir = std::env::temp_dir().join(format!("oauth3-mcp-{}", tenant.ns));
-            std::fs::create_dir_all(&dir).expect("dir");
-            std::fs::write(dir.join("dev.key"), hex::encode(DEV_KEY)).expect("key");
-            std::fs::write(dir.join("ca.pem"), &up.ca_pem).expect("ca");
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            Some(InProcessOperator::start(
-                &admin,
-                &tenant.ns,
-                listener,
-                Launcher::Process(oauth3_tests::operator::dev_runner(&dir)),
-                Duration::from_secs(30),
-                Duration::from_secs(3600),
-            ))
-        } else {
-            None
-        };
-        Some(Self {
-            admin,
-            tenant,
-            up,
-            gw,
-            http: Http::new(),
-            op,
-        })
-    }
-
-    async fn permits(&self) -> Vec<Permit> {
-        Api::<Permit>::namespaced(self.admin.clone(), &self.tenant.ns)
-            .list(&ListParams::default())
-            .await
-            .expect("list")
-            .items
-    }
-
-    async fn stop(mut self) {
-        if let Some(op) = self.op.take() {
-            op.stop().await;
-        }
-    }
+/// The shared environment with this file's dev enclave key.
+async fn env(prefix: &str, operator: bool) -> Option<GatewayEnv> {
+    GatewayEnv::new(prefix, operator, DEV_KEY, Duration::from_secs(20)).await
 }
 
 fn structured(result: &Value) -> &Value {
@@ -209,7 +136,7 @@ fn permit_spec(origin: &str) -> Value {
 
 #[tokio::test]
 async fn an_mcp_agent_asks_for_a_permit_waits_for_the_owner_and_runs_code_under_it() {
-    let Some(env) = Env::new("gw-mcp", true).await else {
+    let Some(env) = env("gw-mcp", true).await else {
         return;
     };
     let (agent, owner) = (env.tenant.agent.clone(), env.tenant.owner.clone());
@@ -227,8 +154,8 @@ async fn an_mcp_agent_asks_for_a_permit_waits_for_the_owner_and_runs_code_under_
     assert_eq!(hello["ok"], true, "{hello}");
     assert_eq!(hello["protocolVersion"], "2025-11-25", "{hello}");
     assert_eq!(
-        hello["capabilities"]["tools"]["listChanged"], true,
-        "{hello}"
+        hello["capabilities"]["tools"]["listChanged"], false,
+        "oauth3's own tools do not change: {hello}"
     );
     assert_eq!(hello["serverInfo"]["name"], "oauth3-gateway");
     assert!(
@@ -413,7 +340,7 @@ async fn an_mcp_agent_asks_for_a_permit_waits_for_the_owner_and_runs_code_under_
 
 #[tokio::test]
 async fn an_unauthenticated_mcp_client_is_refused_and_told_where_to_authorize() {
-    let Some(env) = Env::new("gw-mcp-auth", false).await else {
+    let Some(env) = env("gw-mcp-auth", false).await else {
         return;
     };
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
@@ -454,6 +381,15 @@ async fn an_unauthenticated_mcp_client_is_refused_and_told_where_to_authorize() 
         meta.text
     );
 
+    // GET /mcp: refused without a credential, 405 with one (no server-initiated messages).
+    let a = env.http.get(&env.gw.url("/mcp"), None).await;
+    assert_eq!(a.status, 401, "{}", a.text);
+    let a = env
+        .http
+        .get(&env.gw.url("/mcp"), Some(&env.tenant.agent))
+        .await;
+    assert_eq!(a.status, 405, "{}", a.text);
+    assert_eq!(a.header("allow"), Some("POST, DELETE"));
     // The SDK without a credential fails to connect, and nothing was created.
     let (_mcp, hello) = Mcp::connect(&env.gw.base, None).await;
     assert_eq!(hello["ok"], false, "{hello}");
@@ -476,7 +412,7 @@ async fn an_unauthenticated_mcp_client_is_refused_and_told_where_to_authorize() 
 
 #[tokio::test]
 async fn mcp_sessions_and_requests_stay_within_their_tenant() {
-    let Some(env) = Env::new("gw-mcp-a", false).await else {
+    let Some(env) = env("gw-mcp-a", false).await else {
         return;
     };
     let other = Tenant::new(&env.admin, "gw-mcp-b").await;
@@ -494,33 +430,46 @@ async fn mcp_sessions_and_requests_stay_within_their_tenant() {
 
     // Tenant B's token with tenant A's session: not found, whatever it asks.
     let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
-    let answer = env
-        .http
-        .post_raw(
-            &env.gw.url("/mcp"),
-            Some(&other.agent),
-            "application/json",
-            list.to_string().into_bytes(),
-            &[("mcp-session-id", session.as_str())],
-        )
-        .await;
+    let answer = in_session(
+        &env.http,
+        &env.gw.url("/mcp"),
+        &other.agent,
+        &session,
+        &list,
+    )
+    .await;
     assert_eq!(answer.status, 404, "{}", answer.text);
-    let answer = env
-        .http
-        .post_raw(
-            &env.gw.url("/mcp"),
-            Some(&env.tenant.agent),
-            "application/json",
-            list.to_string().into_bytes(),
-            &[("mcp-session-id", session.as_str())],
-        )
-        .await;
+    let answer = in_session(
+        &env.http,
+        &env.gw.url("/mcp"),
+        &env.tenant.agent,
+        &session,
+        &list,
+    )
+    .await;
     assert_eq!(
         answer.status, 200,
         "its own tenant's token works: {}",
         answer.text
     );
     assert!(answer.body["result"]["tools"].is_array(), "{}", answer.text);
+    // Another replica serves the same session: nothing is shared between them.
+    let replica = InProcessGateway::start(&env.admin, &["--auth-cache-ttl=0s"]).await;
+    let answer = in_session(
+        &env.http,
+        &replica.url("/mcp"),
+        &env.tenant.agent,
+        &session,
+        &list,
+    )
+    .await;
+    assert_eq!(answer.status, 200, "a second replica: {}", answer.text);
+    assert_eq!(
+        answer.body["result"]["tools"].as_array().map(Vec::len),
+        Some(4),
+        "{}",
+        answer.text
+    );
 
     // Tenant B's own session sees nothing of A's.
     let (mut b, hello) = Mcp::connect(&env.gw.base, Some(&other.agent)).await;
@@ -564,16 +513,32 @@ async fn mcp_sessions_and_requests_stay_within_their_tenant() {
     // After DELETE the session is gone.
     let closed = a.cmd(json!({"op": "close"})).await;
     assert_eq!(closed["ok"], true);
-    let answer = env
-        .http
-        .post_raw(
-            &env.gw.url("/mcp"),
-            Some(&env.tenant.agent),
-            "application/json",
-            list.to_string().into_bytes(),
-            &[("mcp-session-id", session.as_str())],
-        )
-        .await;
+    let answer = in_session(
+        &env.http,
+        &env.gw.url("/mcp"),
+        &env.tenant.agent,
+        &session,
+        &list,
+    )
+    .await;
     assert_eq!(answer.status, 404, "{}", answer.text);
     env.stop().await;
+}
+
+/// One JSON-RPC message posted in MCP session `session`.
+async fn in_session(
+    http: &Http,
+    url: &str,
+    token: &str,
+    session: &str,
+    message: &Value,
+) -> oauth3_tests::gateway::Answer {
+    http.post_raw(
+        url,
+        Some(token),
+        "application/json",
+        message.to_string().into_bytes(),
+        &[("mcp-session-id", session)],
+    )
+    .await
 }
