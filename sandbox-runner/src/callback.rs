@@ -125,6 +125,30 @@ pub(crate) fn callback_client(
         .map_err(|e| CallbackError::Client(e.to_string()))
 }
 
+/// POSTs a JSON `body` to the operator at `url` with the run's callback `token`; the status
+/// and the whole answer. Errors never carry the URL (it may hold a token).
+pub(crate) async fn post_json(
+    client: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    token: &str,
+    body: Vec<u8>,
+) -> Result<(reqwest::StatusCode, Vec<u8>), String> {
+    let response = client
+        .post(url)
+        .bearer_auth(token)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| e.without_url().to_string())?;
+    let status = response.status();
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| e.without_url().to_string())?;
+    Ok((status, bytes.to_vec()))
+}
+
 /// Serialises oauth2 refreshes through the operator, over the run's callback channel (the
 /// credential endpoints beside its result URL, with the run's bearer token).
 pub struct CallbackCoordinator {
@@ -149,20 +173,7 @@ impl CallbackCoordinator {
     async fn post(&self, secret: &str, action: &str, body: Vec<u8>) -> Result<Vec<u8>, String> {
         let url = oauth3_protocol::callback::credential_url(&self.result_url, secret, action)
             .ok_or_else(|| "the callback URL is not a result URL".to_owned())?;
-        let response = self
-            .client
-            .post(url)
-            .bearer_auth(self.token.as_str())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| e.without_url().to_string())?;
-        let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| e.without_url().to_string())?;
+        let (status, bytes) = post_json(&self.client, url, &self.token, body).await?;
         if !status.is_success() {
             let text = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
             return Err(format!(
@@ -170,7 +181,7 @@ impl CallbackCoordinator {
                 status.as_u16()
             ));
         }
-        Ok(bytes.to_vec())
+        Ok(bytes)
     }
 }
 

@@ -185,20 +185,8 @@ impl OperatorReview {
             token: token.to_owned(),
         })
         .map_err(|e| e.to_string())?;
-        let response = self
-            .client
-            .post(&self.url)
-            .bearer_auth(self.token.as_str())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| e.without_url().to_string())?;
-        let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| e.without_url().to_string())?;
+        let (status, bytes) =
+            crate::callback::post_json(&self.client, &self.url, &self.token, body).await?;
         if !status.is_success() {
             return Err(format!("the operator answered HTTP {}", status.as_u16()));
         }
