@@ -63,6 +63,42 @@ pub const MAX_PINNED_CODE_ANNOTATION: usize = 64 * 1024;
 pub const ANNOTATION_SOURCE_DIGEST: &str = "oauth3.dev/source-digest";
 /// Annotation on gateway-made Executions: the client's `action_id`.
 pub const ANNOTATION_ACTION_ID: &str = "oauth3.dev/action-id";
+/// Field manager of the operator's writes to `status.proxy` (kept apart from the Permit
+/// controller's status apply, which does not own that field).
+pub const PROXY_FIELD_MANAGER: &str = "oauth3-operator-proxy";
+/// Annotation on a Permit asking its stopped (idle) credential proxy to start again: an RFC
+/// 3339 time later than `status.proxy.stoppedAt`. The gateway sets it when a call arrives for
+/// an idle proxy; `kubectl oauth3 proxy start` sets it by hand.
+pub const ANNOTATION_PROXY_WAKE: &str = "oauth3.dev/proxy-wake";
+/// Label on objects of a Permit's credential proxy (Pod, Service, policy, bundle Secret),
+/// naming the Permit.
+pub const LABEL_PROXY: &str = "oauth3.dev/proxy";
+/// The name of the ConfigMap holding the audit log of a Permit's proxied calls (the latest
+/// [`MAX_PROXY_AUDIT_LINES`] lines, JSON per line), owned by the Permit.
+pub fn proxy_audit_object_name(permit: &str) -> String {
+    short_object_name("oauth3-proxy-log-", permit)
+}
+
+/// Name of the Pod, Service, bundle Secret and egress policy of a Permit's credential proxy.
+pub fn proxy_object_name(permit: &str) -> String {
+    short_object_name("oauth3-proxy-", permit)
+}
+
+/// `prefix` + `name`, cut to 63 characters (a DNS label: Pod host names and Service names
+/// need it) with a hash of `name` keeping cut names unique.
+pub fn short_object_name(prefix: &str, name: &str) -> String {
+    let full = format!("{prefix}{name}");
+    if full.len() <= 63 {
+        return full;
+    }
+    let digest = crate::code_digest(name);
+    let hash = &digest["sha256:".len().."sha256:".len() + 10];
+    format!("{}-{hash}", full[..52].trim_end_matches('-'))
+}
+/// Key of the audit log in its ConfigMap.
+pub const PROXY_AUDIT_KEY: &str = "calls.jsonl";
+/// The most proxied calls kept in a Permit's audit log (older lines are dropped).
+pub const MAX_PROXY_AUDIT_LINES: usize = 2000;
 /// Field manager of what the gateway creates and writes.
 pub const GATEWAY_FIELD_MANAGER: &str = "oauth3-gateway";
 

@@ -27,7 +27,7 @@ pub use permit::{
     Approval, ApprovalDecision, ApprovalVia, ArgOp, ArgRule, AuthSpec, BodyRules, Capability,
     CapabilityForm, CodeReview, Draft, DraftDocument, DraftSource, HttpMethod, Intent,
     ParamLocation, ParamSpec, Permit, PermitPhase, PermitSpec, PermitStatus, PermitUsage,
-    ProxySpec, QueryRules, RateLimit, RequiredAttestation, SecretBinding, SecretLocation,
+    ProxyPhase, ProxySpec, ProxyStatus, QueryRules, RateLimit, RequiredAttestation, SecretBinding, SecretLocation,
     TrustLevel, WebSignIn, WebSignInRequest,
 };
 pub use schema::{

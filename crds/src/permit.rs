@@ -878,6 +878,10 @@ pub struct PermitStatus {
     /// has no access to status).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draft: Option<Draft>,
+    /// The credential proxy of an approved Permit with `spec.proxy.enabled`: whether it runs,
+    /// where it is reached, and why it stopped. Written only by the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyStatus>,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -997,6 +1001,56 @@ pub struct WebSignIn {
 pub enum WebSignInRequest {
     Permit,
     Code,
+}
+
+/// Where a Permit's credential proxy stands (`status.proxy.phase`).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyPhase {
+    /// Started, not yet answering.
+    Starting,
+    /// Answering calls at `endpoint`.
+    Ready,
+    /// Not running: see `reason` (`Revoked`, `Expired`, `Idle`, `Disabled`, `Failed`, ...).
+    Stopped,
+}
+
+/// The credential proxy of a Permit (`status.proxy`).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyStatus {
+    /// `Starting`, `Ready` or `Stopped`.
+    pub phase: ProxyPhase,
+    /// The URL clients (and the gateway) call, e.g.
+    /// `https://oauth3-proxy-openai.agents.svc:8443`; set while `Starting` or `Ready`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// `pod/<name>` or `process/<pid>` of the running proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<String>,
+    /// The spec digest the proxy enforces (the approved one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_digest: Option<String>,
+    /// `sha256:<hex>` of the proxy's callback token (the token itself is only in the proxy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_digest: Option<String>,
+    /// When this proxy was started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When it stopped (with `phase: Stopped`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<Time>,
+    /// One word for why it stopped or is not ready, e.g. `Revoked`, `Expired`, `Idle`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The reason in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Calls the proxy has reported (allowed and denied) since it started.
+    #[serde(default)]
+    pub calls: i64,
+    /// When the last reported call arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_call_at: Option<Time>,
 }
 
 /// Usage counters under the current approval.

@@ -133,15 +133,7 @@ pub enum DesiredError {
 
 /// Name of the sandbox Pod, the bundle Secret and the NetworkPolicy of an Execution.
 pub fn run_object_name(execution_name: &str) -> String {
-    const PREFIX: &str = "oauth3-run-";
-    let mut name = format!("{PREFIX}{execution_name}");
-    if name.len() > 63 {
-        // Pod names feed the hostname (63 chars); keep it short and unique.
-        let digest = oauth3_crds::code_digest(execution_name);
-        let hash = &digest["sha256:".len().."sha256:".len() + 10];
-        name = format!("{}-{hash}", &name[..52].trim_end_matches('-'));
-    }
-    name
+    oauth3_crds::constants::short_object_name("oauth3-run-", execution_name)
 }
 
 fn labels(execution: &Execution, uid: &str) -> serde_json::Value {
