@@ -1045,12 +1045,6 @@ pub struct ProxyStatus {
     /// The reason in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// Calls the proxy has reported (allowed and denied) since it started.
-    #[serde(default)]
-    pub calls: i64,
-    /// When the last reported call arrived.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_call_at: Option<Time>,
 }
 
 /// Usage counters under the current approval.
