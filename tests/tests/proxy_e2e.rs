@@ -485,3 +485,79 @@ async fn an_idle_proxy_stops_and_starts_again_when_woken() {
     assert_ne!(first, again, "a new proxy");
     op.stop().await;
 }
+
+#[tokio::test]
+async fn a_revocation_cuts_a_stream_in_flight_with_a_clear_error_and_the_proxy_ends() {
+    let Some(env) = Env::new("proxy-cut").await else {
+        return;
+    };
+    // 200 events 100 ms apart: far longer than the stop grace.
+    let events =
+        oauth3_test_support::sse::EventStream::start(200, Duration::from_millis(100)).await;
+    let mut ca = std::fs::read(env.dir.join("ca.pem")).expect("ca");
+    ca.extend_from_slice(&events.ca_pem);
+    std::fs::write(env.dir.join("ca.pem"), ca).expect("ca");
+    let op = env.operator().await;
+    let agent = env.agent("coder").await;
+    let permit = PermitFixture::api(&events.origin())
+        .with(json!({"paths": ["/stream"]}))
+        .secret("API_TOKEN")
+        .spec_fields(json!({"description": "stream", "validFor": "1h",
+            "proxy": {"enabled": true, "callers": [env.user("coder")]}}))
+        .permit("llm");
+    Api::<Permit>::namespaced(env.client.clone(), &env.ns)
+        .create(&PostParams::default(), &permit)
+        .await
+        .expect("permit");
+    env.wait_permit("llm", "Pending", |p| phase(p) == Some(PermitPhase::Pending))
+        .await;
+    let out = env.plugin(&["approve", "llm"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let endpoint = env.ready("llm").await;
+
+    let mut resp = reqwest::Client::new()
+        .get(format!("{endpoint}/api/stream"))
+        .bearer_auth(&agent)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut text = String::new();
+    let mut revoked = false;
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        if !revoked && text.contains("data: {\"n\": 0}") {
+            // The first event came while the upstream still streams: now the owner revokes.
+            let out = env.plugin(&["revoke", "llm"]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            revoked = true;
+        }
+    }
+    assert!(revoked, "no event arrived: {text}");
+    assert!(text.contains("event: error"), "{text}");
+    assert!(text.contains("\"error\":\"stopped\""), "{text}");
+    assert!(
+        !text.contains("data: {\"n\": 199}"),
+        "the stream was cut: {text}"
+    );
+    assert!(!text.contains(SECRET));
+    let stopped = env
+        .wait_permit("llm", "proxy Stopped", |p| {
+            proxy(p).is_some_and(|s| s.phase == ProxyPhase::Stopped)
+        })
+        .await;
+    assert_eq!(
+        proxy(&stopped).and_then(|s| s.reason).as_deref(),
+        Some("Revoked")
+    );
+    assert_eq!(events.requests(), 1);
+    op.stop().await;
+}

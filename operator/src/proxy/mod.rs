@@ -697,3 +697,164 @@ fn tokio_stream_from<T: Send + 'static>(
 ) -> impl futures::Stream<Item = T> + Send + 'static {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oauth3_crds::{Approval, ApprovalDecision, ApprovalVia, PermitStatus};
+
+    const DIGEST: &str = "sha256:ab";
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).expect("time")
+    }
+
+    fn permit(enabled: bool, phase: Option<PermitPhase>, proxy: Option<ProxyStatus>) -> Permit {
+        let spec = serde_json::from_value(serde_json::json!({
+            "description": "d",
+            "capabilities": [{"name": "api", "baseUrl": "https://api.example", "paths": ["/x"],
+                "methods": ["GET"]}],
+            "proxy": {"enabled": enabled, "callers": ["u"]}
+        }))
+        .expect("spec");
+        let mut p = Permit::new("p", spec);
+        p.status = Some(PermitStatus {
+            phase,
+            spec_digest: Some(DIGEST.into()),
+            approval: Some(Approval {
+                decision: ApprovalDecision::Approved,
+                by: "owner".into(),
+                via: ApprovalVia::Kubectl,
+                at: Time(at(0)),
+                expires_at: Some(Time(at(3600))),
+                spec_digest: DIGEST.into(),
+                reason: None,
+            }),
+            proxy,
+            ..PermitStatus::default()
+        });
+        p
+    }
+
+    fn stopped(reason: &str, stopped_at: i64) -> ProxyStatus {
+        let mut s = stopped_status(None, reason, "m", at(stopped_at));
+        s.spec_digest = Some(DIGEST.into());
+        s
+    }
+
+    fn reason_of(w: &Want) -> Option<&'static str> {
+        match w {
+            Want::Stop { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_proxy_runs_only_while_the_approval_holds() {
+        let run = Want::Run {
+            digest: DIGEST.into(),
+        };
+        assert_eq!(
+            wanted(&permit(true, Some(PermitPhase::Approved), None), at(10)),
+            run
+        );
+        assert_eq!(
+            wanted(&permit(false, Some(PermitPhase::Approved), None), at(10)),
+            Want::Nothing,
+            "never asked for: nothing to do or show"
+        );
+        let was = Some(ready_status(&Running {
+            pid: 1,
+            endpoint: "http://127.0.0.1:1".into(),
+            token_digest: "t".into(),
+            spec_digest: DIGEST.into(),
+            started_at: at(1),
+            exited: None,
+        }));
+        for (enabled, phase, reason) in [
+            (false, Some(PermitPhase::Approved), reason::DISABLED),
+            (true, Some(PermitPhase::Revoked), reason::REVOKED),
+            (true, Some(PermitPhase::Expired), reason::EXPIRED),
+            (true, Some(PermitPhase::Denied), reason::DENIED),
+            (true, Some(PermitPhase::Pending), reason::NOT_APPROVED),
+            (true, None, reason::NOT_APPROVED),
+        ] {
+            let w = wanted(&permit(enabled, phase, was.clone()), at(10));
+            assert_eq!(reason_of(&w), Some(reason), "{phase:?} {enabled}");
+        }
+        // Past the expiry, even before the Permit controller moved the phase.
+        let w = wanted(&permit(true, Some(PermitPhase::Approved), None), at(3600));
+        assert_eq!(reason_of(&w), Some(reason::EXPIRED));
+        // A spec changed after the approval.
+        let mut changed = permit(true, Some(PermitPhase::Approved), None);
+        changed.status.as_mut().expect("status").spec_digest = Some("sha256:cd".into());
+        assert_eq!(
+            reason_of(&wanted(&changed, at(10))),
+            Some(reason::NOT_APPROVED)
+        );
+    }
+
+    #[test]
+    fn an_idle_proxy_waits_for_a_wake_later_than_its_stop_and_a_failed_one_for_the_retry() {
+        let idle = permit(
+            true,
+            Some(PermitPhase::Approved),
+            Some(stopped(reason::IDLE, 100)),
+        );
+        assert_eq!(reason_of(&wanted(&idle, at(1000))), Some(reason::IDLE));
+        let mut woken = idle.clone();
+        woken
+            .annotations_mut()
+            .insert(ANNOTATION_PROXY_WAKE.into(), at(101).to_string());
+        assert!(matches!(wanted(&woken, at(102)), Want::Run { .. }));
+        let mut stale = idle.clone();
+        stale
+            .annotations_mut()
+            .insert(ANNOTATION_PROXY_WAKE.into(), at(99).to_string());
+        assert_eq!(reason_of(&wanted(&stale, at(102))), Some(reason::IDLE));
+        let mut junk = idle;
+        junk.annotations_mut()
+            .insert(ANNOTATION_PROXY_WAKE.into(), "soon".into());
+        assert_eq!(reason_of(&wanted(&junk, at(102))), Some(reason::IDLE));
+
+        let failed = permit(
+            true,
+            Some(PermitPhase::Approved),
+            Some(stopped(reason::FAILED, 100)),
+        );
+        assert_eq!(reason_of(&wanted(&failed, at(110))), Some(reason::FAILED));
+        assert!(matches!(wanted(&failed, at(131)), Want::Run { .. }));
+        // Stopped by a revocation, then approved again: runs at once.
+        let again = permit(
+            true,
+            Some(PermitPhase::Approved),
+            Some(stopped(reason::REVOKED, 100)),
+        );
+        assert!(matches!(wanted(&again, at(101)), Want::Run { .. }));
+    }
+
+    #[test]
+    fn an_ended_proxy_says_why() {
+        assert_eq!(exit_reason(Some(i32::from(EXIT_IDLE)), "").0, reason::IDLE);
+        assert_eq!(
+            exit_reason(Some(i32::from(EXIT_EXPIRED)), "").0,
+            reason::EXPIRED
+        );
+        let (why, message) = exit_reason(Some(1), "error: unsealing API_TOKEN: wrong key");
+        assert_eq!(why, reason::FAILED);
+        assert_eq!(
+            message,
+            "the proxy ended on its own (exit status 1): unsealing API_TOKEN: wrong key"
+        );
+        assert!(exit_reason(None, "").1.contains("a signal"));
+    }
+
+    #[test]
+    fn the_status_patch_clears_what_a_stopped_proxy_no_longer_has() {
+        let patch = status_patch(&stopped(reason::REVOKED, 1));
+        let proxy = &patch["proxy"];
+        assert_eq!(proxy["phase"], "Stopped");
+        assert!(proxy["endpoint"].is_null() && proxy["tokenDigest"].is_null());
+        assert!(proxy.as_object().expect("object").contains_key("endpoint"));
+    }
+}
