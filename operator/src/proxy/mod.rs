@@ -274,6 +274,7 @@ fn status_patch(proxy: &ProxyStatus) -> serde_json::Value {
     if let Some(map) = value.as_object_mut() {
         for key in [
             "endpoint",
+            "certificate",
             "handle",
             "specDigest",
             "tokenDigest",
@@ -292,6 +293,7 @@ fn ready_status(r: &Running) -> ProxyStatus {
     ProxyStatus {
         phase: ProxyPhase::Ready,
         endpoint: Some(r.endpoint.clone()),
+        certificate: None,
         handle: Some(r.handle()),
         spec_digest: Some(r.spec_digest.clone()),
         token_digest: Some(r.token_digest.clone()),
@@ -311,6 +313,7 @@ fn stopped_status(
     ProxyStatus {
         phase: ProxyPhase::Stopped,
         endpoint: None,
+        certificate: None,
         handle: None,
         spec_digest: previous.and_then(|p| p.spec_digest.clone()),
         token_digest: None,
