@@ -112,8 +112,36 @@ for e in count-open-issues file-flaky-test-issue try-to-escape; do
   oauth3 logs "$e"
 done
 
-say "The agent gateway: the same flow over HTTP (curl); an agent signs up for its own namespace"
+say "Calls without code: a Permit with spec.proxy (examples/permit-github-proxy.yaml)"
 kubectl apply --server-side -f charts/oauth3/templates/user-clusterroles.yaml >/dev/null
+kubectl create serviceaccount coder >/dev/null 2>&1 || true
+kubectl create rolebinding coder --clusterrole=oauth3-agent --serviceaccount="$NS:coder" >/dev/null 2>&1 || true
+sed "s|https://api.github.com|$UP|" examples/permit-github-proxy.yaml | kubectl apply -f - >/dev/null
+kubectl wait --for=jsonpath='{.status.phase}'=Pending --timeout=60s permit/github-proxy >/dev/null
+oauth3 approve github-proxy
+kubectl wait --for=jsonpath='{.status.proxy.phase}'=Ready --timeout=60s permit/github-proxy >/dev/null
+PROXY=$(kubectl get permit github-proxy -o 'jsonpath={.status.proxy.endpoint}')
+echo "the operator started its proxy at $PROXY"
+CODER=$(kubectl create token coder)
+echo "the agent's GitHub client, with its own Kubernetes token as the API key:"
+curl -s -H "Authorization: Bearer $CODER" "$PROXY/github/repos/owner/repo/issues?state=open"; echo
+echo "a call the Permit does not allow (refused in the proxy, nothing sent):"
+curl -s -H "Authorization: Bearer $CODER" "$PROXY/github/user/repos"; echo
+echo "another identity (the owner approved only coder):"
+kubectl create serviceaccount intruder >/dev/null 2>&1 || true
+curl -s -H "Authorization: Bearer $(kubectl create token intruder)" "$PROXY/github/repos/owner/repo/issues"; echo
+for _ in $(seq 1 50); do
+  [ "$(kubectl get configmap oauth3-proxy-log-github-proxy -o 'jsonpath={.data.calls\.jsonl}' 2>/dev/null | grep -c .)" -ge 2 ] && break
+  sleep 0.2
+done
+say "kubectl oauth3 logs permit/github-proxy"
+oauth3 logs permit/github-proxy
+say "The owner revokes it: the proxy stops"
+oauth3 revoke github-proxy
+kubectl wait --for=jsonpath='{.status.proxy.phase}'=Stopped --timeout=60s permit/github-proxy >/dev/null
+kubectl get permit github-proxy -o 'jsonpath={.status.proxy.reason}: {.status.proxy.message}'; echo
+
+say "The agent gateway: the same flow over HTTP (curl); an agent signs up for its own namespace"
 kubectl create serviceaccount demo-owner >/dev/null 2>&1 || true
 GP=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 GW="http://127.0.0.1:$GP"

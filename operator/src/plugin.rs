@@ -329,7 +329,8 @@ pub fn render_proxy_logs(permit: &Permit, log: &str, tail: Option<usize>) -> Str
     let skip = tail.map_or(0, |n| lines.len().saturating_sub(n));
     let _ = writeln!(
         out,
-        "TIME                      CALLER  DECISION  STATUS  CALL"
+        "{:<24}  {:<8}  {:>6}  CALL (CAPABILITY, TIME TO ANSWER) BY CALLER",
+        "TIME", "DECISION", "STATUS"
     );
     for line in &lines[skip..] {
         if let Ok(c) = serde_json::from_str::<ProxyCall>(line) {
@@ -337,10 +338,11 @@ pub fn render_proxy_logs(permit: &Permit, log: &str, tail: Option<usize>) -> Str
                 .map(|t| t.to_string())
                 .unwrap_or_else(|_| c.at_ms.to_string());
             let status = c.status.map_or("-".to_owned(), |s| s.to_string());
+            let decision = format!("{:?}", c.decision);
             let _ = write!(
                 out,
-                "{at}  {}  {:?}  {status}  {} {} ({}, {} ms)",
-                c.identity, c.decision, c.method, c.url, c.capability, c.duration_ms
+                "{at:<24}  {decision:<8}  {status:>6}  {} {} ({}, {} ms) by {}",
+                c.method, c.url, c.capability, c.duration_ms, c.identity
             );
             if let Some(r) = &c.reason {
                 let _ = write!(out, ": {r}");
@@ -812,6 +814,68 @@ pub fn parse_public_key(text: &str) -> Result<[u8; 32], PluginError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_proxy_log_shows_the_calls_newest_last_and_says_what_the_proxy_is_doing() {
+        let mut permit: Permit = serde_json::from_value(json!({
+            "apiVersion": "oauth3.dev/v1alpha1", "kind": "Permit",
+            "metadata": {"name": "gh"},
+            "spec": {"description": "d", "capabilities": [], "proxy": {"enabled": true, "callers": ["u"]}}
+        }))
+        .expect("permit");
+        let line = |n: i64, decision: &str, reason: Option<&str>| {
+            json!({"atMs": 1_800_000_000_000i64 + n, "identity": "system:serviceaccount:a:coder",
+                "capability": "github", "method": "GET", "url": format!("https://api.example/{n}"),
+                "decision": decision, "reason": reason, "durationMs": 4})
+            .to_string()
+        };
+        let log = [
+            line(1, "allowed", None),
+            line(2, "denied", Some("path /2 not allowed")),
+            json!({"atMs": 3, "dropped": 5}).to_string(),
+            line(4, "allowed", None),
+        ]
+        .join("\n");
+        let text = render_proxy_logs(&permit, &log, None);
+        assert!(
+            text.starts_with("Proxy of Permit gh: not started"),
+            "{text}"
+        );
+        let rows: Vec<&str> = text.lines().skip(2).collect();
+        assert_eq!(rows.len(), 4, "{text}");
+        assert!(rows[0].contains("Allowed") && rows[0].contains("https://api.example/1"));
+        assert!(
+            rows[0].ends_with("by system:serviceaccount:a:coder"),
+            "{}",
+            rows[0]
+        );
+        assert!(rows[1].contains("Denied") && rows[1].ends_with(": path /2 not allowed"));
+        assert!(rows[2].contains("5 call(s) not recorded"));
+        let tail = render_proxy_logs(&permit, &log, Some(1));
+        assert_eq!(tail.lines().count(), 3, "{tail}");
+        assert!(tail.contains("https://api.example/4"));
+        permit.status = Some(oauth3_crds::PermitStatus {
+            proxy: Some(oauth3_crds::ProxyStatus {
+                phase: oauth3_crds::ProxyPhase::Stopped,
+                endpoint: None,
+                certificate: None,
+                handle: None,
+                spec_digest: None,
+                token_digest: None,
+                started_at: None,
+                stopped_at: None,
+                reason: Some("Revoked".into()),
+                message: Some("the owner revoked the Permit's approval".into()),
+            }),
+            ..Default::default()
+        });
+        let text = render_proxy_logs(&permit, "", None);
+        assert!(
+            text.starts_with("Proxy of Permit gh: Stopped (Revoked)"),
+            "{text}"
+        );
+        assert!(text.contains("the owner revoked") && text.contains("No proxied calls recorded."));
+    }
 
     #[test]
     fn sealed_secret_manifest_carries_only_the_envelope() {
