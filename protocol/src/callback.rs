@@ -10,6 +10,10 @@ pub const RESULTS_PATH: &str = "/v1/results";
 /// Path of one run's oauth2 credential endpoints (refresh lease and immediate write-back),
 /// below the callback's base URL: `{CREDENTIALS_PATH}/{namespace}/{name}/{SECRET}/{action}`.
 pub const CREDENTIALS_PATH: &str = "/v1/credentials";
+/// Path of a credential proxy's oauth2 credential endpoints, below the callback's base URL:
+/// `{PROXY_CREDENTIALS_PATH}/{namespace}/{permit}/{SECRET}/{action}` (the proxy's callback
+/// token as bearer).
+pub const PROXY_CREDENTIALS_PATH: &str = "/v1/proxy-credentials";
 /// Action: ask for a credential's refresh lease.
 pub const ACTION_LEASE: &str = "lease";
 /// Action: hand over a refreshed, re-sealed credential.

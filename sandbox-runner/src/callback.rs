@@ -153,8 +153,16 @@ pub(crate) async fn post_json(
 /// credential endpoints beside its result URL, with the run's bearer token).
 pub struct CallbackCoordinator {
     client: reqwest::Client,
-    result_url: String,
+    endpoints: CredentialEndpoints,
     token: zeroize::Zeroizing<String>,
+}
+
+/// Where the credential endpoints are.
+enum CredentialEndpoints {
+    /// Beside a run's result URL.
+    Run(String),
+    /// `{origin}{PROXY_CREDENTIALS_PATH}/<namespace>/<permit>` for a Permit's proxy.
+    Proxy(String),
 }
 
 impl CallbackCoordinator {
@@ -165,14 +173,44 @@ impl CallbackCoordinator {
     pub fn new(callback: &Callback, ca_pems: &[Vec<u8>]) -> Result<Self, CallbackError> {
         Ok(Self {
             client: callback_client(callback, ca_pems, Duration::from_secs(20))?,
-            result_url: callback.url.clone(),
+            endpoints: CredentialEndpoints::Run(callback.url.clone()),
+            token: callback.token.clone(),
+        })
+    }
+
+    /// A coordinator for the credential proxy of `namespace/permit` whose callback is
+    /// `callback` (its credential endpoints are below the callback's origin).
+    ///
+    /// # Errors
+    /// A refused URL or bad CA material.
+    pub fn for_proxy(
+        callback: &Callback,
+        namespace: &str,
+        permit: &str,
+        ca_pems: &[Vec<u8>],
+    ) -> Result<Self, CallbackError> {
+        let base = crate::proxy::auth::channel_url(
+            &callback.url,
+            oauth3_protocol::callback::PROXY_CREDENTIALS_PATH,
+            namespace,
+            permit,
+        )
+        .map_err(CallbackError::Client)?;
+        Ok(Self {
+            client: callback_client(callback, ca_pems, Duration::from_secs(20))?,
+            endpoints: CredentialEndpoints::Proxy(base),
             token: callback.token.clone(),
         })
     }
 
     async fn post(&self, secret: &str, action: &str, body: Vec<u8>) -> Result<Vec<u8>, String> {
-        let url = oauth3_protocol::callback::credential_url(&self.result_url, secret, action)
-            .ok_or_else(|| "the callback URL is not a result URL".to_owned())?;
+        let url = match &self.endpoints {
+            CredentialEndpoints::Run(result_url) => {
+                oauth3_protocol::callback::credential_url(result_url, secret, action)
+                    .ok_or_else(|| "the callback URL is not a result URL".to_owned())?
+            }
+            CredentialEndpoints::Proxy(base) => format!("{base}/{secret}/{action}"),
+        };
         let (status, bytes) = post_json(&self.client, url, &self.token, body).await?;
         if !status.is_success() {
             let text = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();

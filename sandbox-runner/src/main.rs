@@ -597,10 +597,25 @@ async fn serve_setup(
     .await
     .map_err(|e| failed(e.to_string()))?;
     let redactor = Arc::new(Redactor::for_secrets(&secrets));
+    // oauth2 refreshes are serialised with the Permit's runs and written back sealed, through
+    // the operator, as a run's are.
+    let refresh_coordinator = match &bundle.callback {
+        Some(callback) => Some(Arc::new(
+            oauth3_sandbox_runner::callback::CallbackCoordinator::for_proxy(
+                callback,
+                &bundle.namespace,
+                &bundle.permit.name,
+                &ca_pems,
+            )
+            .map_err(|e| usage(format!("invalid serve bundle: {e}")))?,
+        )
+            as Arc<dyn oauth3_sandbox_runner::oauth::RefreshCoordinator>),
+        None => None,
+    };
     let options = BackendOptions {
         extra_root_certs_pem: ca_pems,
         oauth_refresh_lead_seconds: Some(args.oauth_refresh_lead),
-        refresh_coordinator: None,
+        refresh_coordinator,
     };
     let fetch = scoped_fetch(
         &HostInputs {

@@ -561,3 +561,109 @@ async fn a_revocation_cuts_a_stream_in_flight_with_a_clear_error_and_the_proxy_e
     assert_eq!(events.requests(), 1);
     op.stop().await;
 }
+
+#[tokio::test]
+async fn a_proxy_refreshes_an_expired_oauth2_credential_once_and_writes_it_back_sealed() {
+    use oauth3_protocol::oauth2::{ANNOTATION_GENERATION, TokenSet};
+    let Some(env) = Env::new("proxy-oauth").await else {
+        return;
+    };
+    let idp = oauth3_test_support::OidcProvider::start().await;
+    // The owner signed in once; the access token has expired since.
+    let tokens = idp.sign_in().await;
+    let old_access = tokens["access_token"].as_str().expect("at").to_owned();
+    let old_refresh = tokens["refresh_token"].as_str().expect("rt").to_owned();
+    let expired = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs(),
+    )
+    .expect("fits")
+        - 60;
+    let set = json!({
+        "type": "oauth2", "access_token": old_access, "refresh_token": old_refresh,
+        "expires_at": expired, "token_endpoint": idp.endpoint("token_endpoint"),
+        "client_id": oauth3_test_support::oidc::CLIENT_ID, "scopes": ["openid", "offline_access"],
+    })
+    .to_string();
+    oauth3_tests::apply_dev_oauth2_secret(&env.client, &env.ns, "github", "GITHUB", &set, DEV_KEY)
+        .await;
+    let op = env.operator().await;
+    let agent = env.agent("coder").await;
+    let permit = PermitFixture::api(&format!("{}/v1", env.up.origin()))
+        .with(json!({"paths": ["/echo-auth"]}))
+        .secret("GITHUB")
+        .spec_fields(json!({"description": "oauth proxy", "validFor": "1h",
+            "proxy": {"enabled": true, "callers": [env.user("coder")]}}))
+        .permit("gh");
+    Api::<Permit>::namespaced(env.client.clone(), &env.ns)
+        .create(&PostParams::default(), &permit)
+        .await
+        .expect("permit");
+    env.wait_permit("gh", "Pending", |p| phase(p) == Some(PermitPhase::Pending))
+        .await;
+    let out = env.plugin(&["approve", "gh"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let endpoint = env.ready("gh").await;
+
+    for _ in 0..2 {
+        let a = env
+            .http
+            .get(&format!("{endpoint}/api/echo-auth"), Some(&agent))
+            .await;
+        assert_eq!(a.status, 200, "{}", a.text);
+    }
+    let reqs = env.up.assert_received(2, "two calls");
+    let sent: Vec<&str> = reqs
+        .iter()
+        .map(|r| r.header_values("authorization")[0].trim_start_matches("Bearer "))
+        .collect();
+    assert_eq!(sent[0], sent[1], "refreshed once");
+    assert_ne!(sent[0], old_access);
+    assert!(idp.token_is_valid(sent[0]).await);
+    // The rotated set went back to the Secret, sealed to the enclave key, through the operator.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(env.client.clone(), &env.ns);
+    let secret = wait_until("the credential written back", WAIT, || async {
+        let s = secrets.get("github").await.map_err(|e| e.to_string())?;
+        let ann = s.metadata.annotations.clone().unwrap_or_default();
+        match ann.get(ANNOTATION_GENERATION).map(String::as_str) {
+            Some("1") => Ok(s),
+            other => Err(format!("generation {other:?}")),
+        }
+    })
+    .await;
+    let sealed =
+        String::from_utf8(secret.data.as_ref().expect("data")["sealed"].0.clone()).expect("utf-8");
+    let opened = oauth3_protocol::envelope::unseal(
+        &crypto_box::SecretKey::from(DEV_KEY),
+        &sealed,
+        &env.ns,
+        "GITHUB",
+    )
+    .expect("sealed to the enclave key");
+    let newest = TokenSet::parse(&opened).expect("a token set");
+    assert_eq!(newest.access_token.as_str(), sent[0]);
+    assert_eq!(
+        idp.refresh(&old_refresh).await.0,
+        400,
+        "the old refresh token is spent"
+    );
+    let events = env.events("gh").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("CredentialRefreshed")),
+        "{events:?}"
+    );
+    let shown = format!("{events:?}{:?}{:?}", env.audit("gh").await, secret.metadata);
+    for token in [old_access.as_str(), old_refresh.as_str(), sent[0]] {
+        assert!(!shown.contains(token), "a token reached {shown}");
+    }
+    op.stop().await;
+}

@@ -305,10 +305,13 @@ pub async fn write_back_all(state: &CallbackState, exec: &Execution, updates: &[
     }
 }
 
-async fn refreshed_event(state: &CallbackState, exec: &Execution, name: &str) {
+async fn refreshed_event<K>(state: &CallbackState, about: &K, name: &str)
+where
+    K: kube::Resource<DynamicType = ()>,
+{
     publish(
         &state.ctx.recorder,
-        exec,
+        about,
         EventType::Normal,
         CREDENTIAL_REFRESHED,
         format!(
@@ -374,9 +377,34 @@ pub(crate) async fn lease(
     body: Body,
 ) -> Result<axum::Json<LeaseResponse>, CredentialError> {
     let exec = authorise(&state, &namespace, &name, &secret, &headers).await?;
-    let request: LeaseRequest = read_json(body).await?;
     let uid = exec.metadata.uid.clone().unwrap_or_default();
-    let api: Api<Secret> = Api::namespaced(state.ctx.client.clone(), &namespace);
+    grant_lease(&state, &namespace, &name, &secret, &uid, body).await
+}
+
+/// `POST {PROXY_CREDENTIALS_PATH}/{namespace}/{permit}/{SECRET}/lease`: the same lease for a
+/// Permit's credential proxy (its callback token, a secret its Permit lists).
+pub(crate) async fn proxy_lease(
+    State(state): State<Arc<CallbackState>>,
+    Path((namespace, name, secret)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<axum::Json<LeaseResponse>, CredentialError> {
+    let (_, holder) = authorise_proxy(&state, &namespace, &name, &secret, &headers).await?;
+    grant_lease(&state, &namespace, &name, &secret, &holder, body).await
+}
+
+/// The lease decision for `holder` (a run's uid, or a proxy's), recorded when granted.
+async fn grant_lease(
+    state: &CallbackState,
+    namespace: &str,
+    name: &str,
+    secret: &str,
+    uid: &str,
+    body: Body,
+) -> Result<axum::Json<LeaseResponse>, CredentialError> {
+    let request: LeaseRequest = read_json(body).await?;
+    let (secret, uid) = (secret.to_owned(), uid.to_owned());
+    let api: Api<Secret> = Api::namespaced(state.ctx.client.clone(), namespace);
     let object = secret_object_name(&secret);
     for _ in 0..ATTEMPTS {
         let current = read_credential(&api, &object, &secret).await?;
@@ -397,7 +425,7 @@ pub(crate) async fn lease(
             );
         match api.replace(&object, &PostParams::default(), &next).await {
             Ok(_) => {
-                tracing::info!(execution = %format!("{namespace}/{name}"), %secret, "refresh lease granted");
+                tracing::info!(holder = %format!("{namespace}/{name}"), %secret, "refresh lease granted");
                 return Ok(axum::Json(answer));
             }
             Err(e) if crate::status_write::is_conflict(&e) => {}
@@ -415,6 +443,32 @@ pub(crate) async fn sealed(
     body: Body,
 ) -> Result<StatusCode, CredentialError> {
     let exec = authorise(&state, &namespace, &name, &secret, &headers).await?;
+    take_update(&state, &namespace, &secret, &exec, body).await
+}
+
+/// `POST {PROXY_CREDENTIALS_PATH}/{namespace}/{permit}/{SECRET}/sealed`: a proxy's refreshed
+/// credential (the Event goes on the Permit).
+pub(crate) async fn proxy_sealed(
+    State(state): State<Arc<CallbackState>>,
+    Path((namespace, name, secret)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, CredentialError> {
+    let (permit, _) = authorise_proxy(&state, &namespace, &name, &secret, &headers).await?;
+    take_update(&state, &namespace, &secret, &permit, body).await
+}
+
+/// Writes the update in `body` for `secret`; an Event on `about` says it was refreshed.
+async fn take_update<K>(
+    state: &CallbackState,
+    namespace: &str,
+    secret: &str,
+    about: &K,
+    body: Body,
+) -> Result<StatusCode, CredentialError>
+where
+    K: kube::Resource<DynamicType = ()>,
+{
     let update: SealedUpdate = read_json(body).await?;
     if update.name != secret {
         return Err(CredentialError::BadRequest(format!(
@@ -422,14 +476,37 @@ pub(crate) async fn sealed(
             update.name
         )));
     }
-    match write_back(&state.ctx.client, &namespace, &update).await? {
+    match write_back(&state.ctx.client, namespace, &update).await? {
         WriteBack::Written => {
-            refreshed_event(&state, &exec, &secret).await;
+            refreshed_event(state, about, secret).await;
             Ok(StatusCode::NO_CONTENT)
         }
         WriteBack::AlreadyWritten => Ok(StatusCode::NO_CONTENT),
-        WriteBack::Stale => Err(CredentialError::Stale(secret)),
+        WriteBack::Stale => Err(CredentialError::Stale(secret.to_owned())),
     }
+}
+
+/// Checks the caller is the running proxy of Permit `namespace/name` (its callback token) and
+/// that the Permit lists `secret`; the Permit as read and the lease holder id of this proxy.
+async fn authorise_proxy(
+    state: &CallbackState,
+    namespace: &str,
+    name: &str,
+    secret: &str,
+    headers: &HeaderMap,
+) -> Result<(Permit, String), CredentialError> {
+    let permit = crate::proxy::channel::proxy_permit(state, namespace, name, headers).await?;
+    if !permit.spec.secrets.iter().any(|s| s == secret) {
+        return Err(CredentialError::NotPermitted(secret.to_owned()));
+    }
+    let digest = permit
+        .status
+        .as_ref()
+        .and_then(|s| s.proxy.as_ref())
+        .and_then(|p| p.token_digest.clone())
+        .unwrap_or_default();
+    let holder = format!("proxy-{}", digest.trim_start_matches("sha256:"));
+    Ok((permit, holder))
 }
 
 #[cfg(test)]

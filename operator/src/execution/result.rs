@@ -36,7 +36,8 @@ use kube::api::Api;
 use kube::runtime::events::EventType;
 use oauth3_crds::{Execution, ExecutionPhase};
 use oauth3_protocol::callback::{
-    ACTION_LEASE, ACTION_SEALED, CREDENTIALS_PATH, RESULTS_PATH, token_matches,
+    ACTION_LEASE, ACTION_SEALED, CREDENTIALS_PATH, PROXY_CREDENTIALS_PATH, RESULTS_PATH,
+    token_matches,
 };
 use oauth3_protocol::result::max_result_bytes;
 use oauth3_protocol::{BundleLimits, RunResult};
@@ -114,6 +115,14 @@ pub fn router(state: Arc<CallbackState>) -> Router {
         .route(
             &format!("{CREDENTIALS_PATH}/{{namespace}}/{{name}}/{{secret}}/{ACTION_SEALED}"),
             post(super::credentials::sealed),
+        )
+        .route(
+            &format!("{PROXY_CREDENTIALS_PATH}/{{namespace}}/{{name}}/{{secret}}/{ACTION_LEASE}"),
+            post(super::credentials::proxy_lease),
+        )
+        .route(
+            &format!("{PROXY_CREDENTIALS_PATH}/{{namespace}}/{{name}}/{{secret}}/{ACTION_SEALED}"),
+            post(super::credentials::proxy_sealed),
         )
         .route(
             &format!(

@@ -54,7 +54,7 @@ pub const MAX_AUDIT_BYTES: usize = 900 * 1024;
 const AUDIT_ATTEMPTS: usize = 5;
 
 /// The Permit a proxy speaks for, once its callback token matched.
-async fn proxy_permit(
+pub(crate) async fn proxy_permit(
     state: &CallbackState,
     namespace: &str,
     name: &str,
