@@ -324,6 +324,23 @@ pub async fn post_json(url: &str, token: &str, body: &serde_json::Value) -> u16 
         .expect("status code")
 }
 
+/// Runs the `kubectl oauth3` plugin binary in namespace `ns` against the test cluster
+/// (`TEST_KUBECONFIG`), as an owner at a terminal would.
+///
+/// # Panics
+/// When the binary cannot be run or the harness set no kubeconfig.
+pub fn plugin(ns: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(workspace_binary("oauth3-operator", "kubectl-oauth3"))
+        .env(
+            "KUBECONFIG",
+            std::env::var("TEST_KUBECONFIG").expect("kubeconfig"),
+        )
+        .args(["-n", ns])
+        .args(args)
+        .output()
+        .expect("plugin runs")
+}
+
 /// Applies the chart's user roles (`oauth3-agent`, `oauth3-owner`) exactly as they ship.
 ///
 /// # Panics

@@ -215,15 +215,7 @@ impl Env {
     }
 
     fn plugin(&self, args: &[&str]) -> std::process::Output {
-        std::process::Command::new(workspace_binary("oauth3-operator", "kubectl-oauth3"))
-            .env(
-                "KUBECONFIG",
-                std::env::var("TEST_KUBECONFIG").expect("kubeconfig"),
-            )
-            .args(["-n", &self.ns])
-            .args(args)
-            .output()
-            .expect("plugin runs")
+        oauth3_tests::plugin(&self.ns, args)
     }
 
     async fn execution(&self, name: &str, permit: &str, code: &str, timeout: i32) {

@@ -474,17 +474,7 @@ async fn an_intent_is_drafted_approved_by_the_owner_and_run_against_the_drafted_
     );
 
     // The owner sees the goal, the drafted rule, where it came from.
-    let kubectl = |args: &[&str]| {
-        std::process::Command::new(workspace_binary("oauth3-operator", "kubectl-oauth3"))
-            .env(
-                "KUBECONFIG",
-                std::env::var("TEST_KUBECONFIG").expect("kubeconfig"),
-            )
-            .args(["-n", &ns])
-            .args(args)
-            .output()
-            .expect("plugin runs")
-    };
+    let kubectl = |args: &[&str]| oauth3_tests::plugin(&ns, args);
     let shown = kubectl(&["get", "gh"]);
     let text = String::from_utf8_lossy(&shown.stdout);
     for want in [

@@ -41,15 +41,7 @@ fn runner(dir: &std::path::Path) -> ProcessLauncherConfig {
 }
 
 fn plugin(ns: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(workspace_binary("oauth3-operator", "kubectl-oauth3"))
-        .env(
-            "KUBECONFIG",
-            std::env::var("TEST_KUBECONFIG").expect("kubeconfig"),
-        )
-        .args(["-n", ns])
-        .args(args)
-        .output()
-        .expect("plugin runs")
+    oauth3_tests::plugin(ns, args)
 }
 
 async fn approved_permit(client: &kube::Client, ns: &str, up: &Upstream) {

@@ -16,7 +16,6 @@ use oauth3_tests::gateway::{Http, service_account_token};
 use oauth3_tests::operator::{InProcessOperator, Launcher};
 use oauth3_tests::{
     apply_dev_sealed_secret, bind_named, client_or_skip, install_user_roles, namespace,
-    workspace_binary,
 };
 use serde_json::{Value, json};
 
@@ -104,13 +103,19 @@ impl Env {
             .with(capability)
             .spec_fields(json!({"description": "proxy e2e", "validFor": "1h", "proxy": proxy_spec}))
             .permit(name);
+        self.approved(permit).await;
+    }
+
+    /// Creates `permit` and approves it as its owner.
+    async fn approved(&self, permit: Permit) {
+        let name = permit.metadata.name.clone().expect("name");
         Api::<Permit>::namespaced(self.client.clone(), &self.ns)
             .create(&PostParams::default(), &permit)
             .await
             .expect("permit");
-        self.wait_permit(name, "Pending", |p| phase(p) == Some(PermitPhase::Pending))
+        self.wait_permit(&name, "Pending", |p| phase(p) == Some(PermitPhase::Pending))
             .await;
-        let out = self.plugin(&["approve", name]);
+        let out = self.plugin(&["approve", &name]);
         assert!(
             out.status.success(),
             "{}",
@@ -119,15 +124,7 @@ impl Env {
     }
 
     fn plugin(&self, args: &[&str]) -> std::process::Output {
-        std::process::Command::new(workspace_binary("oauth3-operator", "kubectl-oauth3"))
-            .env(
-                "KUBECONFIG",
-                std::env::var("TEST_KUBECONFIG").expect("kubeconfig"),
-            )
-            .args(["-n", &self.ns])
-            .args(args)
-            .output()
-            .expect("plugin runs")
+        oauth3_tests::plugin(&self.ns, args)
     }
 
     async fn wait_permit(&self, name: &str, what: &str, pred: impl Fn(&Permit) -> bool) -> Permit {
@@ -505,18 +502,7 @@ async fn a_revocation_cuts_a_stream_in_flight_with_a_clear_error_and_the_proxy_e
         .spec_fields(json!({"description": "stream", "validFor": "1h",
             "proxy": {"enabled": true, "callers": [env.user("coder")]}}))
         .permit("llm");
-    Api::<Permit>::namespaced(env.client.clone(), &env.ns)
-        .create(&PostParams::default(), &permit)
-        .await
-        .expect("permit");
-    env.wait_permit("llm", "Pending", |p| phase(p) == Some(PermitPhase::Pending))
-        .await;
-    let out = env.plugin(&["approve", "llm"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.approved(permit).await;
     let endpoint = env.ready("llm").await;
 
     let mut resp = reqwest::Client::new()
@@ -597,18 +583,7 @@ async fn a_proxy_refreshes_an_expired_oauth2_credential_once_and_writes_it_back_
         .spec_fields(json!({"description": "oauth proxy", "validFor": "1h",
             "proxy": {"enabled": true, "callers": [env.user("coder")]}}))
         .permit("gh");
-    Api::<Permit>::namespaced(env.client.clone(), &env.ns)
-        .create(&PostParams::default(), &permit)
-        .await
-        .expect("permit");
-    env.wait_permit("gh", "Pending", |p| phase(p) == Some(PermitPhase::Pending))
-        .await;
-    let out = env.plugin(&["approve", "gh"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.approved(permit).await;
     let endpoint = env.ready("gh").await;
 
     for _ in 0..2 {

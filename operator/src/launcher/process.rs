@@ -75,28 +75,11 @@ impl ProcessLauncher {
         &self,
         bundle: &Bundle,
     ) -> Result<(Launched, tokio::sync::oneshot::Receiver<String>), LaunchError> {
-        let body = serde_json::to_vec(bundle)
-            .map_err(|e| LaunchError::Spawn(format!("serialising the bundle: {e}")))?;
-        let mut child = tokio::process::Command::new(&self.config.binary)
-            .arg("run")
-            .args(&self.config.extra_args)
-            .args(self.attestation_args())
-            .args(["--bundle", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(false)
-            .spawn()
-            .map_err(|e| {
-                LaunchError::Spawn(format!("starting {}: {e}", self.config.binary.display()))
-            })?;
-        let pid = child.id().unwrap_or_default();
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(&body).await.map_err(|e| {
-                LaunchError::Spawn(format!("handing the bundle to runner {pid}: {e}"))
-            })?;
-            drop(stdin);
-        }
+        let mut args = vec!["run".to_owned()];
+        args.extend(self.config.extra_args.iter().cloned());
+        args.extend(self.attestation_args());
+        args.extend(["--bundle".to_owned(), "-".to_owned()]);
+        let (child, pid) = self.spawn_with(&args, bundle, "bundle", false).await?;
         let execution = format!("{}/{}", bundle.execution.namespace, bundle.execution.name);
         let (exited_tx, exited) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
@@ -119,6 +102,40 @@ impl ProcessLauncher {
             },
             exited,
         ))
+    }
+}
+
+impl ProcessLauncher {
+    /// Starts the runner binary with `args`, hands it `input` as JSON on standard input
+    /// (never on disk), and returns the child (standard error piped, standard output
+    /// discarded) with its process id.
+    async fn spawn_with(
+        &self,
+        args: &[String],
+        input: &impl serde::Serialize,
+        what: &str,
+        kill_on_drop: bool,
+    ) -> Result<(tokio::process::Child, u32), LaunchError> {
+        let body = serde_json::to_vec(input)
+            .map_err(|e| LaunchError::Spawn(format!("serialising the {what}: {e}")))?;
+        let mut child = tokio::process::Command::new(&self.config.binary)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(kill_on_drop)
+            .spawn()
+            .map_err(|e| {
+                LaunchError::Spawn(format!("starting {}: {e}", self.config.binary.display()))
+            })?;
+        let pid = child.id().unwrap_or_default();
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(&body).await.map_err(|e| {
+                LaunchError::Spawn(format!("handing the {what} to runner {pid}: {e}"))
+            })?;
+            drop(stdin);
+        }
+        Ok((child, pid))
     }
 }
 
@@ -152,33 +169,19 @@ impl ProcessLauncher {
         label: &str,
     ) -> Result<ServeChild, LaunchError> {
         use tokio::io::AsyncBufReadExt;
-        let body = serde_json::to_vec(bundle)
-            .map_err(|e| LaunchError::Spawn(format!("serialising the serve bundle: {e}")))?;
-        let mut child = tokio::process::Command::new(&self.config.binary)
-            .arg("serve")
-            .args(&self.config.extra_args)
-            .args([
+        let mut args = vec!["serve".to_owned()];
+        args.extend(self.config.extra_args.iter().cloned());
+        args.extend(
+            [
                 "--bundle",
                 "-",
                 "--listen",
                 "127.0.0.1:0",
                 "--insecure-plain-http",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                LaunchError::Spawn(format!("starting {}: {e}", self.config.binary.display()))
-            })?;
-        let pid = child.id().unwrap_or_default();
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(&body).await.map_err(|e| {
-                LaunchError::Spawn(format!("handing the serve bundle to proxy {pid}: {e}"))
-            })?;
-            drop(stdin);
-        }
+            ]
+            .map(String::from),
+        );
+        let (mut child, pid) = self.spawn_with(&args, bundle, "serve bundle", true).await?;
         let Some(stderr) = child.stderr.take() else {
             return Err(LaunchError::Spawn(
                 "the proxy's standard error is not open".into(),

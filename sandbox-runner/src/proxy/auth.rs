@@ -150,22 +150,74 @@ pub fn channel_url(
     Ok(url.to_string())
 }
 
-/// Reviews client tokens by asking the operator (`POST {REVIEW_PATH}/<namespace>/<permit>`
-/// with a [`ReviewRequest`], the callback token as bearer, the callback's CA trusted, no
-/// redirects). An operator that cannot be reached or answers badly refuses the call as
-/// `failed` (not cached, so the next call asks again); the client token is never logged.
-pub struct OperatorReview {
+/// One endpoint of the operator a proxy posts JSON to (`{origin}{path}/<namespace>/<permit>`),
+/// with the callback token as bearer, the callback's CA trusted and no redirects.
+pub struct OperatorChannel {
     client: reqwest::Client,
     url: String,
     token: Zeroizing<String>,
 }
 
-impl std::fmt::Debug for OperatorReview {
+impl std::fmt::Debug for OperatorChannel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OperatorReview")
+        f.debug_struct("OperatorChannel")
             .field("url", &self.url)
             .finish_non_exhaustive()
     }
+}
+
+impl OperatorChannel {
+    /// The endpoint `path` for `namespace/permit` through `callback`, trusting `ca_pems` on
+    /// top of the callback's own CA.
+    ///
+    /// # Errors
+    /// A refused callback URL or bad CA material.
+    pub fn new(
+        callback: &Callback,
+        path: &str,
+        namespace: &str,
+        permit: &str,
+        ca_pems: &[Vec<u8>],
+    ) -> Result<Self, CallbackError> {
+        let client = crate::callback::callback_client(
+            callback,
+            ca_pems,
+            std::time::Duration::from_secs(10),
+        )?;
+        let url =
+            channel_url(&callback.url, path, namespace, permit).map_err(CallbackError::Client)?;
+        Ok(Self {
+            client,
+            url,
+            token: callback.token.clone(),
+        })
+    }
+
+    /// Posts `request` and reads the answer.
+    ///
+    /// # Errors
+    /// The operator could not be reached, refused, or answered something else.
+    pub async fn post<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
+        &self,
+        request: &Q,
+    ) -> Result<A, String> {
+        let body = serde_json::to_vec(request).map_err(|e| e.to_string())?;
+        let (status, bytes) =
+            crate::callback::post_json(&self.client, &self.url, &self.token, body).await?;
+        if !status.is_success() {
+            return Err(format!("the operator answered HTTP {}", status.as_u16()));
+        }
+        serde_json::from_slice(&bytes).map_err(|_| "the operator's answer is malformed".to_owned())
+    }
+}
+
+/// Reviews client tokens by asking the operator (`POST {REVIEW_PATH}/<namespace>/<permit>`
+/// with a [`ReviewRequest`], over an [`OperatorChannel`]). An operator that cannot be reached
+/// or answers badly refuses the call as `failed` (not cached, so the next call asks again);
+/// the client token is never logged.
+#[derive(Debug)]
+pub struct OperatorReview {
+    channel: OperatorChannel,
 }
 
 impl OperatorReview {
@@ -180,30 +232,17 @@ impl OperatorReview {
         permit: &str,
         ca_pems: &[Vec<u8>],
     ) -> Result<Self, CallbackError> {
-        let client = crate::callback::callback_client(
-            callback,
-            ca_pems,
-            std::time::Duration::from_secs(10),
-        )?;
-        let url = review_url(&callback.url, namespace, permit).map_err(CallbackError::Client)?;
         Ok(Self {
-            client,
-            url,
-            token: callback.token.clone(),
+            channel: OperatorChannel::new(callback, REVIEW_PATH, namespace, permit, ca_pems)?,
         })
     }
 
     async fn ask(&self, token: &str) -> Result<ReviewAnswer, String> {
-        let body = serde_json::to_vec(&ReviewRequest {
-            token: token.to_owned(),
-        })
-        .map_err(|e| e.to_string())?;
-        let (status, bytes) =
-            crate::callback::post_json(&self.client, &self.url, &self.token, body).await?;
-        if !status.is_success() {
-            return Err(format!("the operator answered HTTP {}", status.as_u16()));
-        }
-        serde_json::from_slice(&bytes).map_err(|_| "the operator's answer is malformed".to_owned())
+        self.channel
+            .post(&ReviewRequest {
+                token: token.to_owned(),
+            })
+            .await
     }
 }
 

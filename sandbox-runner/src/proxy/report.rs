@@ -13,25 +13,15 @@ use oauth3_protocol::Callback;
 use oauth3_protocol::proxy::{
     CALLS_PATH, CallBatch, CallBatchAnswer, IDLE_REPORT_EVERY, REPORT_INTERVAL_MS,
 };
-use zeroize::Zeroizing;
 
 use super::Proxy;
-use super::auth::channel_url;
+use super::auth::OperatorChannel;
 use crate::callback::CallbackError;
 
 /// Posts call batches to the operator.
+#[derive(Debug)]
 pub struct CallReporter {
-    client: reqwest::Client,
-    url: String,
-    token: Zeroizing<String>,
-}
-
-impl std::fmt::Debug for CallReporter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CallReporter")
-            .field("url", &self.url)
-            .finish_non_exhaustive()
-    }
+    channel: OperatorChannel,
 }
 
 impl CallReporter {
@@ -46,13 +36,8 @@ impl CallReporter {
         permit: &str,
         ca_pems: &[Vec<u8>],
     ) -> Result<Self, CallbackError> {
-        let client = crate::callback::callback_client(callback, ca_pems, Duration::from_secs(10))?;
-        let url = channel_url(&callback.url, CALLS_PATH, namespace, permit)
-            .map_err(CallbackError::Client)?;
         Ok(Self {
-            client,
-            url,
-            token: callback.token.clone(),
+            channel: OperatorChannel::new(callback, CALLS_PATH, namespace, permit, ca_pems)?,
         })
     }
 
@@ -61,13 +46,7 @@ impl CallReporter {
     /// # Errors
     /// The operator could not be reached or did not take the batch.
     pub async fn send(&self, batch: &CallBatch) -> Result<CallBatchAnswer, String> {
-        let body = serde_json::to_vec(batch).map_err(|e| e.to_string())?;
-        let (status, bytes) =
-            crate::callback::post_json(&self.client, &self.url, &self.token, body).await?;
-        if !status.is_success() {
-            return Err(format!("the operator answered HTTP {}", status.as_u16()));
-        }
-        serde_json::from_slice(&bytes).map_err(|_| "the operator's answer is malformed".to_owned())
+        self.channel.post(batch).await
     }
 
     /// Takes the proxy's calls and sends them; on failure they go back for the next report.
