@@ -324,6 +324,44 @@ pub async fn post_json(url: &str, token: &str, body: &serde_json::Value) -> u16 
         .expect("status code")
 }
 
+/// Creates Execution `name` with `spec` (JSON of an `ExecutionSpec`) in `ns` and waits (at
+/// most a minute) until it has ended; returns it as it ended.
+///
+/// # Panics
+/// When the spec is not an ExecutionSpec, the API server refuses, or it does not end in time.
+pub async fn run_execution(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> oauth3_crds::Execution {
+    use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec};
+    let spec: ExecutionSpec = serde_json::from_value(spec).expect("an ExecutionSpec");
+    let api: Api<Execution> = Api::namespaced(client.clone(), ns);
+    api.create(&PostParams::default(), &Execution::new(name, spec))
+        .await
+        .expect("execution created");
+    oauth3_test_support::wait_until(
+        &format!("Execution {name} ended"),
+        std::time::Duration::from_secs(60),
+        || async {
+            match api.get(name).await {
+                Ok(e)
+                    if e.status
+                        .as_ref()
+                        .and_then(|s| s.phase)
+                        .is_some_and(ExecutionPhase::is_terminal) =>
+                {
+                    Ok(e)
+                }
+                Ok(e) => Err(format!("{:?}", e.status)),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await
+}
+
 /// Runs the `kubectl oauth3` plugin binary in namespace `ns` against the test cluster
 /// (`TEST_KUBECONFIG`), as an owner at a terminal would.
 ///

@@ -9,13 +9,14 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use oauth3_crds::constants::{ANNOTATION_PROXY_WAKE, PROXY_AUDIT_KEY, proxy_audit_object_name};
-use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec, Permit, PermitPhase, ProxyPhase};
+use oauth3_crds::{ExecutionPhase, Permit, PermitPhase, ProxyPhase};
 use oauth3_protocol::proxy::{ProxyCall, REFUSAL_HEADER};
 use oauth3_test_support::{PermitFixture, Upstream, wait_until};
 use oauth3_tests::gateway::{Http, service_account_token};
 use oauth3_tests::operator::{InProcessOperator, Launcher};
 use oauth3_tests::{
     apply_dev_sealed_secret, bind_named, client_or_skip, install_user_roles, namespace,
+    run_execution,
 };
 use serde_json::{Value, json};
 
@@ -350,26 +351,22 @@ async fn a_rate_limit_holds_across_the_proxy_and_the_permits_executions() {
     .await;
     let endpoint = env.ready("limited").await;
     // An Execution spends two of the three calls.
-    let spec: ExecutionSpec = serde_json::from_value(json!({
-        "permitRef": "limited", "timeoutSeconds": 30,
-        "code": "await api('GET', '/items'); await api('GET', '/items'); return 'two'"
-    }))
-    .expect("spec");
-    let execs: Api<Execution> = Api::namespaced(env.client.clone(), &env.ns);
-    execs
-        .create(&PostParams::default(), &Execution::new("two", spec))
-        .await
-        .expect("execution");
-    let done = wait_until("the Execution to finish", WAIT, || async {
-        match execs.get("two").await {
-            Ok(e) if e.status.as_ref().and_then(|s| s.phase) == Some(ExecutionPhase::Succeeded) => {
-                Ok(e)
-            }
-            Ok(e) => Err(format!("{:?}", e.status)),
-            Err(e) => Err(e.to_string()),
-        }
-    })
+    let done = run_execution(
+        &env.client,
+        &env.ns,
+        "two",
+        json!({
+            "permitRef": "limited", "timeoutSeconds": 30,
+            "code": "await api('GET', '/items'); await api('GET', '/items'); return 'two'"
+        }),
+    )
     .await;
+    assert_eq!(
+        done.status.as_ref().and_then(|s| s.phase),
+        Some(ExecutionPhase::Succeeded),
+        "{:?}",
+        done.status
+    );
     assert_eq!(done.status.and_then(|s| s.result), Some(json!("two")));
     // The proxy learns the Permit's budget with its next report (at most a few seconds).
     tokio::time::sleep(Duration::from_millis(
@@ -405,28 +402,14 @@ async fn a_rate_limit_holds_across_the_proxy_and_the_permits_executions() {
             .is_some_and(|u| u.calls == 3)
     })
     .await;
-    let spec: ExecutionSpec = serde_json::from_value(json!({
-        "permitRef": "limited", "timeoutSeconds": 30, "code": "await api('GET', '/items')"
-    }))
-    .expect("spec");
-    execs
-        .create(&PostParams::default(), &Execution::new("more", spec))
-        .await
-        .expect("execution");
-    let refused = wait_until("the Execution to be refused", WAIT, || async {
-        match execs.get("more").await {
-            Ok(e)
-                if e.status
-                    .as_ref()
-                    .and_then(|s| s.phase)
-                    .is_some_and(ExecutionPhase::is_terminal) =>
-            {
-                Ok(e)
-            }
-            Ok(e) => Err(format!("{:?}", e.status)),
-            Err(e) => Err(e.to_string()),
-        }
-    })
+    let refused = run_execution(
+        &env.client,
+        &env.ns,
+        "more",
+        json!({
+            "permitRef": "limited", "timeoutSeconds": 30, "code": "await api('GET', '/items')"
+        }),
+    )
     .await;
     let status = refused.status.expect("status");
     assert_eq!(status.phase, Some(ExecutionPhase::Denied), "{status:?}");
