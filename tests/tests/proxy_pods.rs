@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -27,6 +28,8 @@ use oauth3_tests::{
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
+/// The operator's leader-election Lease in the namespace it runs on.
+const LEASE: &str = "oauth3-operator";
 const SECRET: &str = "sk-proxy-pods-91c3";
 
 struct Env {
@@ -468,8 +471,21 @@ async fn an_approved_proxied_permit_gets_a_hardened_pod_behind_a_service_that_su
 
     // The operator restarts: it adopts the running proxy (same Pod, same token), makes no
     // second one and leaves the status as it was.
+    let leases: Api<Lease> = env.api();
+    let holder = |lease: &Lease| lease.spec.as_ref().and_then(|s| s.holder_identity.clone());
+    let before = holder(&leases.get(LEASE).await.expect("the operator's Lease"));
     op.stop().await;
     let op = env.operator().await;
+    // Once the new operator leads, its proxy controller has looked at every Permit.
+    wait_until("the restarted operator leading", WAIT, || async {
+        let now = leases.get(LEASE).await.ok().and_then(|l| holder(&l));
+        if now.is_some() && now != before {
+            Ok(())
+        } else {
+            Err(now)
+        }
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = env
         .api::<Pod>()
