@@ -71,8 +71,16 @@ pub const PROXY_FIELD_MANAGER: &str = "oauth3-operator-proxy";
 /// an idle proxy; `kubectl oauth3 proxy start` sets it by hand.
 pub const ANNOTATION_PROXY_WAKE: &str = "oauth3.dev/proxy-wake";
 /// Label on objects of a Permit's credential proxy (Pod, Service, policy, bundle Secret),
-/// naming the Permit.
+/// naming the Permit: its value is [`proxy_object_name`] of the Permit (the Service's and the
+/// policy's selector).
 pub const LABEL_PROXY: &str = "oauth3.dev/proxy";
+/// Annotation on a credential proxy's Pod (pod launcher): the spec digest it enforces (with
+/// [`ANNOTATION_LAUNCH`], its callback token's digest, what the operator reads back after a
+/// restart instead of remembering it).
+pub const ANNOTATION_PROXY_SPEC_DIGEST: &str = "oauth3.dev/proxy-spec-digest";
+/// Annotation on a credential proxy's Pod (pod launcher): the PEM certificate its HTTPS
+/// endpoint presents (public; copied to `status.proxy.certificate`).
+pub const ANNOTATION_PROXY_CERTIFICATE: &str = "oauth3.dev/proxy-certificate";
 /// The name of the ConfigMap holding the audit log of a Permit's proxied calls (the latest
 /// [`MAX_PROXY_AUDIT_LINES`] lines, JSON per line), owned by the Permit.
 pub fn proxy_audit_object_name(permit: &str) -> String {

@@ -4,6 +4,14 @@
 
 /// The subcommand that runs a bundle.
 pub const RUN: &str = "run";
+/// The subcommand that serves a proxied Permit (the credential proxy).
+pub const SERVE: &str = "serve";
+/// Address `serve` listens on.
+pub const LISTEN: &str = "--listen";
+/// PEM certificate chain of `serve`'s HTTPS endpoint.
+pub const TLS_CERT: &str = "--tls-cert";
+/// PEM private key of `serve`'s HTTPS endpoint.
+pub const TLS_KEY: &str = "--tls-key";
 /// Path of the bundle JSON.
 pub const BUNDLE: &str = "--bundle";
 /// Directory of projected sealed secrets (one file per secret).
@@ -141,9 +149,70 @@ pub fn run_args(
     args
 }
 
+/// The arguments of `oauth3-sandbox-runner serve` that serve the serve bundle at
+/// `bundle_path` over HTTPS on `listen` with the certificate and key at `tls`, the sealed
+/// secrets projected under `sealed_dir` opened with `key` (a proxy attests nothing: no quote
+/// provider).
+pub fn serve_args(
+    bundle_path: &str,
+    sealed_dir: &str,
+    key: &KeyProviderEndpoint,
+    listen: &str,
+    tls: (&str, &str),
+) -> Vec<String> {
+    let mut args = vec![
+        SERVE.to_owned(),
+        BUNDLE.to_owned(),
+        bundle_path.to_owned(),
+        LISTEN.to_owned(),
+        listen.to_owned(),
+        TLS_CERT.to_owned(),
+        tls.0.to_owned(),
+        TLS_KEY.to_owned(),
+        tls.1.to_owned(),
+        SEALED_DIR.to_owned(),
+        sealed_dir.to_owned(),
+    ];
+    args.extend(key.args());
+    args
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_serve_arguments_name_the_bundle_the_listener_the_tls_files_and_the_key_provider() {
+        let args = serve_args(
+            "/b/bundle.json",
+            "/s",
+            &KeyProviderEndpoint::Kbs {
+                url: DEFAULT_KBS_URL.into(),
+            },
+            "0.0.0.0:8443",
+            ("/b/tls.crt", "/b/tls.key"),
+        );
+        assert_eq!(
+            args,
+            [
+                "serve",
+                "--bundle",
+                "/b/bundle.json",
+                "--listen",
+                "0.0.0.0:8443",
+                "--tls-cert",
+                "/b/tls.crt",
+                "--tls-key",
+                "/b/tls.key",
+                "--sealed-dir",
+                "/s",
+                "--key-provider",
+                "kbs",
+                "--kbs-url",
+                "http://127.0.0.1:8006"
+            ]
+        );
+    }
 
     #[test]
     fn the_run_arguments_name_the_bundle_the_sealed_dir_and_the_provider() {

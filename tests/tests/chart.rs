@@ -20,9 +20,10 @@ use kube::api::{
     Api, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
 };
 use kube::discovery::{Scope, pinned_kind};
-use oauth3_crds::constants::LABEL_EXECUTION;
+use oauth3_crds::constants::{LABEL_EXECUTION, LABEL_PROXY};
 use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec, Permit, PermitPhase, PermitSpec};
 use oauth3_operator::launcher::pod::{PodLaunchConfig, desired_network_policy, desired_pod};
+use oauth3_operator::proxy::pods::{ProxyStart, proxy_objects, proxy_tls};
 use oauth3_test_support::Upstream;
 use oauth3_tests::{
     TEST_FIELD_MANAGER, apply_dev_sealed_secret, callback_certificate, client_as, client_or_skip,
@@ -816,6 +817,48 @@ async fn the_default_operator_identity_can_launch_sandboxes_but_cannot_read_secr
             )
         });
     }
+    // And a credential proxy's (a proxied Permit's): its Pod, bundle Secret, Service and
+    // NetworkPolicy, owned by the Permit with blockOwnerDeletion; it reads the Pod by name and
+    // watches the labelled ones.
+    let tls = proxy_tls("oauth3-proxy-p", &agents).expect("tls");
+    let proxy = proxy_objects(
+        &permit,
+        &config,
+        &ProxyStart {
+            bundle_json: zeroize::Zeroizing::new("{}".into()),
+            tls: &tls,
+            token_digest: "sha256:t",
+            spec_digest: "sha256:s",
+            rules: &rules,
+        },
+    )
+    .expect("proxy objects");
+    let as_json = |o: serde_json::Result<Value>| o.expect("json");
+    let mut secret = as_json(serde_json::to_value(&proxy.secret));
+    secret["apiVersion"] = json!("v1");
+    secret["kind"] = json!("Secret");
+    for obj in [
+        as_json(serde_json::to_value(&proxy.pod)),
+        secret,
+        as_json(serde_json::to_value(&proxy.service)),
+        as_json(serde_json::to_value(&proxy.policy)),
+    ] {
+        apply(&sa, &obj, true).await.unwrap_or_else(|e| {
+            panic!(
+                "the operator identity cannot apply the proxy's {} {}: {e}",
+                kind(&obj),
+                name(&obj)
+            )
+        });
+    }
+    Api::<Pod>::all(sa.clone())
+        .list(&ListParams::default().labels(LABEL_PROXY))
+        .await
+        .expect("the operator identity can list (and so watch) proxy Pods");
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(sa.clone(), &agents)
+        .get_opt("oauth3-proxy-p")
+        .await
+        .expect("the operator identity can read a proxy's Service");
     // It watches the sandbox Pods (how a run ended, why one does not start).
     let pods: Api<Pod> = Api::all(sa.clone());
     pods.list(&ListParams::default().labels(LABEL_EXECUTION))

@@ -496,7 +496,9 @@ pub fn cilium_policy_resource() -> ApiResource {
 /// # Errors
 /// [`LaunchError::Egress`] naming the host and the address when a host does not resolve or
 /// resolves to a private, loopback, link-local (metadata) or otherwise non-public address.
-async fn resolve_targets(targets: &[Target]) -> Result<Vec<(Target, Vec<IpAddr>)>, LaunchError> {
+pub(crate) async fn resolve_targets(
+    targets: &[Target],
+) -> Result<Vec<(Target, Vec<IpAddr>)>, LaunchError> {
     resolve_targets_with(targets, |host, port| {
         Box::pin(async move {
             tokio::net::lookup_host((host.as_str(), port))

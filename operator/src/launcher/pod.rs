@@ -1,5 +1,7 @@
 //! Desired state of the `pod` launcher (pure): the sandbox Pod that runs one Execution in a
-//! confidential container, and the per-Execution NetworkPolicy that walls it in.
+//! confidential container, and the per-Execution NetworkPolicy that walls it in. The Pod's
+//! spec and the egress rules are built by [`sandbox_pod`] and [`sandbox_egress`], which a
+//! credential proxy's Pod and policy (`crate::proxy::pods`) share.
 //!
 //! Invariants enforced here (and pinned by the tests below):
 //! - the Pod runs under the configured `runtimeClassName` (default `kata-qemu-tdx`);
@@ -121,6 +123,9 @@ pub enum DesiredError {
     /// The Execution has no name, namespace or uid.
     #[error("building sandbox objects: the Execution has no {0}")]
     MissingMetadata(&'static str),
+    /// The Permit of a credential proxy has no name, namespace or uid.
+    #[error("building the credential proxy's objects: the Permit has no {0}")]
+    MissingPermitMetadata(&'static str),
     /// The object did not deserialise into its Kubernetes type (a bug in this module).
     #[error("building the sandbox {what}: {source}")]
     Build {
@@ -147,7 +152,7 @@ fn labels(execution: &Execution, uid: &str) -> serde_json::Value {
 
 /// Label values are at most 63 characters; longer names are cut (the uid label is the
 /// selector; this one is for people).
-fn label_value(s: &str) -> String {
+pub(crate) fn label_value(s: &str) -> String {
     s.chars()
         .take(63)
         .collect::<String>()
@@ -192,9 +197,69 @@ pub fn desired_pod(
     config: &PodLaunchConfig,
 ) -> Result<Pod, DesiredError> {
     let (name, ns, uid) = meta(execution)?;
-    let object = run_object_name(&name);
-    let sealed_sources: Vec<_> = permit
-        .spec
+    let args = run_args(
+        &format!("{BUNDLE_DIR}/{BUNDLE_FILE}"),
+        SEALED_DIR,
+        &config.key_provider,
+        &config.quote_provider,
+    );
+    sandbox_pod(
+        SandboxPod {
+            name: run_object_name(&name),
+            namespace: ns,
+            labels: labels(execution, &uid),
+            annotations: json!({"oauth3.dev/execution-name": name}),
+            owner: owner(execution)?,
+            args,
+            secrets: &permit.spec.secrets,
+            bundle_files: &[],
+            active_deadline_seconds: Some(
+                i64::from(execution.spec.timeout_seconds) + config.deadline_grace_seconds,
+            ),
+            termination_grace_seconds: 5,
+            serves_port: None,
+        },
+        config,
+    )
+}
+
+/// What the sandbox Pods of a run and of a credential proxy differ in; everything else (the
+/// runtime class, image, hardening, sealed-secret projection, key and quote provider mounts,
+/// resources) is [`sandbox_pod`]'s, the same for both.
+pub(crate) struct SandboxPod<'a> {
+    /// Name of the Pod and of its bundle Secret.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Labels (a JSON object).
+    pub labels: serde_json::Value,
+    /// Annotations (a JSON object).
+    pub annotations: serde_json::Value,
+    /// The controller owner reference.
+    pub owner: serde_json::Value,
+    /// The runner's arguments (`--ca-file` is added here when there is a sandbox CA).
+    pub args: Vec<String>,
+    /// The Permit's secret names, each projected from its sealed Secret.
+    pub secrets: &'a [String],
+    /// Files of the bundle Secret mounted besides the bundle (and the sandbox CA).
+    pub bundle_files: &'a [&'a str],
+    /// `activeDeadlineSeconds`, if the node should end the Pod.
+    pub active_deadline_seconds: Option<i64>,
+    /// `terminationGracePeriodSeconds`.
+    pub termination_grace_seconds: i64,
+    /// The TCP port the runner serves on, probed for readiness.
+    pub serves_port: Option<i32>,
+}
+
+/// The hardened confidential sandbox Pod runs and proxies share (pure).
+///
+/// # Errors
+/// [`DesiredError::Build`] if the object does not deserialise (a bug in this module).
+pub(crate) fn sandbox_pod(
+    p: SandboxPod<'_>,
+    config: &PodLaunchConfig,
+) -> Result<Pod, DesiredError> {
+    let sealed_sources: Vec<_> = p
         .secrets
         .iter()
         .map(|s| {
@@ -205,12 +270,7 @@ pub fn desired_pod(
             }})
         })
         .collect();
-    let mut args = run_args(
-        &format!("{BUNDLE_DIR}/{BUNDLE_FILE}"),
-        SEALED_DIR,
-        &config.key_provider,
-        &config.quote_provider,
-    );
+    let mut args = p.args;
     let mut bundle_items = vec![json!({"key": BUNDLE_FILE, "path": BUNDLE_FILE})];
     if config.upstream_ca_pem.is_some() {
         bundle_items.push(json!({"key": UPSTREAM_CA_FILE, "path": UPSTREAM_CA_FILE}));
@@ -219,8 +279,9 @@ pub fn desired_pod(
             format!("{BUNDLE_DIR}/{UPSTREAM_CA_FILE}"),
         ]);
     }
+    bundle_items.extend(p.bundle_files.iter().map(|f| json!({"key": f, "path": f})));
     let mut volumes = vec![
-        json!({"name": "bundle", "secret": {"secretName": object, "defaultMode": 0o440,
+        json!({"name": "bundle", "secret": {"secretName": p.name, "defaultMode": 0o440,
             "items": bundle_items}}),
         json!({"name": "sealed", "projected": {"defaultMode": 0o440, "sources": sealed_sources}}),
         json!({"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}),
@@ -240,54 +301,67 @@ pub fn desired_pod(
         volumes.push(json!({"name": "dstack", "hostPath": {"path": socket, "type": "Socket"}}));
         mounts.push(json!({"name": "dstack", "mountPath": socket}));
     }
-    let deadline = i64::from(execution.spec.timeout_seconds) + config.deadline_grace_seconds;
     let resources = json!({"cpu": config.cpu, "memory": config.memory});
+    let mut container = json!({
+        "name": CONTAINER_NAME,
+        "image": config.image,
+        "imagePullPolicy": config.image_pull_policy,
+        "args": args,
+        "env": [{"name": "RUST_LOG", "value": "warn"}],
+        "resources": {"limits": resources, "requests": resources},
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "privileged": false,
+            "readOnlyRootFilesystem": true,
+            "runAsNonRoot": true,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    });
+    if let (Some(port), Some(c)) = (p.serves_port, container.as_object_mut()) {
+        c.insert(
+            "ports".into(),
+            json!([{"name": "https", "containerPort": port, "protocol": "TCP"}]),
+        );
+        c.insert(
+            "readinessProbe".into(),
+            json!({"tcpSocket": {"port": port}, "periodSeconds": 2, "failureThreshold": 3}),
+        );
+    }
+    let mut spec = json!({
+        "runtimeClassName": config.runtime_class_name,
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": p.termination_grace_seconds,
+        "automountServiceAccountToken": false,
+        "enableServiceLinks": false,
+        "hostNetwork": false,
+        "hostPID": false,
+        "hostIPC": false,
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": RUNNER_UID,
+            "runAsGroup": RUNNER_UID,
+            "fsGroup": RUNNER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    });
+    if let (Some(deadline), Some(s)) = (p.active_deadline_seconds, spec.as_object_mut()) {
+        s.insert("activeDeadlineSeconds".into(), json!(deadline));
+    }
     let pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": object,
-            "namespace": ns,
-            "labels": labels(execution, &uid),
-            "annotations": {"oauth3.dev/execution-name": name},
-            "ownerReferences": [owner(execution)?],
+            "name": p.name,
+            "namespace": p.namespace,
+            "labels": p.labels,
+            "annotations": p.annotations,
+            "ownerReferences": [p.owner],
         },
-        "spec": {
-            "runtimeClassName": config.runtime_class_name,
-            "restartPolicy": "Never",
-            "activeDeadlineSeconds": deadline,
-            "terminationGracePeriodSeconds": 5,
-            "automountServiceAccountToken": false,
-            "enableServiceLinks": false,
-            "hostNetwork": false,
-            "hostPID": false,
-            "hostIPC": false,
-            "securityContext": {
-                "runAsNonRoot": true,
-                "runAsUser": RUNNER_UID,
-                "runAsGroup": RUNNER_UID,
-                "fsGroup": RUNNER_UID,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-            "containers": [{
-                "name": CONTAINER_NAME,
-                "image": config.image,
-                "imagePullPolicy": config.image_pull_policy,
-                "args": args,
-                "env": [{"name": "RUST_LOG", "value": "warn"}],
-                "resources": {"limits": resources, "requests": resources},
-                "securityContext": {
-                    "allowPrivilegeEscalation": false,
-                    "privileged": false,
-                    "readOnlyRootFilesystem": true,
-                    "runAsNonRoot": true,
-                    "capabilities": {"drop": ["ALL"]},
-                },
-                "volumeMounts": mounts,
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-            }],
-            "volumes": volumes,
-        }
+        "spec": spec,
     });
     serde_json::from_value(pod).map_err(|source| DesiredError::Build {
         what: "Pod",
@@ -357,6 +431,25 @@ pub fn desired_network_policy(
     rules: &EgressRules,
 ) -> Result<NetworkPolicy, DesiredError> {
     let (name, ns, uid) = meta(execution)?;
+    network_policy(
+        json!({
+            "name": run_object_name(&name),
+            "namespace": ns,
+            "labels": labels(execution, &uid),
+            "ownerReferences": [owner(execution)?],
+        }),
+        json!({LABEL_EXECUTION: uid}),
+        Vec::new(),
+        sandbox_egress(config, rules),
+    )
+}
+
+/// The egress rules of a sandbox Pod (a run's or a proxy's): DNS, the operator's callback, and
+/// what `rules` allow (pure).
+pub(crate) fn sandbox_egress(
+    config: &PodLaunchConfig,
+    rules: &EgressRules,
+) -> Vec<serde_json::Value> {
     let mut egress = base_egress(config);
     match rules {
         EgressRules::Open => egress.push(json!({
@@ -379,19 +472,28 @@ pub fn desired_network_policy(
             }
         }
     }
+    egress
+}
+
+/// A NetworkPolicy with `metadata`, over the Pods labelled `selector`, with both policy types
+/// and exactly these `ingress` and `egress` rules (pure).
+///
+/// # Errors
+/// [`DesiredError::Build`] if the object does not deserialise (a bug in this module).
+pub(crate) fn network_policy(
+    metadata: serde_json::Value,
+    selector: serde_json::Value,
+    ingress: Vec<serde_json::Value>,
+    egress: Vec<serde_json::Value>,
+) -> Result<NetworkPolicy, DesiredError> {
     let policy = json!({
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {
-            "name": run_object_name(&name),
-            "namespace": ns,
-            "labels": labels(execution, &uid),
-            "ownerReferences": [owner(execution)?],
-        },
+        "metadata": metadata,
         "spec": {
-            "podSelector": {"matchLabels": {LABEL_EXECUTION: uid}},
+            "podSelector": {"matchLabels": selector},
             "policyTypes": ["Ingress", "Egress"],
-            "ingress": [],
+            "ingress": ingress,
             "egress": egress,
         }
     });

@@ -14,11 +14,12 @@
 //! after it stopped (the gateway sets it when a call comes). One that failed is started again
 //! after [`FAILED_RETRY`].
 //!
-//! The process launcher runs the proxy as a local child (development); the pod launcher's
-//! Pods are not built yet, and a proxied Permit under it gets `status.proxy` `Stopped` with
-//! reason `Unsupported`.
+//! The process launcher runs the proxy as a local child (development); the pod launcher runs
+//! it as a confidential sandbox Pod with a Service, a bundle Secret and a NetworkPolicy, all
+//! owned by the Permit (see [`pods`]), its state read back from the Pod, never remembered.
 
 pub mod channel;
+pub mod pods;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -26,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -33,7 +35,7 @@ use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use oauth3_crds::constants::{ANNOTATION_PROXY_WAKE, PROXY_FIELD_MANAGER};
+use oauth3_crds::constants::{ANNOTATION_PROXY_WAKE, LABEL_PROXY, PROXY_FIELD_MANAGER};
 use oauth3_crds::{Permit, PermitPhase, ProxyPhase, ProxyStatus};
 use oauth3_protocol::callback::token_digest;
 use oauth3_protocol::proxy::{EXIT_EXPIRED, EXIT_IDLE, ServeBundle};
@@ -42,7 +44,7 @@ use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
 use crate::execution::ExecutionContext;
-use crate::launcher::process::terminate;
+use crate::launcher::process::{ProcessLauncher, terminate};
 use crate::launcher::{Launcher, SealedEnvelopes};
 use crate::status_write::{Guarded, publish, write_status};
 
@@ -64,8 +66,8 @@ pub mod reason {
     pub const IDLE: &str = "Idle";
     /// The proxy could not be started or ended on its own.
     pub const FAILED: &str = "Failed";
-    /// The launcher cannot run proxies.
-    pub const UNSUPPORTED: &str = "Unsupported";
+    /// Being started (pod launcher: the Pod is created, scheduled or not yet ready).
+    pub const STARTING: &str = "Starting";
     /// The operator stopped (its proxies stop with it).
     pub const OPERATOR_STOPPED: &str = "OperatorStopped";
 }
@@ -349,30 +351,21 @@ pub async fn reconcile(permit: Arc<Permit>, pctx: Arc<ProxyContext>) -> Result<A
     let name = permit.name_any();
     let namespace = permit.namespace().unwrap_or_default();
     let key = (namespace.clone(), name.clone());
-    let label = format!("{namespace}/{name}");
-    let api: Api<Permit> = Api::namespaced(ctx.client.clone(), &namespace);
     let now = ctx.now();
-    let current = permit.status.as_ref().and_then(|s| s.proxy.clone());
-    let write = |status: ProxyStatus| {
-        let api = api.clone();
-        let permit = permit.clone();
-        let label = label.clone();
-        async move {
-            write_status(
-                &api,
-                &*permit,
-                &status_patch(&status),
-                Some(PROXY_FIELD_MANAGER),
-            )
-            .await
-            .map_err(|source| ProxyError::Api {
-                step: "writing status.proxy",
-                key: label.clone(),
-                source,
-            })
-        }
+    let p = Proxied {
+        api: Api::namespaced(ctx.client.clone(), &namespace),
+        permit: &permit,
+        label: format!("{namespace}/{name}"),
+        current: permit.status.as_ref().and_then(|s| s.proxy.clone()),
+        recorder: &ctx.recorder,
     };
-    let retry_soon = Action::requeue(Duration::from_millis(300));
+    let launcher = match &pctx.ectx.config.launcher {
+        Launcher::Pod(config) => {
+            return pods::reconcile(&pctx, &p, config, wanted(&permit, now), now).await;
+        }
+        Launcher::Process(launcher) => launcher,
+    };
+    let current = p.current.clone();
 
     // A proxy of ours that ended on its own: record why, once.
     let ended = {
@@ -386,18 +379,10 @@ pub async fn reconcile(permit: Arc<Permit>, pctx: Arc<ProxyContext>) -> Result<A
         let (code, last) = r.exited.clone().unwrap_or_default();
         if current.as_ref().and_then(|c| c.token_digest.as_deref()) == Some(&r.token_digest) {
             let (why, message) = exit_reason(code, &last);
-            let written = write(stopped_status(current.as_ref(), why, &message, now)).await?;
-            if written.written() {
-                let (type_, event) = if why == reason::FAILED {
-                    (EventType::Warning, EVENT_FAILED)
-                } else {
-                    (EventType::Normal, EVENT_STOPPED)
-                };
-                publish(&ctx.recorder, &*permit, type_, event, message).await;
-            }
+            p.ended(why, message, now).await?;
         }
         // Decide again on the status as written.
-        return Ok(retry_soon);
+        return Ok(RETRY_SOON);
     }
 
     let want = wanted(&permit, now);
@@ -411,26 +396,9 @@ pub async fn reconcile(permit: Arc<Permit>, pctx: Arc<ProxyContext>) -> Result<A
             if let Some(r) = &mine {
                 terminate(r.pid);
                 pctx.lock().remove(&key);
-                tracing::info!(permit = %label, pid = r.pid, reason = why, "stopping the proxy");
+                tracing::info!(permit = %p.label, pid = r.pid, reason = why, "stopping the proxy");
             }
-            let already = current.as_ref().is_some_and(|c| {
-                c.phase == ProxyPhase::Stopped && c.reason.as_deref() == Some(why)
-            });
-            if current.is_some() && !already {
-                let written = write(stopped_status(current.as_ref(), why, &message, now)).await?;
-                if !written.written() {
-                    return Ok(retry_soon);
-                }
-                publish(
-                    &ctx.recorder,
-                    &*permit,
-                    EventType::Normal,
-                    EVENT_STOPPED,
-                    format!("the proxy stopped: {message}"),
-                )
-                .await;
-            }
-            Ok(Action::await_change())
+            p.stopped(why, &message, now).await
         }
         Want::Run { digest } => {
             let next = requeue_at_expiry(&permit, now);
@@ -440,25 +408,10 @@ pub async fn reconcile(permit: Arc<Permit>, pctx: Arc<ProxyContext>) -> Result<A
                     // Started, or the status was lost or overwritten: show what runs.
                     let fresh = current.as_ref().and_then(|c| c.token_digest.as_deref())
                         != Some(r.token_digest.as_str());
-                    match write(shown).await? {
-                        Guarded::Written if fresh => {
-                            let callers = permit
-                                .effective_spec()
-                                .proxy
-                                .as_ref()
-                                .map(|p| p.callers.join(", "))
-                                .unwrap_or_default();
-                            publish(
-                                &ctx.recorder,
-                                &*permit,
-                                EventType::Normal,
-                                EVENT_STARTED,
-                                format!("serving at {} ({}) for {callers}", r.endpoint, r.handle()),
-                            )
-                            .await;
-                        }
+                    match p.write(shown).await? {
+                        Guarded::Written if fresh => p.started(&r.endpoint, &r.handle()).await,
                         Guarded::Written => {}
-                        Guarded::Conflict | Guarded::Gone => return Ok(retry_soon),
+                        Guarded::Conflict | Guarded::Gone => return Ok(RETRY_SOON),
                     }
                 }
                 return Ok(next);
@@ -467,61 +420,147 @@ pub async fn reconcile(permit: Arc<Permit>, pctx: Arc<ProxyContext>) -> Result<A
                 // Started for another digest: the approval moved on.
                 terminate(old.pid);
             }
-            match start(&pctx, &permit, &digest, now).await {
-                Ok(_) => Ok(retry_soon),
-                Err(Started::Unusable(message)) => {
-                    let already = current.as_ref().is_some_and(|c| {
-                        c.phase == ProxyPhase::Stopped
-                            && c.reason.as_deref() == Some(reason::FAILED)
-                            && c.message.as_deref() == Some(message.as_str())
-                    });
-                    if !already {
-                        let mut status =
-                            stopped_status(current.as_ref(), reason::FAILED, &message, now);
-                        status.spec_digest = Some(digest);
-                        if write(status).await?.written() {
-                            publish(
-                                &ctx.recorder,
-                                &*permit,
-                                EventType::Warning,
-                                EVENT_FAILED,
-                                format!("the proxy could not be started: {message}"),
-                            )
-                            .await;
-                        }
-                    }
-                    Ok(Action::requeue(FAILED_RETRY))
-                }
-                Err(Started::Unsupported) => {
-                    let message = "the pod launcher does not run credential proxies yet; \
-                                   run the operator with --launcher process";
-                    let already = current
-                        .as_ref()
-                        .is_some_and(|c| c.reason.as_deref() == Some(reason::UNSUPPORTED));
-                    if !already {
-                        let mut status =
-                            stopped_status(current.as_ref(), reason::UNSUPPORTED, message, now);
-                        status.spec_digest = Some(digest);
-                        if write(status).await?.written() {
-                            publish(
-                                &ctx.recorder,
-                                &*permit,
-                                EventType::Warning,
-                                EVENT_FAILED,
-                                message.to_owned(),
-                            )
-                            .await;
-                        }
-                    }
-                    Ok(Action::await_change())
-                }
+            match start(&pctx, launcher, &permit, &digest, now).await {
+                Ok(_) => Ok(RETRY_SOON),
+                Err(Started::Unusable(message)) => p.failed_to_start(&digest, &message, now).await,
                 Err(Started::Api(source)) => Err(ProxyError::Api {
                     step: "reading the sealed Secrets",
-                    key: label,
+                    key: p.label.clone(),
                     source,
                 }),
             }
         }
+    }
+}
+
+/// How soon a reconcile looks again after its own write or start.
+const RETRY_SOON: Action = Action::requeue(Duration::from_millis(300));
+
+/// One reconcile's view of a Permit's proxy status, and its writes and Events (both
+/// launchers).
+struct Proxied<'a> {
+    api: Api<Permit>,
+    permit: &'a Permit,
+    /// namespace/name.
+    label: String,
+    /// `status.proxy` as read.
+    current: Option<ProxyStatus>,
+    recorder: &'a kube::runtime::events::Recorder,
+}
+
+impl Proxied<'_> {
+    /// The guarded write of `status.proxy`.
+    async fn write(&self, status: ProxyStatus) -> Result<Guarded, ProxyError> {
+        write_status(
+            &self.api,
+            self.permit,
+            &status_patch(&status),
+            Some(PROXY_FIELD_MANAGER),
+        )
+        .await
+        .map_err(|source| ProxyError::Api {
+            step: "writing status.proxy",
+            key: self.label.clone(),
+            source,
+        })
+    }
+
+    async fn event(&self, type_: EventType, reason: &str, message: String) {
+        publish(self.recorder, self.permit, type_, reason, message).await;
+    }
+
+    /// `ProxyStarted`, naming where it serves and for whom.
+    async fn started(&self, endpoint: &str, handle: &str) {
+        let callers = self
+            .permit
+            .effective_spec()
+            .proxy
+            .as_ref()
+            .map(|p| p.callers.join(", "))
+            .unwrap_or_default();
+        self.event(
+            EventType::Normal,
+            EVENT_STARTED,
+            format!("serving at {endpoint} ({handle}) for {callers}"),
+        )
+        .await;
+    }
+
+    /// Records that the proxy ended on its own (`why` from [`exit_reason`]), once.
+    async fn ended(
+        &self,
+        why: &'static str,
+        message: String,
+        now: Timestamp,
+    ) -> Result<(), ProxyError> {
+        let written = self
+            .write(stopped_status(self.current.as_ref(), why, &message, now))
+            .await?;
+        if written.written() {
+            let (type_, event) = if why == reason::FAILED {
+                (EventType::Warning, EVENT_FAILED)
+            } else {
+                (EventType::Normal, EVENT_STOPPED)
+            };
+            self.event(type_, event, message).await;
+        }
+        Ok(())
+    }
+
+    /// Shows the proxy stopped for `why` (the proxy itself is already stopped), once.
+    async fn stopped(
+        &self,
+        why: &'static str,
+        message: &str,
+        now: Timestamp,
+    ) -> Result<Action, ProxyError> {
+        let current = self.current.as_ref();
+        let already = current
+            .is_some_and(|c| c.phase == ProxyPhase::Stopped && c.reason.as_deref() == Some(why));
+        if current.is_some() && !already {
+            let written = self
+                .write(stopped_status(current, why, message, now))
+                .await?;
+            if !written.written() {
+                return Ok(RETRY_SOON);
+            }
+            self.event(
+                EventType::Normal,
+                EVENT_STOPPED,
+                format!("the proxy stopped: {message}"),
+            )
+            .await;
+        }
+        Ok(Action::await_change())
+    }
+
+    /// Shows that the proxy for `digest` could not be started, and why; tried again after
+    /// [`FAILED_RETRY`].
+    async fn failed_to_start(
+        &self,
+        digest: &str,
+        message: &str,
+        now: Timestamp,
+    ) -> Result<Action, ProxyError> {
+        let current = self.current.as_ref();
+        let already = current.is_some_and(|c| {
+            c.phase == ProxyPhase::Stopped
+                && c.reason.as_deref() == Some(reason::FAILED)
+                && c.message.as_deref() == Some(message)
+        });
+        if !already {
+            let mut status = stopped_status(current, reason::FAILED, message, now);
+            status.spec_digest = Some(digest.to_owned());
+            if self.write(status).await?.written() {
+                self.event(
+                    EventType::Warning,
+                    EVENT_FAILED,
+                    format!("the proxy could not be started: {message}"),
+                )
+                .await;
+            }
+        }
+        Ok(Action::requeue(FAILED_RETRY))
     }
 }
 
@@ -546,8 +585,6 @@ fn requeue_at_expiry(permit: &Permit, now: Timestamp) -> Action {
 enum Started {
     /// Its inputs are unusable (a sealed Secret missing, the binary failing): in words.
     Unusable(String),
-    /// The launcher cannot run proxies.
-    Unsupported,
     /// The API server could not be read.
     Api(kube::Error),
 }
@@ -589,14 +626,12 @@ pub fn serve_bundle(
 
 async fn start(
     pctx: &ProxyContext,
+    launcher: &ProcessLauncher,
     permit: &Permit,
     digest: &str,
     now: Timestamp,
 ) -> Result<Running, Started> {
     let ectx = &pctx.ectx;
-    let Launcher::Process(launcher) = &ectx.config.launcher else {
-        return Err(Started::Unsupported);
-    };
     let namespace = permit.namespace().unwrap_or_default();
     let sealed = match ectx
         .config
@@ -657,7 +692,8 @@ async fn start(
     Ok(running)
 }
 
-/// The proxy controller over `api`, until `shutdown`; every proxy it runs is stopped then.
+/// The proxy controller over `api`, until `shutdown`; every proxy process it runs is stopped
+/// then (proxy Pods keep running: the next operator, or leader, adopts them).
 pub async fn run_proxy_controller(
     api: Api<Permit>,
     pctx: Arc<ProxyContext>,
@@ -668,8 +704,24 @@ pub async fn run_proxy_controller(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .take();
+    let pods: Option<Api<Pod>> = matches!(pctx.ectx.config.launcher, Launcher::Pod(_)).then(|| {
+        let client = api.clone().into_client();
+        match api.namespace() {
+            Some(ns) => Api::namespaced(client, ns),
+            None => Api::all(client),
+        }
+    });
     let (store, stream) = crate::cache::lean_watch(api);
     let mut controller = Controller::for_stream(stream, store).graceful_shutdown_on(shutdown);
+    if let Some(pods) = pods {
+        // A proxy Pod's changes (scheduled, ready, ended) wake its Permit; the reconcile reads
+        // the Pod itself, so a store that lags never makes it start a second one.
+        let (_, trigger) = crate::cache::lean_watch_with(
+            pods,
+            kube::runtime::watcher::Config::default().labels(LABEL_PROXY),
+        );
+        controller = controller.owns_stream(trigger);
+    }
     if let Some(ended) = ended {
         controller = controller.reconcile_on(tokio_stream_from(ended));
     }
