@@ -1,0 +1,554 @@
+//! Calls without code through the gateway (`/proxy/<namespace>/<permit>/<capability>/...`) on
+//! a real kube-apiserver: a real `oauth3-sandbox-runner serve` (plain HTTP on loopback, the
+//! development key provider, a sealed secret, a client token file holding the digest of a
+//! real ServiceAccount token), recording HTTPS upstreams, and the Permit's `status.proxy`
+//! written here as the operator would write it. The client's token never reaches an upstream,
+//! the secret never reaches the client, refused calls send nothing, and a caller without the
+//! right to call the proxy can neither use nor wake it.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use oauth3_crds::Permit;
+use oauth3_crds::constants::ANNOTATION_PROXY_WAKE;
+use oauth3_protocol::proxy::REFUSAL_HEADER;
+use oauth3_sandbox_runner::proxy::auth::TokenFile;
+use oauth3_sandbox_runner::secrets::{DevKey, DevProvider, seal};
+use oauth3_test_support::sse::EventStream;
+use oauth3_test_support::{free_port, wait_until};
+use oauth3_tests::gateway::{GatewayEnv, service_account_token};
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+const SECRET: &str = "sk-proxy-gw-5d21c9";
+const DEV_KEY: [u8; 32] = [9u8; 32];
+const PERMIT: &str = "api-proxy";
+const EVENTS: usize = 3;
+const EVENT_GAP: Duration = Duration::from_millis(1500);
+
+/// A tenant with a proxied, approved Permit whose `serve` runs on loopback, an SSE upstream
+/// and a caller without the right to call the proxy.
+struct ProxyEnv {
+    env: GatewayEnv,
+    sse: EventStream,
+    /// `http://127.0.0.1:<port>` of the running `serve`.
+    endpoint: String,
+    /// A ServiceAccount of the same namespace with the agent role but no `permits/proxy`.
+    stranger: String,
+    _serve: tokio::process::Child,
+    dir: PathBuf,
+}
+
+impl Drop for ProxyEnv {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn spec(env: &GatewayEnv, sse: &EventStream, agent_user: &str) -> oauth3_crds::PermitSpec {
+    let auth = json!({"header": "Authorization", "value": "Bearer {API_TOKEN}"});
+    serde_json::from_value(json!({
+        "description": "calls without code through the gateway",
+        "secrets": ["API_TOKEN"],
+        "capabilities": [
+            {"name": "api", "baseUrl": format!("{}/v1", env.up.origin()),
+             "paths": ["/items", "/echo-auth"], "methods": ["GET", "POST"], "auth": auth,
+             "query": {"allow": ["page"]}},
+            {"name": "events", "baseUrl": sse.origin(), "paths": ["/stream"],
+             "methods": ["GET"], "auth": auth}
+        ],
+        "proxy": {"enabled": true, "callers": [agent_user]}
+    }))
+    .expect("spec")
+}
+
+/// Lets the tenant's agent call the proxies of the namespace (`create` on `permits/proxy`).
+async fn grant_proxy_calls(env: &GatewayEnv) {
+    use k8s_openapi::api::rbac::v1::Role;
+    let ns = &env.tenant.ns;
+    let role: Role = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "proxy-caller", "namespace": ns},
+        "rules": [{"apiGroups": ["oauth3.dev"], "resources": ["permits/proxy"],
+                   "verbs": ["create"]}]
+    }))
+    .expect("role");
+    Api::<Role>::namespaced(env.admin.clone(), ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .expect("role created");
+    bind_service_account(env, "proxy-caller", "Role", "proxy-caller", "agent").await;
+}
+
+/// Binds `kind` `role` to ServiceAccount `sa` of the tenant's namespace.
+async fn bind_service_account(env: &GatewayEnv, binding: &str, kind: &str, role: &str, sa: &str) {
+    use k8s_openapi::api::rbac::v1::RoleBinding;
+    let ns = &env.tenant.ns;
+    let rb: RoleBinding = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": binding, "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]
+    }))
+    .expect("binding");
+    Api::<RoleBinding>::namespaced(env.admin.clone(), ns)
+        .create(&PostParams::default(), &rb)
+        .await
+        .expect("binding created");
+}
+
+/// Creates `name` with `spec` and marks it Approved (the owner's decision, as the harness).
+async fn approved_permit(env: &GatewayEnv, name: &str, spec: oauth3_crds::PermitSpec) {
+    let api: Api<Permit> = Api::namespaced(env.admin.clone(), &env.tenant.ns);
+    api.create(&PostParams::default(), &Permit::new(name, spec))
+        .await
+        .expect("Permit created");
+    set_status(env, name, json!({"phase": "Approved"})).await;
+}
+
+/// Merges `status` into the Permit's status (what the operator writes).
+async fn set_status(env: &GatewayEnv, name: &str, status: Value) {
+    Api::<Permit>::namespaced(env.admin.clone(), &env.tenant.ns)
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": status})),
+        )
+        .await
+        .expect("status patched");
+}
+
+async fn set_proxy_status(env: &GatewayEnv, proxy: Value) {
+    set_status(env, PERMIT, json!({"proxy": proxy})).await;
+}
+
+impl ProxyEnv {
+    async fn new(prefix: &str) -> Option<Self> {
+        let env = GatewayEnv::new(prefix, false, DEV_KEY, Duration::from_secs(5)).await?;
+        let sse = EventStream::start(EVENTS, EVENT_GAP).await;
+        let ns = env.tenant.ns.clone();
+        let agent_user = format!("system:serviceaccount:{ns}:agent");
+        grant_proxy_calls(&env).await;
+        bind_service_account(
+            &env,
+            "stranger-agent",
+            "ClusterRole",
+            "oauth3-agent",
+            "stranger",
+        )
+        .await;
+        let stranger = service_account_token(&env.admin, &ns, "stranger").await;
+        let spec = spec(&env, &sse, &agent_user);
+        approved_permit(&env, PERMIT, spec.clone()).await;
+
+        let dir = std::env::temp_dir().join(format!("oauth3-gw-proxy-{ns}"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = |name: &str, bytes: &[u8]| {
+            let p = dir.join(name);
+            std::fs::write(&p, bytes).expect("write");
+            p
+        };
+        let provider = DevProvider::new(DevKey::Hex(Zeroizing::new(hex::encode(DEV_KEY))), true)
+            .expect("dev provider");
+        let envelope = seal(&provider.public_key(), &ns, "API_TOKEN", SECRET).expect("sealed");
+        let bundle = json!({
+            "namespace": ns,
+            "permit": {"name": PERMIT, "specDigest": oauth3_crds::spec_digest(&spec).expect("digest"),
+                       "spec": spec},
+            "sealedSecrets": [{"name": "API_TOKEN", "envelope": envelope}]
+        });
+        let tokens = format!(
+            "{}\n{}\n",
+            TokenFile::line_for(&env.tenant.agent, &agent_user),
+            TokenFile::line_for(&stranger, &format!("system:serviceaccount:{ns}:stranger"))
+        );
+        let mut cas = env.up.ca_pem.clone();
+        cas.extend_from_slice(&sse.ca_pem);
+        let port = free_port();
+        let serve = tokio::process::Command::new(oauth3_tests::workspace_binary(
+            "oauth3-sandbox-runner",
+            "oauth3-sandbox-runner",
+        ))
+        .arg("serve")
+        .arg("--bundle")
+        .arg(file("bundle.json", bundle.to_string().as_bytes()))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--insecure-plain-http",
+        ])
+        .arg("--client-token-file")
+        .arg(file("tokens", tokens.as_bytes()))
+        .args(["--key-provider", "dev", "--insecure-dev-key"])
+        .arg("--dev-key-file")
+        .arg(file("dev.key", hex::encode(DEV_KEY).as_bytes()))
+        .arg("--ca-file")
+        .arg(file("ca.pem", &cas))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("serve starts");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let probe = reqwest::Client::new();
+        wait_until("the proxy answers", Duration::from_secs(30), || {
+            let url = format!("{endpoint}/api/items");
+            let probe = probe.clone();
+            async move {
+                probe
+                    .get(url)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .await;
+        let this = Self {
+            env,
+            sse,
+            endpoint,
+            stranger,
+            _serve: serve,
+            dir,
+        };
+        this.ready().await;
+        Some(this)
+    }
+
+    /// `status.proxy` as the operator writes it once the proxy answers.
+    async fn ready(&self) {
+        set_proxy_status(
+            &self.env,
+            json!({"phase": "Ready", "endpoint": self.endpoint, "handle": "process/1"}),
+        )
+        .await;
+    }
+
+    fn url(&self, permit: &str, rest: &str) -> String {
+        self.env
+            .gw
+            .url(&format!("/proxy/{}/{permit}/{rest}", self.env.tenant.ns))
+    }
+
+    async fn wake_annotation(&self) -> Option<String> {
+        Api::<Permit>::namespaced(self.env.admin.clone(), &self.env.tenant.ns)
+            .get(PERMIT)
+            .await
+            .expect("Permit")
+            .metadata
+            .annotations
+            .and_then(|a| a.get(ANNOTATION_PROXY_WAKE).cloned())
+    }
+}
+
+fn assert_no_client_token(env: &ProxyEnv, why: &str) {
+    for r in env.env.up.requests() {
+        for (k, v) in &r.headers {
+            assert!(
+                !v.contains(&env.env.tenant.agent),
+                "{why}: the client token reached the upstream in {k}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_call_through_the_gateway_reaches_the_upstream_with_the_secret_and_not_the_client_token()
+{
+    let Some(env) = ProxyEnv::new("gw-proxy-call").await else {
+        return;
+    };
+    let http = reqwest::Client::new();
+    let answer = http
+        .get(env.url(PERMIT, "api/echo-auth?page=2"))
+        .bearer_auth(&env.env.tenant.agent)
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(answer.status().as_u16(), 200);
+    assert!(
+        answer.headers().contains_key("x-oauth3-upstream"),
+        "the runner's upstream header is passed on"
+    );
+    let text = answer.text().await.expect("body");
+    assert!(
+        !text.contains(SECRET),
+        "the secret reached the client: {text}"
+    );
+
+    // Anthropic-style: the token as X-Api-Key; a POST body streamed up.
+    let posted = http
+        .post(env.url(PERMIT, "api/items"))
+        .header("x-api-key", &env.env.tenant.agent)
+        .header("content-type", "application/json")
+        .body(r#"{"title":"through the gateway"}"#)
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(posted.status().as_u16(), 200);
+
+    let got = env.env.up.assert_received(2, "both calls");
+    assert_eq!(got[0].path_and_query, "/v1/echo-auth?page=2");
+    assert_eq!(
+        got[0].header_values("authorization"),
+        [format!("Bearer {SECRET}")]
+    );
+    assert_eq!(got[1].method, "POST");
+    assert_eq!(got[1].body, br#"{"title":"through the gateway"}"#);
+    assert!(got[1].header_values("x-api-key").is_empty());
+    assert_no_client_token(&env, "forwarded calls");
+}
+
+#[tokio::test]
+async fn server_sent_events_reach_the_client_one_at_a_time() {
+    let Some(env) = ProxyEnv::new("gw-proxy-sse").await else {
+        return;
+    };
+    let mut answer = reqwest::Client::new()
+        .get(env.url(PERMIT, "events/stream"))
+        .bearer_auth(&env.env.tenant.agent)
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(answer.status().as_u16(), 200);
+    assert_eq!(
+        answer
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = answer
+            .chunk()
+            .await
+            .expect("chunk")
+            .expect("the first event");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let sent = env.sse.sent().len();
+    assert!(
+        sent < EVENTS,
+        "the first event arrived only after the upstream had sent {sent} of {EVENTS}: the answer was buffered"
+    );
+    assert!(text.starts_with("data: {\"n\": 0}"), "{text}");
+    while let Some(chunk) = answer.chunk().await.expect("chunk") {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert_eq!(text.matches("data: ").count(), EVENTS, "{text}");
+    assert!(
+        !text.contains(SECRET),
+        "the secret reached the client: {text}"
+    );
+    assert_eq!(env.sse.requests(), 1);
+}
+
+#[tokio::test]
+async fn a_call_the_policy_refuses_gets_the_proxys_refusal_and_sends_nothing() {
+    let Some(env) = ProxyEnv::new("gw-proxy-deny").await else {
+        return;
+    };
+    let http = reqwest::Client::new();
+    for (method, rest) in [
+        (reqwest::Method::DELETE, "api/items"),
+        (reqwest::Method::GET, "api/admin"),
+    ] {
+        let answer = http
+            .request(method.clone(), env.url(PERMIT, rest))
+            .bearer_auth(&env.env.tenant.agent)
+            .send()
+            .await
+            .expect("call");
+        assert_eq!(answer.status().as_u16(), 403, "{method} {rest}");
+        assert_eq!(
+            answer
+                .headers()
+                .get(REFUSAL_HEADER)
+                .and_then(|v| v.to_str().ok()),
+            Some("policy"),
+            "{method} {rest}"
+        );
+        let body: Value = answer.json().await.expect("refusal body");
+        assert_eq!(body["error"], "policy");
+        assert_eq!(body["capability"], "api");
+    }
+    // The stranger's token is known to the proxy but is not one of the callers.
+    let answer = http
+        .get(env.url(PERMIT, "api/items"))
+        .bearer_auth(&env.stranger)
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(answer.status().as_u16(), 403);
+    env.env
+        .up
+        .assert_nothing_received("refused calls are never sent");
+}
+
+async fn refusal(
+    http: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+) -> (u16, Option<String>, Value) {
+    let mut req = http.get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let answer = req.send().await.expect("call");
+    let status = answer.status().as_u16();
+    let kind = answer
+        .headers()
+        .get(REFUSAL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = answer.json().await.unwrap_or(Value::Null);
+    (status, kind, body)
+}
+
+#[tokio::test]
+async fn unknown_unproxied_unapproved_and_stopped_permits_get_the_documented_refusals() {
+    let Some(env) = ProxyEnv::new("gw-proxy-refusals").await else {
+        return;
+    };
+    let http = reqwest::Client::new();
+    let agent = Some(env.env.tenant.agent.as_str());
+
+    let (status, kind, body) = refusal(&http, &env.url("nothing-here", "api/items"), agent).await;
+    assert_eq!(
+        (status, kind.as_deref()),
+        (404, Some("badRequest")),
+        "{body}"
+    );
+    assert!(
+        body["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no Permit nothing-here")),
+        "{body}"
+    );
+
+    let plain =
+        oauth3_test_support::PermitFixture::api(&format!("{}/v1", env.env.up.origin())).spec();
+    approved_permit(&env.env, "plain", plain).await;
+    let (status, kind, body) = refusal(&http, &env.url("plain", "api/items"), agent).await;
+    assert_eq!(
+        (status, kind.as_deref()),
+        (409, Some("badRequest")),
+        "{body}"
+    );
+    assert!(
+        body["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("spec.proxy.enabled is not true")),
+        "{body}"
+    );
+
+    // A caller without the right learns nothing: the same 403 for a Permit that exists and
+    // one that does not; without a token, 401.
+    let stranger = Some(env.stranger.as_str());
+    let (status, kind, _) = refusal(&http, &env.url("plain", "api/items"), stranger).await;
+    assert_eq!((status, kind.as_deref()), (403, Some("forbidden")));
+    let (status, kind, _) = refusal(&http, &env.url("nothing-here", "api/items"), stranger).await;
+    assert_eq!((status, kind.as_deref()), (403, Some("forbidden")));
+    let (status, kind, _) = refusal(&http, &env.url("plain", "api/items"), None).await;
+    assert_eq!((status, kind.as_deref()), (401, Some("unauthenticated")));
+
+    set_proxy_status(
+        &env.env,
+        json!({"phase": "Stopped", "reason": "Revoked", "message": "the owner revoked the Permit",
+               "endpoint": null}),
+    )
+    .await;
+    let (status, kind, body) = refusal(&http, &env.url(PERMIT, "api/items"), agent).await;
+    assert_eq!((status, kind.as_deref()), (503, Some("stopped")), "{body}");
+    assert!(
+        body["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("(Revoked): the owner revoked the Permit")),
+        "{body}"
+    );
+    assert_eq!(
+        env.wake_annotation().await,
+        None,
+        "a revoked proxy is not woken"
+    );
+
+    // The gateway reuses a Permit read for a moment (documented); the change shows soon.
+    set_status(&env.env, PERMIT, json!({"phase": "Pending"})).await;
+    let url = env.url(PERMIT, "api/items");
+    let (status, kind, body) = wait_until("the Pending refusal", Duration::from_secs(10), || {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let seen = refusal(&http, &url, agent).await;
+            if seen.0 == 403 { Ok(seen) } else { Err(seen) }
+        }
+    })
+    .await;
+    assert_eq!(kind.as_deref(), Some("policy"), "{status} {body}");
+    assert!(
+        body["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("is Pending, not Approved")),
+        "{body}"
+    );
+    env.env
+        .up
+        .assert_nothing_received("nothing is forwarded without a ready proxy");
+}
+
+#[tokio::test]
+async fn an_idle_proxy_is_woken_only_for_a_caller_allowed_to_call_it() {
+    let Some(env) = ProxyEnv::new("gw-proxy-wake").await else {
+        return;
+    };
+    set_proxy_status(
+        &env.env,
+        json!({"phase": "Stopped", "reason": "Idle", "endpoint": null,
+               "stoppedAt": k8s_openapi::jiff::Timestamp::now().to_string()}),
+    )
+    .await;
+    let http = reqwest::Client::new();
+
+    let (status, kind, _) =
+        refusal(&http, &env.url(PERMIT, "api/items"), Some(&env.stranger)).await;
+    assert_eq!((status, kind.as_deref()), (403, Some("forbidden")));
+    assert_eq!(
+        env.wake_annotation().await,
+        None,
+        "a caller without the right woke the proxy"
+    );
+
+    let call = {
+        let http = http.clone();
+        let url = env.url(PERMIT, "api/items");
+        let token = env.env.tenant.agent.clone();
+        tokio::spawn(async move {
+            let answer = http.get(url).bearer_auth(token).send().await.expect("call");
+            answer.status().as_u16()
+        })
+    };
+    let woken = wait_until("the wake annotation", Duration::from_secs(20), || async {
+        env.wake_annotation().await.ok_or("not set")
+    })
+    .await;
+    assert!(
+        woken.parse::<k8s_openapi::jiff::Timestamp>().is_ok(),
+        "the annotation is an RFC 3339 time: {woken}"
+    );
+    env.env
+        .up
+        .assert_nothing_received("nothing is sent while the proxy is stopped");
+    // The operator starts the proxy again.
+    env.ready().await;
+    let status = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("the held call ends once the proxy is ready")
+        .expect("task");
+    assert_eq!(status, 200);
+    let got = env.env.up.assert_received(1, "the woken call");
+    assert_eq!(got[0].path_and_query, "/v1/items");
+    assert_no_client_token(&env, "the woken call");
+}
