@@ -579,10 +579,122 @@ pub struct CapabilityTool {
     pub listing: Value,
 }
 
-/// The capability tools a Permit offers: none yet (calls without code come with the
-/// credential proxy).
-pub fn capability_tools(_permit: &Permit) -> Vec<CapabilityTool> {
-    Vec::new()
+/// The capability tools a Permit offers: one per typed-endpoint capability, while the Permit
+/// is approved and its calls may be made without code (`spec.proxy`).
+pub fn capability_tools(permit: &Permit) -> Vec<CapabilityTool> {
+    if !calls_without_code(permit) {
+        return Vec::new();
+    }
+    permit
+        .effective_spec()
+        .capabilities
+        .iter()
+        .filter_map(|c| capability_tool(permit, c))
+        .collect()
+}
+
+/// Whether `permit` is approved with calls without code (pending the proxy's spec field).
+fn calls_without_code(permit: &Permit) -> bool {
+    let _ = permit;
+    false
+}
+
+/// Longest tool name many clients accept (`^[a-zA-Z0-9_-]{1,64}$`).
+const MAX_TOOL_NAME: usize = 64;
+
+/// The tool of one typed-endpoint capability of Permit `permit` (whose calls without code
+/// the caller may make): named `<permit>__<capability>`, described from the Permit, its input
+/// schema from `params`. `None` for the other forms (their calls are whole HTTP requests, not
+/// arguments), and for names no client could call (over 64 characters, or a `$` in the
+/// capability's name).
+pub fn capability_tool(permit: &Permit, cap: &oauth3_crds::Capability) -> Option<CapabilityTool> {
+    let oauth3_crds::CapabilityForm::TypedEndpoint {
+        endpoint,
+        method,
+        params,
+    } = cap.form()?
+    else {
+        return None;
+    };
+    let permit_name = permit.name_any();
+    let name = format!("{}__{}", permit_name.replace('.', "-"), cap.name);
+    if name.len() > MAX_TOOL_NAME
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return None;
+    }
+    let mut properties = Map::new();
+    let mut required = Vec::new();
+    for (param, spec) in params {
+        let mut p = Map::new();
+        let (what, scalar) = match spec.location {
+            oauth3_crds::ParamLocation::Path => ("path parameter", true),
+            oauth3_crds::ParamLocation::Query => ("query parameter", true),
+            oauth3_crds::ParamLocation::Header => ("header", true),
+            oauth3_crds::ParamLocation::Body => ("key of the JSON body", false),
+        };
+        if scalar {
+            p.insert("type".into(), json!(["string", "number", "boolean"]));
+        }
+        p.insert(
+            "description".into(),
+            json!(format!(
+                "{what} {param}{}",
+                if spec.pattern.is_some() {
+                    " (must match pattern)"
+                } else {
+                    ""
+                }
+            )),
+        );
+        if let Some(re) = &spec.pattern {
+            p.insert("pattern".into(), json!(format!("^(?:{re})$")));
+        }
+        if spec.location == oauth3_crds::ParamLocation::Path || spec.required {
+            required.push(param.clone());
+        }
+        properties.insert(param.clone(), Value::Object(p));
+    }
+    let method = method.as_str();
+    let mut description = format!(
+        "{method} {endpoint}, with the owner's credential injected by oauth3 (you never see it), under Permit {permit_name}: {}",
+        permit.spec.description
+    );
+    if let Some(doc) = &cap.doc_url {
+        description.push_str(&format!(" Documentation: {doc}"));
+    }
+    if let Some(r) = &cap.rate_limit {
+        description.push_str(&format!(
+            " At most {} calls per {} s.",
+            r.requests, r.per_seconds
+        ));
+    }
+    let read_only = matches!(method, "GET" | "HEAD" | "OPTIONS");
+    let listing = json!({
+        "name": name,
+        "title": format!("{} ({permit_name})", cap.name),
+        "description": description,
+        "inputSchema": {
+            "type": "object",
+            "properties": properties,
+            "required": required,
+            "additionalProperties": false,
+        },
+        "annotations": {
+            "readOnlyHint": read_only,
+            "destructiveHint": method == "DELETE",
+            "idempotentHint": read_only || matches!(method, "PUT" | "DELETE"),
+            "openWorldHint": true,
+        },
+    });
+    Some(CapabilityTool {
+        name,
+        permit: permit_name,
+        capability: cap.name.clone(),
+        listing,
+    })
 }
 
 /// The tools of a session: oauth3's own, then those of the namespace's approved Permits.
@@ -1129,6 +1241,75 @@ mod tests {
         let other = McpSession::new(&alice, LATEST_VERSION);
         assert_ne!(other.key, s.key);
         assert!(sessions.find(&other.id(), &alice).is_some());
+    }
+
+    #[test]
+    fn a_typed_endpoint_becomes_a_tool_with_its_params_as_the_schema() {
+        let spec: PermitSpec = serde_json::from_value(json!({
+            "description": "File issues on o/r",
+            "secrets": ["GH"],
+            "capabilities": [
+                {"name": "createIssue", "endpoint": "https://api.github.com/repos/{owner}/{repo}/issues",
+                 "method": "POST", "docUrl": "https://docs.github.com/rest/issues",
+                 "rateLimit": {"requests": 5, "perSeconds": 60},
+                 "params": {"owner": {"in": "path"}, "repo": {"in": "path", "pattern": "[a-z]+"},
+                            "title": {"in": "body", "required": true}, "labels": {"in": "body"},
+                            "dry": {"in": "query"}}},
+                {"name": "items", "baseUrl": "https://api.example.com", "paths": ["/**"], "methods": ["GET"]},
+                {"name": "get$", "endpoint": "https://api.example.com/x", "method": "GET"}
+            ]
+        }))
+        .expect("spec");
+        let permit = Permit::new("gh-issues", spec);
+        let tools: Vec<CapabilityTool> = permit
+            .spec
+            .capabilities
+            .iter()
+            .filter_map(|c| capability_tool(&permit, c))
+            .collect();
+        assert_eq!(
+            tools.len(),
+            1,
+            "only the typed endpoint with a callable name: {tools:?}"
+        );
+        let t = &tools[0];
+        assert_eq!(t.name, "gh-issues__createIssue");
+        assert_eq!(
+            (t.permit.as_str(), t.capability.as_str()),
+            ("gh-issues", "createIssue")
+        );
+        let l = &t.listing;
+        let d = l["description"].as_str().expect("description");
+        assert!(
+            d.contains("POST https://api.github.com/repos/{owner}/{repo}/issues"),
+            "{d}"
+        );
+        assert!(
+            d.contains("File issues on o/r")
+                && d.contains("docs.github.com")
+                && d.contains("5 calls per 60 s"),
+            "{d}"
+        );
+        let schema = &l["inputSchema"];
+        assert_eq!(
+            schema["required"],
+            json!(["owner", "repo", "title"]),
+            "{schema}"
+        );
+        assert_eq!(schema["additionalProperties"], false);
+        assert_eq!(schema["properties"]["repo"]["pattern"], "^(?:[a-z]+)$");
+        assert!(
+            schema["properties"]["labels"].get("type").is_none(),
+            "body values are any JSON"
+        );
+        assert_eq!(
+            schema["properties"]["dry"]["type"],
+            json!(["string", "number", "boolean"])
+        );
+        assert_eq!(l["annotations"]["readOnlyHint"], false);
+        // A name past 64 characters is left out rather than cut.
+        let long = Permit::new(&"p".repeat(60), permit.spec.clone());
+        assert!(capability_tool(&long, &long.spec.capabilities[0]).is_none());
     }
 
     #[test]
