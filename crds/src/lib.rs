@@ -27,8 +27,8 @@ pub use permit::{
     Approval, ApprovalDecision, ApprovalVia, ArgOp, ArgRule, AuthSpec, BodyRules, Capability,
     CapabilityForm, CodeReview, Draft, DraftDocument, DraftSource, HttpMethod, Intent,
     ParamLocation, ParamSpec, Permit, PermitPhase, PermitSpec, PermitStatus, PermitUsage,
-    QueryRules, RateLimit, RequiredAttestation, SecretBinding, SecretLocation, TrustLevel,
-    WebSignIn, WebSignInRequest,
+    ProxySpec, QueryRules, RateLimit, RequiredAttestation, SecretBinding, SecretLocation,
+    TrustLevel, WebSignIn, WebSignInRequest,
 };
 pub use schema::{
     JS_RESERVED_WORDS, OBJECT_PROTOTYPE_NAMES, SANDBOX_GLOBALS, SANDBOX_REMOVED_GLOBALS,

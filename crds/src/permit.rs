@@ -149,6 +149,51 @@ pub struct PermitSpec {
     #[schemars(length(max = 8))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub intent: Vec<Intent>,
+
+    /// Calls without code: with `enabled: true`, the approved capabilities may also be called
+    /// directly (by SDKs, IDEs, agent frameworks) through a long-running credential proxy in
+    /// the TEE, with the same policy, credential injection and rate limits, by the `callers`
+    /// named here only. The owner approves this with the rest of the spec. Unset: only
+    /// Executions run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxySpec>,
+}
+
+/// The credential proxy of a Permit (`spec.proxy`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!self.enabled || size(self.callers) >= 1").message("spec.proxy.callers must name at least one caller when the proxy is enabled").field_path(".callers"))]
+pub struct ProxySpec {
+    /// Whether the proxy runs once the Permit is approved.
+    #[serde(default)]
+    pub enabled: bool,
+
+    /// Kubernetes user names that may call (as a TokenReview reports them, e.g.
+    /// `system:serviceaccount:agents:coder`). Each also needs RBAC `create` on
+    /// `permits/proxy` for this Permit. The owner sees exactly these.
+    #[serde(default)]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 253)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub callers: Vec<String>,
+
+    /// Most calls in flight at once; further calls get HTTP 429 (1 to 10000; default 64).
+    #[serde(default = "default_max_concurrent_calls")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_concurrent_calls: u32,
+
+    /// Time without a call after which the proxy stops (a number and s, m, h or d; default
+    /// 15m).
+    #[serde(default = "default_idle_timeout")]
+    #[schemars(length(max = 16), pattern(r"^[1-9][0-9]{0,5}(s|m|h|d)$"))]
+    pub idle_timeout: String,
+}
+
+fn default_max_concurrent_calls() -> u32 {
+    64
+}
+
+fn default_idle_timeout() -> String {
+    "15m".to_owned()
 }
 
 /// One goal of an agent (`spec.intent[]`), drafted into capabilities by the operator.

@@ -421,6 +421,15 @@ pub fn describe_spec_facts(
         CodeReview::PerCode => "per code: every new piece of code needs your approval",
     };
     let _ = writeln!(out, "Code review: {review}");
+    if let Some(proxy) = spec.proxy.as_ref().filter(|p| p.enabled) {
+        let _ = writeln!(
+            out,
+            "Direct calls: calls may be made directly, without code, by {} (through the credential proxy in the TEE, same rules; at most {} at once; it stops after {} without a call)",
+            proxy.callers.join(", "),
+            proxy.max_concurrent_calls,
+            proxy.idle_timeout
+        );
+    }
     if !spec.pinned_code.is_empty() {
         let _ = writeln!(
             out,
@@ -644,6 +653,27 @@ mod tests {
             "validFor": "7d", "maxExecutions": 5, "codeReview": "perCode"
         }))
         .expect("spec")
+    }
+
+    #[test]
+    fn direct_calls_name_their_callers_and_only_when_the_proxy_is_enabled() {
+        let mut spec = spec();
+        assert!(!describe_spec(&spec, "sha256:abc").contains("Direct calls"));
+        spec.proxy =
+            serde_json::from_value(json!({"enabled": false, "callers": ["a"]})).expect("proxy");
+        assert!(!describe_spec(&spec, "sha256:abc").contains("Direct calls"));
+        spec.proxy = serde_json::from_value(json!({
+            "enabled": true,
+            "callers": ["system:serviceaccount:agents:coder", "alice"]
+        }))
+        .expect("proxy");
+        let text = describe_spec(&spec, "sha256:abc");
+        assert!(
+            text.contains(
+                "Direct calls: calls may be made directly, without code, by system:serviceaccount:agents:coder, alice (through the credential proxy in the TEE, same rules; at most 64 at once; it stops after 15m without a call)"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

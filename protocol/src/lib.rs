@@ -5,7 +5,8 @@
 //! statement digest), [`callback`] (where results are posted, which URLs may carry the token,
 //! and how the token is checked), [`envelope`] (sealing a secret to the enclave key and opening
 //! it), [`oauth2`] (the oauth2 token-set credential, its token endpoint rule and the
-//! re-sealed updates a run hands back), [`rate`] (the token bucket both sides count with), [`runner_args`] (the runner's
+//! re-sealed updates a run hands back), [`proxy`] (the credential proxy's URL layout, refusals,
+//! token reviews and call-record batches), [`rate`] (the token bucket both sides count with), [`runner_args`] (the runner's
 //! command line as launchers write it). No JavaScript engine and no HTTP client here.
 
 pub mod attestation;
@@ -14,6 +15,7 @@ pub mod callback;
 pub mod cookies;
 pub mod envelope;
 pub mod oauth2;
+pub mod proxy;
 pub mod rate;
 pub mod result;
 pub mod runner_args;

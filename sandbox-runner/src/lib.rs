@@ -7,7 +7,8 @@
 //! (QuickJS with no ambient authority), `secrets` (sealed-secret envelopes and key providers),
 //! `redact` (the one redaction engine, built once per run, that scrubs secret values from
 //! every output), `oauth` (oauth2 credentials refreshed inside the TEE and re-sealed), `local_http` (the small HTTP client for local providers), `run` (one run
-//! end to end) and `callback` (posting its result).
+//! end to end), `callback` (posting its result) and `proxy` (`serve`: the credential proxy
+//! that forwards HTTP requests as capability calls).
 
 pub mod attest;
 pub mod bundle;
@@ -17,6 +18,7 @@ pub mod host;
 pub mod local_http;
 pub mod oauth;
 pub mod policy;
+pub mod proxy;
 pub mod redact;
 pub mod run;
 pub mod sandbox;

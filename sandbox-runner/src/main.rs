@@ -7,14 +7,22 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use oauth3_protocol::attestation::enclave_key_report_data;
+use oauth3_protocol::proxy::ServeBundle;
 use oauth3_protocol::runner_args::{DEFAULT_AA_URL, DEFAULT_TSM_REPORT_DIR};
 use oauth3_sandbox_runner::attest::{CocoQuotes, DstackQuotes, QuoteProvider, TsmQuotes};
 use oauth3_sandbox_runner::bundle::{Bundle, sealed_secrets_from_dir};
 use oauth3_sandbox_runner::callback::post_result;
-use oauth3_sandbox_runner::run::{BackendOptions, RunnerDeps, run_bundle};
+use oauth3_sandbox_runner::proxy::auth::TokenFile;
+use oauth3_sandbox_runner::proxy::{Proxy, ProxyOptions, StopReason};
+use oauth3_sandbox_runner::redact::Redactor;
+use oauth3_sandbox_runner::run::{
+    BackendOptions, HostInputs, RunnerDeps, run_bundle, scoped_fetch, unseal_with,
+};
 use oauth3_sandbox_runner::secrets::{DevKey, DevProvider, DstackProvider, KbsProvider};
 
 /// Runs agent JavaScript from an oauth3 run bundle in a QuickJS sandbox that can reach the
@@ -33,6 +41,13 @@ enum Command {
     /// Exit code 0 when the code succeeded, 1 when it failed, timed out or was denied (or the
     /// callback failed), 2 for usage or bundle errors.
     Run(RunArgs),
+    /// Serve a proxied Permit: forward HTTPS requests `/<capability>/<path>` as capability calls
+    /// of the serve bundle's approved Permit (the same policy, credential injection, oauth2
+    /// refresh and redaction as a run), streaming answers, until stopped (SIGTERM or Ctrl-C),
+    /// the approval's expiry (`notAfter`) or the idle timeout. Each call is printed to standard
+    /// output as one JSON line (`ProxyCall`). Exit code 0 when it stopped, 1 when it could not
+    /// start (unsealing, binding, TLS), 2 for usage or bundle errors.
+    Serve(ServeArgs),
     /// Check a bundle without running it and print its code and Permit digests as JSON.
     /// Exit code 0 when valid, 2 otherwise.
     Validate {
@@ -86,6 +101,60 @@ struct RunArgs {
     /// many seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = oauth3_sandbox_runner::oauth::DEFAULT_REFRESH_LEAD_SECONDS)]
     oauth_refresh_lead: i64,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Path of the serve bundle JSON (`oauth3_protocol::proxy::ServeBundle`), or `-` for
+    /// standard input.
+    #[arg(long, value_name = "PATH")]
+    bundle: PathBuf,
+
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8443")]
+    listen: std::net::SocketAddr,
+
+    /// PEM certificate chain of the HTTPS endpoint.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key of the HTTPS endpoint.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Serve plain HTTP instead of HTTPS; only with a loopback --listen address
+    /// (development).
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    insecure_plain_http: bool,
+
+    /// File of accepted client tokens, one `sha256:<hex of the token> <identity>` per line.
+    #[arg(long, value_name = "PATH")]
+    client_token_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    keys: KeyProviderArgs,
+
+    /// Directory with one file per sealed secret, as projected into Pods; added to the
+    /// bundle's `sealedSecrets`.
+    #[arg(long, value_name = "DIR")]
+    sealed_dir: Option<PathBuf>,
+
+    /// Extra PEM file of CA certificates to trust for upstream TLS. Repeatable.
+    #[arg(long = "ca-file", value_name = "PEM")]
+    ca_files: Vec<PathBuf>,
+
+    /// Refresh an oauth2 access token before a call when it expires within this many
+    /// seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = oauth3_sandbox_runner::oauth::DEFAULT_REFRESH_LEAD_SECONDS)]
+    oauth_refresh_lead: i64,
+
+    /// Longest one upstream request may take, its streamed answer included.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    upstream_timeout: u64,
+
+    /// How long calls in flight may go on once the proxy stops before their streams are cut.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    stop_grace: u64,
 }
 
 /// Where the key that opens sealed secrets comes from.
@@ -230,6 +299,16 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { bundle } => validate(&bundle),
         Command::Run(args) => runtime.block_on(run(args)),
+        Command::Serve(args) => match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(serve(args)),
+            Err(e) => {
+                eprintln!("error: starting the async runtime: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::PublicKey {
             keys,
             quotes,
@@ -410,4 +489,173 @@ async fn run(args: RunArgs) -> ExitCode {
         code = 1;
     }
     ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn read_text(path: &Path, what: &str) -> Result<String, String> {
+    if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| format!("reading the {what} from standard input: {e}"))?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("reading the {what} {}: {e}", path.display()))
+    }
+}
+
+/// Everything `serve` needs before it listens; `Err` is (exit code, message).
+async fn serve_setup(
+    args: &ServeArgs,
+) -> Result<(Arc<Proxy>, Option<tokio_rustls::TlsAcceptor>), (u8, String)> {
+    let usage = |m: String| (2u8, m);
+    args.keys.check().map_err(usage)?;
+    if args.insecure_plain_http && !args.listen.ip().is_loopback() {
+        return Err(usage(format!(
+            "--insecure-plain-http needs a loopback --listen address; {} is not",
+            args.listen
+        )));
+    }
+    if !args.insecure_plain_http && args.tls_cert.is_none() {
+        return Err(usage(
+            "serve needs --tls-cert and --tls-key (or --insecure-plain-http on loopback)"
+                .to_owned(),
+        ));
+    }
+    let Some(token_file) = &args.client_token_file else {
+        return Err(usage(
+            "serve needs --client-token-file: the file of accepted client token digests".to_owned(),
+        ));
+    };
+    let auth = TokenFile::read(token_file).map_err(|e| usage(e.to_string()))?;
+    let text = read_text(&args.bundle, "serve bundle").map_err(usage)?;
+    let mut bundle =
+        ServeBundle::from_json(&text).map_err(|e| usage(format!("invalid serve bundle: {e}")))?;
+    if let Some(dir) = &args.sealed_dir {
+        bundle
+            .sealed_secrets
+            .extend(sealed_secrets_from_dir(dir).map_err(|e| usage(e.to_string()))?);
+    }
+    bundle
+        .validate()
+        .map_err(|e| usage(format!("invalid serve bundle: {e}")))?;
+    let mut ca_pems = Vec::new();
+    for path in &args.ca_files {
+        ca_pems.push(
+            std::fs::read(path)
+                .map_err(|e| usage(format!("reading --ca-file {}: {e}", path.display())))?,
+        );
+    }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(oauth3_sandbox_runner::proxy::tls_acceptor(cert, key).map_err(usage)?)
+        }
+        _ => None,
+    };
+    let provider: Arc<dyn oauth3_sandbox_runner::secrets::KeyProvider> =
+        Arc::from(args.keys.provider().map_err(usage)?);
+    let failed = |m: String| (1u8, m);
+    let secrets = unseal_with(
+        provider.as_ref(),
+        &bundle.namespace,
+        &bundle.permit.spec.secrets,
+        &bundle.sealed_secrets,
+    )
+    .await
+    .map_err(|e| failed(e.to_string()))?;
+    let redactor = Arc::new(Redactor::for_secrets(&secrets));
+    let options = BackendOptions {
+        extra_root_certs_pem: ca_pems,
+        oauth_refresh_lead_seconds: Some(args.oauth_refresh_lead),
+        refresh_coordinator: None,
+    };
+    let fetch = scoped_fetch(
+        &HostInputs {
+            namespace: &bundle.namespace,
+            spec: &bundle.permit.spec,
+            sealed: &bundle.sealed_secrets,
+            max_calls: usize::MAX,
+            rate_budget: &bundle.rate_budget,
+            request_timeout: Some(Duration::from_secs(args.upstream_timeout)),
+        },
+        &secrets,
+        &redactor,
+        &provider,
+        &options,
+    )
+    .map_err(|e| failed(e.to_string()))?
+    .without_call_log();
+    let limits = bundle
+        .limits()
+        .map_err(|e| usage(format!("invalid serve bundle: {e}")))?;
+    let proxy = Proxy::new(
+        fetch,
+        redactor,
+        Box::new(auth),
+        ProxyOptions {
+            limits,
+            callers: bundle.callers().to_vec(),
+            not_after: bundle.not_after.and_then(|ms| {
+                u64::try_from(ms)
+                    .ok()
+                    .map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms))
+            }),
+            stop_grace: Duration::from_secs(args.stop_grace),
+            permit_digest: bundle.permit.spec_digest.clone(),
+            ..ProxyOptions::default()
+        },
+    )
+    .with_audit(Box::new(|call| {
+        if let Ok(line) = serde_json::to_string(call) {
+            println!("{line}");
+        }
+    }));
+    Ok((Arc::new(proxy), tls))
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let (proxy, tls) = match serve_setup(&args).await {
+        Ok(ready) => ready,
+        Err((code, message)) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(code);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: listening on {}: {e}", args.listen);
+            return ExitCode::from(1);
+        }
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    match listener.local_addr() {
+        Ok(addr) => eprintln!("serving on {scheme}://{addr}"),
+        Err(_) => eprintln!("serving on {scheme}://{}", args.listen),
+    }
+    let stopper = Arc::clone(&proxy);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        stopper.stop(StopReason::Stopped);
+    });
+    let reason = oauth3_sandbox_runner::proxy::serve(listener, tls, proxy).await;
+    eprintln!("stopped: {}", reason.describe());
+    ExitCode::SUCCESS
+}
+
+/// Resolves on SIGTERM (how Kubernetes and the process launcher stop a proxy) or Ctrl-C.
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

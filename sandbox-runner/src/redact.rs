@@ -20,6 +20,12 @@
 //! Secrets shorter than [`MIN_SECRET_LEN`] bytes are ignored: replacing every occurrence of a
 //! one- to three-byte string would shred unrelated output without protecting anything (such a
 //! value cannot be a credential worth hiding).
+//!
+//! A body streamed in chunks is redacted by [`StreamRedactor`] with the same patterns.
+
+mod stream;
+
+pub use stream::StreamRedactor;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use base64::Engine as _;

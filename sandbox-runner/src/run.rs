@@ -117,38 +117,21 @@ impl RunnerDeps {
         Self {
             unsealer: Box::new(ProviderUnsealer { provider }),
             make_host: Box::new(move |bundle, secrets, redactor| {
-                let envelopes: BTreeMap<String, String> = bundle
-                    .sealed_secrets
-                    .iter()
-                    .map(|s| (s.name.clone(), s.envelope.clone()))
-                    .collect();
-                let oauth = crate::oauth::OAuthCredentials::from_secrets(
-                    &bundle.execution.namespace,
+                let fetch = scoped_fetch(
+                    &HostInputs {
+                        namespace: &bundle.execution.namespace,
+                        spec: &bundle.permit.spec,
+                        sealed: &bundle.sealed_secrets,
+                        max_calls: usize::try_from(bundle.limits.max_calls).unwrap_or(usize::MAX),
+                        rate_budget: &bundle.rate_budget,
+                        request_timeout: None,
+                    },
                     secrets,
-                    &envelopes,
-                    Arc::clone(&keys),
-                    Arc::clone(redactor),
-                    &options.extra_root_certs_pem,
-                )
-                .map_err(SetupError::OAuth)?
-                .map(|o| {
-                    let o = o.with_coordinator(options.refresh_coordinator.clone());
-                    Arc::new(match options.oauth_refresh_lead_seconds {
-                        Some(lead) => o.with_lead(lead),
-                        None => o,
-                    })
-                });
-                let policy = Policy::compile(&bundle.permit.spec).map_err(SetupError::Policy)?;
-                let config = FetchConfig {
-                    extra_root_certs_pem: options.extra_root_certs_pem.clone(),
-                    max_calls: usize::try_from(bundle.limits.max_calls).unwrap_or(usize::MAX),
-                    rate_budget: bundle.rate_budget.clone(),
-                    ..FetchConfig::default()
-                };
-                let fetch = ScopedFetch::new(policy, secrets.clone(), Arc::clone(redactor), config)
-                    .map_err(SetupError::Fetch)?
-                    .with_args(&bundle.args)
-                    .with_oauth(oauth);
+                    redactor,
+                    &keys,
+                    &options,
+                )?
+                .with_args(&bundle.args);
                 Ok(Arc::new(fetch) as Arc<dyn CapabilityHost>)
             }),
             quotes: None,
@@ -163,6 +146,100 @@ impl RunnerDeps {
     }
 }
 
+/// What the enforcing host is built from: the parts of a run bundle (or a proxy's serve
+/// bundle) that decide and credential calls.
+#[derive(Debug)]
+pub struct HostInputs<'a> {
+    /// Namespace of the Permit and its sealed Secrets.
+    pub namespace: &'a str,
+    /// The approved spec.
+    pub spec: &'a oauth3_crds::PermitSpec,
+    /// The sealed envelopes (oauth2 token sets are re-sealed against them).
+    pub sealed: &'a [oauth3_protocol::SealedSecretRef],
+    /// Most calls the host makes.
+    pub max_calls: usize,
+    /// Rate-limit tokens to start with.
+    pub rate_budget: &'a BTreeMap<String, f64>,
+    /// Whole-request timeout, when not the default (a proxy streams for longer).
+    pub request_timeout: Option<std::time::Duration>,
+}
+
+/// The one way the enforcing [`ScopedFetch`] is built, for a run and for the proxy: the
+/// Permit's compiled policy, the opened secrets, the oauth2 credentials among them (refreshed
+/// inside the TEE, re-sealed with `keys`), the run's redactor and the command-line options.
+///
+/// # Errors
+/// An unusable oauth2 credential, a policy that does not compile, TLS set-up.
+pub fn scoped_fetch(
+    inputs: &HostInputs<'_>,
+    secrets: &Secrets,
+    redactor: &Arc<Redactor>,
+    keys: &Arc<dyn KeyProvider>,
+    options: &BackendOptions,
+) -> Result<ScopedFetch, SetupError> {
+    let envelopes: BTreeMap<String, String> = inputs
+        .sealed
+        .iter()
+        .map(|s| (s.name.clone(), s.envelope.clone()))
+        .collect();
+    let oauth = crate::oauth::OAuthCredentials::from_secrets(
+        inputs.namespace,
+        secrets,
+        &envelopes,
+        Arc::clone(keys),
+        Arc::clone(redactor),
+        &options.extra_root_certs_pem,
+    )
+    .map_err(SetupError::OAuth)?
+    .map(|o| {
+        let o = o.with_coordinator(options.refresh_coordinator.clone());
+        Arc::new(match options.oauth_refresh_lead_seconds {
+            Some(lead) => o.with_lead(lead),
+            None => o,
+        })
+    });
+    let policy = Policy::compile(inputs.spec).map_err(SetupError::Policy)?;
+    let defaults = FetchConfig::default();
+    let config = FetchConfig {
+        extra_root_certs_pem: options.extra_root_certs_pem.clone(),
+        max_calls: inputs.max_calls,
+        rate_budget: inputs.rate_budget.clone(),
+        request_timeout: inputs.request_timeout.unwrap_or(defaults.request_timeout),
+        ..defaults
+    };
+    Ok(
+        ScopedFetch::new(policy, secrets.clone(), Arc::clone(redactor), config)
+            .map_err(SetupError::Fetch)?
+            .with_oauth(oauth),
+    )
+}
+
+/// Opens the sealed secrets `sealed` of a Permit in `namespace` with `provider`, only those
+/// `permitted` lists.
+///
+/// # Errors
+/// The provider's failure, named.
+pub async fn unseal_with(
+    provider: &dyn KeyProvider,
+    namespace: &str,
+    permitted: &[String],
+    sealed: &[oauth3_protocol::SealedSecretRef],
+) -> Result<Secrets, SetupError> {
+    let sealed: Vec<SealedSecret> = sealed
+        .iter()
+        .map(|s| SealedSecret {
+            name: s.name.clone(),
+            envelope: s.envelope.clone(),
+        })
+        .collect();
+    unseal_permitted(provider, namespace, permitted, &sealed)
+        .await
+        .map_err(|source| SetupError::Unseal {
+            provider: provider.name(),
+            source,
+        })
+}
+
 /// Opens sealed secrets with a [`KeyProvider`], and only those the Permit names.
 struct ProviderUnsealer {
     provider: Arc<dyn KeyProvider>,
@@ -170,27 +247,12 @@ struct ProviderUnsealer {
 
 impl Unsealer for ProviderUnsealer {
     fn unseal<'a>(&'a self, bundle: &'a Bundle) -> BoxFuture<'a, Result<Secrets, SetupError>> {
-        Box::pin(async move {
-            let sealed: Vec<SealedSecret> = bundle
-                .sealed_secrets
-                .iter()
-                .map(|s| SealedSecret {
-                    name: s.name.clone(),
-                    envelope: s.envelope.clone(),
-                })
-                .collect();
-            unseal_permitted(
-                self.provider.as_ref(),
-                &bundle.execution.namespace,
-                &bundle.permit.spec.secrets,
-                &sealed,
-            )
-            .await
-            .map_err(|source| SetupError::Unseal {
-                provider: self.provider.name(),
-                source,
-            })
-        })
+        Box::pin(unseal_with(
+            self.provider.as_ref(),
+            &bundle.execution.namespace,
+            &bundle.permit.spec.secrets,
+            &bundle.sealed_secrets,
+        ))
     }
 }
 

@@ -1,7 +1,7 @@
 //! Test support shared by every oauth3 test crate (the runner's, the operator's and the
 //! cross-crate `tests/`): [`fixtures`] (Permit and Execution builders), [`upstream`] (a real HTTPS upstream on loopback that records what it
 //! received), [`docs`] (a doc server and a Messages API server for the intent drafter), [`tdx`] (a real TDX sample quote with its collateral, and stand-ins of the
-//! dstack, Confidential Containers and configfs-tsm quote providers), [`pccs`] (a stand-in PCCS
+//! dstack, Confidential Containers and configfs-tsm quote providers), [`sse`] (an HTTPS event-stream upstream that sends events with gaps), [`pccs`] (a stand-in PCCS
 //! serving that collateral), [`oidc`] (a real OpenID provider on loopback with the device grant
 //! and rotating refresh tokens), [`free_port`] and
 //! [`wait_until`] (the one polling waiter).
@@ -12,6 +12,7 @@ pub mod docs;
 pub mod fixtures;
 pub mod oidc;
 pub mod pccs;
+pub mod sse;
 pub mod tdx;
 pub mod upstream;
 

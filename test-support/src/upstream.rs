@@ -10,7 +10,8 @@
 //! `Bearer `), the way a careless or hostile upstream hands it back: `/v1/echo-number`
 //! (`{"pin": <credential as a bare JSON number>}`), `/v1/echo-key` (the credential and its
 //! hex form as object keys), `/v1/echo-split` (`{"parts": [first half, second half]}`) and
-//! `/v1/echo-error?pad=<n>` (404 whose body is `n` bytes of `x` then the credential).
+//! `/v1/echo-error?pad=<n>` (404 whose body is `n` bytes of `x` then the credential) and
+//! `/v1/echo-header` (the credential in an `X-Echo-Credential` and a `Set-Cookie` header).
 //!
 //! Each request carries the instant it arrived ([`Recorded::received_at`]) and wakes
 //! [`Upstream::wait_for_requests`], so benchmarks can time a client up to the moment its
@@ -293,6 +294,13 @@ async fn handle(
                 format!("{}{credential}", "x".repeat(pad)),
             )
         }
+        "/v1/echo-header" => Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .header("x-echo-credential", credential.as_str())
+            .header("set-cookie", format!("session={credential}; Secure"))
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .expect("echo-header"),
         "/v1/text" => response(200, "text/plain; charset=utf-8", "hello"),
         "/v1/binary" => response(200, "application/octet-stream", vec![0u8, 1, 2, 255]),
         "/v1/echo-auth" => {

@@ -463,6 +463,32 @@ fn bad_objects() -> Vec<Bad> {
             "every capabilities[].cookies must be listed in spec.secrets",
         ),
         bad(
+            "an enabled proxy without callers",
+            set(p(), "/spec/proxy", json!({"enabled": true})),
+            "spec.proxy.callers",
+            "spec.proxy.callers must name at least one caller when the proxy is enabled",
+        ),
+        bad(
+            "a proxy idle timeout that is no duration",
+            set(
+                p(),
+                "/spec/proxy",
+                json!({"enabled": true, "callers": ["a"], "idleTimeout": "soon"}),
+            ),
+            "spec.proxy.idleTimeout",
+            "should match",
+        ),
+        bad(
+            "a proxy with no room for a call",
+            set(
+                p(),
+                "/spec/proxy",
+                json!({"enabled": true, "callers": ["a"], "maxConcurrentCalls": 0}),
+            ),
+            "spec.proxy.maxConcurrentCalls",
+            "should be greater than or equal to 1",
+        ),
+        bad(
             "a pinned code digest that is not sha256",
             set(p(), "/spec/pinnedCode", json!(["md5:abc"])),
             "spec.pinnedCode[0]",

@@ -23,6 +23,7 @@
 //! attempted request is recorded as a [`CallRecord`] (one per request sent, plus one per
 //! denial); the recorded URL never carries the credential.
 
+mod forward;
 pub mod guard;
 pub mod placeholder;
 pub mod redirect;
@@ -42,6 +43,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
+pub use forward::Forwarded;
 pub use guard::is_restricted;
 pub use redirect::MAX_REDIRECTS;
 pub use response::ERROR_BODY_PREFIX;
@@ -165,6 +167,25 @@ fn denial_for(req: &PreparedRequest, reason: String) -> Denial {
     }
 }
 
+/// A call decided and credentialed, ready to send.
+struct Ready {
+    req: PreparedRequest,
+    credential: Option<Zeroizing<String>>,
+}
+
+/// Why a request got no answer: refused before sending, or the transport failed.
+enum NotSent {
+    /// Refused before anything was sent.
+    Refused(Denial),
+    /// The request failed.
+    Failed {
+        /// The status, when the upstream answered.
+        status: Option<u16>,
+        /// Why.
+        reason: String,
+    },
+}
+
 /// What sending one request produced.
 enum SendOutcome {
     /// The upstream answered with a redirect to `location`.
@@ -214,6 +235,8 @@ pub struct ScopedFetch {
     placeholders: placeholder::Placeholders,
     environment: BTreeMap<String, String>,
     oauth: Option<Arc<crate::oauth::OAuthCredentials>>,
+    /// Whether records are kept for [`CapabilityHost::calls`].
+    call_log: bool,
 }
 
 fn build_client(
@@ -278,6 +301,7 @@ impl ScopedFetch {
             placeholders,
             environment,
             oauth: None,
+            call_log: true,
         })
     }
 
@@ -340,29 +364,50 @@ impl ScopedFetch {
         self
     }
 
+    /// The compiled policy this host enforces.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
     /// Remaining rate-limit tokens per capability now, to carry over to the next Execution.
     pub fn rate_budget(&self) -> BTreeMap<String, f64> {
         lock(&self.limiter).budget(Instant::now())
     }
 
-    fn record(&self, mut rec: CallRecord) {
+    /// Redacts `rec`, keeps it in the call log (unless [`ScopedFetch::without_call_log`]) and
+    /// returns it.
+    fn record(&self, mut rec: CallRecord) -> CallRecord {
         rec.url = self.redactor.redact(&rec.url);
         rec.reason = rec.reason.map(|r| self.redactor.redact(&r));
-        lock(&self.records).push(rec);
+        if self.call_log {
+            lock(&self.records).push(rec.clone());
+        }
+        rec
     }
 
-    fn deny(&self, d: Denial, started: Instant) -> CallOutcome {
-        let reason = self.redactor.redact(&d.reason);
+    /// Records the denial `d` and returns its record (the reason redacted).
+    fn deny_record(&self, d: Denial, started: Instant) -> CallRecord {
         self.record(call_record(
             &d.capability,
             &d.method,
             &d.url,
             None,
             CallDecision::Denied,
-            Some(reason.clone()),
+            Some(d.reason),
             started,
-        ));
-        CallOutcome::Error(reason)
+        ))
+    }
+
+    fn deny(&self, d: Denial, started: Instant) -> CallOutcome {
+        CallOutcome::Error(self.deny_record(d, started).reason.unwrap_or_default())
+    }
+
+    /// The same host without a call log of its own: for a long-running proxy, which reports
+    /// each call's record as it happens instead of keeping them all.
+    #[must_use]
+    pub fn without_call_log(mut self) -> Self {
+        self.call_log = false;
+        self
     }
 
     /// Records `req` as allowed (and sent), with the status it got and a note.
@@ -372,7 +417,7 @@ impl ScopedFetch {
         status: Option<u16>,
         reason: Option<String>,
         started: Instant,
-    ) {
+    ) -> CallRecord {
         self.record(call_record(
             &req.capability,
             req.method.as_str(),
@@ -381,7 +426,7 @@ impl ScopedFetch {
             CallDecision::Allowed,
             reason,
             started,
-        ));
+        ))
     }
 
     fn fail(
@@ -391,13 +436,22 @@ impl ScopedFetch {
         reason: String,
         started: Instant,
     ) -> CallOutcome {
-        let reason = self.redactor.redact(&reason);
-        self.record_sent(req, status, Some(reason.clone()), started);
-        CallOutcome::Error(reason)
+        let rec = self.record_sent(req, status, Some(reason), started);
+        CallOutcome::Error(rec.reason.unwrap_or_default())
     }
 
     async fn run(&self, call: CapabilityCall) -> CallOutcome {
         let started = Instant::now();
+        match self.prepare(&call, started).await {
+            Ok(ready) => self.follow(ready.req, ready.credential, started).await,
+            Err(denied) => CallOutcome::Error(denied.reason.unwrap_or_default()),
+        }
+    }
+
+    /// Everything before a call is sent: the call budget, the policy's decision, the
+    /// placeholder check, a rate-limit token and the credential filled from the secrets (an
+    /// oauth2 token refreshed first when due). `Err` is the recorded denial; nothing was sent.
+    async fn prepare(&self, call: &CapabilityCall, started: Instant) -> Result<Ready, CallRecord> {
         let attempt = self.attempts.fetch_add(1, Ordering::SeqCst);
         if attempt >= self.max_calls {
             let method = call
@@ -406,7 +460,7 @@ impl ScopedFetch {
                 .and_then(Value::as_str)
                 .map(str::to_ascii_uppercase)
                 .unwrap_or_default();
-            return self.deny(
+            return Err(self.deny_record(
                 Denial {
                     capability: call.capability.clone(),
                     method,
@@ -417,29 +471,29 @@ impl ScopedFetch {
                     ),
                 },
                 started,
-            );
+            ));
         }
         let req = match self.policy.decide(&call.capability, &call.args) {
             Ok(r) => r,
-            Err(d) => return self.deny(d, started),
+            Err(d) => return Err(self.deny_record(d, started)),
         };
         let sent = Value::Array(call.args.clone()).to_string();
         if let Err(reason) = self
             .placeholders
             .check_free(&sent, &format!("{}()", call.capability))
         {
-            return self.deny(denial_for(&req, reason), started);
+            return Err(self.deny_record(denial_for(&req, reason), started));
         }
         if let Err(reason) = lock(&self.limiter).try_acquire(&req.capability, Instant::now()) {
-            return self.deny(denial_for(&req, reason), started);
+            return Err(self.deny_record(denial_for(&req, reason), started));
         }
         let secrets = match self.call_secrets(&req.capability).await {
             Ok(s) => s,
             Err(reason) => {
-                return self.deny(
+                return Err(self.deny_record(
                     denial_for(&req, format!("{reason}; nothing was sent")),
                     started,
-                );
+                ));
             }
         };
         let credential = match req
@@ -450,7 +504,7 @@ impl ScopedFetch {
             None => None,
             Some(Ok(c)) => Some(c),
             Some(Err(missing)) => {
-                return self.deny(
+                return Err(self.deny_record(
                     denial_for(
                         &req,
                         format!(
@@ -459,10 +513,10 @@ impl ScopedFetch {
                         ),
                     ),
                     started,
-                );
+                ));
             }
         };
-        self.follow(req, credential, started).await
+        Ok(Ready { req, credential })
     }
 
     /// Sends `req` and follows its redirects; the outcome of the last hop.
@@ -547,7 +601,7 @@ impl ScopedFetch {
         req: &PreparedRequest,
         credential: Option<&Zeroizing<String>>,
         url: &mut url::Url,
-    ) -> Result<HeaderMap, SendOutcome> {
+    ) -> Result<HeaderMap, NotSent> {
         let cap = req.capability.as_str();
         let mut headers = HeaderMap::new();
         for (k, v) in &req.headers {
@@ -562,7 +616,7 @@ impl ScopedFetch {
                     headers.append(n, v);
                 }
                 _ => {
-                    return Err(SendOutcome::Refused(denial_for(
+                    return Err(NotSent::Refused(denial_for(
                         req,
                         format!("header {k} for {cap} is not a valid HTTP header"),
                     )));
@@ -571,7 +625,7 @@ impl ScopedFetch {
         }
         if let Some(ct) = &req.content_type {
             let v = HeaderValue::from_str(ct).map_err(|_| {
-                SendOutcome::Refused(denial_for(
+                NotSent::Refused(denial_for(
                     req,
                     format!("content type for {cap} is not a valid header value"),
                 ))
@@ -598,7 +652,7 @@ impl ScopedFetch {
                         headers.insert(n, v);
                     }
                     _ => {
-                        return Err(SendOutcome::Failed {
+                        return Err(NotSent::Failed {
                             status: None,
                             reason: format!(
                                 "{cap}: the credential does not form a valid {h} header; nothing was sent"
@@ -646,18 +700,32 @@ impl ScopedFetch {
         req: &PreparedRequest,
         credential: Option<&Zeroizing<String>>,
     ) -> SendOutcome {
+        match self.send_head(req, credential).await {
+            Ok(resp) => self.read_response(req, resp).await,
+            Err(NotSent::Refused(d)) => SendOutcome::Refused(d),
+            Err(NotSent::Failed { status, reason }) => SendOutcome::Failed { status, reason },
+        }
+    }
+
+    /// Sends one request (no redirect followed) with its credential and returns the answer
+    /// with its body unread; `Err` when nothing was sent or the transport failed.
+    async fn send_head(
+        &self,
+        req: &PreparedRequest,
+        credential: Option<&Zeroizing<String>>,
+    ) -> Result<reqwest::Response, NotSent> {
         let cap = req.capability.as_str();
         let allow_private = self.policy.allows_private_addresses(cap, &req.url);
         if let Some(ip) = guard::literal_ip(&req.url)
             && !allow_private
             && is_restricted(ip)
         {
-            return SendOutcome::Refused(denial_for(
+            return Err(NotSent::Refused(denial_for(
                 req,
                 format!(
                     "{cap}: address {ip} is in a loopback, private, link-local or otherwise non-public range; nothing was sent"
                 ),
-            ));
+            )));
         }
         let client = if allow_private {
             &self.private_client
@@ -667,7 +735,7 @@ impl ScopedFetch {
         let mut url = req.url.clone();
         let mut headers = match Self::request_headers(req, credential, &mut url) {
             Ok(h) => h,
-            Err(outcome) => return outcome,
+            Err(outcome) => return Err(outcome),
         };
         if let Some(jar) = &req.cookies {
             match self.cookie_header(jar, &url) {
@@ -676,10 +744,10 @@ impl ScopedFetch {
                 }
                 Ok(None) => {}
                 Err(reason) => {
-                    return SendOutcome::Failed {
+                    return Err(NotSent::Failed {
                         status: None,
                         reason: format!("{cap}: {reason}; nothing was sent"),
-                    };
+                    });
                 }
             }
         }
@@ -689,22 +757,19 @@ impl ScopedFetch {
         if let Some(body) = &req.body {
             builder = builder.body(body.clone());
         }
-        match builder.send().await {
-            Ok(resp) => self.read_response(req, resp).await,
-            Err(e) => Self::send_error(req, e),
-        }
+        builder.send().await.map_err(|e| Self::send_error(req, e))
     }
 
     /// A transport failure: a denial when the address guard refused the DNS answer, else
     /// the failure with its error chain (without the URL, which may carry the credential).
-    fn send_error(req: &PreparedRequest, e: reqwest::Error) -> SendOutcome {
+    fn send_error(req: &PreparedRequest, e: reqwest::Error) -> NotSent {
         let cap = req.capability.as_str();
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(s) = source {
             if let Some(refused @ FetchError::AddressRefused { .. }) =
                 s.downcast_ref::<FetchError>()
             {
-                return SendOutcome::Refused(denial_for(
+                return NotSent::Refused(denial_for(
                     req,
                     format!("{cap}: {refused}; nothing was sent"),
                 ));
@@ -719,7 +784,7 @@ impl ScopedFetch {
             chain.push_str(&s.to_string());
             source = s.source();
         }
-        SendOutcome::Failed {
+        NotSent::Failed {
             status: None,
             reason: format!("{cap}: request failed: {chain}"),
         }

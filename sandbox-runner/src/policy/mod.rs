@@ -228,6 +228,23 @@ impl CompiledCapability {
     }
 }
 
+/// How a capability is called, for clients that send HTTP requests instead of calling it from
+/// code (the credential proxy, see [`oauth3_protocol::proxy`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallShape {
+    /// `baseUrl`: `name(method, path, {query, body, headers})`.
+    Scoped,
+    /// `endpoint`: `name(p1, ..., {others})`, the path parameters in this order.
+    Typed {
+        /// The endpoint's method.
+        method: HttpMethod,
+        /// Path parameter names in the order they are passed.
+        path_params: Vec<String>,
+    },
+    /// `hosts`: a `fetch()` capability.
+    Fetch,
+}
+
 /// A compiled Permit: decides every capability call.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -463,6 +480,18 @@ impl Policy {
             caps.push(compile_capability(cap)?);
         }
         Ok(Policy { caps, index })
+    }
+
+    /// How `capability` is called (`None` for a name the Permit does not have).
+    pub fn call_shape(&self, capability: &str) -> Option<CallShape> {
+        Some(match &self.get(capability)?.form {
+            Form::Scoped(_) => CallShape::Scoped,
+            Form::Typed(t) => CallShape::Typed {
+                method: t.method(),
+                path_params: t.path_params().to_vec(),
+            },
+            Form::Fetch(_) => CallShape::Fetch,
+        })
     }
 
     /// The capability names, in the Permit's order.

@@ -184,6 +184,10 @@ impl TypedEndpoint {
     }
 
     /// The one method.
+    pub(crate) fn path_params(&self) -> &[String] {
+        &self.path_params
+    }
+
     pub(crate) fn method(&self) -> HttpMethod {
         self.method
     }
