@@ -466,7 +466,7 @@ pub async fn stream(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
         Ok(s) => s,
         Err(r) => return *r,
     };
-    sse(tool_changes(gw, session.namespace))
+    sse(tool_changes(gw, session.namespace, session.user))
 }
 
 fn sse(events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -> Response {
@@ -510,6 +510,7 @@ fn list_changed() -> Value {
 fn tool_changes(
     gw: Gateway,
     ns: String,
+    user: String,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
     use kube::runtime::watcher;
     let events = watcher::watcher(gw.store().permits(&ns), watcher::Config::default());
@@ -550,7 +551,7 @@ fn tool_changes(
                     } else {
                         let mut now: Vec<String> = permits
                             .values()
-                            .flat_map(capability_tools)
+                            .flat_map(|p| capability_tools(p, &user))
                             .map(|t| t.name)
                             .collect();
                         now.sort();
@@ -579,10 +580,11 @@ pub struct CapabilityTool {
     pub listing: Value,
 }
 
-/// The capability tools a Permit offers: one per typed-endpoint capability, while the Permit
-/// is approved and its calls may be made without code (`spec.proxy`).
-pub fn capability_tools(permit: &Permit) -> Vec<CapabilityTool> {
-    if !calls_without_code(permit) {
+/// The capability tools a Permit offers `user`: one per typed-endpoint capability, while the
+/// Permit is approved and names `user` among the callers of its calls without code
+/// (`spec.proxy`).
+pub fn capability_tools(permit: &Permit, user: &str) -> Vec<CapabilityTool> {
+    if !calls_without_code(permit, user) {
         return Vec::new();
     }
     permit
@@ -593,10 +595,22 @@ pub fn capability_tools(permit: &Permit) -> Vec<CapabilityTool> {
         .collect()
 }
 
-/// Whether `permit` is approved with calls without code (pending the proxy's spec field).
-fn calls_without_code(permit: &Permit) -> bool {
-    let _ = permit;
-    false
+/// Whether `permit` is approved (and not past its expiry) with calls without code that
+/// `user` may make.
+fn calls_without_code(permit: &Permit, user: &str) -> bool {
+    let approved = permit.status.as_ref().is_some_and(|s| {
+        s.phase == Some(oauth3_crds::PermitPhase::Approved)
+            && s.approval
+                .as_ref()
+                .and_then(|a| a.expires_at.as_ref())
+                .is_none_or(|t| t.0 > k8s_openapi::jiff::Timestamp::now())
+    });
+    approved
+        && permit
+            .spec
+            .proxy
+            .as_ref()
+            .is_some_and(|p| p.enabled && p.callers.iter().any(|c| c == user))
 }
 
 /// Longest tool name many clients accept (`^[a-zA-Z0-9_-]{1,64}$`).
@@ -709,7 +723,7 @@ async fn tools(gw: &Gateway, session: &McpSession) -> Vec<Value> {
         Ok(list) => out.extend(
             list.items
                 .iter()
-                .flat_map(capability_tools)
+                .flat_map(|p| capability_tools(p, &session.user))
                 .map(|t| t.listing),
         ),
         Err(e) => {
@@ -1310,6 +1324,68 @@ mod tests {
         // A name past 64 characters is left out rather than cut.
         let long = Permit::new(&"p".repeat(60), permit.spec.clone());
         assert!(capability_tool(&long, &long.spec.capabilities[0]).is_none());
+    }
+
+    #[test]
+    fn capability_tools_are_offered_only_to_named_callers_of_an_approved_proxied_permit() {
+        let agent = "system:serviceaccount:a:agent";
+        let permit_with = |proxy: Value, status: Value| -> Permit {
+            let mut p: Permit = serde_json::from_value(json!({
+                "apiVersion": "oauth3.dev/v1alpha1", "kind": "Permit",
+                "metadata": {"name": "gh"},
+                "spec": {"description": "d", "proxy": proxy, "capabilities": [
+                    {"name": "get", "endpoint": "https://api.example.com/x", "method": "GET"}]},
+            }))
+            .expect("permit");
+            p.status = serde_json::from_value(status).expect("status");
+            p
+        };
+        let approved = |until: &str| {
+            json!({"phase": "Approved", "approval": {
+            "decision": "Approved", "by": "owner", "at": "2026-01-01T00:00:00Z", "via": "kubectl",
+            "specDigest": "sha256:0", "expiresAt": until}})
+        };
+        let on = json!({"enabled": true, "callers": [agent]});
+        let offered = |p: &Permit, user: &str| capability_tools(p, user).len();
+        assert_eq!(
+            offered(
+                &permit_with(on.clone(), approved("2999-01-01T00:00:00Z")),
+                agent
+            ),
+            1
+        );
+        for (why, p, user) in [
+            (
+                "another identity",
+                permit_with(on.clone(), approved("2999-01-01T00:00:00Z")),
+                "system:serviceaccount:b:agent",
+            ),
+            (
+                "expired",
+                permit_with(on.clone(), approved("2020-01-01T00:00:00Z")),
+                agent,
+            ),
+            (
+                "pending",
+                permit_with(on.clone(), json!({"phase": "Pending"})),
+                agent,
+            ),
+            (
+                "revoked",
+                permit_with(on.clone(), json!({"phase": "Revoked"})),
+                agent,
+            ),
+            (
+                "proxy off",
+                permit_with(
+                    json!({"enabled": false, "callers": [agent]}),
+                    approved("2999-01-01T00:00:00Z"),
+                ),
+                agent,
+            ),
+        ] {
+            assert_eq!(offered(&p, user), 0, "{why}");
+        }
     }
 
     #[test]
