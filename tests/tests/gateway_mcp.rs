@@ -577,3 +577,120 @@ async fn mcp_sessions_and_requests_stay_within_their_tenant() {
     assert_eq!(answer.status, 404, "{}", answer.text);
     env.stop().await;
 }
+
+fn tool_names(list: &Value) -> Vec<String> {
+    list["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn capability_tools_appear_for_their_callers_when_approved_and_go_with_revocation() {
+    let Some(env) = Env::new("gw-mcp-tools", true).await else {
+        return;
+    };
+    let other = Tenant::new(&env.admin, "gw-mcp-tools-b").await;
+    let agent_user = format!("system:serviceaccount:{}:agent", env.tenant.ns);
+    let (mut a, hello) = Mcp::connect(&env.gw.base, Some(&env.tenant.agent)).await;
+    assert_eq!(hello["ok"], true, "{hello}");
+    let (mut b, hello) = Mcp::connect(&env.gw.base, Some(&other.agent)).await;
+    assert_eq!(hello["ok"], true, "{hello}");
+    let r = a
+        .call(
+            "request_permit",
+            json!({
+                "description": "Read items without code",
+                "secrets": ["API_TOKEN"],
+                "proxy": {"enabled": true, "callers": [agent_user]},
+                "capabilities": [{
+                    "name": "getItem",
+                    "endpoint": format!("{}/v1/items/{{id}}", env.up.origin()),
+                    "method": "GET",
+                    "params": {"id": {"in": "path", "pattern": "[0-9]+"}},
+                    "auth": {"header": "Authorization", "value": "Bearer {API_TOKEN}"},
+                }],
+            }),
+        )
+        .await;
+    assert_eq!(r["isError"], false, "{r}");
+    let permit_id = structured(&r)["permit_id"].as_str().expect("id").to_owned();
+    let request_id = structured(&r)["request_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let tool = format!("{permit_id}__getItem");
+    let listed = a.cmd(json!({"op": "list"})).await;
+    assert_eq!(
+        tool_names(&listed).len(),
+        4,
+        "nothing until approved: {listed}"
+    );
+    let before = a.cmd(json!({"op": "count"})).await["count"]
+        .as_u64()
+        .unwrap_or(0);
+
+    // The owner approves: the session is told, and the capability is a tool.
+    let decided = env
+        .http
+        .post(
+            &env.gw.url(&format!("/approve/{request_id}")),
+            Some(&env.tenant.owner),
+            &json!({"action": "approve"}),
+        )
+        .await;
+    assert_eq!(decided.status, 200, "{}", decided.text);
+    let told = a
+        .cmd(json!({"op": "waitListChanged", "after": before, "timeoutMs": 20000}))
+        .await;
+    assert_eq!(
+        told["ok"], true,
+        "tools/list_changed after approval: {told}"
+    );
+    let listed = a.cmd(json!({"op": "list"})).await;
+    assert!(tool_names(&listed).contains(&tool), "{listed}");
+    let entry = listed["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .find(|t| t["name"] == tool.as_str())
+        .expect("the tool");
+    assert_eq!(entry["inputSchema"]["required"], json!(["id"]), "{entry}");
+    assert!(
+        entry["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("Read items without code")),
+        "{entry}"
+    );
+    // Another tenant's agent sees none of it and hears nothing.
+    let theirs = b.cmd(json!({"op": "list"})).await;
+    assert_eq!(tool_names(&theirs).len(), 4, "{theirs}");
+    assert_eq!(b.cmd(json!({"op": "count"})).await["count"], 0);
+
+    // Revocation removes the tool and tells the session.
+    let seen = a.cmd(json!({"op": "count"})).await["count"]
+        .as_u64()
+        .unwrap_or(0);
+    oauth3_operator::plugin::record_decision(
+        &env.admin,
+        &env.tenant.ns,
+        &permit_id,
+        oauth3_operator::approval::Decision::Revoke,
+        "owner",
+        oauth3_crds::ApprovalVia::Kubectl,
+    )
+    .await
+    .expect("revoke");
+    let told = a
+        .cmd(json!({"op": "waitListChanged", "after": seen, "timeoutMs": 20000}))
+        .await;
+    assert_eq!(
+        told["ok"], true,
+        "tools/list_changed after revocation: {told}"
+    );
+    let listed = a.cmd(json!({"op": "list"})).await;
+    assert!(!tool_names(&listed).contains(&tool), "{listed}");
+    env.stop().await;
+}
