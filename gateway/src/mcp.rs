@@ -711,6 +711,57 @@ pub fn capability_tool(permit: &Permit, cap: &oauth3_crds::Capability) -> Option
     })
 }
 
+/// Largest upstream answer a capability tool returns to the model (a longer one is cut and
+/// says so).
+pub const MAX_TOOL_ANSWER_BYTES: usize = 1 << 20;
+
+/// The tool result of a capability call as the proxy answered it: the proxy's own refusal
+/// (policy, identity, overload, stopped: `x-oauth3-refusal` and its JSON reason) is an error
+/// naming the reason; an upstream answer is the model's content (`structuredContent` when it is
+/// JSON), an error when its status is 400 or above.
+pub fn capability_result(
+    status: u16,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+    truncated: bool,
+) -> Value {
+    if let Some(kind) = headers
+        .get(oauth3_protocol::proxy::REFUSAL_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        let reason = serde_json::from_slice::<oauth3_protocol::proxy::Refusal>(body)
+            .map(|r| r.reason)
+            .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
+        return tool_error(format!("refused by oauth3 ({kind}): {reason}"));
+    }
+    let text = String::from_utf8_lossy(body).into_owned();
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.contains("json"))
+        .then(|| serde_json::from_slice::<Value>(body).ok())
+        .flatten();
+    let mut text = if truncated {
+        format!("{text}\n[cut: the answer is longer than {MAX_TOOL_ANSWER_BYTES} bytes]")
+    } else {
+        text
+    };
+    if status >= 400 {
+        text = format!("the API answered HTTP {status}: {text}");
+    }
+    let mut out = json!({
+        "content": [{"type": "text", "text": text}],
+        "isError": status >= 400,
+        "_meta": {"status": status},
+    });
+    if let Some(Value::Object(o)) = json
+        && !truncated
+    {
+        out["structuredContent"] = Value::Object(o);
+    }
+    out
+}
+
 /// The tools of a session: oauth3's own, then those of the namespace's approved Permits.
 async fn tools(gw: &Gateway, session: &McpSession) -> Vec<Value> {
     let mut out = own_tools();
@@ -1386,6 +1437,48 @@ mod tests {
         ] {
             assert_eq!(offered(&p, user), 0, "{why}");
         }
+    }
+
+    #[test]
+    fn a_proxy_refusal_is_an_error_with_its_reason_and_an_upstream_answer_is_content() {
+        use oauth3_protocol::proxy::{REFUSAL_HEADER, Refusal, RefusalKind};
+        let mut refused = axum::http::HeaderMap::new();
+        refused.insert(REFUSAL_HEADER, HeaderValue::from_static("policy"));
+        let body = serde_json::to_vec(&Refusal {
+            error: RefusalKind::Policy,
+            reason: "method DELETE is not allowed".into(),
+            capability: Some("getItem".into()),
+        })
+        .expect("json");
+        let r = capability_result(403, &refused, &body, false);
+        assert_eq!(r["isError"], true);
+        assert_eq!(
+            r["content"][0]["text"],
+            "refused by oauth3 (policy): method DELETE is not allowed"
+        );
+        let mut json_answer = axum::http::HeaderMap::new();
+        json_answer.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let r = capability_result(200, &json_answer, br#"{"id":7}"#, false);
+        assert_eq!(r["isError"], false);
+        assert_eq!(r["structuredContent"], json!({"id": 7}));
+        // An upstream's own 403 is the API's answer, not oauth3's refusal.
+        let r = capability_result(403, &json_answer, br#"{"message":"no"}"#, false);
+        assert_eq!(r["isError"], true);
+        assert!(
+            r["content"][0]["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("the API answered HTTP 403"))
+        );
+        let r = capability_result(200, &axum::http::HeaderMap::new(), b"xxxx", true);
+        assert!(
+            r["content"][0]["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("[cut:"))
+        );
+        assert!(r.get("structuredContent").is_none());
     }
 
     #[test]
