@@ -119,6 +119,32 @@ pub async fn namespace(client: &Client, prefix: &str) -> String {
     name
 }
 
+/// One `npm ci` at a time in this process.
+static NPM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Installs the npm packages of `dir` (a directory under `tests/` with a lock file) with
+/// `npm ci`, unless `node_modules/<package>/package.json` is there already.
+///
+/// # Panics
+/// When npm fails.
+pub fn npm_ci_once(dir: &std::path::Path, package: &str) {
+    let _guard = NPM.lock().unwrap_or_else(|e| e.into_inner());
+    if dir
+        .join("node_modules")
+        .join(package)
+        .join("package.json")
+        .exists()
+    {
+        return;
+    }
+    let status = std::process::Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(dir)
+        .status()
+        .expect("running npm ci (node and npm must be installed)");
+    assert!(status.success(), "npm ci in {} failed", dir.display());
+}
+
 /// Where the repository's top-level directory is.
 pub fn repo_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

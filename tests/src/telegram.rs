@@ -17,8 +17,6 @@ use crate::{repo_root, workspace_binary};
 /// The bot token the tests use (the emulator accepts any).
 pub const TOKEN: &str = "123456:oauth3-test-token";
 
-static NPM: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn emulator_dir() -> PathBuf {
     repo_root().join("tests").join("telegram-emulator")
 }
@@ -28,20 +26,7 @@ fn emulator_dir() -> PathBuf {
 /// # Panics
 /// When npm fails.
 pub fn ensure_emulator_installed() {
-    let _guard = NPM.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = emulator_dir();
-    if dir
-        .join("node_modules/telegram-test-api/package.json")
-        .exists()
-    {
-        return;
-    }
-    let status = std::process::Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(&dir)
-        .status()
-        .expect("running npm ci (node and npm must be installed)");
-    assert!(status.success(), "npm ci in {} failed", dir.display());
+    crate::npm_ci_once(&emulator_dir(), "telegram-test-api");
 }
 
 /// A bot message as the emulator stores it (after any edits).

@@ -29,19 +29,7 @@ fn client_dir() -> PathBuf {
 
 /// Installs the SDK from the lock file unless it is there.
 fn ensure_sdk() {
-    let dir = client_dir();
-    if dir
-        .join("node_modules/@modelcontextprotocol/sdk/package.json")
-        .exists()
-    {
-        return;
-    }
-    let status = std::process::Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(&dir)
-        .status()
-        .expect("running npm ci (node and npm must be installed)");
-    assert!(status.success(), "npm ci in {} failed", dir.display());
+    oauth3_tests::npm_ci_once(&client_dir(), "@modelcontextprotocol/sdk");
 }
 
 /// One MCP client process (`tests/mcp-client/driver.mjs`), a command per line.
@@ -494,27 +482,23 @@ async fn mcp_sessions_and_requests_stay_within_their_tenant() {
 
     // Tenant B's token with tenant A's session: not found, whatever it asks.
     let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
-    let answer = env
-        .http
-        .post_raw(
-            &env.gw.url("/mcp"),
-            Some(&other.agent),
-            "application/json",
-            list.to_string().into_bytes(),
-            &[("mcp-session-id", session.as_str())],
-        )
-        .await;
+    let answer = in_session(
+        &env.http,
+        &env.gw.url("/mcp"),
+        &other.agent,
+        &session,
+        &list,
+    )
+    .await;
     assert_eq!(answer.status, 404, "{}", answer.text);
-    let answer = env
-        .http
-        .post_raw(
-            &env.gw.url("/mcp"),
-            Some(&env.tenant.agent),
-            "application/json",
-            list.to_string().into_bytes(),
-            &[("mcp-session-id", session.as_str())],
-        )
-        .await;
+    let answer = in_session(
+        &env.http,
+        &env.gw.url("/mcp"),
+        &env.tenant.agent,
+        &session,
+        &list,
+    )
+    .await;
     assert_eq!(
         answer.status, 200,
         "its own tenant's token works: {}",
@@ -564,18 +548,34 @@ async fn mcp_sessions_and_requests_stay_within_their_tenant() {
     // After DELETE the session is gone.
     let closed = a.cmd(json!({"op": "close"})).await;
     assert_eq!(closed["ok"], true);
-    let answer = env
-        .http
-        .post_raw(
-            &env.gw.url("/mcp"),
-            Some(&env.tenant.agent),
-            "application/json",
-            list.to_string().into_bytes(),
-            &[("mcp-session-id", session.as_str())],
-        )
-        .await;
+    let answer = in_session(
+        &env.http,
+        &env.gw.url("/mcp"),
+        &env.tenant.agent,
+        &session,
+        &list,
+    )
+    .await;
     assert_eq!(answer.status, 404, "{}", answer.text);
     env.stop().await;
+}
+
+/// One JSON-RPC message posted in MCP session `session`.
+async fn in_session(
+    http: &Http,
+    url: &str,
+    token: &str,
+    session: &str,
+    message: &Value,
+) -> oauth3_tests::gateway::Answer {
+    http.post_raw(
+        url,
+        Some(token),
+        "application/json",
+        message.to_string().into_bytes(),
+        &[("mcp-session-id", session)],
+    )
+    .await
 }
 
 fn tool_names(list: &Value) -> Vec<String> {

@@ -24,19 +24,7 @@ fn ensure_browser() {
         "{chromium} not found: install the distribution's Chromium (apt-get install chromium), \
          as .ci/run does, or set CHROMIUM"
     );
-    let dir = browser_dir();
-    if dir
-        .join("node_modules/playwright-core/package.json")
-        .exists()
-    {
-        return;
-    }
-    let status = std::process::Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(&dir)
-        .status()
-        .expect("running npm ci (node and npm must be installed)");
-    assert!(status.success(), "npm ci in {} failed", dir.display());
+    oauth3_tests::npm_ci_once(&browser_dir(), "playwright-core");
 }
 
 /// Runs the page script (asynchronously: the gateway answering it runs on this runtime);
