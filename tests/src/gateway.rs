@@ -260,3 +260,90 @@ impl Http {
         self.send(req).await
     }
 }
+
+/// What the gateway's end-to-end tests share: a tenant, a recording HTTPS upstream, a gateway
+/// holding long-polls for `hold` with the dev enclave key of `dev_key`, and (on request) an
+/// operator with the process launcher and the real runner on the tenant's namespace.
+pub struct GatewayEnv {
+    /// The control plane's admin.
+    pub admin: Client,
+    /// The tenant.
+    pub tenant: Tenant,
+    /// The upstream.
+    pub up: oauth3_test_support::Upstream,
+    /// The gateway.
+    pub gw: InProcessGateway,
+    /// A client.
+    pub http: Http,
+    /// The operator, when started.
+    pub op: Option<crate::operator::InProcessOperator>,
+}
+
+impl GatewayEnv {
+    /// Starts it all, or `None` without a control plane.
+    ///
+    /// # Panics
+    /// When any part fails to start.
+    pub async fn new(
+        prefix: &str,
+        operator: bool,
+        dev_key: [u8; 32],
+        hold: Duration,
+    ) -> Option<Self> {
+        let admin = crate::client_or_skip().await?;
+        let tenant = Tenant::new(&admin, prefix).await;
+        let up = oauth3_test_support::Upstream::start().await;
+        let hold = format!("--long-poll={}s", hold.as_secs());
+        let key = format!(
+            "--enclave-public-key={}",
+            hex::encode(crypto_box::SecretKey::from(dev_key).public_key().as_bytes())
+        );
+        let gw = InProcessGateway::start(&admin, &[&hold, &key, "--auth-cache-ttl=0s"]).await;
+        let op = if operator {
+            let dir = std::env::temp_dir().join(format!("oauth3-gw-{}", tenant.ns));
+            std::fs::create_dir_all(&dir).expect("dir");
+            std::fs::write(dir.join("dev.key"), hex::encode(dev_key)).expect("key");
+            std::fs::write(dir.join("ca.pem"), &up.ca_pem).expect("ca");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            Some(crate::operator::InProcessOperator::start(
+                &admin,
+                &tenant.ns,
+                listener,
+                crate::operator::Launcher::Process(crate::operator::dev_runner(&dir)),
+                Duration::from_secs(30),
+                Duration::from_secs(3600),
+            ))
+        } else {
+            None
+        };
+        Some(Self {
+            admin,
+            tenant,
+            up,
+            gw,
+            http: Http::new(),
+            op,
+        })
+    }
+
+    /// The tenant's Permits.
+    ///
+    /// # Panics
+    /// When the list fails.
+    pub async fn permits(&self) -> Vec<oauth3_crds::Permit> {
+        Api::<oauth3_crds::Permit>::namespaced(self.admin.clone(), &self.tenant.ns)
+            .list(&kube::api::ListParams::default())
+            .await
+            .expect("list")
+            .items
+    }
+
+    /// Stops the operator, if one runs.
+    pub async fn stop(mut self) {
+        if let Some(op) = self.op.take() {
+            op.stop().await;
+        }
+    }
+}

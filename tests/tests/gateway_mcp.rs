@@ -11,11 +11,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use kube::api::{Api, ListParams};
-use oauth3_crds::{Execution, Permit};
-use oauth3_test_support::Upstream;
-use oauth3_tests::gateway::{Http, InProcessGateway, Tenant};
-use oauth3_tests::operator::{InProcessOperator, Launcher};
-use oauth3_tests::{client_or_skip, repo_root};
+use oauth3_crds::Execution;
+use oauth3_tests::gateway::{GatewayEnv, Http, InProcessGateway, Tenant};
+use oauth3_tests::repo_root;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
@@ -113,68 +111,9 @@ impl Mcp {
     }
 }
 
-struct Env {
-    admin: kube::Client,
-    tenant: Tenant,
-    up: Upstream,
-    gw: InProcessGateway,
-    http: Http,
-    op: Option<InProcessOperator>,
-}
-
-impl Env {
-    async fn new(prefix: &str, operator: bool) -> Option<Self> {
-        let admin = client_or_skip().await?;
-        let tenant = Tenant::new(&admin, prefix).await;
-        let up = Upstream::start().await;
-        let key = format!(
-            "--enclave-public-key={}",
-            hex::encode(crypto_box::SecretKey::from(DEV_KEY).public_key().as_bytes())
-        );
-        let gw = InProcessGateway::start(&admin, &["--long-poll=20s", &key, "--auth-cache-ttl=0s"])
-            .await;
-        let op = if operator {
-            let dir = std::env::temp_dir().join(format!("oauth3-mcp-{}", tenant.ns));
-            std::fs::create_dir_all(&dir).expect("dir");
-            std::fs::write(dir.join("dev.key"), hex::encode(DEV_KEY)).expect("key");
-            std::fs::write(dir.join("ca.pem"), &up.ca_pem).expect("ca");
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            Some(InProcessOperator::start(
-                &admin,
-                &tenant.ns,
-                listener,
-                Launcher::Process(oauth3_tests::operator::dev_runner(&dir)),
-                Duration::from_secs(30),
-                Duration::from_secs(3600),
-            ))
-        } else {
-            None
-        };
-        Some(Self {
-            admin,
-            tenant,
-            up,
-            gw,
-            http: Http::new(),
-            op,
-        })
-    }
-
-    async fn permits(&self) -> Vec<Permit> {
-        Api::<Permit>::namespaced(self.admin.clone(), &self.tenant.ns)
-            .list(&ListParams::default())
-            .await
-            .expect("list")
-            .items
-    }
-
-    async fn stop(mut self) {
-        if let Some(op) = self.op.take() {
-            op.stop().await;
-        }
-    }
+/// The shared environment with this file's dev enclave key.
+async fn env(prefix: &str, operator: bool) -> Option<GatewayEnv> {
+    GatewayEnv::new(prefix, operator, DEV_KEY, Duration::from_secs(20)).await
 }
 
 fn structured(result: &Value) -> &Value {
@@ -197,7 +136,7 @@ fn permit_spec(origin: &str) -> Value {
 
 #[tokio::test]
 async fn an_mcp_agent_asks_for_a_permit_waits_for_the_owner_and_runs_code_under_it() {
-    let Some(env) = Env::new("gw-mcp", true).await else {
+    let Some(env) = env("gw-mcp", true).await else {
         return;
     };
     let (agent, owner) = (env.tenant.agent.clone(), env.tenant.owner.clone());
@@ -401,7 +340,7 @@ async fn an_mcp_agent_asks_for_a_permit_waits_for_the_owner_and_runs_code_under_
 
 #[tokio::test]
 async fn an_unauthenticated_mcp_client_is_refused_and_told_where_to_authorize() {
-    let Some(env) = Env::new("gw-mcp-auth", false).await else {
+    let Some(env) = env("gw-mcp-auth", false).await else {
         return;
     };
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
@@ -464,7 +403,7 @@ async fn an_unauthenticated_mcp_client_is_refused_and_told_where_to_authorize() 
 
 #[tokio::test]
 async fn mcp_sessions_and_requests_stay_within_their_tenant() {
-    let Some(env) = Env::new("gw-mcp-a", false).await else {
+    let Some(env) = env("gw-mcp-a", false).await else {
         return;
     };
     let other = Tenant::new(&env.admin, "gw-mcp-b").await;
@@ -505,6 +444,23 @@ async fn mcp_sessions_and_requests_stay_within_their_tenant() {
         answer.text
     );
     assert!(answer.body["result"]["tools"].is_array(), "{}", answer.text);
+    // Another replica serves the same session: nothing is shared between them.
+    let replica = InProcessGateway::start(&env.admin, &["--auth-cache-ttl=0s"]).await;
+    let answer = in_session(
+        &env.http,
+        &replica.url("/mcp"),
+        &env.tenant.agent,
+        &session,
+        &list,
+    )
+    .await;
+    assert_eq!(answer.status, 200, "a second replica: {}", answer.text);
+    assert_eq!(
+        answer.body["result"]["tools"].as_array().map(Vec::len),
+        Some(4),
+        "{}",
+        answer.text
+    );
 
     // Tenant B's own session sees nothing of A's.
     let (mut b, hello) = Mcp::connect(&env.gw.base, Some(&other.agent)).await;
@@ -589,7 +545,7 @@ fn tool_names(list: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn capability_tools_appear_for_their_callers_when_approved_and_go_with_revocation() {
-    let Some(env) = Env::new("gw-mcp-tools", true).await else {
+    let Some(env) = env("gw-mcp-tools", true).await else {
         return;
     };
     let other = Tenant::new(&env.admin, "gw-mcp-tools-b").await;

@@ -11,20 +11,15 @@ use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use oauth3_crds::{Execution, Permit, PermitPhase};
-use oauth3_test_support::{Upstream, wait_until};
+use oauth3_test_support::wait_until;
 use oauth3_tests::client_or_skip;
-use oauth3_tests::gateway::{Answer, Http, InProcessGateway, Tenant};
-use oauth3_tests::operator::{InProcessOperator, Launcher};
+use oauth3_tests::gateway::{Answer, GatewayEnv, Http, InProcessGateway, Tenant};
 use serde_json::{Value, json};
 
 const SECRET: &str = "tok-gateway-e2e-5f3a9c";
 const DEV_KEY: [u8; 32] = [7u8; 32];
 /// The long-poll hold the gateway under test uses.
 const HOLD: Duration = Duration::from_secs(20);
-
-fn dev_public_key() -> String {
-    hex::encode(crypto_box::SecretKey::from(DEV_KEY).public_key().as_bytes())
-}
 
 /// Every answer a test saw, to check that none of them carries the secret.
 #[derive(Default)]
@@ -75,53 +70,23 @@ fn permit_request(origin: &str) -> String {
     )
 }
 
-struct Env {
-    admin: kube::Client,
-    tenant: Tenant,
-    up: Upstream,
-    gw: InProcessGateway,
-    http: Http,
-    op: Option<InProcessOperator>,
+/// The shared environment, with this file's helpers.
+struct Env(GatewayEnv);
+
+impl std::ops::Deref for Env {
+    type Target = GatewayEnv;
+    fn deref(&self) -> &GatewayEnv {
+        &self.0
+    }
 }
 
 impl Env {
     /// A tenant, a recording upstream, a gateway and (with `operator`) an operator with the
     /// real runner on the tenant's namespace.
     async fn new(prefix: &str, operator: bool) -> Option<Env> {
-        let admin = client_or_skip().await?;
-        let tenant = Tenant::new(&admin, prefix).await;
-        let up = Upstream::start().await;
-        let hold = format!("--long-poll={}s", HOLD.as_secs());
-        let key = format!("--enclave-public-key={}", dev_public_key());
-        let gw = InProcessGateway::start(&admin, &[&hold, &key, "--auth-cache-ttl=0s"]).await;
-        let op = if operator {
-            let dir = std::env::temp_dir().join(format!("oauth3-gw-{}", tenant.ns));
-            std::fs::create_dir_all(&dir).expect("dir");
-            std::fs::write(dir.join("dev.key"), hex::encode(DEV_KEY)).expect("key");
-            std::fs::write(dir.join("ca.pem"), &up.ca_pem).expect("ca");
-            let runner = oauth3_tests::operator::dev_runner(&dir);
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            Some(InProcessOperator::start(
-                &admin,
-                &tenant.ns,
-                listener,
-                Launcher::Process(runner),
-                Duration::from_secs(30),
-                Duration::from_secs(3600),
-            ))
-        } else {
-            None
-        };
-        Some(Env {
-            admin,
-            tenant,
-            up,
-            gw,
-            http: Http::new(),
-            op,
-        })
+        GatewayEnv::new(prefix, operator, DEV_KEY, HOLD)
+            .await
+            .map(Env)
     }
 
     async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> Answer {
@@ -181,18 +146,8 @@ impl Env {
         .await;
     }
 
-    async fn permits(&self) -> Vec<Permit> {
-        Api::<Permit>::namespaced(self.admin.clone(), &self.tenant.ns)
-            .list(&ListParams::default())
-            .await
-            .expect("list")
-            .items
-    }
-
-    async fn stop(mut self) {
-        if let Some(op) = self.op.take() {
-            op.stop().await;
-        }
+    async fn stop(self) {
+        self.0.stop().await;
     }
 }
 
