@@ -145,7 +145,7 @@ impl Proxies {
     }
 
     /// The Permit `ns/name`, from the cache when read within [`PERMIT_CACHE_TTL`].
-    async fn permit(
+    pub(crate) async fn cached_permit(
         &self,
         gw: &Gateway,
         ns: &str,
@@ -439,7 +439,7 @@ pub async fn call_proxy(gw: &Gateway, call: Call) -> Response {
     let proxies = gw.proxies();
     let (ns, name) = (call.route.namespace.clone(), call.route.permit.clone());
     let capability = call.route.capability.clone();
-    let permit = match proxies.permit(gw, &ns, &name).await {
+    let permit = match proxies.cached_permit(gw, &ns, &name).await {
         Ok(p) => p,
         Err(e) => return failed(&e, &capability),
     };

@@ -6,21 +6,17 @@
 //! the secret never reaches the client, refused calls send nothing, and a caller without the
 //! right to call the proxy can neither use nor wake it.
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use oauth3_crds::Permit;
 use oauth3_crds::constants::ANNOTATION_PROXY_WAKE;
 use oauth3_protocol::proxy::REFUSAL_HEADER;
-use oauth3_sandbox_runner::proxy::auth::TokenFile;
-use oauth3_sandbox_runner::secrets::{DevKey, DevProvider, seal};
 use oauth3_test_support::sse::EventStream;
-use oauth3_test_support::{free_port, wait_until};
+use oauth3_test_support::wait_until;
 use oauth3_tests::gateway::{GatewayEnv, service_account_token};
+use oauth3_tests::proxy::{Serve, ServeSpec};
 use serde_json::{Value, json};
-use zeroize::Zeroizing;
 
 const SECRET: &str = "sk-proxy-gw-5d21c9";
 const DEV_KEY: [u8; 32] = [9u8; 32];
@@ -37,14 +33,7 @@ struct ProxyEnv {
     endpoint: String,
     /// A ServiceAccount of the same namespace with the agent role but no `permits/proxy`.
     stranger: String,
-    _serve: tokio::process::Child,
-    dir: PathBuf,
-}
-
-impl Drop for ProxyEnv {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    _serve: Serve,
 }
 
 fn spec(env: &GatewayEnv, sse: &EventStream, agent_user: &str) -> oauth3_crds::PermitSpec {
@@ -143,76 +132,27 @@ impl ProxyEnv {
         let spec = spec(&env, &sse, &agent_user);
         approved_permit(&env, PERMIT, spec.clone()).await;
 
-        let dir = std::env::temp_dir().join(format!("oauth3-gw-proxy-{ns}"));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let file = |name: &str, bytes: &[u8]| {
-            let p = dir.join(name);
-            std::fs::write(&p, bytes).expect("write");
-            p
-        };
-        let provider = DevProvider::new(DevKey::Hex(Zeroizing::new(hex::encode(DEV_KEY))), true)
-            .expect("dev provider");
-        let envelope = seal(&provider.public_key(), &ns, "API_TOKEN", SECRET).expect("sealed");
-        let bundle = json!({
-            "namespace": ns,
-            "permit": {"name": PERMIT, "specDigest": oauth3_crds::spec_digest(&spec).expect("digest"),
-                       "spec": spec},
-            "sealedSecrets": [{"name": "API_TOKEN", "envelope": envelope}]
-        });
-        let tokens = format!(
-            "{}\n{}\n",
-            TokenFile::line_for(&env.tenant.agent, &agent_user),
-            TokenFile::line_for(&stranger, &format!("system:serviceaccount:{ns}:stranger"))
-        );
-        let mut cas = env.up.ca_pem.clone();
-        cas.extend_from_slice(&sse.ca_pem);
-        let port = free_port();
-        let serve = tokio::process::Command::new(oauth3_tests::workspace_binary(
-            "oauth3-sandbox-runner",
-            "oauth3-sandbox-runner",
-        ))
-        .arg("serve")
-        .arg("--bundle")
-        .arg(file("bundle.json", bundle.to_string().as_bytes()))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--insecure-plain-http",
-        ])
-        .arg("--client-token-file")
-        .arg(file("tokens", tokens.as_bytes()))
-        .args(["--key-provider", "dev", "--insecure-dev-key"])
-        .arg("--dev-key-file")
-        .arg(file("dev.key", hex::encode(DEV_KEY).as_bytes()))
-        .arg("--ca-file")
-        .arg(file("ca.pem", &cas))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("serve starts");
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let probe = reqwest::Client::new();
-        wait_until("the proxy answers", Duration::from_secs(30), || {
-            let url = format!("{endpoint}/api/items");
-            let probe = probe.clone();
-            async move {
-                probe
-                    .get(url)
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16())
-                    .map_err(|e| e.to_string())
-            }
+        let stranger_user = format!("system:serviceaccount:{ns}:stranger");
+        let serve = Serve::start(&ServeSpec {
+            namespace: &ns,
+            permit: PERMIT,
+            spec: &spec,
+            secret: ("API_TOKEN", SECRET),
+            dev_key: DEV_KEY,
+            tokens: &[
+                (&env.tenant.agent, &agent_user),
+                (&stranger, &stranger_user),
+            ],
+            upstream_cas: &[&env.up.ca_pem, &sse.ca_pem],
         })
         .await;
+        let endpoint = serve.endpoint.clone();
         let this = Self {
             env,
             sse,
             endpoint,
             stranger,
             _serve: serve,
-            dir,
         };
         this.ready().await;
         Some(this)
