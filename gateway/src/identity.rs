@@ -6,7 +6,8 @@
 //! `X-OAuth3-Namespace` header (required for identities that are not service accounts). What
 //! the caller may do there is asked of the API server too (a SubjectAccessReview per right,
 //! cached the same way): an agent needs to create Permits / Executions (the `oauth3-agent`
-//! role), an owner to patch `permits/status` (the `oauth3-owner` role). The gateway then acts
+//! role), an owner to patch `permits/status` (the `oauth3-owner` role), a client of a
+//! credential proxy `create` on `permits/proxy` for that Permit's name. The gateway then acts
 //! with its own identity, only in that namespace.
 
 use std::collections::HashMap;
