@@ -441,7 +441,7 @@ pub async fn call_proxy(gw: &Gateway, call: Call) -> Response {
     let capability = call.route.capability.clone();
     let permit = match proxies.cached_permit(gw, &ns, &name).await {
         Ok(p) => p,
-        Err(e) => return failed(&e, &capability),
+        Err(e) => return failed(&e, Some(&capability)),
     };
     let endpoint = match plan(permit.as_deref(), &ns, &name) {
         Plan::Forward(endpoint) => endpoint,
@@ -468,9 +468,9 @@ pub async fn call_proxy(gw: &Gateway, call: Call) -> Response {
     send(gw, &endpoint, call).await
 }
 
-fn failed(e: &ApiError, capability: &str) -> Response {
+fn failed(e: &ApiError, capability: Option<&str>) -> Response {
     tracing::warn!(error = %e, "proxy call");
-    refusal(502, RefusalKind::Failed, e.to_string(), Some(capability))
+    refusal(502, RefusalKind::Failed, e.to_string(), capability)
 }
 
 /// Checks the caller as the proxy would: an accepted token, `create` on `permits/proxy` for
@@ -495,11 +495,11 @@ async fn authorise(
         Err(ApiError::Unauthorized(reason)) => {
             return Err(refusal(401, RefusalKind::Unauthenticated, reason, None));
         }
-        Err(e) => return Err(failed(&e, "")),
+        Err(e) => return Err(failed(&e, None)),
     };
     let allowed = match gw.identity().may_call_proxy(&caller, name).await {
         Ok(yes) => yes,
-        Err(e) => return Err(failed(&e, "")),
+        Err(e) => return Err(failed(&e, None)),
     };
     let listed = permit.is_none_or(|p| {
         p.spec
@@ -533,7 +533,7 @@ async fn wake_and_wait(gw: &Gateway, ns: &str, name: &str) -> Result<String, Res
         let permit = proxies
             .read_permit(gw, ns, name)
             .await
-            .map_err(|e| failed(&e, ""))?;
+            .map_err(|e| failed(&e, None))?;
         match plan(permit.as_deref(), ns, name) {
             Plan::Forward(endpoint) => return Ok(endpoint),
             Plan::Refuse {
@@ -542,7 +542,7 @@ async fn wake_and_wait(gw: &Gateway, ns: &str, name: &str) -> Result<String, Res
                 reason,
             } => return Err(refusal(status, kind, reason, None)),
             Plan::Wake if !woken => {
-                wake(gw, ns, name).await.map_err(|e| failed(&e, ""))?;
+                wake(gw, ns, name).await.map_err(|e| failed(&e, None))?;
                 woken = true;
             }
             Plan::Wake | Plan::Wait => {}

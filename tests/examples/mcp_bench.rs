@@ -138,6 +138,7 @@ async fn capability(n: usize) {
         dev_key: [9u8; 32],
         tokens: &[(&tenant.agent, &agent_user)],
         upstream_cas: &[&up.ca_pem],
+        tls_dir: None,
     })
     .await;
     permits

@@ -1,7 +1,8 @@
 //! A real `oauth3-sandbox-runner serve` for one Permit, started as the operator would start a
 //! credential proxy: a serve bundle with the Permit's spec and a secret sealed to the
-//! development key, plain HTTP on a loopback port, and a client token file (the digests of
-//! real ServiceAccount tokens with their user names) instead of the operator's review.
+//! development key, plain HTTP on a loopback port (or HTTPS with a certificate from a CA of
+//! the test's), and a client token file (the digests of real ServiceAccount tokens with their
+//! user names) instead of the operator's review.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -16,7 +17,7 @@ use zeroize::Zeroizing;
 
 /// A running `serve`; stopped when dropped.
 pub struct Serve {
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>` (`https://` with `tls_dir`).
     pub endpoint: String,
     _child: tokio::process::Child,
     dir: PathBuf,
@@ -38,6 +39,9 @@ pub struct ServeSpec<'a> {
     pub tokens: &'a [(&'a str, &'a str)],
     /// PEM CAs of the upstreams.
     pub upstream_cas: &'a [&'a [u8]],
+    /// A directory with `tls.crt` and `tls.key` (as [`crate::callback_certificate`] writes
+    /// them) to serve HTTPS with; `None`: plain HTTP.
+    pub tls_dir: Option<&'a std::path::Path>,
 }
 
 impl Serve {
@@ -76,43 +80,48 @@ impl Serve {
             .collect();
         let cas: Vec<u8> = s.upstream_cas.concat();
         let port = free_port();
-        let child = tokio::process::Command::new(crate::workspace_binary(
+        let mut command = tokio::process::Command::new(crate::workspace_binary(
             "oauth3-sandbox-runner",
             "oauth3-sandbox-runner",
-        ))
-        .arg("serve")
-        .arg("--bundle")
-        .arg(file("bundle.json", bundle.to_string().as_bytes()))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--insecure-plain-http",
-        ])
-        .arg("--client-token-file")
-        .arg(file("tokens", tokens.as_bytes()))
-        .args(["--key-provider", "dev", "--insecure-dev-key"])
-        .arg("--dev-key-file")
-        .arg(file("dev.key", hex::encode(s.dev_key).as_bytes()))
-        .arg("--ca-file")
-        .arg(file("ca.pem", &cas))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("serve starts");
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let probe = reqwest::Client::new();
-        wait_until("the proxy answers", Duration::from_secs(30), || {
-            let (probe, url) = (probe.clone(), format!("{endpoint}/"));
-            async move {
-                probe
-                    .get(url)
-                    .send()
+        ));
+        command
+            .arg("serve")
+            .arg("--bundle")
+            .arg(file("bundle.json", bundle.to_string().as_bytes()))
+            .args(["--listen", &format!("127.0.0.1:{port}")]);
+        match s.tls_dir {
+            Some(tls) => command
+                .arg("--tls-cert")
+                .arg(tls.join("tls.crt"))
+                .arg("--tls-key")
+                .arg(tls.join("tls.key")),
+            None => command.arg("--insecure-plain-http"),
+        };
+        let child = command
+            .arg("--client-token-file")
+            .arg(file("tokens", tokens.as_bytes()))
+            .args(["--key-provider", "dev", "--insecure-dev-key"])
+            .arg("--dev-key-file")
+            .arg(file("dev.key", hex::encode(s.dev_key).as_bytes()))
+            .arg("--ca-file")
+            .arg(file("ca.pem", &cas))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("serve starts");
+        let scheme = if s.tls_dir.is_some() { "https" } else { "http" };
+        let endpoint = format!("{scheme}://127.0.0.1:{port}");
+        wait_until(
+            "the proxy listens",
+            Duration::from_secs(30),
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
                     .await
-                    .map(|r| r.status().as_u16())
+                    .map(drop)
                     .map_err(|e| e.to_string())
-            }
-        })
+            },
+        )
         .await;
         Self {
             endpoint,

@@ -639,6 +639,7 @@ async fn capability_tools_appear_for_their_callers_when_approved_and_go_with_rev
         dev_key: DEV_KEY,
         tokens: &[(&env.tenant.agent, &agent_user)],
         upstream_cas: &[&env.up.ca_pem],
+        tls_dir: None,
     })
     .await;
     permits

@@ -34,6 +34,16 @@ struct ProxyEnv {
     /// A ServiceAccount of the same namespace with the agent role but no `permits/proxy`.
     stranger: String,
     _serve: Serve,
+    /// The proxy's certificate, key and CA, when it serves HTTPS.
+    tls_dir: Option<std::path::PathBuf>,
+}
+
+impl Drop for ProxyEnv {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.tls_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 fn spec(env: &GatewayEnv, sse: &EventStream, agent_user: &str) -> oauth3_crds::PermitSpec {
@@ -115,6 +125,12 @@ async fn set_proxy_status(env: &GatewayEnv, proxy: Value) {
 
 impl ProxyEnv {
     async fn new(prefix: &str) -> Option<Self> {
+        Self::start(prefix, false).await
+    }
+
+    /// With `tls`, the proxy serves HTTPS with a certificate from a CA of its own
+    /// (`self.tls_dir/ca.crt`).
+    async fn start(prefix: &str, tls: bool) -> Option<Self> {
         let env = GatewayEnv::new(prefix, false, DEV_KEY, Duration::from_secs(5)).await?;
         let sse = EventStream::start(EVENTS, EVENT_GAP).await;
         let ns = env.tenant.ns.clone();
@@ -133,6 +149,11 @@ impl ProxyEnv {
         approved_permit(&env, PERMIT, spec.clone()).await;
 
         let stranger_user = format!("system:serviceaccount:{ns}:stranger");
+        let tls_dir = tls.then(|| {
+            let dir = std::env::temp_dir().join(format!("oauth3-gw-proxy-tls-{ns}"));
+            oauth3_tests::callback_certificate(&dir);
+            dir
+        });
         let serve = Serve::start(&ServeSpec {
             namespace: &ns,
             permit: PERMIT,
@@ -144,6 +165,7 @@ impl ProxyEnv {
                 (&stranger, &stranger_user),
             ],
             upstream_cas: &[&env.up.ca_pem, &sse.ca_pem],
+            tls_dir: tls_dir.as_deref(),
         })
         .await;
         let endpoint = serve.endpoint.clone();
@@ -153,6 +175,7 @@ impl ProxyEnv {
             endpoint,
             stranger,
             _serve: serve,
+            tls_dir,
         };
         this.ready().await;
         Some(this)
@@ -491,4 +514,52 @@ async fn an_idle_proxy_is_woken_only_for_a_caller_allowed_to_call_it() {
     let got = env.env.up.assert_received(1, "the woken call");
     assert_eq!(got[0].path_and_query, "/v1/items");
     assert_no_client_token(&env, "the woken call");
+}
+
+#[tokio::test]
+async fn an_https_proxy_endpoint_is_trusted_only_through_the_proxy_ca_file() {
+    let Some(env) = ProxyEnv::start("gw-proxy-tls", true).await else {
+        return;
+    };
+    assert!(
+        env.endpoint.starts_with("https://127.0.0.1:"),
+        "{}",
+        env.endpoint
+    );
+    let http = reqwest::Client::new();
+    // The environment's gateway trusts the system roots only: the proxy's certificate is not
+    // accepted and nothing is sent.
+    let (status, kind, body) = refusal(
+        &http,
+        &env.url(PERMIT, "api/items"),
+        Some(&env.env.tenant.agent),
+    )
+    .await;
+    assert_eq!((status, kind.as_deref()), (502, Some("failed")), "{body}");
+    env.env
+        .up
+        .assert_nothing_received("an unverified proxy endpoint gets no call");
+
+    let ca = env.tls_dir.as_ref().expect("tls").join("ca.crt");
+    let trusting = oauth3_tests::gateway::InProcessGateway::start(
+        &env.env.admin,
+        &[
+            &format!("--proxy-ca-file={}", ca.display()),
+            "--auth-cache-ttl=0s",
+        ],
+    )
+    .await;
+    let answer = http
+        .get(trusting.url(&format!("/proxy/{}/{PERMIT}/api/items", env.env.tenant.ns)))
+        .bearer_auth(&env.env.tenant.agent)
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(answer.status().as_u16(), 200);
+    let got = env.env.up.assert_received(1, "the verified call");
+    assert_eq!(
+        got[0].header_values("authorization"),
+        [format!("Bearer {SECRET}")]
+    );
+    assert_no_client_token(&env, "the verified call");
 }
