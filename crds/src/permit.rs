@@ -42,6 +42,7 @@ use crate::schema::{
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase","description":"Pending, Approved, Denied, Expired or Revoked"}"#,
     printcolumn = r#"{"name":"Capabilities","type":"integer","jsonPath":".status.capabilityCount","description":"Number of capabilities requested"}"#,
     printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.approval.expiresAt","description":"When the approval lapses"}"#,
+    printcolumn = r#"{"name":"Proxy","type":"string","jsonPath":".status.proxy.phase","description":"The credential proxy: Starting, Ready or Stopped (spec.proxy)","priority":1}"#,
     printcolumn = r#"{"name":"Description","type":"string","jsonPath":".spec.description","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -1024,6 +1025,10 @@ pub struct ProxyStatus {
     /// `https://oauth3-proxy-openai.agents.svc:8443`; set while `Starting` or `Ready`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// PEM certificate the proxy's HTTPS endpoint presents (pod launcher): clients and the
+    /// gateway trust exactly this certificate for `endpoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
     /// `pod/<name>` or `process/<pid>` of the running proxy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handle: Option<String>,
@@ -1045,12 +1050,6 @@ pub struct ProxyStatus {
     /// The reason in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// Calls the proxy has reported (allowed and denied) since it started.
-    #[serde(default)]
-    pub calls: i64,
-    /// When the last reported call arrived.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_call_at: Option<Time>,
 }
 
 /// Usage counters under the current approval.

@@ -31,6 +31,7 @@ pub mod login;
 pub mod metrics;
 pub mod permit;
 pub mod plugin;
+pub mod proxy;
 mod run;
 pub(crate) mod status_write;
 pub mod telegram;

@@ -261,6 +261,101 @@ impl Plugin {
         let exec = self.execution(name).await?;
         Ok(render_logs(&exec))
     }
+
+    /// The audit log of Permit `name`'s proxied calls (the last `tail` when given).
+    pub async fn proxy_logs(&self, name: &str, tail: Option<usize>) -> Result<String, PluginError> {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        use oauth3_crds::constants::{PROXY_AUDIT_KEY, proxy_audit_object_name};
+        let permit = self.permit(name).await?;
+        let object = proxy_audit_object_name(name);
+        let cm = Api::<ConfigMap>::namespaced(self.client.clone(), &self.namespace)
+            .get_opt(&object)
+            .await
+            .map_err(|source| PluginError::Api {
+                step: format!("reading the audit log ConfigMap {object}"),
+                source,
+            })?;
+        let log = cm
+            .and_then(|c| c.data)
+            .and_then(|d| d.get(PROXY_AUDIT_KEY).cloned())
+            .unwrap_or_default();
+        Ok(render_proxy_logs(&permit, &log, tail))
+    }
+}
+
+/// The audit log lines as a table, with a head naming the proxy's state (pure).
+pub fn render_proxy_logs(permit: &Permit, log: &str, tail: Option<usize>) -> String {
+    use oauth3_protocol::proxy::ProxyCall;
+    let name = permit.metadata.name.as_deref().unwrap_or_default();
+    let mut out = String::new();
+    let enabled = permit.spec.proxy.as_ref().is_some_and(|p| p.enabled);
+    match permit.status.as_ref().and_then(|s| s.proxy.as_ref()) {
+        Some(p) => {
+            let _ = writeln!(
+                out,
+                "Proxy of Permit {name}: {:?}{}{}",
+                p.phase,
+                p.reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default(),
+                p.endpoint
+                    .as_deref()
+                    .map(|e| format!(" at {e}"))
+                    .unwrap_or_default(),
+            );
+            if let Some(m) = &p.message {
+                let _ = writeln!(out, "  {m}");
+            }
+        }
+        None if enabled => {
+            let _ = writeln!(
+                out,
+                "Proxy of Permit {name}: not started (the Permit is not approved)"
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "Permit {name} has no credential proxy (spec.proxy.enabled is not true)"
+            );
+        }
+    }
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        out.push_str("No proxied calls recorded.\n");
+        return out;
+    }
+    let skip = tail.map_or(0, |n| lines.len().saturating_sub(n));
+    let _ = writeln!(
+        out,
+        "TIME                      CALLER  DECISION  STATUS  CALL"
+    );
+    for line in &lines[skip..] {
+        if let Ok(c) = serde_json::from_str::<ProxyCall>(line) {
+            let at = Timestamp::from_millisecond(c.at_ms)
+                .map(|t| t.to_string())
+                .unwrap_or_else(|_| c.at_ms.to_string());
+            let status = c.status.map_or("-".to_owned(), |s| s.to_string());
+            let _ = write!(
+                out,
+                "{at}  {}  {:?}  {status}  {} {} ({}, {} ms)",
+                c.identity, c.decision, c.method, c.url, c.capability, c.duration_ms
+            );
+            if let Some(r) = &c.reason {
+                let _ = write!(out, ": {r}");
+            }
+            out.push('\n');
+        } else if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
+            && let Some(n) = v.get("dropped").and_then(serde_json::Value::as_u64)
+        {
+            let _ = writeln!(
+                out,
+                "({n} call(s) not recorded: the proxy's buffer was full)"
+            );
+        }
+    }
+    out
 }
 
 /// Reads quote collateral (the JSON `dcap-qvl` and PCCS clients write: TCB info, QE

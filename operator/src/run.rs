@@ -348,7 +348,7 @@ impl LeaderWork {
     async fn run(self, stop: StopSignal) {
         tracing::info!(
             namespace = self.namespace.as_deref().unwrap_or("(all)"),
-            "starting the Permit and Execution controllers"
+            "starting the Permit, Execution and proxy controllers"
         );
         let permits = permit::run_permit_controller(
             self.api::<Permit>(),
@@ -359,6 +359,11 @@ impl LeaderWork {
         let executions = run_execution_controller(
             self.api::<Execution>(),
             self.ectx.clone(),
+            stop.clone().wait(),
+        );
+        let proxies = crate::proxy::run_proxy_controller(
+            self.api::<Permit>(),
+            Arc::new(crate::proxy::ProxyContext::new(self.ectx.clone())),
             stop.clone().wait(),
         );
         // The Telegram bot polls the Bot API only while leading: two pollers would fight over
@@ -374,7 +379,7 @@ impl LeaderWork {
                 .await;
             }
         };
-        tokio::join!(permits, executions, bot);
+        tokio::join!(permits, executions, proxies, bot);
     }
 }
 

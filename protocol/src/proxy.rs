@@ -469,6 +469,32 @@ pub struct CallBatch {
     pub dropped: u64,
 }
 
+/// The operator's answer to a [`CallBatch`]: the Permit's rate budget now (its Executions'
+/// and every proxy's calls taken off), which the proxy adopts where it is lower than its own,
+/// so a rate limit holds across the Permit's Executions and its proxy.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallBatchAnswer {
+    /// Remaining tokens per rate-limited capability (capabilities left out: no carried budget).
+    #[serde(default)]
+    pub rate_budget: std::collections::BTreeMap<String, f64>,
+}
+
+/// How often a proxy posts its call records (and learns the shared rate budget), in
+/// milliseconds, while calls are made; without calls it still asks every
+/// [`IDLE_REPORT_EVERY`] intervals.
+pub const REPORT_INTERVAL_MS: u64 = 1000;
+
+/// Exit status of `serve` once it stopped after `idleTimeout` without a call (0: stopped
+/// from outside, by SIGTERM; 1 and 2: failed to start).
+pub const EXIT_IDLE: u8 = 10;
+
+/// Exit status of `serve` once the approval expired (`notAfter`).
+pub const EXIT_EXPIRED: u8 = 11;
+
+/// Report intervals without calls between two budget updates.
+pub const IDLE_REPORT_EVERY: u32 = 5;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -509,7 +509,14 @@ fn read_text(path: &Path, what: &str) -> Result<String, String> {
 /// Everything `serve` needs before it listens; `Err` is (exit code, message).
 async fn serve_setup(
     args: &ServeArgs,
-) -> Result<(Arc<Proxy>, Option<tokio_rustls::TlsAcceptor>), (u8, String)> {
+) -> Result<
+    (
+        Arc<Proxy>,
+        Option<tokio_rustls::TlsAcceptor>,
+        Option<oauth3_sandbox_runner::proxy::report::CallReporter>,
+    ),
+    (u8, String),
+> {
     let usage = |m: String| (2u8, m);
     args.keys.check().map_err(usage)?;
     if args.insecure_plain_http && !args.listen.ip().is_loopback() {
@@ -559,6 +566,19 @@ async fn serve_setup(
                 ));
             }
         };
+    // Call records go to the operator when there is one to tell.
+    let reporter = match &bundle.callback {
+        Some(callback) => Some(
+            oauth3_sandbox_runner::proxy::report::CallReporter::new(
+                callback,
+                &bundle.namespace,
+                &bundle.permit.name,
+                &ca_pems,
+            )
+            .map_err(|e| usage(format!("invalid serve bundle: {e}")))?,
+        ),
+        None => None,
+    };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             Some(oauth3_sandbox_runner::proxy::tls_acceptor(cert, key).map_err(usage)?)
@@ -623,11 +643,11 @@ async fn serve_setup(
             println!("{line}");
         }
     }));
-    Ok((Arc::new(proxy), tls))
+    Ok((Arc::new(proxy), tls, reporter))
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
-    let (proxy, tls) = match serve_setup(&args).await {
+    let (proxy, tls, reporter) = match serve_setup(&args).await {
         Ok(ready) => ready,
         Err((code, message)) => {
             eprintln!("error: {message}");
@@ -651,9 +671,17 @@ async fn serve(args: ServeArgs) -> ExitCode {
         wait_for_signal().await;
         stopper.stop(StopReason::Stopped);
     });
+    let reporting = reporter.map(|r| tokio::spawn(r.run(Arc::clone(&proxy))));
     let reason = oauth3_sandbox_runner::proxy::serve(listener, tls, proxy).await;
+    if let Some(reporting) = reporting {
+        let _ = reporting.await;
+    }
     eprintln!("stopped: {}", reason.describe());
-    ExitCode::SUCCESS
+    match reason {
+        StopReason::Stopped => ExitCode::SUCCESS,
+        StopReason::Idle => ExitCode::from(oauth3_protocol::proxy::EXIT_IDLE),
+        StopReason::Expired => ExitCode::from(oauth3_protocol::proxy::EXIT_EXPIRED),
+    }
 }
 
 /// Resolves on SIGTERM (how Kubernetes and the process launcher stop a proxy) or Ctrl-C.

@@ -354,10 +354,24 @@ pub async fn install_user_roles(client: &Client) {
 /// # Panics
 /// When the API server refuses the binding.
 pub async fn bind(client: &Client, ns: &str, role: &str, subject: serde_json::Value) {
+    bind_named(client, ns, role, role, subject).await;
+}
+
+/// Binds the ClusterRole `role` to `subject` in `ns` with a RoleBinding named `binding`.
+///
+/// # Panics
+/// When the API server refuses the binding.
+pub async fn bind_named(
+    client: &Client,
+    ns: &str,
+    binding: &str,
+    role: &str,
+    subject: serde_json::Value,
+) {
     use k8s_openapi::api::rbac::v1::RoleBinding;
     let rb: RoleBinding = serde_json::from_value(serde_json::json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": role, "namespace": ns},
+        "metadata": {"name": binding, "namespace": ns},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
         "subjects": [subject]
     }))

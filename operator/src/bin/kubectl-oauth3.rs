@@ -180,10 +180,14 @@ enum Command {
         #[arg(long, value_name = "EXECUTION|DIGEST")]
         code: Option<String>,
     },
-    /// Show an Execution's phase, output, result and call log.
+    /// Show an Execution's phase, output, result and call log, or with `permit/NAME` the
+    /// audit log of the calls made through a Permit's credential proxy (newest last).
     Logs {
-        /// Execution name.
-        execution: String,
+        /// Execution name (or `execution/NAME`), or `permit/NAME`.
+        target: String,
+        /// With `permit/NAME`: only the last N calls.
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
     },
     /// Verify an Execution's attested result, offline: the statement recomputed from its
     /// status, the TDX quote's signature chain and TCB status (with dcap-qvl, against the
@@ -703,7 +707,14 @@ async fn dispatch(plugin: Plugin, command: Command) -> Result<String, PluginErro
             permit,
             code: Some(code),
         } => plugin.trust(&permit, &code, None).await,
-        Command::Logs { execution } => plugin.logs(&execution).await,
+        Command::Logs { target, tail } => match target.split_once('/') {
+            Some(("permit" | "permits", name)) => plugin.proxy_logs(name, tail).await,
+            Some(("execution" | "executions", name)) => plugin.logs(name).await,
+            Some((kind, _)) => Err(PluginError::Usage(format!(
+                "logs takes an Execution name, execution/NAME or permit/NAME, not {kind}/..."
+            ))),
+            None => plugin.logs(&target).await,
+        },
         Command::Seal { .. } | Command::Verify { .. } | Command::Login { .. } => Err(
             PluginError::Usage("seal, login and verify are handled before a Permit is read".into()),
         ),

@@ -115,6 +115,20 @@ pub fn router(state: Arc<CallbackState>) -> Router {
             &format!("{CREDENTIALS_PATH}/{{namespace}}/{{name}}/{{secret}}/{ACTION_SEALED}"),
             post(super::credentials::sealed),
         )
+        .route(
+            &format!(
+                "{}/{{namespace}}/{{name}}",
+                oauth3_protocol::proxy::REVIEW_PATH
+            ),
+            post(crate::proxy::channel::review),
+        )
+        .route(
+            &format!(
+                "{}/{{namespace}}/{{name}}",
+                oauth3_protocol::proxy::CALLS_PATH
+            ),
+            post(crate::proxy::channel::calls),
+        )
         // The body is read by the handler, after the token check, with its own limit.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
@@ -230,11 +244,19 @@ pub(crate) fn could_exist(namespace: &str, name: &str) -> bool {
 /// Reads the body once the request is known to come from the run: at most [`max_body_bytes`],
 /// within [`BODY_READ_TIMEOUT`], holding one of [`MAX_CONCURRENT_BODIES`] slots.
 async fn read_body(state: &CallbackState, body: Body) -> Result<Bytes, CallbackError> {
+    read_body_limited(state, body, max_body_bytes()).await
+}
+
+/// Reads a body of at most `limit` bytes, as [`read_body`] does.
+pub(crate) async fn read_body_limited(
+    state: &CallbackState,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, CallbackError> {
     let _slot = state
         .bodies
         .try_acquire()
         .map_err(|_| CallbackError::Busy)?;
-    let limit = max_body_bytes();
     match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit)).await {
         Err(_) => Err(CallbackError::BodyRead(format!(
             "not complete after {}s",

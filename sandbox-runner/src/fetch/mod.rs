@@ -374,6 +374,11 @@ impl ScopedFetch {
         lock(&self.limiter).budget(Instant::now())
     }
 
+    /// Lowers the rate budget to `shared` where that is lower (see [`RateLimiter::cap`]).
+    pub fn cap_rate_budget(&self, shared: &BTreeMap<String, f64>) {
+        lock(&self.limiter).cap(shared, Instant::now());
+    }
+
     /// Redacts `rec`, keeps it in the call log (unless [`ScopedFetch::without_call_log`]) and
     /// returns it.
     fn record(&self, mut rec: CallRecord) -> CallRecord {

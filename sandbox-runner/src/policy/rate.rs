@@ -75,6 +75,19 @@ impl RateLimiter {
         }
     }
 
+    /// Lowers each bucket to `shared` (the Permit's budget as the operator counts it, with the
+    /// calls of its Executions) where that is lower than what the bucket holds at `now`.
+    pub fn cap(&mut self, shared: &BTreeMap<String, f64>, now: Instant) {
+        for (name, b) in &mut self.buckets {
+            let Some(limit) = shared.get(name).copied().filter(|t| t.is_finite()) else {
+                continue;
+            };
+            let tokens = b.tokens_at(now);
+            b.at = now.max(b.at);
+            b.tokens = tokens.min(limit.max(0.0));
+        }
+    }
+
     /// Remaining tokens per rate-limited capability at `now`, to carry over.
     pub fn budget(&self, now: Instant) -> BTreeMap<String, f64> {
         self.buckets

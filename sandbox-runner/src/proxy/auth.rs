@@ -124,6 +124,19 @@ impl ClientAuth for TokenFile {
 /// # Errors
 /// The callback URL is not an absolute URL.
 pub fn review_url(callback_url: &str, namespace: &str, permit: &str) -> Result<String, String> {
+    channel_url(callback_url, REVIEW_PATH, namespace, permit)
+}
+
+/// `{origin of callback_url}{path}/<namespace>/<permit>`: where a proxy talks to the operator.
+///
+/// # Errors
+/// The callback URL is not an absolute URL.
+pub fn channel_url(
+    callback_url: &str,
+    path: &str,
+    namespace: &str,
+    permit: &str,
+) -> Result<String, String> {
     let mut url = url::Url::parse(callback_url)
         .map_err(|e| format!("callback.url: not an absolute URL ({e})"))?;
     url.set_query(None);
@@ -131,7 +144,7 @@ pub fn review_url(callback_url: &str, namespace: &str, permit: &str) -> Result<S
     url.path_segments_mut()
         .map_err(|()| "callback.url: cannot carry a path".to_owned())?
         .clear()
-        .extend(REVIEW_PATH.trim_start_matches('/').split('/'))
+        .extend(path.trim_start_matches('/').split('/'))
         .push(namespace)
         .push(permit);
     Ok(url.to_string())

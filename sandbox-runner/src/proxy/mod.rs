@@ -21,6 +21,7 @@
 //! other bodies end with a transport error).
 
 pub mod auth;
+pub mod report;
 pub mod request;
 
 use std::collections::{HashMap, VecDeque};
@@ -212,6 +213,25 @@ impl Proxy {
             calls: log.calls.drain(..).collect(),
             dropped: std::mem::take(&mut log.dropped),
         }
+    }
+
+    /// Puts back the calls of a batch that could not be reported, before any newer ones (the
+    /// oldest are dropped, and counted, beyond [`MAX_KEPT_CALLS`]).
+    pub fn requeue(&self, batch: CallBatch) {
+        let mut log = lock(&self.log);
+        log.dropped += batch.dropped;
+        for call in batch.calls.into_iter().rev() {
+            if log.calls.len() >= MAX_KEPT_CALLS {
+                log.dropped += 1;
+            } else {
+                log.calls.push_front(call);
+            }
+        }
+    }
+
+    /// Lowers the proxy's rate budget to the Permit's shared one where that is lower.
+    pub fn cap_budget(&self, shared: &std::collections::BTreeMap<String, f64>) {
+        self.fetch.cap_rate_budget(shared);
     }
 
     fn note(&self, identity: &str, at_ms: i64, record: &CallRecord) {
