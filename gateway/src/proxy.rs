@@ -27,7 +27,10 @@
 //! proxy again, and the call waits (bounded) for `phase: Ready`. A caller without the right
 //! wakes nothing.
 //!
-//! Per call, a Ready proxy costs one cached Permit read and one pooled upstream connection.
+//! An `https` endpoint is trusted for exactly `status.proxy.certificate` when the operator
+//! published one, else through the system roots plus `--proxy-ca-file`; `http` only on
+//! loopback. Per call, a Ready proxy costs one cached Permit read and one pooled upstream
+//! connection.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -74,6 +77,94 @@ pub enum ProxySetupError {
     Client(String),
 }
 
+/// A client whose TLS accepts exactly one server certificate (the handshake signatures are
+/// still verified with it): what `status.proxy.certificate` publishes for a Pod proxy's
+/// endpoint. Names and validity dates are not checked; the certificate is the identity.
+fn pinned_client(pem: &str) -> Result<reqwest::Client, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    let cert = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| format!("not a PEM certificate: {e}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(Pinned {
+        cert,
+        provider: provider.clone(),
+    });
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Accepts exactly one end-entity certificate.
+#[derive(Debug)]
+struct Pinned {
+    cert: rustls::pki_types::CertificateDer<'static>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.cert.as_ref() {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 /// Permits by namespace and name, each with when it was read (`None`: there was none).
 type PermitCache = HashMap<(String, String), (Instant, Option<Arc<Permit>>)>;
 
@@ -81,6 +172,7 @@ type PermitCache = HashMap<(String, String), (Instant, Option<Arc<Permit>>)>;
 /// of Permits.
 pub struct Proxies {
     http: reqwest::Client,
+    pinned: Mutex<HashMap<String, reqwest::Client>>,
     permits: Mutex<PermitCache>,
     wake_timeout: Duration,
 }
@@ -139,9 +231,24 @@ impl Proxies {
             .map_err(|e| ProxySetupError::Client(e.to_string()))?;
         Ok(Self {
             http,
+            pinned: Mutex::new(HashMap::new()),
             permits: Mutex::new(HashMap::new()),
             wake_timeout,
         })
+    }
+
+    /// The client that trusts exactly the certificate `pem` (one per certificate, kept).
+    fn pinned_client(&self, pem: &str) -> Result<reqwest::Client, String> {
+        let mut clients = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(pem) {
+            return Ok(c.clone());
+        }
+        let client = pinned_client(pem)?;
+        if clients.len() >= PERMIT_CACHE_CAP {
+            clients.clear();
+        }
+        clients.insert(pem.to_owned(), client.clone());
+        Ok(client)
     }
 
     /// The Permit `ns/name`, from the cache when read within [`PERMIT_CACHE_TTL`].
@@ -261,11 +368,21 @@ fn is_object_name(value: &str) -> bool {
             .is_some_and(|b| b.is_ascii_alphanumeric())
 }
 
+/// Where a Ready proxy answers (`status.proxy.endpoint`), and the one certificate its
+/// `https` endpoint presents when the operator published it (`status.proxy.certificate`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The URL.
+    pub url: String,
+    /// The PEM certificate to trust exactly, instead of the roots and `--proxy-ca-file`.
+    pub certificate: Option<String>,
+}
+
 /// What the gateway does with a call, from the Permit as read (pure).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
     /// Forward to this endpoint.
-    Forward(String),
+    Forward(Endpoint),
     /// The proxy idled out: wake it (for an authorised caller), then forward.
     Wake,
     /// The proxy is starting (or not yet started): wait for it (for an authorised caller).
@@ -316,7 +433,10 @@ pub fn plan(permit: Option<&Permit>, ns: &str, name: &str) -> Plan {
     };
     match proxy.phase {
         ProxyPhase::Ready => match &proxy.endpoint {
-            Some(endpoint) => Plan::Forward(endpoint.clone()),
+            Some(endpoint) => Plan::Forward(Endpoint {
+                url: endpoint.clone(),
+                certificate: proxy.certificate.clone(),
+            }),
             None => Plan::Wait,
         },
         ProxyPhase::Starting => Plan::Wait,
@@ -525,7 +645,7 @@ async fn authorise(
 
 /// Sets the wake annotation when the proxy idled out, then reads the Permit until its proxy
 /// is Ready (up to `--proxy-wake-timeout`). Returns the endpoint.
-async fn wake_and_wait(gw: &Gateway, ns: &str, name: &str) -> Result<String, Response> {
+async fn wake_and_wait(gw: &Gateway, ns: &str, name: &str) -> Result<Endpoint, Response> {
     let proxies = gw.proxies();
     let deadline = Instant::now() + proxies.wake_timeout;
     let mut woken = false;
@@ -613,7 +733,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Sends `call` to `endpoint` and streams the answer back as it comes.
-async fn send(gw: &Gateway, endpoint: &str, call: Call) -> Response {
+async fn send(gw: &Gateway, target: &Endpoint, call: Call) -> Response {
     let Call {
         route,
         method,
@@ -621,7 +741,7 @@ async fn send(gw: &Gateway, endpoint: &str, call: Call) -> Response {
         mut headers,
         body,
     } = call;
-    let endpoint = match check_endpoint(endpoint) {
+    let endpoint = match check_endpoint(&target.url) {
         Ok(e) => e,
         Err(reason) => {
             return refusal(
@@ -642,9 +762,24 @@ async fn send(gw: &Gateway, endpoint: &str, call: Call) -> Response {
     }
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
-    let sent = gw
-        .proxies()
-        .http
+    let http = match &target.certificate {
+        None => gw.proxies().http.clone(),
+        Some(pem) => match gw.proxies().pinned_client(pem) {
+            Ok(c) => c,
+            Err(reason) => {
+                return refusal(
+                    502,
+                    RefusalKind::Failed,
+                    format!(
+                        "status.proxy.certificate of Permit {}/{}: {reason}",
+                        route.namespace, route.permit
+                    ),
+                    Some(&route.capability),
+                );
+            }
+        },
+    };
+    let sent = http
         .request(method, url)
         .headers(headers)
         .body(body)
@@ -754,7 +889,10 @@ mod tests {
                 "n",
                 "p"
             ),
-            Plan::Forward("http://127.0.0.1:1".into())
+            Plan::Forward(Endpoint {
+                url: "http://127.0.0.1:1".into(),
+                certificate: None
+            })
         );
         assert_eq!(
             plan(

@@ -31,7 +31,7 @@ struct ProxyEnv {
     sse: EventStream,
     /// `http://127.0.0.1:<port>` of the running `serve`.
     endpoint: String,
-    /// A ServiceAccount of the same namespace with the agent role but no `permits/proxy`.
+    /// A ServiceAccount of the same namespace without any role (no `permits/proxy`).
     stranger: String,
     _serve: Serve,
     /// The proxy's certificate, key and CA, when it serves HTTPS.
@@ -61,41 +61,6 @@ fn spec(env: &GatewayEnv, sse: &EventStream, agent_user: &str) -> oauth3_crds::P
         "proxy": {"enabled": true, "callers": [agent_user]}
     }))
     .expect("spec")
-}
-
-/// Lets the tenant's agent call the proxies of the namespace (`create` on `permits/proxy`).
-async fn grant_proxy_calls(env: &GatewayEnv) {
-    use k8s_openapi::api::rbac::v1::Role;
-    let ns = &env.tenant.ns;
-    let role: Role = serde_json::from_value(json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-        "metadata": {"name": "proxy-caller", "namespace": ns},
-        "rules": [{"apiGroups": ["oauth3.dev"], "resources": ["permits/proxy"],
-                   "verbs": ["create"]}]
-    }))
-    .expect("role");
-    Api::<Role>::namespaced(env.admin.clone(), ns)
-        .create(&PostParams::default(), &role)
-        .await
-        .expect("role created");
-    bind_service_account(env, "proxy-caller", "Role", "proxy-caller", "agent").await;
-}
-
-/// Binds `kind` `role` to ServiceAccount `sa` of the tenant's namespace.
-async fn bind_service_account(env: &GatewayEnv, binding: &str, kind: &str, role: &str, sa: &str) {
-    use k8s_openapi::api::rbac::v1::RoleBinding;
-    let ns = &env.tenant.ns;
-    let rb: RoleBinding = serde_json::from_value(json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": binding, "namespace": ns},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
-        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]
-    }))
-    .expect("binding");
-    Api::<RoleBinding>::namespaced(env.admin.clone(), ns)
-        .create(&PostParams::default(), &rb)
-        .await
-        .expect("binding created");
 }
 
 /// Creates `name` with `spec` and marks it Approved (the owner's decision, as the harness).
@@ -135,15 +100,8 @@ impl ProxyEnv {
         let sse = EventStream::start(EVENTS, EVENT_GAP).await;
         let ns = env.tenant.ns.clone();
         let agent_user = format!("system:serviceaccount:{ns}:agent");
-        grant_proxy_calls(&env).await;
-        bind_service_account(
-            &env,
-            "stranger-agent",
-            "ClusterRole",
-            "oauth3-agent",
-            "stranger",
-        )
-        .await;
+        // The agent may call proxies through the chart's oauth3-agent role (`create` on
+        // permits/proxy); the stranger is a ServiceAccount with no role at all.
         let stranger = service_account_token(&env.admin, &ns, "stranger").await;
         let spec = spec(&env, &sse, &agent_user);
         approved_permit(&env, PERMIT, spec.clone()).await;
@@ -517,7 +475,8 @@ async fn an_idle_proxy_is_woken_only_for_a_caller_allowed_to_call_it() {
 }
 
 #[tokio::test]
-async fn an_https_proxy_endpoint_is_trusted_only_through_the_proxy_ca_file() {
+async fn an_https_proxy_endpoint_is_trusted_through_the_proxy_ca_file_or_its_published_certificate()
+{
     let Some(env) = ProxyEnv::start("gw-proxy-tls", true).await else {
         return;
     };
@@ -561,5 +520,23 @@ async fn an_https_proxy_endpoint_is_trusted_only_through_the_proxy_ca_file() {
         got[0].header_values("authorization"),
         [format!("Bearer {SECRET}")]
     );
-    assert_no_client_token(&env, "the verified call");
+
+    // A certificate published in status.proxy.certificate is trusted exactly, without a CA
+    // file: another certificate (here the CA's own) is refused, the proxy's own accepted.
+    let tls = env.tls_dir.as_ref().expect("tls");
+    let read = |f: &str| std::fs::read_to_string(tls.join(f)).expect("pem");
+    let url = env.url(PERMIT, "api/items");
+    set_proxy_status(&env.env, json!({"certificate": read("ca.crt")})).await;
+    let (status, kind, body) = refusal(&http, &url, Some(&env.env.tenant.agent)).await;
+    assert_eq!((status, kind.as_deref()), (502, Some("failed")), "{body}");
+    assert_eq!(
+        env.env.up.requests().len(),
+        1,
+        "nothing sent to a wrong certificate"
+    );
+    set_proxy_status(&env.env, json!({"certificate": read("tls.crt")})).await;
+    let (status, _, body) = refusal(&http, &url, Some(&env.env.tenant.agent)).await;
+    assert_eq!(status, 200, "{body}");
+    env.env.up.assert_received(2, "the pinned call");
+    assert_no_client_token(&env, "the verified calls");
 }
