@@ -10,10 +10,9 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use oauth3_crds::Execution;
 use oauth3_tests::gateway::{GatewayEnv, Http, InProcessGateway, Tenant};
-use oauth3_tests::proxy::{Serve, ServeSpec};
 use oauth3_tests::repo_root;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -589,6 +588,16 @@ async fn capability_tools_appear_for_their_callers_when_approved_and_go_with_rev
         .as_u64()
         .unwrap_or(0);
 
+    // The owner's sealed secret, which the operator's proxy for this Permit unseals.
+    oauth3_tests::apply_dev_sealed_secret(
+        &env.admin,
+        &env.tenant.ns,
+        "api-token",
+        "API_TOKEN",
+        SECRET,
+        DEV_KEY,
+    )
+    .await;
     // The owner approves: the session is told, and the capability is a tool.
     let decided = env
         .http
@@ -626,31 +635,27 @@ async fn capability_tools_appear_for_their_callers_when_approved_and_go_with_rev
     assert_eq!(tool_names(&theirs).len(), 4, "{theirs}");
     assert_eq!(b.cmd(json!({"op": "count"})).await["count"], 0);
 
-    // Calling the tool: the gateway forwards it to the Permit's credential proxy (a real
-    // `serve`, its status written here as the operator writes it) with the caller's own
-    // token; the upstream gets the owner's secret, never the token.
+    // Calling the tool: the gateway forwards it to the Permit's credential proxy (the one the
+    // operator started on approval) with the caller's own token, which the operator reviews;
+    // the upstream gets the owner's secret, never the token.
     let permits: Api<oauth3_crds::Permit> = Api::namespaced(env.admin.clone(), &env.tenant.ns);
-    let approved = permits.get(&permit_id).await.expect("the Permit");
-    let serve = Serve::start(&ServeSpec {
-        namespace: &env.tenant.ns,
-        permit: &permit_id,
-        spec: &approved.spec,
-        secret: ("API_TOKEN", SECRET),
-        dev_key: DEV_KEY,
-        tokens: &[(&env.tenant.agent, &agent_user)],
-        upstream_cas: &[&env.up.ca_pem],
-        tls_dir: None,
-    })
+    oauth3_test_support::wait_until(
+        "the operator's proxy is Ready",
+        Duration::from_secs(60),
+        || {
+            let permits = permits.clone();
+            let id = permit_id.clone();
+            async move {
+                let p = permits.get(&id).await.map_err(|e| e.to_string())?;
+                let proxy = p.status.and_then(|s| s.proxy);
+                match proxy.as_ref().map(|x| x.phase) {
+                    Some(oauth3_crds::ProxyPhase::Ready) => Ok(()),
+                    _ => Err(format!("{proxy:?}")),
+                }
+            }
+        },
+    )
     .await;
-    permits
-        .patch_status(
-            &permit_id,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"proxy": {"phase": "Ready",
-                "endpoint": serve.endpoint}}})),
-        )
-        .await
-        .expect("status.proxy");
     let r = a.call(&tool, json!({"id": "7"})).await;
     assert_eq!(r["isError"], false, "{r}");
     assert_eq!(r["_meta"]["status"], 200, "{r}");
