@@ -86,6 +86,22 @@ pub struct Config {
           value_delimiter = ',', value_parser = public_url)]
     pub mcp_authorization_servers: Vec<String>,
 
+    /// PEM file of the CA that signed the certificates of the credential proxies' `https`
+    /// endpoints (`status.proxy.endpoint`; the operator's callback CA for Pod proxies).
+    /// Trusted in addition to the system's roots. Loopback `http` endpoints need none.
+    #[arg(long, env = "OAUTH3_GATEWAY_PROXY_CA_FILE")]
+    pub proxy_ca_file: Option<std::path::PathBuf>,
+
+    /// Longest time a call to an idle-stopped credential proxy waits for it to be started
+    /// again (the operator restarts it when the gateway sets the wake annotation).
+    #[arg(
+        long,
+        env = "OAUTH3_GATEWAY_PROXY_WAKE_TIMEOUT",
+        default_value = "30s",
+        value_parser = parse_duration
+    )]
+    pub proxy_wake_timeout: Duration,
+
     /// Log filter (`info`, `oauth3_gateway=debug`, ...).
     #[arg(long, env = "OAUTH3_GATEWAY_LOG", default_value = "info")]
     pub log: String,
@@ -151,6 +167,8 @@ mod tests {
         assert_eq!(c.long_poll, Duration::from_secs(50));
         assert_eq!(c.auth_cache_ttl, Duration::from_secs(10));
         assert_eq!(c.public_url, None);
+        assert_eq!(c.proxy_wake_timeout, Duration::from_secs(30));
+        assert_eq!(c.proxy_ca_file, None);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! `X-OAuth3-Namespace` header (required for identities that are not service accounts). What
 //! the caller may do there is asked of the API server too (a SubjectAccessReview per right,
 //! cached the same way): an agent needs to create Permits / Executions (the `oauth3-agent`
-//! role), an owner to patch `permits/status` (the `oauth3-owner` role). The gateway then acts
+//! role), an owner to patch `permits/status` (the `oauth3-owner` role), a client of a
+//! credential proxy `create` on `permits/proxy` for that Permit's name. The gateway then acts
 //! with its own identity, only in that namespace.
 
 use std::collections::HashMap;
@@ -148,6 +149,7 @@ pub struct Identity {
     client: Client,
     tokens: Arc<Cache<[u8; 32], Reviewed>>,
     rights: Arc<Cache<(String, String, Right), bool>>,
+    proxy_rights: Arc<Cache<(String, String, String), bool>>,
 }
 
 impl Identity {
@@ -157,6 +159,7 @@ impl Identity {
             client,
             tokens: Arc::new(Cache::new(ttl)),
             rights: Arc::new(Cache::new(ttl)),
+            proxy_rights: Arc::new(Cache::new(ttl)),
         }
     }
 
@@ -245,6 +248,52 @@ impl Identity {
             return Ok(yes);
         }
         let (verb, group, resource, subresource) = right.attributes();
+        let yes = self
+            .access_review(caller, verb, group, resource, subresource, None)
+            .await?;
+        self.rights.put(key, yes);
+        Ok(yes)
+    }
+
+    /// Whether `caller` may call the credential proxy of Permit `permit` in its namespace:
+    /// `create` on `permits/proxy` for that name (what the proxy itself asks through the
+    /// operator).
+    ///
+    /// # Errors
+    /// Only when the API server cannot be asked.
+    pub async fn may_call_proxy(&self, caller: &Caller, permit: &str) -> Result<bool, ApiError> {
+        let key = (
+            caller.user.clone(),
+            caller.namespace.clone(),
+            permit.to_owned(),
+        );
+        if let Some(yes) = self.proxy_rights.get(&key) {
+            return Ok(yes);
+        }
+        let yes = self
+            .access_review(
+                caller,
+                oauth3_protocol::proxy::PROXY_VERB,
+                "oauth3.dev",
+                "permits",
+                Some(oauth3_protocol::proxy::PROXY_SUBRESOURCE),
+                Some(permit),
+            )
+            .await?;
+        self.proxy_rights.put(key, yes);
+        Ok(yes)
+    }
+
+    /// One SubjectAccessReview for `caller` in its namespace.
+    async fn access_review(
+        &self,
+        caller: &Caller,
+        verb: &str,
+        group: &str,
+        resource: &str,
+        subresource: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<bool, ApiError> {
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
                 user: Some(caller.user.clone()),
@@ -257,6 +306,7 @@ impl Identity {
                     group: Some(group.into()),
                     resource: Some(resource.into()),
                     subresource: subresource.map(Into::into),
+                    name: name.map(Into::into),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -269,9 +319,7 @@ impl Identity {
             .map_err(ApiError::kube(
                 "asking what the caller may do (SubjectAccessReview)",
             ))?;
-        let yes = answer.status.is_some_and(|s| s.allowed);
-        self.rights.put(key, yes);
-        Ok(yes)
+        Ok(answer.status.is_some_and(|s| s.allowed))
     }
 
     /// Fails unless `caller` has `right`.

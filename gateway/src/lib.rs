@@ -10,7 +10,8 @@
 //! Modules: `answer` (what clients read about a request, pure), `approve` (the web approval
 //! page and `POST /approve/:id`), `capability` (capability JSON forms to a Permit spec, pure),
 //! `config` (flags), `error` (the one error type), `identity` (TokenReview and
-//! SubjectAccessReview), `ids` (request ids and tokens), `routes` (the permit dialect's
+//! SubjectAccessReview), `ids` (request ids and tokens), `mcp` (the MCP server), `proxy`
+//! (calls without code forwarded to a Permit's credential proxy), `routes` (the permit dialect's
 //! handlers, and skill code under a Permit), `secrets` (`POST /secrets`: sealed on arrival),
 //! `sessions` (`/sessions`, `/me`, `/history`), `signup` (self-service agent tenants, off by
 //! default), `skill` (skill code to sandbox JavaScript:
@@ -24,6 +25,7 @@ pub mod error;
 pub mod identity;
 pub mod ids;
 pub mod mcp;
+pub mod proxy;
 pub mod routes;
 pub mod scope;
 pub mod secrets;
@@ -38,7 +40,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 
 pub use config::Config;
 pub use error::{ApiError, ApiResult};
@@ -65,6 +67,7 @@ struct Inner {
     mcp_sessions: mcp::Sessions,
     mcp_authorization_servers: Vec<String>,
     service_account_issuer: tokio::sync::OnceCell<Option<String>>,
+    proxies: proxy::Proxies,
 }
 
 /// Why the gateway could not be set up from its flags.
@@ -76,6 +79,9 @@ pub enum SetupError {
     /// A `--draft-*` flag has a bad value.
     #[error(transparent)]
     Draft(#[from] oauth3_operator::config::ConfigError),
+    /// A `--proxy-*` flag has a bad value.
+    #[error(transparent)]
+    Proxy(#[from] proxy::ProxySetupError),
 }
 
 impl Gateway {
@@ -110,6 +116,10 @@ impl Gateway {
                 mcp_sessions: mcp::Sessions::default(),
                 mcp_authorization_servers: config.mcp_authorization_servers.clone(),
                 service_account_issuer: tokio::sync::OnceCell::new(),
+                proxies: proxy::Proxies::new(
+                    config.proxy_ca_file.as_deref(),
+                    config.proxy_wake_timeout,
+                )?,
             }),
         })
     }
@@ -187,6 +197,11 @@ impl Gateway {
         issuer.iter().cloned().collect()
     }
 
+    /// The forwarding to credential proxies.
+    pub fn proxies(&self) -> &proxy::Proxies {
+        &self.inner.proxies
+    }
+
     /// The drafter `POST /draft` previews with, if configured.
     pub fn drafting(&self) -> Option<&oauth3_operator::draft::Drafting> {
         self.inner.drafting.as_deref()
@@ -222,6 +237,7 @@ pub fn app(gateway: Gateway) -> Router {
             mcp::PATH,
             post(mcp::post).get(mcp::stream).delete(mcp::delete),
         )
+        .route("/proxy/{*rest}", any(proxy::forward))
         .route(mcp::METADATA_PATH, get(mcp::resource_metadata))
         .route(
             "/.well-known/oauth-protected-resource",

@@ -4,7 +4,8 @@
 //! - `POST /mcp`: one JSON-RPC message. `initialize` opens a session (`Mcp-Session-Id` in the
 //!   answer); every later request names it. Requests are answered with one
 //!   `application/json` JSON-RPC response; notifications and responses are taken with 202.
-//! - `GET /mcp`: 405: the server sends no messages of its own (its tools do not change).
+//! - `GET /mcp`: the session's server-to-client stream (`text/event-stream`), which carries
+//!   `notifications/tools/list_changed` when the tools the caller may call change.
 //! - `DELETE /mcp`: ends the session.
 //!
 //! Authorization as the protocol describes it: the gateway is an OAuth 2.0 protected resource
@@ -15,9 +16,12 @@
 //! (TokenReview), which is also what self-service tenants hold (`POST /signup`); the rights
 //! are asked of the API server per call (SubjectAccessReview). A session is bound to the
 //! identity and namespace that opened it: the same token (or another of the same identity)
-//! must come with every request. The caller's token is never sent anywhere but the API
-//! server's TokenReview; tools act with the gateway's own identity, only in the caller's
-//! namespace, and never pass a client's token to an upstream API.
+//! must come with every request. oauth3's own tools act with the gateway's own identity, only
+//! in the caller's namespace. A capability tool (`<permit>__<capability>`, a typed endpoint of
+//! an approved Permit with calls without code whose `spec.proxy.callers` name the caller) is
+//! a call to that Permit's credential proxy through the gateway's `/proxy` forwarding, with
+//! the caller's own token, which the proxy reviews and removes: a client's token never
+//! reaches an upstream API.
 //!
 //! Tools of oauth3 itself (`request_permit`, `permit_status`, `execute`, `execution_status`)
 //! take the CRD types' own fields, with their schemas generated from those types (one
@@ -27,11 +31,13 @@
 //!
 //! Stateless like the rest of the gateway: a session id carries the identity, namespace and
 //! revision it was opened with (plus 128 random bits), so any replica serves any session, and
-//! an id is refused (404) with any other identity's credential. What a replica
+//! an id is refused (404) with any other identity's credential. The stream of `GET /mcp` is a
+//! watch of the namespace's Permits held by whichever replica serves it. What a replica
 //! remembers is only a convenience: sessions ended there (`DELETE`), and the approval links it
 //! handed out (which `permit_status` repeats to the session that asked).
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -39,9 +45,11 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
 use kube::ResourceExt;
-use oauth3_crds::{Execution, ExecutionSpec, PermitSpec, spec_digest};
+use oauth3_crds::{Execution, ExecutionSpec, Permit, PermitSpec, spec_digest};
 use serde_json::{Map, Value, json};
 
 use crate::answer::{execution_answer, execution_status, permit_answer, permit_status};
@@ -387,8 +395,8 @@ pub async fn post(State(gw): State<Gateway>, headers: HeaderMap, body: Body) -> 
     let params = message.get("params").cloned().unwrap_or(Value::Null);
     let answer = match method {
         "ping" => rpc_result(&id, json!({})),
-        "tools/list" => rpc_result(&id, json!({"tools": tools()})),
-        "tools/call" => match call_tool(&gw, &caller, &session, &params).await {
+        "tools/list" => rpc_result(&id, json!({"tools": tools(&gw, &session).await})),
+        "tools/call" => match call_tool(&gw, &caller, &session, &headers, &params).await {
             Ok(result) => rpc_result(&id, result),
             Err((code, message)) => rpc_error(&id, code, message),
         },
@@ -419,7 +427,7 @@ fn initialize(caller: &Caller, id: &Value, params: Option<&Value>) -> Response {
     tracing::info!(namespace = %caller.namespace, by = %caller.user, version, "mcp session opened");
     let result = json!({
         "protocolVersion": version,
-        "capabilities": {"tools": {"listChanged": false}},
+        "capabilities": {"tools": {"listChanged": true}},
         "serverInfo": {
             "name": "oauth3-gateway",
             "title": "oauth3",
@@ -437,23 +445,37 @@ fn initialize(caller: &Caller, id: &Value, params: Option<&Value>) -> Response {
 const INSTRUCTIONS: &str = "oauth3 lets you call HTTP APIs with an owner's credentials without \
 ever seeing them. Ask for a Permit with request_permit (the capabilities you need, or an \
 intent), give the owner its approval_url, and wait with permit_status. Once approved, run code \
-that calls only the approved capabilities with execute.";
+that calls only the approved capabilities with execute, or call a capability tool directly \
+when the Permit allows calls without code.";
 
-/// `GET /mcp`: 405, as the transport provides for a server that sends no messages of its own
-/// (the tools of oauth3 itself do not change, so there is nothing to notify).
+/// `GET /mcp`: the session's stream of server notifications.
 pub async fn stream(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
-    if let Err(r) = authenticate(&gw, &headers).await {
-        return r;
+    let caller = match authenticate(&gw, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let accepts = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/event-stream"));
+    if !accepts {
+        return (
+            StatusCode::NOT_ACCEPTABLE,
+            Json(json!({"error": "Accept: text/event-stream is required for GET /mcp"})),
+        )
+            .into_response();
     }
-    let mut response = (
-        StatusCode::METHOD_NOT_ALLOWED,
-        Json(json!({"error": "GET /mcp: this server sends no messages of its own; POST requests to /mcp"})),
-    )
-        .into_response();
-    response
-        .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
-    response
+    let session = match session_of(&gw, &headers, &caller, &Value::Null) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    sse(tool_changes(gw, session.namespace, session.user))
+}
+
+fn sse(events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -> Response {
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
 }
 
 /// `DELETE /mcp`: ends the session.
@@ -481,9 +503,377 @@ pub async fn delete(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
     }
 }
 
-/// The tools of a session: oauth3's own.
-fn tools() -> Vec<Value> {
-    own_tools()
+fn list_changed() -> Value {
+    json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+}
+
+/// `notifications/tools/list_changed` whenever the capability tools of namespace `ns` change
+/// (a Permit approved, revoked, expired or deleted): a watch of its Permits for as long as the
+/// client holds the stream.
+fn tool_changes(
+    gw: Gateway,
+    ns: String,
+    user: String,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
+    use kube::runtime::watcher;
+    let events = watcher::watcher(gw.store().permits(&ns), watcher::Config::default());
+    let state = (
+        HashMap::<String, Permit>::new(),
+        Some(HashMap::<String, Permit>::new()),
+        None::<Vec<String>>,
+    );
+    events
+        .scan(state, move |(permits, initial, shown), event| {
+            let changed = match event {
+                Err(e) => {
+                    tracing::debug!(error = %e, namespace = %ns, "mcp tool watch");
+                    false
+                }
+                Ok(event) => {
+                    match event {
+                        watcher::Event::Init => *initial = Some(HashMap::new()),
+                        watcher::Event::InitApply(p) => {
+                            if let Some(m) = initial.as_mut() {
+                                m.insert(p.name_any(), p);
+                            }
+                        }
+                        watcher::Event::InitDone => {
+                            if let Some(m) = initial.take() {
+                                *permits = m;
+                            }
+                        }
+                        watcher::Event::Apply(p) => {
+                            permits.insert(p.name_any(), p);
+                        }
+                        watcher::Event::Delete(p) => {
+                            permits.remove(&p.name_any());
+                        }
+                    }
+                    if initial.is_some() {
+                        false
+                    } else {
+                        let mut now: Vec<String> = permits
+                            .values()
+                            .flat_map(|p| capability_tools(p, &user))
+                            .map(|t| t.name)
+                            .collect();
+                        now.sort();
+                        let changed = shown.as_ref().is_some_and(|s| *s != now);
+                        *shown = Some(now);
+                        changed
+                    }
+                }
+            };
+            futures::future::ready(Some(changed))
+        })
+        .filter(|changed| futures::future::ready(*changed))
+        .map(|_| Ok(Event::default().data(list_changed().to_string())))
+}
+
+/// A tool backed by one capability of an approved Permit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CapabilityTool {
+    /// `<permit>__<capability>`.
+    pub name: String,
+    /// The Permit.
+    pub permit: String,
+    /// The capability.
+    pub capability: String,
+    /// The tool's `tools/list` entry.
+    pub listing: Value,
+}
+
+/// The capability tools a Permit offers `user`: one per typed-endpoint capability, while the
+/// Permit is approved and names `user` among the callers of its calls without code
+/// (`spec.proxy`).
+pub fn capability_tools(permit: &Permit, user: &str) -> Vec<CapabilityTool> {
+    if !calls_without_code(permit, user) {
+        return Vec::new();
+    }
+    permit
+        .effective_spec()
+        .capabilities
+        .iter()
+        .filter_map(|c| capability_tool(permit, c))
+        .collect()
+}
+
+/// Whether `permit` is approved (and not past its expiry) with calls without code that
+/// `user` may make.
+fn calls_without_code(permit: &Permit, user: &str) -> bool {
+    let approved = permit.status.as_ref().is_some_and(|s| {
+        s.phase == Some(oauth3_crds::PermitPhase::Approved)
+            && s.approval
+                .as_ref()
+                .and_then(|a| a.expires_at.as_ref())
+                .is_none_or(|t| t.0 > k8s_openapi::jiff::Timestamp::now())
+    });
+    approved
+        && permit
+            .spec
+            .proxy
+            .as_ref()
+            .is_some_and(|p| p.enabled && p.callers.iter().any(|c| c == user))
+}
+
+/// Longest tool name many clients accept (`^[a-zA-Z0-9_-]{1,64}$`).
+const MAX_TOOL_NAME: usize = 64;
+
+/// The tool of one typed-endpoint capability of Permit `permit` (whose calls without code
+/// the caller may make): named `<permit>__<capability>`, described from the Permit, its input
+/// schema from `params`. `None` for the other forms (their calls are whole HTTP requests, not
+/// arguments), and for names no client could call (over 64 characters, or a `$` in the
+/// capability's name).
+pub fn capability_tool(permit: &Permit, cap: &oauth3_crds::Capability) -> Option<CapabilityTool> {
+    let oauth3_crds::CapabilityForm::TypedEndpoint {
+        endpoint,
+        method,
+        params,
+    } = cap.form()?
+    else {
+        return None;
+    };
+    let permit_name = permit.name_any();
+    let name = format!("{}__{}", permit_name.replace('.', "-"), cap.name);
+    if name.len() > MAX_TOOL_NAME
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return None;
+    }
+    let mut properties = Map::new();
+    let mut required = Vec::new();
+    for (param, spec) in params {
+        let mut p = Map::new();
+        let (what, scalar) = match spec.location {
+            oauth3_crds::ParamLocation::Path => ("path parameter", true),
+            oauth3_crds::ParamLocation::Query => ("query parameter", true),
+            oauth3_crds::ParamLocation::Header => ("header", true),
+            oauth3_crds::ParamLocation::Body => ("key of the JSON body", false),
+        };
+        if scalar {
+            p.insert("type".into(), json!(["string", "number", "boolean"]));
+        }
+        p.insert(
+            "description".into(),
+            json!(format!(
+                "{what} {param}{}",
+                if spec.pattern.is_some() {
+                    " (must match pattern)"
+                } else {
+                    ""
+                }
+            )),
+        );
+        if let Some(re) = &spec.pattern {
+            p.insert("pattern".into(), json!(format!("^(?:{re})$")));
+        }
+        if spec.location == oauth3_crds::ParamLocation::Path || spec.required {
+            required.push(param.clone());
+        }
+        properties.insert(param.clone(), Value::Object(p));
+    }
+    let method = method.as_str();
+    let mut description = format!(
+        "{method} {endpoint}, with the owner's credential injected by oauth3 (you never see it), under Permit {permit_name}: {}",
+        permit.spec.description
+    );
+    if let Some(doc) = &cap.doc_url {
+        description.push_str(&format!(" Documentation: {doc}"));
+    }
+    if let Some(r) = &cap.rate_limit {
+        description.push_str(&format!(
+            " At most {} calls per {} s.",
+            r.requests, r.per_seconds
+        ));
+    }
+    let read_only = matches!(method, "GET" | "HEAD" | "OPTIONS");
+    let listing = json!({
+        "name": name,
+        "title": format!("{} ({permit_name})", cap.name),
+        "description": description,
+        "inputSchema": {
+            "type": "object",
+            "properties": properties,
+            "required": required,
+            "additionalProperties": false,
+        },
+        "annotations": {
+            "readOnlyHint": read_only,
+            "destructiveHint": method == "DELETE",
+            "idempotentHint": read_only || matches!(method, "PUT" | "DELETE"),
+            "openWorldHint": true,
+        },
+    });
+    Some(CapabilityTool {
+        name,
+        permit: permit_name,
+        capability: cap.name.clone(),
+        listing,
+    })
+}
+
+/// Largest upstream answer a capability tool returns to the model (a longer one is cut and
+/// says so).
+pub const MAX_TOOL_ANSWER_BYTES: usize = 1 << 20;
+
+/// The tool result of a capability call as the proxy answered it: the proxy's own refusal
+/// (policy, identity, overload, stopped: `x-oauth3-refusal` and its JSON reason) is an error
+/// naming the reason; an upstream answer is the model's content (`structuredContent` when it is
+/// JSON), an error when its status is 400 or above.
+pub fn capability_result(
+    status: u16,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+    truncated: bool,
+) -> Value {
+    if let Some(kind) = headers
+        .get(oauth3_protocol::proxy::REFUSAL_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        let reason = serde_json::from_slice::<oauth3_protocol::proxy::Refusal>(body)
+            .map(|r| r.reason)
+            .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
+        return tool_error(format!("refused by oauth3 ({kind}): {reason}"));
+    }
+    let text = String::from_utf8_lossy(body).into_owned();
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.contains("json"))
+        .then(|| serde_json::from_slice::<Value>(body).ok())
+        .flatten();
+    let mut text = if truncated {
+        format!("{text}\n[cut: the answer is longer than {MAX_TOOL_ANSWER_BYTES} bytes]")
+    } else {
+        text
+    };
+    if status >= 400 {
+        text = format!("the API answered HTTP {status}: {text}");
+    }
+    let mut out = json!({
+        "content": [{"type": "text", "text": text}],
+        "isError": status >= 400,
+        "_meta": {"status": status},
+    });
+    if let Some(Value::Object(o)) = json
+        && !truncated
+    {
+        out["structuredContent"] = Value::Object(o);
+    }
+    out
+}
+
+/// The capability tool `name` of the session's namespace for the session's user: the Permit
+/// its name starts with (`<permit>__`, one read through the proxy forwarding's cache), or
+/// else any Permit of the namespace offering it (a Permit name with `.`, written `-`).
+async fn find_capability_tool(
+    gw: &Gateway,
+    session: &McpSession,
+    name: &str,
+) -> Option<CapabilityTool> {
+    let (permit, _) = name.split_once("__")?;
+    let offered = |p: &Permit| {
+        capability_tools(p, &session.user)
+            .into_iter()
+            .find(|t| t.name == name)
+    };
+    if let Ok(Some(p)) = gw
+        .proxies()
+        .cached_permit(gw, &session.namespace, permit)
+        .await
+        && let Some(tool) = offered(&p)
+    {
+        return Some(tool);
+    }
+    let list = gw
+        .store()
+        .permits(&session.namespace)
+        .list(&kube::api::ListParams::default())
+        .await
+        .ok()?;
+    list.items.iter().find_map(offered)
+}
+
+/// Calls a capability tool: `POST /<capability>` with the arguments as its JSON body to the
+/// Permit's proxy, through the gateway's forwarding (which wakes an idle proxy), with the
+/// caller's own `Authorization` header; the answer (at most [`MAX_TOOL_ANSWER_BYTES`]) as the
+/// tool result.
+async fn call_capability_tool(
+    gw: &Gateway,
+    session: &McpSession,
+    headers: &HeaderMap,
+    tool: CapabilityTool,
+    args: &Value,
+) -> Value {
+    use futures::StreamExt as _;
+    let mut forwarded = HeaderMap::new();
+    if let Some(a) = headers.get(header::AUTHORIZATION) {
+        forwarded.insert(header::AUTHORIZATION, a.clone());
+    }
+    forwarded.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let name = tool.name.clone();
+    let call = crate::proxy::Call {
+        route: crate::proxy::Route {
+            namespace: session.namespace.clone(),
+            permit: tool.permit,
+            capability: tool.capability,
+            rest: String::new(),
+        },
+        method: axum::http::Method::POST,
+        query: None,
+        headers: forwarded,
+        body: reqwest::Body::from(args.to_string()),
+    };
+    let response = crate::proxy::call_proxy(gw, call).await;
+    let status = response.status().as_u16();
+    let (parts, body) = response.into_parts();
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    let mut truncated = false;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(c) => {
+                let room = MAX_TOOL_ANSWER_BYTES - bytes.len();
+                if c.len() > room {
+                    bytes.extend_from_slice(&c[..room]);
+                    truncated = true;
+                    break;
+                }
+                bytes.extend_from_slice(&c);
+            }
+            Err(e) => {
+                return tool_error(format!("the answer of {name} was cut off: {e}"));
+            }
+        }
+    }
+    capability_result(status, &parts.headers, &bytes, truncated)
+}
+
+/// The tools of a session: oauth3's own, then those of the namespace's approved Permits.
+async fn tools(gw: &Gateway, session: &McpSession) -> Vec<Value> {
+    let mut out = own_tools();
+    match gw
+        .store()
+        .permits(&session.namespace)
+        .list(&kube::api::ListParams::default())
+        .await
+    {
+        Ok(list) => out.extend(
+            list.items
+                .iter()
+                .flat_map(|p| capability_tools(p, &session.user))
+                .map(|t| t.listing),
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, namespace = %session.namespace, "listing Permits for mcp tools")
+        }
+    }
+    out
 }
 
 /// A JSON Schema of a CRD type, as JSON Schema 2020-12 with every subschema inline.
@@ -555,7 +945,7 @@ pub fn own_tools() -> Vec<Value> {
         json!({
             "name": "permit_status",
             "title": "A Permit's status",
-            "description": "The status of a Permit request: pending (waiting for the owner; approval_url is where the owner decides), completed (approved: run code with execute), denied (denied, revoked or expired, with the reason). Waits for the owner by default.",
+            "description": "The status of a Permit request: pending (waiting for the owner; approval_url is where the owner decides), completed (approved: run code with execute, or call its capability tools), denied (denied, revoked or expired, with the reason). Waits for the owner by default.",
             "inputSchema": {
                 "type": "object",
                 "properties": {
@@ -619,6 +1009,7 @@ async fn call_tool(
     gw: &Gateway,
     caller: &Caller,
     session: &McpSession,
+    headers: &HeaderMap,
     params: &Value,
 ) -> CallResult {
     let Some(name) = params.get("name").and_then(Value::as_str) else {
@@ -639,7 +1030,12 @@ async fn call_tool(
         "permit_status" => permit_status_tool(gw, caller, session, &args).await,
         "execute" => execute(gw, caller, args).await,
         "execution_status" => execution_status_tool(gw, caller, &args).await,
-        other => return Err((INVALID_PARAMS, format!("unknown tool: {other}"))),
+        other => {
+            return match find_capability_tool(gw, session, other).await {
+                Some(tool) => Ok(call_capability_tool(gw, session, headers, tool, &args).await),
+                None => Err((INVALID_PARAMS, format!("unknown tool: {other}"))),
+            };
+        }
     };
     Ok(match answer {
         Ok(v) => v,
@@ -1008,6 +1404,179 @@ mod tests {
         let other = McpSession::new(&alice, LATEST_VERSION);
         assert_ne!(other.key, s.key);
         assert!(sessions.find(&other.id(), &alice).is_some());
+    }
+
+    #[test]
+    fn a_typed_endpoint_becomes_a_tool_with_its_params_as_the_schema() {
+        let spec: PermitSpec = serde_json::from_value(json!({
+            "description": "File issues on o/r",
+            "secrets": ["GH"],
+            "capabilities": [
+                {"name": "createIssue", "endpoint": "https://api.github.com/repos/{owner}/{repo}/issues",
+                 "method": "POST", "docUrl": "https://docs.github.com/rest/issues",
+                 "rateLimit": {"requests": 5, "perSeconds": 60},
+                 "params": {"owner": {"in": "path"}, "repo": {"in": "path", "pattern": "[a-z]+"},
+                            "title": {"in": "body", "required": true}, "labels": {"in": "body"},
+                            "dry": {"in": "query"}}},
+                {"name": "items", "baseUrl": "https://api.example.com", "paths": ["/**"], "methods": ["GET"]},
+                {"name": "get$", "endpoint": "https://api.example.com/x", "method": "GET"}
+            ]
+        }))
+        .expect("spec");
+        let permit = Permit::new("gh-issues", spec);
+        let tools: Vec<CapabilityTool> = permit
+            .spec
+            .capabilities
+            .iter()
+            .filter_map(|c| capability_tool(&permit, c))
+            .collect();
+        assert_eq!(
+            tools.len(),
+            1,
+            "only the typed endpoint with a callable name: {tools:?}"
+        );
+        let t = &tools[0];
+        assert_eq!(t.name, "gh-issues__createIssue");
+        assert_eq!(
+            (t.permit.as_str(), t.capability.as_str()),
+            ("gh-issues", "createIssue")
+        );
+        let l = &t.listing;
+        let d = l["description"].as_str().expect("description");
+        assert!(
+            d.contains("POST https://api.github.com/repos/{owner}/{repo}/issues"),
+            "{d}"
+        );
+        assert!(
+            d.contains("File issues on o/r")
+                && d.contains("docs.github.com")
+                && d.contains("5 calls per 60 s"),
+            "{d}"
+        );
+        let schema = &l["inputSchema"];
+        assert_eq!(
+            schema["required"],
+            json!(["owner", "repo", "title"]),
+            "{schema}"
+        );
+        assert_eq!(schema["additionalProperties"], false);
+        assert_eq!(schema["properties"]["repo"]["pattern"], "^(?:[a-z]+)$");
+        assert!(
+            schema["properties"]["labels"].get("type").is_none(),
+            "body values are any JSON"
+        );
+        assert_eq!(
+            schema["properties"]["dry"]["type"],
+            json!(["string", "number", "boolean"])
+        );
+        assert_eq!(l["annotations"]["readOnlyHint"], false);
+        // A name past 64 characters is left out rather than cut.
+        let long = Permit::new(&"p".repeat(60), permit.spec.clone());
+        assert!(capability_tool(&long, &long.spec.capabilities[0]).is_none());
+    }
+
+    #[test]
+    fn capability_tools_are_offered_only_to_named_callers_of_an_approved_proxied_permit() {
+        let agent = "system:serviceaccount:a:agent";
+        let permit_with = |proxy: Value, status: Value| -> Permit {
+            let mut p: Permit = serde_json::from_value(json!({
+                "apiVersion": "oauth3.dev/v1alpha1", "kind": "Permit",
+                "metadata": {"name": "gh"},
+                "spec": {"description": "d", "proxy": proxy, "capabilities": [
+                    {"name": "get", "endpoint": "https://api.example.com/x", "method": "GET"}]},
+            }))
+            .expect("permit");
+            p.status = serde_json::from_value(status).expect("status");
+            p
+        };
+        let approved = |until: &str| {
+            json!({"phase": "Approved", "approval": {
+            "decision": "Approved", "by": "owner", "at": "2026-01-01T00:00:00Z", "via": "kubectl",
+            "specDigest": "sha256:0", "expiresAt": until}})
+        };
+        let on = json!({"enabled": true, "callers": [agent]});
+        let offered = |p: &Permit, user: &str| capability_tools(p, user).len();
+        assert_eq!(
+            offered(
+                &permit_with(on.clone(), approved("2999-01-01T00:00:00Z")),
+                agent
+            ),
+            1
+        );
+        for (why, p, user) in [
+            (
+                "another identity",
+                permit_with(on.clone(), approved("2999-01-01T00:00:00Z")),
+                "system:serviceaccount:b:agent",
+            ),
+            (
+                "expired",
+                permit_with(on.clone(), approved("2020-01-01T00:00:00Z")),
+                agent,
+            ),
+            (
+                "pending",
+                permit_with(on.clone(), json!({"phase": "Pending"})),
+                agent,
+            ),
+            (
+                "revoked",
+                permit_with(on.clone(), json!({"phase": "Revoked"})),
+                agent,
+            ),
+            (
+                "proxy off",
+                permit_with(
+                    json!({"enabled": false, "callers": [agent]}),
+                    approved("2999-01-01T00:00:00Z"),
+                ),
+                agent,
+            ),
+        ] {
+            assert_eq!(offered(&p, user), 0, "{why}");
+        }
+    }
+
+    #[test]
+    fn a_proxy_refusal_is_an_error_with_its_reason_and_an_upstream_answer_is_content() {
+        use oauth3_protocol::proxy::{REFUSAL_HEADER, Refusal, RefusalKind};
+        let mut refused = axum::http::HeaderMap::new();
+        refused.insert(REFUSAL_HEADER, HeaderValue::from_static("policy"));
+        let body = serde_json::to_vec(&Refusal {
+            error: RefusalKind::Policy,
+            reason: "method DELETE is not allowed".into(),
+            capability: Some("getItem".into()),
+        })
+        .expect("json");
+        let r = capability_result(403, &refused, &body, false);
+        assert_eq!(r["isError"], true);
+        assert_eq!(
+            r["content"][0]["text"],
+            "refused by oauth3 (policy): method DELETE is not allowed"
+        );
+        let mut json_answer = axum::http::HeaderMap::new();
+        json_answer.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let r = capability_result(200, &json_answer, br#"{"id":7}"#, false);
+        assert_eq!(r["isError"], false);
+        assert_eq!(r["structuredContent"], json!({"id": 7}));
+        // An upstream's own 403 is the API's answer, not oauth3's refusal.
+        let r = capability_result(403, &json_answer, br#"{"message":"no"}"#, false);
+        assert_eq!(r["isError"], true);
+        assert!(
+            r["content"][0]["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("the API answered HTTP 403"))
+        );
+        let r = capability_result(200, &axum::http::HeaderMap::new(), b"xxxx", true);
+        assert!(
+            r["content"][0]["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("[cut:"))
+        );
+        assert!(r.get("structuredContent").is_none());
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod gateway;
 pub mod kwok;
 pub mod node;
 pub mod operator;
+pub mod proxy;
 pub mod telegram;
 
 /// Field manager the test harness uses for what it applies.

@@ -34,12 +34,14 @@ use serde_json::{Value, json};
 const SECRET: &str = "sk-chart-rbac-5d1e";
 const DEV_KEY: [u8; 32] = [7u8; 32];
 /// Kinds that make up the operator's identity and rights.
-const IDENTITY_KINDS: [&str; 5] = [
+const IDENTITY_KINDS: [&str; 7] = [
     "ServiceAccount",
     "ClusterRole",
     "ClusterRoleBinding",
     "Role",
     "RoleBinding",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
 ];
 
 fn chart_dir() -> PathBuf {
@@ -1079,14 +1081,48 @@ async fn the_gateway_works_with_exactly_the_charts_rbac_and_cannot_read_secrets(
     let secrets: Api<Secret> = Api::namespaced(identity.clone(), &tenant.ns);
     assert!(forbidden(secrets.get("github-token").await));
     assert!(forbidden(secrets.list(&ListParams::default()).await));
+    // It may patch a Permit only to set the proxy wake annotation (the admission policy
+    // refuses everything else; policies take effect a moment after they are created).
     let permits: Api<Permit> = Api::namespaced(identity.clone(), &tenant.ns);
-    assert!(forbidden(
-        permits
-            .patch(
-                permit,
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"spec": {"description": "changed"}}))
-            )
-            .await
-    ));
+    let refused = |r: Result<Permit, kube::Error>| matches!(r, Err(kube::Error::Api(ref s)) if s.is_forbidden() || s.is_invalid());
+    oauth3_test_support::wait_until(
+        "the gateway's identity is refused a spec change",
+        Duration::from_secs(30),
+        || {
+            let permits = permits.clone();
+            async move {
+                let r = permits
+                    .patch(
+                        permit,
+                        &PatchParams::default(),
+                        &Patch::Merge(&json!({"spec": {"description": "changed"}})),
+                    )
+                    .await;
+                if refused(r) { Ok(()) } else { Err("accepted") }
+            }
+        },
+    )
+    .await;
+    for change in [
+        json!({"metadata": {"labels": {"oauth3.dev/request-id": "forged"}}}),
+        json!({"metadata": {"annotations": {"oauth3.dev/other": "x"}}}),
+    ] {
+        let r = permits
+            .patch(permit, &PatchParams::default(), &Patch::Merge(&change))
+            .await;
+        assert!(refused(r), "the gateway's identity changed {change}");
+    }
+    let woken = permits
+        .patch(
+            permit,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"annotations": {
+                oauth3_crds::constants::ANNOTATION_PROXY_WAKE: "2030-01-01T00:00:00Z"}}})),
+        )
+        .await
+        .expect("the gateway may set the wake annotation");
+    assert_ne!(
+        woken.spec.description, "changed",
+        "the spec was never changed"
+    );
 }

@@ -154,8 +154,8 @@ async fn an_mcp_agent_asks_for_a_permit_waits_for_the_owner_and_runs_code_under_
     assert_eq!(hello["ok"], true, "{hello}");
     assert_eq!(hello["protocolVersion"], "2025-11-25", "{hello}");
     assert_eq!(
-        hello["capabilities"]["tools"]["listChanged"], false,
-        "oauth3's own tools do not change: {hello}"
+        hello["capabilities"]["tools"]["listChanged"], true,
+        "{hello}"
     );
     assert_eq!(hello["serverInfo"]["name"], "oauth3-gateway");
     assert!(
@@ -381,15 +381,6 @@ async fn an_unauthenticated_mcp_client_is_refused_and_told_where_to_authorize() 
         meta.text
     );
 
-    // GET /mcp: refused without a credential, 405 with one (no server-initiated messages).
-    let a = env.http.get(&env.gw.url("/mcp"), None).await;
-    assert_eq!(a.status, 401, "{}", a.text);
-    let a = env
-        .http
-        .get(&env.gw.url("/mcp"), Some(&env.tenant.agent))
-        .await;
-    assert_eq!(a.status, 405, "{}", a.text);
-    assert_eq!(a.header("allow"), Some("POST, DELETE"));
     // The SDK without a credential fails to connect, and nothing was created.
     let (_mcp, hello) = Mcp::connect(&env.gw.base, None).await;
     assert_eq!(hello["ok"], false, "{hello}");
@@ -541,4 +532,194 @@ async fn in_session(
         &[("mcp-session-id", session)],
     )
     .await
+}
+
+fn tool_names(list: &Value) -> Vec<String> {
+    list["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn capability_tools_appear_for_their_callers_when_approved_and_go_with_revocation() {
+    let Some(env) = env("gw-mcp-tools", true).await else {
+        return;
+    };
+    let other = Tenant::new(&env.admin, "gw-mcp-tools-b").await;
+    let agent_user = format!("system:serviceaccount:{}:agent", env.tenant.ns);
+    let (mut a, hello) = Mcp::connect(&env.gw.base, Some(&env.tenant.agent)).await;
+    assert_eq!(hello["ok"], true, "{hello}");
+    let (mut b, hello) = Mcp::connect(&env.gw.base, Some(&other.agent)).await;
+    assert_eq!(hello["ok"], true, "{hello}");
+    let r = a
+        .call(
+            "request_permit",
+            json!({
+                "description": "Read items without code",
+                "secrets": ["API_TOKEN"],
+                "proxy": {"enabled": true, "callers": [agent_user]},
+                "capabilities": [{
+                    "name": "getItem",
+                    "endpoint": format!("{}/v1/items/{{id}}", env.up.origin()),
+                    "method": "GET",
+                    "params": {"id": {"in": "path", "pattern": "[0-9]+"}},
+                    "auth": {"header": "Authorization", "value": "Bearer {API_TOKEN}"},
+                }],
+            }),
+        )
+        .await;
+    assert_eq!(r["isError"], false, "{r}");
+    let permit_id = structured(&r)["permit_id"].as_str().expect("id").to_owned();
+    let request_id = structured(&r)["request_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let tool = format!("{permit_id}__getItem");
+    let listed = a.cmd(json!({"op": "list"})).await;
+    assert_eq!(
+        tool_names(&listed).len(),
+        4,
+        "nothing until approved: {listed}"
+    );
+    let before = a.cmd(json!({"op": "count"})).await["count"]
+        .as_u64()
+        .unwrap_or(0);
+
+    // The owner's sealed secret, which the operator's proxy for this Permit unseals.
+    oauth3_tests::apply_dev_sealed_secret(
+        &env.admin,
+        &env.tenant.ns,
+        "api-token",
+        "API_TOKEN",
+        SECRET,
+        DEV_KEY,
+    )
+    .await;
+    // The owner approves: the session is told, and the capability is a tool.
+    let decided = env
+        .http
+        .post(
+            &env.gw.url(&format!("/approve/{request_id}")),
+            Some(&env.tenant.owner),
+            &json!({"action": "approve"}),
+        )
+        .await;
+    assert_eq!(decided.status, 200, "{}", decided.text);
+    let told = a
+        .cmd(json!({"op": "waitListChanged", "after": before, "timeoutMs": 20000}))
+        .await;
+    assert_eq!(
+        told["ok"], true,
+        "tools/list_changed after approval: {told}"
+    );
+    let listed = a.cmd(json!({"op": "list"})).await;
+    assert!(tool_names(&listed).contains(&tool), "{listed}");
+    let entry = listed["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .find(|t| t["name"] == tool.as_str())
+        .expect("the tool");
+    assert_eq!(entry["inputSchema"]["required"], json!(["id"]), "{entry}");
+    assert!(
+        entry["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("Read items without code")),
+        "{entry}"
+    );
+    // Another tenant's agent sees none of it and hears nothing.
+    let theirs = b.cmd(json!({"op": "list"})).await;
+    assert_eq!(tool_names(&theirs).len(), 4, "{theirs}");
+    assert_eq!(b.cmd(json!({"op": "count"})).await["count"], 0);
+
+    // Calling the tool: the gateway forwards it to the Permit's credential proxy (the one the
+    // operator started on approval) with the caller's own token, which the operator reviews;
+    // the upstream gets the owner's secret, never the token.
+    let permits: Api<oauth3_crds::Permit> = Api::namespaced(env.admin.clone(), &env.tenant.ns);
+    oauth3_test_support::wait_until(
+        "the operator's proxy is Ready",
+        Duration::from_secs(60),
+        || {
+            let permits = permits.clone();
+            let id = permit_id.clone();
+            async move {
+                let p = permits.get(&id).await.map_err(|e| e.to_string())?;
+                let proxy = p.status.and_then(|s| s.proxy);
+                match proxy.as_ref().map(|x| x.phase) {
+                    Some(oauth3_crds::ProxyPhase::Ready) => Ok(()),
+                    _ => Err(format!("{proxy:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    let r = a.call(&tool, json!({"id": "7"})).await;
+    assert_eq!(r["isError"], false, "{r}");
+    assert_eq!(r["_meta"]["status"], 200, "{r}");
+    assert_eq!(r["structuredContent"]["path"], "/v1/items/7", "{r}");
+    let got: Vec<_> = env
+        .up
+        .requests()
+        .into_iter()
+        .filter(|q| q.path_and_query.starts_with("/v1/items"))
+        .collect();
+    assert_eq!(got.len(), 1, "one call reached the upstream");
+    assert_eq!(
+        got[0].header_values("authorization"),
+        [format!("Bearer {SECRET}")]
+    );
+    assert!(
+        got[0]
+            .headers
+            .iter()
+            .all(|(_, v)| !v.contains(&env.tenant.agent)),
+        "the caller's token reached the upstream"
+    );
+    // A call the Permit refuses (the id must be digits) is the proxy's reason; nothing sent.
+    let refused = a.call(&tool, json!({"id": "../admin"})).await;
+    assert_eq!(refused["isError"], true, "{refused}");
+    assert!(
+        refused["content"][0]["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("refused by oauth3 (policy)")),
+        "{refused}"
+    );
+    assert_eq!(
+        env.up
+            .requests()
+            .iter()
+            .filter(|q| q.path_and_query.starts_with("/v1/items"))
+            .count(),
+        1,
+        "the refused call was not sent"
+    );
+    a.assert_no_secret();
+
+    // Revocation removes the tool and tells the session.
+    let seen = a.cmd(json!({"op": "count"})).await["count"]
+        .as_u64()
+        .unwrap_or(0);
+    oauth3_operator::plugin::record_decision(
+        &env.admin,
+        &env.tenant.ns,
+        &permit_id,
+        oauth3_operator::approval::Decision::Revoke,
+        "owner",
+        oauth3_crds::ApprovalVia::Kubectl,
+    )
+    .await
+    .expect("revoke");
+    let told = a
+        .cmd(json!({"op": "waitListChanged", "after": seen, "timeoutMs": 20000}))
+        .await;
+    assert_eq!(
+        told["ok"], true,
+        "tools/list_changed after revocation: {told}"
+    );
+    let listed = a.cmd(json!({"op": "list"})).await;
+    assert!(!tool_names(&listed).contains(&tool), "{listed}");
+    env.stop().await;
 }
