@@ -336,12 +336,22 @@ pub async fn run_execution(
     name: &str,
     spec: serde_json::Value,
 ) -> oauth3_crds::Execution {
-    use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec};
+    use oauth3_crds::{Execution, ExecutionSpec};
     let spec: ExecutionSpec = serde_json::from_value(spec).expect("an ExecutionSpec");
     let api: Api<Execution> = Api::namespaced(client.clone(), ns);
     api.create(&PostParams::default(), &Execution::new(name, spec))
         .await
         .expect("execution created");
+    wait_ended(client, ns, name).await
+}
+
+/// Waits (at most a minute) until Execution `name` in `ns` has ended; returns it as it ended.
+///
+/// # Panics
+/// When it does not end in time.
+pub async fn wait_ended(client: &Client, ns: &str, name: &str) -> oauth3_crds::Execution {
+    use oauth3_crds::{Execution, ExecutionPhase};
+    let api: Api<Execution> = Api::namespaced(client.clone(), ns);
     oauth3_test_support::wait_until(
         &format!("Execution {name} ended"),
         std::time::Duration::from_secs(60),

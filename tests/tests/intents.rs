@@ -13,8 +13,7 @@ use clap::Parser;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use oauth3_crds::{
-    Draft, Execution, ExecutionPhase, ExecutionSpec, HttpMethod, ParamLocation, Permit,
-    PermitPhase, PermitSpec,
+    Draft, ExecutionPhase, HttpMethod, ParamLocation, Permit, PermitPhase, PermitSpec,
 };
 use oauth3_operator::config::Config;
 use oauth3_operator::draft::Drafting;
@@ -512,28 +511,12 @@ async fn an_intent_is_drafted_approved_by_the_owner_and_run_against_the_drafted_
         try { await createIssue({title: 't', state: 'closed'}); } catch (e) { refused = e.message; }
         return {made, refused};
     "#;
-    let exec: ExecutionSpec =
-        serde_json::from_value(json!({"permitRef": "gh", "code": code, "timeoutSeconds": 20}))
-            .expect("spec");
-    let execs: Api<Execution> = Api::namespaced(client.clone(), &ns);
-    execs
-        .create(&PostParams::default(), &Execution::new("run", exec))
-        .await
-        .expect("execution");
-    let done = wait_until("Execution run finished", WAIT, || async {
-        match execs.get("run").await {
-            Ok(e)
-                if e.status
-                    .as_ref()
-                    .and_then(|s| s.phase)
-                    .is_some_and(ExecutionPhase::is_terminal) =>
-            {
-                Ok(e)
-            }
-            Ok(e) => Err(format!("{:?}", e.status)),
-            Err(e) => Err(e.to_string()),
-        }
-    })
+    let done = oauth3_tests::run_execution(
+        &client,
+        &ns,
+        "run",
+        json!({"permitRef": "gh", "code": code, "timeoutSeconds": 20}),
+    )
     .await;
     let status = done.status.expect("status");
     assert_eq!(status.phase, Some(ExecutionPhase::Succeeded), "{status:?}");

@@ -85,22 +85,7 @@ async fn execution(client: &kube::Client, ns: &str, name: &str) {
 }
 
 async fn finished(client: &kube::Client, ns: &str, name: &str) -> Execution {
-    let api: Api<Execution> = Api::namespaced(client.clone(), ns);
-    wait_until(&format!("Execution {name} finished"), WAIT, || async {
-        match api.get(name).await {
-            Ok(e)
-                if e.status
-                    .as_ref()
-                    .and_then(|s| s.phase)
-                    .is_some_and(ExecutionPhase::is_terminal) =>
-            {
-                Ok(e)
-            }
-            Ok(e) => Err(format!("{:?}", e.status)),
-            Err(e) => Err(e.to_string()),
-        }
-    })
-    .await
+    oauth3_tests::wait_ended(client, ns, name).await
 }
 
 fn envelope(secret: &Secret) -> String {
