@@ -103,6 +103,29 @@ pub fn short_object_name(prefix: &str, name: &str) -> String {
     let hash = &digest["sha256:".len().."sha256:".len() + 10];
     format!("{}-{hash}", full[..52].trim_end_matches('-'))
 }
+/// Label on a SandboxPool's member Pods (and its standby policy's selector): the pool's name.
+pub const LABEL_POOL: &str = "oauth3.dev/pool";
+/// Label on a SandboxPool's member Pods: [`POOL_MEMBER_IDLE`] until an Execution claims it,
+/// then [`POOL_MEMBER_CLAIMED`] (never back).
+pub const LABEL_POOL_MEMBER: &str = "oauth3.dev/pool-member";
+/// [`LABEL_POOL_MEMBER`] of a member waiting for a run.
+pub const POOL_MEMBER_IDLE: &str = "idle";
+/// [`LABEL_POOL_MEMBER`] of a member an Execution claimed.
+pub const POOL_MEMBER_CLAIMED: &str = "claimed";
+/// Annotation on a pool member's Pod: `sha256:<hex>` of the token it asks for its run with
+/// (the token itself is only in the member's Secret).
+pub const ANNOTATION_STANDBY_TOKEN: &str = "oauth3.dev/standby-token-sha256";
+/// Annotation on a sandbox Pod: the name of the Execution it runs.
+pub const ANNOTATION_EXECUTION_NAME: &str = "oauth3.dev/execution-name";
+/// Name prefix of a SandboxPool's member Pods (`oauth3-pool-<pool>-<random>`, cut to fit).
+pub fn pool_member_prefix(pool: &str) -> String {
+    let prefix = short_object_name("oauth3-pool-", pool);
+    format!("{}-", &prefix[..prefix.len().min(56)].trim_end_matches('-'))
+}
+/// Name of a SandboxPool's standby egress policy.
+pub fn pool_policy_name(pool: &str) -> String {
+    short_object_name("oauth3-pool-", pool)
+}
 /// Key of the audit log in its ConfigMap.
 pub const PROXY_AUDIT_KEY: &str = "calls.jsonl";
 /// The most proxied calls kept in a Permit's audit log (older lines are dropped).

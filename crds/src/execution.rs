@@ -207,6 +207,10 @@ pub struct LaunchRecord {
     /// without it ends `Failed` (`NotAttested`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub require_attestation: Option<crate::permit::RequiredAttestation>,
+    /// The SandboxPool whose idle member runs this Execution (`podName` is that member), or
+    /// absent when the run got a Pod of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 /// Which launcher started an Execution's runner.

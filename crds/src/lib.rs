@@ -1,4 +1,4 @@
-//! oauth3 custom resources: `Permit` and `Execution` (group `oauth3.dev`, version `v1alpha1`).
+//! oauth3 custom resources: `Permit`, `Execution` and `SandboxPool` (group `oauth3.dev`, version `v1alpha1`).
 //!
 //! This crate owns the API types, the validation that the Kubernetes API server enforces for
 //! them (OpenAPI schema + CEL rules, generated from the types), the canonical digests that bind
@@ -13,6 +13,7 @@ pub mod execution;
 pub mod glob;
 pub mod headers;
 pub mod permit;
+pub mod pool;
 mod schema;
 
 pub use args::{check_args, describe_rule};
@@ -30,6 +31,7 @@ pub use permit::{
     ProxyPhase, ProxySpec, ProxyStatus, QueryRules, RateLimit, RequiredAttestation, SecretBinding,
     SecretLocation, TrustLevel, WebSignIn, WebSignInRequest,
 };
+pub use pool::{PoolResources, SandboxPool, SandboxPoolSpec, SandboxPoolStatus};
 pub use schema::{
     JS_RESERVED_WORDS, OBJECT_PROTOTYPE_NAMES, SANDBOX_GLOBALS, SANDBOX_REMOVED_GLOBALS,
     is_sandbox_name,
@@ -40,7 +42,11 @@ use kube::CustomResourceExt;
 
 /// Every CustomResourceDefinition this crate defines, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![reflow_docs(Permit::crd()), reflow_docs(Execution::crd())]
+    vec![
+        reflow_docs(Permit::crd()),
+        reflow_docs(Execution::crd()),
+        reflow_docs(SandboxPool::crd()),
+    ]
 }
 
 /// Joins the hard-wrapped lines of doc comments into paragraphs, so `kubectl explain` can wrap

@@ -453,6 +453,11 @@ pub struct ExecutionArgs {
         value_parser = parse_duration
     )]
     pub execution_ttl: Duration,
+    /// pod launcher: run SandboxPools, booted idle sandbox Pods that Executions start on
+    /// instead of a fresh Pod. The operator then reads the Permit's sealed Secrets (ciphertext
+    /// only) to put them in a member's bundle, since a booted member has no projection.
+    #[arg(long, env = "OAUTH3_SANDBOX_POOLS")]
+    pub sandbox_pools: bool,
 }
 
 /// Flags of the Telegram approval channel. Off when no token file is given.
@@ -619,6 +624,7 @@ impl ExecutionArgs {
             callback_ca_pem: callback_ca_pem(self)?,
             deadline_grace: self.deadline_grace,
             ttl: self.execution_ttl,
+            pools: self.sandbox_pools,
         })
     }
 

@@ -35,6 +35,8 @@ pub struct Context {
     pub egress: Option<crate::egress::EgressMode>,
     /// Drafts the capabilities of intents (`--draft-*`); `None`: drafting is off.
     pub drafting: Option<Arc<crate::draft::Drafting>>,
+    /// SandboxPools: the members launches pick from and the bundles offered to them.
+    pub pools: Arc<crate::pool::Pools>,
     clock: Clock,
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -56,6 +58,9 @@ impl Context {
             usage: Arc::new(UsageLedger::new(client.clone())),
             egress: None,
             drafting: None,
+            pools: Arc::new(crate::pool::Pools::new(Arc::new(
+                crate::metrics::Metrics::new(),
+            ))),
             client,
             clock,
             failures: Mutex::new(HashMap::new()),
@@ -66,6 +71,11 @@ impl Context {
     pub fn now(&self) -> Timestamp {
         let now = (self.clock)();
         Timestamp::from_second(now.as_second()).unwrap_or(now)
+    }
+
+    /// The current time, not truncated (for latencies).
+    pub fn now_precise(&self) -> Timestamp {
+        (self.clock)()
     }
 
     /// Records one more consecutive failure for `key` and returns the delay before retrying.

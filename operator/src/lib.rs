@@ -8,7 +8,8 @@
 //! decisions and status, the result endpoint), `http` (metrics and health), `launcher` (pod and
 //! process launchers: all sandbox IO), `leader` (Lease election), `login`
 //! (the device-flow sign-in of `kubectl oauth3 login`), `metrics`, `permit` (the
-//! Permit controller), `plugin` (`kubectl oauth3`), `status_write` (the one guarded status
+//! Permit controller), `plugin` (`kubectl oauth3`), `pool` (SandboxPools: standby members, claims,
+//! the standby endpoint), `status_write` (the one guarded status
 //! write), `telegram` (owner approvals on Telegram), `tls` (the result endpoint's HTTPS),
 //! `usage` (the batched usage ledger), `verify` (offline verification of attested results
 //! and enclave keys), `run` (the wiring).
@@ -31,6 +32,7 @@ pub mod login;
 pub mod metrics;
 pub mod permit;
 pub mod plugin;
+pub mod pool;
 pub mod proxy;
 mod run;
 pub(crate) mod status_write;

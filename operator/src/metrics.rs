@@ -32,6 +32,31 @@ pub struct PhaseLabel {
     pub phase: String,
 }
 
+/// The label set of the pool metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabel {
+    /// `namespace/name` of the SandboxPool.
+    pub pool: String,
+}
+
+/// The label set of the pool claim counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolOutcomeLabel {
+    /// `namespace/name` of the SandboxPool.
+    pub pool: String,
+    /// `hit` (an idle member ran it) or `miss` (a fresh Pod did).
+    pub outcome: String,
+}
+
+/// The label set of the pool member gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolStateLabel {
+    /// `namespace/name` of the SandboxPool.
+    pub pool: String,
+    /// `ready`, `starting` or `claimed`.
+    pub state: String,
+}
+
 /// Why encoding the metrics failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -54,6 +79,9 @@ pub struct Metrics {
     executions: Family<PhaseLabel, Gauge>,
     launch_latency: Histogram,
     leader: Gauge,
+    pool_claims: Family<PoolOutcomeLabel, Counter>,
+    pool_members: Family<PoolStateLabel, Gauge>,
+    pool_claim_latency: Family<PoolLabel, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -111,6 +139,25 @@ impl Metrics {
             "1 while this replica holds the leader lease, else 0",
             leader.clone(),
         );
+        let pool_claims = Family::<PoolOutcomeLabel, Counter>::default();
+        registry.register(
+            "oauth3_pool_claims",
+            "Pod launches by SandboxPool: hit (an idle member ran it) or miss (a fresh Pod did)",
+            pool_claims.clone(),
+        );
+        let pool_members = Family::<PoolStateLabel, Gauge>::default();
+        registry.register(
+            "oauth3_pool_members",
+            "SandboxPool members by state: ready, starting, claimed",
+            pool_members.clone(),
+        );
+        let pool_claim_latency: Family<PoolLabel, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(reconcile_buckets);
+        registry.register(
+            "oauth3_pool_claim_latency_seconds",
+            "Time from an Execution's creation to its bundle being handed to a pool member",
+            pool_claim_latency.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -119,6 +166,9 @@ impl Metrics {
             executions,
             launch_latency,
             leader,
+            pool_claims,
+            pool_members,
+            pool_claim_latency,
         }
     }
 
@@ -162,6 +212,35 @@ impl Metrics {
     /// Records the time from an Execution's creation to its runner being launched.
     pub fn observe_launch_latency(&self, latency: Duration) {
         self.launch_latency.observe(latency.as_secs_f64());
+    }
+
+    /// Counts one pod launch of `pool`: `hit` or `miss`.
+    pub fn count_pool_launch(&self, pool: &str, hit: bool) {
+        self.pool_claims
+            .get_or_create(&PoolOutcomeLabel {
+                pool: pool.to_owned(),
+                outcome: if hit { "hit" } else { "miss" }.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets how many members of `pool` are in `state` (`ready`, `starting`, `claimed`).
+    pub fn set_pool_members(&self, pool: &str, state: &str, count: i64) {
+        self.pool_members
+            .get_or_create(&PoolStateLabel {
+                pool: pool.to_owned(),
+                state: state.to_owned(),
+            })
+            .set(count);
+    }
+
+    /// Records the time from an Execution's creation to its bundle reaching a member of `pool`.
+    pub fn observe_pool_claim_latency(&self, pool: &str, latency: Duration) {
+        self.pool_claim_latency
+            .get_or_create(&PoolLabel {
+                pool: pool.to_owned(),
+            })
+            .observe(latency.as_secs_f64());
     }
 
     /// Sets `oauth3_leader` to 1 while `leading`, else 0.

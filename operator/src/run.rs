@@ -138,6 +138,7 @@ pub async fn run(
         tracing::info!(egress = egress.as_str(), "sandbox egress policy");
         context.egress = Some(egress);
     }
+    context.pools = Arc::new(crate::pool::Pools::new(metrics.clone()));
     let ctx = Arc::new(context);
     let callback = CallbackServer::new(
         &config,
@@ -348,7 +349,7 @@ impl LeaderWork {
     async fn run(self, stop: StopSignal) {
         tracing::info!(
             namespace = self.namespace.as_deref().unwrap_or("(all)"),
-            "starting the Permit, Execution and proxy controllers"
+            "starting the Permit, Execution, proxy and pool controllers"
         );
         let permits = permit::run_permit_controller(
             self.api::<Permit>(),
@@ -366,6 +367,26 @@ impl LeaderWork {
             Arc::new(crate::proxy::ProxyContext::new(self.ectx.clone())),
             stop.clone().wait(),
         );
+        // SandboxPools need sandbox Pods: they run only under the pod launcher.
+        let pools_stop = stop.clone();
+        let pools = async {
+            if let (crate::launcher::Launcher::Pod(pod), true) =
+                (&self.ectx.config.launcher, self.ectx.config.pools)
+            {
+                let config = crate::pool::PoolConfig {
+                    pod: (**pod).clone(),
+                    callback_base_url: self.ectx.config.callback_base_url.clone(),
+                    callback_ca_pem: self.ectx.config.callback_ca_pem.clone(),
+                };
+                crate::pool::run_pool_controller(
+                    self.api::<oauth3_crds::SandboxPool>(),
+                    self.api::<k8s_openapi::api::core::v1::Pod>(),
+                    Arc::new(crate::pool::PoolContext::new(self.ctx.clone(), config)),
+                    pools_stop.wait(),
+                )
+                .await;
+            }
+        };
         // The Telegram bot polls the Bot API only while leading: two pollers would fight over
         // getUpdates.
         let bot = async {
@@ -379,7 +400,7 @@ impl LeaderWork {
                 .await;
             }
         };
-        tokio::join!(permits, executions, proxies, bot);
+        tokio::join!(permits, executions, proxies, pools, bot);
     }
 }
 

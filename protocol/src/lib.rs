@@ -7,7 +7,7 @@
 //! it), [`oauth2`] (the oauth2 token-set credential, its token endpoint rule and the
 //! re-sealed updates a run hands back), [`proxy`] (the credential proxy's URL layout, refusals,
 //! token reviews and call-record batches), [`rate`] (the token bucket both sides count with), [`runner_args`] (the runner's
-//! command line as launchers write it). No JavaScript engine and no HTTP client here.
+//! command line as launchers write it), [`standby`] (how a pool member waits for its run). No JavaScript engine and no HTTP client here.
 
 pub mod attestation;
 pub mod bundle;
@@ -19,6 +19,7 @@ pub mod proxy;
 pub mod rate;
 pub mod result;
 pub mod runner_args;
+pub mod standby;
 
 pub use bundle::{
     Bundle, BundleError, BundleLimits, Callback, ExecutionRef, PermitRef, SealedSecretRef,

@@ -149,6 +149,25 @@ pub fn run_args(
     args
 }
 
+/// The arguments of `oauth3-sandbox-runner run` for a pool member: wait on the standby
+/// endpoint named in the standby file at `standby_path` for its run bundle (the sealed
+/// secrets come in the bundle, as ciphertext), then run it like [`run_args`] would, opened with
+/// `key`, the result attested by `quote`.
+pub fn standby_args(
+    standby_path: &str,
+    key: &KeyProviderEndpoint,
+    quote: &QuoteProviderEndpoint,
+) -> Vec<String> {
+    let mut args = vec![
+        RUN.to_owned(),
+        crate::standby::STANDBY_FLAG.to_owned(),
+        standby_path.to_owned(),
+    ];
+    args.extend(key.args());
+    args.extend(quote.args(Some(key)));
+    args
+}
+
 /// The arguments of `oauth3-sandbox-runner serve` that serve the serve bundle at
 /// `bundle_path` over HTTPS on `listen` with the certificate and key at `tls`, the sealed
 /// secrets projected under `sealed_dir` opened with `key` (a proxy attests nothing: no quote
@@ -209,6 +228,35 @@ mod tests {
                 "--key-provider",
                 "kbs",
                 "--kbs-url",
+                "http://127.0.0.1:8006"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_pool_member_runs_with_its_standby_file_instead_of_a_bundle() {
+        let args = standby_args(
+            "/b/standby.json",
+            &KeyProviderEndpoint::Kbs {
+                url: DEFAULT_KBS_URL.into(),
+            },
+            &QuoteProviderEndpoint::Coco {
+                url: DEFAULT_AA_URL.into(),
+            },
+        );
+        assert_eq!(
+            args,
+            [
+                "run",
+                "--standby",
+                "/b/standby.json",
+                "--key-provider",
+                "kbs",
+                "--kbs-url",
+                "http://127.0.0.1:8006",
+                "--attestation",
+                "coco",
+                "--aa-url",
                 "http://127.0.0.1:8006"
             ]
         );

@@ -7,8 +7,9 @@
 //! (QuickJS with no ambient authority), `secrets` (sealed-secret envelopes and key providers),
 //! `redact` (the one redaction engine, built once per run, that scrubs secret values from
 //! every output), `oauth` (oauth2 credentials refreshed inside the TEE and re-sealed), `local_http` (the small HTTP client for local providers), `run` (one run
-//! end to end), `callback` (posting its result) and `proxy` (`serve`: the credential proxy
-//! that forwards HTTP requests as capability calls).
+//! end to end), `callback` (posting its result) `proxy` (`serve`: the credential proxy
+//! that forwards HTTP requests as capability calls) and `standby` (a pool member's wait for its
+//! run).
 
 pub mod attest;
 pub mod bundle;
@@ -23,3 +24,4 @@ pub mod redact;
 pub mod run;
 pub mod sandbox;
 pub mod secrets;
+pub mod standby;

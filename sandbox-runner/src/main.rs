@@ -74,8 +74,15 @@ enum Command {
 #[derive(Debug, Args)]
 struct RunArgs {
     /// Path of the bundle JSON, or `-` for standard input.
-    #[arg(long, value_name = "PATH")]
-    bundle: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "standby")]
+    bundle: Option<PathBuf>,
+
+    /// Run as a pool member: instead of --bundle, wait for the run bundle at the standby
+    /// endpoint named in this standby file (`{url, token, caPem}`), asking until an Execution
+    /// claims this member (exit 0 without running when the operator retires it, or on
+    /// SIGTERM while waiting).
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["bundle", "sealed_dir"])]
+    standby: Option<PathBuf>,
 
     /// Write the result JSON to this file instead of standard output.
     #[arg(long, value_name = "PATH")]
@@ -408,7 +415,26 @@ async fn run(args: RunArgs) -> ExitCode {
         Ok(q) => q,
         Err(e) => return usage_error(e),
     };
-    let mut bundle = match read_bundle(&args.bundle) {
+    let mut ca_pems = Vec::new();
+    for path in &args.ca_files {
+        match std::fs::read(path) {
+            Ok(pem) => ca_pems.push(pem),
+            Err(e) => return usage_error(format!("reading --ca-file {}: {e}", path.display())),
+        }
+    }
+    let read = match (&args.bundle, &args.standby) {
+        (Some(path), _) => read_bundle(path),
+        (None, Some(standby)) => match standby_bundle(standby, &ca_pems).await {
+            Ok(Some(bundle)) => bundle,
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        (None, None) => Err("--bundle or --standby is required".to_owned()),
+    };
+    let mut bundle = match read {
         Ok(b) => b,
         Err(e) => return usage_error(e),
     };
@@ -425,13 +451,6 @@ async fn run(args: RunArgs) -> ExitCode {
     let refused = bundle.validate().err();
     if let Some(e) = &refused {
         eprintln!("error: invalid bundle: {e}");
-    }
-    let mut ca_pems = Vec::new();
-    for path in &args.ca_files {
-        match std::fs::read(path) {
-            Ok(pem) => ca_pems.push(pem),
-            Err(e) => return usage_error(format!("reading --ca-file {}: {e}", path.display())),
-        }
     }
 
     let provider = match args.keys.provider() {
@@ -491,6 +510,32 @@ async fn run(args: RunArgs) -> ExitCode {
         code = 1;
     }
     ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// A pool member's bundle: asked for at the standby endpoint of the standby file at `path`
+/// until it comes (`Ok(Some(Ok(bundle)))`, or `Ok(Some(Err(_)))` when it does not parse);
+/// `Ok(None)` when the member was retired or stopped (SIGTERM) while it waited.
+async fn standby_bundle(
+    path: &Path,
+    ca_pems: &[Vec<u8>],
+) -> Result<Option<Result<Bundle, String>>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("reading the standby file {}: {e}", path.display()))?;
+    let standby: oauth3_protocol::standby::Standby = serde_json::from_str(&text)
+        .map_err(|e| format!("invalid standby file {}: {e}", path.display()))?;
+    let waited = tokio::select! {
+        waited = oauth3_sandbox_runner::standby::wait_for_bundle(&standby, ca_pems, |note| eprintln!("{note}")) => waited,
+        () = wait_for_signal() => return Ok(None),
+    };
+    match waited.map_err(|e| e.to_string())? {
+        oauth3_sandbox_runner::standby::Waited::Bundle(text) => Ok(Some(
+            Bundle::from_json(&text).map_err(|e| format!("invalid bundle: {e}")),
+        )),
+        oauth3_sandbox_runner::standby::Waited::Retired => {
+            eprintln!("retired by the operator before any run: exiting");
+            Ok(None)
+        }
+    }
 }
 
 fn read_text(path: &Path, what: &str) -> Result<String, String> {

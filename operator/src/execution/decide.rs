@@ -776,6 +776,7 @@ mod tests {
             launched_at: at(NOW - 20),
             deadline: at(NOW + 10),
             require_attestation: None,
+            pool: None,
         });
         e.status = Some(oauth3_crds::ExecutionStatus {
             phase: Some(phase),

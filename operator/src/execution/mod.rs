@@ -45,6 +45,7 @@ use crate::Context;
 use crate::launcher::process::ProcessLauncher;
 use crate::launcher::{self, ExitWatch, Launcher, Sandbox, SealedEnvelopes};
 use crate::metrics::Metrics;
+use crate::pool::Pick;
 use crate::status_write::{Guarded, is_not_found, publish, write_status};
 use crate::usage::UsageDelta;
 use bundle::{CallbackTarget, build_bundle};
@@ -69,6 +70,8 @@ pub struct ExecutionConfig {
     pub deadline_grace: Duration,
     /// Finished Executions are deleted this long after completion.
     pub ttl: Duration,
+    /// Whether SandboxPools run (`--sandbox-pools`, pod launcher only).
+    pub pools: bool,
 }
 
 /// Context of the Execution controller.
@@ -327,13 +330,81 @@ async fn launch(
     now: Timestamp,
 ) -> Result<Action, ExecutionError> {
     let ctx = &ectx.ctx;
-    let Some(cleared) = clear_launch(exec, permit, &code_digest, ectx, api).await? else {
-        return Ok(Action::requeue(Duration::from_secs(1)));
-    };
+    let namespace = exec.namespace().unwrap_or_default();
     let token = Zeroizing::new(hex::encode(rand::random::<[u8; 32]>()));
     let mut plan = launch_plan(exec, &ectx.config, &token, permit_digest, code_digest, now);
     plan.require_attestation = permit.spec.require_attestation;
-    let prepared = prepare(exec, permit, &plan, token, cleared.sealed, ectx, now).await;
+    // A pool member is claimed while the launch is cleared (its bundle carries the sealed
+    // envelopes: a member has no projection); a claim that does not take falls back to a
+    // fresh Pod.
+    let pick = match &ectx.config.launcher {
+        Launcher::Pod(_) if ectx.config.pools => ctx.pools.pick(&namespace),
+        Launcher::Pod(_) | Launcher::Process(_) => Pick::NoPool,
+    };
+    let run_for = Duration::from_secs(u64::try_from(exec.spec.timeout_seconds).unwrap_or(0))
+        + ectx.config.deadline_grace;
+    let (cleared, member) = match pick {
+        Pick::Member(member) => {
+            let (cleared, claimed) = tokio::join!(
+                clear_launch(exec, permit, &plan.code_digest, ectx, api, true),
+                crate::pool::claim(ctx, &member, exec, run_for, now)
+            );
+            match claimed {
+                Ok(()) => (cleared, Some(member)),
+                Err(e) => {
+                    tracing::info!(execution = %key(exec), error = %e, "pool claim did not take; starting a fresh Pod");
+                    ctx.pools.forget(&namespace, &member.name);
+                    plan.pool_miss = Some(member.pool.clone());
+                    let cleared = cleared.map(|c| {
+                        c.map(|mut c| {
+                            c.sealed.clear();
+                            c
+                        })
+                    });
+                    (cleared, None)
+                }
+            }
+        }
+        Pick::Miss { pool } => {
+            plan.pool_miss = Some(pool);
+            (
+                clear_launch(exec, permit, &plan.code_digest, ectx, api, false).await,
+                None,
+            )
+        }
+        Pick::NoPool => (
+            clear_launch(exec, permit, &plan.code_digest, ectx, api, false).await,
+            None,
+        ),
+    };
+    let retire = async |member: &Option<crate::pool::Member>| {
+        if let Some(m) = member {
+            crate::pool::retire(ctx, &m.namespace, &m.name).await;
+        }
+    };
+    let cleared = match cleared {
+        Ok(Some(cleared)) => cleared,
+        other => {
+            retire(&member).await;
+            other?;
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+    };
+    if let Some(m) = &member {
+        plan.pod_name = Some(format!("pod/{}", m.name));
+        plan.pool = Some(m.pool.clone());
+    }
+    let prepared = prepare(
+        exec,
+        permit,
+        &plan,
+        token,
+        cleared.sealed,
+        member.as_ref().map(|m| m.name.as_str()),
+        ectx,
+        now,
+    )
+    .await;
     // The launch lock: only the writer that moves the Execution to Running launches. It is the
     // only write of a launch on the Execution (the handle of a Pod is known before it exists;
     // a process id is logged and put in the Launched Event): each write costs the API server.
@@ -354,10 +425,15 @@ async fn launch(
         }
         Err(refused) => (lock.await, Err(refused)),
     };
-    match locked.map_err(api_error("recording the launch", exec))? {
-        Guarded::Written => {}
-        Guarded::Conflict | Guarded::Gone => {
+    match locked {
+        Ok(Guarded::Written) => {}
+        Ok(Guarded::Conflict | Guarded::Gone) => {
+            retire(&member).await;
             return Ok(Action::requeue(Duration::from_millis(200)));
+        }
+        Err(e) => {
+            retire(&member).await;
+            return Err(api_error("recording the launch", exec)(e));
         }
     }
     if !cleared.reserved {
@@ -405,12 +481,14 @@ enum Ready {
 /// written to the Permit yet) and, for the pod launcher, the sandbox objects; or why the runner
 /// would refuse it (a bundle that does not validate: an object stored before the schema
 /// refused it, say) or the sandbox cannot be built.
+#[allow(clippy::too_many_arguments)]
 async fn prepare(
     exec: &Execution,
     permit: &Permit,
     plan: &LaunchPlan,
     token: Zeroizing<String>,
     sealed: Vec<SealedSecretRef>,
+    member: Option<&str>,
     ectx: &ExecutionContext,
     now: Timestamp,
 ) -> Result<Prepared, Refused> {
@@ -437,10 +515,11 @@ async fn prepare(
             launcher: launcher.clone(),
             bundle: Box::new(bundle),
         }),
-        Launcher::Pod(pod) => launcher::pod_launch(exec, permit, pod, &bundle, &plan.token_digest)
-            .await
-            .map(|objects| Prepared::Pod(Box::new(objects)))
-            .map_err(Refused::Launch),
+        Launcher::Pod(pod) => {
+            { launcher::pod_launch(exec, permit, pod, &bundle, &plan.token_digest, member).await }
+                .map(|objects| Prepared::Pod(Box::new(objects)))
+                .map_err(Refused::Launch)
+        }
     }
 }
 
@@ -453,13 +532,14 @@ async fn clear_launch(
     code_digest: &str,
     ectx: &ExecutionContext,
     api: &Api<Execution>,
+    member: bool,
 ) -> Result<Option<Cleared>, ExecutionError> {
     let ctx = &ectx.ctx;
     let namespace = exec.namespace().unwrap_or_default();
     let sealed = match ectx
         .config
         .launcher
-        .sealed_envelopes(&ctx.client, &namespace, permit)
+        .sealed_envelopes(&ctx.client, &namespace, permit, member)
         .await
         .map_err(api_error("reading the sealed Secrets", exec))?
     {
@@ -505,6 +585,8 @@ fn launch_plan(
         permit_digest,
         code_digest,
         require_attestation: None,
+        pool: None,
+        pool_miss: None,
     }
 }
 
@@ -538,11 +620,20 @@ async fn start_runner(
             Ok(staging) => objects
                 .start(&ctx.client, &staging)
                 .await
-                .map(|launched| (launched, None))
+                .map(|launched| {
+                    offer_to_member(ctx, exec, plan, &objects);
+                    (launched, None)
+                })
                 .map_err(Refused::Launch),
             Err(e) => Err(Refused::Launch(e)),
         },
     };
+    let namespace = exec.namespace().unwrap_or_default();
+    match (&plan.pool, &plan.pool_miss) {
+        (Some(pool), _) => ctx.pools.count_launch(&namespace, pool, true),
+        (None, Some(pool)) => ctx.pools.count_launch(&namespace, pool, false),
+        _ => {}
+    }
     match launched {
         Ok((launched, exited)) => {
             if let Some(exited) = exited {
@@ -558,7 +649,10 @@ async fn start_runner(
             ectx.metrics
                 .observe_launch_latency(Duration::from_secs_f64(latency.max(0.0)));
             tracing::info!(execution = %key(exec), handle = %launched.handle, latency_s = latency, "launched");
-            let note = format!("runner started ({})", launched.handle);
+            let note = match (&plan.pool, &plan.pool_miss) {
+                (Some(_), _) | (None, Some(_)) => format!("runner started: {}", plan.how()),
+                _ => format!("runner started ({})", launched.handle),
+            };
             let reason = status::Reason::Launched.as_str();
             publish(&ctx.recorder, exec, EventType::Normal, reason, note).await;
         }
@@ -583,6 +677,31 @@ async fn start_runner(
         }
     }
     Ok(())
+}
+
+/// Offers the bundle of a launch on a claimed pool member to that member (it takes it when it
+/// asks the standby endpoint): only now, after the claim, the egress policy and the launch
+/// lock were all written.
+fn offer_to_member(
+    ctx: &Context,
+    exec: &Execution,
+    plan: &LaunchPlan,
+    objects: &launcher::PodLaunch,
+) {
+    let (Some(member), Some(pool), Some(bundle)) =
+        (objects.member(), &plan.pool, objects.bundle_json())
+    else {
+        return;
+    };
+    ctx.pools.offer(
+        &exec.namespace().unwrap_or_default(),
+        member,
+        crate::pool::Offer {
+            bundle: Arc::new(bundle),
+            pool: pool.clone(),
+            created: exec.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        },
+    );
 }
 
 /// Ends the Execution when its process runner exits while it still waits for the result (a

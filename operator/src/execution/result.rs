@@ -138,6 +138,13 @@ pub fn router(state: Arc<CallbackState>) -> Router {
             ),
             post(crate::proxy::channel::calls),
         )
+        .route(
+            &format!(
+                "{}/{{namespace}}/{{name}}",
+                oauth3_protocol::standby::STANDBY_PATH
+            ),
+            post(crate::pool::standby::ask),
+        )
         // The body is read by the handler, after the token check, with its own limit.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)

@@ -169,6 +169,29 @@ pub struct LaunchPlan {
     pub code_digest: String,
     /// The attestation the Permit requires of the result.
     pub require_attestation: Option<oauth3_crds::RequiredAttestation>,
+    /// The SandboxPool whose idle member runs it (`pod_name` is the member).
+    pub pool: Option<String>,
+    /// The SandboxPool that had no idle member, when the run got a fresh Pod instead.
+    pub pool_miss: Option<String>,
+}
+
+impl LaunchPlan {
+    /// How the runner is started, in words (for the status message and the Launched Event).
+    pub fn how(&self) -> String {
+        match (&self.pool, &self.pool_miss, &self.pod_name) {
+            (Some(pool), _, Some(pod)) => {
+                format!("the idle member {pod} of SandboxPool {pool} runs it")
+            }
+            (None, Some(pool), _) => format!(
+                "SandboxPool {pool} had no idle member, so the {} launcher starts a fresh Pod",
+                self.launcher.as_str()
+            ),
+            _ => format!(
+                "the runner is started by the {} launcher",
+                self.launcher.as_str()
+            ),
+        }
+    }
 }
 
 fn cap(text: &str, max: usize) -> String {
@@ -323,8 +346,8 @@ pub fn running(exec: &Execution, plan: &LaunchPlan, now: Timestamp) -> Execution
         phase: Some(ExecutionPhase::Running),
         reason: Some(Reason::Launched.as_str().to_owned()),
         message: Some(format!(
-            "the runner is started by the {} launcher; its result is awaited until {}",
-            plan.launcher.as_str(),
+            "{}; its result is awaited until {}",
+            plan.how(),
             plan.deadline
         )),
         permit_digest: Some(plan.permit_digest.clone()),
@@ -338,6 +361,7 @@ pub fn running(exec: &Execution, plan: &LaunchPlan, now: Timestamp) -> Execution
             launched_at: Time(now),
             deadline: Time(plan.deadline),
             require_attestation: plan.require_attestation,
+            pool: plan.pool.clone(),
         }),
         ..ExecutionStatus::default()
     }
@@ -502,6 +526,8 @@ mod tests {
             permit_digest: "sha256:p".into(),
             code_digest: "sha256:c".into(),
             require_attestation: None,
+            pool: None,
+            pool_miss: None,
         };
         let s = running(&exec(), &plan, now());
         assert_eq!(s.phase, Some(ExecutionPhase::Running));
@@ -536,6 +562,8 @@ mod tests {
             permit_digest: "sha256:p".into(),
             code_digest: "sha256:c".into(),
             require_attestation: Some(oauth3_crds::RequiredAttestation::Tdx),
+            pool: None,
+            pool_miss: None,
         };
         let mut e = exec;
         e.status = Some(running(&e, &plan, now()));

@@ -147,17 +147,19 @@ impl Launcher {
     }
 
     /// The envelopes (ciphertext) of `permit`'s sealed Secrets that go in the bundle: read by
-    /// the operator for a process runner; none for a Pod, which gets them projected (the
-    /// kubelet fails the Pod, and so the run, if one is missing).
+    /// the operator for a process runner and for a pool member (`member`), which has no
+    /// projection; none for a fresh Pod, which gets them projected (the kubelet fails the Pod,
+    /// and so the run, if one is missing).
     pub(crate) async fn sealed_envelopes(
         &self,
         client: &Client,
         namespace: &str,
         permit: &Permit,
+        member: bool,
     ) -> Result<SealedEnvelopes, kube::Error> {
         match self {
-            Self::Pod(_) => Ok(SealedEnvelopes::Found(Vec::new())),
-            Self::Process(_) => read_sealed_envelopes(client, namespace, permit).await,
+            Self::Pod(_) if !member => Ok(SealedEnvelopes::Found(Vec::new())),
+            _ => read_sealed_envelopes(client, namespace, permit).await,
         }
     }
 }
@@ -169,11 +171,19 @@ async fn read_sealed_envelopes(
     permit: &Permit,
 ) -> Result<SealedEnvelopes, kube::Error> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let objects: Vec<String> = permit
+        .spec
+        .secrets
+        .iter()
+        .map(|n| secret_object_name(n))
+        .collect();
+    let read =
+        futures::future::try_join_all(objects.iter().map(|object| secrets.get_opt(object))).await?;
     let mut out = Vec::new();
-    for name in &permit.spec.secrets {
+    for (name, secret) in permit.spec.secrets.iter().zip(read) {
         let object = secret_object_name(name);
         let unusable = |e| Ok(SealedEnvelopes::Unusable(e));
-        let Some(secret) = secrets.get_opt(&object).await? else {
+        let Some(secret) = secret else {
             return unusable(SealedSecretError::Missing {
                 object,
                 name: name.clone(),
@@ -216,6 +226,8 @@ pub struct PodLaunch {
     secret: Secret,
     policy: EgressPolicy,
     pod: Pod,
+    /// The claimed pool member that runs it (no Pod is created), if any.
+    member: Option<String>,
 }
 
 /// The egress wall of a sandbox Pod.
@@ -258,6 +270,7 @@ pub async fn pod_launch(
     config: &PodLaunchConfig,
     bundle: &Bundle,
     token_digest: &str,
+    member: Option<&str>,
 ) -> Result<PodLaunch, LaunchError> {
     let namespace = exec.namespace().unwrap_or_default();
     let name = run_object_name(&exec.name_any());
@@ -314,6 +327,7 @@ pub async fn pod_launch(
         secret,
         policy,
         pod,
+        member: member.map(str::to_owned),
     })
 }
 
@@ -361,9 +375,24 @@ impl PodLaunch {
         Ok(Staging { secret, policy })
     }
 
+    /// The run bundle (JSON) in the bundle Secret.
+    pub fn bundle_json(&self) -> Option<String> {
+        self.secret
+            .string_data
+            .as_ref()
+            .and_then(|d| d.get(pod::BUNDLE_FILE))
+            .cloned()
+    }
+
+    /// The claimed pool member that runs this launch, if any.
+    pub fn member(&self) -> Option<&str> {
+        self.member.as_deref()
+    }
+
     /// Finishes the launch of the lock's winner: what staging found already there is
     /// overwritten with this launch's content (server-side apply, one field manager), then the
-    /// Pod is created.
+    /// Pod is created (none for a claimed pool member: it is running already, and is handed
+    /// its bundle when it asks).
     pub async fn start(&self, client: &Client, staging: &Staging) -> Result<Launched, LaunchError> {
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         let secret = async {
@@ -396,6 +425,11 @@ impl PodLaunch {
             }
         };
         tokio::try_join!(secret, policy)?;
+        if let Some(member) = &self.member {
+            return Ok(Launched {
+                handle: format!("pod/{member}"),
+            });
+        }
         let pods: Api<Pod> = Api::namespaced(client.clone(), &self.namespace);
         pods.create(&post_params(), &self.pod)
             .await
@@ -536,6 +570,16 @@ async fn resolve_targets_with(
     Ok(out)
 }
 
+/// The sandbox Pod of a pod-launched `exec`: the one its status names (a claimed pool member,
+/// or its own), else [`run_object_name`].
+pub(crate) fn sandbox_pod_name(exec: &Execution) -> String {
+    exec.status
+        .as_ref()
+        .and_then(|s| s.pod_name.as_deref())
+        .and_then(|p| p.strip_prefix("pod/"))
+        .map_or_else(|| run_object_name(&exec.name_any()), str::to_owned)
+}
+
 /// The launcher that started `exec`, from its launch record.
 fn launched_by(exec: &Execution) -> Option<LauncherKind> {
     Some(exec.status.as_ref()?.launch.as_ref()?.launcher)
@@ -548,8 +592,7 @@ pub(crate) fn observe(pods: Option<&Store<Pod>>, exec: &Execution) -> Sandbox {
     let Some(pods) = pods.filter(|_| launched_by(exec) == Some(LauncherKind::Pod)) else {
         return Sandbox::Unobserved;
     };
-    let key = ObjectRef::new(&run_object_name(&exec.name_any()))
-        .within(&exec.namespace().unwrap_or_default());
+    let key = ObjectRef::new(&sandbox_pod_name(exec)).within(&exec.namespace().unwrap_or_default());
     match pods.get(&key) {
         Some(pod) => pod::observe(&pod),
         // Not seen yet (just created) or already gone: a result may still come, and the
@@ -581,7 +624,7 @@ pub(crate) async fn cleanup(client: &Client, exec: &Execution) {
         other => other.map(|_| ()),
     };
     for result in [
-        pods.delete(&name, &dp).await.map(|_| ()),
+        pods.delete(&sandbox_pod_name(exec), &dp).await.map(|_| ()),
         secrets.delete(&name, &dp).await.map(|_| ()),
         policies.delete(&name, &dp).await.map(|_| ()),
         cilium_deleted,

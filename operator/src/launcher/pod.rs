@@ -208,10 +208,11 @@ pub fn desired_pod(
             name: run_object_name(&name),
             namespace: ns,
             labels: labels(execution, &uid),
-            annotations: json!({"oauth3.dev/execution-name": name}),
+            annotations: json!({oauth3_crds::constants::ANNOTATION_EXECUTION_NAME: name}),
             owner: owner(execution)?,
             args,
             secrets: &permit.spec.secrets,
+            bundle_file: BUNDLE_FILE,
             bundle_files: &[],
             active_deadline_seconds: Some(
                 i64::from(execution.spec.timeout_seconds) + config.deadline_grace_seconds,
@@ -241,6 +242,9 @@ pub(crate) struct SandboxPod<'a> {
     pub args: Vec<String>,
     /// The Permit's secret names, each projected from its sealed Secret.
     pub secrets: &'a [String],
+    /// The main file of the bundle Secret: [`BUNDLE_FILE`] (a run's or a proxy's bundle) or
+    /// the standby file of a pool member.
+    pub bundle_file: &'a str,
     /// Files of the bundle Secret mounted besides the bundle (and the sandbox CA).
     pub bundle_files: &'a [&'a str],
     /// `activeDeadlineSeconds`, if the node should end the Pod.
@@ -271,7 +275,7 @@ pub(crate) fn sandbox_pod(
         })
         .collect();
     let mut args = p.args;
-    let mut bundle_items = vec![json!({"key": BUNDLE_FILE, "path": BUNDLE_FILE})];
+    let mut bundle_items = vec![json!({"key": p.bundle_file, "path": p.bundle_file})];
     if config.upstream_ca_pem.is_some() {
         bundle_items.push(json!({"key": UPSTREAM_CA_FILE, "path": UPSTREAM_CA_FILE}));
         args.extend([
@@ -394,7 +398,7 @@ pub enum EgressRules {
 
 /// The egress rules every sandbox Pod gets: DNS (to the cluster DNS, and only there) and the
 /// operator's result callback (its Pods, or the `callback_cidrs`).
-fn base_egress(config: &PodLaunchConfig) -> Vec<serde_json::Value> {
+pub(crate) fn base_egress(config: &PodLaunchConfig) -> Vec<serde_json::Value> {
     let callback: Vec<serde_json::Value> = if config.callback_cidrs.is_empty() {
         vec![json!({
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": config.operator_namespace}},

@@ -209,6 +209,7 @@ pub fn proxy_objects(
             owner: owner.clone(),
             args,
             secrets: &permit.effective_spec().secrets,
+            bundle_file: crate::launcher::pod::BUNDLE_FILE,
             bundle_files: &[TLS_CERT_FILE, TLS_KEY_FILE],
             active_deadline_seconds: None,
             termination_grace_seconds: TERMINATION_GRACE_SECONDS,
