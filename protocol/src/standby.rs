@@ -25,8 +25,9 @@ pub const STANDBY_PATH: &str = "/v1/standby";
 pub const STANDBY_FLAG: &str = "--standby";
 /// File name of the standby file in a member's Secret and directory.
 pub const STANDBY_FILE: &str = "standby.json";
-/// How long the operator holds one standby request before answering `204`.
-pub const POLL_HOLD_MS: u64 = 20_000;
+/// How long the operator holds one standby request before answering `204` (below the
+/// callback's 15 s limit on a connection that sends nothing).
+pub const POLL_HOLD_MS: u64 = 10_000;
 
 /// The standby file: where the member asks (`url`, its standby endpoint), with which token,
 /// trusting which CA for it (the same shape and rules as a bundle's callback; `deadlineUnixMs`
