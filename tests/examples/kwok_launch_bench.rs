@@ -29,14 +29,12 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use oauth3_crds::{Execution, ExecutionSpec, Permit, PermitPhase, PermitSpec};
+use oauth3_crds::{Execution, ExecutionSpec};
 use oauth3_operator::launcher::pod::{PodLaunchConfig, run_object_name};
-use oauth3_tests::bench::percentile;
+use oauth3_tests::bench::{approved_permit, percentile, request_counts};
 use oauth3_tests::kwok::{Kwok, bind_pod};
 use oauth3_tests::operator::{InProcessOperator, Launcher};
-use oauth3_tests::{
-    apply_dev_sealed_secret, client_or_skip, ensure_runtime_class, namespace, workspace_binary,
-};
+use oauth3_tests::{apply_dev_sealed_secret, client_or_skip, ensure_runtime_class, namespace};
 use serde_json::json;
 
 /// When each sandbox Pod was first seen, and seen Ready.
@@ -291,81 +289,4 @@ fn is_ready(pod: &Pod) -> bool {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-/// The Permit `bench` in `ns`, approved by the owner with the plugin.
-async fn approved_permit(client: &Client, ns: &str) {
-    let permits: Api<Permit> = Api::namespaced(client.clone(), ns);
-    let spec: PermitSpec = serde_json::from_value(json!({
-        "description": "kwok bench",
-        "capabilities": [{"name": "api", "baseUrl": "https://api.github.com",
-            "paths": ["/repos/o/r/issues"], "methods": ["GET"],
-            "auth": {"header": "Authorization", "value": "Bearer {API_TOKEN}"}}],
-        "secrets": ["API_TOKEN"], "validFor": "1h"
-    }))
-    .unwrap();
-    permits
-        .create(&PostParams::default(), &Permit::new("bench", spec))
-        .await
-        .unwrap();
-    let phase = |want: PermitPhase| {
-        let permits = permits.clone();
-        async move {
-            for _ in 0..300 {
-                let p = permits.get("bench").await.unwrap();
-                if p.status.as_ref().and_then(|s| s.phase) == Some(want) {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            panic!("Permit not {want:?} within 30 s");
-        }
-    };
-    phase(PermitPhase::Pending).await;
-    let out = std::process::Command::new(workspace_binary("oauth3-operator", "kubectl-oauth3"))
-        .env("KUBECONFIG", std::env::var("TEST_KUBECONFIG").unwrap())
-        .args(["-n", ns, "approve", "bench"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    phase(PermitPhase::Approved).await;
-}
-
-/// `apiserver_request_total` summed by `verb resource[/subresource]` (all codes).
-async fn request_counts(client: &Client) -> BTreeMap<String, f64> {
-    let text = client
-        .request_text(http::Request::get("/metrics").body(Vec::new()).unwrap())
-        .await
-        .unwrap();
-    let mut out = BTreeMap::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let label = |key: &str| {
-            labels
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(&format!("{key}=\"")))
-                .map(|v| v.trim_end_matches('"').to_owned())
-                .unwrap_or_default()
-        };
-        let (verb, resource, sub) = (label("verb"), label("resource"), label("subresource"));
-        if matches!(verb.as_str(), "WATCH" | "CONNECT") || resource.is_empty() {
-            continue;
-        }
-        let key = if sub.is_empty() {
-            format!("{verb} {resource}")
-        } else {
-            format!("{verb} {resource}/{sub}")
-        };
-        *out.entry(key).or_default() += value.trim().parse::<f64>().unwrap_or_default();
-    }
-    out
 }

@@ -240,6 +240,7 @@ impl NodeFixture {
             format!("--callback-tls-key={}", path("tls/tls.key")),
             format!("--callback-egress-cidr={}/32", env.node_ip),
             format!("--sandbox-ca-file={}", path("upstream-ca.pem")),
+            "--sandbox-pools".to_owned(),
         ];
         let op = InProcessOperator::start(
             &client,

@@ -200,3 +200,93 @@ async fn a_runner_over_its_memory_limit_is_oom_killed_and_the_execution_says_so(
     f.permitted.assert_nothing_received("the hog made no call");
     f.stop().await;
 }
+
+#[tokio::test]
+async fn an_execution_runs_on_a_booted_pool_member_on_the_real_node_and_the_pool_refills() {
+    use kube::ResourceExt;
+    use kube::api::{ListParams, PostParams};
+    use oauth3_crds::SandboxPool;
+    use oauth3_crds::constants::{LABEL_POOL, LABEL_POOL_MEMBER, POOL_MEMBER_IDLE};
+    let Some(f) = NodeFixture::start("node-pool", "128Mi").await else {
+        return;
+    };
+    let pools: Api<SandboxPool> = Api::namespaced(f.client.clone(), &f.ns);
+    let pool: SandboxPool = serde_json::from_value(json!({
+        "apiVersion": "oauth3.dev/v1alpha1", "kind": "SandboxPool",
+        "metadata": {"name": "warm"}, "spec": {"replicas": 1}
+    }))
+    .expect("pool");
+    pools
+        .create(&PostParams::default(), &pool)
+        .await
+        .expect("pool created");
+    let pods: Api<Pod> = Api::namespaced(f.client.clone(), &f.ns);
+    let idle = format!("{LABEL_POOL}=warm,{LABEL_POOL_MEMBER}={POOL_MEMBER_IDLE}");
+    // A real runner boots in standby on the node and waits for a run.
+    let member = eventually("a ready pool member on the node", 90, || {
+        let (pools, pods, idle) = (pools.clone(), pods.clone(), idle.clone());
+        async move {
+            let ready = pools.get("warm").await.ok()?.status?.ready;
+            let list = pods.list(&ListParams::default().labels(&idle)).await.ok()?;
+            (ready == 1 && list.items.len() == 1).then(|| list.items[0].name_any())
+        }
+    })
+    .await;
+
+    let code = r#"
+        const items = await api('GET', '/items');
+        return { path: items.path };
+    "#;
+    f.execute("pooled", code, 60).await;
+    let done = f.finished("pooled", 120).await;
+    let status = done.status.clone().expect("status");
+    assert_eq!(
+        status.phase,
+        Some(ExecutionPhase::Succeeded),
+        "the run on the member: {:?}",
+        status.message
+    );
+    assert_eq!(status.result, Some(json!({"path": "/v1/items"})));
+    assert_eq!(
+        status.pod_name,
+        Some(format!("pod/{member}")),
+        "the member ran it"
+    );
+    assert_eq!(
+        status.launch.as_ref().and_then(|l| l.pool.as_deref()),
+        Some("warm")
+    );
+    // The member unsealed the envelope its bundle carried and sent the credential to the
+    // permitted upstream only.
+    let got = f.permitted.assert_received(1, "the permitted call");
+    assert_eq!(
+        got[0].header_values("authorization"),
+        [format!("Bearer {SECRET}").as_str()]
+    );
+    f.other
+        .assert_nothing_received("the upstream the Permit does not name");
+    f.assert_no_secret(
+        "the Execution's status",
+        &serde_json::to_string(&status).expect("json"),
+    );
+    // No Pod of its own was made; the member is gone after its one run, and the pool booted a
+    // new one.
+    assert!(
+        pods.get_opt(&run_object_name("pooled"))
+            .await
+            .expect("read")
+            .is_none()
+    );
+    eventually("the member gone and a new one ready", 90, || {
+        let (pools, pods, idle, member) =
+            (pools.clone(), pods.clone(), idle.clone(), member.clone());
+        async move {
+            let gone = pods.get_opt(&member).await.ok()?.is_none();
+            let ready = pools.get("warm").await.ok()?.status?.ready;
+            let list = pods.list(&ListParams::default().labels(&idle)).await.ok()?;
+            (gone && ready == 1 && list.items.iter().all(|p| p.name_any() != member)).then_some(())
+        }
+    })
+    .await;
+    f.stop().await;
+}

@@ -311,7 +311,7 @@ async fn a_launch_that_loses_the_lock_takes_back_only_its_own_objects_and_the_wi
                 Timestamp::now(),
             );
             let digest = oauth3_protocol::callback::token_digest(token);
-            pod_launch(&exec, &permit, &config, &bundle, &digest)
+            pod_launch(&exec, &permit, &config, &bundle, &digest, None)
                 .await
                 .expect("sandbox objects")
         }

@@ -59,6 +59,15 @@ use crate::status_write::{is_conflict, is_not_found, publish};
 /// How often a pool is looked at again without any change.
 pub const RESYNC: Duration = Duration::from_secs(30);
 
+/// While a pool still has a ready member, a refill waits this long after the last claim, so
+/// the claim's own writes (its launch lock, bundle Secret and policy) are not slowed by the
+/// refill's; an empty pool is refilled at once.
+pub const REFILL_AFTER_CLAIM: Duration = Duration::from_millis(100);
+
+/// A pool's status is written at most this often: a burst of claims and refills becomes one
+/// write (the status may lag the members by this much).
+pub const STATUS_EVERY: Duration = Duration::from_secs(1);
+
 /// What the operator shares about pools between the pool controller, the Execution launch and
 /// the standby endpoint.
 pub struct Pools {
@@ -93,6 +102,8 @@ pub struct Counters {
     pub misses: i64,
     /// Creation → bundle handed over, of the last claim.
     pub last_latency_ms: Option<i64>,
+    /// When this operator last claimed a member of the pool.
+    pub last_claim: Option<std::time::Instant>,
 }
 
 /// An idle member picked for a launch (reserved in this operator until it is gone).
@@ -187,6 +198,7 @@ impl Pools {
         let c = counters.entry(key.clone()).or_default();
         if hit {
             c.claims += 1;
+            c.last_claim = Some(std::time::Instant::now());
         } else {
             c.misses += 1;
         }
@@ -671,6 +683,8 @@ pub struct PoolContext {
     policies: Mutex<HashMap<String, i64>>,
     /// Whether each pool had `minReady` ready members at its last reconcile.
     was_ready: Mutex<HashMap<String, bool>>,
+    /// When each pool's status was last written.
+    written: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl PoolContext {
@@ -681,6 +695,7 @@ impl PoolContext {
             config,
             policies: Mutex::new(HashMap::new()),
             was_ready: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -788,11 +803,18 @@ pub async fn reconcile(
             Err(e) => return Err(api_error("deleting a pool member")(e)),
         }
     }
+    let counted = ctx.pools.counted(&namespace, &name);
+    let since_claim = counted.last_claim.map(|t| t.elapsed());
+    if let Some(since) = since_claim.filter(|s| *s < REFILL_AFTER_CLAIM)
+        && plan.create > 0
+        && !census.ready.is_empty()
+    {
+        return Ok(Action::requeue(REFILL_AFTER_CLAIM - since));
+    }
     let mut started = Vec::new();
     for _ in 0..plan.create {
         started.push(start_member(&pool, &pctx).await?);
     }
-    let counted = ctx.pools.counted(&namespace, &name);
     let starting = census.starting.len() + started.len();
     let status = pool_status(&pool, &census, starting, &counted, ctx.now());
     let ready_now =
@@ -827,6 +849,19 @@ pub async fn reconcile(
     metrics.set_pool_members(&key, "starting", starting as i64);
     metrics.set_pool_members(&key, "claimed", census.claimed.len() as i64);
     if pool.status.as_ref() != Some(&status) {
+        let since = pctx
+            .written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .map(std::time::Instant::elapsed);
+        if let Some(since) = since.filter(|s| *s < STATUS_EVERY) {
+            return Ok(Action::requeue(STATUS_EVERY - since));
+        }
+        pctx.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), std::time::Instant::now());
         let api: Api<SandboxPool> = Api::namespaced(ctx.client.clone(), &namespace);
         let patch = json!({"status": status});
         match api
