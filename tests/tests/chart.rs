@@ -902,6 +902,127 @@ async fn the_default_operator_identity_can_launch_sandboxes_but_cannot_read_secr
 }
 
 #[tokio::test]
+async fn with_pools_the_operator_identity_can_run_a_sandbox_pool_and_reads_secrets_only_by_name() {
+    use oauth3_operator::pool::{
+        PoolConfig, desired_member, desired_member_secret, desired_pool_policy,
+    };
+    let Some(helm) = helm_or_skip() else {
+        return;
+    };
+    let Some(client) = client_or_skip().await else {
+        return;
+    };
+    let ns = namespace(&client, "chart-pool").await;
+    let agents = namespace(&client, "chart-pool-agents").await;
+    let (_, user) = install_identity(
+        &client,
+        &helm,
+        &ns,
+        &ns,
+        &["--set", "sandbox.pools.enabled=true"],
+    )
+    .await;
+    let pools: Api<oauth3_crds::SandboxPool> = Api::namespaced(client.clone(), &agents);
+    let pool = pools
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "oauth3.dev/v1alpha1", "kind": "SandboxPool",
+                "metadata": {"name": "warm"}, "spec": {"replicas": 1}
+            }))
+            .expect("pool"),
+        )
+        .await
+        .expect("a pool");
+    let runtime_class = json!({
+        "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+        "metadata": {"name": "kata-qemu-tdx"}, "handler": "kata-qemu-tdx"
+    });
+    apply(&client, &runtime_class, false)
+        .await
+        .expect("RuntimeClass kata-qemu-tdx");
+    let config = PoolConfig {
+        pod: PodLaunchConfig {
+            operator_namespace: ns.clone(),
+            ..PodLaunchConfig::default()
+        },
+        callback_base_url: "https://oauth3-callback.oauth3-system.svc:8443".into(),
+        callback_ca_pem: None,
+    };
+    let sa = client_as(&user, &[]).await;
+    // What the pool controller writes: a member Pod, its Secret, the standby policy, status.
+    let as_json = |o: serde_json::Result<Value>| o.expect("json");
+    let member = desired_member(&pool, &config, "oauth3-pool-warm-bcd23", "sha256:t").expect("member");
+    let mut stored = member.clone();
+    stored.metadata.uid = Some("0a7d3a3e-0000-4000-8000-000000000001".into());
+    let mut secret = as_json(serde_json::to_value(
+        desired_member_secret(&stored, &config, "token").expect("secret"),
+    ));
+    secret["apiVersion"] = json!("v1");
+    secret["kind"] = json!("Secret");
+    let policy = desired_pool_policy(&pool, &config.pod).expect("policy");
+    for obj in [
+        as_json(serde_json::to_value(&member)),
+        secret,
+        as_json(serde_json::to_value(&policy)),
+    ] {
+        apply(&sa, &obj, true).await.unwrap_or_else(|e| {
+            panic!(
+                "the operator identity cannot apply the pool's {} {}: {e}",
+                kind(&obj),
+                name(&obj)
+            )
+        });
+    }
+    let sa_pools: Api<oauth3_crds::SandboxPool> = Api::all(sa.clone());
+    sa_pools
+        .list(&ListParams::default())
+        .await
+        .expect("the operator identity can list (and so watch) SandboxPools");
+    Api::<oauth3_crds::SandboxPool>::namespaced(sa.clone(), &agents)
+        .patch_status(
+            "warm",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"ready": 0, "starting": 1, "claimed": 0}})),
+        )
+        .await
+        .expect("the operator identity writes a pool's status");
+    // It reads single Secrets by name (sealed ciphertext for a member's bundle), never lists.
+    Api::<Secret>::namespaced(client.clone(), &agents)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "api-token"}, "type": "oauth3.dev/sealed",
+                "stringData": {"sealed": "oauth3-sealed:v1:x"}
+            }))
+            .expect("secret"),
+        )
+        .await
+        .expect("a sealed Secret");
+    let secrets: Api<Secret> = Api::namespaced(sa.clone(), &agents);
+    secrets
+        .get("api-token")
+        .await
+        .expect("the operator identity reads a sealed Secret by name with pools on");
+    assert!(forbidden(secrets.list(&ListParams::default()).await));
+    // And reads a claimed member's policy.
+    Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(sa.clone(), &agents)
+        .get_opt("oauth3-run-x")
+        .await
+        .expect("the operator identity can read an egress policy");
+    // It still cannot change a pool's spec (admins own it).
+    assert!(forbidden(
+        Api::<oauth3_crds::SandboxPool>::namespaced(sa, &agents)
+            .patch(
+                "warm",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"replicas": 50}})),
+            )
+            .await
+    ));
+}
+
+#[tokio::test]
 async fn the_gateway_works_with_exactly_the_charts_rbac_and_cannot_read_secrets() {
     use oauth3_tests::gateway::{Http, InProcessGateway, Tenant};
     let Some(helm) = helm_or_skip() else {
