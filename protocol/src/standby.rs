@@ -29,6 +29,11 @@ pub const STANDBY_FILE: &str = "standby.json";
 /// callback's 15 s limit on a connection that sends nothing).
 pub const POLL_HOLD_MS: u64 = 10_000;
 
+/// How long a member, once it has its bundle, tries again a connection the network refused:
+/// the node may take a moment to enforce the Execution's egress policy (written before the
+/// bundle was handed over) on a Pod that already runs.
+pub const EGRESS_SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The standby file: where the member asks (`url`, its standby endpoint), with which token,
 /// trusting which CA for it (the same shape and rules as a bundle's callback; `deadlineUnixMs`
 /// is unused).

@@ -476,6 +476,10 @@ async fn run(args: RunArgs) -> ExitCode {
             extra_root_certs_pem: ca_pems.clone(),
             oauth_refresh_lead_seconds: Some(args.oauth_refresh_lead),
             refresh_coordinator,
+            connect_grace: args
+                .standby
+                .is_some()
+                .then_some(oauth3_protocol::standby::EGRESS_SETTLE),
         },
     )
     .with_quotes(quotes);
@@ -661,6 +665,7 @@ async fn serve_setup(
         extra_root_certs_pem: ca_pems,
         oauth_refresh_lead_seconds: Some(args.oauth_refresh_lead),
         refresh_coordinator,
+        connect_grace: None,
     };
     let fetch = scoped_fetch(
         &HostInputs {

@@ -93,6 +93,9 @@ pub struct BackendOptions {
     pub oauth_refresh_lead_seconds: Option<i64>,
     /// Serialises oauth2 refreshes across runs (the operator's refresh lease).
     pub refresh_coordinator: Option<Arc<dyn crate::oauth::RefreshCoordinator>>,
+    /// How long after the host is built a connection the network refused is tried again
+    /// (a pool member: see [`ScopedFetch::with_connect_grace`]); `None`: never.
+    pub connect_grace: Option<std::time::Duration>,
 }
 
 impl fmt::Debug for BackendOptions {
@@ -104,6 +107,7 @@ impl fmt::Debug for BackendOptions {
                 &self.oauth_refresh_lead_seconds,
             )
             .field("refresh_coordinator", &self.refresh_coordinator.is_some())
+            .field("connect_grace", &self.connect_grace)
             .finish()
     }
 }
@@ -207,11 +211,13 @@ pub fn scoped_fetch(
         request_timeout: inputs.request_timeout.unwrap_or(defaults.request_timeout),
         ..defaults
     };
-    Ok(
-        ScopedFetch::new(policy, secrets.clone(), Arc::clone(redactor), config)
-            .map_err(SetupError::Fetch)?
-            .with_oauth(oauth),
-    )
+    let fetch = ScopedFetch::new(policy, secrets.clone(), Arc::clone(redactor), config)
+        .map_err(SetupError::Fetch)?
+        .with_oauth(oauth);
+    Ok(match options.connect_grace {
+        Some(grace) => fetch.with_connect_grace(grace),
+        None => fetch,
+    })
 }
 
 /// Opens the sealed secrets `sealed` of a Permit in `namespace` with `provider`, only those

@@ -952,7 +952,8 @@ async fn with_pools_the_operator_identity_can_run_a_sandbox_pool_and_reads_secre
     let sa = client_as(&user, &[]).await;
     // What the pool controller writes: a member Pod, its Secret, the standby policy, status.
     let as_json = |o: serde_json::Result<Value>| o.expect("json");
-    let member = desired_member(&pool, &config, "oauth3-pool-warm-bcd23", "sha256:t").expect("member");
+    let member =
+        desired_member(&pool, &config, "oauth3-pool-warm-bcd23", "sha256:t").expect("member");
     let mut stored = member.clone();
     stored.metadata.uid = Some("0a7d3a3e-0000-4000-8000-000000000001".into());
     let mut secret = as_json(serde_json::to_value(

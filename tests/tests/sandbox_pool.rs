@@ -29,19 +29,13 @@ use serde_json::{Value, json};
 
 const SECRET_VALUE: &str = "sk-pool-5e1f";
 
-/// Polls `what` every 100 ms for up to 30 s until it returns `Some`.
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+/// Polls `what` for up to 30 s until it returns `Some`.
+async fn eventually<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    for _ in 0..300 {
-        if let Some(v) = f().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what} did not happen within 30s");
+    oauth3_tests::node::eventually(what, 30, f).await
 }
 
 /// The operator with pools on a namespace with a kwok node, an approved Permit, and a

@@ -527,6 +527,25 @@ pub struct PoolConfig {
     pub callback_ca_pem: Option<String>,
 }
 
+/// The namespace of a stored `pool` and the owner reference its objects carry.
+fn pool_meta(
+    pool: &SandboxPool,
+) -> Result<
+    (
+        String,
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    ),
+    DesiredError,
+> {
+    let namespace = pool
+        .namespace()
+        .ok_or(DesiredError::MissingMetadata("namespace"))?;
+    let owner = pool
+        .controller_owner_ref(&())
+        .ok_or(DesiredError::MissingMetadata("name or uid"))?;
+    Ok((namespace, owner))
+}
+
 /// The member Pod `name` of `pool` whose token hashes to `token_digest` (pure).
 ///
 /// # Errors
@@ -537,12 +556,7 @@ pub fn desired_member(
     name: &str,
     token_digest: &str,
 ) -> Result<Pod, DesiredError> {
-    let namespace = pool
-        .namespace()
-        .ok_or(DesiredError::MissingMetadata("namespace"))?;
-    let owner = pool
-        .controller_owner_ref(&())
-        .ok_or(DesiredError::MissingMetadata("name or uid"))?;
+    let (namespace, owner) = pool_meta(pool)?;
     let mut pod = config.pod.clone();
     if let Some(class) = &pool.spec.runtime_class_name {
         pod.runtime_class_name = class.clone();
@@ -642,12 +656,7 @@ pub fn desired_pool_policy(
     pool: &SandboxPool,
     config: &PodLaunchConfig,
 ) -> Result<NetworkPolicy, DesiredError> {
-    let namespace = pool
-        .namespace()
-        .ok_or(DesiredError::MissingMetadata("namespace"))?;
-    let owner = pool
-        .controller_owner_ref(&())
-        .ok_or(DesiredError::MissingMetadata("name or uid"))?;
+    let (namespace, owner) = pool_meta(pool)?;
     network_policy(
         json!({
             "name": pool_policy_name(&pool.name_any()),

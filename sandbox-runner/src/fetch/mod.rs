@@ -237,6 +237,42 @@ pub struct ScopedFetch {
     oauth: Option<Arc<crate::oauth::OAuthCredentials>>,
     /// Whether records are kept for [`CapabilityHost::calls`].
     call_log: bool,
+    /// Until when a connection the network refused or that timed out (nothing was sent) is
+    /// tried again ([`ScopedFetch::with_connect_grace`]).
+    connect_grace_until: Option<Instant>,
+}
+
+/// First pause before a connection refused during the connect grace is tried again; doubled
+/// up to [`CONNECT_RETRY_MAX`].
+const CONNECT_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(50);
+/// Longest pause between two connection attempts during the connect grace.
+const CONNECT_RETRY_MAX: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Whether `e` is a connection the network refused, reset or let time out before anything was
+/// sent (not a DNS refusal by the address guard, not TLS): what a NetworkPolicy the node has
+/// not programmed yet looks like.
+fn refused_by_network(e: &reqwest::Error) -> bool {
+    if !e.is_connect() {
+        return false;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<FetchError>().is_some() {
+            return false;
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+            );
+        }
+        source = s.source();
+    }
+    false
 }
 
 fn build_client(
@@ -302,7 +338,19 @@ impl ScopedFetch {
             environment,
             oauth: None,
             call_log: true,
+            connect_grace_until: None,
         })
+    }
+
+    /// The same host, trying a connection the network refused (or that timed out) again, with
+    /// backoff, for `grace` from now: a pool member starts its run right after its Execution's
+    /// egress policy was written, and the node may take a moment to enforce it (until then
+    /// the member's standby policy refuses the Permit's hosts). Nothing is sent on such a
+    /// connection, so trying again changes nothing upstream.
+    #[must_use]
+    pub fn with_connect_grace(mut self, grace: std::time::Duration) -> Self {
+        self.connect_grace_until = Some(Instant::now() + grace);
+        self
     }
 
     /// The same host with the run's oauth2 credentials: a `{NAME}` of one of them (and its
@@ -756,13 +804,28 @@ impl ScopedFetch {
                 }
             }
         }
-        let mut builder = client
-            .request(to_reqwest_method(req.method), url)
-            .headers(headers);
-        if let Some(body) = &req.body {
-            builder = builder.body(body.clone());
+        let mut pause = CONNECT_RETRY_FIRST;
+        loop {
+            let mut builder = client
+                .request(to_reqwest_method(req.method), url.clone())
+                .headers(headers.clone());
+            if let Some(body) = &req.body {
+                builder = builder.body(body.clone());
+            }
+            match builder.send().await {
+                Ok(response) => return Ok(response),
+                Err(e)
+                    if refused_by_network(&e)
+                        && self
+                            .connect_grace_until
+                            .is_some_and(|until| Instant::now() + pause < until) =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(CONNECT_RETRY_MAX);
+                }
+                Err(e) => return Err(Self::send_error(req, e)),
+            }
         }
-        builder.send().await.map_err(|e| Self::send_error(req, e))
     }
 
     /// A transport failure: a denial when the address guard refused the DNS answer, else
