@@ -137,6 +137,8 @@ pub async fn run(
     if config.execution.launcher == crate::config::LauncherChoice::Pod {
         tracing::info!(egress = egress.as_str(), "sandbox egress policy");
         context.egress = Some(egress);
+    } else if config.execution.sandbox_pools {
+        tracing::warn!("--sandbox-pools needs --launcher pod: SandboxPools are not run");
     }
     context.pools = Arc::new(crate::pool::Pools::new(metrics.clone()));
     let ctx = Arc::new(context);

@@ -31,7 +31,7 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use oauth3_crds::{Execution, ExecutionSpec};
 use oauth3_operator::launcher::pod::{PodLaunchConfig, run_object_name};
-use oauth3_tests::bench::{approved_permit, percentile, request_counts};
+use oauth3_tests::bench::{Pace, approved_permit, drive, pct, pod_ready, request_counts};
 use oauth3_tests::kwok::{Kwok, bind_pod};
 use oauth3_tests::operator::{InProcessOperator, Launcher};
 use oauth3_tests::{apply_dev_sealed_secret, client_or_skip, ensure_runtime_class, namespace};
@@ -45,21 +45,6 @@ struct Seen {
 }
 
 type Shared = Arc<Mutex<Seen>>;
-
-#[derive(Clone, Copy, Debug)]
-enum Pace {
-    Serial,
-    PerSecond(u32),
-}
-
-impl std::fmt::Display for Pace {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Serial => f.pad("serial"),
-            Self::PerSecond(n) => f.pad(&format!("{n}/s")),
-        }
-    }
-}
 
 /// One run's latencies (from each create request sent) and its requests per Execution.
 struct RunResult {
@@ -107,12 +92,6 @@ async fn main() {
         );
     }
     kwok.stop().await;
-}
-
-fn pct(samples: &[Duration], p: f64) -> Duration {
-    let mut s = samples.to_vec();
-    s.sort();
-    percentile(&s, p)
 }
 
 fn print_run(pace: Pace, run: usize, n: usize, r: &RunResult) {
@@ -181,29 +160,13 @@ async fn one_run(
                 .unwrap();
         }
     };
-    match pace {
-        Pace::Serial => {
-            for i in 0..n {
-                let pod = run_object_name(&format!("bench-{i}"));
-                create(i).await;
-                wait_for(&notify, Duration::from_secs(30), || {
-                    seen.lock().unwrap().ready.contains_key(&pod)
-                })
-                .await;
-            }
-        }
-        Pace::PerSecond(rate) => {
-            let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
-            for i in 0..n {
-                tick.tick().await;
-                tokio::spawn(create(i));
-            }
-            wait_for(&notify, Duration::from_secs(60), || {
-                seen.lock().unwrap().ready.len() >= n
-            })
-            .await;
-        }
-    }
+    drive(pace, n, &notify, create, |i| {
+        seen.lock()
+            .unwrap()
+            .ready
+            .contains_key(&run_object_name(&format!("bench-{i}")))
+    })
+    .await;
     let after = request_counts(client).await;
     watch.abort();
     op.stop().await;
@@ -234,15 +197,6 @@ async fn one_run(
     result
 }
 
-/// Waits (up to `limit`) until `done` holds, woken by the Pod watch.
-async fn wait_for(notify: &tokio::sync::Notify, limit: Duration, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "not done within {limit:?}");
-        let _ = tokio::time::timeout(Duration::from_millis(20), notify.notified()).await;
-    }
-}
-
 /// Watches the namespace's Pods: notes when each is first seen and seen Ready, and binds each
 /// unbound one to `node` (the scheduler's part).
 fn spawn_pod_watch(
@@ -265,7 +219,7 @@ fn spawn_pod_watch(
                 let mut seen = seen.lock().unwrap();
                 let first = !seen.created.contains_key(&name);
                 seen.created.entry(name.clone()).or_insert(now);
-                if is_ready(&pod) {
+                if pod_ready(&pod) {
                     seen.ready.entry(name.clone()).or_insert(now);
                 }
                 first
@@ -282,11 +236,4 @@ fn spawn_pod_watch(
             wake();
         }
     })
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }

@@ -3,7 +3,11 @@
 //! `tests/cluster/node.sh` started (containerd + runc, the kubelet, kube-scheduler,
 //! kube-proxy, kube-router), the same fixture as `tests/tests/node_pods.rs`. For each, from the
 //! create request: the sandbox Pod's runner container running (the kubelet's `startedAt`, as
-//! the watch sees it), and the result in the Execution's status (`Succeeded`); p50/p99.
+//! the watch sees it), its one capability call arriving at the recording upstream, and the
+//! result in the Execution's status (`Succeeded`); p50/p99.
+//! With `pool` as the second argument, a SandboxPool of 2 keeps booted members, and each
+//! Execution is created once a member is ready: the runner is already running, so only the
+//! time to the result is reported, with how many ran on a member.
 //!
 //! ```sh
 //! make test-node   # once: builds and caches everything
@@ -34,9 +38,23 @@ async fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(50);
+    let pool = std::env::args().nth(2).as_deref() == Some("pool");
     let f = NodeFixture::start("node-bench", "128Mi")
         .await
         .expect("a node and a control plane (see the usage above)");
+    let pools: Api<oauth3_crds::SandboxPool> = Api::namespaced(f.client.clone(), &f.ns);
+    if pool {
+        let spec: oauth3_crds::SandboxPool = serde_json::from_value(serde_json::json!({
+            "apiVersion": "oauth3.dev/v1alpha1", "kind": "SandboxPool",
+            "metadata": {"name": "bench"}, "spec": {"replicas": 2}
+        }))
+        .unwrap();
+        pools
+            .create(&kube::api::PostParams::default(), &spec)
+            .await
+            .unwrap();
+    }
+    let mut hits = 0;
     let running: Seen = Arc::default();
     let finished: Seen = Arc::default();
     let pods: Api<Pod> = Api::namespaced(f.client.clone(), &f.ns);
@@ -92,12 +110,20 @@ async fn main() {
             }
         });
     }
-    let (mut to_running, mut to_result) = (Vec::new(), Vec::new());
+    let (mut to_running, mut to_call, mut to_result) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..n {
         let name = format!("bench-{i}");
         let pod = oauth3_operator::launcher::pod::run_object_name(&name);
+        if pool {
+            oauth3_tests::node::eventually("a ready pool member", 120, || {
+                let pools = pools.clone();
+                async move { (pools.get("bench").await.ok()?.status?.ready >= 1).then_some(()) }
+            })
+            .await;
+        }
         let t0 = Instant::now();
-        f.execute(&name, "return 1", 60).await;
+        f.execute(&name, "await api('GET', '/items'); return 1", 60)
+            .await;
         let done = f.finished(&name, 120).await;
         assert_eq!(
             done.status.as_ref().and_then(|s| s.phase),
@@ -105,6 +131,14 @@ async fn main() {
             "{name}: {:?}",
             done.status.as_ref().and_then(|s| s.message.clone())
         );
+        if done
+            .status
+            .as_ref()
+            .and_then(|s| s.launch.as_ref())
+            .is_some_and(|l| l.pool.is_some())
+        {
+            hits += 1;
+        }
         // The watch may see the phase a moment before the poll in `finished` does.
         tokio::time::sleep(Duration::from_millis(50)).await;
         let at = |seen: &Seen, key: &str| seen.lock().unwrap().get(key).copied();
@@ -114,11 +148,25 @@ async fn main() {
         if let Some(t) = at(&finished, &name) {
             to_result.push(t.saturating_duration_since(t0));
         }
+        if let Some(call) = f.permitted.requests().get(i) {
+            to_call.push(call.received_at.saturating_duration_since(t0));
+        }
         eprint!(".");
     }
     eprintln!();
-    println!("{n} Executions, serial, on node {}", f.env.node);
-    report("created -> runner container running", to_running);
+    println!(
+        "{n} Executions, serial, on node {}{}",
+        f.env.node,
+        if pool {
+            format!(", {hits} on a pool member")
+        } else {
+            String::new()
+        }
+    );
+    if !pool {
+        report("created -> runner container running", to_running);
+    }
+    report("created -> first capability call (upstream)", to_call);
     report("created -> result (Succeeded)", to_result);
     f.stop().await;
 }

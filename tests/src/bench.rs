@@ -115,3 +115,86 @@ pub async fn request_counts(client: &Client) -> BTreeMap<String, f64> {
     }
     out
 }
+
+/// How a benchmark creates its objects: one after the other (the next once the previous one
+/// is done), or open loop at a rate.
+#[derive(Clone, Copy, Debug)]
+pub enum Pace {
+    /// One after the other.
+    Serial,
+    /// This many per second, not waiting for any.
+    PerSecond(u32),
+}
+
+impl std::fmt::Display for Pace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Serial => f.pad("serial"),
+            Self::PerSecond(n) => f.pad(&format!("{n}/s")),
+        }
+    }
+}
+
+/// Creates `n` objects at `pace` with `create(i)`: serially, each once `done(i - 1)` holds
+/// (30 s at most each); paced, then waits (60 s at most) until `done(i)` holds for all.
+/// `notify` wakes the waits (a watch's events).
+///
+/// # Panics
+/// When a wait runs out.
+pub async fn drive<F, Fut>(
+    pace: Pace,
+    n: usize,
+    notify: &tokio::sync::Notify,
+    create: F,
+    done: impl Fn(usize) -> bool,
+) where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    match pace {
+        Pace::Serial => {
+            for i in 0..n {
+                create(i).await;
+                wait_for(notify, Duration::from_secs(30), || done(i)).await;
+            }
+        }
+        Pace::PerSecond(rate) => {
+            let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+            for i in 0..n {
+                tick.tick().await;
+                tokio::spawn(create(i));
+            }
+            wait_for(notify, Duration::from_secs(60), || (0..n).all(&done)).await;
+        }
+    }
+}
+
+/// Waits (up to `limit`) until `done` holds, woken by `notify` (and every 20 ms).
+///
+/// # Panics
+/// When `limit` passes first.
+pub async fn wait_for(notify: &tokio::sync::Notify, limit: Duration, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not done within {limit:?}"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(20), notify.notified()).await;
+    }
+}
+
+/// The `p`th percentile of unsorted `samples`.
+pub fn pct(samples: &[Duration], p: f64) -> Duration {
+    let mut s = samples.to_vec();
+    s.sort();
+    percentile(&s, p)
+}
+
+/// Whether `pod` has condition `Ready=True`.
+pub fn pod_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}

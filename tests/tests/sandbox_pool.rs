@@ -343,6 +343,18 @@ async fn an_execution_runs_on_an_idle_member_that_gets_its_bundle_only_after_its
         !body.contains(SECRET_VALUE),
         "only ciphertext leaves the operator"
     );
+    // The envelopes travel only over the standby endpoint: the bundle Secret has none.
+    let stored = secrets
+        .get(&run_object_name("on-member"))
+        .await
+        .expect("bundle Secret");
+    let stored: Value =
+        serde_json::from_slice(&stored.data.expect("data")["bundle.json"].0).expect("bundle");
+    assert_eq!(
+        stored["sealedSecrets"].as_array().map_or(0, Vec::len),
+        0,
+        "{stored}"
+    );
     let token = bundle["callback"]["token"]
         .as_str()
         .expect("token")
@@ -559,6 +571,10 @@ async fn a_replica_that_did_not_launch_hands_over_the_bundle_only_once_the_polic
     assert_eq!(status, 200, "{body}");
     let bundle: Value = serde_json::from_str(&body).expect("bundle");
     assert_eq!(bundle["execution"]["uid"], uid.as_str());
+    assert_eq!(
+        bundle["sealedSecrets"][0]["name"], "API_TOKEN",
+        "the envelopes, read by the replica that hands the bundle over: {bundle}"
+    );
     // The first replica, which launched it, hands over the same bundle (a member that lost
     // the first answer asks again), and only to this member.
     let (status, again) = ask(&standby.url, &standby.token).await;

@@ -334,58 +334,31 @@ async fn launch(
     let token = Zeroizing::new(hex::encode(rand::random::<[u8; 32]>()));
     let mut plan = launch_plan(exec, &ectx.config, &token, permit_digest, code_digest, now);
     plan.require_attestation = permit.spec.require_attestation;
-    // A pool member is claimed while the launch is cleared (its bundle carries the sealed
-    // envelopes: a member has no projection); a claim that does not take falls back to a
+    // A pool member is picked (reserved in this operator) before anything is written; it is
+    // claimed together with the launch lock, the bundle Secret and the egress policy, while its
+    // sealed envelopes are read (a member has no projection: they go with its bundle on the
+    // standby endpoint, never into a Secret). A claim that does not take falls back to a
     // fresh Pod.
-    let pick = match &ectx.config.launcher {
-        Launcher::Pod(_) if ectx.config.pools => ctx.pools.pick(&namespace),
-        Launcher::Pod(_) | Launcher::Process(_) => Pick::NoPool,
-    };
-    let run_for = Duration::from_secs(u64::try_from(exec.spec.timeout_seconds).unwrap_or(0))
-        + ectx.config.deadline_grace;
-    let (cleared, member) = match pick {
-        Pick::Member(member) => {
-            let (cleared, claimed) = tokio::join!(
-                clear_launch(exec, permit, &plan.code_digest, ectx, api, true),
-                crate::pool::claim(ctx, &member, exec, run_for, now)
-            );
-            match claimed {
-                Ok(()) => (cleared, Some(member)),
-                Err(e) => {
-                    tracing::info!(execution = %key(exec), error = %e, "pool claim did not take; starting a fresh Pod");
-                    ctx.pools.forget(&namespace, &member.name);
-                    plan.pool_miss = Some(member.pool.clone());
-                    let cleared = cleared.map(|c| {
-                        c.map(|mut c| {
-                            c.sealed.clear();
-                            c
-                        })
-                    });
-                    (cleared, None)
-                }
+    let member = match &ectx.config.launcher {
+        Launcher::Pod(_) if ectx.config.pools => match ctx.pools.pick(&namespace) {
+            Pick::Member(member) => Some(member),
+            Pick::Miss { pool } => {
+                plan.pool_miss = Some(pool);
+                None
             }
-        }
-        Pick::Miss { pool } => {
-            plan.pool_miss = Some(pool);
-            (
-                clear_launch(exec, permit, &plan.code_digest, ectx, api, false).await,
-                None,
-            )
-        }
-        Pick::NoPool => (
-            clear_launch(exec, permit, &plan.code_digest, ectx, api, false).await,
-            None,
-        ),
+            Pick::NoPool => None,
+        },
+        Launcher::Pod(_) | Launcher::Process(_) => None,
     };
-    let retire = async |member: &Option<crate::pool::Member>| {
+    let forget = |member: &Option<crate::pool::Member>| {
         if let Some(m) = member {
-            crate::pool::retire(ctx, &m.namespace, &m.name).await;
+            ctx.pools.forget(&m.namespace, &m.name);
         }
     };
-    let cleared = match cleared {
+    let cleared = match clear_launch(exec, permit, &plan.code_digest, ectx, api).await {
         Ok(Some(cleared)) => cleared,
         other => {
-            retire(&member).await;
+            forget(&member);
             other?;
             return Ok(Action::requeue(Duration::from_secs(1)));
         }
@@ -405,19 +378,42 @@ async fn launch(
         now,
     )
     .await;
+    let run_for = Duration::from_secs(u64::try_from(exec.spec.timeout_seconds).unwrap_or(0))
+        + ectx.config.deadline_grace;
     // The launch lock: only the writer that moves the Execution to Running launches. It is the
     // only write of a launch on the Execution (the handle of a Pod is known before it exists;
     // a process id is logged and put in the Launched Event): each write costs the API server.
     let running = status::running(exec, &plan, now);
     let lock = write_status(api, exec, &running, None);
+    let mut on_member = None;
     let (locked, ready) = match prepared {
         Ok(Prepared::Pod(objects)) => {
-            let (locked, staging) = tokio::join!(lock, objects.stage(&ctx.client));
-            if !matches!(locked, Ok(Guarded::Written))
-                && let Ok(staged) = &staging
-            {
-                objects.withdraw(&ctx.client, staged).await;
+            let claim = async {
+                match &member {
+                    Some(m) => Some((
+                        crate::pool::claim(ctx, m, exec, run_for, now).await,
+                        launcher::read_sealed_envelopes(
+                            &ctx.client,
+                            &namespace,
+                            &permit.spec.secrets,
+                        )
+                        .await,
+                    )),
+                    None => None,
+                }
+            };
+            let (locked, staging, claimed) = tokio::join!(lock, objects.stage(&ctx.client), claim);
+            let claim_took = matches!(&claimed, Some((Ok(()), _)));
+            if !matches!(locked, Ok(Guarded::Written)) {
+                if let Ok(staged) = &staging {
+                    objects.withdraw(&ctx.client, staged).await;
+                }
+                match (&member, claim_took) {
+                    (Some(m), true) => crate::pool::retire(ctx, &m.namespace, &m.name).await,
+                    _ => forget(&member),
+                }
             }
+            on_member = claimed;
             (locked, Ok(Ready::Pod { objects, staging }))
         }
         Ok(Prepared::Process { launcher, bundle }) => {
@@ -425,15 +421,51 @@ async fn launch(
         }
         Err(refused) => (lock.await, Err(refused)),
     };
-    match locked {
-        Ok(Guarded::Written) => {}
-        Ok(Guarded::Conflict | Guarded::Gone) => {
-            retire(&member).await;
+    match locked.map_err(api_error("recording the launch", exec))? {
+        Guarded::Written => {}
+        Guarded::Conflict | Guarded::Gone => {
             return Ok(Action::requeue(Duration::from_millis(200)));
         }
-        Err(e) => {
-            retire(&member).await;
-            return Err(api_error("recording the launch", exec)(e));
+    }
+    let mut ready = ready;
+    let mut envelopes = Vec::new();
+    if let (Some(m), Some((claimed, sealed))) = (&member, on_member) {
+        match (claimed, sealed) {
+            (Ok(()), Ok(SealedEnvelopes::Found(found))) => envelopes = found,
+            (Ok(()), Ok(SealedEnvelopes::Unusable(e))) => {
+                let fresh = api
+                    .get(&exec.name_any())
+                    .await
+                    .map_err(api_error("re-reading after a missing secret", exec))?;
+                let ending = decide::sealed_secret_unusable(&e);
+                end(
+                    ctx,
+                    api,
+                    &fresh,
+                    &ending,
+                    "recording a missing secret",
+                    None,
+                )
+                .await?;
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            }
+            (Ok(()), Err(e)) => {
+                ready = Err(Refused::Launch(launcher::LaunchError::Spawn(format!(
+                    "reading the sealed Secrets for pool member {}: {e}",
+                    m.name
+                ))));
+            }
+            (Err(e), _) => {
+                tracing::info!(execution = %key(exec), error = %e, "pool claim did not take; starting a fresh Pod");
+                forget(&member);
+                plan.pod_name = ectx.config.launcher.pod_name(&exec.name_any());
+                plan.pool = None;
+                plan.pool_miss = Some(m.pool.clone());
+                fall_back_to_fresh_pod(api, exec, &plan, now).await?;
+                if let Ok(Ready::Pod { objects, .. }) = &mut ready {
+                    objects.without_member();
+                }
+            }
         }
     }
     if !cleared.reserved {
@@ -448,7 +480,7 @@ async fn launch(
         );
     }
     let deadline = plan.deadline;
-    start_runner(exec, ready, &plan, ectx, api, now).await?;
+    start_runner(exec, ready, &plan, envelopes, ectx, api, now).await?;
     Ok(Action::requeue(until(now, deadline)))
 }
 
@@ -532,14 +564,13 @@ async fn clear_launch(
     code_digest: &str,
     ectx: &ExecutionContext,
     api: &Api<Execution>,
-    member: bool,
 ) -> Result<Option<Cleared>, ExecutionError> {
     let ctx = &ectx.ctx;
     let namespace = exec.namespace().unwrap_or_default();
     let sealed = match ectx
         .config
         .launcher
-        .sealed_envelopes(&ctx.client, &namespace, permit, member)
+        .sealed_envelopes(&ctx.client, &namespace, permit)
         .await
         .map_err(api_error("reading the sealed Secrets", exec))?
     {
@@ -604,6 +635,7 @@ async fn start_runner(
     exec: &Execution,
     ready: Result<Ready, Refused>,
     plan: &LaunchPlan,
+    envelopes: Vec<SealedSecretRef>,
     ectx: &ExecutionContext,
     api: &Api<Execution>,
     now: Timestamp,
@@ -621,7 +653,7 @@ async fn start_runner(
                 .start(&ctx.client, &staging)
                 .await
                 .map(|launched| {
-                    offer_to_member(ctx, exec, plan, &objects);
+                    offer_to_member(ctx, exec, plan, &objects, envelopes);
                     (launched, None)
                 })
                 .map_err(Refused::Launch),
@@ -679,6 +711,30 @@ async fn start_runner(
     Ok(())
 }
 
+/// Rewrites the launch record of `exec` (whose lock this launch holds, with no runner started
+/// yet) for a fresh Pod: the member's claim did not take.
+async fn fall_back_to_fresh_pod(
+    api: &Api<Execution>,
+    exec: &Execution,
+    plan: &LaunchPlan,
+    now: Timestamp,
+) -> Result<(), ExecutionError> {
+    let running = status::running(exec, plan, now);
+    let patch = serde_json::json!({"status": {
+        "podName": running.pod_name,
+        "message": running.message,
+        "launch": {"pool": null},
+    }});
+    api.patch_status(
+        &exec.name_any(),
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .map(drop)
+    .map_err(api_error("recording the fresh Pod", exec))
+}
+
 /// Offers the bundle of a launch on a claimed pool member to that member (it takes it when it
 /// asks the standby endpoint): only now, after the claim, the egress policy and the launch
 /// lock were all written.
@@ -687,10 +743,14 @@ fn offer_to_member(
     exec: &Execution,
     plan: &LaunchPlan,
     objects: &launcher::PodLaunch,
+    envelopes: Vec<SealedSecretRef>,
 ) {
     let (Some(member), Some(pool), Some(bundle)) =
         (objects.member(), &plan.pool, objects.bundle_json())
     else {
+        return;
+    };
+    let Some(bundle) = crate::pool::with_envelopes(&bundle, envelopes) else {
         return;
     };
     ctx.pools.offer(

@@ -147,40 +147,37 @@ impl Launcher {
     }
 
     /// The envelopes (ciphertext) of `permit`'s sealed Secrets that go in the bundle: read by
-    /// the operator for a process runner and for a pool member (`member`), which has no
-    /// projection; none for a fresh Pod, which gets them projected (the kubelet fails the Pod,
-    /// and so the run, if one is missing).
+    /// the operator for a process runner; none for a Pod, which gets them projected (the
+    /// kubelet fails the Pod, and so the run, if one is missing) or, for a pool member, handed
+    /// over with its bundle on the standby endpoint ([`read_sealed_envelopes`]).
     pub(crate) async fn sealed_envelopes(
         &self,
         client: &Client,
         namespace: &str,
         permit: &Permit,
-        member: bool,
     ) -> Result<SealedEnvelopes, kube::Error> {
         match self {
-            Self::Pod(_) if !member => Ok(SealedEnvelopes::Found(Vec::new())),
-            _ => read_sealed_envelopes(client, namespace, permit).await,
+            Self::Pod(_) => Ok(SealedEnvelopes::Found(Vec::new())),
+            Self::Process(_) => {
+                read_sealed_envelopes(client, namespace, &permit.spec.secrets).await
+            }
         }
     }
 }
 
-/// Reads the envelopes (ciphertext) of the Permit's sealed Secrets.
-async fn read_sealed_envelopes(
+/// Reads the envelopes (ciphertext) of the sealed Secrets of the secret names `names`, all at
+/// once.
+pub(crate) async fn read_sealed_envelopes(
     client: &Client,
     namespace: &str,
-    permit: &Permit,
+    names: &[String],
 ) -> Result<SealedEnvelopes, kube::Error> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let objects: Vec<String> = permit
-        .spec
-        .secrets
-        .iter()
-        .map(|n| secret_object_name(n))
-        .collect();
+    let objects: Vec<String> = names.iter().map(|n| secret_object_name(n)).collect();
     let read =
         futures::future::try_join_all(objects.iter().map(|object| secrets.get_opt(object))).await?;
     let mut out = Vec::new();
-    for (name, secret) in permit.spec.secrets.iter().zip(read) {
+    for (name, secret) in names.iter().zip(read) {
         let object = secret_object_name(name);
         let unusable = |e| Ok(SealedEnvelopes::Unusable(e));
         let Some(secret) = secret else {
@@ -387,6 +384,11 @@ impl PodLaunch {
     /// The claimed pool member that runs this launch, if any.
     pub fn member(&self) -> Option<&str> {
         self.member.as_deref()
+    }
+
+    /// The launch on a Pod of its own after all (the member's claim did not take).
+    pub fn without_member(&mut self) {
+        self.member = None;
     }
 
     /// Finishes the launch of the lock's winner: what staging found already there is

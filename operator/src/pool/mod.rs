@@ -419,6 +419,17 @@ pub async fn claim(
     }
 }
 
+/// The bundle JSON `bundle` with the sealed envelopes `envelopes` (ciphertext) of a member's
+/// run: they travel only over the standby endpoint, never in a Secret.
+pub fn with_envelopes(
+    bundle: &str,
+    envelopes: Vec<oauth3_protocol::SealedSecretRef>,
+) -> Option<String> {
+    let mut parsed: oauth3_protocol::Bundle = serde_json::from_str(bundle).ok()?;
+    parsed.sealed_secrets = envelopes;
+    serde_json::to_string(&parsed).ok()
+}
+
 /// Deletes member `namespace/name` (a claim whose launch did not go ahead: it never runs
 /// anything). Best effort.
 pub async fn retire(ctx: &Context, namespace: &str, name: &str) {

@@ -195,12 +195,31 @@ async fn claimed_bundle(state: &CallbackState, pod: &Pod) -> Result<Option<Arc<S
     if !policy_exists(ctx, &namespace, &object, &uid).await? {
         return Ok(None);
     }
-    let bundle = secret
+    let Some(bundle) = secret
         .data
         .as_ref()
         .and_then(|d| d.get(BUNDLE_FILE))
-        .map(|b| String::from_utf8_lossy(&b.0).into_owned());
-    Ok(bundle.map(Arc::new))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+    else {
+        return Ok(None);
+    };
+    // The sealed envelopes go only this way, read now.
+    let names = exec
+        .status
+        .as_ref()
+        .map(|_| ())
+        .and_then(|()| serde_json::from_str::<oauth3_protocol::Bundle>(&bundle).ok())
+        .map(|b| b.permit.spec.secrets)
+        .unwrap_or_default();
+    let envelopes =
+        match crate::launcher::read_sealed_envelopes(&ctx.client, &namespace, &names).await {
+            Ok(crate::launcher::SealedEnvelopes::Found(found)) => found,
+            Ok(crate::launcher::SealedEnvelopes::Unusable(_)) => {
+                return Err(Answer::Retired("a sealed Secret of the run is missing"));
+            }
+            Err(e) => return Err(unavailable("the sealed Secrets", e)),
+        };
+    Ok(super::with_envelopes(&bundle, envelopes).map(Arc::new))
 }
 
 /// Whether the Execution's egress policy `name` (of the kind this operator writes) exists and

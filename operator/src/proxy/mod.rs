@@ -636,7 +636,7 @@ async fn start(
     let sealed = match ectx
         .config
         .launcher
-        .sealed_envelopes(&ectx.ctx.client, &namespace, permit, false)
+        .sealed_envelopes(&ectx.ctx.client, &namespace, permit)
         .await
         .map_err(Started::Api)?
     {
