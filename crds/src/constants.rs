@@ -115,6 +115,9 @@ pub const POOL_MEMBER_CLAIMED: &str = "claimed";
 /// Annotation on a pool member's Pod: `sha256:<hex>` of the token it asks for its run with
 /// (the token itself is only in the member's Secret).
 pub const ANNOTATION_STANDBY_TOKEN: &str = "oauth3.dev/standby-token-sha256";
+/// Annotation on a pool member's Pod: when a replica that did not launch its run handed it its
+/// bundle (read from the API), so the leader does not take it for a member that never asked.
+pub const ANNOTATION_BUNDLE_TAKEN: &str = "oauth3.dev/bundle-taken";
 /// Annotation on a sandbox Pod: the name of the Execution it runs.
 pub const ANNOTATION_EXECUTION_NAME: &str = "oauth3.dev/execution-name";
 /// Name prefix of a SandboxPool's member Pods (`oauth3-pool-<pool>-<random>`, cut to fit).

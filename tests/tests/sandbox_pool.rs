@@ -649,3 +649,34 @@ async fn a_claimed_member_that_dies_before_its_result_fails_its_execution_and_is
     .await;
     f.stop().await;
 }
+
+#[tokio::test]
+async fn a_claimed_member_that_never_asks_for_its_run_is_deleted_and_its_execution_fails() {
+    let Some(f) = fixture("pool-mute").await else {
+        return;
+    };
+    create_pool(&f.pools, "mute", 1).await;
+    pool_ready(&f, "mute", 1).await;
+    let a = idle_members(&f.pods, "mute").await[0].name_any();
+    // Nobody plays this member's runner: it never asks for the bundle offered to it.
+    create_execution(&f.execs, "unasked").await;
+    let done = oauth3_tests::wait_ended(&f.client, &f.ns, "unasked").await;
+    let status = done.status.expect("status");
+    assert_eq!(status.phase, Some(ExecutionPhase::Failed), "{status:?}");
+    assert_eq!(status.reason.as_deref(), Some("SandboxFailed"));
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.contains(&a) && message.contains("never asked for its run"),
+        "{message}"
+    );
+    eventually("the silent member gone and a new one idle", || {
+        let (pods, a) = (f.pods.clone(), a.clone());
+        async move {
+            let idle = idle_members(&pods, "mute").await;
+            let gone = pods.get_opt(&a).await.expect("read").is_none();
+            (gone && idle.len() == 1 && idle[0].name_any() != a).then_some(())
+        }
+    })
+    .await;
+    f.stop().await;
+}

@@ -757,6 +757,8 @@ fn offer_to_member(
         &exec.namespace().unwrap_or_default(),
         member,
         crate::pool::Offer {
+            execution: exec.name_any(),
+            offered_at: std::time::Instant::now(),
             bundle: Arc::new(bundle),
             pool: pool.clone(),
             created: exec.metadata.creation_timestamp.as_ref().map(|t| t.0),

@@ -59,6 +59,11 @@ use crate::status_write::{is_conflict, is_not_found, publish};
 /// How often a pool is looked at again without any change.
 pub const RESYNC: Duration = Duration::from_secs(30);
 
+/// How long a claimed member has to ask for its bundle: one that has not asked by then is
+/// deleted and its Execution ends `Failed` (`SandboxFailed`), instead of waiting for its
+/// deadline.
+pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// While a pool still has a ready member, a refill waits this long after the last claim, so
 /// the claim's own writes (its launch lock, bundle Secret and policy) are not slowed by the
 /// refill's; an empty pool is refilled at once.
@@ -85,6 +90,10 @@ pub struct Pools {
 /// A bundle offered to a claimed member.
 #[derive(Debug, Clone)]
 pub struct Offer {
+    /// The Execution it runs.
+    pub execution: String,
+    /// When it was offered.
+    pub offered_at: std::time::Instant,
     /// The run bundle (JSON).
     pub bundle: Arc<String>,
     /// The SandboxPool.
@@ -251,6 +260,20 @@ impl Pools {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key);
         self.reserved().remove(&key);
+    }
+
+    /// The offers older than `older` that no member took, as `(namespace, member, offer)`.
+    fn stale(&self, older: Duration) -> Vec<(String, String, Offer)> {
+        self.offers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, o)| o.offered_at.elapsed() >= older)
+            .filter_map(|(key, o)| {
+                let (ns, member) = key.split_once('/')?;
+                Some((ns.to_owned(), member.to_owned(), o.clone()))
+            })
+            .collect()
     }
 
     /// Resolves at the next [`Pools::offer`] (create it before looking, so none is missed).
@@ -1004,6 +1027,7 @@ pub async fn run_pool_controller(
     let (members, trigger) =
         crate::cache::lean_watch_with(pods, watcher::Config::default().labels(LABEL_POOL));
     pctx.ctx.pools.set_stores(store.clone(), members);
+    let sweeper = tokio::spawn(sweep_unasked(pctx.ctx.clone()));
     // A member's change wakes its pool (by the pool label: a claimed member is owned by its
     // Execution, not by the pool).
     let mapped = trigger.filter_map(|pod| async move {
@@ -1029,6 +1053,70 @@ pub async fn run_pool_controller(
         )
         .for_each(|_| async {})
         .await;
+    sweeper.abort();
+}
+
+/// Every 2 s: a claimed member that has not asked for the bundle offered to it within
+/// [`CLAIM_TIMEOUT`] (neither here nor, as its annotation tells, at another replica) is deleted
+/// and its Execution ends `Failed`, naming it; the pool replaces it.
+async fn sweep_unasked(ctx: Arc<Context>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for (namespace, member, offer) in ctx.pools.stale(CLAIM_TIMEOUT) {
+            if let Err(e) = end_unasked(&ctx, &namespace, &member, &offer).await {
+                tracing::warn!(member = %format!("{namespace}/{member}"), error = %e, "ending the run of a member that never asked");
+                continue;
+            }
+            ctx.pools.forget(&namespace, &member);
+        }
+    }
+}
+
+/// Ends the run offered to `namespace/member` if the member never took it.
+async fn end_unasked(
+    ctx: &Context,
+    namespace: &str,
+    member: &str,
+    offer: &Offer,
+) -> Result<(), crate::execution::ExecutionError> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let taken = match pods.get_opt(member).await {
+        Ok(Some(pod)) => pod
+            .annotations()
+            .contains_key(oauth3_crds::constants::ANNOTATION_BUNDLE_TAKEN),
+        Ok(None) => false,
+        Err(_) => return Ok(()),
+    };
+    if taken {
+        return Ok(());
+    }
+    let api: Api<Execution> = Api::namespaced(ctx.client.clone(), namespace);
+    let Ok(Some(exec)) = api.get_opt(&offer.execution).await else {
+        return Ok(());
+    };
+    let status = exec.status.clone().unwrap_or_default();
+    if status.phase != Some(oauth3_crds::ExecutionPhase::Running)
+        || status.pod_name.as_deref() != Some(format!("pod/{member}").as_str())
+    {
+        return Ok(());
+    }
+    let ending = crate::execution::status::Ending::failed(
+        crate::execution::status::Reason::SandboxFailed,
+        format!(
+            "pool member pod/{member} never asked for its run within {}s; it was deleted and the pool replaces it",
+            CLAIM_TIMEOUT.as_secs()
+        ),
+    );
+    crate::execution::end(
+        ctx,
+        &api,
+        &exec,
+        &ending,
+        "ending a run whose member never asked",
+        None,
+    )
+    .await
+    .map(drop)
 }
 
 #[cfg(test)]

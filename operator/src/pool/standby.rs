@@ -219,7 +219,25 @@ async fn claimed_bundle(state: &CallbackState, pod: &Pod) -> Result<Option<Arc<S
             }
             Err(e) => return Err(unavailable("the sealed Secrets", e)),
         };
-    Ok(super::with_envelopes(&bundle, envelopes).map(Arc::new))
+    let Some(bundle) = super::with_envelopes(&bundle, envelopes) else {
+        return Ok(None);
+    };
+    // The leader, which offered it in memory, learns that the member did ask.
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mark = serde_json::json!({"metadata": {"annotations": {
+        oauth3_crds::constants::ANNOTATION_BUNDLE_TAKEN: ctx.now().to_string(),
+    }}});
+    if let Err(e) = pods
+        .patch(
+            &pod.name_any(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&mark),
+        )
+        .await
+    {
+        tracing::warn!(member = %pod.name_any(), error = %e, "marking a member's bundle as taken");
+    }
+    Ok(Some(Arc::new(bundle)))
 }
 
 /// Whether the Execution's egress policy `name` (of the kind this operator writes) exists and
