@@ -36,7 +36,8 @@ use oauth3_crds::constants::LABEL_POOL;
 use oauth3_crds::{Execution, ExecutionSpec, SandboxPool};
 use oauth3_operator::launcher::pod::PodLaunchConfig;
 use oauth3_protocol::standby::Standby;
-use oauth3_tests::bench::{Pace, approved_permit, drive, pct, pod_ready, request_counts};
+use oauth3_tests::approved_permit;
+use oauth3_tests::bench::{Pace, drive, pct, pod_ready, request_counts};
 use oauth3_tests::kwok::{Kwok, bind_pod};
 use oauth3_tests::operator::{InProcessOperator, Launcher};
 use oauth3_tests::{apply_dev_sealed_secret, client_or_skip, ensure_runtime_class, namespace};
@@ -162,7 +163,7 @@ async fn one_run(
         Duration::from_secs(3600),
         &["--sandbox-pools".to_owned()],
     );
-    approved_permit(client, &ns).await;
+    approved_permit(client, &ns, "bench").await;
     let seen: Shared = Arc::default();
     let notify = Arc::new(tokio::sync::Notify::new());
     let watch = spawn_watch(client.clone(), ns.clone(), node.to_owned(), seen.clone(), {

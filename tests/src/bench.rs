@@ -1,15 +1,10 @@
-//! What the benchmark examples (`tests/examples/`) share: percentiles, one report line, an
-//! approved Permit, and the API server's request counters.
+//! What the benchmark examples (`tests/examples/`) share: percentiles, one report line, pacing,
+//! and the API server's request counters.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kube::Client;
-use kube::api::{Api, PostParams};
-use oauth3_crds::{Permit, PermitPhase, PermitSpec};
-use serde_json::json;
-
-use crate::workspace_binary;
 
 /// The `p`th percentile (nearest rank) of `sorted`; zero when empty.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -30,51 +25,6 @@ pub fn report(label: &str, mut samples: Vec<Duration>) {
         percentile(&samples, 99.0).as_secs_f64() * 1e3,
         samples.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
     );
-}
-
-/// The Permit `bench` in `ns`, approved by the owner with the plugin.
-pub async fn approved_permit(client: &Client, ns: &str) {
-    let permits: Api<Permit> = Api::namespaced(client.clone(), ns);
-    let spec: PermitSpec = serde_json::from_value(json!({
-        "description": "kwok bench",
-        "capabilities": [{"name": "api", "baseUrl": "https://api.github.com",
-            "paths": ["/repos/o/r/issues"], "methods": ["GET"],
-            "auth": {"header": "Authorization", "value": "Bearer {API_TOKEN}"}}],
-        "secrets": ["API_TOKEN"], "validFor": "1h"
-    }))
-    .expect("bench setup");
-    permits
-        .create(&PostParams::default(), &Permit::new("bench", spec))
-        .await
-        .expect("bench setup");
-    let phase = |want: PermitPhase| {
-        let permits = permits.clone();
-        async move {
-            for _ in 0..300 {
-                let p = permits.get("bench").await.expect("bench setup");
-                if p.status.as_ref().and_then(|s| s.phase) == Some(want) {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            panic!("Permit not {want:?} within 30 s");
-        }
-    };
-    phase(PermitPhase::Pending).await;
-    let out = std::process::Command::new(workspace_binary("oauth3-operator", "kubectl-oauth3"))
-        .env(
-            "KUBECONFIG",
-            std::env::var("TEST_KUBECONFIG").expect("bench setup"),
-        )
-        .args(["-n", ns, "approve", "bench"])
-        .output()
-        .expect("bench setup");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    phase(PermitPhase::Approved).await;
 }
 
 /// `apiserver_request_total` summed by `verb resource[/subresource]` (all codes).

@@ -373,6 +373,58 @@ pub async fn wait_ended(client: &Client, ns: &str, name: &str) -> oauth3_crds::E
     .await
 }
 
+/// The Permit `name` in `ns` (one capability `api`: `GET https://api.github.com/repos/o/r/issues`
+/// with the sealed `API_TOKEN`), approved by the owner with the plugin.
+///
+/// # Panics
+/// When it cannot be created or is not approved within 30 s.
+pub async fn approved_permit(client: &Client, ns: &str, name: &str) {
+    let permits: Api<oauth3_crds::Permit> = Api::namespaced(client.clone(), ns);
+    let spec: oauth3_crds::PermitSpec = serde_json::from_value(serde_json::json!({
+        "description": "issues on GitHub",
+        "capabilities": [{"name": "api", "baseUrl": "https://api.github.com",
+            "paths": ["/repos/o/r/issues"], "methods": ["GET"],
+            "auth": {"header": "Authorization", "value": "Bearer {API_TOKEN}"}}],
+        "secrets": ["API_TOKEN"], "validFor": "1h"
+    }))
+    .expect("an approved Permit");
+    permits
+        .create(
+            &kube::api::PostParams::default(),
+            &oauth3_crds::Permit::new(name, spec),
+        )
+        .await
+        .expect("an approved Permit");
+    let phase = |want: oauth3_crds::PermitPhase| {
+        let permits = permits.clone();
+        async move {
+            for _ in 0..300 {
+                let p = permits.get(name).await.expect("an approved Permit");
+                if p.status.as_ref().and_then(|s| s.phase) == Some(want) {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            panic!("Permit not {want:?} within 30 s");
+        }
+    };
+    phase(oauth3_crds::PermitPhase::Pending).await;
+    let out = std::process::Command::new(workspace_binary("oauth3-operator", "kubectl-oauth3"))
+        .env(
+            "KUBECONFIG",
+            std::env::var("TEST_KUBECONFIG").expect("an approved Permit"),
+        )
+        .args(["-n", ns, "approve", name])
+        .output()
+        .expect("an approved Permit");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    phase(oauth3_crds::PermitPhase::Approved).await;
+}
+
 /// Runs the `kubectl oauth3` plugin binary in namespace `ns` against the test cluster
 /// (`TEST_KUBECONFIG`), as an owner at a terminal would.
 ///

@@ -17,13 +17,13 @@ use oauth3_crds::constants::{
     LABEL_EXECUTION, LABEL_POOL, LABEL_POOL_MEMBER, POOL_MEMBER_CLAIMED, POOL_MEMBER_IDLE,
     pool_policy_name,
 };
-use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec, Permit, PermitSpec, SandboxPool};
+use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec, SandboxPool};
 use oauth3_operator::launcher::pod::{PodLaunchConfig, run_object_name};
 use oauth3_protocol::standby::Standby;
 use oauth3_tests::kwok::{Kwok, bind_pod};
 use oauth3_tests::operator::{InProcessOperator, Launcher};
 use oauth3_tests::{
-    apply_dev_sealed_secret, client_or_skip, ensure_runtime_class, namespace, plugin, post_json,
+    apply_dev_sealed_secret, client_or_skip, ensure_runtime_class, namespace, post_json,
 };
 use serde_json::{Value, json};
 
@@ -92,33 +92,7 @@ async fn fixture(prefix: &str) -> Option<Fixture> {
     )
     .await;
     let (op, base) = start_operator(&client, &ns).await;
-    let permits: Api<Permit> = Api::namespaced(client.clone(), &ns);
-    let spec: PermitSpec = serde_json::from_value(json!({
-        "description": "pool",
-        "capabilities": [{"name": "api", "baseUrl": "https://api.github.com",
-            "paths": ["/repos/o/r/issues"], "methods": ["GET"],
-            "auth": {"header": "Authorization", "value": "Bearer {API_TOKEN}"}}],
-        "secrets": ["API_TOKEN"], "validFor": "1h"
-    }))
-    .expect("permit spec");
-    permits
-        .create(&PostParams::default(), &Permit::new("issues", spec))
-        .await
-        .expect("permit");
-    eventually("Permit Pending", || {
-        let permits = permits.clone();
-        async move {
-            let p = permits.get("issues").await.ok()?;
-            p.status.as_ref().and_then(|s| s.phase).map(|_| ())
-        }
-    })
-    .await;
-    let out = plugin(&ns, &["approve", "issues"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    oauth3_tests::approved_permit(&client, &ns, "issues").await;
     // The stand-in scheduler: every unbound pool member goes to the kwok node.
     let binder = {
         let (client, ns, node) = (client.clone(), ns.clone(), kwok.node.clone());
