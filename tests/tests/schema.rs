@@ -2,7 +2,7 @@
 //! objects with a message that names the offending field and the rule.
 
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
-use oauth3_crds::{Execution, Permit};
+use oauth3_crds::{Execution, Permit, SandboxPool};
 use oauth3_tests::{TEST_FIELD_MANAGER, client_or_skip, namespace, repo_root};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -58,6 +58,16 @@ fn valid_execution() -> Value {
     })
 }
 
+fn valid_pool() -> Value {
+    json!({
+        "apiVersion": "oauth3.dev/v1alpha1",
+        "kind": "SandboxPool",
+        "metadata": {"name": "warm"},
+        "spec": {"replicas": 2, "minReady": 1, "maxSurge": 2,
+            "resources": {"cpu": "500m", "memory": "256Mi"}}
+    })
+}
+
 /// Sets (or with `Value::Null`, removes) the value at a JSON pointer, creating objects on the way.
 fn set(mut v: Value, pointer: &str, new: Value) -> Value {
     let (parent, last) = pointer.rsplit_once('/').expect("pointer has a /");
@@ -104,6 +114,7 @@ fn bad_objects() -> Vec<Bad> {
     let p = valid_permit;
     let t = valid_typed_permit;
     let e = valid_execution;
+    let pool = valid_pool;
     let cap = "/spec/capabilities/0";
     let intent = || {
         json!({"name": "gh", "goal": "list my repos", "docUrls": ["https://docs.example/api.json"],
@@ -116,6 +127,36 @@ fn bad_objects() -> Vec<Bad> {
         v
     };
     vec![
+        bad(
+            "a pool's minReady above its replicas",
+            set(pool(), "/spec/minReady", json!(3)),
+            "spec.minReady",
+            "minReady must be at most replicas",
+        ),
+        bad(
+            "a pool of more than 100 members",
+            set(pool(), "/spec/replicas", json!(101)),
+            "spec.replicas",
+            "should be less than or equal to 100",
+        ),
+        bad(
+            "a pool with no surge",
+            set(pool(), "/spec/maxSurge", json!(0)),
+            "spec.maxSurge",
+            "should be greater than or equal to 1",
+        ),
+        bad(
+            "a pool's memory that is no quantity",
+            set(pool(), "/spec/resources/memory", json!("lots")),
+            "spec.resources.memory",
+            "should match",
+        ),
+        bad(
+            "a pool without replicas",
+            set(pool(), "/spec/replicas", Value::Null),
+            "spec.replicas",
+            "Required value",
+        ),
         bad(
             "intent and capabilities together",
             set(p(), "/spec/intent", json!([intent()])),
@@ -603,6 +644,7 @@ fn api_for(client: &kube::Client, ns: &str, kind: &str) -> Api<DynamicObject> {
     let ar = match kind {
         "Permit" => ApiResource::erase::<Permit>(&()),
         "Execution" => ApiResource::erase::<Execution>(&()),
+        "SandboxPool" => ApiResource::erase::<SandboxPool>(&()),
         other => panic!("unexpected kind {other}"),
     };
     Api::namespaced_with(client.clone(), ns, &ar)
@@ -618,6 +660,7 @@ async fn create(
     let plural = match obj.types.as_ref().map(|t| t.kind.as_str()) {
         Some("Permit") => "permits",
         Some("Execution") => "executions",
+        Some("SandboxPool") => "sandboxpools",
         other => panic!("unexpected kind {other:?}"),
     };
     let url = format!("/apis/oauth3.dev/v1alpha1/namespaces/{ns}/{plural}?fieldValidation=Strict");
@@ -661,7 +704,7 @@ async fn every_example_is_accepted_by_the_api_server() {
                 continue;
             }
             let kind = value["kind"].as_str().expect("kind").to_owned();
-            if kind != "Permit" && kind != "Execution" {
+            if !matches!(kind.as_str(), "Permit" | "Execution" | "SandboxPool") {
                 continue;
             }
             let obj: DynamicObject = serde_json::from_value(value).expect("object");
@@ -684,7 +727,12 @@ async fn bad_objects_are_rejected_naming_field_and_rule() {
     };
     let ns = namespace(&client, "schema-bad").await;
     // The valid bases themselves must be accepted, or every rejection below proves nothing.
-    for base in [valid_permit(), valid_typed_permit(), valid_execution()] {
+    for base in [
+        valid_permit(),
+        valid_typed_permit(),
+        valid_execution(),
+        valid_pool(),
+    ] {
         let kind = base["kind"].as_str().expect("kind").to_owned();
         let mut obj: DynamicObject = serde_json::from_value(base).expect("object");
         obj.metadata.name = Some(format!("base-{}", kind.to_lowercase()));
