@@ -386,7 +386,7 @@ async fn launch(
     let running = status::running(exec, &plan, now);
     let lock = write_status(api, exec, &running, None);
     let mut on_member = None;
-    let (locked, ready) = match prepared {
+    let (locked, mut ready) = match prepared {
         Ok(Prepared::Pod(objects)) => {
             let claim = async {
                 match &member {
@@ -427,7 +427,6 @@ async fn launch(
             return Ok(Action::requeue(Duration::from_millis(200)));
         }
     }
-    let mut ready = ready;
     let mut envelopes = Vec::new();
     if let (Some(m), Some((claimed, sealed))) = (&member, on_member) {
         match (claimed, sealed) {
@@ -548,7 +547,8 @@ async fn prepare(
             bundle: Box::new(bundle),
         }),
         Launcher::Pod(pod) => {
-            { launcher::pod_launch(exec, permit, pod, &bundle, &plan.token_digest, member).await }
+            launcher::pod_launch(exec, permit, pod, &bundle, &plan.token_digest, member)
+                .await
                 .map(|objects| Prepared::Pod(Box::new(objects)))
                 .map_err(Refused::Launch)
         }

@@ -159,21 +159,21 @@ impl Pools {
     }
 
     fn set_stores(&self, pools: Store<SandboxPool>, members: Store<Pod>) {
-        *self.pools.write().unwrap_or_else(|e| e.into_inner()) = Some(pools);
-        *self.members.write().unwrap_or_else(|e| e.into_inner()) = Some(members);
+        *write(&self.pools) = Some(pools);
+        *write(&self.members) = Some(members);
     }
 
     fn reserved(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.reserved.lock().unwrap_or_else(|e| e.into_inner())
+        guard(&self.reserved)
     }
 
     fn counters(&self) -> std::sync::MutexGuard<'_, HashMap<String, Counters>> {
-        self.counters.lock().unwrap_or_else(|e| e.into_inner())
+        guard(&self.counters)
     }
 
     /// Picks (and reserves) an idle, ready member of a pool in `namespace`; see [`pick`].
     pub fn pick(&self, namespace: &str) -> Pick {
-        let pools: Vec<String> = match &*self.pools.read().unwrap_or_else(|e| e.into_inner()) {
+        let pools: Vec<String> = match &*read(&self.pools) {
             Some(store) => {
                 let mut names: Vec<String> = store
                     .state()
@@ -187,8 +187,7 @@ impl Pools {
             }
             None => return Pick::NoPool,
         };
-        let members: Vec<Arc<Pod>> = match &*self.members.read().unwrap_or_else(|e| e.into_inner())
-        {
+        let members: Vec<Arc<Pod>> = match &*read(&self.members) {
             Some(store) => store.state(),
             None => Vec::new(),
         };
@@ -224,20 +223,13 @@ impl Pools {
 
     /// Offers `bundle` to the claimed member `namespace/member` (it takes it when it asks).
     pub fn offer(&self, namespace: &str, member: &str, offer: Offer) {
-        self.offers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(format!("{namespace}/{member}"), offer);
+        guard(&self.offers).insert(format!("{namespace}/{member}"), offer);
         self.offered.notify_waiters();
     }
 
     /// Takes the bundle offered to `namespace/member`, if any, and records the claim latency.
     pub fn take(&self, namespace: &str, member: &str, now: Timestamp) -> Option<Arc<String>> {
-        let offer = self
-            .offers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&format!("{namespace}/{member}"))?;
+        let offer = guard(&self.offers).remove(&format!("{namespace}/{member}"))?;
         if let Some(created) = offer.created {
             let latency = now.duration_since(created).as_secs_f64().max(0.0);
             let key = format!("{namespace}/{}", offer.pool);
@@ -255,18 +247,13 @@ impl Pools {
     /// launch lost).
     pub fn forget(&self, namespace: &str, member: &str) {
         let key = format!("{namespace}/{member}");
-        self.offers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
+        guard(&self.offers).remove(&key);
         self.reserved().remove(&key);
     }
 
     /// The offers older than `older` that no member took, as `(namespace, member, offer)`.
     fn stale(&self, older: Duration) -> Vec<(String, String, Offer)> {
-        self.offers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        guard(&self.offers)
             .iter()
             .filter(|(_, o)| o.offered_at.elapsed() >= older)
             .filter_map(|(key, o)| {
@@ -290,6 +277,21 @@ impl Pools {
                 None => true,
             });
     }
+}
+
+/// `mutex` locked; a lock a panicking holder poisoned is still used (the data stays valid).
+fn guard<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `lock` read, as [`guard`] does.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `lock` written, as [`guard`] does.
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whether `pod` is a pool member that may be claimed now: idle, not being deleted, running,
@@ -790,12 +792,7 @@ pub async fn reconcile(
     }
     // The standby policy first: no member exists without it.
     let generation = pool.metadata.generation.unwrap_or_default();
-    let applied = pctx
-        .policies
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&key)
-        .copied();
+    let applied = guard(&pctx.policies).get(&key).copied();
     if applied != Some(generation) {
         let policy = desired_pool_policy(&pool, &pctx.config.pod).map_err(desired_error)?;
         let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -807,16 +804,9 @@ pub async fn reconcile(
             )
             .await
             .map_err(api_error("applying the standby NetworkPolicy"))?;
-        pctx.policies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone(), generation);
+        guard(&pctx.policies).insert(key.clone(), generation);
     }
-    let members: Vec<Arc<Pod>> = ctx
-        .pools
-        .members
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
+    let members: Vec<Arc<Pod>> = read(&ctx.pools.members)
         .as_ref()
         .map(Store::state)
         .unwrap_or_default();
@@ -862,11 +852,7 @@ pub async fn reconcile(
     let status = pool_status(&pool, &census, starting, &counted, ctx.now());
     let ready_now =
         census.ready.len() >= usize::try_from(pool.spec.effective_min_ready()).unwrap_or(0);
-    let was = pctx
-        .was_ready
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(key.clone(), ready_now);
+    let was = guard(&pctx.was_ready).insert(key.clone(), ready_now);
     if was.is_some_and(|was| was != ready_now) {
         let (type_, reason, note) = if ready_now {
             (
@@ -892,19 +878,13 @@ pub async fn reconcile(
     metrics.set_pool_members(&key, "starting", starting as i64);
     metrics.set_pool_members(&key, "claimed", census.claimed.len() as i64);
     if pool.status.as_ref() != Some(&status) {
-        let since = pctx
-            .written
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let since = guard(&pctx.written)
             .get(&key)
             .map(std::time::Instant::elapsed);
         if let Some(since) = since.filter(|s| *s < STATUS_EVERY) {
             return Ok(Action::requeue(STATUS_EVERY - since));
         }
-        pctx.written
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone(), std::time::Instant::now());
+        guard(&pctx.written).insert(key.clone(), std::time::Instant::now());
         let api: Api<SandboxPool> = Api::namespaced(ctx.client.clone(), &namespace);
         let patch = json!({"status": status});
         match api
