@@ -115,6 +115,10 @@ pub const POOL_MEMBER_CLAIMED: &str = "claimed";
 /// Annotation on a pool member's Pod: `sha256:<hex>` of the token it asks for its run with
 /// (the token itself is only in the member's Secret).
 pub const ANNOTATION_STANDBY_TOKEN: &str = "oauth3.dev/standby-token-sha256";
+/// Annotation on a pool member's Pod: when its runner first asked for a run with the member's
+/// token (written by the replica that answered). Only a member that checked in is claimed;
+/// one that has not within the pool's check-in time of its creation is replaced.
+pub const ANNOTATION_STANDBY_CHECKED_IN: &str = "oauth3.dev/standby-checked-in";
 /// Annotation on a pool member's Pod: when a replica that did not launch its run handed it its
 /// bundle (read from the API), so the leader does not take it for a member that never asked.
 pub const ANNOTATION_BUNDLE_TAKEN: &str = "oauth3.dev/bundle-taken";

@@ -105,10 +105,11 @@ pub const DEFAULT_MAX_SURGE: i32 = 4;
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct SandboxPoolStatus {
-    /// Idle members booted and ready to be claimed.
+    /// Idle members booted, ready, and checked in (their runner has asked for a run): what a
+    /// claim takes.
     #[serde(default)]
     pub ready: i32,
-    /// Idle members started and not ready yet.
+    /// Idle members started and not ready or not checked in yet.
     #[serde(default)]
     pub starting: i32,
     /// Members running an Execution now (they leave the pool when it ends).

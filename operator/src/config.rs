@@ -458,6 +458,18 @@ pub struct ExecutionArgs {
     /// only) to put them in a member's bundle, since a booted member has no projection.
     #[arg(long, env = "OAUTH3_SANDBOX_POOLS")]
     pub sandbox_pools: bool,
+    /// How long a SandboxPool member may take, from its creation, to boot and first ask for a
+    /// run with its token (check in). Only a member that checked in is claimed; one that has
+    /// not by then (never scheduled, stuck booting, or unable to reach the callback) is deleted
+    /// and replaced, with a `MemberSilent` Event on its pool.
+    #[arg(
+        long,
+        env = "OAUTH3_POOL_CHECK_IN",
+        value_name = "DURATION",
+        default_value = "2m",
+        value_parser = parse_duration
+    )]
+    pub pool_check_in: Duration,
 }
 
 /// Flags of the Telegram approval channel. Off when no token file is given.
@@ -625,6 +637,7 @@ impl ExecutionArgs {
             deadline_grace: self.deadline_grace,
             ttl: self.execution_ttl,
             pools: self.sandbox_pools,
+            pool_check_in: self.pool_check_in,
         })
     }
 

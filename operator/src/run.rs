@@ -379,6 +379,7 @@ impl LeaderWork {
                     pod: (**pod).clone(),
                     callback_base_url: self.ectx.config.callback_base_url.clone(),
                     callback_ca_pem: self.ectx.config.callback_ca_pem.clone(),
+                    check_in_within: self.ectx.config.pool_check_in,
                 };
                 crate::pool::run_pool_controller(
                     self.api::<oauth3_crds::SandboxPool>(),

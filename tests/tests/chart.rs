@@ -948,6 +948,7 @@ async fn with_pools_the_operator_identity_can_run_a_sandbox_pool_and_reads_secre
         },
         callback_base_url: "https://oauth3-callback.oauth3-system.svc:8443".into(),
         callback_ca_pem: None,
+        check_in_within: Duration::from_secs(120),
     };
     let sa = client_as(&user, &[]).await;
     // What the pool controller writes: a member Pod, its Secret, the standby policy, status.

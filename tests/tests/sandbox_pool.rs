@@ -5,6 +5,8 @@
 //! it asks (the test plays the member's runner with the token from its Secret); the pool
 //! refills, the member goes with its Execution, and with no idle member the Execution gets a
 //! fresh Pod and says so. A second operator replica (not leading) hands over the bundle too.
+//! Only a member whose runner has checked in (asked once) is claimed; one that never does is
+//! replaced.
 
 use std::time::Duration;
 
@@ -14,8 +16,8 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use oauth3_crds::constants::{
-    LABEL_EXECUTION, LABEL_POOL, LABEL_POOL_MEMBER, POOL_MEMBER_CLAIMED, POOL_MEMBER_IDLE,
-    pool_policy_name,
+    ANNOTATION_STANDBY_CHECKED_IN, LABEL_EXECUTION, LABEL_POOL, LABEL_POOL_MEMBER,
+    POOL_MEMBER_CLAIMED, POOL_MEMBER_IDLE, pool_policy_name,
 };
 use oauth3_crds::{Execution, ExecutionPhase, ExecutionSpec, SandboxPool};
 use oauth3_operator::launcher::pod::{PodLaunchConfig, run_object_name};
@@ -60,7 +62,13 @@ impl Fixture {
     }
 }
 
-async fn start_operator(client: &kube::Client, ns: &str) -> (InProcessOperator, String) {
+async fn start_operator(
+    client: &kube::Client,
+    ns: &str,
+    flags: &[&str],
+) -> (InProcessOperator, String) {
+    let mut flags: Vec<String> = flags.iter().map(|f| (*f).to_owned()).collect();
+    flags.push("--sandbox-pools".to_owned());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -72,12 +80,17 @@ async fn start_operator(client: &kube::Client, ns: &str) -> (InProcessOperator, 
         Launcher::Pod(Box::default()),
         Duration::from_secs(30),
         Duration::from_secs(3600),
-        &["--sandbox-pools".to_owned()],
+        &flags,
     );
     (op, base)
 }
 
 async fn fixture(prefix: &str) -> Option<Fixture> {
+    fixture_with(prefix, &[]).await
+}
+
+/// [`fixture`] with more operator flags.
+async fn fixture_with(prefix: &str, flags: &[&str]) -> Option<Fixture> {
     let client = client_or_skip().await?;
     let kwok = Kwok::start(&client, prefix).await?;
     let ns = namespace(&client, prefix).await;
@@ -91,7 +104,7 @@ async fn fixture(prefix: &str) -> Option<Fixture> {
         [6u8; 32],
     )
     .await;
-    let (op, base) = start_operator(&client, &ns).await;
+    let (op, base) = start_operator(&client, &ns, flags).await;
     oauth3_tests::approved_permit(&client, &ns, "issues").await;
     // The stand-in scheduler: every unbound pool member goes to the kwok node.
     let binder = {
@@ -154,6 +167,46 @@ async fn pool_ready(f: &Fixture, name: &str, ready: i32) -> SandboxPool {
         },
     )
     .await
+}
+
+/// Plays the runners of pool `name`'s `n` oldest idle members up to their check-in, as booted
+/// runners do: each asks once (its first ask is its check-in); returns their names.
+async fn check_in(f: &Fixture, name: &str, n: usize) -> Vec<String> {
+    let members = eventually(&format!("{n} idle members of {name}"), || {
+        let pods = f.pods.clone();
+        async move {
+            let m = idle_members(&pods, name).await;
+            (m.len() >= n).then_some(m)
+        }
+    })
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(f.client.clone(), &f.ns);
+    let mut names = Vec::new();
+    for member in members.into_iter().take(n) {
+        let member = member.name_any();
+        eventually(&format!("{member} checked in"), || {
+            let (pods, secrets, member) = (f.pods.clone(), secrets.clone(), member.clone());
+            async move {
+                let secret = secrets.get_opt(&member).await.ok()??;
+                let raw = secret.data?.get("standby.json")?.0.clone();
+                let standby: Standby = serde_json::from_slice(&raw).ok()?;
+                // The operator holds the ask; the check-in is written before it waits.
+                let _ = reqwest::Client::new()
+                    .post(&standby.url)
+                    .bearer_auth(standby.token.as_str())
+                    .timeout(Duration::from_millis(500))
+                    .send()
+                    .await;
+                let pod = pods.get(&member).await.ok()?;
+                pod.annotations()
+                    .contains_key(ANNOTATION_STANDBY_CHECKED_IN)
+                    .then_some(())
+            }
+        })
+        .await;
+        names.push(member);
+    }
+    names
 }
 
 /// The idle members of pool `name`, oldest first.
@@ -224,6 +277,7 @@ async fn an_execution_runs_on_an_idle_member_that_gets_its_bundle_only_after_its
         return;
     };
     create_pool(&f.pools, "fast", 2).await;
+    check_in(&f, "fast", 2).await;
     let pool = pool_ready(&f, "fast", 2).await;
     let ready = pool
         .status
@@ -372,7 +426,9 @@ async fn an_execution_runs_on_an_idle_member_that_gets_its_bundle_only_after_its
             .is_none()
     );
 
-    // The pool replaces the claimed member at once: two idle ready members again, one claimed.
+    // The pool replaces the claimed member at once: two idle ready members again (once the new
+    // one's runner checked in), one claimed.
+    check_in(&f, "fast", 2).await;
     eventually("the pool refilled", || {
         let pools = f.pools.clone();
         async move {
@@ -499,13 +555,14 @@ async fn a_replica_that_did_not_launch_hands_over_the_bundle_only_once_the_polic
         return;
     };
     create_pool(&f.pools, "ha", 1).await;
+    check_in(&f, "ha", 1).await;
     pool_ready(&f, "ha", 1).await;
     let members = idle_members(&f.pods, "ha").await;
     let a = members[0].name_any();
     let secrets: Api<Secret> = Api::namespaced(f.client.clone(), &f.ns);
     let standby = standby_of(&secrets, &a).await;
     // A second replica: it does not lead (the first holds the Lease), but serves the callback.
-    let (second, second_base) = start_operator(&f.client, &f.ns).await;
+    let (second, second_base) = start_operator(&f.client, &f.ns, &[]).await;
     let at_second = standby.url.replace(&f.base, &second_base);
     assert_ne!(at_second, standby.url);
 
@@ -582,6 +639,7 @@ async fn a_claimed_member_that_dies_before_its_result_fails_its_execution_and_is
         return;
     };
     create_pool(&f.pools, "frail", 1).await;
+    check_in(&f, "frail", 1).await;
     pool_ready(&f, "frail", 1).await;
     let a = idle_members(&f.pods, "frail").await[0].name_any();
     create_execution(&f.execs, "orphaned").await;
@@ -630,6 +688,7 @@ async fn a_claimed_member_that_never_asks_for_its_run_is_deleted_and_its_executi
         return;
     };
     create_pool(&f.pools, "mute", 1).await;
+    check_in(&f, "mute", 1).await;
     pool_ready(&f, "mute", 1).await;
     let a = idle_members(&f.pods, "mute").await[0].name_any();
     // Nobody plays this member's runner: it never asks for the bundle offered to it.
@@ -652,5 +711,87 @@ async fn a_claimed_member_that_never_asks_for_its_run_is_deleted_and_its_executi
         }
     })
     .await;
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_member_that_never_checks_in_is_never_claimed_and_is_replaced() {
+    let Some(f) = fixture_with("pool-silent", &["--pool-check-in", "4s"]).await else {
+        return;
+    };
+    create_pool(&f.pools, "quiet", 1).await;
+    // The member boots (kwok marks it Ready) but nobody plays its runner: it never asks.
+    let a = eventually("the member Ready", || {
+        let pods = f.pods.clone();
+        async move {
+            let m = idle_members(&pods, "quiet").await.into_iter().next()?;
+            let ready = m
+                .status
+                .as_ref()?
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            ready.then(|| m.name_any())
+        }
+    })
+    .await;
+    // An Execution created meanwhile does not get it: a fresh Pod, saying why.
+    create_execution(&f.execs, "not-on-silent").await;
+    let sandbox = run_object_name("not-on-silent");
+    eventually("a fresh sandbox Pod", || {
+        let (pods, sandbox) = (f.pods.clone(), sandbox.clone());
+        async move { pods.get_opt(&sandbox).await.expect("read") }
+    })
+    .await;
+    let status = f
+        .execs
+        .get("not-on-silent")
+        .await
+        .expect("execution")
+        .status
+        .expect("status");
+    assert_eq!(status.launch.as_ref().and_then(|l| l.pool.clone()), None);
+    assert!(
+        status
+            .message
+            .unwrap_or_default()
+            .contains("SandboxPool quiet had no idle member"),
+        "a member that never checked in is not claimed"
+    );
+    let member = f.pods.get(&a).await.expect("member");
+    assert!(!member.labels().contains_key(LABEL_EXECUTION));
+    let pool = f.pools.get("quiet").await.expect("pool");
+    let s = pool.status.expect("status");
+    assert_eq!((s.ready, s.starting), (0, 1), "{s:?}");
+    // After its check-in time it is deleted and replaced, and the pool says why.
+    let events: Api<Event> = Api::namespaced(f.client.clone(), &f.ns);
+    let note = eventually("the MemberSilent Event", || {
+        let (events, a) = (events.clone(), a.clone());
+        async move {
+            let list = events.list(&Default::default()).await.expect("events");
+            list.items.into_iter().find_map(|e| {
+                let note = e.note.unwrap_or_default();
+                (e.reason.as_deref() == Some("MemberSilent") && note.contains(&a)).then_some(note)
+            })
+        }
+    })
+    .await;
+    assert!(
+        note.contains("within 4s") && note.contains("never asked for a run"),
+        "{note}"
+    );
+    let b = eventually("a new member replaced the silent one", || {
+        let (pods, a) = (f.pods.clone(), a.clone());
+        async move {
+            let idle = idle_members(&pods, "quiet").await;
+            let gone = pods.get_opt(&a).await.expect("read").is_none();
+            (gone && idle.len() == 1 && idle[0].name_any() != a).then(|| idle[0].name_any())
+        }
+    })
+    .await;
+    // One that does check in is ready to be claimed.
+    assert_eq!(check_in(&f, "quiet", 1).await, [b]);
+    pool_ready(&f, "quiet", 1).await;
     f.stop().await;
 }

@@ -72,6 +72,8 @@ pub struct ExecutionConfig {
     pub ttl: Duration,
     /// Whether SandboxPools run (`--sandbox-pools`, pod launcher only).
     pub pools: bool,
+    /// How long a pool member has to check in (`--pool-check-in`).
+    pub pool_check_in: Duration,
 }
 
 /// Context of the Execution controller.

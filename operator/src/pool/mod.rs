@@ -36,9 +36,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use oauth3_crds::constants::{
-    ANNOTATION_EXECUTION_NAME, ANNOTATION_STANDBY_TOKEN, FIELD_MANAGER, LABEL_EXECUTION,
-    LABEL_PERMIT, LABEL_POOL, LABEL_POOL_MEMBER, MANAGED_BY, POOL_MEMBER_CLAIMED, POOL_MEMBER_IDLE,
-    pool_member_prefix, pool_policy_name,
+    ANNOTATION_EXECUTION_NAME, ANNOTATION_STANDBY_CHECKED_IN, ANNOTATION_STANDBY_TOKEN,
+    FIELD_MANAGER, LABEL_EXECUTION, LABEL_PERMIT, LABEL_POOL, LABEL_POOL_MEMBER, MANAGED_BY,
+    POOL_MEMBER_CLAIMED, POOL_MEMBER_IDLE, pool_member_prefix, pool_policy_name,
 };
 use oauth3_crds::{Execution, SandboxPool, SandboxPoolStatus};
 use oauth3_protocol::callback::token_digest;
@@ -295,11 +295,18 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 /// Whether `pod` is a pool member that may be claimed now: idle, not being deleted, running,
-/// ready (pure).
+/// ready, and its runner checked in (asked for a run with its token, so a claim's bundle goes
+/// to a runner that is there to take it) (pure).
 pub fn claimable(pod: &Pod) -> bool {
     let idle = pod.labels().get(LABEL_POOL_MEMBER).map(String::as_str) == Some(POOL_MEMBER_IDLE)
         && !pod.labels().contains_key(LABEL_EXECUTION);
-    idle && pod.metadata.deletion_timestamp.is_none() && is_ready(pod)
+    idle && pod.metadata.deletion_timestamp.is_none() && is_ready(pod) && checked_in(pod)
+}
+
+/// Whether the runner of member `pod` has asked for a run with its token (pure).
+pub fn checked_in(pod: &Pod) -> bool {
+    pod.annotations()
+        .contains_key(ANNOTATION_STANDBY_CHECKED_IN)
 }
 
 /// Whether `pod` runs and is ready (pure).
@@ -470,18 +477,30 @@ pub async fn retire(ctx: &Context, namespace: &str, name: &str) {
 /// How a pool's members stand (pure, from the member Pods of one pool).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Census {
-    /// Idle, running and ready: claimable.
+    /// Idle, running, ready and checked in: claimable.
     pub ready: Vec<String>,
-    /// Idle, not ready yet (newest last).
+    /// Idle, not ready or not checked in yet (newest last).
     pub starting: Vec<String>,
     /// Claimed (running an Execution).
     pub claimed: Vec<String>,
     /// Idle members that ended (failed, or exited): deleted and replaced, with why.
     pub ended: Vec<(String, String)>,
+    /// Idle members that did not check in within the check-in time of their creation: deleted
+    /// and replaced, with what they were doing.
+    pub silent: Vec<(String, String)>,
+    /// The soonest a starting member's check-in time runs out (when to look again).
+    pub next_deadline: Option<Timestamp>,
 }
 
-/// The census of `pool`'s members among `pods` (pure).
-pub fn census(namespace: &str, pool: &str, pods: &[Arc<Pod>]) -> Census {
+/// The census of `pool`'s members among `pods` at `now`, where a member has `check_in` from
+/// its creation to check in (pure).
+pub fn census(
+    namespace: &str,
+    pool: &str,
+    pods: &[Arc<Pod>],
+    now: Timestamp,
+    check_in: Duration,
+) -> Census {
     let mut mine: Vec<&Arc<Pod>> = pods
         .iter()
         .filter(|p| p.namespace().as_deref() == Some(namespace))
@@ -504,13 +523,49 @@ pub fn census(namespace: &str, pool: &str, pods: &[Arc<Pod>]) -> Census {
                 .or_else(|| pod.status.as_ref().and_then(|s| s.message.clone()))
                 .unwrap_or_else(|| format!("it ended ({})", phase.unwrap_or_default()));
             out.ended.push((name, why));
-        } else if is_ready(pod) {
+        } else if is_ready(pod) && checked_in(pod) {
             out.ready.push(name);
         } else {
-            out.starting.push(name);
+            let deadline = pod
+                .creation_timestamp()
+                .and_then(|t| t.0.checked_add(check_in).ok());
+            match deadline {
+                Some(d) if d <= now => {
+                    let doing = if is_ready(pod) {
+                        "it runs and is ready but its runner never asked for a run: look at its \
+                         log, and whether the callback URL and CA the operator gives members \
+                         are reachable from the pool's namespace"
+                            .to_owned()
+                    } else {
+                        format!(
+                            "it is still {}",
+                            match phase {
+                                Some("Running") => "running but not ready",
+                                Some("Pending") | None if not_scheduled(pod) =>
+                                    "unscheduled (Pending)",
+                                _ => "booting (Pending)",
+                            }
+                        )
+                    };
+                    out.silent.push((name, doing));
+                }
+                Some(d) => {
+                    out.next_deadline = Some(out.next_deadline.map_or(d, |n: Timestamp| n.min(d)));
+                    out.starting.push(name);
+                }
+                None => out.starting.push(name),
+            }
         }
     }
     out
+}
+
+/// Whether `pod` has no node yet (pure).
+fn not_scheduled(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_ref())
+        .is_none()
 }
 
 /// What a pool reconcile does to its members (pure).
@@ -523,12 +578,17 @@ pub struct Plan {
 }
 
 /// The plan for a pool with `replicas` and `max_surge` whose members stand as `census`:
-/// ended members go; idle members over `replicas` go (starting ones first, then the newest);
-/// missing ones are started, at most `max_surge` starting at once (pure).
+/// ended and silent members go; idle members over `replicas` go (starting ones first, then the
+/// newest); missing ones are started, at most `max_surge` starting at once (pure).
 pub fn plan(replicas: i32, max_surge: i32, census: &Census) -> Plan {
     let replicas = usize::try_from(replicas.max(0)).unwrap_or(0);
     let max_surge = usize::try_from(max_surge.max(1)).unwrap_or(1);
-    let mut delete: Vec<String> = census.ended.iter().map(|(n, _)| n.clone()).collect();
+    let mut delete: Vec<String> = census
+        .ended
+        .iter()
+        .chain(&census.silent)
+        .map(|(n, _)| n.clone())
+        .collect();
     let idle = census.ready.len() + census.starting.len();
     let mut create = 0;
     if idle > replicas {
@@ -561,6 +621,8 @@ pub struct PoolConfig {
     pub callback_base_url: String,
     /// The callback's CA (PEM), when it is not in the web PKI.
     pub callback_ca_pem: Option<String>,
+    /// How long a member has, from its creation, to check in (`--pool-check-in`).
+    pub check_in_within: Duration,
 }
 
 /// The namespace of a stored `pool` and the owner reference its objects carry.
@@ -816,7 +878,13 @@ pub async fn reconcile(
         .map(|p| p.name_any())
         .collect();
     ctx.pools.prune(&namespace, &alive);
-    let census = census(&namespace, &name, &members);
+    let census = census(
+        &namespace,
+        &name,
+        &members,
+        ctx.now(),
+        pctx.config.check_in_within,
+    );
     let plan = plan(pool.spec.replicas, pool.spec.effective_max_surge(), &census);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     for (member, why) in &census.ended {
@@ -826,6 +894,20 @@ pub async fn reconcile(
             EventType::Warning,
             "MemberFailed",
             format!("pool member pod/{member} ended before any run ({why}); it is replaced"),
+        )
+        .await;
+    }
+    for (member, doing) in &census.silent {
+        publish(
+            &ctx.recorder,
+            pool.as_ref(),
+            EventType::Warning,
+            "MemberSilent",
+            format!(
+                "pool member pod/{member} did not check in (ask for a run) within {}s of its \
+                 creation and is replaced: {doing}",
+                pctx.config.check_in_within.as_secs()
+            ),
         )
         .await;
     }
@@ -896,7 +978,15 @@ pub async fn reconcile(
             Err(e) => return Err(api_error("writing the status")(e)),
         }
     }
-    Ok(Action::requeue(RESYNC))
+    // Look again when the next starting member's check-in time runs out.
+    let next = census
+        .next_deadline
+        .map(|d| {
+            let left = d.duration_since(ctx.now()).as_secs_f64().max(0.0);
+            Duration::from_secs_f64(left) + Duration::from_millis(200)
+        })
+        .map_or(RESYNC, |left| left.min(RESYNC));
+    Ok(Action::requeue(next))
 }
 
 /// Starts one member of `pool`: its Pod, then its Secret (owned by the Pod; the kubelet waits
@@ -1128,7 +1218,22 @@ mod tests {
             }]),
             ..PodStatus::default()
         });
+        if ready {
+            pod.metadata.annotations =
+                Some([(ANNOTATION_STANDBY_CHECKED_IN.to_owned(), "t".to_owned())].into());
+        }
         Arc::new(pod)
+    }
+
+    /// `pod` as it is before its runner asked for a run.
+    fn not_checked_in(pod: Arc<Pod>) -> Arc<Pod> {
+        let mut pod = (*pod).clone();
+        pod.metadata.annotations = None;
+        Arc::new(pod)
+    }
+
+    fn at(offset: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + offset).expect("time")
     }
 
     #[test]
@@ -1138,6 +1243,14 @@ mod tests {
             member("p-old", "a", POOL_MEMBER_IDLE, "Running", true, 10),
             member("p-claimed", "a", POOL_MEMBER_CLAIMED, "Running", true, 1),
             member("p-starting", "a", POOL_MEMBER_IDLE, "Pending", false, 2),
+            not_checked_in(member(
+                "p-silent",
+                "a",
+                POOL_MEMBER_IDLE,
+                "Running",
+                true,
+                0,
+            )),
         ];
         let pools = vec!["a".to_owned()];
         let none = HashSet::new();
@@ -1175,7 +1288,7 @@ mod tests {
             member("f1", "a", POOL_MEMBER_IDLE, "Failed", false, 4),
             member("x1", "b", POOL_MEMBER_IDLE, "Running", true, 5),
         ];
-        let c = census("team", "a", &pods);
+        let c = census("team", "a", &pods, at(10), Duration::from_secs(60));
         assert_eq!(c.ready, ["r1"]);
         assert_eq!(c.starting, ["s1"]);
         assert_eq!(c.claimed, ["c1"]);
@@ -1205,6 +1318,61 @@ mod tests {
         assert!(!plan(0, 3, &c).delete.contains(&"c1".to_owned()));
     }
 
+    #[test]
+    fn a_member_that_does_not_check_in_in_time_is_replaced_saying_what_it_was_doing() {
+        let mut unscheduled = (*member("u1", "a", POOL_MEMBER_IDLE, "Pending", false, 0)).clone();
+        unscheduled.spec = Some(Default::default());
+        let mut booting = unscheduled.clone();
+        booting.metadata.name = Some("b1".into());
+        booting.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+            node_name: Some("node-1".into()),
+            ..Default::default()
+        });
+        let pods = vec![
+            // Ready but never asked, created at 0 and at 50.
+            not_checked_in(member("q1", "a", POOL_MEMBER_IDLE, "Running", true, 0)),
+            not_checked_in(member("q2", "a", POOL_MEMBER_IDLE, "Running", true, 50)),
+            Arc::new(unscheduled),
+            Arc::new(booting),
+            member("r1", "a", POOL_MEMBER_IDLE, "Running", true, 0),
+        ];
+        let within = Duration::from_secs(60);
+        // At 30 s nobody is late: the silent ones are starting, not claimable, and the pool is
+        // looked at again when the first one's time runs out.
+        let early = census("team", "a", &pods, at(30), within);
+        assert_eq!(early.ready, ["r1"]);
+        assert_eq!(early.starting.len(), 4);
+        assert!(early.silent.is_empty());
+        assert_eq!(early.next_deadline, Some(at(60)));
+        let pools = vec!["a".to_owned()];
+        let mut reserved = HashSet::new();
+        reserved.insert("team/r1".to_owned());
+        assert_eq!(
+            pick("team", &pools, &pods, &reserved),
+            Pick::Miss { pool: "a".into() },
+            "a member that never asked is not claimed"
+        );
+        // At 70 s the three created at 0 are late and go (the one that checked in stays).
+        let late = census("team", "a", &pods, at(70), within);
+        let silent: BTreeMap<&str, &str> = late
+            .silent
+            .iter()
+            .map(|(n, w)| (n.as_str(), w.as_str()))
+            .collect();
+        assert_eq!(
+            silent.keys().copied().collect::<Vec<_>>(),
+            ["b1", "q1", "u1"]
+        );
+        assert!(silent["q1"].contains("never asked"), "{silent:?}");
+        assert!(silent["u1"].contains("unscheduled"), "{silent:?}");
+        assert!(silent["b1"].contains("booting"), "{silent:?}");
+        assert_eq!(late.starting, ["q2"]);
+        assert_eq!(late.next_deadline, Some(at(110)));
+        let p = plan(3, 4, &late);
+        assert_eq!(p.delete, ["b1", "q1", "u1"]);
+        assert_eq!(p.create, 1, "replaced within replicas 3: r1 and q2 remain");
+    }
+
     fn pool() -> SandboxPool {
         let mut pool = SandboxPool::new(
             "fast",
@@ -1230,6 +1398,7 @@ mod tests {
             pod: PodLaunchConfig::default(),
             callback_base_url: "https://op.oauth3-system.svc:8443".into(),
             callback_ca_pem: Some("CA".into()),
+            check_in_within: Duration::from_secs(120),
         }
     }
 

@@ -13,6 +13,8 @@
 //!   handed over. A bundle only ever goes to the member its Execution's launch record names.
 //! - A member of an Execution that ended, or being deleted, is told it is retired (`410`);
 //!   an idle one waits up to [`POLL_HOLD_MS`] and is told to ask again (`204`).
+//! - A member's first ask is its check-in: [`ANNOTATION_STANDBY_CHECKED_IN`] is written on its
+//!   Pod before it waits, and only a member that checked in is ever claimed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,9 +25,10 @@ use axum::response::{IntoResponse, Response};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::ResourceExt;
-use kube::api::{Api, DynamicObject};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use oauth3_crds::constants::{
-    ANNOTATION_EXECUTION_NAME, ANNOTATION_STANDBY_TOKEN, LABEL_EXECUTION, LABEL_POOL,
+    ANNOTATION_EXECUTION_NAME, ANNOTATION_STANDBY_CHECKED_IN, ANNOTATION_STANDBY_TOKEN,
+    LABEL_EXECUTION, LABEL_POOL,
 };
 use oauth3_crds::{Execution, ExecutionPhase};
 use oauth3_protocol::callback::token_matches;
@@ -101,6 +104,25 @@ async fn answer(state: &CallbackState, namespace: &str, name: &str, token: &str)
     if !pod.labels().contains_key(LABEL_POOL) || !token_matches(token, &recorded) {
         tracing::warn!(member = %format!("{namespace}/{name}"), "standby request refused: token does not match");
         return Answer::Refused(StatusCode::UNAUTHORIZED, "token does not match this member");
+    }
+    if !super::checked_in(&pod)
+        && !pod.labels().contains_key(LABEL_EXECUTION)
+        && pod.metadata.deletion_timestamp.is_none()
+    {
+        // The first ask: from now on the member may be claimed.
+        let mark = serde_json::json!({"metadata": {"annotations": {
+            ANNOTATION_STANDBY_CHECKED_IN: ctx.now().to_string(),
+        }}});
+        match pods
+            .patch(name, &PatchParams::default(), &Patch::Merge(&mark))
+            .await
+        {
+            Ok(patched) => {
+                tracing::debug!(member = %format!("{namespace}/{name}"), "pool member checked in");
+                pod = patched;
+            }
+            Err(e) => return Answer::Unavailable(format!("recording the member's check-in: {e}")),
+        }
     }
     loop {
         let offered = ctx.pools.offered();
@@ -230,8 +252,8 @@ async fn claimed_bundle(state: &CallbackState, pod: &Pod) -> Result<Option<Arc<S
     if let Err(e) = pods
         .patch(
             &pod.name_any(),
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&mark),
+            &PatchParams::default(),
+            &Patch::Merge(&mark),
         )
         .await
     {

@@ -242,9 +242,13 @@ pub struct ScopedFetch {
     connect_grace_until: Option<Instant>,
 }
 
-/// First pause before a connection refused during the connect grace is tried again; doubled
-/// up to [`CONNECT_RETRY_MAX`].
-const CONNECT_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(50);
+/// Pause before a connection refused during the connect grace is tried again, for the first
+/// [`CONNECT_RETRY_FAST_FOR`] of refusals: a refused connection costs the node nothing, and a
+/// node usually enforces a new egress policy within tens of milliseconds, so the first call
+/// should go out within a few milliseconds of that. Then doubled up to [`CONNECT_RETRY_MAX`].
+const CONNECT_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(5);
+/// How long refused connections are tried again every [`CONNECT_RETRY_FIRST`].
+const CONNECT_RETRY_FAST_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 /// Longest pause between two connection attempts during the connect grace.
 const CONNECT_RETRY_MAX: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -805,6 +809,7 @@ impl ScopedFetch {
             }
         }
         let mut pause = CONNECT_RETRY_FIRST;
+        let mut first_refused: Option<Instant> = None;
         loop {
             let mut builder = client
                 .request(to_reqwest_method(req.method), url.clone())
@@ -821,7 +826,11 @@ impl ScopedFetch {
                             .is_some_and(|until| Instant::now() + pause < until) =>
                 {
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(CONNECT_RETRY_MAX);
+                    if first_refused.get_or_insert_with(Instant::now).elapsed()
+                        >= CONNECT_RETRY_FAST_FOR
+                    {
+                        pause = (pause * 2).min(CONNECT_RETRY_MAX);
+                    }
                 }
                 Err(e) => return Err(Self::send_error(req, e)),
             }
