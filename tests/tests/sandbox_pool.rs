@@ -6,7 +6,7 @@
 //! refills, the member goes with its Execution, and with no idle member the Execution gets a
 //! fresh Pod and says so. A second operator replica (not leading) hands over the bundle too.
 //! Only a member whose runner has checked in (asked once) is claimed; one that never does is
-//! replaced.
+//! replaced. A claim the API server refuses after the launch lock falls back to a fresh Pod.
 
 use std::time::Duration;
 
@@ -793,5 +793,189 @@ async fn an_idle_member_that_never_checks_in_is_never_claimed_and_is_replaced() 
     // One that does check in is ready to be claimed.
     assert_eq!(check_in(&f, "quiet", 1).await, [b]);
     pool_ready(&f, "quiet", 1).await;
+    f.stop().await;
+}
+
+/// An admission policy of the API server's own (CEL, no webhook) that refuses to relabel an
+/// idle member of pool `pool` in `ns` as claimed: what a claim meets when something else
+/// writes the member between the pick and the claim, or a cluster policy forbids it.
+async fn refuse_claims(client: &kube::Client, ns: &str, pool: &str) -> String {
+    use kube::api::DynamicObject;
+    use kube::core::{ApiResource, GroupVersionKind};
+    let name = format!("{ns}-refuse-claims");
+    let gvk = |kind: &str| {
+        ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "admissionregistration.k8s.io",
+            "v1",
+            kind,
+        ))
+    };
+    let policy: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                "operations": ["UPDATE"], "resources": ["pods"]}]},
+            "validations": [{
+                "expression": format!(
+                    "!(has(object.metadata.labels) \
+                     && '{LABEL_POOL}' in object.metadata.labels \
+                     && object.metadata.labels['{LABEL_POOL}'] == '{pool}' \
+                     && '{LABEL_POOL_MEMBER}' in object.metadata.labels \
+                     && object.metadata.labels['{LABEL_POOL_MEMBER}'] == '{POOL_MEMBER_CLAIMED}')"
+                ),
+                "message": "claims of this pool are refused by the cluster's policy"
+            }]
+        }
+    }))
+    .expect("policy");
+    let binding: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {
+            "policyName": name,
+            "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}
+        }
+    }))
+    .expect("binding");
+    let policies: Api<DynamicObject> =
+        Api::all_with(client.clone(), &gvk("ValidatingAdmissionPolicy"));
+    let bindings: Api<DynamicObject> =
+        Api::all_with(client.clone(), &gvk("ValidatingAdmissionPolicyBinding"));
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .expect("admission policy");
+    bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("admission policy binding");
+    name
+}
+
+async fn drop_refusal(client: &kube::Client, name: &str) {
+    use kube::api::DynamicObject;
+    use kube::core::{ApiResource, GroupVersionKind};
+    for kind in [
+        "ValidatingAdmissionPolicyBinding",
+        "ValidatingAdmissionPolicy",
+    ] {
+        let api: Api<DynamicObject> = Api::all_with(
+            client.clone(),
+            &ApiResource::from_gvk(&GroupVersionKind::gvk(
+                "admissionregistration.k8s.io",
+                "v1",
+                kind,
+            )),
+        );
+        let _ = api.delete(name, &DeleteParams::default()).await;
+    }
+}
+
+#[tokio::test]
+async fn a_claim_the_api_server_refuses_after_the_launch_lock_falls_back_to_a_fresh_pod_and_says_why()
+ {
+    let Some(f) = fixture("pool-refused").await else {
+        return;
+    };
+    create_pool(&f.pools, "guarded", 1).await;
+    let member = check_in(&f, "guarded", 1).await.remove(0);
+    pool_ready(&f, "guarded", 1).await;
+    let refusal = refuse_claims(&f.client, &f.ns, "guarded").await;
+    // The API server applies a new admission policy within a moment: wait until a dry run of
+    // a claim is refused.
+    eventually("the admission policy in force", || {
+        let (pods, member) = (f.pods.clone(), member.clone());
+        async move {
+            let patch = json!({"metadata": {"labels": {LABEL_POOL_MEMBER: POOL_MEMBER_CLAIMED}}});
+            let params = PatchParams {
+                dry_run: true,
+                ..PatchParams::default()
+            };
+            pods.patch(&member, &params, &Patch::Merge(&patch))
+                .await
+                .is_err()
+                .then_some(())
+        }
+    })
+    .await;
+
+    let exec = create_execution(&f.execs, "refused").await;
+    let sandbox = run_object_name("refused");
+    eventually("a fresh sandbox Pod", || {
+        let (pods, sandbox) = (f.pods.clone(), sandbox.clone());
+        async move { pods.get_opt(&sandbox).await.expect("read") }
+    })
+    .await;
+    let status = f
+        .execs
+        .get("refused")
+        .await
+        .expect("execution")
+        .status
+        .expect("status");
+    assert_eq!(status.phase, Some(ExecutionPhase::Running));
+    assert_eq!(status.pod_name, Some(format!("pod/{sandbox}")));
+    assert_eq!(
+        status.launch.as_ref().and_then(|l| l.pool.clone()),
+        None,
+        "the launch record no longer names the pool"
+    );
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.contains("could not be claimed")
+            && message.contains(&member)
+            && message.contains("refused by the cluster's policy")
+            && message.contains("fresh Pod"),
+        "{message}"
+    );
+    // The fresh Pod has its own egress policy; the member is untouched and idle, and its
+    // runner is never handed the bundle.
+    Api::<NetworkPolicy>::namespaced(f.client.clone(), &f.ns)
+        .get(&sandbox)
+        .await
+        .expect("the fresh Pod's egress policy");
+    let pod = f.pods.get(&member).await.expect("member");
+    assert_eq!(
+        pod.labels().get(LABEL_POOL_MEMBER).map(String::as_str),
+        Some(POOL_MEMBER_IDLE)
+    );
+    assert!(!pod.labels().contains_key(LABEL_EXECUTION));
+    let secrets: Api<Secret> = Api::namespaced(f.client.clone(), &f.ns);
+    let standby = standby_of(&secrets, &member).await;
+    let asked = reqwest::Client::new()
+        .post(&standby.url)
+        .bearer_auth(standby.token.as_str())
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await;
+    assert!(
+        asked.as_ref().map_or(true, |r| r.status().as_u16() != 200),
+        "the member was handed a bundle: {:?}",
+        asked.map(|r| r.status())
+    );
+    let uid = exec.metadata.uid.clone().expect("uid");
+    let events: Api<Event> = Api::namespaced(f.client.clone(), &f.ns);
+    let event = eventually("the Launched Event", || {
+        let (events, uid) = (events.clone(), uid.clone());
+        async move {
+            let list = events.list(&Default::default()).await.expect("events");
+            list.items.into_iter().find(|e| {
+                e.reason.as_deref() == Some("Launched")
+                    && e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid.as_str())
+            })
+        }
+    })
+    .await;
+    assert!(
+        event
+            .note
+            .unwrap_or_default()
+            .contains("could not be claimed"),
+        "the Event says why the run got a fresh Pod"
+    );
+    drop_refusal(&f.client, &refusal).await;
     f.stop().await;
 }

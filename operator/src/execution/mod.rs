@@ -462,6 +462,7 @@ async fn launch(
                 plan.pod_name = ectx.config.launcher.pod_name(&exec.name_any());
                 plan.pool = None;
                 plan.pool_miss = Some(m.pool.clone());
+                plan.pool_claim_failed = Some(e.reason());
                 fall_back_to_fresh_pod(api, exec, &plan, now).await?;
                 if let Ok(Ready::Pod { objects, .. }) = &mut ready {
                     objects.without_member();
@@ -620,6 +621,7 @@ fn launch_plan(
         require_attestation: None,
         pool: None,
         pool_miss: None,
+        pool_claim_failed: None,
     }
 }
 

@@ -173,6 +173,9 @@ pub struct LaunchPlan {
     pub pool: Option<String>,
     /// The SandboxPool that had no idle member, when the run got a fresh Pod instead.
     pub pool_miss: Option<String>,
+    /// Why the member picked in `pool_miss` could not be claimed (it changed since it was
+    /// picked, or the API server refused the claim), when that is why the run got a fresh Pod.
+    pub pool_claim_failed: Option<String>,
 }
 
 impl LaunchPlan {
@@ -182,10 +185,17 @@ impl LaunchPlan {
             (Some(pool), _, Some(pod)) => {
                 format!("the idle member {pod} of SandboxPool {pool} runs it")
             }
-            (None, Some(pool), _) => format!(
-                "SandboxPool {pool} had no idle member, so the {} launcher starts a fresh Pod",
-                self.launcher.as_str()
-            ),
+            (None, Some(pool), _) => match &self.pool_claim_failed {
+                Some(why) => format!(
+                    "SandboxPool {pool}'s idle member could not be claimed ({why}), so the {} \
+                     launcher starts a fresh Pod",
+                    self.launcher.as_str()
+                ),
+                None => format!(
+                    "SandboxPool {pool} had no idle member, so the {} launcher starts a fresh Pod",
+                    self.launcher.as_str()
+                ),
+            },
             _ => format!(
                 "the runner is started by the {} launcher",
                 self.launcher.as_str()
@@ -528,6 +538,7 @@ mod tests {
             require_attestation: None,
             pool: None,
             pool_miss: None,
+            pool_claim_failed: None,
         };
         let s = running(&exec(), &plan, now());
         assert_eq!(s.phase, Some(ExecutionPhase::Running));
@@ -537,6 +548,32 @@ mod tests {
         let text = serde_json::to_value(&launch).expect("json");
         assert_eq!(text["launcher"], "pod");
         assert!(s.message.expect("message").contains("pod launcher"));
+    }
+
+    #[test]
+    fn a_fresh_pod_after_a_pool_says_whether_the_pool_was_empty_or_its_member_refused() {
+        let mut plan = LaunchPlan {
+            launcher: LauncherKind::Pod,
+            token_digest: "sha256:t".into(),
+            deadline: now(),
+            pod_name: Some("pod/x".into()),
+            permit_digest: "sha256:p".into(),
+            code_digest: "sha256:c".into(),
+            require_attestation: None,
+            pool: None,
+            pool_miss: Some("fast".into()),
+            pool_claim_failed: None,
+        };
+        assert_eq!(
+            plan.how(),
+            "SandboxPool fast had no idle member, so the pod launcher starts a fresh Pod"
+        );
+        plan.pool_claim_failed = Some("fast-abc changed since it was picked".into());
+        assert_eq!(
+            plan.how(),
+            "SandboxPool fast's idle member could not be claimed (fast-abc changed since it \
+             was picked), so the pod launcher starts a fresh Pod"
+        );
     }
 
     #[test]
@@ -564,6 +601,7 @@ mod tests {
             require_attestation: Some(oauth3_crds::RequiredAttestation::Tdx),
             pool: None,
             pool_miss: None,
+            pool_claim_failed: None,
         };
         let mut e = exec;
         e.status = Some(running(&e, &plan, now()));

@@ -379,6 +379,21 @@ pub enum ClaimError {
     },
 }
 
+impl ClaimError {
+    /// Why, in a few words for a status message: the member, and what the API server said
+    /// (its message only, not the whole response).
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Lost(name) => format!("{name} changed since it was picked"),
+            Self::Api {
+                name,
+                source: kube::Error::Api(response),
+            } => format!("claiming {name}: {}", response.message),
+            Self::Api { name, source } => format!("claiming {name}: {source}"),
+        }
+    }
+}
+
 /// The claim of `member` for `exec` (pure): a merge patch guarded by the resourceVersion the
 /// pick saw that relabels the member for the Execution (its egress policy selects the uid
 /// label), makes the Execution its owner (so the member goes with it, and a deleted pool no
