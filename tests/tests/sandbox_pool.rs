@@ -263,6 +263,23 @@ async fn create_execution(execs: &Api<Execution>, name: &str) -> Execution {
         .expect("execution")
 }
 
+/// The `Launched` Event of `exec`, once it is there.
+async fn launched_event(f: &Fixture, exec: &Execution) -> Event {
+    let events: Api<Event> = Api::namespaced(f.client.clone(), &f.ns);
+    let uid = exec.metadata.uid.clone().expect("uid");
+    eventually("the Launched Event", || {
+        let (events, uid) = (events.clone(), uid.clone());
+        async move {
+            let list = events.list(&Default::default()).await.expect("events");
+            list.items.into_iter().find(|e| {
+                e.reason.as_deref() == Some("Launched")
+                    && e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid.as_str())
+            })
+        }
+    })
+    .await
+}
+
 fn runner_result(ns: &str, name: &str, uid: &str) -> Value {
     json!({"execution": {"namespace": ns, "name": name, "uid": uid},
         "phase": "Succeeded", "result": 1, "stdout": "", "stderr": "", "calls": [],
@@ -508,19 +525,7 @@ async fn with_no_idle_member_an_execution_gets_a_fresh_pod_and_says_so() {
         "{message}"
     );
     // The Launched Event says the same.
-    let events: Api<Event> = Api::namespaced(f.client.clone(), &f.ns);
-    let uid = exec.metadata.uid.clone().expect("uid");
-    let event = eventually("the Launched Event", || {
-        let (events, uid) = (events.clone(), uid.clone());
-        async move {
-            let list = events.list(&Default::default()).await.expect("events");
-            list.items.into_iter().find(|e| {
-                e.reason.as_deref() == Some("Launched")
-                    && e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid.as_str())
-            })
-        }
-    })
-    .await;
+    let event = launched_event(&f, &exec).await;
     assert!(
         event
             .note
@@ -956,19 +961,7 @@ async fn a_claim_the_api_server_refuses_after_the_launch_lock_falls_back_to_a_fr
         "the member was handed a bundle: {:?}",
         asked.map(|r| r.status())
     );
-    let uid = exec.metadata.uid.clone().expect("uid");
-    let events: Api<Event> = Api::namespaced(f.client.clone(), &f.ns);
-    let event = eventually("the Launched Event", || {
-        let (events, uid) = (events.clone(), uid.clone());
-        async move {
-            let list = events.list(&Default::default()).await.expect("events");
-            list.items.into_iter().find(|e| {
-                e.reason.as_deref() == Some("Launched")
-                    && e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid.as_str())
-            })
-        }
-    })
-    .await;
+    let event = launched_event(&f, &exec).await;
     assert!(
         event
             .note
