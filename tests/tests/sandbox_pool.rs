@@ -263,6 +263,18 @@ async fn create_execution(execs: &Api<Execution>, name: &str) -> Execution {
         .expect("execution")
 }
 
+/// Waits for Execution `name`'s fresh sandbox Pod; its name and the Execution's status then.
+async fn fresh_pod_status(f: &Fixture, name: &str) -> (String, oauth3_crds::ExecutionStatus) {
+    let sandbox = run_object_name(name);
+    eventually("a fresh sandbox Pod", || {
+        let (pods, sandbox) = (f.pods.clone(), sandbox.clone());
+        async move { pods.get_opt(&sandbox).await.expect("read") }
+    })
+    .await;
+    let exec = f.execs.get(name).await.expect("execution");
+    (sandbox, exec.status.expect("status"))
+}
+
 /// The `Launched` Event of `exec`, once it is there.
 async fn launched_event(f: &Fixture, exec: &Execution) -> Event {
     let events: Api<Event> = Api::namespaced(f.client.clone(), &f.ns);
@@ -743,19 +755,7 @@ async fn an_idle_member_that_never_checks_in_is_never_claimed_and_is_replaced() 
     .await;
     // An Execution created meanwhile does not get it: a fresh Pod, saying why.
     create_execution(&f.execs, "not-on-silent").await;
-    let sandbox = run_object_name("not-on-silent");
-    eventually("a fresh sandbox Pod", || {
-        let (pods, sandbox) = (f.pods.clone(), sandbox.clone());
-        async move { pods.get_opt(&sandbox).await.expect("read") }
-    })
-    .await;
-    let status = f
-        .execs
-        .get("not-on-silent")
-        .await
-        .expect("execution")
-        .status
-        .expect("status");
+    let (_, status) = fresh_pod_status(&f, "not-on-silent").await;
     assert_eq!(status.launch.as_ref().and_then(|l| l.pool.clone()), None);
     assert!(
         status
@@ -908,19 +908,7 @@ async fn a_claim_the_api_server_refuses_after_the_launch_lock_falls_back_to_a_fr
     .await;
 
     let exec = create_execution(&f.execs, "refused").await;
-    let sandbox = run_object_name("refused");
-    eventually("a fresh sandbox Pod", || {
-        let (pods, sandbox) = (f.pods.clone(), sandbox.clone());
-        async move { pods.get_opt(&sandbox).await.expect("read") }
-    })
-    .await;
-    let status = f
-        .execs
-        .get("refused")
-        .await
-        .expect("execution")
-        .status
-        .expect("status");
+    let (sandbox, status) = fresh_pod_status(&f, "refused").await;
     assert_eq!(status.phase, Some(ExecutionPhase::Running));
     assert_eq!(status.pod_name, Some(format!("pod/{sandbox}")));
     assert_eq!(
